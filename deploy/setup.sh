@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian machine (run as root) or a developer's box:
+#   1. the Debian packages the project needs (only those missing are installed);
+#   2. a virtual environment in .venv with the package installed in editable mode.
+# Re-running it when nothing changed takes well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.setup-stamp
+
+# Debian packages, by the command that proves each one is present.
+declare -A APT_FOR_COMMAND=()
+
+log() { printf 'setup: %s\n' "$*"; }
+
+need_apt=()
+for cmd in "${!APT_FOR_COMMAND[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${APT_FOR_COMMAND[$cmd]}")
+done
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    need_apt+=("python3-venv")
+fi
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        log "missing system packages: ${need_apt[*]}"
+        log "install them with your package manager (as root: apt-get install -y ${need_apt[*]}) and run 'make setup' again"
+        exit 1
+    fi
+    log "installing Debian packages: ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+"$PYTHON" - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"setup: Python >= 3.11 is required, {sys.executable} is {sys.version.split()[0]}; "
+             "set PYTHON=/path/to/python3.11 and run 'make setup' again")
+PY
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+    log "installing the package and its test dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    touch "$STAMP"
+fi
+log "ready ($("$VENV/bin/python" --version))"
