@@ -1,0 +1,1 @@
+"""Importers that map other standards' object models into namespaced parts of ours."""

@@ -1,0 +1,349 @@
+"""The message catalogue: every message an actor can send, as typed pydantic models.
+
+Messages are mostly ways to read or change an actor's tree atomically, so their parameters are
+key-paths and plain values. Each class has a ``kind`` tag (its name) for the discriminated union
+``Message`` and a stable small ``wire_id`` the codec may use instead of the name. Bulk data
+(leaves, changes) travel as tuples rather than nested models: ``(path, revision, value)``.
+
+Trees are addressed by ``tree``: a key-path in the receiver's aggregate view. Empty means the
+receiver's own tree; ``stations/cs-17`` means the copy of station cs-17's tree that a local CSMS
+holds (or relays). Paths inside a message are relative to that tree.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from keypath import KeyPath, KeyPathError, KeyPattern
+from object_model.errors import (
+    ErrorCode,
+    InvalidMessageError,
+    ModelError,
+    UnknownKindError,
+    from_exception,
+)
+from object_model.tree import ChangeSet, TransactionCommitted
+
+MAX_ITEMS = 100_000
+ROOT = KeyPath.root()
+
+
+def _parser(cls: type[KeyPath] | type[KeyPattern]) -> Any:
+    """A pydantic validator taking the text form (or an instance) of ``cls``."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls.parse(value)
+            except KeyPathError as exc:
+                raise ValueError(str(exc)) from None
+        raise ValueError(f"expected {cls.__name__} text, got {type(value).__name__}")
+
+    return parse
+
+
+Path = Annotated[
+    KeyPath,
+    PlainValidator(_parser(KeyPath)),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "format": "key-path"}),
+]
+"""A key-path field: text on the wire, ``KeyPath`` in Python."""
+Pattern = Annotated[
+    KeyPattern,
+    PlainValidator(_parser(KeyPattern)),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "format": "key-pattern"}),
+]
+"""A key-pattern field: text on the wire, ``KeyPattern`` in Python."""
+MessageId = Annotated[bytes, Field(min_length=16, max_length=16)]
+"""A 128-bit end-to-end message id."""
+Revision = Annotated[int, Field(ge=0, lt=2**63)]
+Epoch = Annotated[int, Field(ge=0, lt=2**64)]
+Digest = Annotated[bytes, Field(min_length=16, max_length=16)]
+
+LeafItem = tuple[Path, Revision, Any]
+"""``(path, revision of last change, value)``."""
+DeleteItem = tuple[Path, Revision]
+"""``(path, revision of the deletion)``."""
+ChildDigest = tuple[str, bool, Digest]
+"""``(child name, is a leaf, digest)``."""
+
+
+class MessageBase(BaseModel):
+    """Common configuration: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    wire_id: ClassVar[int]
+
+
+# -- generic access -------------------------------------------------------------------------------
+
+
+class PropertyTreeDiscoveryRequest(MessageBase):
+    """Discover part of a tree. Three modes, combinable:
+
+    * ``patterns``: the leaves matching them (values, and types/access kinds if asked);
+    * ``since_revision`` (with ``epoch``): only what changed after that revision, with
+      deletions; the cheapest resynchronisation when the requester's copy has the same epoch;
+    * ``digests_of``: the child digests of these nodes, one step of a digest descent.
+    """
+
+    kind: Literal["PropertyTreeDiscoveryRequest"] = "PropertyTreeDiscoveryRequest"
+    wire_id: ClassVar[int] = 1
+    tree: Path = KeyPath.root()
+    patterns: list[Pattern] = Field(default_factory=list, max_length=256)
+    include_values: bool = True
+    include_types: bool = False
+    epoch: Epoch | None = None
+    since_revision: Revision | None = None
+    digests_of: list[Path] = Field(default_factory=list, max_length=4096)
+
+
+class PropertyTreeDiscoveryResponse(MessageBase):
+    """The answer to a discovery. ``complete`` is False when ``since_revision`` could not be
+    served (other epoch, or history compacted past it): compare digests instead."""
+
+    kind: Literal["PropertyTreeDiscoveryResponse"] = "PropertyTreeDiscoveryResponse"
+    wire_id: ClassVar[int] = 2
+    tree: Path = KeyPath.root()
+    epoch: Epoch
+    revision: Revision
+    root_digest: Digest
+    complete: bool = True
+    leaves: list[LeafItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+    deletes: list[DeleteItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+    types: list[tuple[Path, dict[str, Any]]] = Field(default_factory=list, max_length=MAX_ITEMS)
+    digests: list[tuple[Path, list[ChildDigest]]] = Field(default_factory=list, max_length=4096)
+
+
+class PropertyValueRead(MessageBase):
+    """Read the values at these paths (leaves, or whole subtrees as maps)."""
+
+    kind: Literal["PropertyValueRead"] = "PropertyValueRead"
+    wire_id: ClassVar[int] = 3
+    tree: Path = KeyPath.root()
+    paths: list[Path] = Field(min_length=1, max_length=4096)
+
+
+class ReadFailure(MessageBase):
+    path: Path
+    code: ErrorCode
+    text: str
+
+
+class PropertyValueReadResponse(MessageBase):
+    """Values read, each with the revision of its last change; failures listed per path."""
+
+    kind: Literal["PropertyValueReadResponse"] = "PropertyValueReadResponse"
+    wire_id: ClassVar[int] = 4
+    tree: Path = KeyPath.root()
+    epoch: Epoch
+    revision: Revision
+    values: list[LeafItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+    failures: list[ReadFailure] = Field(default_factory=list, max_length=4096)
+
+
+class WriteItem(MessageBase):
+    """One step of a write transaction: set ``value`` at ``path``, or delete ``path``."""
+
+    path: Path
+    value: Any = None
+    delete: bool = False
+
+
+class PropertyValueWrite(MessageBase):
+    """A transaction: all writes validated, then applied in order, or none.
+    ``expected_revision`` makes it conditional on the tree not having moved on."""
+
+    kind: Literal["PropertyValueWrite"] = "PropertyValueWrite"
+    wire_id: ClassVar[int] = 5
+    tree: Path = KeyPath.root()
+    writes: list[WriteItem] = Field(min_length=1, max_length=MAX_ITEMS)
+    expected_revision: Revision | None = None
+
+
+class PropertyValueWriteResponse(MessageBase):
+    """The transaction committed: the tree's revision after it, and whether anything changed."""
+
+    kind: Literal["PropertyValueWriteResponse"] = "PropertyValueWriteResponse"
+    wire_id: ClassVar[int] = 6
+    tree: Path = KeyPath.root()
+    epoch: Epoch
+    revision: Revision
+    changed: bool
+
+
+class PropertyValueUpdate(MessageBase):
+    """Change notification: what changed between two revisions of a tree.
+
+    A copy at ``from_revision`` or later that applies it is at ``to_revision``; a copy behind
+    ``from_revision`` has missed something and must resynchronise."""
+
+    kind: Literal["PropertyValueUpdate"] = "PropertyValueUpdate"
+    wire_id: ClassVar[int] = 7
+    tree: Path = KeyPath.root()
+    epoch: Epoch
+    from_revision: Revision
+    to_revision: Revision
+    upserts: list[LeafItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+    deletes: list[DeleteItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+
+    @classmethod
+    def from_changes(cls, changes: ChangeSet, tree: KeyPath = ROOT) -> PropertyValueUpdate:
+        return cls(
+            tree=tree,
+            epoch=changes.epoch,
+            from_revision=changes.from_revision,
+            to_revision=changes.to_revision,
+            upserts=list(changes.upserts),
+            deletes=list(changes.deletes),
+        )
+
+    @classmethod
+    def from_commit(
+        cls, event: TransactionCommitted, tree: KeyPath = ROOT
+    ) -> PropertyValueUpdate:
+        """The notification of one committed transaction."""
+        rev = event.revision
+        return cls(
+            tree=tree,
+            epoch=event.epoch,
+            from_revision=rev - 1,
+            to_revision=rev,
+            upserts=[(p, rev, v) for p, v in event.upserts],
+            deletes=[(p, rev) for p in event.deletes],
+        )
+
+    def to_changes(self) -> ChangeSet:
+        return ChangeSet(
+            epoch=self.epoch,
+            from_revision=self.from_revision,
+            to_revision=self.to_revision,
+            upserts=tuple(self.upserts),
+            deletes=tuple(self.deletes),
+        )
+
+
+# -- acknowledgement and errors -------------------------------------------------------------------
+
+
+class Ack(MessageBase):
+    """Confirms that the listed messages were received and processed."""
+
+    kind: Literal["Ack"] = "Ack"
+    wire_id: ClassVar[int] = 8
+    message_ids: list[MessageId] = Field(min_length=1, max_length=4096)
+
+
+class ErrorReport(MessageBase):
+    """Why a message was rejected: a stable code, the message answered, the key-path concerned,
+    a human-readable text and structured details for programs."""
+
+    kind: Literal["ErrorReport"] = "ErrorReport"
+    wire_id: ClassVar[int] = 9
+    code: ErrorCode
+    answers: MessageId | None = None
+    path: str | None = None
+    text: str = Field(max_length=4000)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    def to_exception(self) -> ModelError:
+        """The exception this report stands for (to raise at the requester)."""
+        from object_model.errors import error_class
+
+        return error_class(self.code)(self.text, path=self.path, details=self.details)
+
+
+Message = Annotated[
+    PropertyTreeDiscoveryRequest
+    | PropertyTreeDiscoveryResponse
+    | PropertyValueRead
+    | PropertyValueReadResponse
+    | PropertyValueWrite
+    | PropertyValueWriteResponse
+    | PropertyValueUpdate
+    | Ack
+    | ErrorReport,
+    Field(discriminator="kind"),
+]
+"""Any message of the catalogue."""
+
+MESSAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
+MESSAGE_TYPES: dict[str, type[MessageBase]] = {
+    cls.model_fields["kind"].default: cls  # type: ignore[misc]
+    for cls in MessageBase.__subclasses__()
+    if "kind" in cls.model_fields
+}
+KINDS_BY_WIRE_ID: dict[int, str] = {cls.wire_id: kind for kind, cls in MESSAGE_TYPES.items()}
+assert len(KINDS_BY_WIRE_ID) == len(MESSAGE_TYPES), "wire ids must be unique"
+
+
+def decode_message(plain: Any) -> MessageBase:
+    """A message from its plain form (a dict with ``kind``).
+
+    ``UnknownKindError`` for a kind not in the catalogue, ``InvalidMessageError`` (with the
+    offending fields in ``details``) for anything else that does not fit."""
+    if not isinstance(plain, dict):
+        raise InvalidMessageError(f"a message is a map, not {type(plain).__name__}")
+    kind = plain.get("kind")
+    if kind not in MESSAGE_TYPES:
+        raise UnknownKindError(
+            f"unknown message kind {kind!r:.60}", details={"known": sorted(MESSAGE_TYPES)}
+        )
+    try:
+        return MESSAGE_ADAPTER.validate_python(plain)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        first = errors[0]
+        loc = ".".join(str(x) for x in first["loc"][1:])
+        raise InvalidMessageError(
+            f"{kind}: {first['msg']}" + (f" (field {loc})" if loc else ""),
+            details={"kind": kind, "errors": [
+                {"field": ".".join(str(x) for x in e["loc"][1:]), "msg": e["msg"]}
+                for e in errors[:20]
+            ]},
+        ) from None
+
+
+def encode_message(message: MessageBase) -> dict[str, Any]:
+    """The plain form of a message (key-paths as text), ready for any codec."""
+    return message.model_dump(mode="python")
+
+
+def error_report(exc: BaseException, *, answers: bytes | None = None) -> ErrorReport:
+    """The ``ErrorReport`` for any exception: ours keep their code, path and details; a
+    key-path parse error becomes invalid_keypath; anything else internal_error."""
+    err = from_exception(exc)
+    return ErrorReport(
+        code=err.code, answers=answers, path=err.path, text=err.text[:4000],
+        details=_plain_details(err.details),
+    )
+
+
+def _plain_details(details: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if isinstance(v, (str, int, float, bool, type(None), bytes)):
+            out[str(k)] = v
+        elif isinstance(v, (list, tuple)):
+            out[str(k)] = [x if isinstance(x, (str, int, float, bool, type(None), dict)) else str(x)
+                           for x in v][:50]
+        elif isinstance(v, dict):
+            out[str(k)] = _plain_details(v)
+        else:
+            out[str(k)] = str(v)
+    return out

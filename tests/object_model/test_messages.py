@@ -1,0 +1,129 @@
+"""The message catalogue: round trips, rejections and error reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from keypath import KeyPath, KeyPathError, KeyPattern
+from object_model import (
+    Ack,
+    ErrorCode,
+    ErrorReport,
+    ModelError,
+    PropertyTreeDiscoveryRequest,
+    PropertyTreeDiscoveryResponse,
+    PropertyValueRead,
+    PropertyValueReadResponse,
+    PropertyValueUpdate,
+    PropertyValueWrite,
+    PropertyValueWriteResponse,
+    WriteItem,
+    decode_message,
+    encode_message,
+    error_report,
+)
+from object_model.errors import UnknownPathError
+from object_model.messages import MESSAGE_TYPES, ReadFailure
+from object_model.station import new_station_tree
+
+MID = bytes(range(16))
+
+EXAMPLES = [
+    PropertyTreeDiscoveryRequest(patterns=[KeyPattern.parse("evse/*/status")], include_types=True),
+    PropertyTreeDiscoveryRequest(tree=KeyPath.parse("stations/cs-1"), epoch=5, since_revision=9),
+    PropertyTreeDiscoveryRequest(digests_of=[KeyPath.root(), KeyPath.parse("evse")]),
+    PropertyTreeDiscoveryResponse(
+        epoch=5, revision=10, root_digest=bytes(16),
+        leaves=[(KeyPath.parse("evse/1/status"), 3, "Available")],
+        deletes=[(KeyPath.parse("evse/2"), 9)],
+        types=[(KeyPath.parse("evse/1/status"), {"type": "enum"})],
+        digests=[(KeyPath.root(), [("evse", False, bytes(16))])],
+    ),
+    PropertyValueRead(paths=[KeyPath.parse("identity")]),
+    PropertyValueReadResponse(
+        epoch=1, revision=2, values=[(KeyPath.parse("a"), 1, {"x": [1, 2.5, b"z"]})],
+        failures=[ReadFailure(path=KeyPath.parse("b"), code=ErrorCode.NOT_PRESENT, text="none")],
+    ),
+    PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("a/b"), value=3),
+                               WriteItem(path=KeyPath.parse("c"), delete=True)],
+                       expected_revision=4),
+    PropertyValueWriteResponse(epoch=1, revision=5, changed=True),
+    PropertyValueUpdate(epoch=1, from_revision=4, to_revision=5,
+                        upserts=[(KeyPath.parse("a"), 5, None)], deletes=[]),
+    Ack(message_ids=[MID]),
+    ErrorReport(code=ErrorCode.UNKNOWN_PATH, answers=MID, path="a/b", text="no", details={"x": 1}),
+]
+
+
+def test_every_kind_has_an_example() -> None:
+    assert {type(m).__name__ for m in EXAMPLES} == set(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip_through_plain_data(message: object) -> None:
+    plain = encode_message(message)  # type: ignore[arg-type]
+    assert isinstance(plain["kind"], str)
+    assert decode_message(plain) == message
+
+
+@pytest.mark.parametrize(
+    ("plain", "code", "field"),
+    [
+        ({"kind": "Teleport"}, ErrorCode.UNKNOWN_KIND, None),
+        ([1, 2], ErrorCode.INVALID_MESSAGE, None),
+        ({"kind": "PropertyValueRead", "paths": ["a/*"]}, ErrorCode.INVALID_MESSAGE, "paths.0"),
+        ({"kind": "PropertyValueRead", "paths": [3]}, ErrorCode.INVALID_MESSAGE, "paths.0"),
+        ({"kind": "PropertyValueRead", "paths": ["a"], "extra": 1},
+         ErrorCode.INVALID_MESSAGE, "extra"),
+        ({"kind": "Ack", "message_ids": [b"short"]}, ErrorCode.INVALID_MESSAGE, "message_ids.0"),
+        ({"kind": "PropertyValueUpdate", "epoch": -1, "from_revision": 0, "to_revision": 1},
+         ErrorCode.INVALID_MESSAGE, "epoch"),
+        ({"kind": "ErrorReport", "code": "made_up", "text": "x"}, ErrorCode.INVALID_MESSAGE, "code"),
+    ],
+)
+def test_bad_messages_are_rejected_precisely(plain: object, code: ErrorCode, field: str | None) -> None:
+    with pytest.raises(ModelError) as info:
+        decode_message(plain)
+    assert info.value.code is code
+    if field:
+        assert field in [e["field"] for e in info.value.details["errors"]]
+
+
+def test_error_reports_carry_code_path_and_details() -> None:
+    tree = new_station_tree("cs-1")
+    with pytest.raises(ModelError) as info:
+        tree.write("evse/1/phases", 12)
+    report = error_report(info.value, answers=MID)
+    assert report.code is ErrorCode.OUT_OF_RANGE
+    assert report.path == "evse/1/phases" and report.answers == MID
+    assert report.details["max"] == 3 and "12" in report.text
+    again = decode_message(encode_message(report))
+    assert isinstance(again, ErrorReport)
+    exc = again.to_exception()
+    assert exc.code is ErrorCode.OUT_OF_RANGE and exc.path == "evse/1/phases"
+    assert isinstance(ErrorReport(code=ErrorCode.UNKNOWN_PATH, text="x").to_exception(),
+                      UnknownPathError)
+
+
+def test_any_exception_becomes_a_report() -> None:
+    try:
+        KeyPath.parse("a//b")
+    except KeyPathError as exc:
+        report = error_report(exc)
+    assert report.code is ErrorCode.INVALID_KEYPATH and report.details["position"] == 2
+    report = error_report(ZeroDivisionError("division by zero"))
+    assert report.code is ErrorCode.INTERNAL_ERROR and "ZeroDivisionError" in report.text
+
+
+def test_update_from_a_commit_replays_on_a_copy() -> None:
+    tree = new_station_tree("cs-1", epoch=3)
+    from object_model import ObjectTree, PermissiveSchema
+
+    copy = ObjectTree(PermissiveSchema(), epoch=3)
+    copy.apply_changes(tree.changes_since(0))
+    event = tree.apply([])
+    event = tree.write("evse/1/session/energy_wh", 42.0)
+    update = decode_message(encode_message(PropertyValueUpdate.from_commit(event)))
+    assert isinstance(update, PropertyValueUpdate)
+    copy.apply_changes(update.to_changes())
+    assert copy.digest() == tree.digest()
