@@ -9,6 +9,7 @@ from object_model.access import AccessPolicy, Grant, PropertyAccessKind, Role
 from object_model.errors import ErrorCode, ModelError
 from object_model.messages import (
     Ack,
+    Batch,
     ErrorReport,
     Message,
     MessageBase,
@@ -47,6 +48,7 @@ __all__ = [
     "ABSENT",
     "AccessPolicy",
     "Ack",
+    "Batch",
     "ChangeSet",
     "ComplexValue",
     "Component",

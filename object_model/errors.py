@@ -144,6 +144,12 @@ InvalidMessageError = _error(
     "InvalidMessageError", ErrorCode.INVALID_MESSAGE, "A message that decodes but breaks its schema."
 )
 UnknownKindError = _error("UnknownKindError", ErrorCode.UNKNOWN_KIND, "Unknown message kind.")
+UnsupportedVersionError = _error(
+    "UnsupportedVersionError", ErrorCode.UNSUPPORTED_VERSION, "A protocol version we do not speak."
+)
+MessageTooLargeError = _error(
+    "MessageTooLargeError", ErrorCode.MESSAGE_TOO_LARGE, "Bigger than the receiver accepts."
+)
 LimitExceededError = _error(
     "LimitExceededError", ErrorCode.LIMIT_EXCEEDED, "A size, depth or count limit was exceeded."
 )

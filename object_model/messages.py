@@ -33,7 +33,7 @@ from object_model.errors import (
     UnknownKindError,
     from_exception,
 )
-from object_model.tree import ChangeSet, TransactionCommitted
+from object_model.tree import ChangeSet, Delete, Operation, TransactionCommitted, Write
 
 MAX_ITEMS = 100_000
 ROOT = KeyPath.root()
@@ -176,6 +176,11 @@ class PropertyValueWrite(MessageBase):
     expected_revision: Revision | None = None
 
 
+    def operations(self) -> list[Operation]:
+        """The tree operations of this transaction, in order."""
+        return [Delete(w.path) if w.delete else Write(w.path, w.value) for w in self.writes]
+
+
 class PropertyValueWriteResponse(MessageBase):
     """The transaction committed: the tree's revision after it, and whether anything changed."""
 
@@ -268,8 +273,42 @@ class ErrorReport(MessageBase):
         return error_class(self.code)(self.text, path=self.path, details=self.details)
 
 
-Message = Annotated[
+BatchItem = Annotated[
     PropertyTreeDiscoveryRequest
+    | PropertyTreeDiscoveryResponse
+    | PropertyValueRead
+    | PropertyValueReadResponse
+    | PropertyValueWrite
+    | PropertyValueWriteResponse
+    | PropertyValueUpdate
+    | Ack
+    | ErrorReport,
+    Field(discriminator="kind"),
+]
+
+
+class Batch(MessageBase):
+    """Several messages that the receiver applies as one transaction: the writes of all its
+    ``PropertyValueWrite`` items form a single tree transaction, in order, so either all of
+    them take effect or none does. Batches do not nest."""
+
+    kind: Literal["Batch"] = "Batch"
+    wire_id: ClassVar[int] = 10
+    tree: Path = KeyPath.root()
+    items: list[BatchItem] = Field(min_length=1, max_length=1024)
+
+    def operations(self) -> list[Operation]:
+        """The tree operations of every write in the batch, in order."""
+        ops: list[Operation] = []
+        for item in self.items:
+            if isinstance(item, PropertyValueWrite):
+                ops.extend(item.operations())
+        return ops
+
+
+Message = Annotated[
+    Batch
+    | PropertyTreeDiscoveryRequest
     | PropertyTreeDiscoveryResponse
     | PropertyValueRead
     | PropertyValueReadResponse

@@ -7,6 +7,7 @@ import pytest
 from keypath import KeyPath, KeyPathError, KeyPattern
 from object_model import (
     Ack,
+    Batch,
     ErrorCode,
     ErrorReport,
     ModelError,
@@ -52,6 +53,8 @@ EXAMPLES = [
                         upserts=[(KeyPath.parse("a"), 5, None)], deletes=[]),
     Ack(message_ids=[MID]),
     ErrorReport(code=ErrorCode.UNKNOWN_PATH, answers=MID, path="a/b", text="no", details={"x": 1}),
+    Batch(items=[PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("a"), value=1)]),
+                 PropertyValueRead(paths=[KeyPath.parse("b")])]),
 ]
 
 
@@ -127,3 +130,34 @@ def test_update_from_a_commit_replays_on_a_copy() -> None:
     assert isinstance(update, PropertyValueUpdate)
     copy.apply_changes(update.to_changes())
     assert copy.digest() == tree.digest()
+
+
+def test_a_batch_applies_as_one_transaction() -> None:
+    tree = new_station_tree("cs-1")
+    before = (tree.revision, tree.digest())
+    bad = Batch(items=[
+        PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("evse/1/permissions/may_charge"),
+                                             value=False)]),
+        PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("evse/2/phases"), value=9)]),
+    ])
+    with pytest.raises(ModelError):
+        tree.apply(bad.operations())
+    assert (tree.revision, tree.digest()) == before
+    good = Batch(items=[
+        PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("evse/1/permissions/may_charge"),
+                                             value=False)]),
+        PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("evse/2/phases"), value=1),
+                                   WriteItem(path=KeyPath.parse("evse/2/connector/1"),
+                                             delete=True)]),
+    ])
+    event = tree.apply(good.operations())
+    assert event.revision == before[0] + 1
+    assert tree.get("evse/1/permissions/may_charge") is False
+    assert "evse/2/connector/1/type" not in tree
+
+
+def test_batches_do_not_nest() -> None:
+    inner = encode_message(Batch(items=[Ack(message_ids=[MID])]))
+    with pytest.raises(ModelError) as info:
+        decode_message({"kind": "Batch", "items": [inner]})
+    assert info.value.code is ErrorCode.INVALID_MESSAGE
