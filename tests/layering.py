@@ -33,7 +33,7 @@ IO_OR_CLOCK = {
     "asyncio", "socket", "ssl", "select", "selectors", "subprocess", "threading",
     "multiprocessing", "concurrent", "os", "io", "pathlib", "shutil", "tempfile", "glob",
     "sqlite3", "aiosqlite", "time", "urllib", "http", "logging", "signal", "importlib",
-    "msgpack", "slixmpp",
+    "slixmpp", "ctypes", "socketserver",
 }
 CLOCK_CALLS = {"now", "utcnow", "today", "time", "time_ns", "monotonic", "monotonic_ns",
                "perf_counter", "perf_counter_ns", "sleep"}

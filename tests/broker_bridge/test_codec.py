@@ -1,0 +1,190 @@
+"""Envelope, frame and body codec: round trips, and strict bounded decoding of garbage."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker_bridge.codec import (
+    FIELDS,
+    decode_body,
+    decode_envelope,
+    decode_frame,
+    encode_body,
+    encode_envelope,
+    encode_frame,
+)
+from broker_bridge.envelope import ChunkInfo, Envelope, Priority
+from broker_bridge.ids import MessageIds, id_time_ms
+from object_model import ErrorCode, ModelError
+from object_model.messages import MESSAGE_TYPES
+from tests.object_model.test_messages import EXAMPLES
+
+addresses = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
+u64 = st.integers(0, 2**64 - 1)
+envelopes = st.builds(
+    Envelope,
+    id=st.binary(min_size=16, max_size=16),
+    source=addresses,
+    destination=st.one_of(addresses, addresses.map(lambda a: "group:" + a)),
+    kind=st.sampled_from(sorted(MESSAGE_TYPES)),
+    body=st.binary(max_size=200),
+    priority=st.sampled_from(list(Priority)),
+    timestamp_us=u64,
+    expires_us=st.one_of(st.none(), u64),
+    correlation=st.one_of(st.none(), st.binary(min_size=16, max_size=16)),
+    reliable=st.booleans(),
+    stream=st.one_of(st.none(), st.text(max_size=10)),
+    stream_epoch=u64,
+    seq=u64,
+    base=u64,
+    chunk=st.one_of(st.none(), st.builds(lambda i, extra, t: ChunkInfo(i, i + 1 + extra, t),
+                                         st.integers(0, 50), st.integers(0, 50), u64)),
+    signature=st.one_of(st.none(), st.binary(max_size=64)),
+    encryption=st.one_of(st.none(), st.binary(max_size=64)),
+    version=st.just(1),
+)
+
+
+@given(envelopes)
+def test_envelopes_round_trip(env: Envelope) -> None:
+    assert decode_envelope(encode_envelope(env)) == env
+
+
+@given(st.lists(st.binary(max_size=50), min_size=1, max_size=5))
+def test_frames_round_trip(items: list[bytes]) -> None:
+    assert decode_frame(encode_frame(items)) == items
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_bodies_round_trip(message: object) -> None:
+    assert decode_body(type(message).__name__, encode_body(message)) == message  # type: ignore[arg-type]
+
+
+def test_unreliable_envelopes_are_compact() -> None:
+    env = Envelope(id=bytes(16), source="cs-17", destination="local-site1", kind="Ack",
+                   body=b"", timestamp_us=1_700_000_000_000_000)
+    assert len(encode_envelope(env)) <= 60
+
+
+def test_body_field_order_is_pinned() -> None:
+    """Bodies are positional: reordering fields would silently break every peer."""
+    assert [n for n, _ in FIELDS["PropertyValueUpdate"]] == [
+        "tree", "epoch", "from_revision", "to_revision", "upserts", "deletes"]
+    assert [n for n, _ in FIELDS["ErrorReport"]] == ["code", "answers", "path", "text", "details"]
+    assert [n for n, _ in FIELDS["Ack"]] == ["message_ids"]
+    assert [n for n, _ in FIELDS["PropertyValueWrite"]] == ["tree", "writes", "expected_revision"]
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_the_decoders(data: bytes) -> None:
+    for decode in (decode_frame, decode_envelope, lambda d: decode_body("PropertyValueUpdate", d)):
+        try:
+            decode(data)
+        except ModelError as exc:
+            assert exc.code in {ErrorCode.MALFORMED_MESSAGE, ErrorCode.INVALID_MESSAGE,
+                                ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNKNOWN_KIND,
+                                ErrorCode.LIMIT_EXCEEDED, ErrorCode.INVALID_KEYPATH}
+
+
+@given(envelopes, st.data())
+def test_truncated_envelopes_are_malformed(env: Envelope, data: st.DataObject) -> None:
+    raw = encode_envelope(env)
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(ModelError) as info:
+        decode_envelope(raw[:cut])
+    assert info.value.code is ErrorCode.MALFORMED_MESSAGE
+
+
+GOOD = [1, bytes(16), "cs-1", "local-1", 1, 5, 8, b""]
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "knows_sender"),
+    [
+        ([2, *GOOD[1:]], ErrorCode.UNSUPPORTED_VERSION, True),
+        ([*GOOD[:1], b"short", *GOOD[2:]], ErrorCode.MALFORMED_MESSAGE, True),
+        ([*GOOD[:2], 42, *GOOD[3:]], ErrorCode.MALFORMED_MESSAGE, False),
+        ([*GOOD[:3], "bad address!", *GOOD[4:]], ErrorCode.MALFORMED_MESSAGE, True),
+        ([*GOOD[:4], 9, *GOOD[5:]], ErrorCode.MALFORMED_MESSAGE, True),
+        ([*GOOD[:5], -1, *GOOD[6:]], ErrorCode.MALFORMED_MESSAGE, True),
+        ([*GOOD[:6], 999, *GOOD[7:]], ErrorCode.UNKNOWN_KIND, True),
+        ([*GOOD[:6], "Ack", *GOOD[7:]], ErrorCode.UNKNOWN_KIND, True),
+        ([*GOOD[:7], "text body"], ErrorCode.MALFORMED_MESSAGE, True),
+        ([*GOOD, "one"], ErrorCode.MALFORMED_MESSAGE, True),
+        ([*GOOD, 1, None, b"short"], ErrorCode.MALFORMED_MESSAGE, True),
+        ([*GOOD, 1, None, None, "s", 1, 2, 3, [5, 2, 10]], ErrorCode.MALFORMED_MESSAGE, True),
+        ([*GOOD, 1, None, None, "x" * 100], ErrorCode.MALFORMED_MESSAGE, True),
+        (GOOD[:5], ErrorCode.MALFORMED_MESSAGE, False),
+        ({"not": "an array"}, ErrorCode.MALFORMED_MESSAGE, False),
+    ],
+)
+def test_wrong_header_fields_are_named(fields: object, code: ErrorCode, knows_sender: bool
+                                       ) -> None:
+    with pytest.raises(ModelError) as info:
+        decode_envelope(msgpack.packb(fields, use_bin_type=True))
+    assert info.value.code is code
+    assert ("source" in info.value.details) is knows_sender
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\xdb\xff\xff\xff\xff", ErrorCode.MALFORMED_MESSAGE),  # a 4 GB string, 5 bytes sent
+        (b"\xc6\xff\xff\xff\xff" + b"x" * 10, ErrorCode.MALFORMED_MESSAGE),  # a 4 GB bin
+        (b"\xdd\xff\xff\xff\xff", ErrorCode.MALFORMED_MESSAGE),  # a 4-billion-item array
+        (b"\x91" * 100_000, ErrorCode.MALFORMED_MESSAGE),  # absurd nesting
+        (b"\xc7\x01\x05a", ErrorCode.MALFORMED_MESSAGE),  # msgpack extension types
+        (b"\x92\xa1a\xa1b", ErrorCode.MALFORMED_MESSAGE),
+        (b"x" * 300_000, ErrorCode.MESSAGE_TOO_LARGE),
+    ],
+)
+def test_hostile_sizes_are_refused_without_allocating(data: bytes, code: ErrorCode) -> None:
+    with pytest.raises(ModelError) as info:
+        decode_envelope(data)
+    assert info.value.code is code
+
+
+def test_bodies_are_checked_for_depth_shape_and_schema() -> None:
+    deep: list = []
+    for _ in range(40):
+        deep = [deep]
+    bad = msgpack.packb(["", 1, 0, 1, [["a", 1, deep]]])
+    with pytest.raises(ModelError) as info:
+        decode_body("PropertyValueUpdate", bad)
+    assert info.value.code is ErrorCode.LIMIT_EXCEEDED
+    with pytest.raises(ModelError) as info:
+        decode_body("PropertyValueUpdate", msgpack.packb({"epoch": 1}))
+    assert info.value.code is ErrorCode.INVALID_MESSAGE
+    with pytest.raises(ModelError) as info:
+        decode_body("PropertyValueUpdate", msgpack.packb(["", "one", 0, 1]))
+    assert info.value.code is ErrorCode.INVALID_MESSAGE
+    with pytest.raises(ModelError) as info:
+        decode_body("Ack", msgpack.packb([[bytes(16)], 1, 2]))
+    assert info.value.code is ErrorCode.INVALID_MESSAGE
+    with pytest.raises(ModelError) as info:
+        decode_body("Nope", b"\x90")
+    assert info.value.code is ErrorCode.UNKNOWN_KIND
+
+
+def test_frames_reject_wrong_versions_and_items() -> None:
+    for data, code in ((msgpack.packb([2, b"x"]), ErrorCode.UNSUPPORTED_VERSION),
+                       (msgpack.packb([1, "text"]), ErrorCode.MALFORMED_MESSAGE),
+                       (msgpack.packb([]), ErrorCode.MALFORMED_MESSAGE)):
+        with pytest.raises(ModelError) as info:
+            decode_frame(data)
+        assert info.value.code is code
+
+
+def test_message_ids_are_unique_and_time_ordered() -> None:
+    gen = MessageIds()
+    ids = [gen.new(1_700_000_000_000_000 + i // 7) for i in range(200_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert id_time_ms(ids[0]) == 1_700_000_000_000
+    back_in_time = gen.new(1_600_000_000_000_000)  # the clock jumped back: order still holds
+    assert back_in_time > ids[-1]
+    other = MessageIds()
+    assert other.new(1_700_000_000_000_000) != MessageIds().new(1_700_000_000_000_000)
