@@ -1,0 +1,35 @@
+"""The sans-IO session: priorities, batching, chunking, acknowledgements and ordering.
+
+No sockets, no clock: time is passed in and deadlines are returned. See ``core`` for the theory
+of operation.
+"""
+
+from broker_bridge.session.config import MS, SECOND, SessionConfig
+from broker_bridge.session.core import Receipts, Session, SessionCounters
+from broker_bridge.session.events import (
+    EnvelopeAbandoned,
+    EnvelopeReceived,
+    EnvelopesAcked,
+    Frame,
+    GapDetected,
+    InputRejected,
+    SessionEvent,
+    StreamReset,
+)
+
+__all__ = [
+    "MS",
+    "SECOND",
+    "EnvelopeAbandoned",
+    "EnvelopeReceived",
+    "EnvelopesAcked",
+    "Frame",
+    "GapDetected",
+    "InputRejected",
+    "Receipts",
+    "Session",
+    "SessionConfig",
+    "SessionCounters",
+    "SessionEvent",
+    "StreamReset",
+]

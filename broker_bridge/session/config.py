@@ -1,0 +1,58 @@
+"""Session settings: one frozen object, passed down explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from broker_bridge.envelope import Priority
+
+MS = 1_000
+SECOND = 1_000_000
+
+
+def _default_windows() -> dict[Priority, int]:
+    # critical envelopes never wait for company; bulk waits a little longer to share frames
+    return {Priority.CRITICAL: 0, Priority.CONTROL: 1 * MS, Priority.STATE: 3 * MS,
+            Priority.BULK: 5 * MS}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything the session needs to know; times in microseconds, sizes in bytes.
+
+    ``frame_bytes``: the largest frame handed to the transport (10 to 64 kB; small embedded
+    stations use 10-16 kB). Bigger envelopes are chunked.
+    ``rate_bytes_per_s``: the link's budget; ``None`` means only the transport's back-pressure
+    limits sending. ``priorities=False`` makes the queue plain FIFO (for comparisons).
+    ``durable``: reliable envelopes wait for ``mark_persisted`` before they may leave, and acks
+    wait for ``mark_receipts_persisted`` (the outbox's handshake); off for in-memory use.
+    """
+
+    frame_bytes: int = 32 * 1024
+    rate_bytes_per_s: float | None = None
+    burst_bytes: int = 64 * 1024
+    priorities: bool = True
+    batch_windows_us: dict[Priority, int] = field(default_factory=_default_windows)
+    batch_max_envelopes: int = 512
+    max_queued_bytes: int = 32 * 1024 * 1024
+    durable: bool = False
+    retransmit_initial_us: int = 1 * SECOND
+    retransmit_max_us: int = 30 * SECOND
+    ack_delay_us: int = 2 * MS
+    ack_batch: int = 256
+    reorder_max_envelopes: int = 4096
+    gap_timeout_us: int = 60 * SECOND
+    reassembly_timeout_us: int = 30 * SECOND
+    reassembly_max_bytes_per_peer: int = 32 * 1024 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024
+    dedupe_window: int = 100_000
+    error_reports_per_s: float = 20.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 10 * 1024 <= self.frame_bytes <= 64 * 1024:
+            raise ValueError(f"frame_bytes must be 10 to 64 kB, not {self.frame_bytes}")
+        if self.rate_bytes_per_s is not None and self.rate_bytes_per_s <= 0:
+            raise ValueError("rate_bytes_per_s must be positive (or None for unlimited)")
+        if self.retransmit_initial_us <= 0 or self.retransmit_max_us < self.retransmit_initial_us:
+            raise ValueError("retransmit times must be positive and max >= initial")

@@ -1,0 +1,570 @@
+"""The session: everything between actors and a byte-moving transport, without I/O.
+
+Theory of operation
+-------------------
+The caller (an asyncio adapter, or a test with a fake clock) drives it:
+
+* ``send(...)`` turns a message body into an envelope and queues it (``outqueue``);
+* ``pop_frames(now, budget)`` yields frames for the transport, highest priority first, as fast
+  as the link drains;
+* ``receive_frame(data, now)`` takes a frame off the wire: envelopes are decoded strictly,
+  reassembled, de-duplicated and put in stream order (``inbound``);
+* ``handle_timer(now)`` runs what is due: acknowledgements, retransmissions, reassembly and gap
+  timeouts; ``next_deadline()`` says when it next needs calling;
+* ``drain_events()`` returns what happened (envelopes to deliver, acks, gaps, rejections).
+
+Reliability. A reliable envelope gets a stream position and stays *pending* until its
+destination acknowledges it (an ``Ack`` message, or an ``ErrorReport`` answering it, which is a
+final answer too). It is retransmitted with exponential backoff and jitter until acknowledged or
+expired, and at once when the link comes back. With ``durable`` set, the outbox handshake makes
+the ordering explicit: ``take_unpersisted`` -> write to disk -> ``mark_persisted``; only then may
+the envelope leave. Receivers acknowledge only what they delivered, and (``durable``) only after
+``take_receipts`` -> write the dedupe window and stream positions -> ``mark_receipts_persisted``,
+so an acknowledged envelope is never delivered twice, even across a restart.
+
+Rejections. Anything undecodable or unacceptable becomes an ``InputRejected`` event and, where
+the sender is addressable and within a per-sender rate, an ``ErrorReport`` back to it. Acks and
+ErrorReports are never answered with ErrorReports (no loops).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker_bridge.codec import (
+    MAX_FRAME_BYTES,
+    decode_body,
+    decode_envelope,
+    decode_frame,
+    encode_body,
+    encode_envelope,
+    frame_overhead,
+)
+from broker_bridge.envelope import ChunkInfo, Envelope, Priority, is_group, valid_address
+from broker_bridge.ids import MessageIds
+from broker_bridge.session.config import SessionConfig
+from broker_bridge.session.events import (
+    EnvelopeAbandoned,
+    EnvelopeReceived,
+    EnvelopesAcked,
+    Frame,
+    GapDetected,
+    InputRejected,
+    SessionEvent,
+    StreamReset,
+)
+from broker_bridge.session.inbound import DedupeWindow, InboundStreams, Reassembler, StreamKey
+from broker_bridge.session.outqueue import OutQueue
+from object_model.errors import ErrorCode, ModelError, error_class
+from object_model.messages import Ack, error_report
+
+_SESSION_KINDS = ("Ack", "ErrorReport")  # never answered with an ErrorReport
+
+
+@dataclass
+class _OutStream:
+    epoch: int
+    next_seq: int = 1
+    _open: set[int] = field(default_factory=set)
+    _heap: list[int] = field(default_factory=list)
+
+    def open(self, seq: int) -> None:
+        self._open.add(seq)
+        heapq.heappush(self._heap, seq)
+
+    def close(self, seq: int) -> None:
+        self._open.discard(seq)
+
+    @property
+    def base(self) -> int:
+        """The lowest sequence number still unacknowledged (or the next one)."""
+        heap = self._heap
+        while heap and heap[0] not in self._open:
+            heapq.heappop(heap)
+        return heap[0] if heap else self.next_seq
+
+
+@dataclass
+class _Pending:
+    envelope: Envelope
+    key: StreamKey
+    attempts: int = 0
+    queued_chunks: int = 0
+    persisted: bool = True
+    due: int = 0
+
+
+@dataclass
+class Receipts:
+    """What a receiver must persist before acknowledging: ids delivered (for the dedupe
+    window) and the stream positions reached."""
+
+    ids: list[tuple[bytes, str, str]]  # (id, from, to)
+    positions: dict[StreamKey, tuple[int, int]]
+
+
+@dataclass
+class SessionCounters:
+    received_frames: int = 0
+    received_bytes: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    retransmits: int = 0
+    acked: int = 0
+    abandoned: int = 0
+    rejected: int = 0
+    error_reports_sent: int = 0
+    error_reports_suppressed: int = 0
+    gaps: int = 0
+    resets: int = 0
+
+
+class Session:
+    """The sans-IO core of one broker connection, for any number of local actors."""
+
+    def __init__(self, config: SessionConfig | None = None, local: Iterable[str] = (),
+                 *, ids: MessageIds | None = None) -> None:
+        self.config = config or SessionConfig()
+        seed = self.config.seed if self.config.seed is not None else secrets.randbits(64)
+        self._rng = random.Random(seed)
+        self._ids = ids or MessageIds(self._rng.getrandbits(64))
+        self._local: set[str] = set()
+        for address in local:
+            self.add_local(address)
+        self._groups: set[str] = set()
+        self._queue = OutQueue(self.config, self._expired_in_queue, self._left_in_frame)
+        self._pending: dict[bytes, _Pending] = {}
+        self._retry: list[tuple[int, int, bytes]] = []
+        self._retry_counter = 0
+        self._out_streams: dict[StreamKey, _OutStream] = {}
+        self._unpersisted: list[Envelope] = []
+        self._dedupe = DedupeWindow(self.config.dedupe_window)
+        self._reassembler = Reassembler(self.config)
+        self._in_streams = InboundStreams(self.config)
+        self._acks: dict[tuple[str, str], list[bytes]] = {}
+        self._ack_due: int | None = None
+        self._receipts: list[tuple[bytes, str, str]] = []
+        self._touched: set[StreamKey] = set()
+        self._error_budget: dict[str, tuple[float, int]] = {}
+        self._events: list[SessionEvent] = []
+        self.link_is_up = True
+        self.counters = SessionCounters()
+
+    # -- addresses -------------------------------------------------------------------------------
+
+    def add_local(self, address: str) -> None:
+        """Accept envelopes for ``address`` (an actor hosted behind this session)."""
+        if not valid_address(address) or is_group(address):
+            raise ValueError(f"invalid actor address {address!r}")
+        self._local.add(address)
+
+    def remove_local(self, address: str) -> None:
+        self._local.discard(address)
+
+    def join_group(self, group: str) -> None:
+        """Accept envelopes sent to the broadcast address ``group``."""
+        if not is_group(group) or not valid_address(group):
+            raise ValueError(f"invalid group address {group!r}")
+        self._groups.add(group)
+
+    @property
+    def local_addresses(self) -> frozenset[str]:
+        return frozenset(self._local)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, *, source: str, destination: str, kind: str, body: bytes, now: int,
+             priority: Priority = Priority.CONTROL, reliable: bool = False,
+             expires_us: int | None = None, correlation: bytes | None = None,
+             stream: str | None = None) -> Envelope:
+        """Queue a message; returns its envelope. Reliable messages belong to a stream
+        (default: one per priority class, so classes never wait on each other)."""
+        if source not in self._local:
+            raise ValueError(f"{source!r} is not a local address of this session")
+        if not valid_address(destination):
+            raise ValueError(f"invalid destination address {destination!r}")
+        if reliable and is_group(destination):
+            raise ValueError("broadcasts cannot be reliable: receivers resynchronise instead")
+        env = Envelope(id=self._ids.new(now), source=source, destination=destination, kind=kind,
+                       body=body, priority=priority, timestamp_us=now, expires_us=expires_us,
+                       correlation=correlation, reliable=reliable)
+        if reliable:
+            name = stream or f"p{int(priority)}"
+            key = (source, destination, name)
+            out = self._out_streams.get(key)
+            if out is None:
+                out = self._out_streams[key] = _OutStream(self._rng.getrandbits(63))
+            seq = out.next_seq
+            out.next_seq += 1
+            out.open(seq)
+            env = env._replace(stream=name, stream_epoch=out.epoch, seq=seq, base=out.base)
+            pending = self._pending[env.id] = _Pending(env, key)
+            if self.config.durable:
+                pending.persisted = False
+                self._unpersisted.append(env)
+                return env
+        self._enqueue(env, now)
+        return env
+
+    def take_unpersisted(self) -> tuple[list[Envelope], dict[StreamKey, tuple[int, int]]]:
+        """Reliable envelopes waiting to be written to the outbox, and the stream states to
+        write with them (``epoch, next_seq``)."""
+        envs, self._unpersisted = self._unpersisted, []
+        return envs, self.stream_states()
+
+    def mark_persisted(self, ids: Iterable[bytes], now: int) -> None:
+        """These reliable envelopes are on disk: they may leave."""
+        for message_id in ids:
+            pending = self._pending.get(message_id)
+            if pending is not None and not pending.persisted:
+                pending.persisted = True
+                self._enqueue(pending.envelope, now)
+
+    def stream_states(self) -> dict[StreamKey, tuple[int, int]]:
+        return {k: (s.epoch, s.next_seq) for k, s in self._out_streams.items()}
+
+    def _enqueue(self, env: Envelope, now: int) -> None:
+        pending = self._pending.get(env.id) if env.reliable else None
+        if pending is not None:
+            out = self._out_streams[pending.key]
+            if env.base != out.base:
+                env = env._replace(base=out.base)  # tell the receiver what was abandoned
+        encoded = encode_envelope(env)
+        room = self.config.frame_bytes - frame_overhead(1)
+        pieces = [(env, encoded)] if len(encoded) <= room else self._chunk(env, encoded, room)
+        if pending is not None:
+            pending.queued_chunks = len(pieces)
+        for piece, data in pieces:
+            self._queue.push(piece, data, now)
+
+    def _chunk(self, env: Envelope, encoded: bytes, room: int) -> list[tuple[Envelope, bytes]]:
+        body = env.body
+        header = len(encoded) - len(body) + 24  # chunk field and length-prefix growth
+        size = room - header
+        count = -(-len(body) // size)
+        out = []
+        for index in range(count):
+            piece = env._replace(body=body[index * size:(index + 1) * size],
+                                 chunk=ChunkInfo(index, count, len(body)))
+            data = encode_envelope(piece)
+            assert len(data) <= room, "chunk does not fit its frame"
+            out.append((piece, data))
+        return out
+
+    def pop_frames(self, now: int, budget: int | None = None) -> list[Frame]:
+        """Frames the transport may write now (none while the link is down)."""
+        if not self.link_is_up:
+            return []
+        return self._queue.pop_frames(now, budget)
+
+    def _left_in_frame(self, env: Envelope, now: int) -> None:
+        if not env.reliable:
+            return
+        pending = self._pending.get(env.id)
+        if pending is None:
+            return
+        pending.queued_chunks -= 1
+        if pending.queued_chunks <= 0:
+            self._schedule_retry(pending, now)
+
+    def _schedule_retry(self, pending: _Pending, now: int) -> None:
+        backoff = min(self.config.retransmit_initial_us * (2 ** pending.attempts),
+                      self.config.retransmit_max_us)
+        pending.due = now + int(backoff * (1 + 0.25 * self._rng.random()))
+        self._retry_counter += 1
+        heapq.heappush(self._retry, (pending.due, self._retry_counter, pending.envelope.id))
+
+    def _expired_in_queue(self, env: Envelope) -> None:
+        if env.reliable:
+            self._abandon(env.id, "expired before it could be sent")
+
+    def _abandon(self, message_id: bytes, reason: str) -> None:
+        pending = self._pending.pop(message_id, None)
+        if pending is None:
+            return
+        self._out_streams[pending.key].close(pending.envelope.seq)
+        self.counters.abandoned += 1
+        self._events.append(EnvelopeAbandoned(pending.envelope, reason))
+
+    # -- link state ---------------------------------------------------------------------------
+
+    def link_down(self, now: int) -> None:
+        """The transport lost its connection: hold frames until it is back."""
+        self.link_is_up = False
+
+    def link_up(self, now: int) -> None:
+        """The transport is connected again: resend every unacknowledged envelope now (the
+        broker may have lost whatever was in flight)."""
+        self.link_is_up = True
+        for pending in self._pending.values():
+            if pending.persisted and pending.queued_chunks <= 0:
+                pending.attempts = 0
+                self._enqueue(pending.envelope, now)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def receive_frame(self, data: bytes, now: int, sender: str | None = None) -> None:
+        """A frame from the transport; ``sender`` is the transport-level sender's address when
+        the transport can tell (used to answer frames too broken to name their sender)."""
+        self.counters.received_frames += 1
+        self.counters.received_bytes += len(data)
+        try:
+            items = decode_frame(data, MAX_FRAME_BYTES)
+        except ModelError as exc:
+            self._reject(exc, sender, None, None, None, now)
+            return
+        for raw in items:
+            try:
+                env = decode_envelope(raw)
+            except ModelError as exc:
+                source = exc.details.get("source", sender)
+                self._reject(exc, source, exc.details.get("id"), None, None, now)
+                continue
+            self._receive(env, now)
+
+    def _receive(self, env: Envelope, now: int) -> None:
+        dest = env.destination
+        if dest not in self._local and dest not in self._groups:
+            exc = error_class(ErrorCode.UNKNOWN_ACTOR)(
+                f"no actor {dest!r} here", details={"destination": dest})
+            self._reject(exc, env.source, env.id, None, env.kind, now)
+            return
+        if env.chunk is not None:
+            if env.id in self._dedupe:
+                self._duplicate(env, now)
+                return
+            try:
+                whole = self._reassembler.add(env, now)
+            except ModelError as exc:
+                self._reject(exc, env.source, env.id, dest, env.kind, now)
+                return
+            if whole is None:
+                return
+            env = whole
+        if env.kind == "Ack":
+            self._receive_ack(env)
+            return
+        if env.kind == "ErrorReport" and env.correlation in self._pending:
+            self._acknowledged([env.correlation])  # a final answer: stop retransmitting
+        if env.reliable and env.stream is not None:
+            deliverable, status = self._in_streams.accept(env, now, self._events)
+            self._touched.add((env.source, env.destination, env.stream))
+            if status == "delivered":
+                self._duplicate(env, now)
+            elif status == "waiting":
+                self.counters.duplicates += 1
+            for item in deliverable:
+                self._deliver(item, now)
+            return
+        if env.id in self._dedupe:
+            self.counters.duplicates += 1
+            return
+        self._deliver(env, now)
+
+    def _deliver(self, env: Envelope, now: int) -> None:
+        self._dedupe.add(env.id)
+        self.counters.delivered += 1
+        self._events.append(EnvelopeReceived(env))
+        if env.reliable:
+            if self.config.durable:
+                self._receipts.append((env.id, env.source, env.destination))
+            else:
+                self._queue_ack(env.destination, env.source, env.id, now)
+
+    def _duplicate(self, env: Envelope, now: int) -> None:
+        self.counters.duplicates += 1
+        if env.reliable:  # the first ack may have been lost: acknowledge again
+            self._queue_ack(env.destination, env.source, env.id, now)
+
+    def _receive_ack(self, env: Envelope) -> None:
+        try:
+            ack = decode_body("Ack", env.body)
+        except ModelError as exc:
+            self._reject(exc, env.source, env.id, env.destination, env.kind, 0)
+            return
+        assert isinstance(ack, Ack)
+        self._acknowledged(ack.message_ids)
+
+    def _acknowledged(self, ids: Iterable[bytes | None]) -> None:
+        done = []
+        for message_id in ids:
+            pending = self._pending.pop(message_id, None) if message_id else None
+            if pending is None:
+                continue
+            self._out_streams[pending.key].close(pending.envelope.seq)
+            done.append(pending.envelope.id)
+        if done:
+            self.counters.acked += len(done)
+            self._events.append(EnvelopesAcked(tuple(done)))
+
+    # -- acknowledgements -----------------------------------------------------------------------
+
+    def _queue_ack(self, local: str, remote: str, message_id: bytes, now: int) -> None:
+        key = (local, remote)
+        ids = self._acks.setdefault(key, [])
+        ids.append(message_id)
+        if len(ids) >= self.config.ack_batch:
+            self._flush_ack(key, now)
+        elif self._ack_due is None:
+            self._ack_due = now + self.config.ack_delay_us
+
+    def _flush_ack(self, key: tuple[str, str], now: int) -> None:
+        ids = self._acks.pop(key, None)
+        if not ids or key[0] not in self._local:
+            return
+        body = encode_body(Ack(message_ids=list(dict.fromkeys(ids))))
+        self.send(source=key[0], destination=key[1], kind="Ack", body=body, now=now,
+                  priority=Priority.CONTROL)
+
+    def take_receipts(self) -> Receipts:
+        """What must be persisted before the pending acknowledgements may go out."""
+        ids, self._receipts = self._receipts, []
+        touched, self._touched = self._touched, set()
+        positions = {k: v for k in touched if (v := self._in_streams.position(k)) is not None}
+        return Receipts(ids, positions)
+
+    def mark_receipts_persisted(self, receipts: Receipts, now: int) -> None:
+        """The receipts are on disk: acknowledge those envelopes."""
+        for message_id, remote, local in receipts.ids:
+            self._queue_ack(local, remote, message_id, now)
+
+    # -- restarts -----------------------------------------------------------------------------
+
+    def restore_outgoing(self, streams: dict[StreamKey, tuple[int, int]],
+                         envelopes: Iterable[Envelope], now: int) -> None:
+        """After a restart: stream states and unacknowledged envelopes from the outbox; the
+        envelopes are sent again at once."""
+        for key, (epoch, next_seq) in streams.items():
+            self._out_streams[key] = _OutStream(epoch, next_seq)
+        for env in sorted(envelopes, key=lambda e: (e.stream or "", e.seq)):
+            key = (env.source, env.destination, env.stream or "")
+            out = self._out_streams.setdefault(key, _OutStream(env.stream_epoch, env.seq + 1))
+            out.open(env.seq)
+            self._pending[env.id] = _Pending(env, key)
+        for env in list(p.envelope for p in self._pending.values()):
+            self._enqueue(env, now)
+
+    def restore_incoming(self, positions: dict[StreamKey, tuple[int, int]],
+                         seen: Iterable[bytes]) -> None:
+        """After a restart: stream positions and the dedupe window from the outbox."""
+        for key, (epoch, expected) in positions.items():
+            self._in_streams.restore(key, epoch, expected)
+        for message_id in seen:
+            self._dedupe.add(message_id)
+
+    def seen_ids(self) -> list[bytes]:
+        return self._dedupe.ids()
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def handle_timer(self, now: int) -> None:
+        """Do whatever is due at ``now``."""
+        if self._ack_due is not None and self._ack_due <= now:
+            self._ack_due = None
+            for key in list(self._acks):
+                self._flush_ack(key, now)
+        while self._retry and self._retry[0][0] <= now:
+            due, _, message_id = heapq.heappop(self._retry)
+            pending = self._pending.get(message_id)
+            if pending is None or pending.due != due or pending.queued_chunks > 0:
+                continue
+            if pending.envelope.expired(now):
+                self._abandon(message_id, "expired before it was acknowledged")
+                continue
+            if not self.link_is_up:
+                continue  # link_up() resends everything
+            pending.attempts += 1
+            self.counters.retransmits += 1
+            self._enqueue(pending.envelope, now)
+        for first in self._reassembler.expire(now):
+            exc = error_class(ErrorCode.REASSEMBLY_TIMEOUT)(
+                f"message {first.id.hex()} was not complete after "
+                f"{self.config.reassembly_timeout_us / 1e6:g} s")
+            self._reject(exc, first.source, first.id, first.destination, first.kind, now)
+        for env in self._in_streams.expire(now, self._events):
+            self._deliver(env, now)
+
+    def next_deadline(self) -> int | None:
+        """The next time ``handle_timer`` or ``pop_frames`` has something to do."""
+        candidates: list[int] = []
+        if self._ack_due is not None:
+            candidates.append(self._ack_due)
+        while self._retry:
+            due, _, message_id = self._retry[0]
+            pending = self._pending.get(message_id)
+            if pending is None or pending.due != due:
+                heapq.heappop(self._retry)
+                continue
+            candidates.append(due)
+            break
+        for deadline in (self._reassembler.next_deadline(), self._in_streams.next_deadline()):
+            if deadline is not None:
+                candidates.append(deadline)
+        if self.link_is_up:
+            queued = self._queue.next_deadline()
+            if queued is not None:
+                candidates.append(queued)
+        return min(candidates) if candidates else None
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _reject(self, exc: ModelError, sender: str | None, answers: bytes | None,
+                local: str | None, kind: str | None, now: int) -> None:
+        self.counters.rejected += 1
+        answered = False
+        if (sender is not None and valid_address(sender) and not is_group(sender)
+                and kind not in _SESSION_KINDS):
+            source = local if local in self._local else next(iter(sorted(self._local)), None)
+            if source is not None and self._may_report(sender, now):
+                report = error_report(exc, answers=answers)
+                self.send(source=source, destination=sender, kind="ErrorReport",
+                          body=encode_body(report), now=now, priority=Priority.CONTROL,
+                          correlation=answers)
+                self.counters.error_reports_sent += 1
+                answered = True
+            elif source is not None:
+                self.counters.error_reports_suppressed += 1
+        self._events.append(InputRejected(sender=sender, code=exc.code, text=exc.text,
+                                          message_id=answers, answered=answered))
+
+    def _may_report(self, remote: str, now: int) -> bool:
+        """A token bucket per remote, so a flood of garbage cannot make us flood back."""
+        rate = self.config.error_reports_per_s
+        tokens, updated = self._error_budget.get(remote, (rate, now))
+        tokens = min(rate, tokens + rate * (now - updated) / 1e6)
+        if tokens < 1:
+            self._error_budget[remote] = (tokens, now)
+            return False
+        self._error_budget[remote] = (tokens - 1, now)
+        if len(self._error_budget) > 10_000:
+            self._error_budget.clear()
+        return True
+
+    # -- results ----------------------------------------------------------------------------
+
+    def drain_events(self) -> list[SessionEvent]:
+        """What happened since the last call, in order."""
+        events, self._events = self._events, []
+        for ev in events:
+            if isinstance(ev, GapDetected):
+                self.counters.gaps += 1
+            elif isinstance(ev, StreamReset):
+                self.counters.resets += 1
+        return events
+
+    @property
+    def pending_count(self) -> int:
+        """Reliable envelopes sent and not yet acknowledged."""
+        return len(self._pending)
+
+    def queue_depth(self) -> dict[Priority, int]:
+        return self._queue.depth()
+
+    @property
+    def queue_counters(self) -> Any:
+        return self._queue.counters

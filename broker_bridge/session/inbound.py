@@ -1,0 +1,253 @@
+"""Incoming envelopes: de-duplication, chunk reassembly and per-stream ordering.
+
+Theory of operation. The broker may lose envelopes (around restarts) and duplicate them (stream
+management resends), and a priority queue at the sender reorders classes on purpose. So:
+
+* every envelope id is remembered in a bounded window and a second copy is dropped;
+* a chunked envelope is held until all its chunks are in, within a memory bound per sender and
+  a timeout, and rejected beyond either;
+* reliable envelopes carry ``(stream, epoch, seq, base)``. Each stream delivers in ``seq``
+  order from ``expected``; later envelopes wait in a bounded reorder buffer. ``base`` is the
+  lowest number the sender may still send: when it passes ``expected``, the envelopes in
+  between were abandoned by the sender and will never come, which is a gap the application must
+  repair by resynchronising. A new ``epoch`` means the sender lost its stream state: a reset.
+
+The transitions of one stream, for an envelope numbered ``seq``:
+
+    ==========================  ==================================================
+    condition                   action
+    ==========================  ==================================================
+    unknown stream              start at ``base`` (the sender's oldest open seq)
+    other epoch                 StreamReset; restart at ``base``
+    base > expected             GapDetected(expected, base); deliver what waited
+                                below ``base``; expected = base
+    seq < expected              duplicate: acknowledge again, do not deliver
+    seq == expected             deliver, then every consecutive waiting envelope
+    seq > expected              wait (bounded; beyond the bound, drop unacked so
+                                the sender retransmits)
+    stuck past gap_timeout      GapDetected; skip to the lowest waiting envelope
+    ==========================  ==================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from broker_bridge.envelope import Envelope
+from broker_bridge.session.config import SessionConfig
+from broker_bridge.session.events import GapDetected, StreamReset
+from object_model.errors import ErrorCode, MessageTooLargeError, ModelError, error_class
+
+StreamKey = tuple[str, str, str]  # (source, destination, stream)
+
+
+class DedupeWindow:
+    """The last ``size`` message ids seen, in arrival order."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: dict[bytes, None] = {}
+
+    def __contains__(self, message_id: bytes) -> bool:
+        return message_id in self._ids
+
+    def add(self, message_id: bytes) -> None:
+        ids = self._ids
+        ids[message_id] = None
+        if len(ids) > self.size:
+            del ids[next(iter(ids))]
+
+    def ids(self) -> list[bytes]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+@dataclass
+class _Partial:
+    first: Envelope
+    count: int
+    total: int
+    started: int
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0
+
+
+class Reassembler:
+    """Collects chunks per (sender, id) within a memory bound per sender and a timeout."""
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self._partials: dict[tuple[str, bytes], _Partial] = {}
+        self._bytes_by_peer: dict[str, int] = {}
+
+    def add(self, env: Envelope, now: int) -> Envelope | None:
+        """The whole envelope once its last chunk is in, else ``None``; raises a
+        ``ModelError`` (its ErrorCode says why) when the message must be refused."""
+        chunk = env.chunk
+        assert chunk is not None
+        key = (env.source, env.id)
+        partial = self._partials.get(key)
+        if partial is None:
+            if chunk.total_size > self.config.max_message_bytes:
+                raise _refuse(MessageTooLargeError.code,
+                              f"message of {chunk.total_size} bytes exceeds the limit of "
+                              f"{self.config.max_message_bytes}", env)
+            used = self._bytes_by_peer.get(env.source, 0)
+            if used + chunk.total_size > self.config.reassembly_max_bytes_per_peer:
+                raise _refuse(ErrorCode.REASSEMBLY_OVERFLOW,
+                              f"reassembly buffer for {env.source} would exceed "
+                              f"{self.config.reassembly_max_bytes_per_peer} bytes", env)
+            if chunk.count > chunk.total_size + 1:
+                raise _refuse(ErrorCode.MALFORMED_MESSAGE, "more chunks than bytes", env)
+            partial = self._partials[key] = _Partial(env, chunk.count, chunk.total_size, now)
+            self._bytes_by_peer[env.source] = used + chunk.total_size
+        if chunk.count != partial.count or chunk.total_size != partial.total:
+            self._drop(key)
+            raise _refuse(ErrorCode.MALFORMED_MESSAGE, "chunks disagree on count or size", env)
+        if chunk.index in partial.pieces:
+            return None
+        partial.pieces[chunk.index] = env.body
+        partial.size += len(env.body)
+        if partial.size > partial.total:
+            self._drop(key)
+            raise _refuse(ErrorCode.MALFORMED_MESSAGE, "chunks exceed the declared size", env)
+        if len(partial.pieces) < partial.count:
+            return None
+        self._drop(key)
+        body = b"".join(partial.pieces[i] for i in range(partial.count))
+        if len(body) != partial.total:
+            raise _refuse(ErrorCode.MALFORMED_MESSAGE, "reassembled size is wrong", env)
+        return partial.first.with_changes(body=body, chunk=None)
+
+    def _drop(self, key: tuple[str, bytes]) -> None:
+        partial = self._partials.pop(key, None)
+        if partial is not None:
+            left = self._bytes_by_peer.get(key[0], 0) - partial.total
+            if left > 0:
+                self._bytes_by_peer[key[0]] = left
+            else:
+                self._bytes_by_peer.pop(key[0], None)
+
+    def expire(self, now: int) -> list[Envelope]:
+        """Drop partial messages older than the timeout; returns their first chunks."""
+        limit = now - self.config.reassembly_timeout_us
+        stale = [k for k, p in self._partials.items() if p.started <= limit]
+        out = []
+        for key in stale:
+            out.append(self._partials[key].first)
+            self._drop(key)
+        return out
+
+    def next_deadline(self) -> int | None:
+        if not self._partials:
+            return None
+        return min(p.started for p in self._partials.values()) + self.config.reassembly_timeout_us
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(self._bytes_by_peer.values())
+
+
+def _refuse(code: ErrorCode, text: str, env: Envelope) -> ModelError:
+    return error_class(code)(text, details={"id": env.id, "source": env.source})
+
+
+@dataclass
+class _InStream:
+    epoch: int
+    expected: int
+    waiting: dict[int, Envelope] = field(default_factory=dict)
+    stuck_since: int | None = None
+
+
+class InboundStreams:
+    """Ordering state of every reliable stream this endpoint receives."""
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self._streams: dict[StreamKey, _InStream] = {}
+        self._retired: dict[StreamKey, set[int]] = {}
+
+    def restore(self, key: StreamKey, epoch: int, expected: int) -> None:
+        self._streams[key] = _InStream(epoch, expected)
+
+    def position(self, key: StreamKey) -> tuple[int, int] | None:
+        st = self._streams.get(key)
+        return None if st is None else (st.epoch, st.expected)
+
+    def accept(self, env: Envelope, now: int, events: list[object]
+               ) -> tuple[list[Envelope], str]:
+        """Deliverable envelopes in order, and what ``env`` was: ``"new"``, ``"delivered"`` (a
+        copy of something delivered before: acknowledge it again) or ``"waiting"`` (a copy of
+        something still in the reorder buffer: not deliverable yet, so not acknowledged)."""
+        key = (env.source, env.destination, env.stream or "")
+        st = self._streams.get(key)
+        if st is None or st.epoch != env.stream_epoch:
+            if env.stream_epoch in self._retired.get(key, ()):
+                return [], "waiting"  # a straggler from a stream state the sender has lost
+            if st is not None:
+                events.append(StreamReset(source=env.source, destination=env.destination,
+                                          stream=key[2], old_epoch=st.epoch,
+                                          new_epoch=env.stream_epoch))
+                retired = self._retired.setdefault(key, set())
+                retired.add(st.epoch)
+                if len(retired) > 16:
+                    retired.pop()
+            st = self._streams[key] = _InStream(env.stream_epoch, env.base)
+        out: list[Envelope] = []
+        if env.base > st.expected:
+            events.append(GapDetected(source=env.source, destination=env.destination,
+                                      stream=key[2], first_missing=st.expected,
+                                      resumed_at=env.base))
+            for seq in sorted(s for s in st.waiting if s < env.base):
+                out.append(st.waiting.pop(seq))
+            st.expected = env.base
+            self._drain(st, out)  # what waited at the new position can go now
+        if env.seq < st.expected:
+            return out, "delivered"
+        if env.seq in st.waiting:
+            return out, "waiting"
+        if env.seq == st.expected:
+            out.append(env)
+            st.expected += 1
+            self._drain(st, out)
+        elif len(st.waiting) < self.config.reorder_max_envelopes:
+            st.waiting[env.seq] = env
+        if not st.waiting:
+            st.stuck_since = None
+        elif out or st.stuck_since is None:
+            st.stuck_since = now  # the clock for a gap restarts whenever the stream moves
+        return out, "new"
+
+    @staticmethod
+    def _drain(st: _InStream, out: list[Envelope]) -> None:
+        while st.expected in st.waiting:
+            out.append(st.waiting.pop(st.expected))
+            st.expected += 1
+
+    def expire(self, now: int, events: list[object]) -> list[Envelope]:
+        """Skip gaps that stayed open past the timeout; returns what became deliverable."""
+        out: list[Envelope] = []
+        limit = now - self.config.gap_timeout_us
+        for key, st in self._streams.items():
+            if st.stuck_since is None or st.stuck_since > limit or not st.waiting:
+                continue
+            resume = min(st.waiting)
+            events.append(GapDetected(source=key[0], destination=key[1], stream=key[2],
+                                      first_missing=st.expected, resumed_at=resume))
+            st.expected = resume
+            self._drain(st, out)
+            st.stuck_since = now if st.waiting else None
+        return out
+
+    def next_deadline(self) -> int | None:
+        stuck = [st.stuck_since for st in self._streams.values() if st.stuck_since is not None]
+        return min(stuck) + self.config.gap_timeout_us if stuck else None
+
+    def positions(self) -> dict[StreamKey, tuple[int, int]]:
+        return {k: (st.epoch, st.expected) for k, st in self._streams.items()}
+
+
+__all__ = ["DedupeWindow", "InboundStreams", "Reassembler"]

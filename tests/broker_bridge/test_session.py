@@ -1,0 +1,491 @@
+"""The sans-IO session with a fake clock: no sockets, no sleeping, milliseconds of test time."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from broker_bridge.codec import decode_body, decode_envelope, decode_frame, encode_body
+from broker_bridge.envelope import Priority
+from broker_bridge.session import (
+    MS,
+    SECOND,
+    EnvelopeAbandoned,
+    EnvelopeReceived,
+    EnvelopesAcked,
+    Frame,
+    GapDetected,
+    InputRejected,
+    Session,
+    SessionConfig,
+    StreamReset,
+)
+from object_model import ErrorCode, ErrorReport, PropertyValueUpdate
+
+
+def body(n: int = 0, size: int = 0) -> bytes:
+    msg = PropertyValueUpdate(epoch=n, from_revision=0, to_revision=1,
+                              upserts=[] if not size else [("blob", 1, b"x" * size)])
+    return encode_body(msg)
+
+
+def payload_of(env) -> int:  # type: ignore[no-untyped-def]
+    return decode_body(env.kind, env.body).epoch  # type: ignore[attr-defined]
+
+
+class Link:
+    """Two sessions and a wire between them that the test controls (loss, reordering)."""
+
+    def __init__(self, config_a: SessionConfig | None = None,
+                 config_b: SessionConfig | None = None) -> None:
+        self.a = Session(config_a or SessionConfig(seed=1), ["a"])
+        self.b = Session(config_b or SessionConfig(seed=2), ["b"])
+        self.now = 0
+        self.delivered: dict[str, list] = {"a": [], "b": []}
+        self.events: dict[str, list] = {"a": [], "b": []}
+
+    def send(self, n: int, *, reliable: bool = True, priority: Priority = Priority.STATE,
+             size: int = 0, **kw) -> bytes:  # type: ignore[no-untyped-def]
+        env = self.a.send(source="a", destination="b", kind="PropertyValueUpdate",
+                          body=body(n, size), now=self.now, reliable=reliable,
+                          priority=priority, **kw)
+        return env.id
+
+    def frames(self, who: str, budget: int | None = None) -> list[Frame]:
+        session = self.a if who == "a" else self.b
+        session.handle_timer(self.now)
+        return session.pop_frames(self.now, budget)
+
+    def step(self, who: str) -> list[Frame]:
+        """Advance to ``who``'s next deadline and return the frames it sends then (following
+        deadlines through batching windows until something leaves)."""
+        session = self.a if who == "a" else self.b
+        for _ in range(10):
+            deadline = session.next_deadline()
+            if deadline is None:
+                return []
+            self.now = max(self.now, deadline)
+            frames = self.frames(who)
+            if frames:
+                return frames
+        return []
+
+    def deliver(self, frames: list[Frame], to: str) -> None:
+        session = self.b if to == "b" else self.a
+        for frame in frames:
+            session.receive_frame(frame.data, self.now)
+        self.collect()
+
+    def collect(self) -> None:
+        for name, session in (("a", self.a), ("b", self.b)):
+            for ev in session.drain_events():
+                self.events[name].append(ev)
+                if isinstance(ev, EnvelopeReceived) and ev.envelope.kind == "PropertyValueUpdate":
+                    self.delivered[name].append(payload_of(ev.envelope))
+
+    def run(self, until: int, *, drop_a: float = 0.0, drop_b: float = 0.0,
+            rng: random.Random | None = None) -> None:
+        """Advance the clock from deadline to deadline, exchanging frames both ways."""
+        rng = rng or random.Random(0)
+        while True:
+            for src, dst, drop in (("a", "b", drop_a), ("b", "a", drop_b)):
+                out = [f for f in self.frames(src) if rng.random() >= drop]
+                self.deliver(out, dst)
+            deadlines = [d for d in (self.a.next_deadline(), self.b.next_deadline()) if d]
+            nxt = min(deadlines) if deadlines else None
+            if nxt is None or nxt > until:
+                self.now = until
+                return
+            self.now = max(self.now + 1, nxt)
+
+
+# -- priorities, rate limit and batching -------------------------------------------------------
+
+
+def test_critical_never_waits_behind_queued_bulk_under_a_rate_limit() -> None:
+    cfg = SessionConfig(seed=1, rate_bytes_per_s=100_000, burst_bytes=10_000)
+    link = Link(cfg)
+    for i in range(200):  # ~70 kB of bulk: more than half a second of link time
+        link.send(i, reliable=False, priority=Priority.BULK, size=300)
+    link.now = 10 * MS
+    first = link.frames("a")  # the burst lets some bulk go
+    link.send(9999, reliable=False, priority=Priority.CRITICAL)
+    link.now += 1
+    nxt = link.frames("a")
+    if not nxt:  # the bucket is in debt: the very next frame must be the critical one
+        link.now = link.a.next_deadline()  # type: ignore[assignment]
+        nxt = link.frames("a")
+    assert nxt[0].priority is Priority.CRITICAL
+    assert [payload_of(decode_envelope(e)) for e in decode_frame(nxt[0].data)] == [9999]
+    assert sum(len(f.data) for f in first) <= 10_000 + cfg.frame_bytes
+
+
+def test_the_rate_limit_holds_over_time() -> None:
+    cfg = SessionConfig(seed=1, rate_bytes_per_s=50_000, burst_bytes=5_000)
+    link = Link(cfg)
+    for i in range(1000):
+        link.send(i, reliable=False, priority=Priority.BULK, size=200)
+    sent = 0
+    while link.now < 2 * SECOND:
+        sent += sum(len(f.data) for f in link.frames("a"))
+        link.now = link.a.next_deadline() or link.now + MS
+    # 2 s at 50 kB/s plus the initial burst, plus at most one frame of debt
+    assert 90_000 <= sent <= 100_000 + 5_000 + cfg.frame_bytes
+    assert link.a.queue_depth()[Priority.BULK] > 0
+
+
+def test_fifo_mode_makes_critical_wait() -> None:
+    cfg = SessionConfig(seed=1, priorities=False, rate_bytes_per_s=100_000, burst_bytes=1000)
+    link = Link(cfg)
+    for i in range(50):
+        link.send(i, reliable=False, priority=Priority.BULK, size=300)
+    link.send(9999, reliable=False, priority=Priority.CRITICAL)
+    link.now = 10 * MS
+    order = []
+    while link.a.queue_depth()[Priority.CRITICAL] or link.a.queue_depth()[Priority.BULK]:
+        for f in link.frames("a"):
+            order += [payload_of(decode_envelope(e)) for e in decode_frame(f.data)]
+        link.now = link.a.next_deadline() or link.now + MS
+    assert order[-1] == 9999
+
+
+def test_back_pressure_budget_limits_what_leaves() -> None:
+    link = Link()
+    for i in range(100):
+        link.send(i, reliable=False, priority=Priority.CRITICAL, size=1000)
+    frames = link.frames("a", budget=3000)
+    assert 1 <= len(frames) <= 3
+    assert link.a.queue_depth()[Priority.CRITICAL] == 100 - len(frames)
+    assert link.frames("a", budget=0) == []
+
+
+def test_envelopes_within_the_window_share_a_frame() -> None:
+    link = Link()
+    for i in range(10):
+        link.send(i, reliable=False, priority=Priority.BULK)
+        link.now += 100  # 0.1 ms apart: inside the 5 ms bulk window
+    assert link.frames("a") == []
+    assert link.a.next_deadline() == 5 * MS
+    link.now = 5 * MS
+    frames = link.frames("a")
+    assert len(frames) == 1 and frames[0].count == 10
+    link.send(10, reliable=False, priority=Priority.BULK)  # a new window
+    link.now += 4 * MS
+    assert link.frames("a") == []
+    link.now += MS
+    assert [f.count for f in link.frames("a")] == [1]
+
+
+def test_critical_is_not_batched_and_destinations_do_not_mix() -> None:
+    link = Link()
+    link.a.send(source="a", destination="b", kind="PropertyValueUpdate", body=body(1),
+                now=0, priority=Priority.CRITICAL)
+    frames = link.frames("a")
+    assert len(frames) == 1 and frames[0].count == 1
+    for dest in ("b", "c", "b"):
+        link.a.send(source="a", destination=dest, kind="PropertyValueUpdate", body=body(2),
+                    now=0, priority=Priority.STATE)
+    link.now = 10 * MS
+    assert sorted((f.destination, f.count) for f in link.frames("a")) == [("b", 2), ("c", 1)]
+
+
+def test_expired_envelopes_are_dropped_and_counted() -> None:
+    link = Link()
+    link.send(1, reliable=False, priority=Priority.BULK, expires_us=2 * MS)
+    reliable_id = link.send(2, reliable=True, priority=Priority.BULK, expires_us=2 * MS)
+    link.send(3, reliable=False, priority=Priority.BULK)
+    link.now = 5 * MS
+    frames = link.frames("a")
+    link.deliver(frames, "b")
+    assert link.delivered["b"] == [3]
+    assert link.a.queue_counters.expired[Priority.BULK] == 2
+    abandoned = [e for e in link.events["a"] if isinstance(e, EnvelopeAbandoned)]
+    assert [e.envelope.id for e in abandoned] == [reliable_id]
+    assert link.a.pending_count == 0
+
+
+# -- chunking ---------------------------------------------------------------------------------
+
+
+def test_a_200_kb_message_crosses_16_kb_frames_intact() -> None:
+    cfg = SessionConfig(seed=1, frame_bytes=16 * 1024)
+    link = Link(cfg, SessionConfig(seed=2, frame_bytes=16 * 1024))
+    link.send(7, size=200_000)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    assert len(frames) >= 13 and all(len(f.data) <= 16 * 1024 for f in frames)
+    random.Random(3).shuffle(frames)
+    link.deliver(frames, "b")
+    got = [e.envelope for e in link.events["b"] if isinstance(e, EnvelopeReceived)]
+    assert len(got) == 1
+    assert decode_body(got[0].kind, got[0].body).upserts[0][2] == b"x" * 200_000
+
+
+def test_reassembly_beyond_the_memory_bound_is_refused_with_an_error_report() -> None:
+    receiver = SessionConfig(seed=2, reassembly_max_bytes_per_peer=100_000)
+    link = Link(SessionConfig(seed=1, frame_bytes=16 * 1024), receiver)
+    link.send(1, size=150_000)
+    link.now = 10 * MS
+    link.deliver(link.frames("a")[:1], "b")
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert rejected[0].code is ErrorCode.REASSEMBLY_OVERFLOW and rejected[0].answered
+    link.now += 10 * MS
+    link.deliver(link.frames("b"), "a")
+    reports = [decode_body("ErrorReport", e.envelope.body) for e in link.events["a"]
+               if isinstance(e, EnvelopeReceived) and e.envelope.kind == "ErrorReport"]
+    assert [r.code for r in reports] == [ErrorCode.REASSEMBLY_OVERFLOW]
+    assert link.a.pending_count == 0  # the report is a final answer: no more retransmits
+
+
+def test_oversized_declared_messages_are_refused_at_the_first_chunk() -> None:
+    link = Link(SessionConfig(seed=1, frame_bytes=16 * 1024),
+                SessionConfig(seed=2, max_message_bytes=50_000))
+    link.send(1, size=60_000)
+    link.now = 10 * MS
+    link.deliver(link.frames("a")[:1], "b")
+    assert [e.code for e in link.events["b"] if isinstance(e, InputRejected)] == [
+        ErrorCode.MESSAGE_TOO_LARGE]
+
+
+def test_incomplete_messages_time_out_with_an_error_report() -> None:
+    link = Link(SessionConfig(seed=1, frame_bytes=16 * 1024, retransmit_initial_us=600 * SECOND,
+                              retransmit_max_us=600 * SECOND))
+    link.send(1, size=40_000)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    link.deliver(frames[:-1], "b")
+    assert link.b.next_deadline() == 10 * MS + link.b.config.reassembly_timeout_us
+    link.now = 10 * MS + link.b.config.reassembly_timeout_us
+    link.frames("b")
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    link.collect()
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert [e.code for e in rejected] == [ErrorCode.REASSEMBLY_TIMEOUT]
+    assert link.delivered["b"] == []
+
+
+# -- reliability ---------------------------------------------------------------------------------
+
+
+def test_a_lost_ack_leads_to_a_retransmission_but_no_second_delivery() -> None:
+    link = Link()
+    msg_id = link.send(1)
+    link.deliver(link.step("a"), "b")
+    sent_at = link.now
+    assert link.step("b")  # the ack... lost on the wire
+    assert link.a.pending_count == 1
+    again = link.step("a")
+    assert link.now >= sent_at + SECOND
+    assert again and link.a.counters.retransmits == 1
+    link.deliver(again, "b")
+    link.deliver(link.step("b"), "a")
+    assert link.delivered["b"] == [1]
+    assert link.b.counters.duplicates == 1
+    assert any(isinstance(e, EnvelopesAcked) and msg_id in e.ids for e in link.events["a"])
+    assert link.a.pending_count == 0
+
+
+def test_backoff_grows_and_stops_at_expiry() -> None:
+    link = Link(SessionConfig(seed=1, retransmit_initial_us=SECOND, retransmit_max_us=4 * SECOND))
+    link.send(1, expires_us=20 * SECOND)
+    times = []
+    while link.a.pending_count and link.now < 60 * SECOND:
+        if link.frames("a"):
+            times.append(link.now)
+        link.now = link.a.next_deadline() or link.now + SECOND
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] < gaps[1] < gaps[2]
+    assert max(gaps) <= 4 * SECOND * 1.25 + 1
+    assert link.a.pending_count == 0 and link.a.counters.abandoned == 1
+
+
+@pytest.mark.parametrize("loss", [0.1, 0.3])
+def test_exactly_once_in_order_over_a_lossy_reordering_link(loss: float) -> None:
+    link = Link()
+    rng = random.Random(int(loss * 100))
+    for i in range(300):
+        link.send(i, priority=Priority.STATE)
+        if i % 10 == 0:
+            link.run(link.now + 3 * MS, drop_a=loss, drop_b=loss, rng=rng)
+    link.run(link.now + 900 * SECOND, drop_a=loss, drop_b=loss, rng=rng)
+    assert link.delivered["b"] == list(range(300))
+    assert link.a.pending_count == 0
+
+
+def test_the_receiver_reorders_within_a_stream() -> None:
+    link = Link()
+    for i in range(5):
+        link.send(i, priority=Priority.CRITICAL)
+    frames = link.frames("a")
+    assert len(frames) == 5
+    link.deliver([frames[i] for i in (3, 1, 4, 0, 2)], "b")
+    assert link.delivered["b"] == [0, 1, 2, 3, 4]
+
+
+def test_classes_are_separate_streams_so_critical_does_not_wait_for_bulk() -> None:
+    link = Link()
+    link.send(1, priority=Priority.BULK)
+    link.send(2, priority=Priority.CRITICAL)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    link.deliver([f for f in frames if f.priority is Priority.CRITICAL], "b")
+    assert link.delivered["b"] == [2]
+
+
+def test_an_abandoned_envelope_is_reported_as_a_gap() -> None:
+    link = Link(SessionConfig(seed=1, retransmit_initial_us=SECOND, retransmit_max_us=SECOND))
+    link.send(0, priority=Priority.STATE)
+    link.send(1, priority=Priority.STATE, expires_us=500 * MS)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    link.deliver(frames, "b")  # both arrive; now lose the next one for good
+    link.send(2, priority=Priority.STATE, expires_us=1500 * MS)
+    link.now = 20 * MS
+    link.frames("a")  # lost
+    link.now = 2 * SECOND
+    link.frames("a")  # retransmission time: it expired instead
+    assert any(isinstance(e, EnvelopeAbandoned) for e in link.a.drain_events())
+    link.send(3, priority=Priority.STATE)
+    link.run(link.now + 5 * SECOND)  # the gap shows once acks move the sender's base past it
+    gaps = [e for e in link.events["b"] if isinstance(e, GapDetected)]
+    assert [(g.first_missing, g.resumed_at) for g in gaps] == [(3, 4)]
+    assert link.delivered["b"] == [0, 1, 3]
+
+
+def test_a_gap_that_never_fills_is_reported_after_the_timeout() -> None:
+    never = 3600 * SECOND  # the sender will not retransmit within the test
+    link = Link(SessionConfig(seed=1, retransmit_initial_us=never, retransmit_max_us=never),
+                SessionConfig(seed=2, gap_timeout_us=5 * SECOND))
+    for i in range(3):
+        link.send(i, priority=Priority.CRITICAL)
+    frames = link.frames("a")
+    assert len(frames) == 3
+    link.deliver(frames[1:], "b")  # the first is lost; the others wait behind it
+    assert link.delivered["b"] == []
+    assert link.b.next_deadline() == link.now + 5 * SECOND
+    link.now += 5 * SECOND
+    link.frames("b")
+    link.collect()
+    gaps = [e for e in link.events["b"] if isinstance(e, GapDetected)]
+    assert [(g.first_missing, g.resumed_at) for g in gaps] == [(1, 2)]
+    assert link.delivered["b"] == [1, 2]
+
+
+def test_a_sender_that_lost_its_state_resets_the_stream() -> None:
+    link = Link()
+    link.send(1)
+    link.run(50 * MS)
+    fresh = Session(SessionConfig(seed=9), ["a"])  # a restart with the outbox wiped
+    link.a = fresh
+    link.send(2)
+    link.run(100 * MS)
+    resets = [e for e in link.events["b"] if isinstance(e, StreamReset)]
+    assert len(resets) == 1
+    assert link.delivered["b"] == [1, 2]
+
+
+def test_restore_after_a_sender_restart_resends_unacked_without_duplicates() -> None:
+    link = Link(SessionConfig(seed=1, durable=True))
+    for i in range(5):
+        link.send(i)
+    envs, streams = link.a.take_unpersisted()
+    assert link.frames("a") == []  # nothing leaves before it is on disk
+    link.a.mark_persisted([e.id for e in envs], link.now)
+    link.now = 10 * MS
+    link.deliver(link.frames("a")[:1], "b")  # b got all five, acks are lost: a crashes
+    restarted = Session(SessionConfig(seed=7, durable=True), ["a"])
+    restarted.restore_outgoing(streams, envs, link.now)
+    link.a = restarted
+    link.run(link.now + 100 * MS)
+    assert link.delivered["b"] == [0, 1, 2, 3, 4]
+    assert link.a.pending_count == 0
+    assert not any(isinstance(e, StreamReset) for e in link.events["b"])
+
+
+def test_durable_receivers_ack_only_after_persisting_and_dedupe_across_restarts() -> None:
+    link = Link(config_b=SessionConfig(seed=2, durable=True))
+    link.send(1)
+    link.now = 10 * MS
+    link.deliver(link.frames("a"), "b")
+    link.now = 20 * MS
+    assert link.frames("b") == []  # no ack before the receipt is persisted
+    receipts = link.b.take_receipts()
+    assert len(receipts.ids) == 1 and len(receipts.positions) == 1
+    restarted = Session(SessionConfig(seed=5, durable=True), ["b"])
+    restarted.restore_incoming(receipts.positions, [i for i, _, _ in receipts.ids])
+    link.b = restarted  # crashed before acking; the sender retransmits
+    link.run(link.now + 5 * SECOND)
+    assert link.delivered["b"] == [1]
+    assert link.a.pending_count == 0
+
+
+def test_link_up_resends_everything_unacked_at_once() -> None:
+    link = Link()
+    for i in range(3):
+        link.send(i, priority=Priority.CONTROL)
+    link.now = 10 * MS
+    link.frames("a")  # lost with the broker
+    link.a.link_down(link.now)
+    link.now = 100 * MS
+    assert link.frames("a") == []
+    link.a.link_up(link.now)
+    link.now += 2 * MS
+    link.deliver(link.frames("a"), "b")
+    assert link.delivered["b"] == [0, 1, 2]
+
+
+# -- garbage ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\x00\x01garbage", ErrorCode.MALFORMED_MESSAGE),
+        (b"\x93\x01", ErrorCode.MALFORMED_MESSAGE),
+        (b"\x92\x02\xc4\x01x", ErrorCode.UNSUPPORTED_VERSION),
+        (b"\xdb\xff\xff\xff\xff", ErrorCode.MALFORMED_MESSAGE),
+    ],
+)
+def test_garbage_frames_are_rejected_and_answered_when_the_sender_is_known(
+    data: bytes, code: ErrorCode
+) -> None:
+    link = Link()
+    link.b.receive_frame(data, 0, sender="a")
+    link.collect()
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert [e.code for e in rejected] == [code] and rejected[0].answered
+    link.now = 10 * MS
+    link.deliver(link.frames("b"), "a")
+    report = [e.envelope for e in link.events["a"] if isinstance(e, EnvelopeReceived)]
+    assert isinstance(decode_body("ErrorReport", report[0].body), ErrorReport)
+
+
+def test_error_reports_are_rate_limited_per_sender() -> None:
+    link = Link(config_b=SessionConfig(seed=2, error_reports_per_s=5))
+    for _ in range(50):
+        link.b.receive_frame(b"junk", 0, sender="a")
+    assert link.b.counters.error_reports_sent == 5
+    assert link.b.counters.error_reports_suppressed == 45
+    assert link.b.counters.rejected == 50
+
+
+def test_unknown_destinations_get_unknown_actor() -> None:
+    link = Link()
+    link.a.send(source="a", destination="nobody", kind="PropertyValueUpdate", body=body(1),
+                now=0, priority=Priority.CRITICAL)
+    link.deliver(link.frames("a"), "b")
+    assert [e.code for e in link.events["b"] if isinstance(e, InputRejected)] == [
+        ErrorCode.UNKNOWN_ACTOR]
+
+
+def test_configuration_is_validated() -> None:
+    with pytest.raises(ValueError, match="frame_bytes"):
+        SessionConfig(frame_bytes=4096)
+    with pytest.raises(ValueError, match="not a local address"):
+        Session(SessionConfig(), ["a"]).send(source="x", destination="b", kind="Ack", body=b"",
+                                             now=0)
+    with pytest.raises(ValueError, match="broadcasts cannot be reliable"):
+        Session(SessionConfig(), ["a"]).send(source="a", destination="group:site1", kind="Ack",
+                                             body=b"", now=0, reliable=True)
