@@ -1,0 +1,292 @@
+"""The endpoint: one session, its transport and its outbox, pumped by asyncio.
+
+Actors register their addresses and a callback; they send with ``send`` (synchronous: the
+envelope is queued in the session and the pump takes it from there). One pump task does all the
+I/O in a fixed order each round: run timers, persist what must be durable (reliable envelopes
+before they leave, receipts before acks go out, in one commit each, so persistence batches
+itself under load), hand frames to the transport within its budget, then dispatch events. It
+sleeps until the session's next deadline or until something wakes it (a send, a frame, a link
+change, the transport draining).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from broker_bridge.codec import encode_body
+from broker_bridge.envelope import Envelope, Priority, is_group
+from broker_bridge.outbox import Outbox
+from broker_bridge.session import (
+    EnvelopeAbandoned,
+    EnvelopeReceived,
+    EnvelopesAcked,
+    GapDetected,
+    InputRejected,
+    Session,
+    SessionConfig,
+    SessionEvent,
+    StreamReset,
+)
+from broker_bridge.transport import Transport
+from object_model.messages import MessageBase
+
+log = logging.getLogger("csms.bridge")
+
+EnvelopeHandler = Callable[[Envelope], None]
+EventHandler = Callable[[SessionEvent], None]
+
+
+class Clock(Protocol):
+    def now_us(self) -> int: ...
+
+
+class WallClock:
+    """Wall-clock microseconds (envelope timestamps are compared across machines)."""
+
+    def now_us(self) -> int:
+        return time.time_ns() // 1000
+
+
+@dataclass
+class _Local:
+    address: str
+    on_envelope: EnvelopeHandler
+    on_event: EventHandler | None
+
+
+class EndpointClosedError(RuntimeError):
+    """The endpoint is stopping or stopped: nothing more can be sent."""
+
+
+class Endpoint:
+    """Actors' access to the broker: ``register`` an address, ``send`` messages."""
+
+    def __init__(self, transport: Transport, *, config: SessionConfig | None = None,
+                 outbox_path: Path | str | None = None, clock: Clock | None = None,
+                 name: str = "endpoint") -> None:
+        config = config or SessionConfig()
+        if outbox_path is not None and not config.durable:
+            config = replace(config, durable=True)
+        self.config = config
+        self.name = name
+        self.transport = transport
+        self.clock = clock or WallClock()
+        self.session = Session(config)
+        self.outbox = Outbox(outbox_path, dedupe_window=config.dedupe_window) if outbox_path else None
+        self._locals: dict[str, _Local] = {}
+        self._groups: dict[str, set[str]] = defaultdict(set)
+        self._wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        transport.on_frame = self._on_frame
+        transport.on_link = self._on_link
+        transport.on_writable = self._wake.set
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> Endpoint:
+        """Open the outbox, carry on where the last run stopped, connect, start pumping."""
+        now = self.clock.now_us()
+        if self.outbox is not None:
+            await self.outbox.open()
+            state = await self.outbox.load()
+            self.session.restore_incoming(state.in_streams, state.seen)
+            for address in {e.source for e in state.unacked} | {k[0] for k in state.out_streams}:
+                self.session.add_local(address)
+            self.session.restore_outgoing(state.out_streams, state.unacked, now)
+            if state.unacked:
+                log.info("%s: resending %d unacknowledged envelopes from the outbox",
+                         self.name, len(state.unacked))
+        self.session.link_is_up = False
+        await self.transport.start()
+        self._pump_task = asyncio.create_task(self._pump(), name=f"{self.name}-pump")
+        return self
+
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        """Stop taking sends, flush queues and wait for acknowledgements (within the timeout;
+        what is left stays in the outbox for next time), then disconnect."""
+        if self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            await self.flush(flush_timeout)
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        await self.transport.stop()
+        if self.outbox is not None:
+            await self._persist()
+            await self.outbox.close()
+
+    async def __aenter__(self) -> Endpoint:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every queued envelope left and every reliable one was acknowledged."""
+        async with asyncio.timeout(timeout):
+            while self.session.pending_count or any(self.session.queue_depth().values()):
+                self._idle.clear()
+                self._wake.set()
+                await self._idle.wait()
+
+    # -- actors -----------------------------------------------------------------------------
+
+    async def register(self, address: str, on_envelope: EnvelopeHandler,
+                       on_event: EventHandler | None = None) -> None:
+        """Host the actor ``address`` here: envelopes for it go to ``on_envelope``; gaps, stream
+        resets and abandoned envelopes of its streams go to ``on_event``."""
+        self.session.add_local(address)
+        self._locals[address] = _Local(address, on_envelope, on_event)
+        await self.transport.add_address(address)
+
+    async def join_group(self, group: str, address: str) -> None:
+        """Deliver broadcasts to ``group`` to the local actor ``address`` too."""
+        if address not in self._locals:
+            raise KeyError(f"{address!r} is not registered here")
+        first = not self._groups[group]
+        self._groups[group].add(address)
+        self.session.join_group(group)
+        if first:
+            await self.transport.join_group(group)
+
+    def send(self, *, source: str, destination: str, message: MessageBase | None = None,
+             kind: str | None = None, body: bytes | None = None,
+             priority: Priority = Priority.CONTROL, reliable: bool = False,
+             expires_in_us: int | None = None, correlation: bytes | None = None,
+             stream: str | None = None) -> Envelope:
+        """Queue a message (a catalogue ``message``, or ``kind`` and an encoded ``body``)."""
+        if self._closing:
+            raise EndpointClosedError(f"{self.name} is stopping")
+        if message is not None:
+            kind = type(message).__name__
+            body = encode_body(message)
+        if kind is None or body is None:
+            raise ValueError("give a message, or a kind and a body")
+        now = self.clock.now_us()
+        env = self.session.send(
+            source=source, destination=destination, kind=kind, body=body, now=now,
+            priority=priority, reliable=reliable,
+            expires_us=None if expires_in_us is None else now + expires_in_us,
+            correlation=correlation, stream=stream)
+        self._wake.set()
+        return env
+
+    # -- transport callbacks -------------------------------------------------------------------
+
+    def _on_frame(self, sender: str | None, data: bytes) -> None:
+        self.session.receive_frame(data, self.clock.now_us(), sender)
+        self._wake.set()
+
+    def _on_link(self, up: bool) -> None:
+        now = self.clock.now_us()
+        if up:
+            log.info("%s: link up", self.name)
+            self.session.link_up(now)
+        else:
+            log.warning("%s: link down; holding %d pending envelopes", self.name,
+                        self.session.pending_count)
+            self.session.link_down(now)
+        self._wake.set()
+
+    # -- the pump -------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not silently stop all traffic
+                log.exception("%s: pump round failed; continuing", self.name)
+                await asyncio.sleep(0.05)
+            if not self._wake.is_set():
+                if self.session.pending_count == 0 and not any(
+                        self.session.queue_depth().values()):
+                    self._idle.set()
+                deadline = self.session.next_deadline()
+                timeout = None if deadline is None else max(
+                    0.0, (deadline - self.clock.now_us()) / 1e6)
+                if timeout is None or timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
+
+    async def _round(self) -> None:
+        session = self.session
+        session.handle_timer(self.clock.now_us())
+        if self.outbox is not None:
+            await self._persist()
+        if self.transport.connected:
+            for frame in session.pop_frames(self.clock.now_us(), self.transport.budget()):
+                self.transport.send_frame(frame.destination, frame.data)
+                self.frames_sent += 1
+                self.bytes_sent += len(frame.data)
+        forget: list[bytes] = []
+        for event in session.drain_events():
+            self._dispatch(event, forget)
+        if forget and self.outbox is not None:
+            await self.outbox.forget(forget)
+
+    async def _persist(self) -> None:
+        assert self.outbox is not None
+        envelopes, streams = self.session.take_unpersisted()
+        if envelopes:
+            await self.outbox.save_outgoing(envelopes, streams)
+            self.session.mark_persisted([e.id for e in envelopes], self.clock.now_us())
+        receipts = self.session.take_receipts()
+        if receipts.ids or receipts.positions:
+            await self.outbox.save_receipts(receipts)
+            self.session.mark_receipts_persisted(receipts, self.clock.now_us())
+
+    def _dispatch(self, event: SessionEvent, forget: list[bytes]) -> None:
+        if isinstance(event, EnvelopeReceived):
+            env = event.envelope
+            targets = self._groups.get(env.destination, ()) if is_group(env.destination) else (
+                env.destination,)
+            for address in targets:
+                local = self._locals.get(address)
+                if local is None:
+                    continue
+                try:
+                    local.on_envelope(env)
+                except Exception:
+                    log.exception("%s: handler of %s failed on %s", self.name, address, env.kind)
+        elif isinstance(event, EnvelopesAcked):
+            forget.extend(event.ids)
+        elif isinstance(event, EnvelopeAbandoned):
+            forget.append(event.envelope.id)
+            log.warning("%s: gave up on %s to %s: %s", self.name, event.envelope.kind,
+                        event.envelope.destination, event.reason)
+            self._notify(event.envelope.source, event)
+        elif isinstance(event, (GapDetected, StreamReset)):
+            log.warning("%s: %s", self.name, event)
+            self._notify(event.destination, event)
+        elif isinstance(event, InputRejected):
+            log.warning("%s: rejected input from %s: %s: %s", self.name, event.sender,
+                        event.code.value, event.text)
+
+    def _notify(self, address: str, event: SessionEvent) -> None:
+        local = self._locals.get(address)
+        if local is not None and local.on_event is not None:
+            try:
+                local.on_event(event)
+            except Exception:
+                log.exception("%s: event handler of %s failed", self.name, address)

@@ -1,0 +1,47 @@
+"""The Transport protocol: what moves frames between endpoints, whatever the broker.
+
+A transport carries opaque frames to actor or group addresses and reports frames, link state
+and write readiness back through three callbacks the endpoint sets. It owns every broker detail
+(JIDs, stanzas, rooms, accounts); nothing of those crosses this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+FrameCallback = Callable[[str | None, bytes], None]
+"""``(sender address if known, frame bytes)``"""
+LinkCallback = Callable[[bool], None]
+WritableCallback = Callable[[], None]
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Moves frames for the actors of one endpoint."""
+
+    on_frame: FrameCallback
+    on_link: LinkCallback
+    on_writable: WritableCallback
+
+    async def start(self) -> None:
+        """Connect (and keep reconnecting when the link drops, reporting it via ``on_link``)."""
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (flushing what the transport already accepted)."""
+
+    def send_frame(self, destination: str, data: bytes) -> None:
+        """Hand one frame to the link; never blocks (see ``budget``)."""
+
+    def budget(self) -> int | None:
+        """Bytes the link can take now without queueing (back-pressure); ``None``: unlimited."""
+
+    async def add_address(self, address: str) -> None:
+        """Make a local actor reachable at ``address``."""
+
+    async def join_group(self, group: str) -> None:
+        """Receive frames sent to the broadcast address ``group``."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether frames can be sent now."""
