@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+import signal
 import sys
+from pathlib import Path
+
+from broker_bridge.prosody import BrokerNotInstalledError, BrokerStartError, ManagedProsody
 
 BENCHMARKS = {"tree": "object trees: validated writes, history, snapshots, pattern matching"}
 
@@ -28,6 +34,38 @@ def _demo(_: argparse.Namespace) -> int:
     return 0
 
 
+def _broker(args: argparse.Namespace) -> int:
+    try:
+        broker = ManagedProsody(Path(args.state_dir), domain=args.domain,
+                                component_domains=(f"stations.{args.domain}",),
+                                c2s_port=args.c2s_port, component_port=args.component_port)
+        return asyncio.run(_run_broker(broker))
+    except (BrokerNotInstalledError, BrokerStartError, ValueError) as exc:
+        print(f"csms broker: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run_broker(broker: ManagedProsody) -> int:
+    # Prosody runs in its own process group: a Ctrl-C reaches only us, and we stop it cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with broker:
+        print(broker.endpoint.describe())
+        print(f"state and log in {broker.state_dir}\nCtrl-C to stop", flush=True)
+        while broker.running and not stop.is_set():
+            # Wakes up now and then to notice a broker that died on its own.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+        crashed = not broker.running
+    if crashed:
+        print(f"csms broker: Prosody exited unexpectedly; see {broker.log_path}", file=sys.stderr)
+        return 1
+    print("broker stopped", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csms", description="An IEC 63110-style charging station management system."
@@ -40,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (--json)")
     bench.set_defaults(func=_bench)
+    broker = sub.add_parser("broker", help="run the managed Prosody broker in the foreground")
+    broker.add_argument("--state-dir", default="./state/broker",
+                        help="config, data and log directory (default: ./state/broker)")
+    broker.add_argument("--domain", default="csms.local",
+                        help="XMPP domain of the accounts (default: csms.local); "
+                             "components get stations.DOMAIN, rooms rooms.DOMAIN")
+    broker.add_argument("--c2s-port", type=int, default=None,
+                        help="client port (default: a free loopback port)")
+    broker.add_argument("--component-port", type=int, default=None,
+                        help="XEP-0114 component port (default: a free loopback port)")
+    broker.set_defaults(func=_broker)
     return parser
 
 

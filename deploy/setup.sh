@@ -11,9 +11,25 @@ VENV=.venv
 STAMP=$VENV/.setup-stamp
 
 # Debian packages, by the command that proves each one is present.
-declare -A APT_FOR_COMMAND=()
+declare -A APT_FOR_COMMAND=([prosody]=prosody)
 
 log() { printf 'setup: %s\n' "$*"; }
+
+# The Debian package may start a system-wide Prosody on port 5222. The project only ever runs its
+# own (csms broker, broker_bridge.prosody), so stop and disable the system one; every step may
+# fail harmlessly (containers have no systemd and often no running init scripts).
+quiet_system_prosody() {
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now prosody.service >/dev/null 2>&1 || true
+    fi
+    if [ -x /etc/init.d/prosody ]; then
+        /etc/init.d/prosody stop >/dev/null 2>&1 || true
+        if command -v update-rc.d >/dev/null 2>&1; then
+            update-rc.d prosody disable >/dev/null 2>&1 || true
+        fi
+    fi
+    log "system Prosody service stopped and disabled (the project runs its own)"
+}
 
 need_apt=()
 for cmd in "${!APT_FOR_COMMAND[@]}"; do
@@ -31,6 +47,9 @@ if ((${#need_apt[@]})); then
     log "installing Debian packages: ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+    if [[ " ${need_apt[*]} " == *" prosody "* ]]; then
+        quiet_system_prosody
+    fi
 fi
 
 "$PYTHON" - <<'PY'
