@@ -63,10 +63,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# Reinstall when the project's shape changes: pyproject.toml, or the set of packages (an
+# editable install records package directories as they were when it ran).
+fingerprint=$( { cat pyproject.toml; find keypath object_model broker_bridge actors bench \
+    -name __init__.py 2>/dev/null | sort; } | sha256sum | cut -d' ' -f1)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$fingerprint" ]; then
     log "installing the package and its test dependencies into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e '.[test]'
-    touch "$STAMP"
+    echo "$fingerprint" > "$STAMP"
 fi
 log "ready ($("$VENV/bin/python" --version))"
