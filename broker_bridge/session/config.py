@@ -23,7 +23,11 @@ class SessionConfig:
     ``frame_bytes``: the largest frame handed to the transport (10 to 64 kB; small embedded
     stations use 10-16 kB). Bigger envelopes are chunked.
     ``rate_bytes_per_s``: the link's budget; ``None`` means only the transport's back-pressure
-    limits sending. ``priorities=False`` makes the queue plain FIFO (for comparisons).
+    limits sending. On a rate-limited link, state and bulk frames are kept to
+    ``max_frame_delay_us`` of link time (at least 1 kB), because a critical envelope can never
+    overtake the frame already on the wire: a 32 kB bulk frame is 64 ms at 500 kB/s.
+    ``priorities=False`` makes the queue plain FIFO (for comparisons). ``compress`` deflates
+    frames when that saves a tenth or more (see ``codec``).
     ``durable``: reliable envelopes wait for ``mark_persisted`` before they may leave, and acks
     wait for ``mark_receipts_persisted`` (the outbox's handshake); off for in-memory use.
     """
@@ -31,7 +35,9 @@ class SessionConfig:
     frame_bytes: int = 32 * 1024
     rate_bytes_per_s: float | None = None
     burst_bytes: int = 64 * 1024
+    max_frame_delay_us: int = 2 * MS
     priorities: bool = True
+    compress: bool = True
     batch_windows_us: dict[Priority, int] = field(default_factory=_default_windows)
     batch_max_envelopes: int = 512
     max_queued_bytes: int = 32 * 1024 * 1024
@@ -48,6 +54,13 @@ class SessionConfig:
     dedupe_window: int = 100_000
     error_reports_per_s: float = 20.0
     seed: int | None = None
+
+    def frame_limit(self, priority: Priority) -> int:
+        """The largest frame for envelopes of ``priority`` (see ``max_frame_delay_us``)."""
+        if self.rate_bytes_per_s is None or priority <= Priority.CONTROL:
+            return self.frame_bytes
+        by_rate = int(self.rate_bytes_per_s * self.max_frame_delay_us / 1e6)
+        return max(1024, min(self.frame_bytes, by_rate))
 
     def __post_init__(self) -> None:
         if not 10 * 1024 <= self.frame_bytes <= 64 * 1024:

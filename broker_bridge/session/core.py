@@ -190,9 +190,9 @@ class Session:
             raise ValueError(f"invalid destination address {destination!r}")
         if reliable and is_group(destination):
             raise ValueError("broadcasts cannot be reliable: receivers resynchronise instead")
-        env = Envelope(id=self._ids.new(now), source=source, destination=destination, kind=kind,
-                       body=body, priority=priority, timestamp_us=now, expires_us=expires_us,
-                       correlation=correlation, reliable=reliable)
+        # positional: this runs for every message sent (see Envelope for the field order)
+        env = Envelope(self._ids.new(now), source, destination, kind, body, priority, now,
+                       expires_us, correlation, reliable)
         if reliable:
             name = stream or f"p{int(priority)}"
             key = (source, destination, name)
@@ -556,6 +556,12 @@ class Session:
             elif isinstance(ev, StreamReset):
                 self.counters.resets += 1
         return events
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to do: no envelope queued or unacknowledged, no ack or receipt owed."""
+        return not (self._pending or self._acks or self._receipts or self._unpersisted
+                    or any(self._queue.depth().values()))
 
     @property
     def pending_count(self) -> int:

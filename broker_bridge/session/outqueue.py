@@ -92,6 +92,7 @@ class OutQueue:
         self._bytes = 0
         self._count = dict.fromkeys(PRIORITIES, 0)
         self.bucket = TokenBucket(config.rate_bytes_per_s, config.burst_bytes)
+        self._limits = {p: config.frame_limit(p) for p in PRIORITIES}
         self.counters = QueueCounters()
 
     def _class(self, priority: Priority) -> Priority:
@@ -103,7 +104,7 @@ class OutQueue:
         key = (cls, envelope.destination)
         batch = self._open.get(key)
         size = len(encoded) + 3
-        if batch is not None and (batch.size + size > self.config.frame_bytes
+        if batch is not None and (batch.size + size > self._limits[envelope.priority]
                                   or len(batch.items) >= self.config.batch_max_envelopes):
             batch.closed = True  # full: it may leave now
             batch.ready_at = min(batch.ready_at, now)
@@ -195,7 +196,7 @@ class OutQueue:
             self._on_sent(env, now)
         if not encoded:
             return None
-        data = encode_frame(encoded)
+        data = encode_frame(encoded, compress=self.config.compress)
         self.counters.frames += 1
         self.counters.bytes += len(data)
         return Frame(batch.destination, data, len(encoded), priority)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import zlib
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -170,7 +173,7 @@ def test_bodies_are_checked_for_depth_shape_and_schema() -> None:
 
 
 def test_frames_reject_wrong_versions_and_items() -> None:
-    for data, code in ((msgpack.packb([2, b"x"]), ErrorCode.UNSUPPORTED_VERSION),
+    for data, code in ((msgpack.packb([9, b"x"]), ErrorCode.UNSUPPORTED_VERSION),
                        (msgpack.packb([1, "text"]), ErrorCode.MALFORMED_MESSAGE),
                        (msgpack.packb([]), ErrorCode.MALFORMED_MESSAGE)):
         with pytest.raises(ModelError) as info:
@@ -188,3 +191,28 @@ def test_message_ids_are_unique_and_time_ordered() -> None:
     assert back_in_time > ids[-1]
     other = MessageIds()
     assert other.new(1_700_000_000_000_000) != MessageIds().new(1_700_000_000_000_000)
+
+
+def test_compressed_frames_shrink_repetitive_batches_and_round_trip() -> None:
+    env = Envelope(id=bytes(16), source="cs-17", destination="local-site1",
+                   kind="PropertyValueUpdate", body=b"\x94\xa0\x01\x00\x01" * 10)
+    items = [encode_envelope(env._replace(id=i.to_bytes(16, "big"))) for i in range(200)]
+    plain, packed = encode_frame(items), encode_frame(items, compress=True)
+    assert len(packed) * 4 < len(plain)
+    assert decode_frame(packed) == decode_frame(plain) == items
+    noise = [os.urandom(100) for _ in range(50)]
+    assert encode_frame(noise, compress=True) == encode_frame(noise)  # not worth it: sent plain
+
+
+def test_compressed_frames_are_bounded() -> None:
+    bomb = msgpack.packb([2, zlib.compress(b"\x00" * 10_000_000, 9)])
+    assert len(bomb) < 20_000
+    with pytest.raises(ModelError) as info:
+        decode_frame(bomb)
+    assert info.value.code is ErrorCode.MESSAGE_TOO_LARGE
+    for data in (msgpack.packb([2, b"not zlib"]), msgpack.packb([2, "text"]),
+                 msgpack.packb([2, zlib.compress(b"\x93")]),
+                 msgpack.packb([2, zlib.compress(msgpack.packb([1, 2]))])):
+        with pytest.raises(ModelError) as info:
+            decode_frame(data)
+        assert info.value.code is ErrorCode.MALFORMED_MESSAGE

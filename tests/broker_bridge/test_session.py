@@ -122,8 +122,31 @@ def test_critical_never_waits_behind_queued_bulk_under_a_rate_limit() -> None:
     assert sum(len(f.data) for f in first) <= 10_000 + cfg.frame_bytes
 
 
+def test_on_a_slow_link_bulk_frames_are_small_so_critical_waits_little() -> None:
+    cfg = SessionConfig(seed=1, rate_bytes_per_s=500_000, burst_bytes=2000,
+                        max_frame_delay_us=2 * MS)
+    link = Link(cfg)
+    for i in range(400):
+        link.send(i, reliable=False, priority=Priority.BULK, size=100)
+    link.now = 10 * MS
+    waits = []
+    for n in range(50):
+        link.frames("a")  # the flood keeps the link busy
+        link.send(10_000 + n, reliable=False, priority=Priority.CRITICAL)
+        sent_at = link.now
+        while True:
+            frames = link.frames("a")
+            if any(f.priority is Priority.CRITICAL for f in frames):
+                break
+            link.now = link.a.next_deadline()  # type: ignore[assignment]
+        waits.append(link.now - sent_at)
+        link.now += 7 * MS
+    assert max(waits) <= 2 * MS + 100  # at most one small bulk frame's worth of link time
+    assert all(len(f.data) <= 1024 for f in link.frames("a") if f.priority is Priority.BULK)
+
+
 def test_the_rate_limit_holds_over_time() -> None:
-    cfg = SessionConfig(seed=1, rate_bytes_per_s=50_000, burst_bytes=5_000)
+    cfg = SessionConfig(seed=1, rate_bytes_per_s=50_000, burst_bytes=5_000, compress=False)
     link = Link(cfg)
     for i in range(1000):
         link.send(i, reliable=False, priority=Priority.BULK, size=200)
@@ -152,7 +175,7 @@ def test_fifo_mode_makes_critical_wait() -> None:
 
 
 def test_back_pressure_budget_limits_what_leaves() -> None:
-    link = Link()
+    link = Link(SessionConfig(seed=1, compress=False))
     for i in range(100):
         link.send(i, reliable=False, priority=Priority.CRITICAL, size=1000)
     frames = link.frames("a", budget=3000)
@@ -444,7 +467,7 @@ def test_link_up_resends_everything_unacked_at_once() -> None:
     [
         (b"\x00\x01garbage", ErrorCode.MALFORMED_MESSAGE),
         (b"\x93\x01", ErrorCode.MALFORMED_MESSAGE),
-        (b"\x92\x02\xc4\x01x", ErrorCode.UNSUPPORTED_VERSION),
+        (b"\x92\x09\xc4\x01x", ErrorCode.UNSUPPORTED_VERSION),
         (b"\xdb\xff\xff\xff\xff", ErrorCode.MALFORMED_MESSAGE),
     ],
 )
