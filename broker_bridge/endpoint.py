@@ -139,9 +139,10 @@ class Endpoint:
         await self.stop()
 
     async def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every queued envelope left and every reliable one was acknowledged."""
+        """Wait until every queued envelope left, every reliable one was acknowledged and every
+        acknowledgement owed went out."""
         async with asyncio.timeout(timeout):
-            while self.session.pending_count or any(self.session.queue_depth().values()):
+            while not self.session.idle:
                 self._idle.clear()
                 self._wake.set()
                 await self._idle.wait()
@@ -200,8 +201,9 @@ class Endpoint:
             log.info("%s: link up", self.name)
             self.session.link_up(now)
         else:
-            log.warning("%s: link down; holding %d pending envelopes", self.name,
-                        self.session.pending_count)
+            if not self._closing:
+                log.warning("%s: link down; holding %d pending envelopes", self.name,
+                            self.session.pending_count)
             self.session.link_down(now)
         self._wake.set()
 
@@ -211,39 +213,51 @@ class Endpoint:
         while True:
             self._wake.clear()
             try:
-                await self._round()
+                progressed = await self._round()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not silently stop all traffic
                 log.exception("%s: pump round failed; continuing", self.name)
+                progressed = False
                 await asyncio.sleep(0.05)
-            if not self._wake.is_set():
-                if self.session.pending_count == 0 and not any(
-                        self.session.queue_depth().values()):
-                    self._idle.set()
-                deadline = self.session.next_deadline()
-                timeout = None if deadline is None else max(
-                    0.0, (deadline - self.clock.now_us()) / 1e6)
-                if timeout is None or timeout > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(timeout):
-                            await self._wake.wait()
+            if self.session.idle:
+                self._idle.set()
+            if self._wake.is_set():
+                await asyncio.sleep(0)  # always let the transport and the actors run
+                continue
+            deadline = self.session.next_deadline()
+            timeout = None if deadline is None else max(0.0, (deadline - self.clock.now_us()) / 1e6)
+            if timeout == 0.0 and not progressed:
+                # frames are due but the link takes none (back-pressure, or down): wait for it
+                # to drain (on_writable) or come up (on_link), re-checking now and then
+                timeout = 0.05
+            if timeout is None or timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+            else:
+                await asyncio.sleep(0)
 
-    async def _round(self) -> None:
+    async def _round(self) -> bool:
+        """One pass over everything; True when it moved something (frames or events)."""
         session = self.session
         session.handle_timer(self.clock.now_us())
         if self.outbox is not None:
             await self._persist()
+        sent = 0
         if self.transport.connected:
             for frame in session.pop_frames(self.clock.now_us(), self.transport.budget()):
                 self.transport.send_frame(frame.destination, frame.data)
-                self.frames_sent += 1
+                sent += 1
                 self.bytes_sent += len(frame.data)
+            self.frames_sent += sent
         forget: list[bytes] = []
-        for event in session.drain_events():
+        events = session.drain_events()
+        for event in events:
             self._dispatch(event, forget)
         if forget and self.outbox is not None:
             await self.outbox.forget(forget)
+        return bool(sent or events)
 
     async def _persist(self) -> None:
         assert self.outbox is not None
