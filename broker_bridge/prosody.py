@@ -322,8 +322,10 @@ component_interface = $host
 s2s_ports = {}
 http_ports = {}
 https_ports = {}
-network_settings = { nagle = false }
+-- tcp_backlog: the default 128 stalls mass connects of thousands of stations
+network_settings = { nagle = false, tcp_backlog = 1024 }
 limits = {}
+c2s_direct_tls_ports = {}
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
@@ -335,6 +337,10 @@ VirtualHost $domain
 
 Component $muc "muc"
 \tmuc_room_locking = false
+\t-- every occupant would otherwise receive every other occupant's presence: N^2 on joins
+\tmuc_room_default_presence_broadcast = {}
+\t-- frames carry no <body/> and are never stored, but keep history off for anything else
+\tmuc_room_default_history_length = 0
 $components""")
 
 # Children still running, for the atexit hook (by pid: a forgotten ManagedProsody may be gone).

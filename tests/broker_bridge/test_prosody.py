@@ -151,7 +151,9 @@ async def test_config_has_no_rate_limits_nagle_off_and_runs_as_root(
     managed_prosody: ManagedProsody,
 ) -> None:
     config = managed_prosody.config_path.read_text()
-    for line in ("run_as_root = true", "limits = {}", "network_settings = { nagle = false }",
+    for line in ("run_as_root = true", "limits = {}",
+                 "network_settings = { nagle = false, tcp_backlog = 1024 }",
+                 "muc_room_default_presence_broadcast = {}",
                  "s2s_ports = {}", "c2s_require_encryption = false",
                  'authentication = "internal_plain"', "muc_room_locking = false",
                  f"c2s_ports = {{ {managed_prosody.endpoint.c2s_port} }}"):

@@ -1,0 +1,91 @@
+"""Where actor and group addresses live on an XMPP broker.
+
+Actors know each other by address (``cs-17``, ``local-site1``); only this module knows that
+``cs-17`` is the JID ``cs-17@stations.csms.local`` (a station hosted by a component) and
+``local-site1`` is ``local-site1@csms.local`` (a client account), or that ``group:site1`` is
+the room ``site1@rooms.csms.local``. Routes send address patterns to domains; everything else
+lives on the main domain.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from broker_bridge.envelope import GROUP_PREFIX, is_group, valid_address
+
+
+@dataclass(frozen=True)
+class XmppSettings:
+    """How to reach the broker and how addresses map onto it.
+
+    ``routes`` are ``(address pattern, domain)`` pairs tried in order (``("cs-*",
+    "stations.csms.local")``); addresses that match none live on ``domain``. ``sm_window`` is how
+    many stanzas pass between stream-management ack requests (100 to 1,000 keeps the broker's cost
+    low); ``write_buffer_high`` is the socket buffer level above which the transport reports no
+    budget, so queued envelopes wait in the session's priority queues, not in the kernel.
+    """
+
+    host: str = "127.0.0.1"
+    c2s_port: int = 5222
+    component_port: int = 5347
+    domain: str = "csms.local"
+    muc_domain: str = "rooms.csms.local"
+    routes: tuple[tuple[str, str], ...] = ()
+    tls: bool = False
+    sm_window: int = 256
+    write_buffer_high: int = 64 * 1024
+    resource: str = "bridge"
+    reconnect_base_s: float = 0.05
+    reconnect_cap_s: float = 5.0
+    connect_timeout_s: float = 10.0
+    close_timeout_s: float = 3.0
+    max_stanza_bytes: int = 250 * 1024
+    extra_domains: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.sm_window < 1:
+            raise ValueError("sm_window must be at least 1")
+
+
+class AddressBook:
+    """Maps addresses to JIDs and rooms, and JIDs back to addresses."""
+
+    def __init__(self, settings: XmppSettings) -> None:
+        self.settings = settings
+        self._cache: dict[str, str] = {}
+        self._domains = {settings.domain, *(d for _, d in settings.routes),
+                         *settings.extra_domains}
+
+    def domain_of(self, address: str) -> str:
+        """The XMPP domain an actor address lives on."""
+        for pattern, domain in self.settings.routes:
+            if fnmatch.fnmatchcase(address, pattern):
+                return domain
+        return self.settings.domain
+
+    def jid(self, address: str) -> str:
+        """The bare JID of an actor, or the room JID of a group."""
+        jid = self._cache.get(address)
+        if jid is None:
+            if not valid_address(address):
+                raise ValueError(f"invalid address {address!r}")
+            if is_group(address):
+                jid = f"{address[len(GROUP_PREFIX):]}@{self.settings.muc_domain}"
+            else:
+                jid = f"{address}@{self.domain_of(address)}"
+            if len(self._cache) < 100_000:
+                self._cache[address] = jid
+        return jid
+
+    def address_of(self, jid: str) -> str | None:
+        """The address behind a JID (room occupants by their nickname), if it is one of ours."""
+        bare, _, resource = jid.partition("/")
+        local, at, domain = bare.partition("@")
+        if not at:
+            return None
+        if domain == self.settings.muc_domain:
+            return resource if valid_address(resource) else None
+        if domain in self._domains and valid_address(local):
+            return local
+        return None

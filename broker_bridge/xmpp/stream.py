@@ -1,0 +1,208 @@
+"""slixmpp, boxed: XML streams that carry our frames cheaply and safely.
+
+What this adds to slixmpp's ``ClientXMPP`` / ``ComponentXMPP`` (measured reasons in brackets):
+
+* frames leave as raw XML strings, ``<message><f xmlns='urn:csms63110:frame:1'>BASE64</f>
+  </message>``, not stanza objects [31 us to build an object, 1.7 us a string];
+* every raw stanza goes through ``send_tracked``, which keeps the XEP-0198 plugin's counters and
+  unacknowledged queue right [raw sends otherwise desynchronise stream management] and piggybacks
+  an ack request every ``window`` stanzas [a small window costs the broker dearly];
+* incoming frames, presences and stream-management ``<a/>``/``<r/>`` are handled before slixmpp
+  builds stanza objects [21-33 us per stanza through handlers, 8-10 us here]; error bounces,
+  which carry our payload too, are counted and dropped, never mistaken for frames;
+* asyncio write flow control (``pause_writing``/``resume_writing``) is honoured, so the session
+  keeps envelopes in its priority queues instead of the kernel's socket buffer;
+* ``close_cleanly`` makes a goodbye that loses and duplicates nothing: unavailable presence, a
+  ping round trip as a barrier, the final stream-management ack, then the close [an ack alone
+  still left ~19 duplicates per 18k burst in the broker's offline store];
+* SCRAM's pure-Python key derivation is replaced by ``hashlib.pbkdf2_hmac`` [17 ms -> 1.8 ms per
+  login] and all streams share one SSL context [63 ms and 0.9 MB per client otherwise].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import slixmpp
+from slixmpp.util import bytes as _as_bytes
+from slixmpp.util.sasl import mechanisms as _sasl
+
+log = logging.getLogger("csms.bridge.xmpp")
+
+NS = "urn:csms63110:frame:1"
+FRAME_TAG = f"{{{NS}}}f"
+SM_NS = "urn:xmpp:sm:3"
+_SM_ACK = f"{{{SM_NS}}}a"
+_SM_REQUEST = f"{{{SM_NS}}}r"
+MAX_SEQ = 2**32
+
+FrameSink = Callable[[str, str, str, str | None], None]
+"""``(from, to, type, base64 text)`` of a received frame."""
+PresenceSink = Callable[[str, str], None]
+"""``(from, type)`` of a received presence."""
+
+_shared_ssl: ssl.SSLContext | None = None
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """One SSL context for every stream of the process."""
+    global _shared_ssl
+    if _shared_ssl is None:
+        _shared_ssl = ssl.create_default_context()
+    return _shared_ssl
+
+
+def _fast_scram_hi(self: Any, text: str, salt: bytes, iterations: int) -> bytes:
+    return hashlib.pbkdf2_hmac(self.hash().name, _as_bytes(text), salt, iterations)
+
+
+_sasl.SCRAM.Hi = _fast_scram_hi  # same result, computed in C
+
+
+class FrameStreamMixin:
+    """Mixed into slixmpp's stream classes; see the module docstring."""
+
+    _sink: FrameSink
+    _on_resume: Callable[[], None]
+
+    def _init_frames(self, sink: FrameSink, on_resume: Callable[[], None],
+                     presence: PresenceSink) -> None:
+        self._sink = sink
+        self._on_resume = on_resume
+        self._presence = presence
+        self.write_paused = False
+        self.bounces = 0
+        self.frames_in = 0
+
+    # asyncio flow control: slixmpp's stream is the asyncio Protocol of the connection
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._on_resume()
+
+    def write_buffer_size(self) -> int:
+        transport = getattr(self, "transport", None)
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    @property
+    def _sm(self) -> Any:
+        plugins = self.plugin  # type: ignore[attr-defined]
+        # slixmpp's PluginManager is not a plain dict: look before indexing
+        return plugins["xep_0198"] if "xep_0198" in plugins else None  # noqa: SIM401
+
+    def _spawn_event(self, xml: Any) -> None:
+        tag = xml.tag
+        if tag.endswith("}message"):
+            frame = xml.find(FRAME_TAG)
+            if frame is not None:
+                self._count_handled()
+                if xml.get("type") == "error":
+                    self.bounces += 1  # our own frame bounced (destination offline or unknown)
+                    log.debug("frame bounced: %s", xml.get("from"))
+                    return
+                self.frames_in += 1
+                self._sink(xml.get("from", ""), xml.get("to", ""), xml.get("type", "normal"),
+                           frame.text)
+                return
+        elif tag.endswith("}presence"):
+            self._count_handled()
+            self._presence(xml.get("from", ""), xml.get("type", "available"))
+            return  # slixmpp's roster machinery is not needed: skip its cost
+        elif tag == _SM_ACK:
+            sm = self._sm
+            if sm is not None:
+                self._fast_ack(sm, int(xml.get("h", "0")))
+                return
+        elif tag == _SM_REQUEST:
+            sm = self._sm
+            if sm is not None and sm.enabled_in:
+                self.send_raw(f"<a xmlns='{SM_NS}' h='{sm.handled}'/>")  # type: ignore[attr-defined]
+                return
+        super()._spawn_event(xml)  # type: ignore[misc]
+
+    def _count_handled(self) -> None:
+        sm = self._sm
+        if sm is not None and sm.enabled_in:
+            sm.handled = (sm.handled + 1) % MAX_SEQ
+
+    def _fast_ack(self, sm: Any, h: int) -> None:
+        """The plugin's ack handling without building a stanza object."""
+        if h == sm.last_ack:
+            return
+        queue = sm.unacked_queue
+        acked = (h - sm.last_ack) % MAX_SEQ
+        if acked > len(queue):
+            log.error("stream management: the server acknowledged %d of %d stanzas", acked,
+                      len(queue))
+            acked = len(queue)
+        for _ in range(acked):
+            queue.popleft()
+        sm.last_ack = h
+
+    def send_tracked(self, data: str) -> None:
+        """Write one raw stanza, keeping stream management's books."""
+        sm = self._sm
+        if sm is not None and sm.enabled_out:
+            sm.seq = (sm.seq + 1) % MAX_SEQ
+            sm.unacked_queue.append((sm.seq, data))
+            sm.window_counter -= 1
+            if sm.window_counter <= 0:
+                sm.window_counter = sm.window
+                data += f"<r xmlns='{SM_NS}'/>"
+        self.send_raw(data)  # type: ignore[attr-defined]
+
+    async def close_cleanly(self, goodbye: list[str], timeout: float) -> None:
+        """Say goodbye (``goodbye`` stanzas, e.g. unavailable presences), wait until everything
+        routed to us before it has arrived (a ping round trip, for clients), acknowledge it all,
+        close."""
+        if getattr(self, "transport", None) is None:
+            return
+        for stanza in goodbye:
+            self.send_tracked(stanza)
+        if not getattr(self, "is_component", False):
+            with contextlib.suppress(Exception):
+                iq = self.Iq(stype="get", sto=self.boundjid.domain)  # type: ignore[attr-defined]
+                iq.enable("ping")
+                await iq.send(timeout=timeout)
+        sm = self._sm
+        if sm is not None and sm.enabled_in and getattr(self, "transport", None) is not None:
+            self.send_raw(f"<a xmlns='{SM_NS}' h='{sm.handled}'/>")  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.disconnect(wait=timeout), timeout + 1)  # type: ignore[attr-defined]
+
+
+class ClientStream(FrameStreamMixin, slixmpp.ClientXMPP):
+    """A client (c2s) account's stream."""
+
+    def __init__(self, jid: str, password: str, *, tls: bool, window: int,
+                 sink: FrameSink, on_resume: Callable[[], None], presence: PresenceSink) -> None:
+        mechanisms: dict[str, Any] = {"unencrypted_plain": not tls}
+        if not tls:
+            mechanisms["use_mech"] = "PLAIN"
+        slixmpp.ClientXMPP.__init__(self, jid, password, ssl_context=shared_ssl_context(),
+                                    plugin_config={"feature_mechanisms": mechanisms})
+        self.enable_plaintext = not tls
+        self.enable_starttls = tls
+        self.enable_direct_tls = False
+        self.whitespace_keepalive_interval = 60
+        self.register_plugin("xep_0199")
+        self.register_plugin("xep_0198", pconfig={"window": window})
+        self._init_frames(sink, on_resume, presence)
+
+
+class ComponentStream(FrameStreamMixin, slixmpp.ComponentXMPP):
+    """A XEP-0114 component's stream: one connection, any JID under its domain."""
+
+    def __init__(self, domain: str, secret: str, host: str, port: int, *,
+                 sink: FrameSink, on_resume: Callable[[], None], presence: PresenceSink) -> None:
+        slixmpp.ComponentXMPP.__init__(self, domain, secret, host, port)
+        self.register_plugin("xep_0199")
+        self._init_frames(sink, on_resume, presence)

@@ -1,0 +1,233 @@
+"""The broker bridge over a real Prosody: real sockets, real processes, real kills."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+import msgpack
+import pytest
+
+from bench.faults import run_faults, settings_for
+from broker_bridge.codec import (
+    decode_body,
+    decode_envelope,
+    decode_frame,
+    encode_envelope,
+    encode_frame,
+)
+from broker_bridge.endpoint import Endpoint
+from broker_bridge.envelope import Envelope, Priority
+from broker_bridge.prosody import ManagedProsody
+from broker_bridge.session import SECOND, SessionConfig
+from broker_bridge.xmpp import XmppSettings, XmppTransport
+from object_model import ErrorCode, ErrorReport, PropertyValueUpdate
+
+pytestmark = pytest.mark.broker
+
+
+def update(n: int, blob: bytes | None = None) -> PropertyValueUpdate:
+    return PropertyValueUpdate(epoch=n, from_revision=0, to_revision=1,
+                               upserts=[] if blob is None else [("blob", 1, blob)])
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, env: Envelope) -> None:
+        self.envelopes.append(env)
+        self.changed.set()
+
+    def numbers(self, kind: str = "PropertyValueUpdate") -> list[int]:
+        return [decode_body(e.kind, e.body).epoch for e in self.envelopes  # type: ignore[attr-defined]
+                if e.kind == kind]
+
+    async def wait_for(self, count: int, kind: str = "PropertyValueUpdate",
+                       timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len([e for e in self.envelopes if e.kind == kind]) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def settings(managed_prosody: ManagedProsody) -> XmppSettings:
+    return settings_for(managed_prosody)
+
+
+def client(managed_prosody: ManagedProsody, settings: XmppSettings, name: str,
+           config: SessionConfig | None = None) -> Endpoint:
+    managed_prosody.create_accounts({name: "pw"})
+    return Endpoint(XmppTransport.client(settings, name, "pw"), config=config, name=name)
+
+
+# -- reliability across process and broker crashes ---------------------------------------------
+
+
+async def test_exactly_once_in_order_through_two_broker_kills() -> None:
+    figures = await run_faults(count=10_000, broker_kills=2)
+    assert figures["broker_kills"] == 2
+    assert figures["delivered"] == figures["sent"] == 20_000
+    assert figures["lost"] == figures["duplicates"] == figures["order_violations"] == 0
+
+
+async def test_a_sender_killed_mid_stream_completes_from_its_outbox() -> None:
+    figures = await run_faults(count=4_000, broker_kills=0, kill_sender=True)
+    assert figures["sender_kills"] == 1
+    assert figures["delivered"] == figures["sent"]
+    assert figures["lost"] == figures["duplicates"] == figures["order_violations"] == 0
+
+
+# -- size, garbage, broadcast, multiplexing ----------------------------------------------------
+
+
+async def test_a_200_kb_message_crosses_a_16_kb_frame_link_intact(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    small = SessionConfig(frame_bytes=16 * 1024)
+    inbox = Inbox()
+    async with client(managed_prosody, settings, "big-a", small) as a, \
+            client(managed_prosody, settings, "big-b", small) as b:
+        await a.register("big-a", lambda env: None)
+        await b.register("big-b", inbox)
+        blob = os.urandom(200_000)
+        a.send(source="big-a", destination="big-b", message=update(1, blob), reliable=True)
+        await inbox.wait_for(1)
+        await a.flush(10)
+        assert a.frames_sent >= 13  # it really was chunked
+    got = decode_body("PropertyValueUpdate", inbox.envelopes[0].body)
+    assert got.upserts[0][2] == blob  # type: ignore[attr-defined]
+
+
+def _garbage(source: str, destination: str) -> dict[str, bytes]:
+    good = Envelope(id=os.urandom(16), source=source, destination=destination,
+                    kind="PropertyValueUpdate", body=b"\x94\xa0\x01\x00\x01")
+    raw = encode_envelope(good)
+    fields = msgpack.unpackb(raw)
+    wrong_types = msgpack.packb([fields[0], fields[1], fields[2], fields[3], "high", *fields[5:]])
+    unknown_kind = msgpack.packb([*fields[:6], 250, *fields[7:]])
+    return {
+        "random bytes": os.urandom(64),
+        "truncated msgpack": encode_frame([raw])[:-7],
+        "declared 4 GB": b"\xdb\xff\xff\xff\xff" + b"x" * 16,
+        "wrong header types": encode_frame([wrong_types]),
+        "unknown kind": encode_frame([unknown_kind]),
+    }
+
+
+async def test_garbage_is_answered_and_legitimate_traffic_is_untouched(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    inbox, reports = Inbox(), Inbox()
+    async with client(managed_prosody, settings, "victim") as victim, \
+            client(managed_prosody, settings, "honest") as honest, \
+            client(managed_prosody, settings, "vandal") as vandal:
+        await victim.register("victim", inbox)
+        await honest.register("honest", lambda env: None)
+        await vandal.register("vandal", reports)
+        for i in range(300):
+            honest.send(source="honest", destination="victim", message=update(i), reliable=True)
+            if i % 60 == 0:
+                for data in _garbage("vandal", "victim").values():
+                    vandal.transport.send_frame("victim", data)
+                await asyncio.sleep(0.01)
+        # a stanza with a control character: the broker cuts the vandal's stream, not ours
+        stream = vandal.transport._stream  # type: ignore[attr-defined]
+        stream.send_raw("<message to='victim@csms.local'><f xmlns='urn:csms63110:frame:1'>"
+                        "a\x00b</f></message>")
+        for i in range(300, 400):
+            honest.send(source="honest", destination="victim", message=update(i), reliable=True)
+        await inbox.wait_for(400)
+        await honest.flush(10)
+        await victim.flush(10)
+        counters = victim.session.counters
+        # every rejection was answered, except beyond the per-sender report rate
+        assert counters.error_reports_sent + counters.error_reports_suppressed == counters.rejected
+        assert counters.error_reports_sent >= 15
+        await reports.wait_for(counters.error_reports_sent, kind="ErrorReport")
+    assert inbox.numbers() == list(range(400))  # nothing lost, nothing twice, in order
+    codes = {decode_body("ErrorReport", e.body).code for e in reports.envelopes  # type: ignore[attr-defined]
+             if e.kind == "ErrorReport"}
+    assert codes == {ErrorCode.MALFORMED_MESSAGE, ErrorCode.UNKNOWN_KIND}
+    assert victim.session.counters.rejected >= 25
+    assert vandal.transport.reconnects >= 1  # type: ignore[attr-defined]
+
+
+async def test_a_broadcast_crosses_the_uplink_once_and_reaches_50_stations(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    names = [f"bcs-{i}" for i in range(50)]
+    inboxes = {n: Inbox() for n in names}
+    stations = [client(managed_prosody, settings, n) for n in names]
+    async with client(managed_prosody, settings, "bcloud") as cloud:
+        await cloud.register("bcloud", lambda env: None)
+        await asyncio.gather(*(s.start() for s in stations))
+        try:
+            for name, station in zip(names, stations, strict=True):
+                await station.register(name, inboxes[name])
+                await station.join_group("group:bsite", name)  # returns once confirmed
+            uplink = cloud.transport
+            before = uplink.frames_sent  # type: ignore[attr-defined]
+            cloud.send(source="bcloud", destination="group:bsite", message=update(42),
+                       priority=Priority.CRITICAL)
+            for inbox in inboxes.values():
+                await inbox.wait_for(1)
+            assert uplink.frames_sent - before == 1  # type: ignore[attr-defined]
+            assert all(inbox.numbers() == [42] for inbox in inboxes.values())
+        finally:
+            await asyncio.gather(*(s.stop() for s in stations))
+
+
+async def test_one_component_connection_hosts_thousands_of_stations(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    ep = managed_prosody.endpoint
+    inbox = Inbox()
+    hosted = Endpoint(XmppTransport.component(settings, ep.component_domains[0],
+                                              ep.component_secret), name="stations")
+    async with hosted, client(managed_prosody, settings, "mcloud") as cloud:
+        await cloud.register("mcloud", inbox)
+        for i in range(2000):
+            await hosted.register(f"cs-{i}", lambda env, i=i: hosted.send(
+                source=f"cs-{i}", destination="mcloud", message=update(i), reliable=True))
+        for i in range(2000):
+            cloud.send(source="mcloud", destination=f"cs-{i}", message=update(i), reliable=True)
+        await inbox.wait_for(2000, timeout=30)
+        await hosted.flush(10)
+    assert sorted(inbox.numbers()) == list(range(2000))
+    assert {e.source for e in inbox.envelopes} == {f"cs-{i}" for i in range(2000)}
+
+
+async def test_the_link_comes_back_after_a_broker_restart(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    fast = SessionConfig(retransmit_initial_us=SECOND // 4, retransmit_max_us=SECOND)
+    inbox = Inbox()
+    async with client(managed_prosody, settings, "ra", fast) as a, \
+            client(managed_prosody, settings, "rb", fast) as b:
+        await a.register("ra", lambda env: None)
+        await b.register("rb", inbox)
+        managed_prosody.kill()
+        for i in range(20):
+            a.send(source="ra", destination="rb", message=update(i), reliable=True)
+        await managed_prosody.restart()
+        await inbox.wait_for(20)
+        assert inbox.numbers() == list(range(20))
+        assert a.transport.reconnects >= 1  # type: ignore[attr-defined]
+
+
+async def test_an_unreachable_broker_is_reported_clearly() -> None:
+    settings = XmppSettings(c2s_port=1, connect_timeout_s=0.5)
+    transport = XmppTransport.client(settings, "nobody", "pw")
+    with pytest.raises(ConnectionError, match="is the broker running"):
+        await transport.start()
+
+
+def test_frames_decode_from_base64_text() -> None:
+    env = Envelope(id=bytes(16), source="a", destination="b", kind="Ack", body=b"\x91\x90")
+    text = base64.b64encode(encode_frame([encode_envelope(env)])).decode()
+    assert decode_envelope(decode_frame(base64.b64decode(text))[0]) == env
+    assert isinstance(ErrorReport, type)
