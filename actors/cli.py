@@ -12,7 +12,11 @@ from pathlib import Path
 
 from broker_bridge.prosody import BrokerNotInstalledError, BrokerStartError, ManagedProsody
 
-BENCHMARKS = {"tree": "object trees: validated writes, history, snapshots, pattern matching"}
+BENCHMARKS = {
+    "tree": "object trees: validated writes, history, snapshots, pattern matching",
+    "transport": "envelopes/s, latency and priorities through the managed Prosody",
+    "faults": "exactly-once delivery while the broker (and a sender) are SIGKILLed",
+}
 
 
 def _bench(args: argparse.Namespace) -> int:
