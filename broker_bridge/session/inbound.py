@@ -31,6 +31,7 @@ The transitions of one stream, for an envelope numbered ``seq``:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from broker_bridge.envelope import Envelope
@@ -42,11 +43,14 @@ StreamKey = tuple[str, str, str]  # (source, destination, stream)
 
 
 class DedupeWindow:
-    """The last ``size`` message ids seen, in arrival order."""
+    """The last ``size`` message ids seen, in arrival order.
+
+    An ``OrderedDict``: evicting the oldest of a plain dict with ``next(iter(d))`` scans the
+    slots freed by earlier evictions, which made every add linear once the window was full."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ids: dict[bytes, None] = {}
+        self._ids: OrderedDict[bytes, None] = OrderedDict()
 
     def __contains__(self, message_id: bytes) -> bool:
         return message_id in self._ids
@@ -55,7 +59,7 @@ class DedupeWindow:
         ids = self._ids
         ids[message_id] = None
         if len(ids) > self.size:
-            del ids[next(iter(ids))]
+            ids.popitem(last=False)
 
     def ids(self) -> list[bytes]:
         return list(self._ids)

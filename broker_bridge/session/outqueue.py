@@ -126,14 +126,17 @@ class OutQueue:
             self._shed()
 
     def _shed(self) -> None:
-        """Over the memory bound: drop the oldest unreliable bulk, then state, envelopes."""
+        """Over the memory bound: drop the oldest unreliable bulk, then state, envelopes.
+        Dropping starts at the head and emptied batches leave the queue, so a producer that
+        keeps pushing over the bound costs O(1) per push, not a rescan."""
+        limit = self.config.max_queued_bytes
         for cls in (Priority.BULK, Priority.STATE):
             queue = self._queues[self._class(cls)]
-            for batch in queue:
+            while self._bytes > limit and queue:
+                batch = queue[0]
                 kept = []
                 for env, enc in batch.items:
-                    if not env.reliable and env.priority == cls and (
-                            self._bytes > self.config.max_queued_bytes):
+                    if self._bytes > limit and not env.reliable and env.priority == cls:
                         self._bytes -= len(enc) + 3
                         batch.size -= len(enc) + 3
                         self._count[env.priority] -= 1
@@ -141,8 +144,11 @@ class OutQueue:
                     else:
                         kept.append((env, enc))
                 batch.items = kept
-                if self._bytes <= self.config.max_queued_bytes:
-                    return
+                if kept:
+                    return  # the head holds envelopes we may not drop: stop here
+                queue.popleft()
+                if self._open.get(batch.key) is batch:
+                    del self._open[batch.key]
 
     def pop_frames(self, now: int, budget: int | None = None) -> list[Frame]:
         """Frames that may leave now, highest priority first, within ``budget`` bytes (at least

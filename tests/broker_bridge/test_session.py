@@ -145,6 +145,25 @@ def test_on_a_slow_link_bulk_frames_are_small_so_critical_waits_little() -> None
     assert all(len(f.data) <= 1024 for f in link.frames("a") if f.priority is Priority.BULK)
 
 
+def test_over_the_memory_bound_the_oldest_bulk_is_shed_cheaply() -> None:
+    cfg = SessionConfig(seed=1, max_queued_bytes=50_000, compress=False)
+    link = Link(cfg)
+    critical = link.send(99_999, reliable=False, priority=Priority.CRITICAL)
+    for i in range(2000):
+        link.send(i, reliable=False, priority=Priority.BULK, size=100)
+    assert link.a.queue_counters.dropped_overflow > 1000
+    assert link.a._queue.queued_bytes <= 50_000
+    link.now = 10 * SECOND
+    delivered = []
+    while any(link.a.queue_depth().values()):
+        link.deliver(link.frames("a"), "b")
+        link.now += 10 * MS
+    delivered = link.delivered["b"]
+    assert delivered[0] == 99_999 and delivered[1:] == sorted(delivered[1:])
+    assert delivered[-1] == 1999  # the newest survive; the oldest were dropped
+    assert critical
+
+
 def test_the_rate_limit_holds_over_time() -> None:
     cfg = SessionConfig(seed=1, rate_bytes_per_s=50_000, burst_bytes=5_000, compress=False)
     link = Link(cfg)
@@ -512,3 +531,15 @@ def test_configuration_is_validated() -> None:
     with pytest.raises(ValueError, match="broadcasts cannot be reliable"):
         Session(SessionConfig(), ["a"]).send(source="a", destination="group:site1", kind="Ack",
                                              body=b"", now=0, reliable=True)
+
+
+def test_the_dedupe_window_keeps_the_newest_ids() -> None:
+    from broker_bridge.session.inbound import DedupeWindow
+
+    window = DedupeWindow(1000)
+    ids = [i.to_bytes(16, "big") for i in range(40_000)]
+    for message_id in ids:
+        window.add(message_id)
+    assert len(window) == 1000
+    assert ids[38_999] not in window and ids[39_000] in window and ids[-1] in window
+    assert window.ids() == ids[-1000:]
