@@ -12,6 +12,7 @@ holds (or relays). Paths inside a message are relative to that tree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from keypath import KeyPath, KeyPathError, KeyPattern
+from object_model.access import Role
 from object_model.errors import (
     ErrorCode,
     InvalidMessageError,
@@ -74,13 +76,38 @@ MessageId = Annotated[bytes, Field(min_length=16, max_length=16)]
 Revision = Annotated[int, Field(ge=0, lt=2**63)]
 Epoch = Annotated[int, Field(ge=0, lt=2**64)]
 Digest = Annotated[bytes, Field(min_length=16, max_length=16)]
+NodeDigests = tuple[Path, list[str], bytes, bytes]
+"""The children of one node, compactly: ``(path, child names, leaf bitmap, digests)`` where bit
+``i`` of the bitmap (little-endian bytes) says whether child ``i`` is a leaf and ``digests`` is
+the children's digests, each truncated to the requested length, concatenated in name order."""
 
 LeafItem = tuple[Path, Revision, Any]
 """``(path, revision of last change, value)``."""
 DeleteItem = tuple[Path, Revision]
 """``(path, revision of the deletion)``."""
-ChildDigest = tuple[str, bool, Digest]
-"""``(child name, is a leaf, digest)``."""
+ChildDigest = tuple[str, bool, bytes]
+"""``(child name, is a leaf, digest)``: one entry of ``NodeDigests``, unpacked."""
+
+
+def pack_children(path: KeyPath, children: list[tuple[str, bool, bytes]], size: int
+                  ) -> NodeDigests:
+    """``NodeDigests`` for ``children`` (``(name, is_leaf, digest)``), digests cut to ``size``."""
+    bitmap = bytearray((len(children) + 7) // 8)
+    for i, (_, leaf, _) in enumerate(children):
+        if leaf:
+            bitmap[i // 8] |= 1 << (i % 8)
+    return (path, [name for name, _, _ in children], bytes(bitmap),
+            b"".join(digest[:size] for _, _, digest in children))
+
+
+def unpack_children(node: NodeDigests, size: int) -> list[ChildDigest]:
+    """The ``(name, is_leaf, digest)`` entries of ``NodeDigests``; ``InvalidMessageError`` if
+    the parts do not fit together."""
+    _, names, bitmap, digests = node
+    if len(bitmap) != (len(names) + 7) // 8 or len(digests) != len(names) * size:
+        raise InvalidMessageError(f"node digests for {node[0]} do not fit {len(names)} children")
+    return [(name, bool(bitmap[i // 8] >> (i % 8) & 1), digests[i * size:(i + 1) * size])
+            for i, name in enumerate(names)]
 
 
 class MessageBase(BaseModel):
@@ -99,7 +126,12 @@ class PropertyTreeDiscoveryRequest(MessageBase):
     * ``patterns``: the leaves matching them (values, and types/access kinds if asked);
     * ``since_revision`` (with ``epoch``): only what changed after that revision, with
       deletions; the cheapest resynchronisation when the requester's copy has the same epoch;
-    * ``digests_of``: the child digests of these nodes, one step of a digest descent.
+    * ``digests_of``: the child digests of these nodes, one step of a digest descent,
+      truncated to ``digest_bytes`` (the root digest is always whole, so a collision of short
+      digests can only make a descent go round once more, never leave a copy wrong).
+
+    Digests are *visible* digests (over what the requester may read), so a copy without the
+    source's secrets compares equal.
     """
 
     kind: Literal["PropertyTreeDiscoveryRequest"] = "PropertyTreeDiscoveryRequest"
@@ -111,23 +143,28 @@ class PropertyTreeDiscoveryRequest(MessageBase):
     epoch: Epoch | None = None
     since_revision: Revision | None = None
     digests_of: list[Path] = Field(default_factory=list, max_length=4096)
+    digest_bytes: int = Field(16, ge=1, le=16)
 
 
 class PropertyTreeDiscoveryResponse(MessageBase):
     """The answer to a discovery. ``complete`` is False when ``since_revision`` could not be
-    served (other epoch, or history compacted past it): compare digests instead."""
+    served (other epoch, or history compacted past it): compare digests instead.
+
+    ``epoch``, ``revision`` and ``root_digest`` say where the tree stands; a pure digest step
+    (only ``digests_of`` asked) leaves them out, since the descent's first and last answers
+    carry them and each step would otherwise repeat 30 incompressible bytes."""
 
     kind: Literal["PropertyTreeDiscoveryResponse"] = "PropertyTreeDiscoveryResponse"
     wire_id: ClassVar[int] = 2
     tree: Path = KeyPath.root()
-    epoch: Epoch
-    revision: Revision
-    root_digest: Digest
+    epoch: Epoch | None = None
+    revision: Revision | None = None
+    root_digest: Digest | None = None
     complete: bool = True
     leaves: list[LeafItem] = Field(default_factory=list, max_length=MAX_ITEMS)
     deletes: list[DeleteItem] = Field(default_factory=list, max_length=MAX_ITEMS)
     types: list[tuple[Path, dict[str, Any]]] = Field(default_factory=list, max_length=MAX_ITEMS)
-    digests: list[tuple[Path, list[ChildDigest]]] = Field(default_factory=list, max_length=4096)
+    digests: list[NodeDigests] = Field(default_factory=list, max_length=4096)
 
 
 class PropertyValueRead(MessageBase):
@@ -158,11 +195,14 @@ class PropertyValueReadResponse(MessageBase):
 
 
 class WriteItem(MessageBase):
-    """One step of a write transaction: set ``value`` at ``path``, or delete ``path``."""
+    """One step of a write transaction: set ``value`` at ``path``, or delete ``path``. With
+    ``text``, ``value`` is text that the receiver parses according to the type it declares at
+    ``path`` (for command lines and configuration files, which do not know the schema)."""
 
     path: Path
     value: Any = None
     delete: bool = False
+    text: bool = False
 
 
 class PropertyValueWrite(MessageBase):
@@ -176,9 +216,21 @@ class PropertyValueWrite(MessageBase):
     expected_revision: Revision | None = None
 
 
-    def operations(self) -> list[Operation]:
-        """The tree operations of this transaction, in order."""
-        return [Delete(w.path) if w.delete else Write(w.path, w.value) for w in self.writes]
+    def operations(self, parse: Callable[[KeyPath, str], Any] | None = None) -> list[Operation]:
+        """The tree operations of this transaction, in order; ``parse(path, text)`` turns
+        text values into typed ones (``SchemaRegistry.parse_value``)."""
+        ops: list[Operation] = []
+        for w in self.writes:
+            if w.delete:
+                ops.append(Delete(w.path))
+            elif w.text:
+                if parse is None or not isinstance(w.value, str):
+                    raise InvalidMessageError("a text write needs a text value and a schema",
+                                              path=w.path)
+                ops.append(Write(w.path, parse(w.path, w.value)))
+            else:
+                ops.append(Write(w.path, w.value))
+        return ops
 
 
 class PropertyValueWriteResponse(MessageBase):
@@ -243,6 +295,41 @@ class PropertyValueUpdate(MessageBase):
         )
 
 
+# -- joining the network ---------------------------------------------------------------------------
+
+
+class TreeInfo(MessageBase):
+    """Where a tree stands: enough for the other side to decide how to resynchronise."""
+
+    tree: Path = KeyPath.root()
+    epoch: Epoch
+    revision: Revision
+    root_digest: Digest
+
+
+class JoinNetworkRequest(MessageBase):
+    """An actor asks to join (a station its CSMS, a local CSMS the cloud). ``secret`` is the
+    provisioning secret it was given; ``trees`` where its trees (a station: its own; a local
+    CSMS: its stations') stand, so the CSMS can resynchronise at once."""
+
+    kind: Literal["JoinNetworkRequest"] = "JoinNetworkRequest"
+    wire_id: ClassVar[int] = 11
+    role: Role
+    identity: dict[str, str] = Field(default_factory=dict, max_length=64)
+    secret: str = Field(max_length=256)
+    trees: list[TreeInfo] = Field(default_factory=list, max_length=100_000)
+
+
+class JoinNetworkResponse(MessageBase):
+    """Admitted (a refusal is an ``ErrorReport`` with ``not_admitted``). ``heartbeat_s`` is how
+    often the actor should show life when it has nothing else to say."""
+
+    kind: Literal["JoinNetworkResponse"] = "JoinNetworkResponse"
+    wire_id: ClassVar[int] = 12
+    csms: str
+    heartbeat_s: float = Field(30.0, gt=0, le=3600)
+
+
 # -- acknowledgement and errors -------------------------------------------------------------------
 
 
@@ -297,17 +384,19 @@ class Batch(MessageBase):
     tree: Path = KeyPath.root()
     items: list[BatchItem] = Field(min_length=1, max_length=1024)
 
-    def operations(self) -> list[Operation]:
+    def operations(self, parse: Callable[[KeyPath, str], Any] | None = None) -> list[Operation]:
         """The tree operations of every write in the batch, in order."""
         ops: list[Operation] = []
         for item in self.items:
             if isinstance(item, PropertyValueWrite):
-                ops.extend(item.operations())
+                ops.extend(item.operations(parse))
         return ops
 
 
 Message = Annotated[
     Batch
+    | JoinNetworkRequest
+    | JoinNetworkResponse
     | PropertyTreeDiscoveryRequest
     | PropertyTreeDiscoveryResponse
     | PropertyValueRead

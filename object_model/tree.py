@@ -26,6 +26,12 @@ subtrees whose digests differ. Revisions are not part of digests: two copies wit
 content compare equal even if one learnt it later. (The sum is a consistency check, not a
 cryptographic commitment: signatures are the envelope's job.)
 
+*Visible digests.* Some leaves no remote actor may read (a provisioning secret, write-only
+passwords); a CSMS's copy can never hold them. So every node keeps a second sum over the leaves
+whose access kind is readable, the *visible* digest: copies are compared by it (``digest(path,
+visible=True)``), and ``changes_since(r, visible=True)`` leaves the unreadable leaves out. In a
+copy (a permissive schema) every leaf is visible, so its plain digest is its visible digest.
+
 *Replicas.* A CSMS keeps copies of station trees. ``apply_changes`` plays a ``ChangeSet`` from
 another tree onto a copy with the same epoch, keeping the source's revisions, so the copy can in
 turn answer ``changes_since`` for the same history. ``adopt`` installs leaves learnt by digest
@@ -158,27 +164,34 @@ class DiffStats:
 
 
 class _Interior:
-    __slots__ = ("children", "digest", "name", "parent")
+    __slots__ = ("children", "digest", "name", "parent", "visible")
 
     def __init__(self, name: str, parent: _Interior | None) -> None:
         self.name = name
         self.parent = parent
         self.children: dict[str, _Interior | _Leaf] = {}
         self.digest = 0
+        self.visible = 0  # the same sum over readable leaves only
 
 
 class _Leaf:
-    __slots__ = ("hash", "key", "name", "parent", "path", "revision", "schema", "value")
+    __slots__ = ("hash", "key", "name", "parent", "path", "readable", "revision", "schema",
+                 "value")
 
     def __init__(self, path: KeyPath, parent: _Interior, schema: SchemaNode) -> None:
         self.path = path
         self.name = path.name
         self.parent = parent
         self.schema = schema
+        self.readable = schema.access.readable
         self.key = str(path).encode("utf-8") + b"\x00"
         self.value: Any = None
         self.hash = 0
         self.revision = 0
+
+    @property
+    def visible(self) -> int:
+        return self.hash if self.readable else 0
 
 
 def _leaf_hash(key: bytes, value: Any) -> int:
@@ -232,6 +245,10 @@ class ObjectTree:
 
     def __contains__(self, path: KeyPath | str) -> bool:
         return self._find(_as_path(path)) is not None
+
+    def is_leaf(self, path: KeyPath | str) -> bool:
+        """True when a value (not a subtree) is stored at ``path``."""
+        return _as_path(path) in self._leaves
 
     def get(self, path: KeyPath | str) -> Any:
         """The value of the leaf at ``path``.
@@ -298,22 +315,29 @@ class ObjectTree:
             for name, child in reversed(current.children.items()):
                 stack.append((child, path / name))
 
-    def children(self, path: KeyPath | str = "") -> list[tuple[str, bool, bytes]]:
-        """``(name, is_leaf, digest)`` of each child of the interior node at ``path``."""
+    def children(self, path: KeyPath | str = "", *, visible: bool = False
+                 ) -> list[tuple[str, bool, bytes]]:
+        """``(name, is_leaf, digest)`` of each child of the interior node at ``path``. With
+        ``visible``, digests are visible digests and children with nothing readable are left
+        out (a copy could not hold them)."""
         node = self._find(_as_path(path))
         if node is None or isinstance(node, _Leaf):
             return []
-        return [
-            (name, isinstance(c, _Leaf), _to_digest(c.hash if isinstance(c, _Leaf) else c.digest))
-            for name, c in node.children.items()
-        ]
+        out = []
+        for name, child in node.children.items():
+            total = _node_sum(child, visible)
+            if visible and total == 0:
+                continue
+            out.append((name, isinstance(child, _Leaf), _to_digest(total)))
+        return out
 
-    def digest(self, path: KeyPath | str = "") -> bytes:
-        """The 16-byte digest of the subtree at ``path`` (all zeros when nothing is there)."""
+    def digest(self, path: KeyPath | str = "", *, visible: bool = False) -> bytes:
+        """The 16-byte digest of the subtree at ``path`` (all zeros when nothing is there);
+        ``visible`` counts readable leaves only."""
         node = self._find(_as_path(path))
         if node is None:
             return bytes(DIGEST_BYTES)
-        return _to_digest(node.hash if isinstance(node, _Leaf) else node.digest)
+        return _to_digest(_node_sum(node, visible))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -478,9 +502,15 @@ class ObjectTree:
             return False
         delta = h - leaf.hash
         node = leaf.parent
-        while node is not None:
-            node.digest = (node.digest + delta) & MASK
-            node = node.parent
+        if leaf.readable:
+            while node is not None:
+                node.digest = (node.digest + delta) & MASK
+                node.visible = (node.visible + delta) & MASK
+                node = node.parent
+        else:
+            while node is not None:
+                node.digest = (node.digest + delta) & MASK
+                node = node.parent
         leaf.value = value
         leaf.hash = h
         leaf.revision = revision
@@ -525,7 +555,7 @@ class ObjectTree:
             return False  # a node exists only while it has leaves; an empty root is nothing
         if node is self._root:
             self._root.children.clear()
-            self._root.digest = 0
+            self._root.digest = self._root.visible = 0
             self._leaves.clear()
         else:
             self._detach(node)
@@ -540,12 +570,14 @@ class ObjectTree:
 
     def _detach(self, node: _Interior | _Leaf) -> None:
         amount = node.hash if isinstance(node, _Leaf) else node.digest
+        seen = node.visible
         parent = node.parent
         assert parent is not None
         del parent.children[node.name]
         up: _Interior | None = parent
         while up is not None:
             up.digest = (up.digest - amount) & MASK
+            up.visible = (up.visible - seen) & MASK
             up = up.parent
         # prune interior nodes left empty (never the root)
         while parent is not self._root and not parent.children:
@@ -556,8 +588,9 @@ class ObjectTree:
 
     # -- history -------------------------------------------------------------------------------
 
-    def changes_since(self, revision: int) -> ChangeSet:
-        """Exactly the leaves changed and the nodes deleted after ``revision``.
+    def changes_since(self, revision: int, *, visible: bool = False) -> ChangeSet:
+        """Exactly the leaves changed and the nodes deleted after ``revision`` (with
+        ``visible``, only what a remote reader may see).
 
         ``HorizonPassedError`` when deletions after ``revision`` may have been compacted away;
         ``RevisionAheadError`` when ``revision`` is newer than this tree (another history).
@@ -576,12 +609,14 @@ class ObjectTree:
         for leaf in reversed(self._leaves.values()):
             if leaf.revision <= revision:
                 break
-            upserts.append((leaf.path, leaf.revision, leaf.value))
+            if leaf.readable or not visible:
+                upserts.append((leaf.path, leaf.revision, leaf.value))
         deletes: list[tuple[KeyPath, int]] = []
         for path, rev in reversed(self._tombstones.items()):
             if rev <= revision:
                 break
-            deletes.append((path, rev))
+            if not visible or self._readable_path(path):
+                deletes.append((path, rev))
         upserts.reverse()
         deletes.reverse()
         return ChangeSet(
@@ -769,6 +804,12 @@ class ObjectTree:
             node = child
         return node
 
+    def _readable_path(self, path: KeyPath) -> bool:
+        try:
+            return self.schema.resolve(path).access.readable
+        except ModelError:
+            return True  # unknown to the schema now: tell the copy, deleting is harmless
+
     def _absence(self, path: KeyPath) -> ModelError:
         self.schema.resolve(path)  # raises when the schema does not declare the path
         return NotPresentError(f"{path} holds no value", path=path)
@@ -802,6 +843,12 @@ def _iter_leaves(node: _Interior | _Leaf) -> Iterator[_Leaf]:
 def _node_digest(node: _Interior | _Leaf | None) -> int:
     if node is None:
         return 0
+    return node.hash if isinstance(node, _Leaf) else node.digest
+
+
+def _node_sum(node: _Interior | _Leaf, visible: bool) -> int:
+    if visible:
+        return node.visible
     return node.hash if isinstance(node, _Leaf) else node.digest
 
 

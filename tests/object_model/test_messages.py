@@ -10,6 +10,8 @@ from object_model import (
     Batch,
     ErrorCode,
     ErrorReport,
+    JoinNetworkRequest,
+    JoinNetworkResponse,
     ModelError,
     PropertyTreeDiscoveryRequest,
     PropertyTreeDiscoveryResponse,
@@ -18,6 +20,8 @@ from object_model import (
     PropertyValueUpdate,
     PropertyValueWrite,
     PropertyValueWriteResponse,
+    Role,
+    TreeInfo,
     WriteItem,
     decode_message,
     encode_message,
@@ -38,7 +42,7 @@ EXAMPLES = [
         leaves=[(KeyPath.parse("evse/1/status"), 3, "Available")],
         deletes=[(KeyPath.parse("evse/2"), 9)],
         types=[(KeyPath.parse("evse/1/status"), {"type": "enum"})],
-        digests=[(KeyPath.root(), [("evse", False, bytes(16))])],
+        digests=[(KeyPath.root(), ["evse", "status"], b"\x02", bytes(4))],
     ),
     PropertyValueRead(paths=[KeyPath.parse("identity")]),
     PropertyValueReadResponse(
@@ -55,6 +59,9 @@ EXAMPLES = [
     ErrorReport(code=ErrorCode.UNKNOWN_PATH, answers=MID, path="a/b", text="no", details={"x": 1}),
     Batch(items=[PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("a"), value=1)]),
                  PropertyValueRead(paths=[KeyPath.parse("b")])]),
+    JoinNetworkRequest(role=Role.STATION, identity={"vendor": "ACME"}, secret="s",
+                       trees=[TreeInfo(epoch=1, revision=2, root_digest=bytes(16))]),
+    JoinNetworkResponse(csms="local-site1", heartbeat_s=10),
 ]
 
 

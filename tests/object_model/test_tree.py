@@ -433,3 +433,26 @@ def test_limit_on_leaves() -> None:
         tree.write("x/9", 9)
     assert info.value.code is ErrorCode.LIMIT_EXCEEDED
     assert len(tree) == 3
+
+
+def test_visible_digests_let_a_copy_without_secrets_compare_equal() -> None:
+    station = new_station_tree("cs-1", epoch=4)
+    station.apply([Write("security/provisioning_secret", "s3cret"),
+                   Write("network/profiles/1/apn_password", "pw")])
+    copy = ObjectTree(PermissiveSchema(), epoch=4)
+    copy.apply_changes(station.changes_since(0, visible=True))
+    assert "security/provisioning_secret" not in copy
+    assert "network/profiles/1/apn_password" not in copy
+    assert station.digest() != station.digest(visible=True)
+    assert copy.digest() == station.digest(visible=True)
+    assert dict((n, d) for n, _, d in copy.children("network/profiles/1")) == dict(
+        (n, d) for n, _, d in station.children("network/profiles/1", visible=True))
+    assert [n for n, _, _ in station.children("security", visible=True)] == [
+        "certificate_serial", "certificate_expires_at", "failed_logins"]
+    rev = station.revision
+    station.write("security/provisioning_secret", "rotated")  # invisible change
+    assert station.digest(visible=True) == copy.digest()
+    assert station.changes_since(rev, visible=True).upserts == ()
+    station.delete("security")
+    copy.apply_changes(station.changes_since(copy.revision, visible=True))
+    assert copy.digest() == station.digest(visible=True)
