@@ -1,0 +1,277 @@
+"""The actor base: lifecycle, typed routing, request/response, tracked tasks.
+
+An actor is an address on an ``Endpoint`` plus handlers. Handlers are declared on the class
+with ``@handles`` and take the typed message and a ``Context``::
+
+    class Station(Actor):
+        role = Role.STATION
+
+        @handles(PropertyValueRead)
+        async def read(self, message: PropertyValueRead, ctx: Context) -> MessageBase:
+            ...
+
+Whatever a handler returns goes back to the sender as the answer (correlated with the
+request's id); whatever it raises goes back as a detailed ``ErrorReport``. Incoming messages
+are handled one at a time, in arrival order, by the actor's inbox task; answers to the actor's
+own requests bypass the inbox (so a handler may await a request without deadlock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from broker_bridge import Endpoint, Envelope, Priority
+from broker_bridge.codec import decode_body
+from broker_bridge.endpoint import WallClock
+from broker_bridge.session import SessionEvent
+from object_model import ErrorCode, ModelError, Role
+from object_model.errors import error_class
+from object_model.messages import ErrorReport, MessageBase, error_report
+
+log = logging.getLogger("csms.actor")
+
+M = TypeVar("M", bound=MessageBase)
+Handler = Callable[[Any, MessageBase, "Context"], Awaitable[MessageBase | None]]
+
+
+def handles(*types: type[MessageBase]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare the message types a handler method takes."""
+
+    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+        method._handles = types  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+class RoleDirectory:
+    """Which role each address plays: ``{"cs-*": Role.STATION, "cloud": Role.CLOUD_CSMS}``.
+    Patterns are tried in order; an unknown address has no role (and so no rights)."""
+
+    def __init__(self, patterns: Mapping[str, Role] | None = None) -> None:
+        self._patterns = list((patterns or {}).items())
+        self._cache: dict[str, Role | None] = {}
+
+    def add(self, pattern: str, role: Role) -> None:
+        self._patterns.insert(0, (pattern, role))
+        self._cache.clear()
+
+    def role_of(self, address: str) -> Role | None:
+        if address not in self._cache:
+            self._cache[address] = next(
+                (role for pattern, role in self._patterns if fnmatch.fnmatchcase(address, pattern)),
+                None)
+        return self._cache[address]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler knows about the message it handles."""
+
+    envelope: Envelope
+    sender: str
+    role: Role | None
+
+    @property
+    def message_id(self) -> bytes:
+        return self.envelope.id
+
+    def require_role(self) -> Role:
+        """The sender's role, or ``ACCESS_DENIED`` for strangers."""
+        if self.role is None:
+            raise error_class(ErrorCode.ACCESS_DENIED)(
+                f"{self.sender!r} has no role here", details={"sender": self.sender})
+        return self.role
+
+
+class Actor:
+    """Base of every actor. Subclasses set ``role`` and declare handlers with ``@handles``."""
+
+    role: ClassVar[Role]
+    _routes: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        routes: dict[str, str] = {}
+        for base in reversed(cls.__mro__[1:]):
+            routes.update(getattr(base, "_routes", {}))
+        for name, value in vars(cls).items():
+            for message_type in getattr(value, "_handles", ()):
+                routes[message_type.model_fields["kind"].default] = name
+        cls._routes = routes
+
+    def __init__(self, address: str, endpoint: Endpoint, *, roles: RoleDirectory | None = None,
+                 clock: Any = None) -> None:
+        self.address = address
+        self.endpoint = endpoint
+        self.roles = roles or RoleDirectory()
+        self.clock = clock or WallClock()
+        self._inbox: asyncio.Queue[Envelope] = asyncio.Queue()
+        self._pending: dict[bytes, tuple[asyncio.Future[Any], str]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = False
+        self.handled = 0
+        self.rejected = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> Actor:
+        """Register on the endpoint, start the inbox, run ``on_start``."""
+        await self.endpoint.register(self.address, self._arrived, self._session_event)
+        self._running = True
+        self.spawn(self._serve(), "inbox")
+        await self.on_start()
+        return self
+
+    async def stop(self) -> None:
+        """Run ``on_stop``, then cancel the actor's tasks and pending requests."""
+        if not self._running:
+            return
+        self._running = False
+        try:
+            await self.on_stop()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for future, _ in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+
+    async def on_start(self) -> None:
+        """Override: start background work."""
+
+    async def on_stop(self) -> None:
+        """Override: flush state before the tasks are cancelled."""
+
+    async def __aenter__(self) -> Actor:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a tracked task: cancelled at stop, failures logged, never lost."""
+        task = asyncio.create_task(coro, name=f"{self.address}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: task %s failed", self.address, task.get_name(),
+                      exc_info=task.exception())
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, destination: str, message: MessageBase, *,
+             priority: Priority = Priority.CONTROL, reliable: bool = False,
+             expires_in_us: int | None = None, correlation: bytes | None = None,
+             stream: str | None = None) -> Envelope:
+        return self.endpoint.send(source=self.address, destination=destination, message=message,
+                                  priority=priority, reliable=reliable, expires_in_us=expires_in_us,
+                                  correlation=correlation, stream=stream)
+
+    async def request(self, destination: str, message: MessageBase, *, timeout: float = 10.0,
+                      priority: Priority = Priority.CONTROL, reliable: bool = False) -> MessageBase:
+        """Send ``message`` and wait for the answer; an ``ErrorReport`` answer is raised as the
+        error it reports, silence as ``TIMEOUT``."""
+        answer, _, _ = await self.exchange(destination, message, timeout=timeout,
+                                           priority=priority, reliable=reliable)
+        return answer
+
+    async def exchange(self, destination: str, message: MessageBase, *, timeout: float = 10.0,
+                       priority: Priority = Priority.CONTROL, reliable: bool = False
+                       ) -> tuple[MessageBase, Envelope, Envelope]:
+        """``request``, also returning the request and answer envelopes (to count bytes)."""
+        env = self.send(destination, message, priority=priority, reliable=reliable,
+                        expires_in_us=int(timeout * 1e6))
+        future: asyncio.Future[tuple[MessageBase, Envelope]] = (
+            asyncio.get_running_loop().create_future())
+        self._pending[env.id] = (future, destination)  # type: ignore[assignment]
+        try:
+            async with asyncio.timeout(timeout):
+                answer, answer_env = await future
+        except TimeoutError:
+            raise error_class(ErrorCode.TIMEOUT)(
+                f"no answer from {destination!r} to {type(message).__name__} within {timeout:g} s",
+                details={"destination": destination}) from None
+        finally:
+            self._pending.pop(env.id, None)
+        if isinstance(answer, ErrorReport):
+            raise answer.to_exception()
+        return answer, env, answer_env
+
+    def fail_requests_to(self, destination: str, error: ModelError) -> None:
+        """Fail every pending request to ``destination`` now (it is unreachable)."""
+        for future, target in list(self._pending.values()):
+            if target == destination and not future.done():
+                future.set_exception(error)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def _arrived(self, env: Envelope) -> None:
+        pending = self._pending.get(env.correlation) if env.correlation else None
+        if pending is not None:
+            future = pending[0]
+            if not future.done():
+                try:
+                    future.set_result((decode_body(env.kind, env.body), env))  # type: ignore[arg-type]
+                except ModelError as exc:
+                    future.set_exception(exc)
+            return
+        self._inbox.put_nowait(env)
+
+    async def _serve(self) -> None:
+        while True:
+            env = await self._inbox.get()
+            await self._handle(env)
+
+    async def _handle(self, env: Envelope) -> None:
+        ctx = Context(env, env.source, self.roles.role_of(env.source))
+        try:
+            message = decode_body(env.kind, env.body)
+            method = self._routes.get(env.kind)
+            if method is None:
+                if isinstance(message, ErrorReport):
+                    await self.on_error_report(message, ctx)
+                    return
+                raise error_class(ErrorCode.UNSUPPORTED_OPERATION)(
+                    f"{self.address} does not handle {env.kind}",
+                    details={"kind": env.kind, "handled": sorted(self._routes)})
+            answer = await getattr(self, method)(message, ctx)
+            self.handled += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.rejected += 1
+            if not isinstance(exc, ModelError):
+                log.exception("%s: handling %s from %s failed", self.address, env.kind,
+                              env.source)
+            else:
+                log.info("%s: rejected %s from %s: %s", self.address, env.kind, env.source, exc)
+            if env.kind not in ("ErrorReport", "Ack"):
+                self.send(env.source, error_report(exc, answers=env.id), correlation=env.id,
+                          priority=min(env.priority, Priority.CONTROL))
+            return
+        if answer is not None:
+            self.send(env.source, answer, correlation=env.id, priority=env.priority)
+
+    async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
+        """An ErrorReport that answers no pending request (e.g. about a notification we sent)."""
+        log.warning("%s: %s reports %s: %s", self.address, ctx.sender, report.code.value,
+                    report.text)
+
+    def _session_event(self, event: SessionEvent) -> None:
+        self.on_session_event(event)
+
+    def on_session_event(self, event: SessionEvent) -> None:
+        """Override: gaps, stream resets and abandoned envelopes of this actor's streams."""

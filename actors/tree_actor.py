@@ -1,0 +1,69 @@
+"""An actor that serves trees: the generic read, write and discovery handlers.
+
+Subclasses say which tree answers a request (``access_for``): a station answers from its own
+tree; a CSMS routes ``stations/<id>/...`` to its copy of that station. Writes are committed by
+``commit``, which subclasses extend (a station persists and publishes; a CSMS forwards writes
+for stations to the station itself).
+"""
+
+from __future__ import annotations
+
+from actors.base import Actor, Context, handles
+from actors.tree_access import TreeAccess
+from keypath import KeyPath
+from object_model import ErrorCode, MessageBase, ModelError
+from object_model.errors import error_class
+from object_model.messages import (
+    Batch,
+    PropertyTreeDiscoveryRequest,
+    PropertyValueRead,
+    PropertyValueWrite,
+    PropertyValueWriteResponse,
+    error_report,
+)
+from object_model.tree import TransactionCommitted
+
+
+class TreeActor(Actor):
+    """Answers PropertyValueRead/Write, Batch and PropertyTreeDiscovery for its trees."""
+
+    def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
+        """The tree serving requests addressed to ``tree`` (``UNKNOWN_PATH`` if none)."""
+        raise error_class(ErrorCode.UNKNOWN_PATH)(f"no tree {tree} here", path=tree)
+
+    async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
+                     ctx: Context) -> TransactionCommitted:
+        """Apply a checked write; subclasses add persistence, publication or forwarding."""
+        return access.write(ctx.require_role(), message)
+
+    @handles(PropertyValueRead)
+    async def on_read(self, message: PropertyValueRead, ctx: Context) -> MessageBase:
+        role = ctx.require_role()
+        return self.access_for(message.tree, ctx).read(role, message.paths)
+
+    @handles(PropertyValueWrite, Batch)
+    async def on_write(self, message: PropertyValueWrite | Batch, ctx: Context) -> MessageBase:
+        if isinstance(message, Batch) and all(
+                isinstance(item, PropertyTreeDiscoveryRequest) for item in message.items):
+            return await self.on_discover_many(message, ctx)
+        access = self.access_for(message.tree, ctx)
+        event = await self.commit(access, message, ctx)
+        return PropertyValueWriteResponse(tree=message.tree, epoch=access.tree.epoch,
+                                          revision=event.revision, changed=event.changed)
+
+    @handles(PropertyTreeDiscoveryRequest)
+    async def on_discover(self, message: PropertyTreeDiscoveryRequest, ctx: Context
+                          ) -> MessageBase:
+        role = ctx.require_role()
+        return self.access_for(message.tree, ctx).discover(role, message)
+
+    async def on_discover_many(self, batch: Batch, ctx: Context) -> MessageBase:
+        """A batch of discoveries (a CSMS resynchronising many copies at once): one answer
+        per item, in order; an item that fails is answered by its ErrorReport."""
+        answers: list[MessageBase] = []
+        for item in batch.items:
+            try:
+                answers.append(await self.on_discover(item, ctx))  # type: ignore[arg-type]
+            except ModelError as exc:
+                answers.append(error_report(exc))
+        return Batch(tree=batch.tree, items=answers)
