@@ -703,7 +703,7 @@ class ObjectTree:
         ]
         steps += [(ups[i][1], 1, path, value, schema) for path, value, schema, i in plan]
         self.epoch = epoch
-        event = self._replay(steps, revision, delete_revision=revision)
+        event = self._replay(steps, revision, delete_revision=revision, notify=False)
         # Leaves the descent did not touch equal the source's but carry revisions of an older
         # history; no query may go below the new horizon, so cap them there. Then restore the
         # leaf index's revision order, which out-of-order installs broke.
@@ -713,11 +713,12 @@ class ObjectTree:
         self._leaves = dict(sorted(self._leaves.items(), key=lambda kv: kv[1].revision))
         self._tombstones.clear()
         self.horizon = self.revision = revision
+        self._notify(event)  # only now is the tree in its final state
         return event
 
     def _replay(
         self, steps: Sequence[tuple[int, int, KeyPath, Any, Any]], to_revision: int,
-        delete_revision: int | None = None,
+        delete_revision: int | None = None, notify: bool = True,
     ) -> TransactionCommitted:
         upserts: dict[KeyPath, Any] = {}
         deletes: list[KeyPath] = []
@@ -732,7 +733,7 @@ class ObjectTree:
         self.revision = to_revision
         event = TransactionCommitted(epoch=self.epoch, revision=self.revision,
                                      upserts=tuple(upserts.items()), deletes=tuple(deletes))
-        if event.changed:
+        if event.changed and notify:
             self._notify(event)
         return event
 
