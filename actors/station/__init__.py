@@ -1,0 +1,1 @@
+"""The charging-station actor and its simulated hardware."""
