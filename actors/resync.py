@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,8 @@ class ResyncOutcome:
 
     mode: str  # "changes", "descent", "full", "relabel"
     requests: int = 0
-    bytes: float = 0.0
+    bytes: float = 0.0  # encoded envelopes (msgpack), this copy's share of batched exchanges
+    wire_bytes: float = 0.0  # the same deflated, as frames carry them (before XMPP's base64)
     leaves: int = 0
     deletes: int = 0
     seconds: float = 0.0
@@ -84,6 +86,7 @@ class ResyncStats:
     runs: int = 0
     failures: int = 0
     bytes: float = 0.0
+    wire_bytes: float = 0.0
     by_mode: dict[str, int] = field(default_factory=dict)
 
 
@@ -135,7 +138,8 @@ class _Coalescer:
                 if not future.done():
                     future.set_exception(exc)
             return
-        share = (_size(sent) + _size(got)) / len(items)
+        sizes = [_sizes(sent), _sizes(got)]
+        share = (sum(s for s, _ in sizes) / len(items), sum(w for _, w in sizes) / len(items))
         answers = answer.items if isinstance(answer, Batch) else [answer]
         if len(answers) != len(items):
             error = ResyncError(f"{self.source} answered {len(answers)} of {len(items)} items")
@@ -313,9 +317,10 @@ class ResyncEngine:
                 max_items=self.batch_items, priority=self.priority, timeout=self.timeout)
 
         async def ask(message: PropertyTreeDiscoveryRequest) -> PropertyTreeDiscoveryResponse:
-            answer, share = await coalescer.ask(message)
+            answer, (share, wire) = await coalescer.ask(message)
             outcome.requests += 1
             outcome.bytes += share
+            outcome.wire_bytes += wire
             assert isinstance(answer, PropertyTreeDiscoveryResponse)
             return answer
 
@@ -327,9 +332,14 @@ class ResyncEngine:
         outcome.seconds = time.monotonic() - started
         self.stats.runs += 1
         self.stats.bytes += outcome.bytes
+        self.stats.wire_bytes += outcome.wire_bytes
         self.stats.by_mode[outcome.mode] = self.stats.by_mode.get(outcome.mode, 0) + 1
         return outcome
 
 
-def _size(env: Envelope) -> int:
-    return len(encode_envelope(env))
+def _sizes(env: Envelope) -> tuple[int, int]:
+    """An envelope's encoded size and its size in a frame (deflated when that pays, as the
+    session's frames are)."""
+    data = encode_envelope(env)
+    packed = len(zlib.compress(data, 1))
+    return len(data), packed if packed < len(data) * 0.9 else len(data)

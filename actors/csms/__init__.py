@@ -1,0 +1,1 @@
+"""Local and cloud CSMS actors."""

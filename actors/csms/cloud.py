@@ -1,0 +1,115 @@
+"""The cloud CSMS: many sites through their local CSMS, and stations connected directly.
+
+A site joins with its local CSMS's secret and the tree positions of its stations; the cloud
+keeps a copy of each station, sourced at the site (``stations/<id>`` of the local CSMS's
+aggregate view), and resynchronises through the site, never bothering the station. A station
+the site admits later shows up as a relayed update for an unknown tree, and the cloud starts
+managing it. Small operators' stations join the cloud directly, as they would a local CSMS.
+Operators read from the copies; their writes go down through the site to the station.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from actors.base import Context, handles
+from actors.csms.caching import STATIONS, CachingCsms, CsmsSettings, to_micros_now
+from actors.resync import Replica
+from keypath import KeyPath
+from object_model import ErrorCode, MessageBase, Role, Write
+from object_model.errors import error_class
+from object_model.messages import (
+    JoinNetworkRequest,
+    JoinNetworkResponse,
+    PropertyValueUpdate,
+    TreeInfo,
+)
+
+log = logging.getLogger("csms.cloud")
+
+
+@dataclass(frozen=True)
+class CloudSettings(CsmsSettings):
+    """Secrets: one per site (its local CSMS presents it), and one for direct stations."""
+
+    site_secrets: Mapping[str, str] = field(default_factory=dict)
+    station_secret: str = ""
+
+
+class CloudCsms(CachingCsms):
+    role = Role.CLOUD_CSMS
+    settings: CloudSettings
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        for name in self.own.read("sites") if "sites" in self.own else {}:
+            self.roles.add(name, Role.LOCAL_CSMS)
+        for replica in self.replicas.values():
+            if replica.source == replica.key.split("/", 1)[1]:
+                self.roles.add(replica.source, Role.STATION)
+
+    @handles(JoinNetworkRequest)
+    async def on_join(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
+        if message.role is Role.LOCAL_CSMS:
+            return await self._admit_site(message, ctx)
+        if message.role is Role.STATION:
+            return await self._admit_station(message, ctx)
+        self._count("rejected_joins")
+        raise error_class(ErrorCode.NOT_ADMITTED)(
+            f"{self.address} admits sites and stations, not {message.role.value}s")
+
+    async def _admit_site(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
+        expected = self.settings.site_secrets.get(ctx.sender)
+        if expected is None or message.secret != expected:
+            self._count("rejected_joins")
+            raise error_class(ErrorCode.NOT_ADMITTED)(
+                f"{ctx.sender}: unknown site or wrong secret", details={"site": ctx.sender})
+        self.roles.add(ctx.sender, Role.LOCAL_CSMS)
+        stations = [info for info in message.trees if _station_of(info.tree)]
+        self.own.apply([Write(f"sites/{ctx.sender}", {
+            "admitted_at": to_micros_now(), "online": True, "stations": len(stations)})])
+        self._count("joins")
+        for info in stations:
+            replica = await self.manage(_station_of(info.tree), ctx.sender, info.tree,
+                                        site=ctx.sender)
+            if not _same(replica, info):
+                self.resync.schedule(replica)
+        log.info("%s: site %s joined with %d stations", self.address, ctx.sender, len(stations))
+        return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
+
+    async def _admit_station(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
+        if not self.settings.station_secret or message.secret != self.settings.station_secret:
+            self._count("rejected_joins")
+            raise error_class(ErrorCode.NOT_ADMITTED)(
+                f"{ctx.sender}: wrong provisioning secret for direct stations")
+        self.roles.add(ctx.sender, Role.STATION)
+        replica = await self.manage(ctx.sender, ctx.sender, KeyPath.root())
+        self._count("joins")
+        info = next((t for t in message.trees if not t.tree.segments), None)
+        if info is None or not _same(replica, info):
+            self.resync.schedule(replica)
+        return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
+
+    async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> MessageBase | None:
+        station = _station_of(message.tree)
+        if (station and self.copy_for_update(message, ctx) is None
+                and self.roles.role_of(ctx.sender) is Role.LOCAL_CSMS):
+            # a station the site admitted after it joined: start managing it now
+            replica = await self.manage(station, ctx.sender, message.tree, site=ctx.sender)
+            self.resync.schedule(replica)
+            return None
+        return await super().on_update(message, ctx)
+
+
+def _station_of(tree: KeyPath) -> str:
+    segs = tree.segments
+    return segs[1] if len(segs) == 2 and segs[0] == STATIONS else ""
+
+
+def _same(replica: Replica, info: TreeInfo) -> bool:
+    tree = replica.tree
+    return (replica.synced and info.epoch == tree.epoch and info.revision == tree.revision
+            and info.root_digest == tree.digest())
+

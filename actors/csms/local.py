@@ -1,0 +1,188 @@
+"""The local CSMS: a site's own management, working with or without the cloud.
+
+It admits the site's stations (``JoinNetwork`` with the site's provisioning secret), keeps a
+copy of each station's tree, gives them the site's operational permissions, and answers for
+them upward: the cloud reads and resynchronises the site's stations through it
+(``stations/<id>/...`` of its aggregate view) and sends writes through it. Everything it tells
+the cloud (relayed changes, join, answers) goes over its one connection. When the cloud is
+unreachable the site carries on: stations are admitted, copies stay current, permissions are
+applied; the cloud catches up by resynchronisation when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+from actors.base import Context, handles
+from actors.csms.caching import STATIONS, CachingCsms, CsmsSettings, station_key
+from actors.resync import Replica, ResyncOutcome
+from broker_bridge import Priority
+from keypath import KeyPath
+from object_model import ErrorCode, MessageBase, ModelError, Role
+from object_model.errors import error_class
+from object_model.messages import (
+    ErrorReport,
+    JoinNetworkRequest,
+    JoinNetworkResponse,
+    PropertyValueUpdate,
+    PropertyValueWrite,
+    TreeInfo,
+    WriteItem,
+)
+
+log = logging.getLogger("csms.local")
+
+POLICY_PATHS = {
+    "may_charge": "permissions/may_charge",
+    "may_discharge": "permissions/may_discharge",
+    "needs_authorisation": "permissions/needs_authorisation",
+    "max_power_w": "permissions/max_power_w",
+}
+
+
+@dataclass(frozen=True)
+class LocalSettings(CsmsSettings):
+    """A site's local CSMS: its name, the secret its stations present, and its cloud."""
+
+    site: str = "site1"
+    provisioning_secret: str = ""
+    cloud: str | None = None
+    upstream_secret: str = ""
+
+
+class LocalCsms(CachingCsms):
+    role = Role.LOCAL_CSMS
+    settings: LocalSettings
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if self.settings.cloud:
+            self.roles.add(self.settings.cloud, Role.CLOUD_CSMS)
+        self.upstream_joined = False
+        self._rejoin = asyncio.Event()
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        for replica in self.replicas.values():  # stations we already knew keep their rights
+            self.roles.add(replica.key.split("/", 1)[1], Role.STATION)
+        self.own.subscribe(self._own_changed)
+        if self.settings.cloud:
+            self.spawn(self._stay_joined(), "join-cloud")
+
+    # -- stations --------------------------------------------------------------------------
+
+    @handles(JoinNetworkRequest)
+    async def on_join(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
+        if message.role is not Role.STATION:
+            self._count("rejected_joins")
+            raise error_class(ErrorCode.NOT_ADMITTED)(
+                f"{self.address} admits stations, not {message.role.value}s")
+        if message.secret != self.settings.provisioning_secret:
+            self._count("rejected_joins")
+            raise error_class(ErrorCode.NOT_ADMITTED)(
+                f"{ctx.sender}: wrong provisioning secret for site {self.settings.site}",
+                details={"site": self.settings.site})
+        self.roles.add(ctx.sender, Role.STATION)
+        replica = await self.manage(ctx.sender, ctx.sender, KeyPath.root(),
+                                    site=self.settings.site)
+        self._count("joins")
+        replica.last_seen = asyncio.get_running_loop().time()
+        self._mark_online(replica, True)
+        if not _matches(replica, message.trees):
+            self.resync.schedule(replica)
+        else:
+            self.spawn(self._apply_policy(replica), f"policy:{ctx.sender}")
+        log.info("%s: admitted %s", self.address, ctx.sender)
+        return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
+
+    async def on_copy_resynced(self, replica: Replica, outcome: ResyncOutcome) -> None:
+        await self._apply_policy(replica)
+        # tell the cloud at once: its copy learns from the empty update that it is behind
+        tree = replica.tree
+        self._relay(PropertyValueUpdate(tree=KeyPath.parse(replica.key), epoch=tree.epoch,
+                                        from_revision=tree.revision, to_revision=tree.revision))
+
+    async def on_copy_changed(self, replica: Replica, message: PropertyValueUpdate) -> None:
+        self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
+
+    def _relay(self, update: PropertyValueUpdate) -> None:
+        if self.upstream_joined and self.settings.cloud:
+            self.send(self.settings.cloud, update, priority=Priority.STATE)
+
+    async def _apply_policy(self, replica: Replica) -> None:
+        """Give a station the site's operational permissions where its copy differs."""
+        policy = self.own.read("policy")
+        writes = []
+        for name, path in POLICY_PATHS.items():
+            try:
+                current = replica.tree.get(path)
+            except ModelError:
+                current = None
+            if current != policy[name]:
+                writes.append(WriteItem(path=KeyPath.parse(path), value=policy[name]))
+        if not writes:
+            return
+        try:
+            await self.request(replica.source, PropertyValueWrite(tree=replica.remote_tree,
+                                                                  writes=writes), timeout=10)
+        except ModelError as exc:
+            log.warning("%s: could not give %s the site permissions: %s", self.address,
+                        replica.key, exc)
+
+    def _own_changed(self, event: object) -> None:
+        changed = getattr(event, "upserts", ())
+        if any(str(path).startswith("policy/") for path, _ in changed):
+            for replica in list(self.replicas.values()):
+                self.spawn(self._apply_policy(replica), f"policy:{replica.key}")
+
+    # -- the cloud -------------------------------------------------------------------------
+
+    def join_request(self) -> JoinNetworkRequest:
+        trees = [TreeInfo(tree=KeyPath.parse(key), epoch=r.tree.epoch, revision=r.tree.revision,
+                          root_digest=r.tree.digest())
+                 for key, r in self.replicas.items() if r.synced]
+        return JoinNetworkRequest(role=Role.LOCAL_CSMS, identity={"site": self.settings.site},
+                                  secret=self.settings.upstream_secret, trees=trees)
+
+    async def _stay_joined(self) -> None:
+        """Join the cloud, and again whenever it says it does not know us (it lost its
+        storage, or our admission); back off with jitter while it is unreachable."""
+        failures = 0
+        assert self.settings.cloud is not None
+        while True:
+            try:
+                await self.request(self.settings.cloud, self.join_request(), timeout=10)
+            except ModelError as exc:
+                self.upstream_joined = False
+                failures += 1
+                delay = random.uniform(0, min(30.0, 0.5 * 2**failures))
+                log.info("%s: joining %s failed (%s); again in %.1f s", self.address,
+                         self.settings.cloud, exc.code.value, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            self.upstream_joined = True
+            self._rejoin.clear()
+            log.info("%s: joined %s", self.address, self.settings.cloud)
+            await self._rejoin.wait()
+
+    async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
+        if ctx.sender == self.settings.cloud and report.code is ErrorCode.NOT_ADMITTED:
+            self.upstream_joined = False
+            self._rejoin.set()
+            return
+        await super().on_error_report(report, ctx)
+
+
+def _matches(replica: Replica, trees: list[TreeInfo]) -> bool:
+    """True when the copy already is what the joining actor announced."""
+    info = next((t for t in trees if not t.tree.segments), None)
+    tree = replica.tree
+    return (info is not None and replica.synced and info.epoch == tree.epoch
+            and info.revision == tree.revision and info.root_digest == tree.digest())
+
+
+__all__ = ["STATIONS", "LocalCsms", "LocalSettings", "station_key"]

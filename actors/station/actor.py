@@ -1,0 +1,199 @@
+"""The charging station actor: a simulated station whose whole state is its ObjectTree.
+
+The tree is loaded from the station's store on start (same epoch: a restart is cheap for its
+CSMS, which catches up by ``changes_since``); a station whose storage was wiped starts a fresh
+tree with a new epoch, and its CSMS resynchronises it by digest descent. The simulator ticks
+the physical station forward and every tick is one transaction. The station joins its CSMS
+with its provisioning secret and tree position, then publishes its changes; it answers the
+CSMS's reads, writes and discovery. With no CSMS reachable it simply goes on, obeying the last
+operational permissions it was given, and joins again when it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.base import Context, RoleDirectory
+from actors.persistence import PersistentTree, TreeStore
+from actors.publisher import Publisher
+from actors.station.simulation import SimulationConfig, StationSimulator
+from actors.tree_access import TreeAccess
+from actors.tree_actor import TreeActor
+from broker_bridge import Endpoint
+from keypath import KeyPath
+from object_model import ErrorCode, ModelError, ObjectTree, Role
+from object_model.errors import error_class
+from object_model.messages import (
+    Batch,
+    ErrorReport,
+    JoinNetworkRequest,
+    JoinNetworkResponse,
+    PropertyValueWrite,
+    TreeInfo,
+)
+from object_model.station import new_station_tree, station_access_policy, station_schema
+from object_model.tree import TransactionCommitted
+
+log = logging.getLogger("csms.station")
+
+
+@dataclass(frozen=True)
+class StationSettings:
+    """A simulated station: whom it reports to, how it is built, how fast it lives.
+
+    ``speed`` is simulated seconds per real second (the demo makes an hour pass in a minute);
+    ``trusted`` gives roles to actors other than its CSMS (operators, say)."""
+
+    csms: str
+    csms_role: Role = Role.LOCAL_CSMS
+    provisioning_secret: str = ""
+    evse_count: int = 2
+    dc: bool = False
+    tick_s: float = 1.0
+    speed: float = 1.0
+    publish_interval_s: float = 0.25
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    trusted: Mapping[str, Role] = field(default_factory=dict)
+
+
+class ChargingStation(TreeActor):
+    """See the module docstring."""
+
+    role = Role.STATION
+
+    def __init__(self, address: str, endpoint: Endpoint, *, store: TreeStore,
+                 settings: StationSettings, clock: Any = None) -> None:
+        roles = RoleDirectory({settings.csms: settings.csms_role, **settings.trusted})
+        super().__init__(address, endpoint, roles=roles, clock=clock)
+        self.store = store
+        self.settings = settings
+        self.tree: ObjectTree | None = None
+        self.persisted: PersistentTree | None = None
+        self.simulator: StationSimulator | None = None
+        self.publisher: Publisher | None = None
+        self.admitted = False
+        self.fresh = False  # True when this start created a new tree (new epoch)
+        self._rejoin = asyncio.Event()
+        self._sim_now = 0
+        self.paused = False
+
+    async def on_start(self) -> None:
+        now = time.time_ns() // 1000
+        tree = await self.store.load(self.address, station_schema())
+        if tree is None:
+            tree = new_station_tree(self.address, evse_count=self.settings.evse_count,
+                                    dc=self.settings.dc, now_us=now)
+            self.fresh = True
+        self.tree = tree
+        self.persisted = await self.store.attach(self.address, tree)
+        await self.persisted.durable()
+        self.access = TreeAccess(tree, station_access_policy())
+        self._sim_now = now
+        self.simulator = StationSimulator(tree, self.settings.simulation, now_us=now)
+        self.publisher = Publisher(self, tree, durable=self.persisted.durable,
+                                   interval=self.settings.publish_interval_s)
+        self.spawn(self._live(), "simulation")
+        self.spawn(self.publisher.run(), "publish")
+        self.spawn(self._stay_joined(), "join")
+
+    async def on_stop(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.persisted is not None:
+            await self.persisted.durable()
+
+    # -- the simulated station --------------------------------------------------------------
+
+    async def _live(self) -> None:
+        step = int(self.settings.tick_s * self.settings.speed * 1e6)
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            if self.paused:
+                continue
+            self._sim_now += step
+            self.tick(self._sim_now)
+
+    def tick(self, now_us: int) -> TransactionCommitted | None:
+        """Advance the simulation to ``now_us`` (one transaction)."""
+        assert self.simulator is not None and self.tree is not None
+        ops = self.simulator.tick(now_us)
+        return self.tree.apply(ops) if ops else None
+
+    # -- joining the network -----------------------------------------------------------------
+
+    def join_request(self) -> JoinNetworkRequest:
+        tree = self.tree
+        assert tree is not None
+        identity = {key: str(tree.get(f"identity/{key}")) for key in
+                    ("vendor_name", "model", "serial_number")}
+        identity["firmware"] = str(tree.get("firmware/version"))
+        return JoinNetworkRequest(
+            role=Role.STATION, identity=identity, secret=self.settings.provisioning_secret,
+            trees=[TreeInfo(epoch=tree.epoch, revision=tree.revision,
+                            root_digest=tree.digest(visible=True))])
+
+    async def _stay_joined(self) -> None:
+        """Join the CSMS, and again whenever it says it does not know us; jittered backoff
+        while it is unreachable (thousands of stations must not come back in step)."""
+        failures = 0
+        while True:
+            try:
+                answer = await self.request(self.settings.csms, self.join_request(), timeout=10)
+            except ModelError as exc:
+                self.admitted = False
+                failures += 1
+                delay = random.uniform(0, min(60.0, 0.5 * 2**failures))
+                if exc.code is ErrorCode.NOT_ADMITTED:
+                    log.warning("%s: %s refused us: %s", self.address, self.settings.csms, exc)
+                await asyncio.sleep(delay)
+                continue
+            assert isinstance(answer, JoinNetworkResponse) and self.publisher is not None
+            assert self.tree is not None
+            failures = 0
+            self.admitted = True
+            self.publisher.heartbeat = answer.heartbeat_s
+            self.publisher.subscribe(answer.csms, from_revision=self.tree.revision)
+            self._rejoin.clear()
+            await self._rejoin.wait()
+
+    async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
+        if ctx.sender == self.settings.csms and report.code is ErrorCode.NOT_ADMITTED:
+            self.admitted = False
+            self._rejoin.set()  # the CSMS does not know us (any more): join again
+            return
+        await super().on_error_report(report, ctx)
+
+    # -- serving the tree ----------------------------------------------------------------------
+
+    def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
+        if tree.segments:
+            raise error_class(ErrorCode.UNKNOWN_PATH)(
+                f"{self.address} serves one tree: address it with tree ''", path=tree)
+        return self.access
+
+    async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
+                     ctx: Context) -> TransactionCommitted:
+        event = access.write(ctx.require_role(), message)
+        assert self.persisted is not None
+        await self.persisted.durable(event.revision)  # answer only what survives a crash
+        return event
+
+    # -- figures ------------------------------------------------------------------------------
+
+    @property
+    def charging(self) -> int:
+        return len(self.simulator.charging_evses) if self.simulator else 0
+
+    @property
+    def power_w(self) -> float:
+        return self.simulator.power_w if self.simulator else 0.0
+
+    @property
+    def energy_wh(self) -> float:
+        return self.simulator.energy_wh_delivered if self.simulator else 0.0
