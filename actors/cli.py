@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -27,14 +28,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _demo(_: argparse.Namespace) -> int:
-    print(
-        "csms demo is not built yet. It arrives with issue #4 (actors, state resynchronisation\n"
-        "and the local/cloud hierarchy): it will start the managed Prosody broker, a cloud CSMS,\n"
-        "two local CSMS and ten simulated stations per site, and show a live table of stations\n"
-        "online and charging, site power, energy, messages per second and resyncs.\n"
-        "What runs today: the object model (make test) and its benchmark (csms bench tree)."
-    )
+def _demo(args: argparse.Namespace) -> int:
+    from actors.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(sites=args.sites, stations=args.stations, duration=args.duration,
+                            json=args.json, state_dir=Path(args.state_dir), speed=args.speed,
+                            keep_state=args.keep_state)
+    summary = asyncio.run(run_demo(settings))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print("\n".join(f"{k:<20}{v}" for k, v in summary.items()))
     return 0
 
 
@@ -75,7 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="csms", description="An IEC 63110-style charging station management system."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run a whole local-plus-cloud hierarchy (issue #4)")
+    demo = sub.add_parser("demo", help="run a whole local-plus-cloud hierarchy of simulated "
+                          "stations on the managed broker")
+    demo.add_argument("--sites", type=int, default=2, help="local CSMS (sites), default 2")
+    demo.add_argument("--stations", type=int, default=10, help="stations per site, default 10")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--json", action="store_true", help="print only a final JSON summary")
+    demo.add_argument("--speed", type=float, default=120.0,
+                      help="simulated seconds per real second in the stations (default 120)")
+    demo.add_argument("--state-dir", default="state/demo",
+                      help="where the broker, stores and connect.json live")
+    demo.add_argument("--keep-state", action="store_true",
+                      help="keep the previous run's stores (stations keep their epochs)")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="run a benchmark and print its figures")
     bench.add_argument("name", choices=sorted(BENCHMARKS),

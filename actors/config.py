@@ -1,0 +1,144 @@
+"""Deployment configuration: one TOML file per process, checked strictly.
+
+Sections (see docs/deployment.md for a full example):
+
+``[broker]``    how to reach the XMPP broker, and which domain each address lives on
+``[cloud]``     a cloud CSMS
+``[local]``     a site's local CSMS
+``[stations]``  a host of simulated stations (one component connection for all of them)
+
+Unknown keys and wrong types are errors that name the file, the section and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from object_model import Role
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    c2s_port: int = 5222
+    component_port: int = 5347
+    domain: str = "csms.local"
+    muc_domain: str = "rooms.csms.local"
+    routes: tuple[tuple[str, str], ...] = ()
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    address: str = "cloud"
+    password: str = ""
+    state_dir: str = "state/cloud"
+    site_secrets: dict[str, str] = field(default_factory=dict)
+    station_secret: str = ""
+    operators: tuple[str, ...] = ("operator",)
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    address: str = "local-site1"
+    password: str = ""
+    state_dir: str = "state/local-site1"
+    site: str = "site1"
+    provisioning_secret: str = ""
+    cloud: str | None = None
+    upstream_secret: str = ""
+    operators: tuple[str, ...] = ("operator",)
+
+
+@dataclass(frozen=True)
+class StationsConfig:
+    component: str = "stations.csms.local"
+    component_secret: str = ""
+    ids: tuple[str, ...] = ()
+    csms: str = "local-site1"
+    csms_role: str = "local_csms"
+    provisioning_secret: str = ""
+    state_dir: str = "state/stations"
+    speed: float = 1.0
+    tick_s: float = 1.0
+    evse_count: int = 2
+    dc: bool = False
+    arrivals_per_evse_per_h: float = 0.25
+    seed: int | None = None
+    operators: tuple[str, ...] = ("operator",)
+
+    @property
+    def role(self) -> Role:
+        return Role(self.csms_role)
+
+
+@dataclass(frozen=True)
+class Config:
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    cloud: CloudConfig | None = None
+    local: LocalConfig | None = None
+    stations: StationsConfig | None = None
+
+
+def _convert(value: Any, kind: Any, where: str) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return None if value is None else _convert(value, inner[0], where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        inner_kind = args[0]
+        return tuple(_convert(v, inner_kind, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+        return {str(k): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if kind is float and type(value) is int:
+        return float(value)
+    if kind in (str, int, float, bool) and type(value) is not kind:
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r:.40}")
+    return value
+
+
+def _section(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(names))}")
+    values = {key: _convert(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
+    return cls(**values)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and check a TOML deployment file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    sections = {"broker": BrokerConfig, "cloud": CloudConfig, "local": LocalConfig,
+                "stations": StationsConfig}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: "
+                          f"[{'], ['.join(sections)}]")
+    parts = {name: _section(cls, raw[name], f"{path} [{name}]")
+             for name, cls in sections.items() if name in raw}
+    return Config(**parts)

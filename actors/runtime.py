@@ -1,0 +1,127 @@
+"""Starting and stopping actors from configuration: what ``csms cloud|local|station`` and the
+demo run. Each running actor owns its endpoint (one broker connection), its tree store and its
+outbox, all under its ``state_dir``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors.base import Actor, RoleDirectory
+from actors.config import BrokerConfig, CloudConfig, LocalConfig, StationsConfig
+from actors.csms.cloud import CloudCsms, CloudSettings
+from actors.csms.local import LocalCsms, LocalSettings
+from actors.persistence import TreeStore
+from actors.station.actor import ChargingStation, StationSettings
+from actors.station.simulation import SimulationConfig
+from broker_bridge import Endpoint, SessionConfig
+from broker_bridge.xmpp import XmppSettings, XmppTransport
+from object_model import Role
+
+log = logging.getLogger("csms.runtime")
+
+
+def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
+    return XmppSettings(host=broker.host, c2s_port=broker.c2s_port,
+                        component_port=broker.component_port, domain=broker.domain,
+                        muc_domain=broker.muc_domain, routes=broker.routes, tls=broker.tls)
+
+
+@dataclass
+class Running:
+    """Actors sharing one endpoint, and what must be closed with them."""
+
+    endpoint: Endpoint
+    actors: list[Actor]
+    stores: list[TreeStore] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                await actor.stop()
+        await self.endpoint.stop(flush_timeout=2.0)
+        for store in self.stores:
+            await store.close()
+
+
+def _operators(names: tuple[str, ...]) -> dict[str, Role]:
+    return dict.fromkeys(names, Role.OPERATOR)
+
+
+async def start_cloud(broker: BrokerConfig, cfg: CloudConfig) -> Running:
+    state = Path(cfg.state_dir)
+    transport = XmppTransport.client(xmpp_settings(broker), cfg.address, cfg.password)
+    endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
+                              name=cfg.address).start()
+    store = await TreeStore(state / "trees.db", compact_every=64).open()
+    actor = CloudCsms(cfg.address, endpoint, store=store,
+                      roles=RoleDirectory(_operators(cfg.operators)),
+                      settings=CloudSettings(site_secrets=cfg.site_secrets,
+                                             station_secret=cfg.station_secret))
+    await actor.start()
+    return Running(endpoint, [actor], [store])
+
+
+async def start_local(broker: BrokerConfig, cfg: LocalConfig) -> Running:
+    state = Path(cfg.state_dir)
+    transport = XmppTransport.client(xmpp_settings(broker), cfg.address, cfg.password)
+    endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
+                              name=cfg.address).start()
+    store = await TreeStore(state / "trees.db", compact_every=64).open()
+    actor = LocalCsms(cfg.address, endpoint, store=store,
+                      roles=RoleDirectory(_operators(cfg.operators)),
+                      settings=LocalSettings(site=cfg.site,
+                                             provisioning_secret=cfg.provisioning_secret,
+                                             cloud=cfg.cloud, upstream_secret=cfg.upstream_secret))
+    await actor.start()
+    return Running(endpoint, [actor], [store])
+
+
+async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
+                         progress: Callable[[str], None] | None = None) -> Running:
+    """Host ``cfg.ids`` on one component connection, each with its own address and tree."""
+    state = Path(cfg.state_dir)
+    transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
+                                        cfg.component_secret, name=f"host-{state.name}")
+    endpoint = await Endpoint(transport, config=SessionConfig(), name=cfg.component).start()
+    store = await TreeStore(state / "trees.db", compact_every=128).open()
+    running = Running(endpoint, [], [store])
+    for i, station in enumerate(cfg.ids):
+        seed = None if cfg.seed is None else cfg.seed + i
+        settings = StationSettings(
+            csms=cfg.csms, csms_role=cfg.role, provisioning_secret=cfg.provisioning_secret,
+            evse_count=cfg.evse_count, dc=cfg.dc, tick_s=cfg.tick_s, speed=cfg.speed,
+            simulation=SimulationConfig(arrivals_per_evse_hour=cfg.arrivals_per_evse_per_h,
+                                        seed=seed if seed is not None else zlib.crc32(station.encode())),
+            trusted=_operators(cfg.operators))
+        actor = ChargingStation(station, endpoint, store=store, settings=settings)
+        await actor.start()
+        running.actors.append(actor)
+        if progress is not None and (i + 1) % 100 == 0:
+            progress(f"{i + 1}/{len(cfg.ids)} stations started")
+    return running
+
+
+async def run_until_signalled(start: Callable[[], Awaitable[list[Running]]],
+                              describe: Callable[[list[Running]], Any] | None = None) -> int:
+    """Start, then wait for Ctrl-C or SIGTERM, then stop everything cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start()
+    if describe is not None:
+        describe(running)
+    try:
+        await stop.wait()
+    finally:
+        for item in reversed(running):
+            await item.stop()
+    return 0
