@@ -74,6 +74,56 @@ async def _run_broker(broker: ManagedProsody) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> int:
+    from actors import client
+
+    try:
+        conn = client.Connection.load(Path(args.connect))
+        if args.command == "get":
+            lines = client.run(client.get(conn, args.actor, args.keypath))
+        elif args.command == "set":
+            lines = [client.run(client.set_value(conn, args.actor, args.keypath, args.value))]
+        else:
+            lines = client.run(client.discover(conn, args.actor, args.pattern, args.types))
+    except client.ClientError as exc:
+        print(f"csms {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def _run_actor(args: argparse.Namespace) -> int:
+    from actors.config import ConfigError, load_config
+    from actors.runtime import run_until_signalled, start_cloud, start_local, start_stations
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"csms {args.command}: {exc}", file=sys.stderr)
+        return 2
+    section = {"cloud": config.cloud, "local": config.local, "station": config.stations}
+    part = section[args.command]
+    if part is None:
+        name = "stations" if args.command == "station" else args.command
+        print(f"csms {args.command}: {args.config} has no [{name}] section", file=sys.stderr)
+        return 2
+    starter = {"cloud": start_cloud, "local": start_local, "station": start_stations}
+
+    async def start() -> list:  # type: ignore[type-arg]
+        return [await starter[args.command](config.broker, part)]  # type: ignore[operator]
+
+    def ready(running: list) -> None:  # type: ignore[type-arg]
+        actors = ", ".join(a.address for r in running for a in r.actors[:5])
+        print(f"csms {args.command}: running {actors}{' ...' if len(running[0].actors) > 5 else ''}"
+              f"; Ctrl-C to stop", flush=True)
+
+    try:
+        return asyncio.run(run_until_signalled(start, ready))
+    except (ConnectionError, OSError) as exc:
+        print(f"csms {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csms", description="An IEC 63110-style charging station management system."
@@ -109,6 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--component-port", type=int, default=None,
                         help="XEP-0114 component port (default: a free loopback port)")
     broker.set_defaults(func=_broker)
+    for name, what in (("cloud", "a cloud CSMS"), ("local", "a site's local CSMS"),
+                       ("station", "a host of simulated stations")):
+        runner = sub.add_parser(name, help=f"run {what} from a TOML config "
+                                "(docs/deployment.md)")
+        runner.add_argument("--config", required=True, help="the deployment file")
+        runner.set_defaults(func=_run_actor)
+    connect = argparse.ArgumentParser(add_help=False)
+    connect.add_argument("--connect", default="state/demo/connect.json",
+                         help="how to reach the system (written by csms demo)")
+    get = sub.add_parser("get", parents=[connect], help="read a value (or a subtree) of an actor")
+    get.add_argument("actor", help="an actor address: cloud, local-site1, cs-site1-3...")
+    get.add_argument("keypath", help="e.g. evse/1/status, or stations/cs-site1-3/evse/1/status "
+                     "at a CSMS")
+    get.set_defaults(func=_client)
+    put = sub.add_parser("set", parents=[connect], help="write a value (typed by the actor)")
+    put.add_argument("actor")
+    put.add_argument("keypath")
+    put.add_argument("value", help="as text; the actor parses it by the type it declares")
+    put.set_defaults(func=_client)
+    find = sub.add_parser("discover", parents=[connect],
+                          help="list the values matching a pattern (* one segment, ** any)")
+    find.add_argument("actor")
+    find.add_argument("pattern", help="e.g. evse/*/connector/*/status or stations/*/evse/*/status")
+    find.add_argument("--types", action="store_true", help="show each value's type and access")
+    find.set_defaults(func=_client)
     return parser
 
 

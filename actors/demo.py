@@ -157,7 +157,7 @@ async def start_demo(settings: DemoSettings, say: Any) -> Demo:
     actors = ["cloud", *site_secrets, *(a.address for _, h in sites for a in h.actors)]
     (state / "connect.json").write_text(json.dumps({
         "broker": {"host": ep.host, "c2s_port": ep.c2s_port, "domain": ep.domain,
-                   "muc_domain": ep.muc_domain},
+                   "muc_domain": ep.muc_domain, "routes": [list(r) for r in cfg.routes]},
         "account": "operator", "password": secret["operator"], "actors": actors,
     }, indent=2))
     return Demo(broker, cloud, sites, time.monotonic())
