@@ -176,6 +176,8 @@ class CachingCsms(TreeActor):
                 self._count("updates")
                 await self._persisted[replica.key].durable()
                 await self.on_copy_changed(replica, message)
+            elif message.from_revision == message.to_revision == tree.revision:
+                await self.on_heartbeat(replica, message)
         else:
             if replica.synced:
                 self._count("gaps")
@@ -184,6 +186,9 @@ class CachingCsms(TreeActor):
 
     async def on_copy_changed(self, replica: Replica, message: PropertyValueUpdate) -> None:
         """A copy took ``message`` (durably); override to pass it on."""
+
+    async def on_heartbeat(self, replica: Replica, message: PropertyValueUpdate) -> None:
+        """A source showed life without changing (its copy is current); override to pass on."""
 
     async def _synced(self, replica: Replica, outcome: ResyncOutcome) -> None:
         station = replica.key.split("/", 1)[1]

@@ -10,19 +10,23 @@ Operators read from the copies; their writes go down through the site to the sta
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from actors.base import Context, handles
 from actors.csms.caching import STATIONS, CachingCsms, CsmsSettings, to_micros_now
 from actors.resync import Replica
-from keypath import KeyPath
-from object_model import ErrorCode, MessageBase, Role, Write
+from keypath import KeyPath, KeyPattern
+from object_model import ErrorCode, MessageBase, ModelError, Role, Write
 from object_model.errors import error_class
 from object_model.messages import (
     JoinNetworkRequest,
     JoinNetworkResponse,
+    PropertyTreeDiscoveryRequest,
+    PropertyTreeDiscoveryResponse,
     PropertyValueUpdate,
     TreeInfo,
 )
@@ -46,6 +50,8 @@ class CloudCsms(CachingCsms):
         await super().on_start()
         for name in self.own.read("sites") if "sites" in self.own else {}:
             self.roles.add(name, Role.LOCAL_CSMS)
+            # stations the site admitted while we were away: ask it what it answers for
+            self.spawn(self._learn_stations(name), f"learn:{name}")
         for replica in self.replicas.values():
             if replica.source == replica.key.split("/", 1)[1]:
                 self.roles.add(replica.source, Role.STATION)
@@ -91,6 +97,27 @@ class CloudCsms(CachingCsms):
         if info is None or not _same(replica, info):
             self.resync.schedule(replica)
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
+
+    async def _learn_stations(self, site: str) -> None:
+        """Ask ``site`` which stations it answers for (again and again while it is
+        unreachable) and start managing those we do not know."""
+        failures = 0
+        while True:
+            try:
+                answer = await self.request(site, PropertyTreeDiscoveryRequest(
+                    patterns=[KeyPattern.parse("stations/*/identity/station_id")]), timeout=10)
+            except ModelError:
+                failures += 1
+                await asyncio.sleep(random.uniform(0, min(60.0, 0.5 * 2**failures)))
+                continue
+            assert isinstance(answer, PropertyTreeDiscoveryResponse)
+            for path, _, _ in answer.leaves:
+                station = path.segments[1]
+                if f"{STATIONS}/{station}" not in self.replicas:
+                    replica = await self.manage(station, site, KeyPath(STATIONS, station),
+                                                site=site)
+                    self.resync.schedule(replica)
+            return
 
     async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> MessageBase | None:
         station = _station_of(message.tree)

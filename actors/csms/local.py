@@ -108,6 +108,10 @@ class LocalCsms(CachingCsms):
     async def on_copy_changed(self, replica: Replica, message: PropertyValueUpdate) -> None:
         self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
 
+    async def on_heartbeat(self, replica: Replica, message: PropertyValueUpdate) -> None:
+        # the cloud's liveness view of the station, and its chance to notice it is behind
+        self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
+
     def _relay(self, update: PropertyValueUpdate) -> None:
         if self.upstream_joined and self.settings.cloud:
             self.send(self.settings.cloud, update, priority=Priority.STATE)
