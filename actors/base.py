@@ -52,22 +52,46 @@ def handles(*types: type[MessageBase]) -> Callable[[Callable[..., Any]], Callabl
 
 class RoleDirectory:
     """Which role each address plays: ``{"cs-*": Role.STATION, "cloud": Role.CLOUD_CSMS}``.
-    Patterns are tried in order; an unknown address has no role (and so no rights)."""
 
-    def __init__(self, patterns: Mapping[str, Role] | None = None) -> None:
-        self._patterns = list((patterns or {}).items())
+    Plain addresses (admitted peers, thousands of them) are looked up exactly; patterns with
+    ``*``, ``?`` or ``[`` are tried in order, the latest added first. An unknown address has no
+    role (and so no rights). Pattern results are cached, within ``cache_size`` addresses, so a
+    stream of strangers cannot grow memory."""
+
+    def __init__(self, patterns: Mapping[str, Role] | None = None, *,
+                 cache_size: int = 10_000) -> None:
+        self._exact: dict[str, Role] = {}
+        self._patterns: list[tuple[str, Role]] = []
         self._cache: dict[str, Role | None] = {}
+        self._cache_size = cache_size
+        for pattern, role in (patterns or {}).items():
+            if _is_pattern(pattern):
+                self._patterns.append((pattern, role))
+            else:
+                self._exact.setdefault(pattern, role)
 
     def add(self, pattern: str, role: Role) -> None:
-        self._patterns.insert(0, (pattern, role))
-        self._cache.clear()
+        if _is_pattern(pattern):
+            self._patterns.insert(0, (pattern, role))
+            self._cache.clear()
+        else:
+            self._exact[pattern] = role
 
     def role_of(self, address: str) -> Role | None:
+        role = self._exact.get(address)
+        if role is not None or not self._patterns:
+            return role
         if address not in self._cache:
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
             self._cache[address] = next(
                 (role for pattern, role in self._patterns if fnmatch.fnmatchcase(address, pattern)),
                 None)
         return self._cache[address]
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +105,14 @@ class Context:
     @property
     def message_id(self) -> bytes:
         return self.envelope.id
+
+    def time_left(self, now_us: int, cap: float) -> float:
+        """Seconds a request made on this message's behalf may wait: what is left of the
+        sender's deadline (less a margin for the answer's way back), at most ``cap``."""
+        expires = self.envelope.expires_us
+        if expires is None:
+            return cap
+        return max(0.05, min(cap, (expires - now_us) / 1e6 * 0.9))
 
     def require_role(self) -> Role:
         """The sender's role, or ``ACCESS_DENIED`` for strangers."""
@@ -118,25 +150,37 @@ class Actor:
         self._running = False
         self.handled = 0
         self.rejected = 0
+        self.late_answers = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> Actor:
-        """Register on the endpoint, start the inbox, run ``on_start``."""
+        """Register on the endpoint, run ``on_start``, then start the inbox.
+
+        Envelopes that arrive while ``on_start`` runs (loading state, joining) wait in the
+        inbox: no handler sees an actor whose state is not loaded yet. Answers to requests
+        ``on_start`` makes are delivered directly, so it may talk to peers.
+        """
         await self.endpoint.register(self.address, self._arrived, self._session_event)
         self._running = True
+        try:
+            await self.on_start()
+        except BaseException:
+            await self.stop()
+            raise
         self.spawn(self._serve(), "inbox")
-        await self.on_start()
         return self
 
     async def stop(self) -> None:
-        """Run ``on_stop``, then cancel the actor's tasks and pending requests."""
+        """Run ``on_stop``, then stop taking envelopes and cancel the actor's tasks and pending
+        requests."""
         if not self._running:
             return
         self._running = False
         try:
             await self.on_stop()
         finally:
+            self.endpoint.unregister(self.address)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -210,23 +254,26 @@ class Actor:
             raise answer.to_exception()
         return answer, env, answer_env
 
-    def fail_requests_to(self, destination: str, error: ModelError) -> None:
-        """Fail every pending request to ``destination`` now (it is unreachable)."""
-        for future, target in list(self._pending.values()):
-            if target == destination and not future.done():
-                future.set_exception(error)
-
     # -- receiving ----------------------------------------------------------------------------
 
     def _arrived(self, env: Envelope) -> None:
-        pending = self._pending.get(env.correlation) if env.correlation else None
-        if pending is not None:
-            future = pending[0]
-            if not future.done():
-                try:
-                    future.set_result((decode_body(env.kind, env.body), env))  # type: ignore[arg-type]
-                except ModelError as exc:
-                    future.set_exception(exc)
+        if env.correlation is not None:
+            pending = self._pending.get(env.correlation)
+            if pending is not None:
+                future = pending[0]
+                if not future.done():
+                    try:
+                        future.set_result((decode_body(env.kind, env.body), env))  # type: ignore[arg-type]
+                    except ModelError as exc:
+                        future.set_exception(exc)
+                return
+            if env.kind != "ErrorReport":
+                # an answer to a request that gave up waiting: nobody wants it, and answering
+                # it would only start a ping-pong of errors
+                self.late_answers += 1
+                log.debug("%s: dropped a late %s from %s", self.address, env.kind, env.source)
+                return
+        if not self._running:
             return
         self._inbox.put_nowait(env)
 

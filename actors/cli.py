@@ -17,6 +17,7 @@ BENCHMARKS = {
     "tree": "object trees: validated writes, history, snapshots, pattern matching",
     "transport": "envelopes/s, latency and priorities through the managed Prosody",
     "faults": "exactly-once delivery while the broker (and a sender) are SIGKILLed",
+    "resync": "a cloud CSMS of N stations killed and restarted: time and bytes to consistency",
 }
 
 

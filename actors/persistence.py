@@ -282,7 +282,12 @@ class TreeStore:
 
     async def attach(self, key: str, tree: ObjectTree) -> PersistentTree:
         """Record every later change of ``tree`` under ``key`` (see ``PersistentTree``),
-        after a snapshot unless the store holds ``tree``'s epoch and revision already."""
+        after a snapshot unless the store holds ``tree``'s epoch and revision already.
+
+        One tree per key: attaching a second one would interleave two histories in one log.
+        """
+        if any(attached.key == key for attached in self._attached):
+            raise ValueError(f"tree {key!r} is already attached to {self.path}; detach it first")
         head = self._heads.get(key)
         if head is None or (head.epoch, head.revision) != (tree.epoch, tree.revision):
             await self.save_snapshot(key, tree)

@@ -10,7 +10,8 @@ retransmissions.
 The publisher coalesces the commits of ``interval`` seconds into one notification per
 subscriber, publishes only revisions that are durable (a crash must never make a station reuse
 a revision number its CSMS has seen), and sends an empty notification after ``heartbeat``
-seconds of silence so that subscribers know it is alive.
+seconds of silence so that subscribers know it is alive. Every notification carries the
+visible root digest at its ``to_revision``, so a copy checks what it holds after applying it.
 """
 
 from __future__ import annotations
@@ -77,33 +78,37 @@ class Publisher:
                     await self._changed.wait()
             self._changed.clear()
             await asyncio.sleep(self.interval)  # let more commits join this notification
-            revision = self.tree.revision
+            # what each subscriber is told is fixed here, at one revision R; only once R is
+            # durable does it leave (commits made meanwhile go with the next round)
+            revision, now = self.tree.revision, loop.time()
+            due = [(sub, self._update_for(sub, revision)) for sub in self._subscribers.values()
+                   if sub.published < revision or now - sub.last_sent >= self.heartbeat]
+            if not due:
+                continue
             if self.durable is not None:
                 await self.durable(revision)
-            now = loop.time()
-            for sub in list(self._subscribers.values()):
-                if sub.published < revision or now - sub.last_sent >= self.heartbeat:
-                    self._publish(sub, revision, now)
+            for sub, update in due:
+                if self._subscribers.get(sub.address) is not sub:
+                    continue  # unsubscribed, or subscribed afresh, while we waited
+                self.actor.send(sub.address, update, priority=self.priority)
+                sub.published, sub.last_sent = revision, now
+                self.sent += 1
 
-    def _publish(self, sub: _Subscriber, revision: int, now: float) -> None:
+    def _update_for(self, sub: _Subscriber, revision: int) -> PropertyValueUpdate:
+        """The notification taking ``sub`` from what it was told to ``revision`` (the tree's
+        current one), with the visible root digest there to check against."""
         tree = self.tree
+        digest = tree.digest(visible=True)
         try:
             changes = tree.changes_since(sub.published, visible=True)
         except ModelError:
-            # history compacted past what the subscriber has (or another epoch): send a
-            # notification that starts at the current revision; the gap makes it resync
-            update = PropertyValueUpdate(tree=sub.tree_path, epoch=tree.epoch,
-                                         from_revision=revision, to_revision=revision)
-        else:
-            if len(changes) > MAX_ITEMS:  # too much to tell: make it resynchronise instead
-                update = PropertyValueUpdate(tree=sub.tree_path, epoch=tree.epoch,
-                                             from_revision=revision, to_revision=revision)
-            else:
-                update = PropertyValueUpdate.from_changes(changes, sub.tree_path)
-        self.actor.send(sub.address, update, priority=self.priority)
-        sub.published = revision
-        sub.last_sent = now
-        self.sent += 1
+            changes = None  # history compacted past what the subscriber has, or another epoch
+        if changes is None or len(changes) > MAX_ITEMS:
+            # a notification that starts at the current revision: the gap makes it resync
+            return PropertyValueUpdate(tree=sub.tree_path, epoch=tree.epoch,
+                                       from_revision=revision, to_revision=revision,
+                                       root_digest=digest)
+        return PropertyValueUpdate.from_changes(changes, sub.tree_path, root_digest=digest)
 
     def close(self) -> None:
         self._unsubscribe()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,7 @@ from object_model.messages import (
     MessageBase,
     PropertyTreeDiscoveryRequest,
     PropertyTreeDiscoveryResponse,
+    children_shape,
     unpack_children,
 )
 
@@ -94,7 +96,11 @@ class ResyncError(RuntimeError):
     """A copy could not be brought to the source's state (retried later)."""
 
 
-DIGEST_SCHEDULE = (1, 4, 16)
+DIGEST_BYTES = 16
+DIGEST_SCHEDULE = (1, 4, DIGEST_BYTES)
+MAX_LEAVES = 50_000  # a station tree holds a few hundred; a source sending more is broken
+FRONTIER_CHUNK = 4096  # subtrees whose children one discovery request asks for
+RETRY_DELAYS = (1.0, 4.0, 15.0, 60.0)  # after failed runs; then wait for the next trigger
 
 
 class _Coalescer:
@@ -144,7 +150,8 @@ class _Coalescer:
         if len(answers) != len(items):
             error = ResyncError(f"{self.source} answered {len(answers)} of {len(items)} items")
             for _, future in items:
-                future.set_exception(error)
+                if not future.done():
+                    future.set_exception(error)
             return
         for (_, future), item in zip(items, answers, strict=True):
             if future.done():
@@ -156,15 +163,23 @@ class _Coalescer:
 
 
 class ResyncEngine:
-    """Resynchronises replicas for ``actor``, ``concurrency`` at a time."""
+    """Resynchronises replicas for ``actor``, ``concurrency`` at a time.
+
+    A run that fails (the source is unreachable, answers nonsense, or sends more than
+    ``max_leaves``) is retried after ``retry_delays`` (jittered); after the last one the copy
+    waits for its next trigger (an update, a join)."""
 
     def __init__(self, actor: Actor, *, concurrency: int = 64,
                  digest_schedule: tuple[int, ...] = DIGEST_SCHEDULE,
                  priority: Priority = Priority.STATE, timeout: float = 20.0,
                  batch_window: float = 0.004, batch_items: int = 128,
+                 max_leaves: int = MAX_LEAVES,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS,
                  on_synced: Callable[[Replica, ResyncOutcome], Awaitable[None]] | None = None
                  ) -> None:
         self.actor = actor
+        self.max_leaves = max_leaves
+        self.retry_delays = retry_delays
         self.digest_schedule = digest_schedule
         self.priority = priority
         self.timeout = timeout
@@ -174,7 +189,8 @@ class ResyncEngine:
         self._coalescers: dict[str, _Coalescer] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[str, asyncio.Task[ResyncOutcome | None]] = {}
-        self._again: set[str] = set()
+        # copies asked for again while running: what they must reach (None: run once more)
+        self._again: dict[str, list[tuple[int, int]] | None] = {}
         self.stats = ResyncStats()
 
     @property
@@ -182,12 +198,21 @@ class ResyncEngine:
         """Resynchronisations running or waiting for a slot."""
         return len(self._running)
 
-    def schedule(self, replica: Replica) -> asyncio.Task[ResyncOutcome | None]:
-        """Resynchronise ``replica`` soon; asking again while it runs makes it run once more
-        afterwards (its source moved on during the run)."""
+    def is_running(self, key: str) -> bool:
+        """Whether ``key``'s copy is being resynchronised (or waits for a slot or a retry)."""
+        return key in self._running
+
+    def schedule(self, replica: Replica, *, reach: tuple[int, int] | None = None
+                 ) -> asyncio.Task[ResyncOutcome | None]:
+        """Resynchronise ``replica`` soon. Asking again while it runs makes it run once more
+        afterwards (its source moved on during the run), unless ``reach`` (an epoch and a
+        revision the source announced) says what it must reach and the run got there."""
         task = self._running.get(replica.key)
         if task is not None:
-            self._again.add(replica.key)
+            if reach is None:
+                self._again[replica.key] = None
+            elif (targets := self._again.setdefault(replica.key, [])) is not None:
+                targets.append(reach)
             return task
         task = self.actor.spawn(self._run(replica), f"resync:{replica.key}")
         self._running[replica.key] = task
@@ -195,6 +220,7 @@ class ResyncEngine:
 
     async def _run(self, replica: Replica) -> ResyncOutcome | None:
         outcome = None
+        failures = 0
         try:
             while True:
                 async with self._slots:
@@ -202,16 +228,36 @@ class ResyncEngine:
                         outcome = await self.sync(replica)
                     except Exception as exc:
                         self.stats.failures += 1
-                        log.warning("%s: resync of %s from %s failed: %s", self.actor.address,
-                                    replica.key, replica.source, exc)
                         outcome = None
-                if outcome is not None and self.on_synced is not None:
-                    await self.on_synced(replica, outcome)
-                if replica.key not in self._again:
+                        failures += 1
+                        log.warning("%s: resync of %s from %s failed (attempt %d): %s",
+                                    self.actor.address, replica.key, replica.source, failures,
+                                    exc)
+                if outcome is not None:
+                    failures = 0
+                    if self.on_synced is not None:
+                        try:
+                            await self.on_synced(replica, outcome)
+                        except Exception:
+                            log.exception("%s: after resync of %s", self.actor.address,
+                                          replica.key)
+                elif failures <= len(self.retry_delays):
+                    delay = self.retry_delays[failures - 1]
+                    await asyncio.sleep(random.uniform(0.5 * delay, delay))
+                    continue
+                if not self._run_again(replica, outcome):
                     return outcome
-                self._again.discard(replica.key)
         finally:
             self._running.pop(replica.key, None)
+            self._again.pop(replica.key, None)
+
+    def _run_again(self, replica: Replica, outcome: ResyncOutcome | None) -> bool:
+        if replica.key not in self._again:
+            return False
+        targets = self._again.pop(replica.key)
+        tree = replica.tree
+        return (targets is None or outcome is None or not all(
+            epoch == tree.epoch and revision <= tree.revision for epoch, revision in targets))
 
     async def wait_idle(self) -> None:
         """Until no resynchronisation is running or queued."""
@@ -230,7 +276,7 @@ class ResyncEngine:
             first = await ask(PropertyTreeDiscoveryRequest(
                 tree=replica.remote_tree, epoch=tree.epoch, since_revision=tree.revision))
             if first.complete and first.epoch == tree.epoch:
-                self._apply(tree, first, tree.revision, outcome)
+                self._apply(replica, first, tree.revision, outcome)
                 if tree.digest() == first.root_digest:
                     return self._done(replica, outcome, started)
         else:
@@ -238,41 +284,57 @@ class ResyncEngine:
                                                            include_values=False))
         for attempt, digest_bytes in enumerate(self.digest_schedule):
             outcome.mode = "descent" if len(tree) else "full"
+            if first.epoch is None or first.revision is None:
+                raise ResyncError(f"{replica.source} did not say which epoch and revision "
+                                  f"{replica.remote_tree or 'its tree'} is at")
             if attempt == 0 and tree.digest() == first.root_digest and len(tree):
                 outcome.mode = "relabel"  # same content under a new epoch: adopt, fetch nothing
-                assert first.epoch is not None and first.revision is not None
                 tree.adopt(epoch=first.epoch, revision=first.revision)
+                last = await ask(PropertyTreeDiscoveryRequest(
+                    tree=replica.remote_tree, epoch=first.epoch, since_revision=tree.revision))
+                if last.complete:
+                    self._apply(replica, last, tree.revision, outcome)
             else:
-                await self._descend(replica, first, digest_bytes, ask, outcome)
-            last = await ask(PropertyTreeDiscoveryRequest(
-                tree=replica.remote_tree, epoch=first.epoch, since_revision=tree.revision))
-            if last.complete:
-                self._apply(tree, last, tree.revision, outcome)
-                if tree.digest() == last.root_digest:
-                    return self._done(replica, outcome, started)
+                last = await self._descend(replica, first, digest_bytes, ask, outcome)
+            if last.complete and tree.digest() == last.root_digest:
+                return self._done(replica, outcome, started)
             first = last
         raise ResyncError(f"{replica.key}: copy still differs from {replica.source} after "
                           f"descents with {self.digest_schedule}-byte digests")
 
     async def _descend(self, replica: Replica, top: PropertyTreeDiscoveryResponse,
-                       digest_bytes: int, ask: Any, outcome: ResyncOutcome) -> None:
+                       digest_bytes: int, ask: Any, outcome: ResyncOutcome
+                       ) -> PropertyTreeDiscoveryResponse:
+        """One digest descent from ``top`` (the source at ``R0``); returns the answer of its
+        last request, which also asked for the changes since ``R0``: when it is complete, the
+        copy now equals the source at that answer's revision."""
         tree = replica.tree
         fetch: list[KeyPattern] = []
         deletes: list[KeyPath] = []
         frontier = [KeyPath.root()] if len(tree) else []
         if not len(tree):
             fetch.append(KeyPattern([GLOBSTAR]))
+        # Shapes let the source leave out the names of children the copy has too; not in
+        # the last, whole-digest round, where a shape collision must not repeat.
+        shaped = digest_bytes < DIGEST_BYTES
         while frontier:
-            answer = await ask(PropertyTreeDiscoveryRequest(
-                tree=replica.remote_tree, digests_of=frontier, digest_bytes=digest_bytes,
-                include_values=False))
+            level = []
+            for start in range(0, len(frontier), FRONTIER_CHUNK):
+                paths = frontier[start:start + FRONTIER_CHUNK]
+                children = [tree.children(path) for path in paths]
+                answer = await ask(PropertyTreeDiscoveryRequest(
+                    tree=replica.remote_tree, digests_of=paths, digest_bytes=digest_bytes,
+                    include_values=False,
+                    shapes=[children_shape(c) for c in children] if shaped else []))
+                if len(answer.digests) != len(paths):
+                    raise ResyncError(f"{replica.source} answered {len(answer.digests)} of "
+                                      f"{len(paths)} nodes' digests")
+                level.extend(zip(paths, children, answer.digests, strict=True))
             frontier = []
-            for node in answer.digests:
-                path = node[0]
-                mine = {name: (leaf, digest[:digest_bytes])
-                        for name, leaf, digest in tree.children(path)}
-                theirs = {name: (leaf, digest)
-                          for name, leaf, digest in unpack_children(node, digest_bytes)}
+            for path, my_children, node in level:
+                mine = {name: (leaf, digest[:digest_bytes]) for name, leaf, digest in my_children}
+                theirs = {name: (leaf, digest) for name, leaf, digest
+                          in unpack_children(node, digest_bytes, my_children)}
                 deletes.extend(path / name for name in mine.keys() - theirs.keys())
                 for name, (leaf, digest) in theirs.items():
                     have = mine.get(name)
@@ -289,20 +351,42 @@ class ResyncEngine:
                             deletes.append(child)  # a leaf here became a subtree
                     else:
                         frontier.append(child)
+        # Fetch what differs; the last request also asks for the changes since R0, so the copy
+        # catches up with whatever changed during the descent without another round trip.
         upserts: list[tuple[KeyPath, int, Any]] = []
-        for start in range(0, len(fetch), 200):
-            answer = await ask(PropertyTreeDiscoveryRequest(tree=replica.remote_tree,
-                                                            patterns=fetch[start:start + 200]))
+        chunks = [fetch[start:start + 200] for start in range(0, len(fetch), 200)] or [[]]
+        for index, chunk in enumerate(chunks):
+            final = index == len(chunks) - 1
+            answer = await ask(PropertyTreeDiscoveryRequest(
+                tree=replica.remote_tree, patterns=chunk,
+                epoch=top.epoch if final else None,
+                since_revision=top.revision if final else None))
             upserts.extend(answer.leaves)
-        assert top.epoch is not None and top.revision is not None
-        tree.adopt(epoch=top.epoch, revision=top.revision, upserts=upserts, deletes=deletes)
+            self._check_size(replica, len(tree) + len(upserts))
+        assert top.epoch is not None and top.revision is not None  # checked by sync
+        if answer.complete and answer.epoch == top.epoch and answer.revision is not None:
+            # the changes since R0 are among the leaves (and deletes): the copy is at R1
+            deletes.extend(path for path, _ in answer.deletes)
+            tree.adopt(epoch=top.epoch, revision=answer.revision, upserts=upserts,
+                       deletes=deletes)
+        else:  # history since R0 is gone (or the epoch moved on): the next round sorts it out
+            tree.adopt(epoch=top.epoch, revision=top.revision, upserts=upserts, deletes=deletes)
         outcome.leaves += len(upserts)
         outcome.deletes += len(deletes)
+        return answer
 
-    @staticmethod
-    def _apply(tree: ObjectTree, answer: PropertyTreeDiscoveryResponse, since: int,
+    def _check_size(self, replica: Replica, leaves: int) -> None:
+        if leaves > self.max_leaves:
+            raise ResyncError(f"{replica.source} sends more than {self.max_leaves} leaves for "
+                              f"{replica.key}; refusing to hold them")
+
+    def _apply(self, replica: Replica, answer: PropertyTreeDiscoveryResponse, since: int,
                outcome: ResyncOutcome) -> None:
-        assert answer.epoch is not None and answer.revision is not None
+        tree = replica.tree
+        if answer.epoch is None or answer.revision is None:
+            raise ResyncError(f"{replica.source} answered changes_since without epoch and "
+                              "revision")
+        self._check_size(replica, len(tree) + len(answer.leaves))
         tree.apply_changes(ChangeSet(epoch=answer.epoch, from_revision=since,
                                      to_revision=answer.revision,
                                      upserts=tuple(answer.leaves), deletes=tuple(answer.deletes)))
@@ -321,7 +405,9 @@ class ResyncEngine:
             outcome.requests += 1
             outcome.bytes += share
             outcome.wire_bytes += wire
-            assert isinstance(answer, PropertyTreeDiscoveryResponse)
+            if not isinstance(answer, PropertyTreeDiscoveryResponse):
+                raise ResyncError(f"{replica.source} answered discovery with "
+                                  f"{type(answer).__name__}")
             return answer
 
         return ask

@@ -126,12 +126,13 @@ class TreeAccess:
                           if self.policy.may_read(role, self.mount / p)]
                 deletes = list(changes.deletes)
         digests = []
-        for path in req.digests_of:
+        shapes = req.shapes or [None] * len(req.digests_of)
+        for path, shape in zip(req.digests_of, shapes, strict=True):
             if not self.policy.may_read_below(role, self.mount / path):
                 raise error_class(ErrorCode.ACCESS_DENIED)(
                     f"role {role.value} may not compare {self.mount / path}", path=path)
-            digests.append(pack_children(path, tree.children(path, visible=True),
-                                         req.digest_bytes))
+            digests.append(pack_children(tree.children(path, visible=True), req.digest_bytes,
+                                         shape))
         types: list[tuple[KeyPath, dict[str, Any]]] = []
         for pattern in req.patterns:
             for path, value, revision in tree.find(pattern):

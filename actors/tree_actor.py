@@ -23,6 +23,8 @@ from object_model.messages import (
 )
 from object_model.tree import TransactionCommitted
 
+_ROOT = KeyPath.root()
+
 
 class TreeActor(Actor):
     """Answers PropertyValueRead/Write, Batch and PropertyTreeDiscovery for its trees."""
@@ -41,15 +43,27 @@ class TreeActor(Actor):
         role = ctx.require_role()
         return self.access_for(message.tree, ctx).read(role, message.paths)
 
-    @handles(PropertyValueWrite, Batch)
+    @handles(PropertyValueWrite)
     async def on_write(self, message: PropertyValueWrite | Batch, ctx: Context) -> MessageBase:
-        if isinstance(message, Batch) and all(
-                isinstance(item, PropertyTreeDiscoveryRequest) for item in message.items):
-            return await self.on_discover_many(message, ctx)
+        """A write, or a ``Batch`` of writes: one transaction on one tree."""
         access = self.access_for(message.tree, ctx)
         event = await self.commit(access, message, ctx)
         return PropertyValueWriteResponse(tree=message.tree, epoch=access.tree.epoch,
                                           revision=event.revision, changed=event.changed)
+
+    @handles(Batch)
+    async def on_batch(self, batch: Batch, ctx: Context) -> MessageBase:
+        """A ``Batch`` holds discovery requests (each answered on its own, in order) or
+        writes (applied together, as one transaction), not both."""
+        kinds = {type(item) for item in batch.items}
+        if kinds == {PropertyTreeDiscoveryRequest}:
+            return await self.on_discover_many(batch, ctx)
+        if kinds == {PropertyValueWrite}:
+            return await self.on_write(batch, ctx)
+        raise error_class(ErrorCode.INVALID_MESSAGE)(
+            "a Batch holds either discovery requests or writes (one transaction), not "
+            + (", ".join(sorted(k.__name__ for k in kinds)) or "nothing"),
+            details={"kinds": sorted(k.__name__ for k in kinds)})
 
     @handles(PropertyTreeDiscoveryRequest)
     async def on_discover(self, message: PropertyTreeDiscoveryRequest, ctx: Context
@@ -59,11 +73,14 @@ class TreeActor(Actor):
 
     async def on_discover_many(self, batch: Batch, ctx: Context) -> MessageBase:
         """A batch of discoveries (a CSMS resynchronising many copies at once): one answer
-        per item, in order; an item that fails is answered by its ErrorReport."""
+        per item, in order; an item that fails is answered by its ErrorReport. Answers do not
+        repeat their request's ``tree`` (the position says which request they answer)."""
         answers: list[MessageBase] = []
         for item in batch.items:
             try:
-                answers.append(await self.on_discover(item, ctx))  # type: ignore[arg-type]
+                answer = await self.on_discover(item, ctx)  # type: ignore[arg-type]
             except ModelError as exc:
                 answers.append(error_report(exc))
+            else:
+                answers.append(answer.model_copy(update={"tree": _ROOT}))
         return Batch(tree=batch.tree, items=answers)

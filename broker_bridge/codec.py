@@ -15,7 +15,8 @@ are left out, so an unreliable envelope costs about 60 bytes of header):
     12 stream_epoch  13 seq  14 base  15 chunk [index, count, total]  16 signature  17 encryption
 
 A *body* is a catalogue message as a msgpack array of its fields in declaration order, without
-``kind`` (the envelope has it) and without trailing defaults. Message fields are therefore
+``kind`` (the envelope has it) and without trailing defaults; a ``Batch``'s items are such
+arrays too, each led by its kind's wire id. Message fields are therefore
 append-only: never reorder or remove one (a test pins the order).
 
 Decoding trusts nothing: total size, nesting depth, container and string sizes, every header
@@ -316,30 +317,57 @@ _REQUIRED = object()
 FIELDS: dict[str, list[tuple[str, Any]]] = {k: _field_table(c) for k, c in MESSAGE_TYPES.items()}
 
 
-def encode_body(message: MessageBase) -> bytes:
-    """The body bytes of a catalogue message."""
-    plain = message.model_dump(mode="python")
-    values = [plain[name] for name, _ in FIELDS[plain["kind"]]]
-    table = FIELDS[plain["kind"]]
+def _compact(plain: dict[str, Any]) -> list[Any]:
+    """A message's plain form as its field array, trailing defaults left out; a Batch's items
+    each as ``[wire id, *fields]`` (a batch of a hundred discovery requests must not spell
+    out every field name a hundred times)."""
+    kind = plain["kind"]
+    table = FIELDS[kind]
+    values = [plain[name] for name, _ in table]
     while values and table[len(values) - 1][1] is not _REQUIRED and values[-1] == table[
             len(values) - 1][1]:
         values.pop()
-    return msgpack.packb(values, use_bin_type=True, default=_default)
+    if kind == "Batch":
+        values[1] = [[_WIRE_IDS[item["kind"]], *_compact(item)] for item in values[1]]
+    return values
 
 
-def decode_body(kind: str, data: bytes, max_bytes: int = MAX_BODY_BYTES) -> MessageBase:
-    """The typed message of ``kind`` from body bytes (``InvalidMessageError`` and friends)."""
-    table = FIELDS.get(kind)
-    if table is None:
-        raise UnknownKindError(f"unknown message kind {kind!r:.40}")
-    values = _unpack(data, max_bytes=max_bytes, what=f"{kind} body")
+def _expand(kind: str, values: Any) -> dict[str, Any]:
+    """The plain form (a dict with ``kind``) of a field array; ``InvalidMessageError`` if it
+    does not fit the kind's table."""
+    table = FIELDS[kind]
     if not isinstance(values, list):
         raise InvalidMessageError(f"{kind} body is not an array of fields")
     if len(values) > len(table):
         raise InvalidMessageError(
             f"{kind} body has {len(values)} fields; this version knows {len(table)}"
         )
-    _check_depth(values, f"{kind} body")
     plain = {name: value for (name, _), value in zip(table, values, strict=False)}
     plain["kind"] = kind
-    return decode_message(plain)
+    if kind == "Batch" and isinstance(plain.get("items"), list):
+        items = []
+        for index, item in enumerate(plain["items"]):
+            item_kind = (KINDS_BY_WIRE_ID.get(item[0]) if isinstance(item, list) and item
+                         and type(item[0]) is int else None)
+            if item_kind is None or item_kind == "Batch":
+                raise InvalidMessageError(
+                    f"Batch item {index} is not [kind, fields...] of a known, non-Batch kind",
+                    details={"item": index})
+            items.append(_expand(item_kind, item[1:]))
+        plain["items"] = items
+    return plain
+
+
+def encode_body(message: MessageBase) -> bytes:
+    """The body bytes of a catalogue message."""
+    return msgpack.packb(_compact(message.model_dump(mode="python")), use_bin_type=True,
+                         default=_default)
+
+
+def decode_body(kind: str, data: bytes, max_bytes: int = MAX_BODY_BYTES) -> MessageBase:
+    """The typed message of ``kind`` from body bytes (``InvalidMessageError`` and friends)."""
+    if kind not in FIELDS:
+        raise UnknownKindError(f"unknown message kind {kind!r:.40}")
+    values = _unpack(data, max_bytes=max_bytes, what=f"{kind} body")
+    _check_depth(values, f"{kind} body")
+    return decode_message(_expand(kind, values))

@@ -157,6 +157,14 @@ class Endpoint:
         self._locals[address] = _Local(address, on_envelope, on_event)
         await self.transport.add_address(address)
 
+    def unregister(self, address: str) -> None:
+        """Stop hosting ``address``: envelopes still arriving for it are refused with
+        ``UNKNOWN_ACTOR`` (so reliable senders learn it is gone instead of losing them)."""
+        self.session.remove_local(address)
+        self._locals.pop(address, None)
+        for members in self._groups.values():
+            members.discard(address)
+
     async def join_group(self, group: str, address: str) -> None:
         """Deliver broadcasts to ``group`` to the local actor ``address`` too."""
         if address not in self._locals:

@@ -53,10 +53,15 @@ class SitePolicy(Component):
 
 
 class Counters(Component):
+    """What the CSMS did since its storage was created (kept in memory, copied here when
+    the own tree is read and every few seconds)."""
+
     joins: Counter = 0
     rejected_joins: Counter = 0
+    rejected_claims: Counter = 0  # a site (or station) claimed a station bound elsewhere
     updates: Counter = 0
     gaps: Counter = 0
+    drifts: Counter = 0  # a copy's digest differed from its source's after an update
     resyncs: Counter = 0
     resync_bytes: Counter = 0
     resync_wire_bytes: Counter = 0
@@ -90,7 +95,9 @@ def csms_access_policy() -> AccessPolicy:
     return AccessPolicy(
         {
             Role.CLOUD_CSMS: Grant(read=("**",), write=("stations/**", "policy/**")),
-            Role.LOCAL_CSMS: Grant(read=("**",), write=("stations/**", "policy/**")),
+            # a site reads the policy its cloud sets; it writes nothing at the cloud (a
+            # site's writes to its own stations go to the stations through the site itself)
+            Role.LOCAL_CSMS: Grant(read=("policy/**",)),
             Role.OPERATOR: Grant(read=("**",), write=(*station_settings, "policy/**")),
             Role.RESOURCE_MANAGER: Grant(read=(
                 "stations/*/evse/*/meter/**", "stations/*/evse/*/energy/**",

@@ -12,6 +12,7 @@ holds (or relays). Paths inside a message are relative to that tree.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -24,6 +25,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from keypath import KeyPath, KeyPathError, KeyPattern
@@ -76,10 +78,15 @@ MessageId = Annotated[bytes, Field(min_length=16, max_length=16)]
 Revision = Annotated[int, Field(ge=0, lt=2**63)]
 Epoch = Annotated[int, Field(ge=0, lt=2**64)]
 Digest = Annotated[bytes, Field(min_length=16, max_length=16)]
-NodeDigests = tuple[Path, list[str], bytes, bytes]
-"""The children of one node, compactly: ``(path, child names, leaf bitmap, digests)`` where bit
-``i`` of the bitmap (little-endian bytes) says whether child ``i`` is a leaf and ``digests`` is
-the children's digests, each truncated to the requested length, concatenated in name order."""
+NodeDigests = tuple[list[str], bytes, bytes]
+"""The children of one node (the one at the same position of the request's ``digests_of``),
+in name order, compactly: ``(names, leaf bitmap, digests)`` where bit ``i`` of the bitmap
+(little-endian bytes) says whether child ``i`` is a leaf and ``digests`` is the children's
+digests, each truncated to the requested length, concatenated. When the requester's shape of
+the node (``children_shape``) matched, names and bitmap are left out (``[]``, ``b""``): its own
+children are the source's, and only the digests come."""
+
+SHAPE_BYTES = 4
 
 LeafItem = tuple[Path, Revision, Any]
 """``(path, revision of last change, value)``."""
@@ -89,23 +96,46 @@ ChildDigest = tuple[str, bool, bytes]
 """``(child name, is a leaf, digest)``: one entry of ``NodeDigests``, unpacked."""
 
 
-def pack_children(path: KeyPath, children: list[tuple[str, bool, bytes]], size: int
-                  ) -> NodeDigests:
-    """``NodeDigests`` for ``children`` (``(name, is_leaf, digest)``), digests cut to ``size``."""
-    bitmap = bytearray((len(children) + 7) // 8)
-    for i, (_, leaf, _) in enumerate(children):
+def children_shape(children: list[tuple[str, bool, bytes]]) -> bytes:
+    """A node's shape: a ``SHAPE_BYTES`` hash of its children's names and leaf flags (not their
+    values), the same whichever order ``children`` come in."""
+    h = hashlib.blake2b(digest_size=SHAPE_BYTES)
+    for name, leaf, _ in sorted(children):
+        h.update(name.encode())
+        h.update(b"\x01" if leaf else b"\x00")
+    return h.digest()
+
+
+def pack_children(children: list[tuple[str, bool, bytes]], size: int,
+                  shape: bytes | None = None) -> NodeDigests:
+    """``NodeDigests`` for ``children`` (``(name, is_leaf, digest)``), digests cut to ``size``;
+    without names if ``shape`` (the requester's) is theirs."""
+    ordered = sorted(children)
+    digests = b"".join(digest[:size] for _, _, digest in ordered)
+    if shape is not None and ordered and shape == children_shape(ordered):
+        return ([], b"", digests)
+    bitmap = bytearray((len(ordered) + 7) // 8)
+    for i, (_, leaf, _) in enumerate(ordered):
         if leaf:
             bitmap[i // 8] |= 1 << (i % 8)
-    return (path, [name for name, _, _ in children], bytes(bitmap),
-            b"".join(digest[:size] for _, _, digest in children))
+    return ([name for name, _, _ in ordered], bytes(bitmap), digests)
 
 
-def unpack_children(node: NodeDigests, size: int) -> list[ChildDigest]:
-    """The ``(name, is_leaf, digest)`` entries of ``NodeDigests``; ``InvalidMessageError`` if
-    the parts do not fit together."""
-    _, names, bitmap, digests = node
+def unpack_children(node: NodeDigests, size: int,
+                    mine: list[tuple[str, bool, bytes]] = ()) -> list[ChildDigest]:  # type: ignore[assignment]
+    """The ``(name, is_leaf, digest)`` entries of ``NodeDigests``, names and leaf flags taken
+    from ``mine`` (the requester's children) when the node came without them;
+    ``InvalidMessageError`` if the parts do not fit together."""
+    names, bitmap, digests = node
+    if not names and digests:
+        ordered = sorted(mine)
+        if len(digests) != len(ordered) * size:
+            raise InvalidMessageError(f"node digests do not fit the {len(ordered)} children of "
+                                      "the shape they were answered for")
+        return [(name, leaf, digests[i * size:(i + 1) * size])
+                for i, (name, leaf, _) in enumerate(ordered)]
     if len(bitmap) != (len(names) + 7) // 8 or len(digests) != len(names) * size:
-        raise InvalidMessageError(f"node digests for {node[0]} do not fit {len(names)} children")
+        raise InvalidMessageError(f"node digests do not fit {len(names)} children")
     return [(name, bool(bitmap[i // 8] >> (i % 8) & 1), digests[i * size:(i + 1) * size])
             for i, name in enumerate(names)]
 
@@ -128,7 +158,9 @@ class PropertyTreeDiscoveryRequest(MessageBase):
       deletions; the cheapest resynchronisation when the requester's copy has the same epoch;
     * ``digests_of``: the child digests of these nodes, one step of a digest descent,
       truncated to ``digest_bytes`` (the root digest is always whole, so a collision of short
-      digests can only make a descent go round once more, never leave a copy wrong).
+      digests can only make a descent go round once more, never leave a copy wrong), answered
+      in the same order; with ``shapes`` (the requester's ``children_shape`` of each node),
+      nodes of the same shape come back without their children's names.
 
     Digests are *visible* digests (over what the requester may read), so a copy without the
     source's secrets compares equal.
@@ -144,6 +176,15 @@ class PropertyTreeDiscoveryRequest(MessageBase):
     since_revision: Revision | None = None
     digests_of: list[Path] = Field(default_factory=list, max_length=4096)
     digest_bytes: int = Field(16, ge=1, le=16)
+    shapes: list[Annotated[bytes, Field(min_length=SHAPE_BYTES, max_length=SHAPE_BYTES)]] = (
+        Field(default_factory=list, max_length=4096))
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> PropertyTreeDiscoveryRequest:
+        if self.shapes and len(self.shapes) != len(self.digests_of):
+            raise ValueError(f"{len(self.shapes)} shapes for {len(self.digests_of)} nodes: "
+                             "give one per node of digests_of, or none")
+        return self
 
 
 class PropertyTreeDiscoveryResponse(MessageBase):
@@ -248,7 +289,9 @@ class PropertyValueUpdate(MessageBase):
     """Change notification: what changed between two revisions of a tree.
 
     A copy at ``from_revision`` or later that applies it is at ``to_revision``; a copy behind
-    ``from_revision`` has missed something and must resynchronise."""
+    ``from_revision`` has missed something and must resynchronise. ``root_digest``, when
+    given, is the source's visible root digest at ``to_revision``: a copy whose digest differs
+    after applying the update has drifted (whatever the cause) and must resynchronise."""
 
     kind: Literal["PropertyValueUpdate"] = "PropertyValueUpdate"
     wire_id: ClassVar[int] = 7
@@ -258,11 +301,14 @@ class PropertyValueUpdate(MessageBase):
     to_revision: Revision
     upserts: list[LeafItem] = Field(default_factory=list, max_length=MAX_ITEMS)
     deletes: list[DeleteItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+    root_digest: Digest | None = None
 
     @classmethod
-    def from_changes(cls, changes: ChangeSet, tree: KeyPath = ROOT) -> PropertyValueUpdate:
+    def from_changes(cls, changes: ChangeSet, tree: KeyPath = ROOT, *,
+                     root_digest: bytes | None = None) -> PropertyValueUpdate:
         return cls(
             tree=tree,
+            root_digest=root_digest,
             epoch=changes.epoch,
             from_revision=changes.from_revision,
             to_revision=changes.to_revision,

@@ -6,9 +6,17 @@ its own tree everywhere else; reads and discovery of copies are answered from th
 station is not bothered), writes to a copy are passed on to whoever answers for the station.
 
 Copies stay current from ``PropertyValueUpdate`` notifications: an update that follows on from
-the copy's revision (same epoch) is applied, made durable, then passed on (``on_copy_changed``);
-anything else (a gap, a new epoch, a copy never synced) schedules a resynchronisation. After a
-restart every copy is resynchronised, a bounded number at a time, at state priority.
+the copy's revision (same epoch) is applied at once and its root digest checked; a relay task
+then makes the copies durable (all updates that arrived meanwhile in one SQLite transaction)
+and passes the updates on in arrival order (``on_copy_changed``), so nothing is passed on that
+a crash could take back. Anything else (a gap, a new epoch, a copy never synced, a digest that
+does not match, an update while the copy is being resynchronised) schedules a
+resynchronisation. After a restart every copy is resynchronised, a bounded number at a time,
+at state priority.
+
+Counters (joins, updates, gaps, resyncs, bytes) are kept in memory, where counting is cheap,
+and copied into the own tree's ``counters/...`` when someone reads the own tree and every
+``counters_every_s`` seconds (so they persist, and are read like any other key-path).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +34,7 @@ from actors.resync import Replica, ResyncEngine, ResyncOutcome
 from actors.tree_access import TreeAccess
 from actors.tree_actor import TreeActor
 from broker_bridge import Endpoint, Priority
+from broker_bridge.envelope import valid_address
 from keypath import GLOBSTAR, STAR, KeyPath, KeyPattern
 from object_model import (
     ErrorCode,
@@ -48,6 +58,7 @@ from object_model.messages import (
     PropertyValueWriteResponse,
     ReadFailure,
 )
+from object_model.tree import TransactionCommitted
 
 log = logging.getLogger("csms.csms")
 
@@ -63,10 +74,31 @@ class CsmsSettings:
     offline_after_s: float = 95.0
     resync_concurrency: int = 64
     publish_interval_s: float = 0.25
+    counters_every_s: float = 10.0
 
 
 def station_key(station: str) -> str:
     return f"{STATIONS}/{station}"
+
+
+def check_station_id(station: object) -> str:
+    """``station`` if it can name a station (an actor address: it becomes a path segment
+    and a key), else ``INVALID_VALUE``."""
+    if not isinstance(station, str) or not valid_address(station):
+        raise error_class(ErrorCode.INVALID_VALUE)(
+            f"{str(station)[:80]!r} is not a station id (an actor address: letters, digits, "
+            "'.', '_', '-', '@', at most 128 characters)")
+    return station
+
+
+@dataclass
+class _Relay:
+    """An update a copy took, waiting to be made durable and passed on (``changed``), or a
+    heartbeat to pass on in order with them."""
+
+    replica: Replica
+    message: PropertyValueUpdate
+    changed: bool
 
 
 class CachingCsms(TreeActor):
@@ -86,6 +118,9 @@ class CachingCsms(TreeActor):
         self._own_persisted: PersistentTree | None = None
         self.resync = ResyncEngine(self, concurrency=self.settings.resync_concurrency,
                                    on_synced=self._synced)
+        self.counters: Counter[str] = Counter()
+        self._relays: list[_Relay] = []
+        self._relay_wake = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -97,7 +132,10 @@ class CachingCsms(TreeActor):
             state = CsmsState(name=self.address, role=self.role.value)
             self.own.write("", state.model_dump(by_alias=True, exclude_none=True))
         self.own_access = TreeAccess(self.own, self.policy)
+        self.counters.update({name: value for name, value in self.own.read("counters").items()
+                              if isinstance(value, int)})
         self._own_persisted = await self.store.attach(OWN_KEY, self.own)
+        now = time.monotonic()
         for key in await self.store.keys():
             if not key.startswith(f"{STATIONS}/"):
                 continue
@@ -108,31 +146,63 @@ class CachingCsms(TreeActor):
             tree = await self.store.load(key, PermissiveSchema())
             if tree is None:
                 continue
-            await self._track(Replica(key, source, remote, tree, synced=True))
+            # a copy that never held anything (epoch 0) has nothing to catch up from
+            synced = tree.epoch != 0 and len(tree) > 0
+            await self._track(Replica(key, source, remote, tree, synced=synced, last_seen=now))
         for replica in self.replicas.values():  # after a restart: catch up with everything
             self.resync.schedule(replica)
         self.spawn(self._watch_liveness(), "liveness")
+        self.spawn(self._relay_loop(), "relay")
 
     async def on_stop(self) -> None:
+        await self._flush_relays()
+        self._publish_counters()
         for persisted in [*self._persisted.values(), self._own_persisted]:
             if persisted is not None:
-                await persisted.durable()
+                await persisted.detach(snapshot=False)
 
     def _source_of(self, station: str) -> tuple[str | None, KeyPath]:
         try:
             entry = self.own.read(f"managed/{station}")
-        except Exception:
+            return entry.get("source"), KeyPath.parse(entry.get("remote_tree", ""))
+        except ModelError as exc:
+            log.warning("%s: stored copy %s has no usable registry entry (%s); ignoring it",
+                        self.address, station, exc)
             return None, KeyPath.root()
-        return entry.get("source"), KeyPath.parse(entry.get("remote_tree", ""))
 
     async def _track(self, replica: Replica) -> None:
         self.replicas[replica.key] = replica
         self._persisted[replica.key] = await self.store.attach(replica.key, replica.tree)
 
+    def site_of(self, station: str) -> str | None:
+        """The site ``station`` is bound to (``""``: connected directly), ``None`` if it is
+        not managed here."""
+        try:
+            return str(self.own.get(f"managed/{check_station_id(station)}/site"))
+        except ModelError:
+            return None
+
     async def manage(self, station: str, source: str, remote_tree: KeyPath, *,
                      site: str = "") -> Replica:
         """Start (or keep) managing ``station``, whose tree ``source`` answers for as
-        ``remote_tree``; returns its copy."""
+        ``remote_tree``; returns its copy.
+
+        A station is bound to the site that brought it first (``site``; ``""`` for a direct
+        connection): another site, or the station itself, claiming it later is refused, so no site can take over (read or write through) another's
+        stations (``ACCESS_DENIED``: not ``NOT_ADMITTED``, which tells a peer to join
+        again). An operator releases a station that moved by deleting ``managed/<id>``.
+        """
+        check_station_id(station)
+        bound = self.site_of(station)
+        if bound is not None and bound != site:
+            self._count("rejected_claims")
+            log.warning("%s: %s claims station %s, which belongs to %s; refused", self.address,
+                        source, station, bound or "a direct connection")
+            raise error_class(ErrorCode.ACCESS_DENIED)(
+                f"station {station} is managed through {bound or 'a direct connection'} here, "
+                f"not through {site or 'a direct connection'}: an operator must release it "
+                f"(delete managed/{station}) before it can move",
+                details={"station": station, "bound_to": bound})
         key = station_key(station)
         entry = {"source": source, "remote_tree": str(remote_tree), "site": site}
         if f"managed/{station}/admitted_at" not in self.own:
@@ -169,20 +239,79 @@ class CachingCsms(TreeActor):
         replica.last_seen = time.monotonic()
         self._mark_online(replica, True)
         tree = replica.tree
-        if (replica.synced and message.epoch == tree.epoch
+        if self.resync.is_running(replica.key):
+            # the run may have read the source before this change: it must get there too
+            self.resync.schedule(replica, reach=(message.epoch, message.to_revision))
+        elif (replica.synced and message.epoch == tree.epoch
                 and message.from_revision <= tree.revision):
             if message.to_revision > tree.revision:
                 tree.apply_changes(message.to_changes())
                 self._count("updates")
-                await self._persisted[replica.key].durable()
-                await self.on_copy_changed(replica, message)
+                if self._drifted(replica, message):
+                    return None
+                self._relays.append(_Relay(replica, message, changed=True))
+                self._relay_wake.set()
             elif message.from_revision == message.to_revision == tree.revision:
-                await self.on_heartbeat(replica, message)
+                if self._drifted(replica, message):
+                    return None
+                self._relays.append(_Relay(replica, message, changed=False))
+                self._relay_wake.set()
         else:
             if replica.synced:
                 self._count("gaps")
             self.resync.schedule(replica)
         return None
+
+    def _drifted(self, replica: Replica, message: PropertyValueUpdate) -> bool:
+        """Whether the copy, at ``message.to_revision``, differs from what the source says it
+        holds there (then it is resynchronised)."""
+        if message.root_digest is None or replica.tree.digest() == message.root_digest:
+            return False
+        self._count("drifts")
+        log.warning("%s: copy %s differs from %s at revision %d; resynchronising",
+                    self.address, replica.key, replica.source, message.to_revision)
+        self.resync.schedule(replica)
+        return True
+
+    async def _relay_loop(self) -> None:
+        while True:
+            await self._relay_wake.wait()
+            try:
+                await self._flush_relays()
+            except Exception:  # a bug here must not stop every later relay
+                log.exception("%s: relaying updates failed", self.address)
+
+    async def _flush_relays(self) -> None:
+        """Make the copies the waiting updates changed durable (one store transaction for
+        all of them), then pass the updates on in the order they came."""
+        self._relay_wake.clear()
+        relays, self._relays = self._relays, []
+        if not relays:
+            return
+        revisions: dict[str, int] = {}
+        for relay in relays:
+            if relay.changed:
+                key = relay.replica.key
+                revisions[key] = max(revisions.get(key, 0), relay.message.to_revision)
+        results = await asyncio.gather(
+            *(self._persisted[key].durable(revision) for key, revision in revisions.items()),
+            return_exceptions=True)
+        lost = {key for key, result in zip(revisions, results, strict=True)
+                if isinstance(result, BaseException)}
+        for key in lost:  # resynchronised meanwhile (a new epoch), or the store failed
+            log.info("%s: not passing on updates of %s: %s", self.address, key,
+                     results[list(revisions).index(key)])
+        for relay in relays:
+            if relay.replica.key in lost:
+                continue
+            try:
+                if relay.changed:
+                    await self.on_copy_changed(relay.replica, relay.message)
+                else:
+                    await self.on_heartbeat(relay.replica, relay.message)
+            except Exception:
+                log.exception("%s: passing on an update of %s failed", self.address,
+                              relay.replica.key)
 
     async def on_copy_changed(self, replica: Replica, message: PropertyValueUpdate) -> None:
         """A copy took ``message`` (durably); override to pass it on."""
@@ -201,13 +330,19 @@ class CachingCsms(TreeActor):
                   (self.own.read(f"managed/{station}").get("resyncs", 0) + 1) % 2**32),
         ])
         self._count("resyncs")
-        self._count("resync_bytes", int(outcome.bytes))
-        self._count("resync_wire_bytes", int(outcome.wire_bytes))
+        self._count("resync_bytes", round(outcome.bytes))
+        self._count("resync_wire_bytes", round(outcome.wire_bytes))
         await self._persisted[replica.key].durable()
         await self.on_copy_resynced(replica, outcome)
 
     async def on_copy_resynced(self, replica: Replica, outcome: ResyncOutcome) -> None:
         """A copy was brought up to date by resynchronisation; override to react."""
+
+    def _is_online(self, replica: Replica) -> bool:
+        try:
+            return self.own.get(f"managed/{replica.key.split('/', 1)[1]}/online") is True
+        except ModelError:
+            return False
 
     def _mark_online(self, replica: Replica, online: bool) -> None:
         station = replica.key.split("/", 1)[1]
@@ -220,16 +355,29 @@ class CachingCsms(TreeActor):
             self.own.write(path, online)
 
     def _count(self, name: str, amount: int = 1) -> None:
-        path = f"counters/{name}"
-        self.own.write(path, (self.own.get(path) + amount) % 2**64)
+        self.counters[name] += amount
+
+    def _publish_counters(self) -> None:
+        """Copy the counters that changed into the own tree's ``counters/...``."""
+        current = self.own.read("counters")
+        writes = [Write(f"counters/{name}", value % 2**64) for name, value in self.counters.items()
+                  if name in current and current[name] != value % 2**64]
+        if writes:
+            self.own.apply(writes)
 
     async def _watch_liveness(self) -> None:
+        every = min(5.0, self.settings.offline_after_s / 3)
+        last_counters = time.monotonic()
         while True:
-            await asyncio.sleep(min(5.0, self.settings.offline_after_s / 3))
-            limit = time.monotonic() - self.settings.offline_after_s
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            limit = now - self.settings.offline_after_s
             for replica in self.replicas.values():
                 if replica.last_seen and replica.last_seen < limit:
                     self._mark_online(replica, False)
+            if now - last_counters >= self.settings.counters_every_s:
+                last_counters = now
+                self._publish_counters()
 
     # -- the aggregate view ----------------------------------------------------------------------
 
@@ -247,6 +395,7 @@ class CachingCsms(TreeActor):
     def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
         segs = tree.segments
         if not segs:
+            self._publish_counters()  # whoever reads the own tree sees current counts
             return self.own_access
         if segs[0] == STATIONS and len(segs) == 2:
             return TreeAccess(self.replica_for(segs[1]).tree, self.policy, tree)
@@ -295,6 +444,7 @@ class CachingCsms(TreeActor):
         own_patterns = [p for p in message.patterns if p not in aggregate
                         or p.segments[:1] == (GLOBSTAR,)]
         if own_patterns:
+            self._publish_counters()
             own = self.own_access.discover(role, message.model_copy(
                 update={"patterns": own_patterns}))
             leaves += own.leaves
@@ -324,11 +474,14 @@ class CachingCsms(TreeActor):
             return [(s, rest) for s in stations]
         return [(segs[1], rest)] if station_key(segs[1]) in self.replicas else []  # type: ignore[index]
 
-    @handles(PropertyValueWrite, Batch)
+    async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
+                     ctx: Context) -> TransactionCommitted:
+        event = await super().commit(access, message, ctx)
+        if access.tree is self.own and self._own_persisted is not None:
+            await self._own_persisted.durable(event.revision)  # answer only what survives
+        return event
+
     async def on_write(self, message: PropertyValueWrite | Batch, ctx: Context) -> MessageBase:
-        if isinstance(message, Batch) and all(
-                isinstance(item, PropertyTreeDiscoveryRequest) for item in message.items):
-            return await self.on_discover_many(message, ctx)
         if isinstance(message, PropertyValueWrite) and not message.tree.segments:
             message = self._rooted(message)
         segs = message.tree.segments
@@ -362,7 +515,8 @@ class CachingCsms(TreeActor):
         for item in writes:
             self.policy.check_write(role, mount / item.path, PropertyAccessKind.READ_WRITE)
         forwarded = message.model_copy(update={"tree": replica.remote_tree})
-        answer = await self.request(replica.source, forwarded, timeout=10.0,
+        answer = await self.request(replica.source, forwarded,
+                                    timeout=ctx.time_left(self.clock.now_us(), 10.0),
                                     priority=Priority.CONTROL)
         if isinstance(answer, PropertyValueWriteResponse):
             return answer.model_copy(update={"tree": mount})

@@ -17,7 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from actors.base import Context, handles
-from actors.csms.caching import STATIONS, CachingCsms, CsmsSettings, to_micros_now
+from actors.csms.caching import (
+    STATIONS,
+    CachingCsms,
+    CsmsSettings,
+    station_key,
+    to_micros_now,
+)
 from actors.resync import Replica
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, MessageBase, ModelError, Role, Write
@@ -78,8 +84,11 @@ class CloudCsms(CachingCsms):
             "admitted_at": to_micros_now(), "online": True, "stations": len(stations)})])
         self._count("joins")
         for info in stations:
-            replica = await self.manage(_station_of(info.tree), ctx.sender, info.tree,
-                                        site=ctx.sender)
+            try:
+                replica = await self.manage(_station_of(info.tree), ctx.sender, info.tree,
+                                            site=ctx.sender)
+            except ModelError:
+                continue  # bound to another site (logged and counted); the rest still join
             if not _same(replica, info):
                 self.resync.schedule(replica)
         log.info("%s: site %s joined with %d stations", self.address, ctx.sender, len(stations))
@@ -99,24 +108,35 @@ class CloudCsms(CachingCsms):
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
 
     async def _learn_stations(self, site: str) -> None:
-        """Ask ``site`` which stations it answers for (again and again while it is
-        unreachable) and start managing those we do not know."""
+        """Ask ``site`` which stations it answers for (its registry, ``managed/*``; again and
+        again while it is unreachable) and start managing those we do not know."""
         failures = 0
         while True:
             try:
                 answer = await self.request(site, PropertyTreeDiscoveryRequest(
-                    patterns=[KeyPattern.parse("stations/*/identity/station_id")]), timeout=10)
-            except ModelError:
+                    patterns=[KeyPattern.parse("managed/*/source")]), timeout=10)
+                if not isinstance(answer, PropertyTreeDiscoveryResponse):
+                    raise error_class(ErrorCode.INVALID_MESSAGE)(
+                        f"{site} answered discovery with {type(answer).__name__}")
+            except ModelError as exc:
                 failures += 1
-                await asyncio.sleep(random.uniform(0, min(60.0, 0.5 * 2**failures)))
+                delay = random.uniform(0, min(60.0, 0.5 * 2**failures))
+                log.info("%s: asking %s for its stations failed (%s); again in %.1f s",
+                         self.address, site, exc.code.value, delay)
+                await asyncio.sleep(delay)
                 continue
-            assert isinstance(answer, PropertyTreeDiscoveryResponse)
             for path, _, _ in answer.leaves:
-                station = path.segments[1]
-                if f"{STATIONS}/{station}" not in self.replicas:
+                station = path.segments[1] if len(path.segments) == 3 else ""
+                if station_key(station) in self.replicas:
+                    continue
+                try:
                     replica = await self.manage(station, site, KeyPath(STATIONS, station),
                                                 site=site)
-                    self.resync.schedule(replica)
+                except ModelError as exc:
+                    log.warning("%s: %s reports station %r: %s", self.address, site, station,
+                                exc)
+                    continue
+                self.resync.schedule(replica)
             return
 
     async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> MessageBase | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 from actors.base import Context, handles
@@ -51,6 +52,7 @@ class LocalSettings(CsmsSettings):
     provisioning_secret: str = ""
     cloud: str | None = None
     upstream_secret: str = ""
+    policy_check_s: float = 30.0
 
 
 class LocalCsms(CachingCsms):
@@ -63,12 +65,14 @@ class LocalCsms(CachingCsms):
             self.roles.add(self.settings.cloud, Role.CLOUD_CSMS)
         self.upstream_joined = False
         self._rejoin = asyncio.Event()
+        self._policy_pending: set[str] = set()
 
     async def on_start(self) -> None:
         await super().on_start()
         for replica in self.replicas.values():  # stations we already knew keep their rights
             self.roles.add(replica.key.split("/", 1)[1], Role.STATION)
         self.own.subscribe(self._own_changed)
+        self.spawn(self._reconcile_policy(), "policy")
         if self.settings.cloud:
             self.spawn(self._stay_joined(), "join-cloud")
 
@@ -89,7 +93,7 @@ class LocalCsms(CachingCsms):
         replica = await self.manage(ctx.sender, ctx.sender, KeyPath.root(),
                                     site=self.settings.site)
         self._count("joins")
-        replica.last_seen = asyncio.get_running_loop().time()
+        replica.last_seen = time.monotonic()
         self._mark_online(replica, True)
         if not _matches(replica, message.trees):
             self.resync.schedule(replica)
@@ -103,7 +107,8 @@ class LocalCsms(CachingCsms):
         # tell the cloud at once: its copy learns from the empty update that it is behind
         tree = replica.tree
         self._relay(PropertyValueUpdate(tree=KeyPath.parse(replica.key), epoch=tree.epoch,
-                                        from_revision=tree.revision, to_revision=tree.revision))
+                                        from_revision=tree.revision, to_revision=tree.revision,
+                                        root_digest=tree.digest()))
 
     async def on_copy_changed(self, replica: Replica, message: PropertyValueUpdate) -> None:
         self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
@@ -116,8 +121,8 @@ class LocalCsms(CachingCsms):
         if self.upstream_joined and self.settings.cloud:
             self.send(self.settings.cloud, update, priority=Priority.STATE)
 
-    async def _apply_policy(self, replica: Replica) -> None:
-        """Give a station the site's operational permissions where its copy differs."""
+    def _policy_writes(self, replica: Replica) -> list[WriteItem]:
+        """What to write to make a station's permissions the site's, judged by its copy."""
         policy = self.own.read("policy")
         writes = []
         for name, path in POLICY_PATHS.items():
@@ -127,14 +132,33 @@ class LocalCsms(CachingCsms):
                 current = None
             if current != policy[name]:
                 writes.append(WriteItem(path=KeyPath.parse(path), value=policy[name]))
-        if not writes:
+        return writes
+
+    async def _apply_policy(self, replica: Replica) -> None:
+        """Give a station the site's operational permissions where its copy differs (one
+        write at a time per station; ``_reconcile_policy`` retries what failed)."""
+        if replica.key in self._policy_pending or not (writes := self._policy_writes(replica)):
             return
+        self._policy_pending.add(replica.key)
         try:
             await self.request(replica.source, PropertyValueWrite(tree=replica.remote_tree,
                                                                   writes=writes), timeout=10)
         except ModelError as exc:
-            log.warning("%s: could not give %s the site permissions: %s", self.address,
-                        replica.key, exc)
+            log.warning("%s: could not give %s the site permissions (retried within %g s): %s",
+                        self.address, replica.key, self.settings.policy_check_s, exc)
+        finally:
+            self._policy_pending.discard(replica.key)
+
+    async def _reconcile_policy(self) -> None:
+        """Now and then, give the site's permissions to every synced, online station whose
+        copy shows others (a write that was lost, a station that changed them itself)."""
+        while True:
+            await asyncio.sleep(self.settings.policy_check_s)
+            for replica in list(self.replicas.values()):
+                if (replica.synced and replica.key not in self._policy_pending
+                        and not self.resync.is_running(replica.key)
+                        and self._is_online(replica) and self._policy_writes(replica)):
+                    self.spawn(self._apply_policy(replica), f"policy:{replica.key}")
 
     def _own_changed(self, event: object) -> None:
         changed = getattr(event, "upserts", ())
@@ -159,12 +183,14 @@ class LocalCsms(CachingCsms):
         while True:
             try:
                 await self.request(self.settings.cloud, self.join_request(), timeout=10)
-            except ModelError as exc:
+            except Exception as exc:  # whatever it was, keep trying
+                if not isinstance(exc, ModelError):
+                    log.exception("%s: joining %s failed", self.address, self.settings.cloud)
                 self.upstream_joined = False
                 failures += 1
                 delay = random.uniform(0, min(30.0, 0.5 * 2**failures))
                 log.info("%s: joining %s failed (%s); again in %.1f s", self.address,
-                         self.settings.cloud, exc.code.value, delay)
+                         self.settings.cloud, getattr(exc, "code", exc), delay)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
@@ -172,6 +198,8 @@ class LocalCsms(CachingCsms):
             self._rejoin.clear()
             log.info("%s: joined %s", self.address, self.settings.cloud)
             await self._rejoin.wait()
+            # the cloud lost us: every site hears that at once, so do not all come back at once
+            await asyncio.sleep(random.uniform(0, 2.0))
 
     async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
         if ctx.sender == self.settings.cloud and report.code is ErrorCode.NOT_ADMITTED:

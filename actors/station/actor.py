@@ -106,7 +106,7 @@ class ChargingStation(TreeActor):
         if self.publisher is not None:
             self.publisher.close()
         if self.persisted is not None:
-            await self.persisted.durable()
+            await self.persisted.detach()
 
     # -- the simulated station --------------------------------------------------------------
 
@@ -143,24 +143,33 @@ class ChargingStation(TreeActor):
         while it is unreachable (thousands of stations must not come back in step)."""
         failures = 0
         while True:
+            request = self.join_request()
             try:
-                answer = await self.request(self.settings.csms, self.join_request(), timeout=10)
-            except ModelError as exc:
+                answer = await self.request(self.settings.csms, request, timeout=10)
+                if not isinstance(answer, JoinNetworkResponse):
+                    raise error_class(ErrorCode.INVALID_MESSAGE)(
+                        f"{self.settings.csms} answered JoinNetwork with {type(answer).__name__}")
+            except Exception as exc:  # whatever it was, keep trying
                 self.admitted = False
                 failures += 1
                 delay = random.uniform(0, min(60.0, 0.5 * 2**failures))
-                if exc.code is ErrorCode.NOT_ADMITTED:
+                if not isinstance(exc, ModelError):
+                    log.exception("%s: joining %s failed", self.address, self.settings.csms)
+                elif exc.code in (ErrorCode.NOT_ADMITTED, ErrorCode.ACCESS_DENIED):
                     log.warning("%s: %s refused us: %s", self.address, self.settings.csms, exc)
                 await asyncio.sleep(delay)
                 continue
-            assert isinstance(answer, JoinNetworkResponse) and self.publisher is not None
-            assert self.tree is not None
+            assert self.publisher is not None
             failures = 0
             self.admitted = True
             self.publisher.heartbeat = answer.heartbeat_s
-            self.publisher.subscribe(answer.csms, from_revision=self.tree.revision)
+            # from what we announced: the CSMS judged its copy against that revision, and
+            # whatever we committed since must reach it as an update, not as a gap
+            self.publisher.subscribe(answer.csms, from_revision=request.trees[0].revision)
             self._rejoin.clear()
             await self._rejoin.wait()
+            # our CSMS lost us: all its stations hear that at once; do not all come back at once
+            await asyncio.sleep(random.uniform(0, 2.0))
 
     async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
         if ctx.sender == self.settings.csms and report.code is ErrorCode.NOT_ADMITTED:

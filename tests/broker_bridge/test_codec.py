@@ -21,6 +21,7 @@ from broker_bridge.codec import (
 )
 from broker_bridge.envelope import ChunkInfo, Envelope, Priority
 from broker_bridge.ids import MessageIds, id_time_ms
+from keypath import KeyPath
 from object_model import ErrorCode, ModelError
 from object_model.messages import MESSAGE_TYPES
 from tests.object_model.test_messages import EXAMPLES
@@ -75,10 +76,25 @@ def test_unreliable_envelopes_are_compact() -> None:
 def test_body_field_order_is_pinned() -> None:
     """Bodies are positional: reordering fields would silently break every peer."""
     assert [n for n, _ in FIELDS["PropertyValueUpdate"]] == [
-        "tree", "epoch", "from_revision", "to_revision", "upserts", "deletes"]
+        "tree", "epoch", "from_revision", "to_revision", "upserts", "deletes", "root_digest"]
     assert [n for n, _ in FIELDS["ErrorReport"]] == ["code", "answers", "path", "text", "details"]
     assert [n for n, _ in FIELDS["Ack"]] == ["message_ids"]
     assert [n for n, _ in FIELDS["PropertyValueWrite"]] == ["tree", "writes", "expected_revision"]
+
+
+def test_batch_items_travel_as_compact_arrays_and_come_back_whole() -> None:
+    from object_model.messages import Batch, PropertyTreeDiscoveryRequest
+
+    batch = Batch(items=[PropertyTreeDiscoveryRequest(tree=KeyPath("stations", f"cs-{i}"),
+                                                      digests_of=[KeyPath("evse", "1")],
+                                                      digest_bytes=1, include_values=False)
+                         for i in range(50)])
+    body = encode_body(batch)
+    assert decode_body("Batch", body) == batch
+    assert b"digests_of" not in body and len(body) < 50 * 40  # no field names per item
+    for bad in ([[]], [["PropertyTreeDiscoveryRequest"]], [[10, "", [[1]]]], [[999]]):
+        with pytest.raises(ModelError, match="Batch item 0"):
+            decode_body("Batch", msgpack.packb(["", bad]))
 
 
 @given(st.binary(max_size=300))

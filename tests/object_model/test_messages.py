@@ -28,7 +28,13 @@ from object_model import (
     error_report,
 )
 from object_model.errors import UnknownPathError
-from object_model.messages import MESSAGE_TYPES, ReadFailure
+from object_model.messages import (
+    MESSAGE_TYPES,
+    ReadFailure,
+    children_shape,
+    pack_children,
+    unpack_children,
+)
 from object_model.station import new_station_tree
 
 MID = bytes(range(16))
@@ -37,12 +43,14 @@ EXAMPLES = [
     PropertyTreeDiscoveryRequest(patterns=[KeyPattern.parse("evse/*/status")], include_types=True),
     PropertyTreeDiscoveryRequest(tree=KeyPath.parse("stations/cs-1"), epoch=5, since_revision=9),
     PropertyTreeDiscoveryRequest(digests_of=[KeyPath.root(), KeyPath.parse("evse")]),
+    PropertyTreeDiscoveryRequest(digests_of=[KeyPath.root()], digest_bytes=1,
+                                 shapes=[b"\x01\x02\x03\x04"]),
     PropertyTreeDiscoveryResponse(
         epoch=5, revision=10, root_digest=bytes(16),
         leaves=[(KeyPath.parse("evse/1/status"), 3, "Available")],
         deletes=[(KeyPath.parse("evse/2"), 9)],
         types=[(KeyPath.parse("evse/1/status"), {"type": "enum"})],
-        digests=[(KeyPath.root(), ["evse", "status"], b"\x02", bytes(4))],
+        digests=[(["evse", "status"], b"\x02", bytes(4)), ([], b"", bytes(6))],
     ),
     PropertyValueRead(paths=[KeyPath.parse("identity")]),
     PropertyValueReadResponse(
@@ -168,3 +176,23 @@ def test_batches_do_not_nest() -> None:
     with pytest.raises(ModelError) as info:
         decode_message({"kind": "Batch", "items": [inner]})
     assert info.value.code is ErrorCode.INVALID_MESSAGE
+
+
+def test_children_of_a_known_shape_travel_without_names() -> None:
+    tree = new_station_tree("cs-1")
+    children = tree.children("evse/1")
+    full = pack_children(children, 2)
+    assert full[0] == sorted(full[0]) and len(full[2]) == 2 * len(children)
+    shaped = pack_children(list(reversed(children)), 2, children_shape(children))
+    assert shaped[0] == [] and shaped[1] == b"" and shaped[2] == full[2]
+    assert unpack_children(shaped, 2, children) == unpack_children(full, 2)
+    other = children_shape([*children[1:], ("extra", True, bytes(16))])
+    assert pack_children(children, 2, other) == full  # another shape: names come along
+    with pytest.raises(ModelError, match="do not fit"):
+        unpack_children(shaped, 2, children[1:])
+
+
+def test_shapes_must_match_the_nodes_asked_for() -> None:
+    with pytest.raises(ModelError, match="2 shapes for 1 nodes"):
+        decode_message({"kind": "PropertyTreeDiscoveryRequest", "digests_of": [""],
+                        "shapes": [bytes(4), bytes(4)]})
