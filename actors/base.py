@@ -29,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 from broker_bridge import Endpoint, Envelope, Priority
 from broker_bridge.codec import decode_body
 from broker_bridge.endpoint import WallClock
+from broker_bridge.envelope import is_group
 from broker_bridge.session import SessionEvent
 from object_model import ErrorCode, ModelError, Role
 from object_model.errors import error_class
@@ -283,7 +284,10 @@ class Actor:
             await self._handle(env)
 
     async def _handle(self, env: Envelope) -> None:
-        ctx = Context(env, env.source, self.roles.role_of(env.source))
+        # the broker vouches for the source of direct envelopes, not for that of broadcasts
+        # (anyone in a room may pick any nickname): a broadcast carries no rights
+        role = None if is_group(env.destination) else self.roles.role_of(env.source)
+        ctx = Context(env, env.source, role)
         try:
             message = decode_body(env.kind, env.body)
             method = self._routes.get(env.kind)
@@ -306,11 +310,20 @@ class Actor:
             else:
                 log.info("%s: rejected %s from %s: %s", self.address, env.kind, env.source, exc)
             if env.kind not in ("ErrorReport", "Ack"):
-                self.send(env.source, error_report(exc, answers=env.id), correlation=env.id,
-                          priority=min(env.priority, Priority.CONTROL))
+                self._answer(env, error_report(exc, answers=env.id),
+                             min(env.priority, Priority.CONTROL))
             return
         if answer is not None:
-            self.send(env.source, answer, correlation=env.id, priority=env.priority)
+            self._answer(env, answer, env.priority)
+
+    def _answer(self, env: Envelope, answer: MessageBase, priority: Priority) -> None:
+        """Send ``answer`` to ``env``'s sender; a failure to send (the endpoint is stopping,
+        the answer cannot be encoded) is logged, and the inbox goes on."""
+        try:
+            self.send(env.source, answer, correlation=env.id, priority=priority)
+        except Exception:
+            log.exception("%s: could not answer %s from %s", self.address, env.kind,
+                          env.source)
 
     async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
         """An ErrorReport that answers no pending request (e.g. about a notification we sent)."""

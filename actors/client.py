@@ -19,7 +19,7 @@ from actors.base import Actor, RoleDirectory
 from broker_bridge import Endpoint
 from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTransport
 from keypath import GLOBSTAR, KeyPath, KeyPathError, KeyPattern
-from object_model import ModelError, Role
+from object_model import ErrorCode, ModelError, Role
 from object_model.messages import (
     PropertyTreeDiscoveryRequest,
     PropertyTreeDiscoveryResponse,
@@ -86,7 +86,7 @@ async def with_client(conn: Connection, actor: str,
     try:
         return await work(client)
     except ModelError as exc:
-        if exc.code.value == "timeout":
+        if exc.code is ErrorCode.TIMEOUT:
             raise ClientError(f"no answer from {actor!r}: is it running? ({exc.text})") from None
         raise ClientError(f"{actor}: {exc.code.value}: {exc.text}"
                           + (f" (at {exc.path})" if exc.path else "")) from None

@@ -20,11 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from broker_bridge.envelope import valid_address
 from object_model import Role
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
+
+
+def _address_problems(key: str, *addresses: str | None) -> list[str]:
+    return [f"{key}: {a!r} is not an actor address (letters, digits, '.', '_', '-'; at most "
+            "128 characters)" for a in addresses if a is not None and not valid_address(a)]
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,14 @@ class BrokerConfig:
     routes: tuple[tuple[str, str], ...] = ()
     tls: bool = False
 
+    def problems(self) -> list[str]:
+        out = [f"{name}: {port} is not a TCP port" for name, port in
+               (("c2s_port", self.c2s_port), ("component_port", self.component_port))
+               if not 0 < port < 65536]
+        out += [f"routes[{i}]: a route is [address pattern, domain], got {list(route)}"
+                for i, route in enumerate(self.routes) if len(route) != 2]
+        return out
+
 
 @dataclass(frozen=True)
 class CloudConfig:
@@ -46,6 +60,11 @@ class CloudConfig:
     site_secrets: dict[str, str] = field(default_factory=dict)
     station_secret: str = ""
     operators: tuple[str, ...] = ("operator",)
+
+    def problems(self) -> list[str]:
+        return (_address_problems("address", self.address)
+                + _address_problems("site_secrets", *self.site_secrets)
+                + _address_problems("operators", *self.operators))
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,11 @@ class LocalConfig:
     cloud: str | None = None
     upstream_secret: str = ""
     operators: tuple[str, ...] = ("operator",)
+
+    def problems(self) -> list[str]:
+        return (_address_problems("address", self.address)
+                + _address_problems("cloud", self.cloud)
+                + _address_problems("operators", *self.operators))
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,24 @@ class StationsConfig:
     @property
     def role(self) -> Role:
         return Role(self.csms_role)
+
+    def problems(self) -> list[str]:
+        out = _address_problems("ids", *self.ids) + _address_problems("csms", self.csms)
+        out += _address_problems("operators", *self.operators)
+        repeated = sorted({i for i in self.ids if self.ids.count(i) > 1})
+        if repeated:
+            out.append(f"ids: {', '.join(repeated[:5])} given more than once")
+        if self.csms_role not in (Role.LOCAL_CSMS.value, Role.CLOUD_CSMS.value):
+            out.append(f"csms_role: {self.csms_role!r} is not local_csms or cloud_csms")
+        for key, value in (("speed", self.speed), ("tick_s", self.tick_s)):
+            if not value > 0:
+                out.append(f"{key}: must be more than 0, got {value}")
+        if not 1 <= self.evse_count <= 16:
+            out.append(f"evse_count: must be 1 to 16, got {self.evse_count}")
+        if self.arrivals_per_evse_per_h < 0:
+            out.append(f"arrivals_per_evse_per_h: must be 0 or more, got "
+                       f"{self.arrivals_per_evse_per_h}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -121,7 +163,11 @@ def _section(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
                           f"{', '.join(sorted(names))}")
     values = {key: _convert(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
-    return cls(**values)
+    section = cls(**values)
+    problems = section.problems()
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return section
 
 
 def load_config(path: Path | str) -> Config:

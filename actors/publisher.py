@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from object_model import ModelError, ObjectTree, PropertyValueUpdate
 from object_model.messages import MAX_ITEMS
 
 _ROOT = KeyPath.root()
+log = logging.getLogger("csms.publisher")
 
 
 @dataclass
@@ -70,29 +72,38 @@ class Publisher:
         return list(self._subscribers)
 
     async def run(self) -> None:
-        """Publish until cancelled (run it as one of the actor's tracked tasks)."""
-        loop = asyncio.get_running_loop()
+        """Publish until cancelled (run it as one of the actor's tracked tasks). A round that
+        fails (the store cannot write) is logged and tried again: a station that stops
+        publishing would look dead to its CSMS while it charges on."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.heartbeat):
                     await self._changed.wait()
             self._changed.clear()
             await asyncio.sleep(self.interval)  # let more commits join this notification
-            # what each subscriber is told is fixed here, at one revision R; only once R is
-            # durable does it leave (commits made meanwhile go with the next round)
-            revision, now = self.tree.revision, loop.time()
-            due = [(sub, self._update_for(sub, revision)) for sub in self._subscribers.values()
-                   if sub.published < revision or now - sub.last_sent >= self.heartbeat]
-            if not due:
-                continue
-            if self.durable is not None:
-                await self.durable(revision)
-            for sub, update in due:
-                if self._subscribers.get(sub.address) is not sub:
-                    continue  # unsubscribed, or subscribed afresh, while we waited
-                self.actor.send(sub.address, update, priority=self.priority)
-                sub.published, sub.last_sent = revision, now
-                self.sent += 1
+            try:
+                await self._round()
+            except Exception:
+                log.exception("%s: publishing failed; trying again", self.actor.address)
+                self._changed.set()
+                await asyncio.sleep(min(5.0, self.heartbeat))
+
+    async def _round(self) -> None:
+        # what each subscriber is told is fixed here, at one revision R; only once R is
+        # durable does it leave (commits made meanwhile go with the next round)
+        revision, now = self.tree.revision, asyncio.get_running_loop().time()
+        due = [(sub, self._update_for(sub, revision)) for sub in self._subscribers.values()
+               if sub.published < revision or now - sub.last_sent >= self.heartbeat]
+        if not due:
+            return
+        if self.durable is not None:
+            await self.durable(revision)
+        for sub, update in due:
+            if self._subscribers.get(sub.address) is not sub:
+                continue  # unsubscribed, or subscribed afresh, while we waited
+            self.actor.send(sub.address, update, priority=self.priority)
+            sub.published, sub.last_sent = revision, now
+            self.sent += 1
 
     def _update_for(self, sub: _Subscriber, revision: int) -> PropertyValueUpdate:
         """The notification taking ``sub`` from what it was told to ``revision`` (the tree's

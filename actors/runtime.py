@@ -5,7 +5,6 @@ outbox, all under its ``state_dir``."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import zlib
@@ -43,12 +42,22 @@ class Running:
     stores: list[TreeStore] = field(default_factory=list)
 
     async def stop(self) -> None:
+        """Stop every actor, then the endpoint, then the stores; a failure is logged and the
+        rest still stop (state already durable stays so)."""
         for actor in self.actors:
-            with contextlib.suppress(Exception):
+            try:
                 await actor.stop()
-        await self.endpoint.stop(flush_timeout=2.0)
+            except Exception:
+                log.exception("stopping %s failed", actor.address)
+        try:
+            await self.endpoint.stop(flush_timeout=2.0)
+        except Exception:
+            log.exception("stopping the endpoint %s failed", self.endpoint.name)
         for store in self.stores:
-            await store.close()
+            try:
+                await store.close()
+            except Exception:
+                log.exception("closing the store %s failed", store.path)
 
 
 def _operators(names: tuple[str, ...]) -> dict[str, Role]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from keypath import KeyPath, KeyPattern
+from keypath import KeyPath
 from object_model import AccessPolicy, ErrorCode, ModelError, ObjectTree, Role
 from object_model.errors import error_class
 from object_model.messages import (
@@ -155,9 +155,4 @@ class TreeAccess:
             deletes=deletes, types=types, digests=digests)
 
 
-def literal(path: KeyPath) -> KeyPattern:
-    """The pattern that matches exactly ``path``."""
-    return KeyPattern.from_path(path)
-
-
-__all__ = ["TreeAccess", "Write", "literal"]
+__all__ = ["TreeAccess", "Write"]

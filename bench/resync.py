@@ -14,10 +14,10 @@ paused (no simulated ticks): only what the bench writes changes.
    requests until the root digest of every copy equals the station's visible digest.
 2. *Same epoch.* The cloud is SIGKILLed. In every station ``--changed`` of the leaves (of all
    stations together: each station gets the same count, give or take one) are set to new valid
-   values in one transaction: readable float leaves picked with a seeded RNG, moved by up to
-   5% (at least 1 unit) and rounded to 0.01, within their type's range. The stations publish,
-   the local CSMS copies follow (the cloud misses it all), then the cloud restarts and catches
-   up through the sites with ``changes_since``.
+   values in one transaction: readable float leaves (not permissions, which the site manages)
+   picked with a seeded RNG, moved by up to 5% (at least 1 unit) and rounded to 0.01, within
+   their type's range. The stations publish, the local CSMS copies follow (the cloud misses
+   it all), then the cloud restarts and catches up through the sites with ``changes_since``.
 3. *New epochs (digest descent).* The cloud is SIGKILLed again. Every station is stopped and
    restarted with a tree of a new epoch (as if its storage had been wiped) holding its current
    content with another ``--changed`` of its leaves changed; each site resynchronises its
@@ -27,8 +27,9 @@ paused (no simulated ticks): only what the bench writes changes.
 *Figures* (each restart; the ``_digest_descent`` keys are the same for step 3):
 
 ``seconds``           from starting the cloud's process until every copy is consistent (the
-                      operator's poll that saw the last one); ``cloud_start_seconds`` of it is
-                      the process start until ``start_cloud`` returned
+                      operator's poll that saw the last one: once a second while the cloud's
+                      engine is busy, at once when it is idle); ``cloud_start_seconds`` of it
+                      is the process start until ``start_cloud`` returned
 ``floor_bytes``       the floor: for every leaf that differs from what the killed cloud's
                       persisted copy holds (read from a copy of its SQLite file),
                       ``len(msgpack.packb([str(path), value]))`` (a deleted path:
@@ -42,9 +43,11 @@ paused (no simulated ticks): only what the bench writes changes.
 ``resync_bytes_counter``   the cloud's persisted ``counters/resync_wire_bytes`` after minus
                       before: a cross-check of ``resync_bytes`` through the operator API
 ``link_bytes``, ``link_frames``  every frame to or from the cloud's connection after its
-                      restart, less the operator's polling: resync, rejoins, and what the
-                      broker had stored for the cloud while it was down (relayed updates);
-                      ``link_ratio`` is ``link_bytes / floor_bytes``
+                      restart, less the operator's polling: resync, joins, heartbeats, and
+                      what the broker had stored for the cloud while it was down (the sites'
+                      relayed updates, which may also bring a copy up to date: then that part
+                      of the catch-up is not in ``resync_bytes``, see ``updates_applied``);
+                      ``link_ratio`` is ``link_bytes / floor_bytes``, the all-in figure
 ``resync_stanza_bytes_estimate``  ``resync_bytes`` × 4/3 (base64) plus the XML around each
                       stanza (measured on the cloud's sent stanzas) × ``link_frames``: an
                       estimate of what the XML stream carries
@@ -206,10 +209,12 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def numeric_leaves(tree: ObjectTree) -> list[tuple[KeyPath, FloatType]]:
-    """Readable float leaves (plain numbers a bench may move within their type's range)."""
+    """Readable float leaves (plain numbers a bench may move within their type's range), but
+    not operational permissions: the local CSMS would set those back to its site policy."""
     out = []
     for path, value, _ in tree.leaves():
-        if type(value) is not float or not tree.leaf_schema(path).access.readable:
+        if (type(value) is not float or "permissions" in path.segments
+                or not tree.leaf_schema(path).access.readable):
             continue
         kind = tree.schema.type_at(path)
         if isinstance(kind, FloatType):
@@ -465,12 +470,21 @@ class Hierarchy:
 
     async def wait_cloud_consistent(self, label: str, since: float, timeout: float) -> float:
         """Poll until every cloud copy equals its station; seconds since ``since`` (wall
-        time) when the last one was seen consistent."""
+        time) when the last one was seen consistent.
+
+        A poll of 1,000 copies keeps the cloud busy for tens of milliseconds, so while the
+        cloud's stats file shows its resync engine at work the operator asks only once a
+        second; as soon as the engine is idle it asks at once (then every 50 ms)."""
         pending = sorted(self.expected())
-        total, shown = len(pending), time.monotonic()
+        total, shown, asked = len(pending), time.monotonic(), -math.inf
         deadline = time.monotonic() + timeout
         while True:
             self._check_cloud()
+            engine = self.cloud_stats()["resync"]
+            if engine["busy"] and time.monotonic() - asked < 1.0:
+                await asyncio.sleep(0.02)
+                continue
+            asked = time.monotonic()
             expected = self.expected()  # stations may still change (site permissions)
             digests = await self.cloud_digests(pending)
             pending = [i for i in pending if digests[i] != expected[i]]
@@ -484,7 +498,8 @@ class Hierarchy:
                 return seen - since
             if time.monotonic() - shown >= 1.0:
                 shown = time.monotonic()
-                self.say(f"{label}: {total - len(pending)}/{total} copies consistent")
+                self.say(f"{label}: {total - len(pending)}/{total} copies consistent "
+                         f"({engine['runs']} resyncs done, {engine['busy']} under way)")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{label}: {len(pending)} of {total} cloud copies still "
                                    f"differ after {timeout:g} s (e.g. {pending[:3]})")
@@ -569,10 +584,7 @@ class Hierarchy:
         for site in self.sites:
             for index, old in enumerate(list(site.stations)):
                 assert old.tree is not None
-                await old.stop()
-                if old.persisted is not None:  # one tree per key: let the new one attach
-                    with contextlib.suppress(ValueError):  # (already detached by its stop)
-                        await old.persisted.detach(snapshot=False)
+                await old.stop()  # detaches its tree from the store
                 fresh = ObjectTree(schema, epoch=rng.getrandbits(63))
                 fresh.apply([Write(p, v) for p, v, _ in old.tree.leaves()])
                 changed += change_tree(fresh, counts[done], rng)

@@ -36,7 +36,7 @@ from broker_bridge.session import (
     SessionEvent,
     StreamReset,
 )
-from broker_bridge.transport import Transport
+from broker_bridge.transport import Origin, Transport
 from object_model.messages import MessageBase
 
 log = logging.getLogger("csms.bridge")
@@ -199,8 +199,8 @@ class Endpoint:
 
     # -- transport callbacks -------------------------------------------------------------------
 
-    def _on_frame(self, sender: str | None, data: bytes) -> None:
-        self.session.receive_frame(data, self.clock.now_us(), sender)
+    def _on_frame(self, origin: Origin, data: bytes) -> None:
+        self.session.receive_frame(data, self.clock.now_us(), origin)
         self._wake.set()
 
     def _on_link(self, up: bool) -> None:

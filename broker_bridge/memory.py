@@ -13,10 +13,10 @@ import random
 from collections import defaultdict
 
 from broker_bridge.envelope import is_group
-from broker_bridge.transport import FrameCallback, LinkCallback, WritableCallback
+from broker_bridge.transport import FrameCallback, LinkCallback, Origin, WritableCallback
 
 
-def _ignore_frame(sender: str | None, data: bytes) -> None:
+def _ignore_frame(origin: Origin, data: bytes) -> None:
     pass
 
 
@@ -52,7 +52,7 @@ class MemoryNetwork:
         for target in targets:
             if not target.connected or self._rng.random() < self.loss:
                 continue
-            loop.call_soon(target._arrive, sender.first_address, data)
+            loop.call_soon(target._arrive, sender.origin(broadcast=is_group(destination)), data)
 
 
 class MemoryTransport:
@@ -73,6 +73,11 @@ class MemoryTransport:
     @property
     def first_address(self) -> str | None:
         return self._addresses[0] if self._addresses else None
+
+    def origin(self, *, broadcast: bool) -> Origin:
+        """What receivers learn about this transport's frames: it may send as the addresses it
+        registered (like a broker that authenticated each connection)."""
+        return Origin(self.first_address, self._addresses.__contains__, broadcast)
 
     async def start(self) -> None:
         self.set_link(True)
@@ -114,6 +119,6 @@ class MemoryTransport:
     def connected(self) -> bool:
         return self._up
 
-    def _arrive(self, sender: str | None, data: bytes) -> None:
+    def _arrive(self, origin: Origin, data: bytes) -> None:
         if self._up:
-            self.on_frame(sender, data)
+            self.on_frame(origin, data)

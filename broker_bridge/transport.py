@@ -8,10 +8,31 @@ and write readiness back through three callbacks the endpoint sets. It owns ever
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-FrameCallback = Callable[[str | None, bytes], None]
-"""``(sender address if known, frame bytes)``"""
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sent a frame, as far as the transport can tell.
+
+    ``address``: where to answer a frame too broken to name its sender (``None``: nowhere).
+    ``may_send_as``: the envelope sources the connection behind the frame may use, as the
+    broker authenticated it (a client account sends only as itself; a component as any
+    address of its domain); ``None`` when the transport vouches for nothing.
+    ``broadcast``: the frame came through a group; only group envelopes may ride in it.
+    Transports keep one ``Origin`` per sender, not one per frame.
+    """
+
+    address: str | None = None
+    may_send_as: Callable[[str], bool] | None = None
+    broadcast: bool = False
+
+
+UNKNOWN_ORIGIN = Origin()
+
+FrameCallback = Callable[[Origin, bytes], None]
+"""``(who sent it, frame bytes)``"""
 LinkCallback = Callable[[bool], None]
 WritableCallback = Callable[[], None]
 

@@ -60,6 +60,7 @@ from broker_bridge.session.events import (
 )
 from broker_bridge.session.inbound import DedupeWindow, InboundStreams, Reassembler, StreamKey
 from broker_bridge.session.outqueue import OutQueue
+from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
 from object_model.errors import ErrorCode, ModelError, error_class
 from object_model.messages import Ack, error_report
 
@@ -118,6 +119,7 @@ class SessionCounters:
     acked: int = 0
     abandoned: int = 0
     rejected: int = 0
+    forged: int = 0  # envelopes whose source the sending connection may not claim
     error_reports_sent: int = 0
     error_reports_suppressed: int = 0
     gaps: int = 0
@@ -308,24 +310,44 @@ class Session:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive_frame(self, data: bytes, now: int, sender: str | None = None) -> None:
-        """A frame from the transport; ``sender`` is the transport-level sender's address when
-        the transport can tell (used to answer frames too broken to name their sender)."""
+    def receive_frame(self, data: bytes, now: int, origin: Origin = UNKNOWN_ORIGIN) -> None:
+        """A frame from the transport. ``origin`` says who sent it as far as the transport
+        knows: where to answer a frame too broken to name its sender, and which sources the
+        sender may claim (an envelope claiming another is refused with ``ACCESS_DENIED``:
+        one connected account must not speak for another)."""
         self.counters.received_frames += 1
         self.counters.received_bytes += len(data)
         try:
             items = decode_frame(data, MAX_FRAME_BYTES)
         except ModelError as exc:
-            self._reject(exc, sender, None, None, None, now)
+            self._reject(exc, origin.address, None, None, None, now)
             return
         for raw in items:
             try:
                 env = decode_envelope(raw)
             except ModelError as exc:
-                source = exc.details.get("source", sender)
+                source = exc.details.get("source", origin.address)
                 self._reject(exc, source, exc.details.get("id"), None, None, now)
                 continue
+            if origin is not UNKNOWN_ORIGIN and not self._authentic(env, origin, now):
+                continue
             self._receive(env, now)
+
+    def _authentic(self, env: Envelope, origin: Origin, now: int) -> bool:
+        if origin.broadcast and not is_group(env.destination):
+            problem = f"an envelope for {env.destination!r} came through a group"
+        elif origin.may_send_as is not None and not origin.may_send_as(env.source):
+            problem = (f"an envelope from {env.source!r} came from a connection that may not "
+                       "send as it")
+        else:
+            return True
+        self.counters.forged += 1
+        exc = error_class(ErrorCode.ACCESS_DENIED)(
+            f"{problem}: refused (each actor sends only as itself)",
+            details={"source": env.source, "destination": env.destination})
+        # answer the connection, not the claimed source (which never sent it)
+        self._reject(exc, origin.address, env.id, env.destination, env.kind, now)
+        return False
 
     def _receive(self, env: Envelope, now: int) -> None:
         dest = env.destination

@@ -10,6 +10,7 @@ lives on the main domain.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker_bridge.envelope import GROUP_PREFIX, is_group, valid_address
@@ -79,13 +80,30 @@ class AddressBook:
         return jid
 
     def address_of(self, jid: str) -> str | None:
-        """The address behind a JID (room occupants by their nickname), if it is one of ours."""
+        """The address behind a JID (room occupants by their nickname), if it is one of ours:
+        ``cs-17@stations.csms.local`` is ``cs-17`` only if ``cs-17`` lives on that domain."""
         bare, _, resource = jid.partition("/")
         local, at, domain = bare.partition("@")
         if not at:
             return None
         if domain == self.settings.muc_domain:
-            return resource if valid_address(resource) else None
-        if domain in self._domains and valid_address(local):
+            return resource if valid_address(resource) and not is_group(resource) else None
+        if (domain in self._domains and valid_address(local) and not is_group(local)
+                and self.domain_of(local) == domain):
             return local
         return None
+
+    def may_send_as(self, jid: str) -> Callable[[str], bool] | None:
+        """Which envelope sources a direct stanza from ``jid`` may carry, given what the broker
+        authenticated: a client account (on the main domain) only its own address; a component
+        any address that lives on its domain. ``None`` for JIDs that are none of ours."""
+        bare = jid.partition("/")[0]
+        _, at, domain = bare.partition("@")
+        if not at or domain not in self._domains:
+            return None
+        if domain == self.settings.domain:
+            own = self.address_of(bare)
+            if own is None:
+                return None
+            return own.__eq__
+        return lambda source: valid_address(source) and self.domain_of(source) == domain

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker_bridge.envelope import is_group
-from broker_bridge.transport import FrameCallback, LinkCallback, WritableCallback
+from broker_bridge.transport import FrameCallback, LinkCallback, Origin, WritableCallback
 from broker_bridge.xmpp.addresses import AddressBook, XmppSettings
 from broker_bridge.xmpp.stream import NS, ClientStream, ComponentStream
 
@@ -75,6 +75,7 @@ class XmppTransport:
             self._own = f"{self.name}@{component}"
             self._nick = f"{self.name}".replace("@", "-")
         self._local: set[str] = set()
+        self._origins: dict[tuple[str, bool], Origin] = {}
         self._rooms: dict[str, str] = {}  # group -> room JID, joined (or to join on connect)
         self._joined: dict[str, asyncio.Event] = {}  # room JID -> set when the room confirms
         self._up = False
@@ -87,6 +88,7 @@ class XmppTransport:
         self.frames_received = 0
         self.reconnects = 0
         self.dropped_oversize = 0
+        self.frames_refused = 0  # from JIDs that are none of ours
         stream = self._stream
         stream.add_event_handler("session_start", self._session_started)
         stream.add_event_handler("session_resumed", self._session_resumed)
@@ -220,12 +222,37 @@ class XmppTransport:
     def _arrived(self, sender: str, recipient: str, kind: str, text: str | None) -> None:
         if kind == "groupchat" and sender.rpartition("/")[2] == self._nick:
             return  # the broker echoes our own broadcasts back
+        origin = self._origin_of(sender, kind == "groupchat")
+        if origin is None:
+            self.frames_refused += 1
+            log.warning("%s: dropped a frame from %s, which is none of ours", self.name, sender)
+            return
         self.frames_received += 1
         try:
             data = base64.b64decode(text or "", validate=True)
         except (ValueError, TypeError):
             data = (text or "").encode("utf-8", "replace")  # let the session reject it
-        self.on_frame(self.book.address_of(sender), data)
+        self.on_frame(origin, data)
+
+    def _origin_of(self, jid: str, broadcast: bool) -> Origin | None:
+        """Who a stanza comes from, in the session's terms (kept per sender). A room message
+        names its sender only by the nickname it chose: the broker does not vouch for it, so
+        only group envelopes may ride in it (see docs/deployment.md on broadcasts)."""
+        key = (jid if broadcast else jid.partition("/")[0], broadcast)
+        origin = self._origins.get(key)
+        if origin is None:
+            address = self.book.address_of(jid)
+            if broadcast:
+                origin = Origin(address, None, broadcast=True)
+            else:
+                may_send_as = self.book.may_send_as(jid)
+                if may_send_as is None:
+                    return None
+                origin = Origin(address, may_send_as)
+            if len(self._origins) >= 100_000:
+                self._origins.clear()
+            self._origins[key] = origin
+        return origin
 
     def _resumed(self) -> None:
         self.on_writable()

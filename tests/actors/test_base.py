@@ -182,3 +182,76 @@ async def test_tracked_tasks_are_cancelled_at_stop_and_failures_logged(
     assert any("broken" in r.message and r.levelname == "ERROR" for r in caplog.records)
     await a.stop()
     assert task.cancelled()
+
+
+async def test_nothing_is_handled_before_on_start_has_loaded_the_state() -> None:
+    net = MemoryNetwork()
+    roles = RoleDirectory({"*": Role.LOCAL_CSMS})
+    loaded = asyncio.Event()
+
+    class Slow(Echo):
+        async def on_start(self) -> None:
+            self.order.append("loading")
+            await loaded.wait()
+            self.order.append("loaded")
+
+    ea, eb = await Endpoint(net.transport()).start(), await Endpoint(net.transport()).start()
+    slow, client = Slow("slow", ea, roles=roles), Echo("client", eb, roles=roles)
+    await client.start()
+    starting = asyncio.create_task(slow.start())
+    answer = asyncio.create_task(client.request("slow", read("x")))
+    await asyncio.sleep(0.05)  # the request has arrived and waits in the inbox
+    assert slow.order == ["loading"]
+    loaded.set()
+    await starting
+    assert isinstance(await answer, PropertyValueReadResponse)
+    assert slow.order == ["loading", "loaded", "x"]
+    for actor in (slow, client):
+        await actor.stop()
+    for endpoint in (ea, eb):
+        await endpoint.stop()
+
+
+async def test_a_late_answer_is_dropped_not_answered(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with pytest.raises(ModelError):
+        await a.request("b", read("slow"), timeout=0.01)  # b answers after 50 ms
+    async with asyncio.timeout(5):
+        while a.late_answers == 0:
+            await asyncio.sleep(0.01)
+    assert a.late_answers == 1
+    assert b.reports == [] and a.rejected == 0  # no error ping-pong about it
+
+
+async def test_a_broadcast_carries_no_rights() -> None:
+    net = MemoryNetwork()
+    roles = RoleDirectory({"a": Role.LOCAL_CSMS})
+    ea, eb = await Endpoint(net.transport()).start(), await Endpoint(net.transport()).start()
+    a, b = Echo("a", ea, roles=roles), Echo("b", eb, roles=roles)
+    for actor in (a, b):
+        await actor.start()
+    await eb.join_group("group:site", "b")
+    a.send("group:site", read("x"))
+    for _ in range(100):
+        if a.reports:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.code for r in a.reports] == [ErrorCode.ACCESS_DENIED]
+    assert b.order == ["x"]
+    for actor in (a, b):
+        await actor.stop()
+    for endpoint in (ea, eb):
+        await endpoint.stop()
+
+
+def test_roles_are_found_exactly_or_by_pattern_and_strangers_cost_bounded_memory() -> None:
+    roles = RoleDirectory({"cs-*": Role.STATION, "cloud": Role.CLOUD_CSMS}, cache_size=100)
+    roles.add("cs-vip", Role.OPERATOR)
+    roles.add("op-*", Role.OPERATOR)
+    assert roles.role_of("cloud") is Role.CLOUD_CSMS
+    assert roles.role_of("cs-vip") is Role.OPERATOR  # an exact entry beats any pattern
+    assert roles.role_of("cs-17") is Role.STATION
+    assert roles.role_of("op-1") is Role.OPERATOR
+    for i in range(1000):
+        assert roles.role_of(f"stranger-{i}") is None
+    assert len(roles._cache) <= 100

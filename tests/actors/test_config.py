@@ -33,6 +33,14 @@ def test_the_documented_examples_load() -> None:
         ("[stations]\nids = 'cs-1'\n", "[stations].ids: expected a list"),
         ("[broker]\nc2s_port = 5222.5\n", "[broker].c2s_port: expected int"),
         ("[local\n", "not valid TOML"),
+        ("[broker]\nroutes = [['cs-*']]\n", "routes[0]: a route is [address pattern, domain]"),
+        ("[broker]\ncomponent_port = 70000\n", "component_port: 70000 is not a TCP port"),
+        ("[stations]\nids = ['cs-1', 'cs-2', 'cs-1']\n", "ids: cs-1 given more than once"),
+        ("[stations]\nids = ['cs 1']\n", "ids: 'cs 1' is not an actor address"),
+        ("[stations]\nspeed = 0\n", "speed: must be more than 0"),
+        ("[stations]\ntick_s = -1\n", "tick_s: must be more than 0"),
+        ("[stations]\ncsms_role = 'station'\n", "csms_role: 'station' is not local_csms"),
+        ("[cloud]\n[cloud.site_secrets]\n'site/1' = 'x'\n", "site_secrets: 'site/1'"),
     ],
 )
 def test_mistakes_name_the_file_section_and_key(tmp_path: Path, text: str, message: str) -> None:

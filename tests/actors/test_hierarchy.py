@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -29,7 +28,9 @@ async def hierarchy(tmp_path: Path) -> AsyncIterator[Hierarchy]:
     try:
         await h.start_cloud()
         await h.start_site(8)
+        h.pause()  # compare copies of stations that hold still, then let them live again
         await h.wait(h.cloud_consistent, 60, "the cloud's first copies")
+        h.pause(False)
         yield h
     finally:
         await h.close()
@@ -65,9 +66,10 @@ async def test_a_cloud_killed_while_stations_change_catches_up_exactly(hierarchy
     before = await h.cloud_counter("resync_wire_bytes")
     await h.kill_cloud()  # SIGKILL
     energy = sum(s.energy_wh for s in h.stations())
-    await asyncio.sleep(3)  # stations keep charging and changing, the cloud misses it all
+    # stations keep charging and changing, the cloud misses it all
+    await h.wait(lambda: sum(s.energy_wh for s in h.stations()) > energy, 60,
+                 "charging to go on while the cloud is down")
     h.pause()
-    assert sum(s.energy_wh for s in h.stations()) > energy
     await h.wait(h.local_consistent, 30, "the local copies")
     revisions = await persisted_revisions(h)
     floor = sum(floor_bytes(s, revisions[s.address]) for s in h.stations())
@@ -127,8 +129,8 @@ async def test_the_site_works_without_the_cloud_and_the_cloud_catches_up(
     energy = sum(s.energy_wh for s in h.stations())
     station = await h.add_station("cs-site1-new")  # admitted while the uplink is down
     await h.wait(lambda: station.admitted, 30, "the new station's admission")
-    await asyncio.sleep(2)
-    assert sum(s.energy_wh for s in h.stations()) > energy  # charging went on
+    await h.wait(lambda: sum(s.energy_wh for s in h.stations()) > energy, 60,
+                 "charging to go on without the cloud")
     h.pause()
     await h.wait(h.local_consistent, 30, "the local copies")
     await h.start_cloud()

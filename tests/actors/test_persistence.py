@@ -155,6 +155,15 @@ async def test_attached_trees_record_commits_adopts_and_new_epochs(tmp_path: Pat
         assert await store.log_rows("copy") == 0
 
 
+async def test_one_tree_per_key(tmp_path: Path) -> None:
+    async with TreeStore(tmp_path / "t.sqlite") as store:
+        first = await store.attach(KEY, station())
+        with pytest.raises(ValueError, match="already attached"):
+            await store.attach(KEY, station())  # two histories would interleave in one log
+        await first.detach()
+        await store.attach(KEY, station())  # once detached, another may take its place
+
+
 async def test_closing_the_store_writes_what_attached_trees_committed(tmp_path: Path) -> None:
     db = tmp_path / "t.sqlite"
     tree = station()

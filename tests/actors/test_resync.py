@@ -3,6 +3,7 @@ bytes close to the floor."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -155,3 +156,63 @@ async def test_stations_without_rights_cannot_follow_a_tree(pair) -> None:  # ty
         await intruder.request("cs-1", PropertyTreeDiscoveryRequest(digests_of=[KeyPath.root()]))
     assert info.value.code.value == "access_denied"
     await intruder.stop()
+
+
+async def test_a_batch_mixing_discovery_and_writes_is_refused_whole(pair) -> None:  # type: ignore[no-untyped-def]
+    source, requester, _ = pair
+    from object_model import ErrorCode, ModelError
+    from object_model.messages import (
+        Batch,
+        PropertyTreeDiscoveryRequest,
+        PropertyValueWrite,
+        WriteItem,
+    )
+
+    before = source.access.tree.revision
+    mixed = Batch(items=[
+        PropertyTreeDiscoveryRequest(digests_of=[KeyPath.root()]),
+        PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("identity/display_name"),
+                                             value="x")])])
+    with pytest.raises(ModelError) as info:
+        await requester.request("cs-1", mixed)
+    assert info.value.code is ErrorCode.INVALID_MESSAGE and "either" in info.value.text
+    assert source.access.tree.revision == before
+
+
+async def test_a_failed_resync_is_retried_and_a_source_sending_too_much_is_refused(
+        pair) -> None:  # type: ignore[no-untyped-def]
+    source, requester, _ = pair
+    copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
+    small = ResyncEngine(requester, max_leaves=50, retry_delays=(0.01,))
+    assert await small.schedule(copy) is None  # a station tree has hundreds of leaves
+    assert small.stats.failures == 2 and len(copy.tree) == 0 and not copy.synced
+    engine = ResyncEngine(requester, retry_delays=(0.01, 0.01))
+    real = source.access
+    source.access = None  # answering fails once ...
+    task = engine.schedule(copy)
+    while engine.stats.failures == 0:
+        await asyncio.sleep(0.005)
+    source.access = real  # ... then the retry succeeds
+    outcome = await task
+    assert outcome is not None and outcome.consistent and copy.synced
+    assert copy.tree.digest() == source.access.tree.digest(visible=True)
+
+
+async def test_updates_seen_during_a_run_rerun_it_only_if_it_did_not_reach_them(
+        pair) -> None:  # type: ignore[no-untyped-def]
+    source, _requester, engine = pair
+    station = source.access.tree
+    copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
+    task = engine.schedule(copy)
+    engine.schedule(copy, reach=(station.epoch, station.revision))  # already there
+    await task
+    assert engine.stats.runs == 1
+    station.write("identity/display_name", "moved on")
+    task = engine.schedule(copy)
+    engine.schedule(copy, reach=(station.epoch, station.revision))  # the run gets there
+    await engine.wait_idle()
+    assert copy.tree.revision == station.revision and engine.stats.runs == 2
+    task = engine.schedule(copy)
+    engine.schedule(copy, reach=(station.epoch, station.revision + 1))  # it cannot: once more
+    await engine.wait_idle()
+    assert engine.stats.runs == 4

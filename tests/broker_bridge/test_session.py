@@ -22,6 +22,7 @@ from broker_bridge.session import (
     SessionConfig,
     StreamReset,
 )
+from broker_bridge.transport import Origin
 from object_model import ErrorCode, ErrorReport, PropertyValueUpdate
 
 
@@ -494,7 +495,7 @@ def test_garbage_frames_are_rejected_and_answered_when_the_sender_is_known(
     data: bytes, code: ErrorCode
 ) -> None:
     link = Link()
-    link.b.receive_frame(data, 0, sender="a")
+    link.b.receive_frame(data, 0, Origin("a"))
     link.collect()
     rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
     assert [e.code for e in rejected] == [code] and rejected[0].answered
@@ -504,10 +505,32 @@ def test_garbage_frames_are_rejected_and_answered_when_the_sender_is_known(
     assert isinstance(decode_body("ErrorReport", report[0].body), ErrorReport)
 
 
+def test_envelopes_claiming_a_source_their_connection_may_not_use_are_refused() -> None:
+    link = Link()
+    link.a.send(source="a", destination="b", kind="PropertyValueUpdate", body=body(1), now=0,
+                priority=Priority.CRITICAL)
+    link.collect()
+    frames = [f.data for f in link.frames("a")]
+    only_x = Origin("x", {"x"}.__contains__)
+    for data in frames:
+        link.b.receive_frame(data, 0, only_x)  # "x" may send only as "x", not as "a"
+        link.b.receive_frame(data, 0, Origin("x", broadcast=True))  # direct, via a group
+    link.collect()
+    assert not [e for e in link.events["b"] if isinstance(e, EnvelopeReceived)]
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert [e.code for e in rejected] == [ErrorCode.ACCESS_DENIED] * 2
+    assert link.b.counters.forged == 2
+    # the same frame from a connection that may send as "a" is delivered
+    for data in frames:
+        link.b.receive_frame(data, 0, Origin("a", {"a"}.__contains__))
+    link.collect()
+    assert [e.envelope.source for e in link.events["b"] if isinstance(e, EnvelopeReceived)] == ["a"]
+
+
 def test_error_reports_are_rate_limited_per_sender() -> None:
     link = Link(config_b=SessionConfig(seed=2, error_reports_per_s=5))
     for _ in range(50):
-        link.b.receive_frame(b"junk", 0, sender="a")
+        link.b.receive_frame(b"junk", 0, Origin("a"))
     assert link.b.counters.error_reports_sent == 5
     assert link.b.counters.error_reports_suppressed == 45
     assert link.b.counters.rejected == 50

@@ -14,6 +14,7 @@ from broker_bridge.codec import (
     decode_body,
     decode_envelope,
     decode_frame,
+    encode_body,
     encode_envelope,
     encode_frame,
 )
@@ -154,6 +155,46 @@ async def test_garbage_is_answered_and_legitimate_traffic_is_untouched(
     assert codes == {ErrorCode.MALFORMED_MESSAGE, ErrorCode.UNKNOWN_KIND}
     assert victim.session.counters.rejected >= 25
     assert vandal.transport.reconnects >= 1  # type: ignore[attr-defined]
+
+
+def _claiming(source: str, destination: str, n: int) -> bytes:
+    """A well-formed frame holding one envelope that claims to come from ``source``."""
+    return encode_frame([encode_envelope(Envelope(
+        id=os.urandom(16), source=source, destination=destination, kind="PropertyValueUpdate",
+        body=encode_body(update(n))))])
+
+
+async def test_nobody_can_send_as_someone_else(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    inbox, reports, member = Inbox(), Inbox(), Inbox()
+    ep = managed_prosody.endpoint
+    component = Endpoint(XmppTransport.component(settings, ep.component_domains[0],
+                                                 ep.component_secret), name="fstations")
+    async with client(managed_prosody, settings, "fvictim") as victim, \
+            client(managed_prosody, settings, "fhonest") as honest, \
+            client(managed_prosody, settings, "fvandal") as vandal, component:
+        await victim.register("fvictim", inbox)
+        await victim.join_group("group:fsite", "fvictim")
+        await honest.register("fhonest", member)
+        await vandal.register("fvandal", reports)
+        await vandal.join_group("group:fsite", "fvandal")
+        await component.register("cs-f1", lambda env: None)
+        # an account claiming another account; a component claiming an address off its
+        # domain; a direct envelope slipped into a broadcast
+        vandal.transport.send_frame("fvictim", _claiming("fhonest", "fvictim", 1))
+        component.transport.send_frame("fvictim", _claiming("fhonest", "fvictim", 2))
+        vandal.transport.send_frame("group:fsite", _claiming("fvandal", "fvictim", 3))
+        # what each may do still arrives
+        vandal.send(source="fvandal", destination="fvictim", message=update(4))
+        component.send(source="cs-f1", destination="fvictim", message=update(5))
+        await inbox.wait_for(2)
+        await reports.wait_for(2, kind="ErrorReport")
+        assert victim.session.counters.forged == 3
+    assert sorted(inbox.numbers()) == [4, 5]
+    assert {decode_body("ErrorReport", e.body).code for e in reports.envelopes  # type: ignore[attr-defined]
+            if e.kind == "ErrorReport"} == {ErrorCode.ACCESS_DENIED}
+    assert not member.envelopes  # the claimed sender was never answered in its name
 
 
 async def test_a_broadcast_crosses_the_uplink_once_and_reaches_50_stations(
