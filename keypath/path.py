@@ -164,6 +164,17 @@ class KeyPath:
             raise KeyPathError(f"expected text, got {type(text).__name__}")
         if not text:
             return _ROOT
+        # the common case in one pass of C-level checks; anything doubtful takes the exact
+        # path below, which names the position and the reason of an error
+        if ("~" not in text and "*" not in text and len(text) <= MAX_TEXT_CHARS
+                and _FORBIDDEN.search(text) is None):
+            parts = text.split(SEPARATOR)
+            if ("" not in parts and len(parts) <= MAX_DEPTH
+                    and (len(text) <= MAX_SEGMENT_CHARS
+                         or max(map(len, parts)) <= MAX_SEGMENT_CHARS)):
+                path = cls._trusted(tuple(parts))
+                path._text = text
+                return path
         segs: list[str] = []
         escaped = "~" in text
         if "*" in text:

@@ -83,80 +83,85 @@ def encode(value: Any, _depth: int = 0) -> bytes:
     raise WrongTypeError(f"{type(value).__name__} is not a plain value")
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
+_I, _S, _D, _T, _F, _N, _B, _L, _M = b"isdTFNblm"
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
 
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
+def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it."""
+    shift = n = 0
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise MalformedMessageError("canonical varint truncated")
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, pos
+        shift += 7
+        if shift > 70:
+            raise MalformedMessageError("canonical varint too long")
+
+
+def _value_at(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    """The value at ``pos`` and the position after it (snapshots decode thousands of leaves:
+    tags are compared as ints and one-byte varints are read inline)."""
+    if pos >= len(data):
+        raise MalformedMessageError("canonical value truncated")
+    tag = data[pos]
+    pos += 1
+    if tag in (_S, _B, _I):
+        n = data[pos] if pos < len(data) else 0x80
+        if n < 0x80:
+            pos += 1
+        else:
+            n, pos = _varint_at(data, pos)
+        if tag == _I:
+            return ((n >> 1) if not n & 1 else -((n + 1) >> 1)), pos
+        end = pos + n
+        if end > len(data):
             raise MalformedMessageError("canonical value truncated")
-        out = self.data[self.pos : end]
-        self.pos = end
-        return out
-
-    def varint(self) -> int:
-        shift = n = 0
-        while True:
-            if self.pos >= len(self.data):
-                raise MalformedMessageError("canonical varint truncated")
-            byte = self.data[self.pos]
-            self.pos += 1
-            n |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return n
-            shift += 7
-            if shift > 70:
-                raise MalformedMessageError("canonical varint too long")
-
-    def value(self, depth: int) -> Any:
-        tag = self.take(1)
-        if tag == b"i":
-            z = self.varint()
-            return (z >> 1) if not z & 1 else -((z + 1) >> 1)
-        if tag == b"s":
-            return self.take(self.varint()).decode("utf-8", "surrogatepass")
-        if tag == b"d":
-            return _unpack_double(self.take(8))[0]
-        if tag == b"T":
-            return True
-        if tag == b"F":
-            return False
-        if tag == b"N":
-            return None
-        if tag == b"b":
-            return bytes(self.take(self.varint()))
-        if depth >= MAX_DEPTH:
-            raise LimitExceededError(f"value nested deeper than {MAX_DEPTH} levels")
-        if tag == b"l":
-            count = self.varint()
-            self._check_count(count)
-            return [self.value(depth + 1) for _ in range(count)]
-        if tag == b"m":
-            count = self.varint()
-            self._check_count(count)
-            out: dict[str, Any] = {}
-            for _ in range(count):
-                key = self.value(depth + 1)
-                if type(key) is not str:
-                    raise MalformedMessageError("canonical map key is not text")
-                out[key] = self.value(depth + 1)
-            return out
-        raise MalformedMessageError(f"unknown canonical tag {tag!r}")
-
-    def _check_count(self, count: int) -> None:
-        # every item takes at least one byte: a count beyond the bytes left is a lie
-        if count > len(self.data) - self.pos:
-            raise MalformedMessageError("canonical count exceeds the data")
+        if tag == _S:
+            return data[pos:end].decode("utf-8", "surrogatepass"), end
+        return data[pos:end], end
+    if tag == _D:
+        if pos + 8 > len(data):
+            raise MalformedMessageError("canonical value truncated")
+        return _unpack_double(data, pos)[0], pos + 8
+    if tag == _T:
+        return True, pos
+    if tag == _F:
+        return False, pos
+    if tag == _N:
+        return None, pos
+    if tag not in (_L, _M):
+        raise MalformedMessageError(f"unknown canonical tag {bytes((tag,))!r}")
+    if depth >= MAX_DEPTH:
+        raise LimitExceededError(f"value nested deeper than {MAX_DEPTH} levels")
+    count, pos = _varint_at(data, pos)
+    # every item takes at least one byte: a count beyond the bytes left is a lie
+    if count > len(data) - pos:
+        raise MalformedMessageError("canonical count exceeds the data")
+    depth += 1
+    if tag == _L:
+        items = []
+        for _ in range(count):
+            item, pos = _value_at(data, pos, depth)
+            items.append(item)
+        return items, pos
+    out: dict[str, Any] = {}
+    for _ in range(count):
+        key, pos = _value_at(data, pos, depth)
+        if type(key) is not str:
+            raise MalformedMessageError("canonical map key is not text")
+        out[key], pos = _value_at(data, pos, depth)
+    return out, pos
 
 
 def decode(data: bytes) -> Any:
     """Inverse of ``encode``; ``MalformedMessageError`` on anything that is not one value."""
-    reader = _Reader(bytes(data))
-    value = reader.value(0)
-    if reader.pos != len(reader.data):
+    data = bytes(data)
+    value, pos = _value_at(data, 0, 0)
+    if pos != len(data):
         raise MalformedMessageError("trailing bytes after canonical value")
     return value

@@ -18,6 +18,7 @@ from object_model import (
     ObjectTree,
     PermissiveSchema,
     Write,
+    canonical,
 )
 from object_model.station import new_station_tree, station_schema
 from object_model.tree import DiffStats
@@ -381,6 +382,31 @@ def test_snapshot_that_breaks_the_schema_is_rejected() -> None:
         ObjectTree.restore(tree.snapshot(), station_schema())
     assert info.value.code is ErrorCode.SNAPSHOT_INVALID
     assert info.value.path == "evse/1/phases"
+
+
+def test_snapshot_beyond_the_schemas_bounds_is_rejected() -> None:
+    crowded = ObjectTree(PermissiveSchema())
+    crowded.apply([Write(f"items/{i}/x", 3) for i in range(1, 7)])  # at most 5 members
+    with pytest.raises(ModelError) as info:
+        ObjectTree.restore(crowded.snapshot(), small_schema())
+    assert info.value.code is ErrorCode.SNAPSHOT_INVALID
+    assert info.value.path == "items"
+    assert info.value.details["max_members"] == 5
+    with pytest.raises(ModelError) as info:
+        ObjectTree.restore(crowded.snapshot(), PermissiveSchema(), max_leaves=5)
+    assert info.value.code is ErrorCode.SNAPSHOT_INVALID
+
+
+def test_snapshot_naming_a_leaf_twice_is_rejected() -> None:
+    tree = ObjectTree(PermissiveSchema(), epoch=1)
+    tree.write("a", 1)
+    fmt, epoch, revision, horizon, leaves, tombs = canonical.decode(tree.snapshot())
+    value_and_subtree = [["a/b", 1, 2]]
+    for bad in (leaves * 2, leaves + value_and_subtree, value_and_subtree + leaves, [["a"]]):
+        data = canonical.encode([fmt, epoch, revision, horizon, bad, tombs])
+        with pytest.raises(ModelError) as info:
+            ObjectTree.restore(data, PermissiveSchema())
+        assert info.value.code is ErrorCode.SNAPSHOT_INVALID
 
 
 def test_adopt_installs_a_digest_descent_result() -> None:
