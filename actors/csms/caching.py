@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.base import Context, RoleDirectory, handles
-from actors.persistence import PersistentTree, TreeStore
+from actors.persistence import CorruptTreeError, PersistentTree, TreeStore
 from actors.resync import Replica, ResyncEngine, ResyncOutcome
 from actors.tree_access import TreeAccess
 from actors.tree_actor import TreeActor
@@ -72,7 +72,7 @@ class CsmsSettings:
 
     heartbeat_s: float = 30.0
     offline_after_s: float = 95.0
-    resync_concurrency: int = 64
+    resync_concurrency: int = 256
     publish_interval_s: float = 0.25
     counters_every_s: float = 10.0
 
@@ -136,19 +136,22 @@ class CachingCsms(TreeActor):
                               if isinstance(value, int)})
         self._own_persisted = await self.store.attach(OWN_KEY, self.own)
         now = time.monotonic()
+        sources = {}
         for key in await self.store.keys():
-            if not key.startswith(f"{STATIONS}/"):
-                continue
-            station = key.split("/", 1)[1]
-            source, remote = self._source_of(station)
-            if source is None:
-                continue
-            tree = await self.store.load(key, PermissiveSchema())
-            if tree is None:
-                continue
+            if key.startswith(f"{STATIONS}/"):
+                source, remote = self._source_of(key.split("/", 1)[1])
+                if source is not None:
+                    sources[key] = source, remote
+        async for key, tree in self.store.load_many(sources, PermissiveSchema()):
+            if isinstance(tree, CorruptTreeError):  # attaching an empty one replaces it
+                log.error("%s: %s; fetching that station's tree afresh", self.address, tree)
+                tree = ObjectTree(PermissiveSchema(), epoch=0)
             # a copy that never held anything (epoch 0) has nothing to catch up from
             synced = tree.epoch != 0 and len(tree) > 0
-            await self._track(Replica(key, source, remote, tree, synced=synced, last_seen=now))
+            await self._track(Replica(key, *sources[key], tree, synced=synced, last_seen=now))
+        if self.replicas:
+            log.info("%s: loaded %d copies in %.2f s; resynchronising them", self.address,
+                     len(self.replicas), time.monotonic() - now)
         for replica in self.replicas.values():  # after a restart: catch up with everything
             self.resync.schedule(replica)
         self.spawn(self._watch_liveness(), "liveness")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -222,3 +223,18 @@ async def test_site_policy_is_given_back_to_a_station_that_lost_it(world: World)
     assert station.tree.get("permissions/may_charge") is False
     await until(lambda: station.tree.get("permissions/may_charge") is True,  # type: ignore[union-attr]
                 "the site's permission restored")
+
+
+async def test_a_csms_whose_stored_copy_is_corrupt_starts_and_fetches_it_afresh(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    local, _, (station, other) = await site(world)
+    await local.stop()
+    with sqlite3.connect(world.root / "local.db") as raw:  # a bad disk, between two runs
+        raw.execute("UPDATE snapshots SET data = x'6c03' WHERE key = 'stations/cs-0'")
+    again = await world.actor(LocalCsms(
+        "local", await world.endpoint("local-again"), store=local.store, settings=local.settings))
+    for s in (station, other):
+        await until(lambda s=s: again.replicas[f"stations/{s.address}"].tree.digest()
+                    == s.tree.digest(visible=True), f"{s.address}'s copy")  # type: ignore[union-attr]
+    assert again.replicas["stations/cs-1"].tree.epoch == other.tree.epoch  # type: ignore[union-attr]
+    assert "'stations/cs-0' is corrupt" in caplog.text

@@ -11,10 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
-from actors.persistence import CorruptTreeError, TreeStore, changes_of
+from actors.persistence import CorruptTreeError, TreeStore, changes_of, pack_tree, unpack_tree
 from keypath import KeyPath
+from object_model import ErrorCode, ModelError, Write
 from object_model.errors import EpochMismatchError, RevisionGapError
 from object_model.schema import PermissiveSchema
 from object_model.tree import ChangeSet, ObjectTree
@@ -259,3 +261,53 @@ async def test_corrupt_rows_raise_an_error_naming_the_key(tmp_path: Path) -> Non
         assert await store.load(KEY, tree.schema) is None
         assert await store.keys() == ["other"]
         assert await store.log_rows() == 0
+
+
+async def test_load_many_matches_load_and_reports_corrupt_keys_without_stopping(
+        tmp_path: Path) -> None:
+    db = tmp_path / "t.sqlite"
+    trees = {f"stations/cs-{i}": station() for i in range(7)}
+    async with TreeStore(db) as store:
+        for key, tree in trees.items():
+            await store.save_snapshot(key, tree)
+            for i in range(1, 4):  # a snapshot plus log rows to replay
+                await store.record(key, changes_of(tree.apply(transaction(tree, i))), tree)
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE log SET data = x'6c03' WHERE key = 'stations/cs-2'")
+        raw.execute("DELETE FROM snapshots WHERE key = 'stations/cs-5'")
+    async with TreeStore(db) as store:
+        wanted = [*trees, "stations/missing"]
+        got = [item async for item in store.load_many(wanted, PermissiveSchema(), chunk=3)]
+        assert [key for key, _ in got] == list(trees)  # in order; the missing key is skipped
+        for key, loaded in got:
+            if key in ("stations/cs-2", "stations/cs-5"):
+                assert isinstance(loaded, CorruptTreeError) and repr(key) in str(loaded)
+                continue
+            single = await store.load(key, PermissiveSchema())
+            assert isinstance(loaded, ObjectTree) and single is not None
+            assert (loaded.epoch, loaded.revision, loaded.digest()) == \
+                (trees[key].epoch, trees[key].revision, trees[key].digest())
+            assert sorted(loaded.leaves()) == sorted(single.leaves())
+
+
+def test_stored_snapshots_round_trip_every_plain_value_exactly() -> None:
+    tree = ObjectTree(PermissiveSchema(), epoch=3)
+    values = {"t": "text ü", "b": b"\x00\xff", "i": -7, "f": 1.0, "n": None, "y": True,
+              "l": [1, "a", [2.5]], "m": {"z": 1, "a": {"k": b"v"}}, "u": 2**63 + 5}
+    tree.apply([Write(k, v) for k, v in values.items()])
+    tree.delete("n")
+    packed = pack_tree(tree)
+    assert packed[:1] != b"l"  # msgpack, not the canonical form
+    back = unpack_tree(packed, PermissiveSchema())
+    for k in values.keys() - {"n"}:  # same value and same type (1.0 stays a float)
+        assert back.get(k) == values[k] and type(back.get(k)) is type(values[k]), k
+    assert (back.epoch, back.revision, back.digest()) == (tree.epoch, tree.revision, tree.digest())
+    assert back.changes_since(tree.revision - 1) == tree.changes_since(tree.revision - 1)
+    # a value msgpack cannot hold keeps the canonical form, which reads back as well
+    tree.write("huge", 2**70)
+    assert pack_tree(tree)[:1] == b"l"
+    assert unpack_tree(pack_tree(tree), PermissiveSchema()).get("huge") == 2**70
+    for damaged in (packed[:-3], b"\x96\x01", b"\xc1", msgpack.packb([1, 2, 3, 4, 5, [[1]], []])):
+        with pytest.raises(ModelError) as info:
+            unpack_tree(damaged, PermissiveSchema())
+        assert info.value.code is ErrorCode.SNAPSHOT_INVALID
