@@ -44,8 +44,10 @@ from keypath import GLOBSTAR, KeyPath, KeyPattern
 from object_model import ChangeSet, ObjectTree
 from object_model.messages import (
     Batch,
+    ChildDigest,
     ErrorReport,
     MessageBase,
+    NodeDigests,
     PropertyTreeDiscoveryRequest,
     PropertyTreeDiscoveryResponse,
     children_shape,
@@ -272,9 +274,19 @@ class ResyncEngine:
         tree = replica.tree
         outcome = ResyncOutcome(mode="changes")
         ask = self._asker(replica, outcome)
+        root = KeyPath.root()
+        # the root's children as the requester saw them when it asked for their digests
+        known: dict[KeyPath, list[ChildDigest]] = {}
         if replica.synced:
+            # should the changes be out of reach, the root's children digests come instead,
+            # and the descent saves a round
+            known[root] = tree.children(root) if len(tree) else []
+            fallback = [root] if known[root] else []
             first = await ask(PropertyTreeDiscoveryRequest(
-                tree=replica.remote_tree, epoch=tree.epoch, since_revision=tree.revision))
+                tree=replica.remote_tree, epoch=tree.epoch, since_revision=tree.revision,
+                digests_of=fallback, digests_on_gap=True,
+                digest_bytes=self.digest_schedule[0],
+                shapes=[children_shape(known[root])] if fallback else []))
             if first.complete and first.epoch == tree.epoch:
                 self._apply(replica, first, tree.revision, outcome)
                 if tree.digest() == first.root_digest:
@@ -295,7 +307,10 @@ class ResyncEngine:
                 if last.complete:
                     self._apply(replica, last, tree.revision, outcome)
             else:
-                last = await self._descend(replica, first, digest_bytes, ask, outcome)
+                given = {}
+                if attempt == 0 and not first.complete and len(first.digests) == 1 and known:
+                    given[root] = (known[root], first.digests[0])
+                last = await self._descend(replica, first, digest_bytes, ask, outcome, given)
             if last.complete and tree.digest() == last.root_digest:
                 return self._done(replica, outcome, started)
             first = last
@@ -303,11 +318,14 @@ class ResyncEngine:
                           f"descents with {self.digest_schedule}-byte digests")
 
     async def _descend(self, replica: Replica, top: PropertyTreeDiscoveryResponse,
-                       digest_bytes: int, ask: Any, outcome: ResyncOutcome
+                       digest_bytes: int, ask: Any, outcome: ResyncOutcome,
+                       given: dict[KeyPath, tuple[list[ChildDigest], NodeDigests]]
                        ) -> PropertyTreeDiscoveryResponse:
         """One digest descent from ``top`` (the source at ``R0``); returns the answer of its
         last request, which also asked for the changes since ``R0``: when it is complete, the
-        copy now equals the source at that answer's revision."""
+        copy now equals the source at that answer's revision. ``given``: nodes whose children
+        digests (at ``digest_bytes``, with the copy's children they were asked against)
+        came with ``top``."""
         tree = replica.tree
         fetch: list[KeyPattern] = []
         deletes: list[KeyPath] = []
@@ -318,7 +336,9 @@ class ResyncEngine:
         # the last, whole-digest round, where a shape collision must not repeat.
         shaped = digest_bytes < DIGEST_BYTES
         while frontier:
-            level = []
+            ready = {path for path in frontier if path in given}
+            level = [(path, *given.pop(path)) for path in ready]
+            frontier = [path for path in frontier if path not in ready]
             for start in range(0, len(frontier), FRONTIER_CHUNK):
                 paths = frontier[start:start + FRONTIER_CHUNK]
                 children = [tree.children(path) for path in paths]

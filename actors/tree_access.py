@@ -126,8 +126,9 @@ class TreeAccess:
                           if self.policy.may_read(role, self.mount / p)]
                 deletes = list(changes.deletes)
         digests = []
-        shapes = req.shapes or [None] * len(req.digests_of)
-        for path, shape in zip(req.digests_of, shapes, strict=True):
+        digests_of = [] if req.digests_on_gap and complete else req.digests_of
+        shapes = (req.shapes or [None] * len(digests_of)) if digests_of else []
+        for path, shape in zip(digests_of, shapes, strict=True):
             if not self.policy.may_read_below(role, self.mount / path):
                 raise error_class(ErrorCode.ACCESS_DENIED)(
                     f"role {role.value} may not compare {self.mount / path}", path=path)

@@ -160,7 +160,10 @@ class PropertyTreeDiscoveryRequest(MessageBase):
       truncated to ``digest_bytes`` (the root digest is always whole, so a collision of short
       digests can only make a descent go round once more, never leave a copy wrong), answered
       in the same order; with ``shapes`` (the requester's ``children_shape`` of each node),
-      nodes of the same shape come back without their children's names.
+      nodes of the same shape come back without their children's names. With
+      ``since_revision`` and ``digests_on_gap``, the digests are a fallback: answered only
+      when the changes cannot be (so a copy that finds its source at another epoch starts the
+      descent without another round trip, and one that does not pays nothing for them).
 
     Digests are *visible* digests (over what the requester may read), so a copy without the
     source's secrets compares equal.
@@ -178,12 +181,16 @@ class PropertyTreeDiscoveryRequest(MessageBase):
     digest_bytes: int = Field(16, ge=1, le=16)
     shapes: list[Annotated[bytes, Field(min_length=SHAPE_BYTES, max_length=SHAPE_BYTES)]] = (
         Field(default_factory=list, max_length=4096))
+    digests_on_gap: bool = False
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> PropertyTreeDiscoveryRequest:
         if self.shapes and len(self.shapes) != len(self.digests_of):
             raise ValueError(f"{len(self.shapes)} shapes for {len(self.digests_of)} nodes: "
                              "give one per node of digests_of, or none")
+        if self.digests_on_gap and self.since_revision is None:
+            raise ValueError("digests_on_gap makes digests_of a fallback for since_revision, "
+                             "which is missing")
         return self
 
 

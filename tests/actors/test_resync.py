@@ -18,6 +18,11 @@ from broker_bridge import Endpoint
 from broker_bridge.memory import MemoryNetwork
 from keypath import KeyPath
 from object_model import ObjectTree, PermissiveSchema, Role, Write
+from object_model.messages import (
+    MessageBase,
+    PropertyTreeDiscoveryRequest,
+    PropertyTreeDiscoveryResponse,
+)
 from object_model.station import new_station_tree, station_access_policy
 
 ROLES = RoleDirectory({"cs-*": Role.STATION, "csms": Role.LOCAL_CSMS})
@@ -29,9 +34,16 @@ class Source(TreeActor):
     def __init__(self, address: str, endpoint: Endpoint, tree: ObjectTree) -> None:
         super().__init__(address, endpoint, roles=ROLES)
         self.access = TreeAccess(tree, station_access_policy())
+        self.asked: list[tuple[PropertyTreeDiscoveryRequest, MessageBase]] = []
 
     def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
         return self.access
+
+    async def on_discover(self, message: PropertyTreeDiscoveryRequest, ctx: Context
+                          ) -> MessageBase:
+        answer = await super().on_discover(message, ctx)
+        self.asked.append((message, answer))
+        return answer
 
 
 class Requester(TreeActor):
@@ -91,8 +103,13 @@ async def test_same_epoch_resync_costs_close_to_the_floor(pair) -> None:  # type
     station = source.access.tree
     since = station.revision
     change_randomly(station, random.Random(1), 3)
+    source.asked.clear()
     outcome = await engine.sync(copy)
     assert outcome.mode == "changes" and outcome.requests == 1
+    # the fallback digests of the root were asked for, and left out as the changes came
+    (request, answer), = source.asked
+    assert request.digests_on_gap and request.digests_of == [KeyPath.root()]
+    assert isinstance(answer, PropertyTreeDiscoveryResponse) and answer.digests == []
     assert copy.tree.digest() == station.digest(visible=True)
     assert copy.tree.changes_since(since).upserts == station.changes_since(since,
                                                                            visible=True).upserts
@@ -108,8 +125,14 @@ async def test_new_epoch_goes_by_digest_descent_and_fetches_only_differences(pai
     change_randomly(fresh, random.Random(2), 3)
     fresh.delete("evse/2/connector/1")
     source.access = TreeAccess(fresh, station_access_policy())
+    source.asked.clear()
     outcome = await engine.sync(copy)
     assert outcome.mode == "descent" and outcome.consistent
+    # the first answer brought the root's children digests: the descent went on below them
+    (_, answer), (second, _) = source.asked[:2]
+    assert isinstance(answer, PropertyTreeDiscoveryResponse) and not answer.complete
+    assert len(answer.digests) == 1 and answer.digests[0][2]
+    assert second.digests_of and KeyPath.root() not in second.digests_of
     assert copy.tree.epoch == 99 and copy.tree.digest() == fresh.digest(visible=True)
     assert outcome.leaves <= 10  # the changed leaves, not the tree
     assert station.epoch == 11
