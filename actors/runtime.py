@@ -5,6 +5,7 @@ outbox, all under its ``state_dir``."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import zlib
@@ -60,6 +61,16 @@ class Running:
                 log.exception("closing the store %s failed", store.path)
 
 
+def settle_heap() -> None:
+    """Leave what exists now (the actors' trees, caches and copies: hundreds of thousands
+    of objects that live as long as the process) out of the garbage collector's full
+    collections. Otherwise each full collection walks all of them and stalls the event loop
+    for seconds on a host with a thousand stations or copies, at random moments; the objects
+    made afterwards are still collected as usual. Call it when a large state has been
+    loaded or built."""
+    gc.freeze()
+
+
 def _operators(names: tuple[str, ...]) -> dict[str, Role]:
     return dict.fromkeys(names, Role.OPERATOR)
 
@@ -68,29 +79,45 @@ async def start_cloud(broker: BrokerConfig, cfg: CloudConfig) -> Running:
     state = Path(cfg.state_dir)
     transport = XmppTransport.client(xmpp_settings(broker), cfg.address, cfg.password)
     endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
-                              name=cfg.address).start()
+                              name=cfg.address).open()
     store = await TreeStore(state / "trees.db", compact_every=64).open()
     actor = CloudCsms(cfg.address, endpoint, store=store,
                       roles=RoleDirectory(_operators(cfg.operators)),
                       settings=CloudSettings(site_secrets=cfg.site_secrets,
                                              station_secret=cfg.station_secret))
-    await actor.start()
-    return Running(endpoint, [actor], [store])
+    return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 
 async def start_local(broker: BrokerConfig, cfg: LocalConfig) -> Running:
     state = Path(cfg.state_dir)
     transport = XmppTransport.client(xmpp_settings(broker), cfg.address, cfg.password)
     endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
-                              name=cfg.address).start()
+                              name=cfg.address).open()
     store = await TreeStore(state / "trees.db", compact_every=64).open()
     actor = LocalCsms(cfg.address, endpoint, store=store,
                       roles=RoleDirectory(_operators(cfg.operators)),
                       settings=LocalSettings(site=cfg.site,
                                              provisioning_secret=cfg.provisioning_secret,
                                              cloud=cfg.cloud, upstream_secret=cfg.upstream_secret))
-    await actor.start()
-    return Running(endpoint, [actor], [store])
+    return await _start_then_connect(Running(endpoint, [actor], [store]))
+
+
+async def _start_then_connect(running: Running) -> Running:
+    """Start the actors (loading their state), then connect: the broker hands over what it
+    kept for an account while it was away as soon as it is back, and that must find its actor
+    registered (its inbox holds it until the actor serves), not be refused as unknown. What
+    the actors send meanwhile waits in the session's queues."""
+    started: list[Actor] = []
+    try:
+        for actor in running.actors:
+            await actor.start()
+            started.append(actor)
+        await running.endpoint.start()
+    except BaseException:
+        await Running(running.endpoint, started, running.stores).stop()
+        raise
+    settle_heap()
+    return running
 
 
 async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
@@ -115,6 +142,7 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
         running.actors.append(actor)
         if progress is not None and (i + 1) % 100 == 0:
             progress(f"{i + 1}/{len(cfg.ids)} stations started")
+    settle_heap()
     return running
 
 

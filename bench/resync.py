@@ -90,7 +90,14 @@ from actors.config import BrokerConfig, LocalConfig, StationsConfig, load_config
 from actors.csms.local import LocalCsms
 from actors.persistence import TreeStore
 from actors.resync import Replica, ResyncEngine, ResyncOutcome
-from actors.runtime import Running, start_cloud, start_local, start_stations, xmpp_settings
+from actors.runtime import (
+    Running,
+    settle_heap,
+    start_cloud,
+    start_local,
+    start_stations,
+    xmpp_settings,
+)
 from actors.station.actor import ChargingStation
 from bench.ocpp_baseline import full_report_bytes
 from broker_bridge import Endpoint
@@ -598,6 +605,7 @@ class Hierarchy:
                 done += 1
                 if done % 100 == 0 or done == total:
                     self.say(f"{done}/{total} stations restarted with a new epoch")
+        settle_heap()  # as start_stations does for the trees it loads
         return changed
 
     # -- stopping ------------------------------------------------------------------------------

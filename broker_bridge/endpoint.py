@@ -87,6 +87,7 @@ class Endpoint:
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._opened = False
         self._idle = asyncio.Event()
         self.frames_sent = 0
         self.bytes_sent = 0
@@ -97,7 +98,20 @@ class Endpoint:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> Endpoint:
-        """Open the outbox, carry on where the last run stopped, connect, start pumping."""
+        """``open`` (if not done yet), connect, start pumping."""
+        await self.open()
+        self.session.link_is_up = False
+        await self.transport.start()
+        self._pump_task = asyncio.create_task(self._pump(), name=f"{self.name}-pump")
+        return self
+
+    async def open(self) -> Endpoint:
+        """Open the outbox and carry on where the last run stopped, without connecting yet:
+        actors may register and queue envelopes (numbered after the last run's) before the
+        link comes up, so that what the broker kept for them finds them there."""
+        if self._opened:
+            return self
+        self._opened = True
         now = self.clock.now_us()
         if self.outbox is not None:
             await self.outbox.open()
@@ -109,9 +123,6 @@ class Endpoint:
             if state.unacked:
                 log.info("%s: resending %d unacknowledged envelopes from the outbox",
                          self.name, len(state.unacked))
-        self.session.link_is_up = False
-        await self.transport.start()
-        self._pump_task = asyncio.create_task(self._pump(), name=f"{self.name}-pump")
         return self
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
@@ -120,6 +131,11 @@ class Endpoint:
         if self._closing:
             return
         self._closing = True
+        if self._pump_task is None:  # never connected
+            if self.outbox is not None and self._opened:
+                await self._persist()  # what the actors queued meanwhile
+                await self.outbox.close()
+            return
         with contextlib.suppress(TimeoutError):
             await self.flush(flush_timeout)
         if self._pump_task is not None:

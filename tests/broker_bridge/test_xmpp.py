@@ -272,3 +272,38 @@ def test_frames_decode_from_base64_text() -> None:
     text = base64.b64encode(encode_frame([encode_envelope(env)])).decode()
     assert decode_envelope(decode_frame(base64.b64decode(text))[0]) == env
     assert isinstance(ErrorReport, type)
+
+
+async def test_what_arrives_as_soon_as_an_account_connects_finds_its_actor(
+    managed_prosody: ManagedProsody, settings: XmppSettings, tmp_path: os.PathLike[str]
+) -> None:
+    """An actor registered on an opened (not yet connected) endpoint gets what its peers sent
+    while it was away, and what it queued meanwhile leaves numbered after its last run's."""
+    fast = SessionConfig(retransmit_initial_us=SECOND // 4, retransmit_max_us=SECOND)
+    inbox, back, refused = Inbox(), Inbox(), Inbox()
+    outbox = f"{tmp_path}/ob-outbox.db"
+    async with client(managed_prosody, settings, "oa", fast) as a:
+        await a.register("oa", lambda env: (back if env.kind != "ErrorReport" else refused)(env))
+        managed_prosody.create_accounts({"ob": "pw"})
+        b1 = Endpoint(XmppTransport.client(settings, "ob", "pw"), config=fast,
+                      outbox_path=outbox, name="ob")
+        async with b1:
+            await b1.register("ob", inbox)
+            for i in range(5):
+                b1.send(source="ob", destination="oa", message=update(i), reliable=True,
+                        stream="s")
+            await back.wait_for(5)
+        for i in range(20):  # ob is away
+            a.send(source="oa", destination="ob", message=update(100 + i), reliable=True)
+        b2 = await Endpoint(XmppTransport.client(settings, "ob", "pw"), config=fast,
+                            outbox_path=outbox, name="ob").open()
+        await b2.register("ob", inbox)
+        for i in range(5, 10):
+            b2.send(source="ob", destination="oa", message=update(i), reliable=True,
+                    stream="s")
+        async with b2:
+            await inbox.wait_for(20)
+            await back.wait_for(10)
+        assert inbox.numbers() == [100 + i for i in range(20)]
+        assert back.numbers() == list(range(10))  # in order, none taken for a replay
+        assert refused.envelopes == []  # nothing came back as UNKNOWN_ACTOR
