@@ -17,18 +17,13 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    PlainSerializer,
-    PlainValidator,
     TypeAdapter,
     ValidationError,
-    WithJsonSchema,
     model_validator,
 )
 
-from keypath import KeyPath, KeyPathError, KeyPattern
+from keypath import KeyPath
 from object_model.access import Role
 from object_model.errors import (
     ErrorCode,
@@ -37,47 +32,20 @@ from object_model.errors import (
     UnknownKindError,
     from_exception,
 )
+from object_model.message_base import (
+    MAX_ITEMS,
+    ROOT,
+    Digest,
+    Epoch,
+    MessageBase,
+    MessageId,
+    Path,
+    Pattern,
+    Revision,
+)
+from object_model.monitoring import MonitoringReport, MonitoringTaskSetup, TaskControl
 from object_model.tree import ChangeSet, Delete, Operation, TransactionCommitted, Write
 
-MAX_ITEMS = 100_000
-ROOT = KeyPath.root()
-
-
-def _parser(cls: type[KeyPath] | type[KeyPattern]) -> Any:
-    """A pydantic validator taking the text form (or an instance) of ``cls``."""
-
-    def parse(value: Any) -> Any:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            try:
-                return cls.parse(value)
-            except KeyPathError as exc:
-                raise ValueError(str(exc)) from None
-        raise ValueError(f"expected {cls.__name__} text, got {type(value).__name__}")
-
-    return parse
-
-
-Path = Annotated[
-    KeyPath,
-    PlainValidator(_parser(KeyPath)),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "format": "key-path"}),
-]
-"""A key-path field: text on the wire, ``KeyPath`` in Python."""
-Pattern = Annotated[
-    KeyPattern,
-    PlainValidator(_parser(KeyPattern)),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "format": "key-pattern"}),
-]
-"""A key-pattern field: text on the wire, ``KeyPattern`` in Python."""
-MessageId = Annotated[bytes, Field(min_length=16, max_length=16)]
-"""A 128-bit end-to-end message id."""
-Revision = Annotated[int, Field(ge=0, lt=2**63)]
-Epoch = Annotated[int, Field(ge=0, lt=2**64)]
-Digest = Annotated[bytes, Field(min_length=16, max_length=16)]
 NodeDigests = tuple[list[str], bytes, bytes]
 """The children of one node (the one at the same position of the request's ``digests_of``),
 in name order, compactly: ``(names, leaf bitmap, digests)`` where bit ``i`` of the bitmap
@@ -138,13 +106,6 @@ def unpack_children(node: NodeDigests, size: int,
         raise InvalidMessageError(f"node digests do not fit {len(names)} children")
     return [(name, bool(bitmap[i // 8] >> (i % 8) & 1), digests[i * size:(i + 1) * size])
             for i, name in enumerate(names)]
-
-
-class MessageBase(BaseModel):
-    """Common configuration: immutable, strict about unknown fields."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    wire_id: ClassVar[int]
 
 
 # -- generic access -------------------------------------------------------------------------------
@@ -458,7 +419,10 @@ Message = Annotated[
     | PropertyValueWriteResponse
     | PropertyValueUpdate
     | Ack
-    | ErrorReport,
+    | ErrorReport
+    | MonitoringTaskSetup
+    | TaskControl
+    | MonitoringReport,
     Field(discriminator="kind"),
 ]
 """Any message of the catalogue."""
