@@ -35,6 +35,16 @@ from object_model.messages import (
     pack_children,
     unpack_children,
 )
+from object_model.monitoring import (
+    Aggregation,
+    LoggerConfig,
+    MonitoringReport,
+    MonitoringTaskSetup,
+    ReporterConfig,
+    TaskAction,
+    TaskControl,
+    Threshold,
+)
 from object_model.station import new_station_tree
 
 MID = bytes(range(16))
@@ -70,6 +80,15 @@ EXAMPLES = [
     JoinNetworkRequest(role=Role.STATION, identity={"vendor": "ACME"}, secret="s",
                        trees=[TreeInfo(epoch=1, revision=2, root_digest=bytes(16))]),
     JoinNetworkResponse(csms="local-site1", heartbeat_s=10),
+    MonitoringTaskSetup(task="power-1", selectors=[KeyPattern.parse("evse/*/meter/**")],
+                        trigger=Threshold(upper=11_000, hysteresis=500),
+                        logger=LoggerConfig(sampling_interval_s=60,
+                                            aggregations=[Aggregation.MAX, Aggregation.MEAN]),
+                        reporter=ReporterConfig(interval_s=300, priority=0)),
+    TaskControl(task="fw-7", action=TaskAction.PAUSE),
+    MonitoringReport(task="power-1", seq=4, dropped=2, backlog=True, samples=[
+        (KeyPath.parse("evse/1/meter/obis:1-0:16.7.0"), 1_800_000_000_000_000,
+         {"max": 11_200.5, "mean": 7_100.0})]),
 ]
 
 
