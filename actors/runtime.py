@@ -75,12 +75,17 @@ def _operators(names: tuple[str, ...]) -> dict[str, Role]:
     return dict.fromkeys(names, Role.OPERATOR)
 
 
+async def _csms_parts(broker: BrokerConfig, address: str, password: str,
+                      state_dir: str) -> tuple[Endpoint, TreeStore]:
+    """A CSMS's own account connection (opened, not yet connected) and its tree store."""
+    state = Path(state_dir)
+    transport = XmppTransport.client(xmpp_settings(broker), address, password)
+    endpoint = await Endpoint(transport, outbox_path=state / "outbox.db", name=address).open()
+    return endpoint, await TreeStore(state / "trees.db", compact_every=64).open()
+
+
 async def start_cloud(broker: BrokerConfig, cfg: CloudConfig) -> Running:
-    state = Path(cfg.state_dir)
-    transport = XmppTransport.client(xmpp_settings(broker), cfg.address, cfg.password)
-    endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
-                              name=cfg.address).open()
-    store = await TreeStore(state / "trees.db", compact_every=64).open()
+    endpoint, store = await _csms_parts(broker, cfg.address, cfg.password, cfg.state_dir)
     actor = CloudCsms(cfg.address, endpoint, store=store,
                       roles=RoleDirectory(_operators(cfg.operators)),
                       settings=CloudSettings(site_secrets=cfg.site_secrets,
@@ -89,11 +94,7 @@ async def start_cloud(broker: BrokerConfig, cfg: CloudConfig) -> Running:
 
 
 async def start_local(broker: BrokerConfig, cfg: LocalConfig) -> Running:
-    state = Path(cfg.state_dir)
-    transport = XmppTransport.client(xmpp_settings(broker), cfg.address, cfg.password)
-    endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
-                              name=cfg.address).open()
-    store = await TreeStore(state / "trees.db", compact_every=64).open()
+    endpoint, store = await _csms_parts(broker, cfg.address, cfg.password, cfg.state_dir)
     actor = LocalCsms(cfg.address, endpoint, store=store,
                       roles=RoleDirectory(_operators(cfg.operators)),
                       settings=LocalSettings(site=cfg.site,
