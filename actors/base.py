@@ -202,6 +202,11 @@ class Actor:
                         tb: TracebackType | None) -> None:
         await self.stop()
 
+    @property
+    def inbox_depth(self) -> int:
+        """Envelopes waiting for the actor's handlers."""
+        return self._inbox.qsize()
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a tracked task: cancelled at stop, failures logged, never lost."""
         task = asyncio.create_task(coro, name=f"{self.address}:{name}")

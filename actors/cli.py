@@ -119,7 +119,7 @@ def _run_actor(args: argparse.Namespace) -> int:
               f"; Ctrl-C to stop", flush=True)
 
     try:
-        return asyncio.run(run_until_signalled(start, ready))
+        return asyncio.run(run_until_signalled(start, ready, config.metrics))
     except (ConnectionError, OSError) as exc:
         print(f"csms {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ Sections (see docs/deployment.md for a full example):
 ``[cloud]``     a cloud CSMS
 ``[local]``     a site's local CSMS
 ``[stations]``  a host of simulated stations (one component connection for all of them)
+``[metrics]``   where the process serves Prometheus metrics (absent, or ``port = 0``: nowhere)
 
 Unknown keys and wrong types are errors that name the file, the section and the key.
 """
@@ -125,11 +126,23 @@ class StationsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 0  # 0: no metrics
+    host: str = "127.0.0.1"
+
+    def problems(self) -> list[str]:
+        if 0 <= self.port < 65536:
+            return []
+        return [f"port: {self.port} is not a TCP port (0: no metrics)"]
+
+
+@dataclass(frozen=True)
 class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     cloud: CloudConfig | None = None
     local: LocalConfig | None = None
     stations: StationsConfig | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def _convert(value: Any, kind: Any, where: str) -> Any:
@@ -180,7 +193,7 @@ def load_config(path: Path | str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     sections = {"broker": BrokerConfig, "cloud": CloudConfig, "local": LocalConfig,
-                "stations": StationsConfig}
+                "stations": StationsConfig, "metrics": MetricsConfig}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: "

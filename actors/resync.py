@@ -91,6 +91,7 @@ class ResyncStats:
     failures: int = 0
     bytes: float = 0.0
     wire_bytes: float = 0.0
+    seconds: float = 0.0  # of the runs counted in ``runs``
     by_mode: dict[str, int] = field(default_factory=dict)
 
 
@@ -439,6 +440,7 @@ class ResyncEngine:
         self.stats.runs += 1
         self.stats.bytes += outcome.bytes
         self.stats.wire_bytes += outcome.wire_bytes
+        self.stats.seconds += outcome.seconds
         self.stats.by_mode[outcome.mode] = self.stats.by_mode.get(outcome.mode, 0) + 1
         return outcome
 

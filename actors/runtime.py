@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.base import Actor, RoleDirectory
-from actors.config import BrokerConfig, CloudConfig, LocalConfig, StationsConfig
+from actors.config import BrokerConfig, CloudConfig, LocalConfig, MetricsConfig, StationsConfig
 from actors.csms.cloud import CloudCsms, CloudSettings
 from actors.csms.local import LocalCsms, LocalSettings
+from actors.metrics import ActorCollector, MetricsServer, serve_metrics
 from actors.persistence import TreeStore
 from actors.station.actor import ChargingStation, StationSettings
 from actors.station.simulation import SimulationConfig
@@ -147,19 +148,35 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
     return running
 
 
+def start_metrics(running: list[Running], metrics: MetricsConfig | None) -> MetricsServer | None:
+    """Serve the metrics of ``running`` (as it is at each scrape) if ``metrics`` asks for it."""
+    if metrics is None or not metrics.port:
+        return None
+    collector = ActorCollector(running, loop=asyncio.get_running_loop())
+    server = serve_metrics(metrics.port, collector, host=metrics.host)
+    log.info("serving metrics on http://%s:%d/metrics", metrics.host, server.port)
+    return server
+
+
 async def run_until_signalled(start: Callable[[], Awaitable[list[Running]]],
-                              describe: Callable[[list[Running]], Any] | None = None) -> int:
-    """Start, then wait for Ctrl-C or SIGTERM, then stop everything cleanly."""
+                              describe: Callable[[list[Running]], Any] | None = None,
+                              metrics: MetricsConfig | None = None) -> int:
+    """Start, serve metrics (if ``metrics`` has a port), then wait for Ctrl-C or SIGTERM, then
+    stop everything cleanly, the metrics server last."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     running = await start()
-    if describe is not None:
-        describe(running)
+    server = None
     try:
+        server = start_metrics(running, metrics)
+        if describe is not None:
+            describe(running)
         await stop.wait()
     finally:
         for item in reversed(running):
             await item.stop()
+        if server is not None:
+            await server.stop()
     return 0

@@ -91,6 +91,8 @@ class Endpoint:
         self._idle = asyncio.Event()
         self.frames_sent = 0
         self.bytes_sent = 0
+        self.reconnects = 0  # times the link came back after it was lost
+        self._link_up: bool | None = None  # None: never up yet
         transport.on_frame = self._on_frame
         transport.on_link = self._on_link
         transport.on_writable = self._wake.set
@@ -223,11 +225,16 @@ class Endpoint:
         now = self.clock.now_us()
         if up:
             log.info("%s: link up", self.name)
+            if self._link_up is False:
+                self.reconnects += 1
+            self._link_up = True
             self.session.link_up(now)
         else:
             if not self._closing:
                 log.warning("%s: link down; holding %d pending envelopes", self.name,
                             self.session.pending_count)
+            if self._link_up:
+                self._link_up = False
             self.session.link_down(now)
         self._wake.set()
 

@@ -16,6 +16,7 @@ from broker_bridge.session.events import (
     SessionEvent,
     StreamReset,
 )
+from broker_bridge.session.traffic import LatencyHistogram, TrafficCounters
 
 __all__ = [
     "MS",
@@ -26,10 +27,12 @@ __all__ = [
     "Frame",
     "GapDetected",
     "InputRejected",
+    "LatencyHistogram",
     "Receipts",
     "Session",
     "SessionConfig",
     "SessionCounters",
     "SessionEvent",
     "StreamReset",
+    "TrafficCounters",
 ]

@@ -60,6 +60,7 @@ from broker_bridge.session.events import (
 )
 from broker_bridge.session.inbound import DedupeWindow, InboundStreams, Reassembler, StreamKey
 from broker_bridge.session.outqueue import OutQueue
+from broker_bridge.session.traffic import TrafficCounters
 from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
 from object_model.errors import ErrorCode, ModelError, error_class
 from object_model.messages import Ack, error_report
@@ -156,6 +157,7 @@ class Session:
         self._events: list[SessionEvent] = []
         self.link_is_up = True
         self.counters = SessionCounters()
+        self.traffic = TrafficCounters()
 
     # -- addresses -------------------------------------------------------------------------------
 
@@ -195,6 +197,7 @@ class Session:
         # positional: this runs for every message sent (see Envelope for the field order)
         env = Envelope(self._ids.new(now), source, destination, kind, body, priority, now,
                        expires_us, correlation, reliable)
+        self.traffic.sent[kind, priority] += 1
         if reliable:
             name = stream or f"p{int(priority)}"
             key = (source, destination, name)
@@ -369,6 +372,7 @@ class Session:
                 return
             env = whole
         if env.kind == "Ack":
+            self.traffic.received["Ack", env.priority] += 1
             self._receive_ack(env)
             return
         if env.kind == "ErrorReport" and env.correlation in self._pending:
@@ -391,6 +395,9 @@ class Session:
     def _deliver(self, env: Envelope, now: int) -> None:
         self._dedupe.add(env.id)
         self.counters.delivered += 1
+        traffic = self.traffic
+        traffic.received[env.kind, env.priority] += 1
+        traffic.latency[env.priority].observe(now - env.timestamp_us)
         self._events.append(EnvelopeReceived(env))
         if env.reliable:
             if self.config.durable:
@@ -592,6 +599,11 @@ class Session:
 
     def queue_depth(self) -> dict[Priority, int]:
         return self._queue.depth()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the envelopes waiting in the queues."""
+        return self._queue.queued_bytes
 
     @property
     def queue_counters(self) -> Any:
