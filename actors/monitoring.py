@@ -123,6 +123,7 @@ class MonitoringTask:
     setup: MonitoringTaskSetup
     destination: str
     created_us: int
+    allow: Callable[[KeyPath], bool] | None = None  # which paths its owner may see
     paused: bool = False
     seq: int = 0
     buffer: deque[tuple[Sample, int]] = field(default_factory=deque)
@@ -272,11 +273,13 @@ class Monitors:
         self.index: PatternIndex[str] = PatternIndex()
         self.stats = MonitorStats()
 
-    def add(self, setup: MonitoringTaskSetup, destination: str, now_us: int) -> MonitoringTask:
+    def add(self, setup: MonitoringTaskSetup, destination: str, now_us: int, *,
+            allow: Callable[[KeyPath], bool] | None = None) -> MonitoringTask:
         """Start ``setup`` (replacing a task of the same id); reports go to
-        ``setup.reporter.destination`` or else ``destination``."""
+        ``setup.reporter.destination`` or else ``destination``. ``allow`` filters the paths
+        the task may see (its owner's read rights): others never reach its log."""
         self.remove(setup.task)
-        task = MonitoringTask(setup, setup.reporter.destination or destination, now_us)
+        task = MonitoringTask(setup, setup.reporter.destination or destination, now_us, allow)
         self.tasks[task.id] = task
         for pattern in setup.selectors:
             self.index.add(pattern, task.id)
@@ -302,7 +305,7 @@ class Monitors:
             stats.matched_paths += 1
             for task_id in set(watchers):
                 task = self.tasks[task_id]
-                if task.paused:
+                if task.paused or (task.allow is not None and not task.allow(path)):
                     continue
                 stats.trigger_checks += 1
                 if task.is_event(path, value):
@@ -320,6 +323,8 @@ class Monitors:
                 period = int(trigger.every_s * SECOND)
                 for pattern in task.setup.selectors:
                     for path, value in self.read(pattern):
+                        if task.allow is not None and not task.allow(path):
+                            continue
                         self.stats.events += 1
                         self.stats.dropped += task.log(path, value, now_us)
                 missed = (now_us - task.next_period_us) // period

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE TABLE IF NOT EXISTS log (
     key TEXT, revision INTEGER, data BLOB NOT NULL, PRIMARY KEY (key, revision)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS side (key TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -507,6 +508,20 @@ class TreeStore:
         async with self._lock:
             return [r[0] for r in await self.db.execute_fetchall(
                 "SELECT key FROM snapshots ORDER BY key")]
+
+    async def put_side(self, key: str, data: bytes | None) -> None:
+        """Keep (or, with ``None``, drop) a record that is not a tree under ``key``: state an
+        actor keeps beside its tree, such as a monitoring task's log across restarts."""
+        async with self._lock:
+            if data is None:
+                await self.db.execute("DELETE FROM side WHERE key = ?", (key,))
+            else:
+                await self.db.execute("INSERT OR REPLACE INTO side VALUES (?, ?)", (key, data))
+
+    async def get_side(self, key: str) -> bytes | None:
+        async with self._lock:
+            rows = await self.db.execute_fetchall("SELECT data FROM side WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
 
     async def log_rows(self, key: str | None = None) -> int:
         """How many log rows the file holds (for ``key``, or in all)."""

@@ -25,6 +25,7 @@ from pydantic import (
 
 from keypath import KeyPath
 from object_model.access import Role
+from object_model.blobs import BlobChunk, BlobChunkRequest, FirmwareUpdate
 from object_model.errors import (
     ErrorCode,
     InvalidMessageError,
@@ -43,7 +44,14 @@ from object_model.message_base import (
     Pattern,
     Revision,
 )
-from object_model.monitoring import MonitoringReport, MonitoringTaskSetup, TaskControl
+from object_model.monitoring import (
+    MonitoringHistory,
+    MonitoringQuery,
+    MonitoringReport,
+    MonitoringTaskSetup,
+    TaskControl,
+    TaskStatus,
+)
 from object_model.tree import ChangeSet, Delete, Operation, TransactionCommitted, Write
 
 NodeDigests = tuple[list[str], bytes, bytes]
@@ -422,7 +430,13 @@ Message = Annotated[
     | ErrorReport
     | MonitoringTaskSetup
     | TaskControl
-    | MonitoringReport,
+    | MonitoringReport
+    | MonitoringQuery
+    | MonitoringHistory
+    | BlobChunkRequest
+    | BlobChunk
+    | FirmwareUpdate
+    | TaskStatus,
     Field(discriminator="kind"),
 ]
 """Any message of the catalogue."""

@@ -26,7 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from object_model.message_base import MessageBase, Path, Pattern
+from object_model.message_base import ROOT, MessageBase, Path, Pattern
 
 TASK_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TaskId = Annotated[str, Field(pattern=TASK_ID)]
@@ -175,11 +175,12 @@ class ReporterConfig(_Config):
 
 
 class MonitoringTaskSetup(MessageBase):
-    """Create (or replace) the monitoring task ``task`` on the receiver; answered by ``Ack``,
-    or an ErrorReport that says what is wrong, having created nothing."""
+    """Create (or replace) the monitoring task ``task`` on the receiver; answered by
+    ``TaskStatus``, or an ErrorReport that says what is wrong, having created nothing."""
 
     kind: Literal["MonitoringTaskSetup"] = "MonitoringTaskSetup"
     wire_id: ClassVar[int] = 13
+    tree: Path = ROOT
     task: TaskId
     selectors: list[Pattern] = Field(min_length=1, max_length=MAX_SELECTORS)
     trigger: Trigger = Field(default_factory=OnChange)
@@ -188,12 +189,26 @@ class MonitoringTaskSetup(MessageBase):
 
 
 class TaskControl(MessageBase):
-    """Start, pause, resume or cancel the task ``task``; answered by ``Ack``."""
+    """Start, pause, resume or cancel the task ``task``; answered by ``TaskStatus``."""
 
     kind: Literal["TaskControl"] = "TaskControl"
     wire_id: ClassVar[int] = 14
+    tree: Path = ROOT
     task: TaskId
     action: TaskAction
+
+
+class TaskStatus(MessageBase):
+    """Where task ``task`` stands after a setup or control: its ``kind`` and ``state``, and
+    the ``revision`` of the receiver's tree that holds that state (``tasks/<task>``)."""
+
+    kind: Literal["TaskStatus"] = "TaskStatus"
+    wire_id: ClassVar[int] = 21
+    tree: Path = ROOT
+    task: TaskId
+    task_kind: str = Field(max_length=64)
+    state: TaskState
+    revision: int = Field(0, ge=0)
 
 
 Sample = tuple[Path, int, Any]
@@ -207,8 +222,37 @@ class MonitoringReport(MessageBase):
 
     kind: Literal["MonitoringReport"] = "MonitoringReport"
     wire_id: ClassVar[int] = 15
+    tree: Path = ROOT
     task: TaskId
     seq: int = Field(ge=0)
     samples: list[Sample] = Field(default_factory=list, max_length=MAX_SAMPLES)
     dropped: int = Field(0, ge=0)
     backlog: bool = False
+
+
+StoredSample = tuple[TaskId, Path, int, Any]
+"""A sample a CSMS stored: ``(task, path, time in µs, value)``."""
+
+
+class MonitoringQuery(MessageBase):
+    """Ask a CSMS for the samples it stored of ``tree`` (a station's copy), newest first:
+    of one ``task`` or all, of paths matching ``pattern`` or all, taken at or after
+    ``since_us``; answered by ``MonitoringHistory``."""
+
+    kind: Literal["MonitoringQuery"] = "MonitoringQuery"
+    wire_id: ClassVar[int] = 16
+    tree: Path
+    task: TaskId | None = None
+    pattern: Pattern | None = None
+    since_us: int = Field(0, ge=0)
+    limit: int = Field(1_000, ge=1, le=MAX_SAMPLES)
+
+
+class MonitoringHistory(MessageBase):
+    """Stored samples, newest first; ``more`` when the limit cut some off."""
+
+    kind: Literal["MonitoringHistory"] = "MonitoringHistory"
+    wire_id: ClassVar[int] = 17
+    tree: Path = ROOT
+    samples: list[StoredSample] = Field(default_factory=list, max_length=MAX_SAMPLES)
+    more: bool = False

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict
 
-from keypath import KeyPath, KeyPathError, escape_segment, namespace_of
+from keypath import GLOBSTAR, STAR, KeyPath, KeyPathError, KeyPattern, escape_segment, namespace_of
 from keypath.path import check_segment
 from object_model.access import PropertyAccessKind
 from object_model.errors import (
@@ -441,6 +441,24 @@ class SchemaRegistry:
     def is_writable(self, path: KeyPath) -> bool:
         return self.resolve(path).access.writable
 
+    def check_pattern(self, pattern: KeyPattern) -> None:
+        """Raise ``UnknownPathError`` (saying where) unless ``pattern`` can match a declared
+        leaf: a monitor or a grant on a misspelt path would otherwise watch nothing, silently.
+        Collection members need not exist yet (``evse/3/status`` is fine on two EVSEs)."""
+        if _may_match(self.root, pattern.segments):
+            return
+        segs = pattern.segments
+        literal = next((i for i, seg in enumerate(segs) if seg is STAR or seg is GLOBSTAR),
+                       len(segs))
+        if literal:
+            node = self.resolve(KeyPath(*segs[:literal]))  # raises at the first wrong segment
+            if literal == len(segs):
+                raise UnknownPathError(
+                    f"{pattern} is a {node.kind}, not a value: select what is below it with "
+                    f"{pattern}/**", path=str(pattern), details={"pattern": str(pattern)})
+        raise UnknownPathError(f"{pattern} matches no value declared in this model",
+                               path=str(pattern), details={"pattern": str(pattern)})
+
     def walk(self) -> Iterator[tuple[str, SchemaNode]]:
         """Every declared node as ``(pattern_text, node)``; a collection member shows as ``*``."""
         stack: list[tuple[str, SchemaNode]] = [("", self.root)]
@@ -521,3 +539,35 @@ def _type_text(node: SchemaNode) -> str:
     if isinstance(node, LeafSchema):
         return node.value_type.name
     return node.kind
+
+
+def _may_match(node: SchemaNode, segs: tuple[Any, ...]) -> bool:
+    """Whether the pattern segments ``segs`` can match a leaf at or below ``node``."""
+    if isinstance(node, AnySchema):
+        return True
+    if not segs:
+        return isinstance(node, LeafSchema)
+    seg, rest = segs[0], segs[1:]
+    if seg is GLOBSTAR:
+        return _may_match(node, rest) or any(
+            _may_match(child, segs) for child in _children(node))
+    if seg is STAR:
+        return any(_may_match(child, rest) for child in _children(node))
+    if isinstance(node, RecordSchema):
+        child = node.fields.get(seg)
+        return child is not None and _may_match(child, rest)
+    if isinstance(node, CollectionSchema):
+        try:
+            node.check_id(seg)
+        except ModelError:
+            return False
+        return _may_match(node.member, rest)
+    return False
+
+
+def _children(node: SchemaNode) -> Iterable[SchemaNode]:
+    if isinstance(node, RecordSchema):
+        return node.fields.values()
+    if isinstance(node, CollectionSchema):
+        return (node.member,)
+    return ()

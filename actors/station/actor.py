@@ -23,8 +23,8 @@ from actors.base import Context, RoleDirectory
 from actors.persistence import PersistentTree, TreeStore
 from actors.publisher import Publisher
 from actors.station.simulation import SimulationConfig, StationSimulator
+from actors.station.tasks import StationTasks, TaskLimits
 from actors.tree_access import TreeAccess
-from actors.tree_actor import TreeActor
 from broker_bridge import Endpoint
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, ObjectTree, Role
@@ -60,9 +60,10 @@ class StationSettings:
     publish_interval_s: float = 0.25
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     trusted: Mapping[str, Role] = field(default_factory=dict)
+    tasks: TaskLimits = field(default_factory=TaskLimits)
 
 
-class ChargingStation(TreeActor):
+class ChargingStation(StationTasks):
     """See the module docstring."""
 
     role = Role.STATION
@@ -73,6 +74,7 @@ class ChargingStation(TreeActor):
         super().__init__(address, endpoint, roles=roles, clock=clock)
         self.store = store
         self.settings = settings
+        self.limits = settings.tasks
         self.tree: ObjectTree | None = None
         self.persisted: PersistentTree | None = None
         self.simulator: StationSimulator | None = None
@@ -98,6 +100,8 @@ class ChargingStation(TreeActor):
         self.simulator = StationSimulator(tree, self.settings.simulation, now_us=now)
         self.publisher = Publisher(self, tree, durable=self.persisted.durable,
                                    interval=self.settings.publish_interval_s)
+        self._start_tasks()
+        await self._restore_logs()
         self.spawn(self._live(), "simulation")
         self.spawn(self.publisher.run(), "publish")
         self.spawn(self._stay_joined(), "join")
@@ -105,6 +109,8 @@ class ChargingStation(TreeActor):
     async def on_stop(self) -> None:
         if self.publisher is not None:
             self.publisher.close()
+        if self.tree is not None:
+            await self._stop_tasks()
         if self.persisted is not None:
             await self.persisted.detach()
 
@@ -162,6 +168,7 @@ class ChargingStation(TreeActor):
             assert self.publisher is not None
             failures = 0
             self.admitted = True
+            self._monitor_wake.set()  # a backlog of reports may leave now
             self.publisher.heartbeat = answer.heartbeat_s
             # from what we announced: the CSMS judged its copy against that revision, and
             # whatever we committed since must reach it as an update, not as a gap

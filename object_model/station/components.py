@@ -16,6 +16,7 @@ from pydantic import Field
 
 from object_model.access import PropertyAccessKind as Access
 from object_model.importers import iec61850, obis
+from object_model.monitoring import TASK_ID, TaskState
 from object_model.schema import Component, Ids, Unit
 from object_model.types import (
     BOOL,
@@ -374,6 +375,25 @@ class Diagnostics(Component):
     log_level: Annotated[LogLevel, Access.READ_WRITE] = LogLevel.INFO
 
 
+class TaskEntry(Component):
+    """A long-running operation of the station (a monitoring task, a firmware update): what
+    it is, where it stands, how it ended. Read-only remotely: ``TaskControl`` changes it."""
+
+    kind: Name
+    state: TaskState = TaskState.PENDING
+    progress_percent: Percent = 0.0
+    owner: Annotated[str, string(256)] = ""
+    created_at: Timestamp = 0
+    updated_at: Timestamp = 0
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    detail: Annotated[str, string(200)] = ""
+    result: Annotated[str, string(200)] = ""
+    error_code: Name = ""
+    error: Annotated[str, string(500)] = ""
+    spec: Annotated[str, string(65_536)] = ""
+
+
 class Station(Component):
     """A charging station's whole device model."""
 
@@ -387,3 +407,4 @@ class Station(Component):
     enclosure: Enclosure = Enclosure()
     grid_meter: GridMeter = GridMeter()
     diagnostics: Diagnostics = Diagnostics()
+    tasks: Annotated[dict[str, TaskEntry], Ids(string(64, TASK_ID), 256)] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from keypath import KeyPath, KeyPathError, KeyPattern
 from object_model import (
@@ -27,6 +28,7 @@ from object_model import (
     encode_message,
     error_report,
 )
+from object_model.blobs import BlobChunk, BlobChunkRequest, BlobRef, FirmwareUpdate
 from object_model.errors import UnknownPathError
 from object_model.messages import (
     MESSAGE_TYPES,
@@ -38,11 +40,15 @@ from object_model.messages import (
 from object_model.monitoring import (
     Aggregation,
     LoggerConfig,
+    MonitoringHistory,
+    MonitoringQuery,
     MonitoringReport,
     MonitoringTaskSetup,
     ReporterConfig,
     TaskAction,
     TaskControl,
+    TaskState,
+    TaskStatus,
     Threshold,
 )
 from object_model.station import new_station_tree
@@ -89,7 +95,24 @@ EXAMPLES = [
     MonitoringReport(task="power-1", seq=4, dropped=2, backlog=True, samples=[
         (KeyPath.parse("evse/1/meter/obis:1-0:16.7.0"), 1_800_000_000_000_000,
          {"max": 11_200.5, "mean": 7_100.0})]),
+    MonitoringQuery(tree=KeyPath.parse("stations/cs-1"), task="power-1",
+                    pattern=KeyPattern.parse("evse/*/meter/**"), since_us=5, limit=10),
+    MonitoringHistory(tree=KeyPath.parse("stations/cs-1"), more=True, samples=[
+        ("power-1", KeyPath.parse("evse/1/status"), 7, "Charging")]),
+    TaskStatus(task="fw-7", task_kind="firmware_update", state=TaskState.PAUSED, revision=9),
+    BlobChunkRequest(hash=bytes(32), index=3),
+    BlobChunk(hash=bytes(32), index=3, data=b"\x00\xff" * 10),
+    FirmwareUpdate(tree=KeyPath.parse("stations/cs-1"), task="fw-7", version="4.3.0",
+                   source="local-site1",
+                   blob=BlobRef(hash=bytes(32), size=70_000, chunk_size=65_536,
+                                chunk_hashes=[bytes(32), b"\x01" * 32])),
 ]
+
+
+def test_a_blob_ref_must_hash_every_chunk() -> None:
+    with pytest.raises(ValidationError, match="make 2 chunks, but 1 chunk hashes"):
+        BlobRef(hash=bytes(32), size=70_000, chunk_size=65_536, chunk_hashes=[bytes(32)])
+    assert BlobRef(hash=bytes(32), size=0, chunk_hashes=[]).chunks == 0
 
 
 def test_every_kind_has_an_example() -> None:

@@ -1,0 +1,402 @@
+"""A station's tasks: monitoring and firmware updates, living at ``tasks/<id>`` in its tree.
+
+``StationTasks`` is the part of the station actor that runs them:
+
+* ``MonitoringTaskSetup`` is checked against the station's model and limits before anything
+  is created (every selector must be able to match a declared value and the asker must be
+  allowed to read what it matches; buffers, sampling rates and report intervals must be
+  within ``TaskLimits``); a refusal is a detailed ErrorReport. Accepted, it becomes an entry
+  under ``tasks/`` and a task of the ``Monitors`` engine, which every committed transaction
+  feeds. One loop sends the reports that are due, at the task's priority with its expiry;
+  while the station is not joined to its CSMS or has no broker link, entries stay in their
+  buffers and the backlog leaves afterwards without crowding out control traffic (the loop
+  waits while the endpoint's bulk queue is long). Logs marked ``persistent`` are kept in the
+  station's store across restarts.
+* ``FirmwareUpdate`` starts a task that fetches the image through the blob cache (only the
+  chunks it lacks, each checked), verifies it, installs it (simulated) and reports. A station
+  that restarts finds its unfinished tasks in its tree: monitoring goes on, a download
+  resumes with the chunks it has; what cannot resume fails, saying why.
+* ``TaskControl`` pauses, resumes or cancels either kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from actors.base import Context, handles
+from actors.blobs import BlobStore, fetch_blob
+from actors.monitoring import Monitors, Outgoing
+from actors.persistence import PersistentTree, TreeStore
+from actors.tasks import TaskBook
+from actors.tree_access import TreeAccess
+from actors.tree_actor import TreeActor
+from broker_bridge import Priority
+from keypath import KeyPath, KeyPattern
+from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role, Write
+from object_model.blobs import BlobRef, FirmwareUpdate
+from object_model.errors import error_class
+from object_model.monitoring import (
+    MonitoringTaskSetup,
+    Periodic,
+    TaskAction,
+    TaskControl,
+    TaskState,
+    TaskStatus,
+)
+from object_model.station.components import FirmwareStatus
+from object_model.tree import TransactionCommitted
+
+log = logging.getLogger("csms.station.tasks")
+
+MONITORING = "monitoring"
+FIRMWARE = "firmware_update"
+MANAGERS = frozenset({Role.LOCAL_CSMS, Role.CLOUD_CSMS})
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    """What a station grants monitoring tasks, and how it runs firmware updates."""
+
+    max_monitoring_tasks: int = 64
+    max_buffer_bytes: int = 1024 * 1024
+    total_buffer_bytes: int = 8 * 1024 * 1024
+    max_samples_per_s: float = 500.0
+    min_report_interval_s: float = 1.0
+    max_bulk_queue: int = 64  # a backlog waits while this many bulk envelopes are queued
+    save_logs_every_s: float = 5.0
+    install_s: float = 2.0
+    blob_capacity_bytes: int = 64 * 1024 * 1024
+    blob_window: int = 4
+
+
+def _refuse(code: ErrorCode, text: str, **details: Any) -> ModelError:
+    return error_class(code)(text, details=details)
+
+
+class StationTasks(TreeActor):
+    """The task-running part of ``ChargingStation`` (see the module docstring)."""
+
+    tree: ObjectTree | None
+    access: TreeAccess
+    store: TreeStore
+    persisted: PersistentTree | None
+    admitted: bool
+    limits: TaskLimits
+
+    def _start_tasks(self) -> None:
+        """Called by ``on_start`` once the tree is loaded: resume what was going on."""
+        assert self.tree is not None
+        self.tasks = TaskBook(self.tree, self.clock.now_us)
+        self.monitors = Monitors(self._read_matching)
+        self.blobs: BlobStore | None = None
+        self._jobs: dict[str, asyncio.Task[Any]] = {}
+        self._monitor_wake = asyncio.Event()
+        self._logs_dirty = False
+        self.tree.subscribe(self._feed_monitors)
+        for task_id, entry in list(self.tasks.unfinished()):
+            try:
+                if entry["kind"] == MONITORING:
+                    self._restore_monitor(task_id, entry)
+                elif entry["kind"] == FIRMWARE:
+                    self._resume_firmware(task_id, entry)
+                else:
+                    raise _refuse(ErrorCode.UNSUPPORTED_OPERATION,
+                                  f"this firmware does not run {entry['kind']!r} tasks")
+            except ModelError as exc:
+                log.warning("%s: task %s cannot resume: %s", self.address, task_id, exc)
+                self.tasks.update(task_id, state=TaskState.FAILED, error=exc)
+        self.spawn(self._report_loop(), "monitoring")
+
+    async def _restore_logs(self) -> None:
+        for task in self.monitors.tasks.values():
+            if task.setup.logger.persistent:
+                raw = await self.store.get_side(self._log_key(task.id))
+                if raw:
+                    seq, samples = msgpack.unpackb(raw)
+                    task.seq = seq
+                    for path, at, value in samples:
+                        task._keep((KeyPath.parse(path), at, value))
+
+    async def _stop_tasks(self) -> None:
+        for job in self._jobs.values():
+            job.cancel()
+        await asyncio.gather(*self._jobs.values(), return_exceptions=True)
+        await self._save_logs()
+        if self.blobs is not None:
+            await self.blobs.close()
+
+    # -- monitoring ---------------------------------------------------------------------------
+
+    def _read_matching(self, pattern: KeyPattern) -> list[tuple[KeyPath, Any]]:
+        assert self.tree is not None
+        return [(path, value) for path, value, _ in self.tree.find(pattern)]
+
+    def _feed_monitors(self, event: TransactionCommitted) -> None:
+        before = self.monitors.stats.events
+        self.monitors.on_commit(event, self.clock.now_us())
+        if self.monitors.stats.events != before:
+            self._monitor_wake.set()
+
+    def check_monitoring(self, setup: MonitoringTaskSetup, role: Role) -> None:
+        """Refuse ``setup`` with a detailed error unless this station can run it for
+        ``role``; nothing is created either way."""
+        assert self.tree is not None
+        limits = self.limits
+        matched: set[KeyPath] = set()
+        for selector in setup.selectors:
+            try:
+                self.tree.schema.check_pattern(selector)
+            except ModelError as exc:
+                raise type(exc)(f"selector {selector}: {exc.text}", path=str(selector),
+                                details={"selector": str(selector), **exc.details}) from None
+            matched.update(path for path, _, _ in self.tree.find(selector))
+        readable = [p for p in matched if self.access.may_read(role, p)]
+        if matched and not readable:
+            raise _refuse(ErrorCode.ACCESS_DENIED,
+                          f"role {role.value} may read none of the {len(matched)} values the "
+                          "selectors match", role=role.value)
+        logger, reporter = setup.logger, setup.reporter
+        if logger.buffer_bytes > limits.max_buffer_bytes:
+            raise _refuse(ErrorCode.LIMIT_EXCEEDED,
+                          f"buffer_bytes {logger.buffer_bytes} is more than this station gives "
+                          f"one task ({limits.max_buffer_bytes})",
+                          field="logger.buffer_bytes", asked=logger.buffer_bytes,
+                          limit=limits.max_buffer_bytes)
+        others = [t for t in self.monitors.tasks.values() if t.id != setup.task]
+        if len(others) >= limits.max_monitoring_tasks:
+            raise _refuse(ErrorCode.LIMIT_EXCEEDED,
+                          f"{len(others)} monitoring tasks run here already (at most "
+                          f"{limits.max_monitoring_tasks}): cancel one first",
+                          limit=limits.max_monitoring_tasks)
+        used = sum(t.setup.logger.buffer_bytes for t in others)
+        if used + logger.buffer_bytes > limits.total_buffer_bytes:
+            raise _refuse(ErrorCode.LIMIT_EXCEEDED,
+                          f"buffer_bytes {logger.buffer_bytes}: only "
+                          f"{max(0, limits.total_buffer_bytes - used)} of this station's "
+                          f"{limits.total_buffer_bytes} buffer bytes are free",
+                          field="logger.buffer_bytes", asked=logger.buffer_bytes,
+                          free=max(0, limits.total_buffer_bytes - used))
+        if isinstance(setup.trigger, Periodic):
+            rate = len(readable) / setup.trigger.every_s
+            if rate > limits.max_samples_per_s:
+                raise _refuse(ErrorCode.LIMIT_EXCEEDED,
+                              f"sampling {len(readable)} values every {setup.trigger.every_s:g} "
+                              f"s is {rate:.0f} samples/s; this station takes at most "
+                              f"{limits.max_samples_per_s:g}/s: sample less often or watch "
+                              "fewer values", field="trigger.every_s", samples_per_s=rate,
+                              limit=limits.max_samples_per_s)
+        if reporter.interval_s < limits.min_report_interval_s:
+            raise _refuse(ErrorCode.LIMIT_EXCEEDED,
+                          f"reporter.interval_s {reporter.interval_s:g} is below this "
+                          f"station's minimum of {limits.min_report_interval_s:g} s",
+                          field="reporter.interval_s", asked=reporter.interval_s,
+                          limit=limits.min_report_interval_s)
+
+    @handles(MonitoringTaskSetup)
+    async def on_monitoring_setup(self, setup: MonitoringTaskSetup, ctx: Context) -> MessageBase:
+        role = ctx.require_role()
+        self._own_tree(setup.tree)
+        self.check_monitoring(setup, role)
+        spec = json.dumps({"role": role.value, "destination": ctx.sender,
+                           "setup": setup.model_dump(mode="json")}, separators=(",", ":"))
+        self.tasks.create(setup.task, MONITORING, owner=ctx.sender, spec=spec)
+        self._add_monitor(setup, ctx.sender, role)
+        assert self.persisted is not None
+        await self.persisted.durable()
+        log.info("%s: monitoring task %s for %s watches %s", self.address, setup.task,
+                 ctx.sender, ", ".join(map(str, setup.selectors)))
+        return self._status(setup.task)
+
+    def _add_monitor(self, setup: MonitoringTaskSetup, destination: str, role: Role) -> None:
+        self.monitors.add(setup, destination, self.clock.now_us(),
+                          allow=lambda path: self.access.may_read(role, path))
+        self._monitor_wake.set()
+
+    def _restore_monitor(self, task_id: str, entry: dict[str, Any]) -> None:
+        spec = json.loads(entry["spec"])
+        setup = MonitoringTaskSetup.model_validate(spec["setup"])
+        self._add_monitor(setup, spec["destination"], Role(spec["role"]))
+        if entry["state"] == TaskState.PAUSED.value:
+            self.monitors.tasks[task_id].paused = True
+
+    @property
+    def link_up(self) -> bool:
+        """Whether reports can reach the CSMS now (joined, and connected to the broker)."""
+        return self.admitted and self.endpoint.transport.connected
+
+    async def _report_loop(self) -> None:
+        limits = self.limits
+        saved_at = self.clock.now_us()
+        while True:
+            now = self.clock.now_us()
+            for out in self.monitors.due(now, link_up=self.link_up):
+                self._send_report(out, now)
+            if self._logs_dirty and now - saved_at >= limits.save_logs_every_s * 1e6:
+                saved_at = now
+                await self._save_logs()
+            deadline = self.monitors.next_deadline()
+            waiting = any(t.buffer for t in self.monitors.tasks.values())
+            if deadline is not None and deadline <= now and self.link_up:
+                # a backlog is leaving: let the queue drain to a few envelopes first, so a
+                # control message sent meanwhile finds at most those ahead of it
+                while self.endpoint.session.queue_depth().get(Priority.BULK, 0) > \
+                        limits.max_bulk_queue:
+                    await asyncio.sleep(0.02)
+                continue
+            timeout = None if deadline is None else max(0.0, (deadline - now) / 1e6)
+            if waiting and not self.link_up:
+                timeout = 1.0  # the link may come back: look again
+            self._monitor_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._monitor_wake.wait(), timeout)
+
+    def _send_report(self, out: Outgoing, now: int) -> None:
+        self._logs_dirty = True
+        try:
+            self.send(out.destination, out.report, priority=Priority(out.priority),
+                      reliable=True, expires_in_us=max(1, out.expires_us - now))
+        except Exception:  # the endpoint is stopping: the entries are lost with this report
+            log.exception("%s: could not send report %d of task %s", self.address,
+                          out.report.seq, out.report.task)
+
+    def _log_key(self, task_id: str) -> str:
+        return f"monitoring-log/{self.address}/{task_id}"
+
+    async def _save_logs(self) -> None:
+        for task in self.monitors.tasks.values():
+            if task.setup.logger.persistent:
+                samples = [[str(p), at, v] for (p, at, v), _ in task.buffer]
+                await self.store.put_side(self._log_key(task.id),
+                                          msgpack.packb([task.seq, samples], use_bin_type=True))
+        self._logs_dirty = False
+
+    # -- task control ---------------------------------------------------------------------------
+
+    @handles(TaskControl)
+    async def on_task_control(self, message: TaskControl, ctx: Context) -> MessageBase:
+        role = ctx.require_role()
+        self._own_tree(message.tree)
+        entry = self.tasks.get(message.task)
+        if role not in MANAGERS and ctx.sender != entry["owner"]:
+            raise _refuse(ErrorCode.ACCESS_DENIED,
+                          f"task {message.task} belongs to {entry['owner']}; only it or a CSMS "
+                          "may control it", task=message.task)
+        target = self.tasks.target_of(message.task, message.action)
+        if entry["kind"] == MONITORING:
+            if message.action is TaskAction.CANCEL:
+                self.monitors.remove(message.task)
+                await self.store.put_side(self._log_key(message.task), None)
+            elif message.task in self.monitors.tasks:
+                self.monitors.tasks[message.task].paused = target is TaskState.PAUSED
+            self._monitor_wake.set()
+        elif entry["kind"] == FIRMWARE:
+            job = self._jobs.pop(message.task, None)
+            if job is not None:
+                job.cancel()
+                await asyncio.gather(job, return_exceptions=True)
+        self.tasks.update(message.task, state=target,
+                          detail=f"{message.action.value} by {ctx.sender}")
+        if entry["kind"] == FIRMWARE and target is TaskState.RUNNING:
+            self._resume_firmware(message.task, self.tasks.get(message.task))
+        assert self.persisted is not None
+        await self.persisted.durable()
+        return self._status(message.task)
+
+    def _status(self, task_id: str) -> TaskStatus:
+        entry = self.tasks.get(task_id)
+        assert self.tree is not None
+        return TaskStatus(task=task_id, task_kind=entry["kind"], state=TaskState(entry["state"]),
+                          revision=self.tree.revision)
+
+    def _own_tree(self, tree: KeyPath) -> None:
+        if tree.segments:
+            raise error_class(ErrorCode.UNKNOWN_PATH)(
+                f"{self.address} serves one tree: address it with tree ''", path=tree)
+
+    # -- firmware updates ---------------------------------------------------------------------
+
+    @handles(FirmwareUpdate)
+    async def on_firmware_update(self, message: FirmwareUpdate, ctx: Context) -> MessageBase:
+        role = ctx.require_role()
+        self._own_tree(message.tree)
+        if role not in MANAGERS:
+            raise _refuse(ErrorCode.ACCESS_DENIED,
+                          f"role {role.value} may not update this station's firmware",
+                          role=role.value)
+        running = [t for t, e in self.tasks.unfinished(FIRMWARE) if t != message.task]
+        if running:
+            raise _refuse(ErrorCode.BUSY, f"firmware update {running[0]} is still going: "
+                          "cancel it or wait", task=running[0])
+        blobs = await self._blob_store()
+        await blobs.begin(message.blob)  # the station keeps the ref: a restart resumes
+        spec = json.dumps({"hash": message.blob.hash.hex(), "version": message.version,
+                           "source": message.source or ctx.sender, "size": message.blob.size})
+        self.tasks.create(message.task, FIRMWARE, owner=ctx.sender, spec=spec,
+                          detail="downloading")
+        assert self.persisted is not None
+        await self.persisted.durable()
+        self._resume_firmware(message.task, self.tasks.get(message.task))
+        return self._status(message.task)
+
+    def _resume_firmware(self, task_id: str, entry: dict[str, Any]) -> None:
+        if entry["state"] == TaskState.PAUSED.value:
+            return
+        self._jobs[task_id] = self.spawn(self._update_firmware(task_id, json.loads(entry["spec"])),
+                                         f"firmware:{task_id}")
+
+    async def _blob_store(self) -> BlobStore:
+        if self.blobs is None:
+            path = self.store.path.parent / "blobs" / f"{self.address}.sqlite"
+            self.blobs = await BlobStore(path, capacity_bytes=self.limits.blob_capacity_bytes
+                                         ).open()
+        return self.blobs
+
+    async def _update_firmware(self, task_id: str, spec: dict[str, Any]) -> None:
+        assert self.tree is not None
+        blobs = await self._blob_store()
+        ref: BlobRef | None = blobs.ref(bytes.fromhex(spec["hash"]))
+        try:
+            if ref is None:
+                raise _refuse(ErrorCode.NOT_PRESENT,
+                              "the image's description was lost with the station's blob "
+                              "store: start the update again", hash=spec["hash"])
+            self._firmware_status(FirmwareStatus.DOWNLOADING)
+            shown = [-1]
+
+            def progress(done: int, total: int) -> None:
+                percent = int(90 * done / max(1, total))
+                if percent != shown[0]:
+                    shown[0] = percent
+                    self.tasks.update(task_id, progress=percent,
+                                      detail=f"downloaded {done} of {total} chunks")
+
+            await fetch_blob(self, blobs, ref, spec["source"], window=self.limits.blob_window,
+                             on_progress=progress)
+            self._firmware_status(FirmwareStatus.INSTALLING)
+            self.tasks.update(task_id, progress=95, detail=f"verified; installing "
+                              f"{spec['version']}")
+            await asyncio.sleep(self.limits.install_s)
+            self.tree.apply([Write("firmware/version", spec["version"]),
+                             Write("firmware/update_status", FirmwareStatus.INSTALLED.value),
+                             Write("firmware/last_update_at", self.clock.now_us())])
+            self.tasks.update(task_id, state=TaskState.SUCCEEDED,
+                              result=f"installed {spec['version']}", detail="done")
+            log.info("%s: firmware %s installed (task %s)", self.address, spec["version"],
+                     task_id)
+        except ModelError as exc:
+            log.warning("%s: firmware update %s failed: %s", self.address, task_id, exc)
+            self._firmware_status(FirmwareStatus.FAILED)
+            self.tasks.update(task_id, state=TaskState.FAILED, error=exc)
+        finally:
+            self._jobs.pop(task_id, None)
+
+    def _firmware_status(self, status: FirmwareStatus) -> None:
+        assert self.tree is not None
+        self.tree.write("firmware/update_status", status.value)
