@@ -266,6 +266,11 @@ def _encode(frame: list[Any]) -> bytes:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def json_bytes(frame: list[Any]) -> int:
+    """Bytes of an OCPP-J frame as a WebSocket text message carries it (compact JSON)."""
+    return len(_encode(frame))
+
+
 def _call(station_id: str, action: str, n: int, payload: dict[str, Any]) -> list[Any]:
     """A validated CALL; its id is a deterministic UUID, as long as the random ones chargers use."""
     validate(action, payload)
@@ -372,20 +377,34 @@ def full_report_bytes(tree: ObjectTree, station_id: str, *,
     }
 
 
+def event_data(path: KeyPath | str, value: Any, *, tree: ObjectTree, at_us: int,
+               trigger: str = "Delta", event_id: int = 1, monitor_id: int = 1) -> dict[str, Any]:
+    """One OCPP ``EventData``: a custom monitor on ``path`` fired with ``value`` at ``at_us``
+    (timestamp to the millisecond; ``value`` is checked against the leaf's type first)."""
+    leaf = tree.schema.resolve(path)
+    text, _ = ocpp_value(leaf, leaf.value_type.validate(value))  # type: ignore[union-attr]
+    component, variable = ocpp_address(path)
+    return {"eventId": event_id, "timestamp": rfc3339(at_us // 1000 * 1000), "trigger": trigger,
+            "actualValue": text, "component": component, "variable": variable,
+            "variableMonitoringId": monitor_id, "eventNotificationType": "CustomMonitor"}
+
+
+def notify_events_message(events: list[dict[str, Any]], *, station_id: str, seq: int = 0,
+                          now_us: int | None = None) -> list[Any]:
+    """The NotifyEvent CALL carrying ``events`` (``event_data`` entries; validated)."""
+    return _call(station_id, "NotifyEvent", events[0]["eventId"],
+                 {"generatedAt": _now(now_us), "seqNo": seq, "eventData": events})
+
+
 def notify_event_message(path: KeyPath | str, value: Any, *, tree: ObjectTree, station_id: str,
                          trigger: str = "Delta", event_id: int = 1, monitor_id: int = 1,
                          now_us: int | None = None) -> list[Any]:
     """The NotifyEvent CALL a charger sends when a custom monitor on ``path`` fires with
     ``value`` (validated; ``value`` is checked against the leaf's type first)."""
-    leaf = tree.schema.resolve(path)
-    text, _ = ocpp_value(leaf, leaf.value_type.validate(value))  # type: ignore[union-attr]
-    component, variable = ocpp_address(path)
-    ts = _now(now_us)
-    event = {"eventId": event_id, "timestamp": ts, "trigger": trigger, "actualValue": text,
-             "component": component, "variable": variable, "variableMonitoringId": monitor_id,
-             "eventNotificationType": "CustomMonitor"}
-    return _call(station_id, "NotifyEvent", event_id,
-                 {"generatedAt": ts, "seqNo": 0, "eventData": [event]})
+    at = (time.time_ns() // 1000 if now_us is None else now_us) // 1_000_000 * 1_000_000
+    event = event_data(path, value, tree=tree, at_us=at, trigger=trigger, event_id=event_id,
+                       monitor_id=monitor_id)
+    return notify_events_message([event], station_id=station_id, now_us=now_us)
 
 
 def notify_event_bytes(path: KeyPath | str, value: Any, *, tree: ObjectTree, station_id: str,
