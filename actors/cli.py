@@ -18,6 +18,7 @@ BENCHMARKS = {
     "transport": "envelopes/s, latency and priorities through the managed Prosody",
     "faults": "exactly-once delivery while the broker (and a sender) are SIGKILLed",
     "resync": "a cloud CSMS of N stations killed and restarted: time and bytes to consistency",
+    "monitoring": "monitoring tasks: CPU per watched write, reports/s via Prosody, bytes/sample vs OCPP",
 }
 
 
