@@ -82,6 +82,12 @@ class BlobStore:
             await self._db.close()
             self._db = None
 
+    async def __aenter__(self) -> BlobStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -235,7 +241,7 @@ async def fetch_blob(actor: Actor, store: BlobStore, ref: BlobRef, source: str, 
                 answer = await actor.request(source, BlobChunkRequest(hash=ref.hash, index=index),
                                              timeout=timeout, priority=Priority.BULK)
             except ModelError as exc:
-                if exc.code is not ErrorCode.TIMEOUT:
+                if exc.code not in (ErrorCode.TIMEOUT, ErrorCode.BUSY):
                     raise
                 if time.monotonic() - last_progress > give_up_s:
                     raise error_class(ErrorCode.TIMEOUT)(
@@ -312,9 +318,15 @@ class BlobServing(Actor):
         waiting = self._inflight.get(key)
         if waiting is None:  # the first asker fetches; the others wait for the same answer
             waiting = self._inflight[key] = asyncio.get_running_loop().create_future()
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
             self.spawn(self._fetch_chunk(blob, index, upstream, waiting), f"blob-{index}")
-        return await asyncio.wait_for(asyncio.shield(waiting),
-                                      ctx.time_left(self.clock.now_us(), 30.0))
+        wait = ctx.time_left(self.clock.now_us(), 30.0)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), wait)
+        except TimeoutError:  # the fetch goes on: the asker's retry will find the chunk here
+            raise error_class(ErrorCode.BUSY)(
+                f"chunk {index} of blob {blob.hex()[:16]}... is still on its way from "
+                f"{upstream}: ask again", details={"hash": blob.hex(), "index": index}) from None
 
     async def _fetch_chunk(self, blob: bytes, index: int, upstream: str,
                            waiting: asyncio.Future[bytes]) -> None:

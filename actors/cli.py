@@ -81,6 +81,12 @@ def _client(args: argparse.Namespace) -> int:
 
     try:
         conn = client.Connection.load(Path(args.connect))
+        if args.command == "monitor":
+            shown = client.run(client.monitor(
+                conn, args.actor, args.pattern, every=args.every, above=args.above,
+                duration=args.duration, show=lambda line: print(line, flush=True)))
+            print(f"# {shown} samples", flush=True)
+            return 0
         if args.command == "get":
             lines = client.run(client.get(conn, args.actor, args.keypath))
         elif args.command == "set":
@@ -186,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("pattern", help="e.g. evse/*/connector/*/status or stations/*/evse/*/status")
     find.add_argument("--types", action="store_true", help="show each value's type and access")
     find.set_defaults(func=_client)
+    watch = sub.add_parser("monitor", parents=[connect],
+                           help="watch values live through a CSMS (a monitoring task)")
+    watch.add_argument("actor", help="a CSMS (cloud, local-site1) or a station")
+    watch.add_argument("pattern", help="e.g. stations/cs-site1-3/evse/*/meter/** at a CSMS")
+    how = watch.add_mutually_exclusive_group()
+    how.add_argument("--every", type=float, metavar="S", help="sample every S seconds")
+    how.add_argument("--on-change", action="store_true", help="every change (the default)")
+    how.add_argument("--above", type=float, metavar="X", help="only crossings above X")
+    watch.add_argument("--for", dest="duration", type=float, metavar="S",
+                       help="stop after S seconds (default: Ctrl-C)")
+    watch.set_defaults(func=_client)
     return parser
 
 

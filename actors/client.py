@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from actors.base import Actor, RoleDirectory
+from actors.base import Actor, Context, RoleDirectory, handles
 from broker_bridge import Endpoint
 from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTransport
 from keypath import GLOBSTAR, KeyPath, KeyPathError, KeyPattern
@@ -28,6 +29,16 @@ from object_model.messages import (
     PropertyValueWrite,
     PropertyValueWriteResponse,
     WriteItem,
+)
+from object_model.monitoring import (
+    MonitoringReport,
+    MonitoringTaskSetup,
+    OnChange,
+    Periodic,
+    ReporterConfig,
+    TaskAction,
+    TaskControl,
+    Threshold,
 )
 from object_model.types import from_micros
 
@@ -64,9 +75,18 @@ class Connection:
 
 
 class OperatorClient(Actor):
-    """An operator on the network: it only asks."""
+    """An operator on the network: it asks, and takes the monitoring reports it asked for
+    (``reports``)."""
 
     role = Role.OPERATOR
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reports: asyncio.Queue[MonitoringReport] = asyncio.Queue()
+
+    @handles(MonitoringReport)
+    async def on_report(self, report: MonitoringReport, ctx: Context) -> None:
+        self.reports.put_nowait(report)
 
 
 async def with_client(conn: Connection, actor: str,
@@ -176,6 +196,64 @@ async def discover(conn: Connection, actor: str, pattern_text: str, types: bool)
             described = f"  [{kind.get('type')}, {kind.get('access')}]" if types and kind else ""
             lines.append(f"{p} = {format_value(v, kind)}{described}")
         return lines or [f"{actor}: nothing matches {pattern} (or you may not read it)"]
+
+    return await with_client(conn, actor, work)
+
+
+def monitor_setup(pattern_text: str, *, every: float | None = None, above: float | None = None,
+                  task: str) -> tuple[KeyPath, MonitoringTaskSetup]:
+    """The tree and setup ``csms monitor`` sends: ``stations/<id>/<selector>`` at a CSMS
+    watches ``<selector>`` on that station; reports every second, at state priority."""
+    try:
+        pattern = KeyPattern.parse(pattern_text)
+    except KeyPathError as exc:
+        raise ClientError(f"{exc}") from None
+    segs = pattern.segments
+    tree = KeyPath.root()
+    if len(segs) > 2 and segs[0] == "stations" and isinstance(segs[1], str):
+        tree, pattern = KeyPath("stations", segs[1]), KeyPattern(segs[2:])
+    trigger = (Periodic(every_s=every) if every is not None else
+               Threshold(upper=above) if above is not None else OnChange())
+    return tree, MonitoringTaskSetup(tree=tree, task=task, selectors=[pattern], trigger=trigger,
+                                     reporter=ReporterConfig(interval_s=1, priority=2,
+                                                             expiry_s=60))
+
+
+async def monitor(conn: Connection, actor: str, pattern_text: str, *, every: float | None,
+                  above: float | None, duration: float | None,
+                  show: Callable[[str], None] = print) -> int:
+    """Set up a monitoring task through ``actor``, print samples as they come, cancel the
+    task when done (after ``duration`` seconds, or Ctrl-C); returns the samples shown."""
+    task = f"mon-{os.urandom(4).hex()}"
+    tree, setup = monitor_setup(pattern_text, every=every, above=above, task=task)
+
+    async def work(client: OperatorClient) -> int:
+        await client.request(actor, setup, timeout=10)
+        what = f"{tree}/{setup.selectors[0]}" if tree.segments else str(setup.selectors[0])
+        show(f"# watching {what} through {actor} (task {task}); Ctrl-C to stop")
+        shown = 0
+        try:
+            async with asyncio.timeout(duration):
+                while True:
+                    report = await client.reports.get()
+                    if report.task != task:
+                        continue
+                    if report.dropped:
+                        show(f"# {report.dropped} samples were dropped by the station's buffer")
+                    for path, at, value in sorted(report.samples, key=lambda s: s[1]):
+                        stamp = from_micros(at).isoformat(timespec="milliseconds")
+                        show(f"{stamp.replace('+00:00', 'Z')}  {report.tree / path} = "
+                             f"{format_value(value, None)}")
+                        shown += 1
+        except TimeoutError:
+            pass
+        finally:
+            try:
+                await client.request(actor, TaskControl(tree=tree, task=task,
+                                                        action=TaskAction.CANCEL), timeout=5)
+            except ModelError as exc:
+                show(f"# could not cancel task {task}: {exc}")
+        return shown
 
     return await with_client(conn, actor, work)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.base import Context, RoleDirectory, handles
+from actors.csms.tasks import CsmsTasks
 from actors.persistence import CorruptTreeError, PersistentTree, TreeStore
 from actors.resync import Replica, ResyncEngine, ResyncOutcome
 from actors.tree_access import TreeAccess
@@ -101,7 +102,7 @@ class _Relay:
     changed: bool
 
 
-class CachingCsms(TreeActor):
+class CachingCsms(CsmsTasks, TreeActor):
     """Base of the local and the cloud CSMS (see the module docstring)."""
 
     def __init__(self, address: str, endpoint: Endpoint, *, store: TreeStore,
@@ -125,6 +126,7 @@ class CachingCsms(TreeActor):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        await self._open_task_stores(self.store.path)
         loaded = await self.store.load(OWN_KEY, csms_schema())
         if loaded is not None:
             self.own = loaded
@@ -163,6 +165,7 @@ class CachingCsms(TreeActor):
         for persisted in [*self._persisted.values(), self._own_persisted]:
             if persisted is not None:
                 await persisted.detach(snapshot=False)
+        await self._close_task_stores()
 
     def _source_of(self, station: str) -> tuple[str | None, KeyPath]:
         try:

@@ -174,11 +174,16 @@ class Hierarchy:
             paths=[KeyPath("counters", name)]), timeout=10)
         return int(answer.values[0][2])  # type: ignore[attr-defined]
 
-    async def close(self) -> None:
+    async def disconnect_operator(self) -> None:
+        """Hang up the test's operator (so that ``csms`` commands may log in as it)."""
         if self.operator is not None:
             await self.operator.stop()
         if self.operator_endpoint is not None:
             await self.operator_endpoint.stop(flush_timeout=0.5)
+        self.operator = self.operator_endpoint = None
+
+    async def close(self) -> None:
+        await self.disconnect_operator()
         for host in reversed(self.hosts):
             await host.stop()
         if self.local is not None:
