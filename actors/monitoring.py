@@ -34,6 +34,8 @@ from typing import Any
 
 import msgpack
 
+from broker_bridge import Priority
+from broker_bridge.session import SessionConfig
 from keypath import KeyPath, KeyPattern, PatternIndex
 from object_model.monitoring import (
     Aggregation,
@@ -77,6 +79,12 @@ class Outgoing:
     priority: int
     expires_us: int
     report: MonitoringReport
+
+
+def report_budget(config: SessionConfig) -> int:
+    """The entry bytes a report may carry to fit one bulk frame of a link so configured
+    (with room for the report's and the envelope's own fields)."""
+    return max(256, config.frame_limit(Priority.BULK) - 256)
 
 
 def entry_size(sample: Sample) -> int:
@@ -242,17 +250,24 @@ class MonitoringTask:
         return (self.draining or len(self.buffer) >= reporter.max_entries
                 or now_us >= self.last_report_us + int(reporter.interval_s * SECOND))
 
-    def make_report(self, now_us: int) -> Outgoing:
+    def make_report(self, now_us: int, max_bytes: int | None = None) -> Outgoing:
         """The next report: the oldest entries after a normal interval, the newest first
-        when more than one report's worth waits (a backlog after an outage)."""
+        when more than one report's worth waits (a backlog after an outage); at most
+        ``max_entries``, and entries of at most ``max_bytes`` (at least one entry)."""
         reporter = self.setup.reporter
         backlog = len(self.buffer) > reporter.max_entries
         take = min(len(self.buffer), reporter.max_entries)
         pop = self.buffer.pop if backlog else self.buffer.popleft
-        samples = []
-        for _ in range(take):
-            sample, size = pop()
-            self.buffered_bytes -= size
+        peek = -1 if backlog else 0
+        samples: list[Sample] = []
+        size = 0
+        while len(samples) < take:
+            if max_bytes is not None and samples and size + self.buffer[peek][1] > max_bytes:
+                backlog = True  # what is left leaves in the next reports
+                break
+            sample, entry = pop()
+            self.buffered_bytes -= entry
+            size += entry
             samples.append(sample)
         report = MonitoringReport(task=self.id, seq=self.seq, samples=samples,
                                   dropped=self.dropped, backlog=bool(self.buffer))
@@ -312,9 +327,12 @@ class Monitors:
                     stats.events += 1
                     stats.dropped += task.log(path, value, now_us)
 
-    def due(self, now_us: int, *, link_up: bool = True) -> list[Outgoing]:
+    def due(self, now_us: int, *, link_up: bool = True,
+            max_report_bytes: int | None = None) -> list[Outgoing]:
         """Sample periodic tasks, close finished intervals, and make the reports due now (none
-        while the link is down: entries wait in their buffers)."""
+        while the link is down: entries wait in their buffers). ``max_report_bytes`` keeps
+        reports to what fits a frame of the link (a slow link's bulk frames are small, so
+        that a control message never waits behind a long one)."""
         for task in self.tasks.values():
             if task.paused:
                 continue
@@ -335,7 +353,7 @@ class Monitors:
             return []
         ready = [t for t in self.tasks.values() if not t.paused and t.report_due(now_us)]
         ready.sort(key=lambda t: (t.setup.reporter.priority, t.last_report_us))
-        out = [task.make_report(now_us) for task in ready]
+        out = [task.make_report(now_us, max_report_bytes) for task in ready]
         self.stats.reports += len(out)
         return out
 

@@ -32,7 +32,7 @@ import msgpack
 
 from actors.base import Context, handles
 from actors.blobs import BlobStore, fetch_blob
-from actors.monitoring import Monitors, Outgoing
+from actors.monitoring import Monitors, Outgoing, report_budget
 from actors.persistence import PersistentTree, TreeStore
 from actors.tasks import TaskBook
 from actors.tree_access import TreeAccess
@@ -98,6 +98,7 @@ class StationTasks(TreeActor):
         self.blobs: BlobStore | None = None
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._monitor_wake = asyncio.Event()
+        self._report_deadline: int | None = None  # when the report loop wakes by itself
         self._logs_dirty = False
         self.tree.subscribe(self._feed_monitors)
         for task_id, entry in list(self.tasks.unfinished()):
@@ -141,8 +142,11 @@ class StationTasks(TreeActor):
     def _feed_monitors(self, event: TransactionCommitted) -> None:
         before = self.monitors.stats.events
         self.monitors.on_commit(event, self.clock.now_us())
-        if self.monitors.stats.events != before:
-            self._monitor_wake.set()
+        if self.monitors.stats.events != before and (
+                self._report_deadline is None or any(
+                    len(t.buffer) >= t.setup.reporter.max_entries
+                    for t in self.monitors.tasks.values())):
+            self._monitor_wake.set()  # else the loop wakes at its deadline anyway
 
     def check_monitoring(self, setup: MonitoringTaskSetup, role: Role) -> None:
         """Refuse ``setup`` with a detailed error unless this station can run it for
@@ -215,8 +219,17 @@ class StationTasks(TreeActor):
         return self._status(setup.task)
 
     def _add_monitor(self, setup: MonitoringTaskSetup, destination: str, role: Role) -> None:
-        self.monitors.add(setup, destination, self.clock.now_us(),
-                          allow=lambda path: self.access.may_read(role, path))
+        rights: dict[KeyPath, bool] = {}  # a role's rights do not change: look each path up once
+
+        def allow(path: KeyPath) -> bool:
+            known = rights.get(path)
+            if known is None:
+                if len(rights) > 4096:
+                    rights.clear()
+                known = rights[path] = self.access.may_read(role, path)
+            return known
+
+        self.monitors.add(setup, destination, self.clock.now_us(), allow=allow)
         self._monitor_wake.set()
 
     def _restore_monitor(self, task_id: str, entry: dict[str, Any]) -> None:
@@ -236,7 +249,8 @@ class StationTasks(TreeActor):
         saved_at = self.clock.now_us()
         while True:
             now = self.clock.now_us()
-            for out in self.monitors.due(now, link_up=self.link_up):
+            budget = report_budget(self.endpoint.session.config)
+            for out in self.monitors.due(now, link_up=self.link_up, max_report_bytes=budget):
                 self._send_report(out, now)
             if self._logs_dirty and now - saved_at >= limits.save_logs_every_s * 1e6:
                 saved_at = now
@@ -253,6 +267,7 @@ class StationTasks(TreeActor):
             timeout = None if deadline is None else max(0.0, (deadline - now) / 1e6)
             if waiting and not self.link_up:
                 timeout = 1.0  # the link may come back: look again
+            self._report_deadline = None if timeout is None else now + int(timeout * 1e6)
             self._monitor_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._monitor_wake.wait(), timeout)

@@ -8,10 +8,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from actors.monitoring import SECOND, Monitors, entry_size
+from actors.monitoring import SECOND, Monitors, entry_size, report_budget
+from broker_bridge import Priority
+from broker_bridge.codec import encode_body
+from broker_bridge.session import Session, SessionConfig
 from keypath import KeyPath, KeyPattern
 from object_model import ObjectTree, Write
-from object_model.monitoring import MonitoringTaskSetup
+from object_model.monitoring import MonitoringTaskSetup, TaskState, TaskStatus
 from object_model.station import new_station_tree
 
 T0 = 1_800_000_000 * SECOND
@@ -212,3 +215,74 @@ def test_writes_of_one_transaction_are_seen_together(station: Station) -> None:
     (out,) = station.reports(after_s=1)
     assert [(str(p), v) for p, _, v in out.report.samples] == [
         (POWER, 1.0), (POWER_2, 2.0)]
+
+
+def _control_wait(session: Session, now: int, feed: Any = None) -> int:
+    """How long (µs, on the session's clock) a control envelope sent at ``now`` waits before
+    its frame leaves, while ``feed(now)`` keeps queueing whatever the caller drains."""
+    session.send(source="cs-1", destination="csms", kind="TaskStatus",
+                 body=encode_body(TaskStatus(task="t", task_kind="monitoring",
+                                             state=TaskState.RUNNING)),
+                 now=now, priority=Priority.CONTROL)
+    sent = now
+    while True:
+        if feed is not None:
+            feed(now)
+        frames = session.pop_frames(now)
+        if any(f.priority is Priority.CONTROL for f in frames):
+            return now - sent
+        now = max(now + 100, session.next_deadline() or now + 100)
+
+
+def test_a_backlog_drains_without_delaying_control_by_more_than_one_frame(
+        station: Station) -> None:
+    """After an outage the station drains a backlog of bulk reports through a 50 kB/s link;
+    a control message sent meanwhile waits at most one bulk frame's link time longer than on
+    an idle link (reports are cut to the link's small bulk frames while draining)."""
+    config = SessionConfig(seed=1, rate_bytes_per_s=50_000, burst_bytes=4_000, compress=False,
+                           max_frame_delay_us=2_000)
+    station.setup(task="all", selectors=["evse/*/meter/**"],
+                  logger={"buffer_bytes": 1024 * 1024},
+                  reporter={"interval_s": 1, "max_entries": 200, "priority": 3})
+    for i in range(3000):  # 50 minutes offline: 3 registers changing each second
+        station.tree.apply([Write(f"evse/{1 + i % 2}/meter/obis:1-0:{c}", i % 1000 + 0.5)
+                            for c in ("16.7.0", "32.7.0", "31.7.0")])
+        station.now += SECOND
+    assert station.reports(link_up=False) == []
+    assert len(station.monitors.tasks["all"].buffer) == 9000
+
+    idle = Session(config, ["cs-1"])
+    idle.link_up(station.now)
+    baseline = _control_wait(idle, station.now)
+
+    draining = Session(config, ["cs-1"])
+    draining.link_up(station.now)
+
+    def drain(now: int) -> None:
+        # the station's loop: the next report leaves when few bulk envelopes wait
+        if draining.queue_depth().get(Priority.BULK, 0) <= 4:
+            for out in station.monitors.due(now, max_report_bytes=report_budget(config)):
+                draining.send(source="cs-1", destination=out.destination,
+                              kind="MonitoringReport", body=encode_body(out.report),
+                              now=now, priority=Priority(out.priority))
+
+    now = station.now
+    waits, behind, frame_bytes = [], [], [0]
+
+    def pop(now: int) -> None:
+        frames = draining.pop_frames(now)
+        frame_bytes[0] = max([frame_bytes[0]] + [len(f.data) for f in frames
+                                                 if f.priority is Priority.BULK])
+
+    for _ in range(3):  # control messages at three moments of the drain
+        for _ in range(10):
+            drain(now)
+            pop(now)
+            now = max(now + 100, draining.next_deadline() or now + 100)
+        behind.append(draining.queue_depth().get(Priority.BULK, 0)
+                      + len(station.monitors.tasks["all"].buffer))
+        waits.append(_control_wait(draining, now, drain))
+    assert min(behind) > 0  # each control came while the backlog was still leaving
+    frame_time = frame_bytes[0] * SECOND // 50_000
+    assert frame_bytes[0] <= 1_100  # the link's bulk frames: ~20 ms each
+    assert max(waits) <= baseline + frame_time, (baseline, frame_time, waits)
