@@ -82,6 +82,12 @@ class SampleStore:
             await self._db.close()
             self._db = None
 
+    async def __aenter__(self) -> SampleStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -98,12 +97,6 @@ class Site:
         self.stack.push_async_callback(station.stop)
         await until(lambda: station.admitted, "the station joined")
         return station
-
-
-@pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    async with AsyncExitStack() as stack:
-        yield Site(tmp_path, stack)
 
 
 def setup(task: str, *selectors: str, **kwargs: Any) -> MonitoringTaskSetup:
