@@ -321,6 +321,29 @@ class Actor:
         if answer is not None:
             self._answer(env, answer, env.priority)
 
+    def defer(self, ctx: Context, work: Awaitable[MessageBase], name: str) -> None:
+        """Answer ``ctx``'s message with what ``work`` returns (or the ErrorReport of what it
+        raises) when it is done, while the inbox goes on: for a handler whose answer waits on
+        another peer that may, in turn, be waiting on this actor (return ``None`` after)."""
+
+        async def run() -> None:
+            env = ctx.envelope
+            try:
+                answer = await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.rejected += 1
+                if not isinstance(exc, ModelError):
+                    log.exception("%s: handling %s from %s failed", self.address, env.kind,
+                                  env.source)
+                self._answer(env, error_report(exc, answers=env.id),
+                             min(env.priority, Priority.CONTROL))
+                return
+            self._answer(env, answer, env.priority)
+
+        self.spawn(run(), name)
+
     def _answer(self, env: Envelope, answer: MessageBase, priority: Priority) -> None:
         """Send ``answer`` to ``env``'s sender; a failure to send (the endpoint is stopping,
         the answer cannot be encoded) is logged, and the inbox goes on."""

@@ -9,7 +9,9 @@ dropped and fetched again); a complete blob is checked whole. Complete blobs bey
 
 ``fetch_blob`` brings a blob into a store from a peer, ``window`` chunk requests in flight at
 bulk priority, retrying what times out (the peer or the broker may be restarting) until
-``give_up_s`` of no progress. ``BlobServing`` answers ``BlobChunkRequest``s from an actor's
+``give_up_s`` of no progress. The timeout is long on purpose: when a whole site asks at once
+after a broker restart, answers queue behind each other, and a short timeout would have every
+station give up on answers already on their way and ask again, forever. ``BlobServing`` answers ``BlobChunkRequest``s from an actor's
 store and, for a blob it was told comes from upstream (``expect_blob``), fetches a missing
 chunk upstream once however many receivers ask for it at the same time: a local CSMS sends a
 site's 50 stations a firmware image that crossed the uplink once.
@@ -218,7 +220,7 @@ class BlobStore:
 
 
 async def fetch_blob(actor: Actor, store: BlobStore, ref: BlobRef, source: str, *,
-                     window: int = 4, timeout: float = 5.0, give_up_s: float = 300.0,
+                     window: int = 4, timeout: float = 30.0, give_up_s: float = 300.0,
                      on_progress: Callable[[int, int], None] | None = None,
                      max_bad_chunks: int = 8) -> int:
     """Fetch the chunks of ``ref`` that ``store`` lacks from ``source`` and check the whole;
@@ -299,14 +301,24 @@ class BlobServing(Actor):
             self._upstream[ref.hash] = upstream
 
     @handles(BlobChunkRequest)
-    async def on_blob_chunk(self, message: BlobChunkRequest, ctx: Context) -> MessageBase:
+    async def on_blob_chunk(self, message: BlobChunkRequest, ctx: Context) -> MessageBase | None:
         ctx.require_role()
         data = None if self.blobs is None else await self.blobs.chunk(message.hash,
                                                                       message.index)
-        if data is None:
-            data = await self._from_upstream(message.hash, message.index, ctx)
+        if data is not None:
+            return self._served(message, data)
+        # fetching upstream takes a round trip, during which upstream may be waiting on us
+        # (forwarding the next update through us): the inbox must go on meanwhile
+        self.defer(ctx, self._served_from_upstream(message, ctx), f"blob-{message.index}")
+        return None
+
+    def _served(self, message: BlobChunkRequest, data: bytes) -> BlobChunk:
         self.served_bytes += len(data)
         return BlobChunk(hash=message.hash, index=message.index, data=data)
+
+    async def _served_from_upstream(self, message: BlobChunkRequest, ctx: Context) -> BlobChunk:
+        return self._served(message, await self._from_upstream(message.hash, message.index,
+                                                              ctx))
 
     async def _from_upstream(self, blob: bytes, index: int, ctx: Context) -> bytes:
         upstream = self._upstream.get(blob)
@@ -319,7 +331,7 @@ class BlobServing(Actor):
         if waiting is None:  # the first asker fetches; the others wait for the same answer
             waiting = self._inflight[key] = asyncio.get_running_loop().create_future()
             waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
-            self.spawn(self._fetch_chunk(blob, index, upstream, waiting), f"blob-{index}")
+            self.spawn(self._fetch_chunk(blob, index, upstream, waiting), f"upstream-{index}")
         wait = ctx.time_left(self.clock.now_us(), 30.0)
         try:
             return await asyncio.wait_for(asyncio.shield(waiting), wait)

@@ -88,6 +88,12 @@ class FrameStreamMixin:
         self.write_paused = False
         self._on_resume()
 
+    def connection_made(self, transport: Any) -> None:
+        # a connection lost while asyncio had paused writing never gets its resume_writing:
+        # without this, the next connection would start (and stay) paused, sending nothing
+        self.write_paused = False
+        super().connection_made(transport)  # type: ignore[misc]
+
     def write_buffer_size(self) -> int:
         transport = getattr(self, "transport", None)
         return transport.get_write_buffer_size() if transport is not None else 0

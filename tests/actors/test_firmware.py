@@ -43,7 +43,7 @@ class Origin(BlobServing, Csms):
         self.spoil: set[int] = set()  # chunks answered corrupted once
 
     @handles(BlobChunkRequest)
-    async def on_blob_chunk(self, message: BlobChunkRequest, ctx: Context) -> MessageBase:
+    async def on_blob_chunk(self, message: BlobChunkRequest, ctx: Context) -> MessageBase | None:
         self.asked[message.index] += 1
         if message.index >= self.hold_from:
             await self.gate.wait()
@@ -176,3 +176,25 @@ async def test_the_sample_store_keeps_the_newest_within_its_bound(tmp_path: Any)
                                                            limit=100))
     assert len(answer.samples) == 50 and not answer.more
     assert answer.samples[0][3] == "v9.9" and answer.samples[-1][3] == "v5.0"
+
+
+async def test_the_blob_cache_evicts_the_least_recently_used_and_drops_rotten_chunks(
+        tmp_path: Any) -> None:
+    images = [os.urandom(40_000) for _ in range(4)]
+    async with BlobStore(tmp_path / "b.db", capacity_bytes=100_000) as store:
+        refs = [await store.put(images[0], chunk_size=CHUNK),
+                await store.put(images[1], chunk_size=CHUNK)]
+        await store.begin(refs[0])  # used again: now the most recent
+        refs.append(await store.put(images[2], chunk_size=CHUNK))  # 120 kB: one must go
+        assert await store.is_complete(refs[0].hash) and await store.is_complete(refs[2].hash)
+        assert store.ref(refs[1].hash) is None and await store.missing(refs[1].hash) == []
+
+        await store.db.execute("UPDATE chunks SET data = ? WHERE hash = ? AND idx = 1",
+                               (b"rot" * 100, refs[0].hash))
+        assert await store.chunk(refs[0].hash, 1) is None  # detected, dropped
+        assert await store.missing(refs[0].hash) == [1]
+        assert store.corrupt_chunks == 1
+        assert not await store.put_chunk(refs[0].hash, 1, images[1][CHUNK:2 * CHUNK])
+        assert await store.put_chunk(refs[0].hash, 1, images[0][CHUNK:2 * CHUNK])
+        assert await store.finish(refs[0].hash)
+        assert await store.read(refs[0].hash) == images[0]
