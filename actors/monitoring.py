@@ -81,6 +81,23 @@ class Outgoing:
     report: MonitoringReport
 
 
+def cached_rights(may_read: Callable[[KeyPath], bool], *,
+                  limit: int = 4096) -> Callable[[KeyPath], bool]:
+    """``may_read`` remembered per path (a role's rights do not change while a task runs,
+    and checking them costs more than the rest of a monitored write)."""
+    known: dict[KeyPath, bool] = {}
+
+    def allow(path: KeyPath) -> bool:
+        answer = known.get(path)
+        if answer is None:
+            if len(known) >= limit:
+                known.clear()
+            answer = known[path] = may_read(path)
+        return answer
+
+    return allow
+
+
 def report_budget(config: SessionConfig) -> int:
     """The entry bytes a report may carry to fit one bulk frame of a link so configured
     (with room for the report's and the envelope's own fields)."""

@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.monitoring import Monitors
+from actors.monitoring import Monitors, cached_rights
 from actors.tree_access import TreeAccess
 from bench.ocpp_baseline import (
     deflated_sizes,
@@ -165,7 +165,7 @@ class _Station:
         self.monitors = Monitors(lambda pattern: [(p, v) for p, v, _ in self.tree.find(pattern)])
         for setup in setups:
             self.monitors.add(setup, "csms", _now_us(),
-                              allow=lambda path: access.may_read(ROLE, path))
+                              allow=cached_rights(lambda path: access.may_read(ROLE, path)))
         self.woken = False
         self._unsubscribe: Callable[[], None] | None = None
 

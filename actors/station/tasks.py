@@ -32,7 +32,7 @@ import msgpack
 
 from actors.base import Context, handles
 from actors.blobs import BlobStore, fetch_blob
-from actors.monitoring import Monitors, Outgoing, report_budget
+from actors.monitoring import Monitors, Outgoing, cached_rights, report_budget
 from actors.persistence import PersistentTree, TreeStore
 from actors.tasks import TaskBook
 from actors.tree_access import TreeAccess
@@ -219,17 +219,8 @@ class StationTasks(TreeActor):
         return self._status(setup.task)
 
     def _add_monitor(self, setup: MonitoringTaskSetup, destination: str, role: Role) -> None:
-        rights: dict[KeyPath, bool] = {}  # a role's rights do not change: look each path up once
-
-        def allow(path: KeyPath) -> bool:
-            known = rights.get(path)
-            if known is None:
-                if len(rights) > 4096:
-                    rights.clear()
-                known = rights[path] = self.access.may_read(role, path)
-            return known
-
-        self.monitors.add(setup, destination, self.clock.now_us(), allow=allow)
+        self.monitors.add(setup, destination, self.clock.now_us(),
+                          allow=cached_rights(lambda path: self.access.may_read(role, path)))
         self._monitor_wake.set()
 
     def _restore_monitor(self, task_id: str, entry: dict[str, Any]) -> None:
