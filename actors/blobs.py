@@ -334,7 +334,8 @@ class BlobServing(Actor):
             self.spawn(self._fetch_chunk(blob, index, upstream, waiting), f"upstream-{index}")
         wait = ctx.time_left(self.clock.now_us(), 30.0)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiting), wait)
+            async with asyncio.timeout(wait):
+                return await asyncio.shield(waiting)
         except TimeoutError:  # the fetch goes on: the asker's retry will find the chunk here
             raise error_class(ErrorCode.BUSY)(
                 f"chunk {index} of blob {blob.hex()[:16]}... is still on its way from "

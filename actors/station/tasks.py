@@ -260,8 +260,12 @@ class StationTasks(TreeActor):
                 timeout = 1.0  # the link may come back: look again
             self._report_deadline = None if timeout is None else now + int(timeout * 1e6)
             self._monitor_wake.clear()
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a
+            # cancellation that coincides with the wake-up, and this loop would then outlive
+            # stop(), which waits for it (an intermittent hang at shutdown)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._monitor_wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._monitor_wake.wait()
 
     def _send_report(self, out: Outgoing, now: int) -> None:
         self._logs_dirty = True
