@@ -308,18 +308,23 @@ class Actor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.rejected += 1
-            if not isinstance(exc, ModelError):
-                log.exception("%s: handling %s from %s failed", self.address, env.kind,
-                              env.source)
-            else:
-                log.info("%s: rejected %s from %s: %s", self.address, env.kind, env.source, exc)
-            if env.kind not in ("ErrorReport", "Ack"):
-                self._answer(env, error_report(exc, answers=env.id),
-                             min(env.priority, Priority.CONTROL))
+            self._refuse(env, exc)
             return
         if answer is not None:
             self._answer(env, answer, env.priority)
+
+    def _refuse(self, env: Envelope, exc: Exception) -> None:
+        """Count and log a failed handling, and answer it with its ErrorReport (not to an
+        ErrorReport or Ack: that would start a ping-pong of errors)."""
+        self.rejected += 1
+        if not isinstance(exc, ModelError):
+            log.exception("%s: handling %s from %s failed", self.address, env.kind, env.source,
+                          exc_info=exc)
+        else:
+            log.info("%s: rejected %s from %s: %s", self.address, env.kind, env.source, exc)
+        if env.kind not in ("ErrorReport", "Ack"):
+            self._answer(env, error_report(exc, answers=env.id),
+                         min(env.priority, Priority.CONTROL))
 
     def defer(self, ctx: Context, work: Awaitable[MessageBase], name: str) -> None:
         """Answer ``ctx``'s message with what ``work`` returns (or the ErrorReport of what it
@@ -333,12 +338,7 @@ class Actor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.rejected += 1
-                if not isinstance(exc, ModelError):
-                    log.exception("%s: handling %s from %s failed", self.address, env.kind,
-                                  env.source)
-                self._answer(env, error_report(exc, answers=env.id),
-                             min(env.priority, Priority.CONTROL))
+                self._refuse(env, exc)
                 return
             self._answer(env, answer, env.priority)
 

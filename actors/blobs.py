@@ -30,6 +30,7 @@ import aiosqlite
 import msgpack
 
 from actors.base import Actor, Context, handles
+from actors.sqlite_file import SqliteFile
 from broker_bridge import Priority
 from object_model import ErrorCode, MessageBase, ModelError
 from object_model.blobs import MAX_CHUNKS, BlobChunk, BlobChunkRequest, BlobRef
@@ -56,45 +57,23 @@ def make_ref(data: bytes, *, chunk_size: int = 64 * 1024,
                    chunk_hashes=hashes, media_type=media_type)
 
 
-class BlobStore:
+class BlobStore(SqliteFile):
     """Blobs in one SQLite file (see the module docstring). ``corrupt_chunks`` counts chunks
     that failed their hash (arriving or on disk)."""
 
+    SCHEMA = _SCHEMA
+    WHAT = "blob store"
+
     def __init__(self, path: Path | str, *, capacity_bytes: int = 512 * 1024 * 1024) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.capacity_bytes = capacity_bytes
         self.corrupt_chunks = 0
-        self._db: aiosqlite.Connection | None = None
         self._refs: dict[bytes, BlobRef] = {}
 
-    async def open(self) -> BlobStore:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.executescript(_SCHEMA)
+    async def loaded(self, db: aiosqlite.Connection) -> None:
         for raw in await db.execute_fetchall("SELECT ref FROM blobs"):
             ref = BlobRef.model_validate(msgpack.unpackb(raw[0]))
             self._refs[ref.hash] = ref
-        self._db = db
-        return self
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def __aenter__(self) -> BlobStore:
-        return await self.open()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError(f"blob store {self.path} is not open")
-        return self._db
 
     def ref(self, blob: bytes) -> BlobRef | None:
         return self._refs.get(blob)

@@ -28,6 +28,7 @@ import msgpack
 from actors.base import Context, handles
 from actors.blobs import BlobServing, BlobStore
 from actors.resync import Replica
+from actors.sqlite_file import SqliteFile
 from broker_bridge import Priority
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase
@@ -54,45 +55,24 @@ CREATE TABLE IF NOT EXISTS watchers (station TEXT NOT NULL, task TEXT NOT NULL,
 """
 
 
-class SampleStore:
+class SampleStore(SqliteFile):
     """Samples received from stations, newest kept: at most ``max_samples`` rows, none older
     than ``max_age_s``; and who watches which task (kept across restarts)."""
 
+    SCHEMA = _SCHEMA
+    WHAT = "sample store"
+
     def __init__(self, path: Path | str, *, max_samples: int = 1_000_000,
                  max_age_s: float = 7 * 86_400) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.max_samples = max_samples
         self.max_age_s = max_age_s
         self.stored = 0
-        self._db: aiosqlite.Connection | None = None
         self._count = 0
 
-    async def open(self) -> SampleStore:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.executescript(_SCHEMA)
-        rows = await self._db.execute_fetchall("SELECT COUNT(*) FROM samples")
+    async def loaded(self, db: aiosqlite.Connection) -> None:
+        rows = await db.execute_fetchall("SELECT COUNT(*) FROM samples")
         self._count = int(next(iter(rows))[0])
-        return self
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def __aenter__(self) -> SampleStore:
-        return await self.open()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError(f"sample store {self.path} is not open")
-        return self._db
 
     async def add(self, station: str, report: MonitoringReport) -> None:
         rows = [(station, report.task, str(path), at, msgpack.packb(value, use_bin_type=True))

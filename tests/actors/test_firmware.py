@@ -109,10 +109,7 @@ async def test_a_download_resumes_after_the_station_restarts(site: Site) -> None
     await station.stop()  # power cut mid-download
 
     origin.gate.set()
-    again = ChargingStation("cs-1", site.endpoints["cs-1"], store=station.store,
-                            settings=station.settings)
-    await again.start()
-    site.stack.push_async_callback(again.stop)
+    again = await site.restart(station)
     await until(lambda: state(again) == "succeeded", "the resumed update done")
     assert all(origin.asked[i] == 1 for i in range(6))  # what it had, it kept
     assert await again.blobs.read(ref.hash) == image  # type: ignore[union-attr]
@@ -130,10 +127,7 @@ async def test_a_resume_that_cannot_work_fails_saying_why(site: Site) -> None:
     for suffix in ("", "-wal", "-shm"):  # the station's flash was wiped, its tree kept
         blob_file.with_name(blob_file.name + suffix).unlink(missing_ok=True)
 
-    again = ChargingStation("cs-1", site.endpoints["cs-1"], store=station.store,
-                            settings=station.settings)
-    await again.start()
-    site.stack.push_async_callback(again.stop)
+    again = await site.restart(station)
     await until(lambda: state(again) == "failed", "the update failed")
     assert again.tree.get("tasks/fw/error_code") == "not_present"
     assert "start the update again" in again.tree.get("tasks/fw/error")

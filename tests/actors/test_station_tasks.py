@@ -98,6 +98,14 @@ class Site:
         await until(lambda: station.admitted, "the station joined")
         return station
 
+    async def restart(self, station: ChargingStation) -> ChargingStation:
+        """The same station started again (after ``stop``) on its store and endpoint."""
+        again = ChargingStation(station.address, self.endpoints[station.address],
+                                store=station.store, settings=station.settings)
+        await again.start()
+        self.stack.push_async_callback(again.stop)
+        return again
+
 
 def setup(task: str, *selectors: str, **kwargs: Any) -> MonitoringTaskSetup:
     kwargs.setdefault("reporter", ReporterConfig(interval_s=1, priority=2))
@@ -238,10 +246,7 @@ async def test_a_task_and_its_persistent_log_survive_a_restart(site: Site) -> No
     await station.stop()  # the entries have not been reported yet (hourly reports)
     assert not csms.samples("kept")
 
-    again = ChargingStation("cs-1", site.endpoints["cs-1"], store=station.store,
-                            settings=station.settings)
-    await again.start()
-    site.stack.push_async_callback(again.stop)
+    again = await site.restart(station)
     assert again.tree.get("tasks/kept/state") == "running"
     task = again.monitors.tasks["kept"]
     assert [v for (_, _, v), _ in task.buffer] == [229.0, 230.0, 231.0]
