@@ -12,6 +12,12 @@ from typing import Annotated
 
 from object_model.access import AccessPolicy, Grant, Role
 from object_model.access import PropertyAccessKind as Access
+from object_model.pebc import (
+    EnergyConstraints,
+    EnergyTransferPlan,
+    PowerConstraints,
+    PowerRangeEnvelope,
+)
 from object_model.schema import Component, Ids, SchemaRegistry, Unit
 from object_model.types import TIMESTAMP, float32, string, uint32, uint64
 
@@ -40,6 +46,8 @@ class SiteEntry(Component):
     admitted_at: Timestamp | None = None
     online: bool = False
     stations: Annotated[int, uint32()] = 0
+    energy_alerts: Annotated[int, uint32()] = 0
+    last_energy_alert: Annotated[str, string(500)] = ""
 
 
 class SitePolicy(Component):
@@ -50,6 +58,38 @@ class SitePolicy(Component):
     may_discharge: bool = False
     needs_authorisation: bool = False
     max_power_w: Annotated[float, float32(0, 1e6), Unit("W")] = 22000.0
+
+
+Watts = Annotated[float, float32(-1e8, 1e8), Unit("W")]
+
+
+class SiteGrid(Component):
+    """What the site's resource manager says about the grid connection (it writes these;
+    ``updated_at`` tells how fresh they are)."""
+
+    source: Annotated[str, string(128)] = ""
+    envelope: PowerRangeEnvelope | None = None
+    pv_forecast: EnergyTransferPlan | None = None
+    power_constraints: PowerConstraints | None = None
+    energy_constraints: EnergyConstraints | None = None
+    updated_at: Timestamp | None = None
+
+
+class SiteEnergy(Component):
+    """The site's energy management: the grid's limits (from the resource manager), what the
+    last allocation gave, the site's aggregated plan and the alerts raised. With no valid
+    envelope the allocation keeps within ``fallback_limit_w`` (an operator's setting)."""
+
+    grid: Annotated[SiteGrid, Access.READ_WRITE] = SiteGrid()
+    fallback_limit_w: Annotated[float, float32(0, 1e8), Unit("W"), Access.READ_WRITE] = 0.0
+    limit_w: Watts = 0.0
+    power_w: Watts = 0.0
+    allocated_w: Watts = 0.0
+    plan: EnergyTransferPlan | None = None
+    allocations: Counter = 0
+    alerts: Counter = 0
+    last_alert: Annotated[str, string(500)] = ""
+    last_alert_at: Timestamp | None = None
 
 
 class Counters(Component):
@@ -75,6 +115,7 @@ class CsmsState(Component):
     managed: Annotated[dict[str, StationEntry], Ids(string(128), 100_000)] = {}
     sites: Annotated[dict[str, SiteEntry], Ids(string(128), 10_000)] = {}
     policy: Annotated[SitePolicy, Access.READ_WRITE] = SitePolicy()
+    energy: SiteEnergy = SiteEnergy()
     counters: Counters = Counters()
 
 
@@ -98,9 +139,13 @@ def csms_access_policy() -> AccessPolicy:
             # a site reads the policy its cloud sets; it writes nothing at the cloud (a
             # site's writes to its own stations go to the stations through the site itself)
             Role.LOCAL_CSMS: Grant(read=("policy/**",)),
-            Role.OPERATOR: Grant(read=("**",), write=(*station_settings, "policy/**")),
-            Role.RESOURCE_MANAGER: Grant(read=(
-                "stations/*/evse/*/meter/**", "stations/*/evse/*/energy/**",
-                "stations/*/evse/*/status", "stations/*/identity/max_power_w", "policy/**")),
+            Role.OPERATOR: Grant(read=("**",), write=(*station_settings, "policy/**",
+                                                      "energy/fallback_limit_w")),
+            # the site's resource manager tells the grid's limits and reads the site's energy
+            Role.RESOURCE_MANAGER: Grant(
+                read=("stations/*/evse/*/meter/**", "stations/*/evse/*/energy/**",
+                      "stations/*/evse/*/status", "stations/*/identity/max_power_w",
+                      "policy/**", "energy/**"),
+                write=("energy/grid/**",)),
         }
     )

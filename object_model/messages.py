@@ -26,6 +26,7 @@ from pydantic import (
 from keypath import KeyPath
 from object_model.access import Role
 from object_model.blobs import BlobChunk, BlobChunkRequest, FirmwareUpdate
+from object_model.energy_messages import EnergyAlert, S2Message
 from object_model.errors import (
     ErrorCode,
     InvalidMessageError,
@@ -436,7 +437,9 @@ Message = Annotated[
     | BlobChunkRequest
     | BlobChunk
     | FirmwareUpdate
-    | TaskStatus,
+    | TaskStatus
+    | EnergyAlert
+    | S2Message,
     Field(discriminator="kind"),
 ]
 """Any message of the catalogue."""

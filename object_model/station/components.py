@@ -17,6 +17,12 @@ from pydantic import Field
 from object_model.access import PropertyAccessKind as Access
 from object_model.importers import iec61850, obis
 from object_model.monitoring import TASK_ID, TaskState
+from object_model.pebc import (
+    EnergyConstraints,
+    EnergyTransferPlan,
+    PowerConstraints,
+    PowerRangeEnvelope,
+)
 from object_model.schema import Component, Ids, Unit
 from object_model.types import (
     BOOL,
@@ -318,8 +324,23 @@ FiscalMeter = obis.meter_component(
 )
 
 
+class EvseEnergy(Component):
+    """The EVSE's energy transfer in the generic PEBC types (IEC 63110 / IEC 63402): the
+    station maps whatever the EV speaks (IEC 61851, ISO 15118-20) to these, so a CSMS never
+    needs to know. ``envelope`` is the CSMS's: the power range the EVSE must keep to (the
+    station refuses one outside ``power_constraints``); ``limit_w`` is the upper limit the
+    station obeys at this moment (the envelope's, its permissions' or its rating's)."""
+
+    power_constraints: PowerConstraints | None = None
+    energy_constraints: EnergyConstraints | None = None
+    plan: EnergyTransferPlan | None = None
+    envelope: Annotated[PowerRangeEnvelope | None, Access.READ_WRITE] = None
+    limit_w: SignedWatts | None = None
+
+
 class Evse(Component):
-    """One EVSE: connectors, fiscal meter, session, permissions and power electronics."""
+    """One EVSE: connectors, fiscal meter, session, permissions, energy transfer (PEBC) and
+    power electronics."""
 
     status: EvseStatus = EvseStatus.AVAILABLE
     current_kind: CurrentKind = CurrentKind.AC
@@ -329,6 +350,7 @@ class Evse(Component):
     meter: FiscalMeter = Field(default_factory=FiscalMeter)  # type: ignore[valid-type]
     session: ChargingSession = ChargingSession()
     permissions: Annotated[OperationalPermissions, Access.READ_WRITE] = OperationalPermissions()
+    energy: EvseEnergy = EvseEnergy()
     power_module: PowerModule = PowerModule()
     contactor: Contactor = Contactor()
     rcd: ResidualCurrentDevice = ResidualCurrentDevice()

@@ -29,6 +29,7 @@ from object_model import (
     error_report,
 )
 from object_model.blobs import BlobChunk, BlobChunkRequest, BlobRef, FirmwareUpdate
+from object_model.energy_messages import AlertCode, AlertEvse, EnergyAlert, S2Message
 from object_model.errors import UnknownPathError
 from object_model.messages import (
     MESSAGE_TYPES,
@@ -106,6 +107,12 @@ EXAMPLES = [
                    source="local-site1",
                    blob=BlobRef(hash=bytes(32), size=70_000, chunk_size=65_536,
                                 chunk_hashes=[bytes(32), b"\x01" * 32])),
+    EnergyAlert(site="site1", at_us=1_700_000_000_000_000,
+                codes=[AlertCode.LOWER_LIMITS_EXCEED_SITE], text="shed 2 EVSEs",
+                site_limit_w=40_000.0, lower_limits_w=48_300.0,
+                evses=[AlertEvse(station="cs-3", evse=2, reason=AlertCode.LOWER_LIMITS_EXCEED_SITE,
+                                 needed_w=4140.0, shortfall_wh=1200.0)]),
+    S2Message(payload='{"message_type": "PEBC.Instruction"}'),
 ]
 
 
