@@ -53,6 +53,7 @@ class LocalSettings(CsmsSettings):
     cloud: str | None = None
     upstream_secret: str = ""
     policy_check_s: float = 30.0
+    resource_manager: str | None = None
 
 
 class LocalCsms(CachingCsms):
@@ -63,6 +64,8 @@ class LocalCsms(CachingCsms):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         if self.settings.cloud:
             self.roles.add(self.settings.cloud, Role.CLOUD_CSMS)
+        if self.settings.resource_manager:
+            self.roles.add(self.settings.resource_manager, Role.RESOURCE_MANAGER)
         self.upstream_joined = False
         self._rejoin = asyncio.Event()
         self._policy_pending: set[str] = set()
