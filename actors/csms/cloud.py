@@ -27,6 +27,7 @@ from actors.csms.caching import (
 from actors.resync import Replica
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, MessageBase, ModelError, Role, Write
+from object_model.energy_messages import EnergyAlert
 from object_model.errors import error_class
 from object_model.messages import (
     JoinNetworkRequest,
@@ -106,6 +107,20 @@ class CloudCsms(CachingCsms):
         if info is None or not _same(replica, info):
             self.resync.schedule(replica)
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
+
+    @handles(EnergyAlert)
+    async def on_energy_alert(self, alert: EnergyAlert, ctx: Context) -> None:
+        """A site cannot manage its energy as asked (or is back to normal): kept with the
+        site's entry and logged; the EVSEs concerned are in the alert."""
+        if ctx.require_role() is not Role.LOCAL_CSMS or f"sites/{ctx.sender}" not in self.own:
+            raise error_class(ErrorCode.ACCESS_DENIED)(
+                f"{ctx.sender}: only an admitted site reports energy alerts here")
+        count = self.own.get(f"sites/{ctx.sender}/energy_alerts")
+        self.own.apply([Write(f"sites/{ctx.sender}/energy_alerts", (count + 1) % 2**32),
+                        Write(f"sites/{ctx.sender}/last_energy_alert", alert.text[:500])])
+        (log.warning if alert.active else log.info)(
+            "%s: energy alert from %s: %s (%d EVSEs)", self.address, ctx.sender, alert.text,
+            len(alert.evses))
 
     async def _learn_stations(self, site: str) -> None:
         """Ask ``site`` which stations it answers for (its registry, ``managed/*``; again and

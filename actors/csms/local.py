@@ -15,10 +15,11 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.base import Context, handles
 from actors.csms.caching import STATIONS, CachingCsms, CsmsSettings, station_key
+from actors.csms.energy import EnergySettings, SiteEnergyManagement
 from actors.resync import Replica, ResyncOutcome
 from broker_bridge import Priority
 from keypath import KeyPath
@@ -54,9 +55,10 @@ class LocalSettings(CsmsSettings):
     upstream_secret: str = ""
     policy_check_s: float = 30.0
     resource_manager: str | None = None
+    energy: EnergySettings = field(default_factory=EnergySettings)
 
 
-class LocalCsms(CachingCsms):
+class LocalCsms(SiteEnergyManagement, CachingCsms):
     role = Role.LOCAL_CSMS
     settings: LocalSettings
 
@@ -78,6 +80,8 @@ class LocalCsms(CachingCsms):
         self.spawn(self._reconcile_policy(), "policy")
         if self.settings.cloud:
             self.spawn(self._stay_joined(), "join-cloud")
+        self._start_energy(self.settings.energy, self.settings.resource_manager,
+                           self.settings.cloud)
 
     # -- stations --------------------------------------------------------------------------
 
@@ -106,6 +110,7 @@ class LocalCsms(CachingCsms):
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
 
     async def on_copy_resynced(self, replica: Replica, outcome: ResyncOutcome) -> None:
+        self.energy_input_changed()
         await self._apply_policy(replica)
         # tell the cloud at once: its copy learns from the empty update that it is behind
         tree = replica.tree
@@ -115,6 +120,7 @@ class LocalCsms(CachingCsms):
 
     async def on_copy_changed(self, replica: Replica, message: PropertyValueUpdate) -> None:
         self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
+        self.copy_energy_changed([str(path) for path, _, _ in message.upserts])
 
     async def on_heartbeat(self, replica: Replica, message: PropertyValueUpdate) -> None:
         # the cloud's liveness view of the station, and its chance to notice it is behind
