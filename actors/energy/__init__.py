@@ -1,0 +1,1 @@
+"""Site energy: the resource manager, its S2 mapping, and the allocation of a site's power."""
