@@ -208,7 +208,11 @@ class SiteAllocator:
         s = self.settings
         end_us = now_us + int(s.horizon_s * 1e6)
         points = [now_us, *site.breakpoints(now_us, end_us)[: s.max_points]]
-        results = [self._allocate_at(t, needs, site, commit=(t == now_us)) for t in points]
+        first = self._allocate_at(now_us, needs, site, commit=True)
+        results = [first]
+        for t in points[1:]:  # later moments: assume each EVSE draws what it has now till then
+            done = {k: w * (t - now_us) / US_PER_H for k, w in first.upper.items()}
+            results.append(self._allocate_at(t, needs, site, commit=False, done_wh=done))
         envelopes = {}
         for need in needs:
             elements: list[EnvelopeElement] = []
@@ -218,7 +222,6 @@ class SiteAllocator:
                     continue
                 elements.append(EnvelopeElement(start_us=t, lower_w=lo, upper_w=up))
             envelopes[need.key] = PowerRangeEnvelope(elements=elements, end_us=end_us)
-        first = results[0]
         shortfalls = {(f.key, f.reason): f for r in results for f in r.shortfalls}
         return Allocation(
             at_us=now_us, site_limit_w=first.limit_w, envelopes=envelopes,
@@ -230,7 +233,7 @@ class SiteAllocator:
     # -- one moment ----------------------------------------------------------------------------
 
     def _allocate_at(self, at_us: int, needs: Sequence[EvseNeed], site: SiteInputs, *,
-                     commit: bool) -> _Point:
+                     commit: bool, done_wh: dict[EvseKey, float] | None = None) -> _Point:
         s = self.settings
         limit, site_lower, known = site.limit_at(at_us)
         budget = max(0.0, limit)
@@ -244,10 +247,11 @@ class SiteAllocator:
         laxity: dict[EvseKey, float] = {}
         urgency: dict[EvseKey, float] = {}
         for n in active:
-            cap, left_h, need_wh = caps[n.key], n.hours_left(at_us), n.remaining_min_wh()
+            cap, left_h = caps[n.key], n.hours_left(at_us)
+            need_wh = max(0.0, n.remaining_min_wh() - (done_wh or {}).get(n.key, 0.0))
             laxity[n.key] = left_h - need_wh / cap
             urgency[n.key] = min(1.0, need_wh / (cap * left_h)) if left_h > 0 else 1.0
-            if need_wh > cap * left_h + 1e-6:
+            if commit and need_wh > cap * left_h + 1e-6:
                 codes.add(AlertCode.ENERGY_UNREACHABLE)
                 shortfalls.append(Shortfall(
                     n.key, AlertCode.ENERGY_UNREACHABLE, cap, cap, need_wh - cap * left_h,
