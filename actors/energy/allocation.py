@@ -146,6 +146,8 @@ class AllocatorSettings:
     min_on_s: float = 60.0
     min_off_s: float = 60.0
     max_points: int = 12  # allocations per cycle: now and at most this many breakpoints
+    clock_skew_s: float = 30.0  # envelopes start this much before now: a station whose
+    # clock is behind the CSMS's (or that ticked a moment ago) must not find it not yet begun
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,8 @@ class SiteAllocator:
                 lo, up = result.lower.get(need.key, 0.0), result.upper.get(need.key, 0.0)
                 if elements and elements[-1].lower_w == lo and elements[-1].upper_w == up:
                     continue
-                elements.append(EnvelopeElement(start_us=t, lower_w=lo, upper_w=up))
+                start = t if elements else t - int(s.clock_skew_s * 1e6)
+                elements.append(EnvelopeElement(start_us=max(0, start), lower_w=lo, upper_w=up))
             envelopes[need.key] = PowerRangeEnvelope(elements=elements, end_us=end_us)
         shortfalls = {(f.key, f.reason): f for r in results for f in r.shortfalls}
         return Allocation(
