@@ -94,6 +94,7 @@ class SiteEnergyManagement:
         self._delivering = False
         self._alerted: frozenset[Any] = frozenset()
         self._plan_sent: tuple[float, int] | None = None
+        self._unmanaged_said = False
         if settings.enabled:
             self.own.subscribe(self._own_energy_changed)
             self.spawn(self._energy_loop(), "energy")  # type: ignore[attr-defined]
@@ -133,11 +134,22 @@ class SiteEnergyManagement:
 
     # -- one cycle -------------------------------------------------------------------------------
 
-    def allocate_site(self) -> Allocation:
-        """Allocate now, send what changed, record the result; returns the allocation."""
+    def allocate_site(self) -> Allocation | None:
+        """Allocate now, send what changed, record the result; returns the allocation
+        (None while the site has no limit at all: no envelope and no fallback limit, so
+        the stations keep their permissions)."""
         now = self.energy_clock.now_us()
         needs, power_w, unmanaged_w, offline = self._site_needs()
         inputs = self._site_inputs(unmanaged_w + self._reserved_w(now, offline))
+        if inputs.fallback_limit_w <= 0 and (
+                inputs.envelope is None or inputs.envelope.at(now) is None):
+            if not self._unmanaged_said:
+                self._unmanaged_said = True
+                log.info("%s: no grid envelope from a resource manager and no fallback limit "
+                         "(energy/fallback_limit_w): the stations keep their permissions",
+                         self.address)
+            return None
+        self._unmanaged_said = False
         result = self.allocator.allocate(now, needs, inputs)
         self.last_allocation = result
         self._send_envelopes(result)
