@@ -8,7 +8,8 @@ write is answered only once it is durable.
 
 Theory of operation
 -------------------
-*The envelope.* ``grid/envelope`` is the site's import limit from now to now + ``horizon_s``,
+*The envelope.* ``grid/envelope`` is the site's import limit from now to now + ``horizon_s``
+(its first element starts ``clock_skew_s`` earlier, for readers whose clocks are behind),
 recomputed whenever an input changes and at least every ``envelope_refresh_s`` (the window
 moves on). ``site_envelope`` is pure: at every moment an input changes, the upper limit is the
 least of the fuse, every curtailment in force and the S2 instruction's upper limit; the lower
@@ -104,6 +105,7 @@ class ResourceManagerSettings:
     envelope_refresh_s: float = 60.0
     push_timeout_s: float = 5.0
     max_backoff_s: float = 30.0
+    clock_skew_s: float = 30.0  # the envelope's first element starts this much before now
 
 
 # -- the envelope (pure) ------------------------------------------------------------------------
@@ -144,10 +146,12 @@ def _clamp(pc: PowerConstraints, upper: float, lower: float, notes: set[str]
 def site_envelope(now_us: int, horizon_s: int, fuse_w: float,
                   curtailments: Iterable[tuple[int, int, float]],
                   instruction: PowerRangeEnvelope | None = None,
-                  constraints: PowerConstraints | None = None
+                  constraints: PowerConstraints | None = None, *, lead_us: int = 0
                   ) -> tuple[PowerRangeEnvelope, list[str]]:
     """The site's envelope over ``[now_us, now_us + horizon_s)`` and notes on what was
-    clamped or cut (see the module docstring). ``curtailments``: ``(start, end, limit_w)``."""
+    clamped or cut (see the module docstring). ``curtailments``: ``(start, end, limit_w)``.
+    The first element, computed for now, starts ``lead_us`` earlier: a reader whose clock is
+    a little behind ours must not find the envelope not yet begun."""
     end = now_us + horizon_s * US
     windows = [(s, e, w) for s, e, w in curtailments if s < e and e > now_us and s < end]
     marks = {now_us, *(t for s, e, _ in windows for t in (s, e))}
@@ -173,6 +177,7 @@ def site_envelope(now_us: int, horizon_s: int, fuse_w: float,
                 exclude={"start_us"}):
             continue
         elements.append(element)
+    elements[0] = elements[0].model_copy(update={"start_us": max(0, now_us - lead_us)})
     if len(elements) > MAX_ELEMENTS:
         end = elements[MAX_ELEMENTS].start_us
         notes.add(f"cut after {MAX_ELEMENTS} elements: the envelope ends early")
@@ -267,7 +272,8 @@ class ResourceManager(TreeActor):
             self.clock.now_us(), self.tree.get("grid/horizon_s"),
             self.tree.get("grid/fuse_limit_w"), curtailments,
             None if instruction is None else PowerRangeEnvelope.model_validate(instruction),
-            None if constraints is None else PowerConstraints.model_validate(constraints))
+            None if constraints is None else PowerConstraints.model_validate(constraints),
+            lead_us=int(self.settings.clock_skew_s * US))
         if notes != self._notes:
             self._notes = notes
             if notes:

@@ -135,7 +135,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 async def start_rm(world: World, clock: Any = None, **options: Any) -> ResourceManager:
     """The RM ``rm``: operator ``op`` and CEM ``cem`` trusted, no local CSMS unless given."""
     options = {"site_csms": None, "trusted": {"op": Role.OPERATOR, "cem": Role.RESOURCE_MANAGER},
-               **options}
+               "clock_skew_s": 0.0, **options}
     return await world.actor(ResourceManager(
         "rm", await world.endpoint("rm"), store=await world.store("rm"),
         settings=ResourceManagerSettings(**options), clock=clock))
@@ -211,6 +211,8 @@ def test_the_envelope_takes_the_least_upper_limit_and_the_instructions_lower() -
     assert limits(clamped) == [(0, 5_000, 40_000), (10 * MIN, 0, 0),
                                (25 * MIN, 6_000, 42_000), (30 * MIN, 0, 42_000)]
     assert "upper 20000 W clamped to 0 W" in notes
+    early, _ = site_envelope(T0, 3600, 50_000, [], lead_us=30 * US)
+    assert limits(early) == [(-30 * US, 0, 50_000)]  # a reader a little behind finds it begun
 
 
 def test_a_long_envelope_is_cut_at_the_element_limit() -> None:
@@ -428,8 +430,8 @@ async def test_a_plan_from_the_csms_goes_to_the_cem_as_an_s2_power_forecast(worl
 async def test_the_inputs_survive_a_restart(world: World) -> None:
     store = await world.store("rm")
     endpoint = await world.endpoint("rm")
-    settings = ResourceManagerSettings(site_csms=None, trusted={"op": Role.OPERATOR,
-                                                                "cem": Role.RESOURCE_MANAGER})
+    settings = ResourceManagerSettings(site_csms=None, clock_skew_s=0.0, trusted={
+        "op": Role.OPERATOR, "cem": Role.RESOURCE_MANAGER})
     operator = await world.actor(Operator("op", await world.endpoint("op")))
     cem = await world.actor(Cem("cem", await world.endpoint("cem")))
     clock = FakeClock()
@@ -442,7 +444,8 @@ async def test_the_inputs_survive_a_restart(world: World) -> None:
         inputs = first.tree.read("grid")
         epoch = first.tree.epoch
     again = ResourceManager("rm", endpoint, store=store, clock=clock,
-                            settings=ResourceManagerSettings(site_csms=None, fuse_limit_w=1.0))
+                            settings=ResourceManagerSettings(site_csms=None, fuse_limit_w=1.0,
+                                                             clock_skew_s=0.0))
     async with again:
         assert not again.fresh and again.tree.epoch == epoch
         for name in ("fuse_limit_w", "curtailments", "instruction"):
