@@ -20,6 +20,7 @@ BENCHMARKS = {
     "faults": "exactly-once delivery while the broker (and a sender) are SIGKILLed",
     "resync": "a cloud CSMS of N stations killed and restarted: time and bytes to consistency",
     "monitoring": "monitoring tasks: CPU per watched write, reports/s via Prosody, bytes/sample vs OCPP",
+    "energy": "a simulated site day: our allocation vs equal sharing and FCFS, ms/cycle, energy",
 }
 
 
@@ -103,20 +104,29 @@ def _client(args: argparse.Namespace) -> int:
 
 def _run_actor(args: argparse.Namespace) -> int:
     from actors.config import ConfigError, load_config
-    from actors.runtime import run_until_signalled, start_cloud, start_local, start_stations
+    from actors.runtime import (
+        run_until_signalled,
+        start_cloud,
+        start_local,
+        start_resource_manager,
+        start_stations,
+    )
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"csms {args.command}: {exc}", file=sys.stderr)
         return 2
-    section = {"cloud": config.cloud, "local": config.local, "station": config.stations}
+    section = {"cloud": config.cloud, "local": config.local, "station": config.stations,
+               "resource-manager": config.resource_manager}
     part = section[args.command]
     if part is None:
-        name = "stations" if args.command == "station" else args.command
+        name = {"station": "stations", "resource-manager": "resource_manager"}.get(
+            args.command, args.command)
         print(f"csms {args.command}: {args.config} has no [{name}] section", file=sys.stderr)
         return 2
-    starter = {"cloud": start_cloud, "local": start_local, "station": start_stations}
+    starter = {"cloud": start_cloud, "local": start_local, "station": start_stations,
+               "resource-manager": start_resource_manager}
 
     async def start() -> list:  # type: ignore[type-arg]
         return [await starter[args.command](config.broker, part)]  # type: ignore[operator]
@@ -169,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="XEP-0114 component port (default: a free loopback port)")
     broker.set_defaults(func=_broker)
     for name, what in (("cloud", "a cloud CSMS"), ("local", "a site's local CSMS"),
-                       ("station", "a host of simulated stations")):
+                       ("station", "a host of simulated stations"),
+                       ("resource-manager", "a site's resource manager (grid envelope, S2)")):
         runner = sub.add_parser(name, help=f"run {what} from a TOML config "
                                 "(docs/deployment.md)")
         runner.add_argument("--config", required=True, help="the deployment file")

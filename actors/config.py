@@ -78,11 +78,45 @@ class LocalConfig:
     cloud: str | None = None
     upstream_secret: str = ""
     operators: tuple[str, ...] = ("operator",)
+    resource_manager: str | None = None
+    fallback_limit_w: float = 0.0
+    allocation_interval_s: float = 3.0
 
     def problems(self) -> list[str]:
-        return (_address_problems("address", self.address)
-                + _address_problems("cloud", self.cloud)
-                + _address_problems("operators", *self.operators))
+        out = (_address_problems("address", self.address)
+               + _address_problems("cloud", self.cloud)
+               + _address_problems("resource_manager", self.resource_manager)
+               + _address_problems("operators", *self.operators))
+        if self.fallback_limit_w < 0:
+            out.append(f"fallback_limit_w: must be 0 or more, got {self.fallback_limit_w}")
+        if not self.allocation_interval_s > 0:
+            out.append(f"allocation_interval_s: must be more than 0, got "
+                       f"{self.allocation_interval_s}")
+        return out
+
+
+@dataclass(frozen=True)
+class ResourceManagerConfig:
+    """A site's resource manager: its account, its local CSMS, its S2 peer, and the profile a
+    fresh one starts from (operators change it live with ``csms set``)."""
+
+    address: str = "rm-site1"
+    password: str = ""
+    state_dir: str = "state/rm-site1"
+    site_csms: str = "local-site1"
+    s2_peer: str | None = None
+    fuse_limit_w: float = 100_000.0
+    operators: tuple[str, ...] = ("operator",)
+
+    def problems(self) -> list[str]:
+        out = (_address_problems("address", self.address)
+               + _address_problems("site_csms", self.site_csms)
+               + _address_problems("s2_peer", self.s2_peer)
+               + _address_problems("operators", *self.operators))
+        if not 0 < self.fuse_limit_w <= 1e8:
+            out.append(f"fuse_limit_w: must be more than 0 and at most 1e8 W, got "
+                       f"{self.fuse_limit_w}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -142,6 +176,7 @@ class Config:
     cloud: CloudConfig | None = None
     local: LocalConfig | None = None
     stations: StationsConfig | None = None
+    resource_manager: ResourceManagerConfig | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
@@ -193,7 +228,8 @@ def load_config(path: Path | str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     sections = {"broker": BrokerConfig, "cloud": CloudConfig, "local": LocalConfig,
-                "stations": StationsConfig, "metrics": MetricsConfig}
+                "stations": StationsConfig, "resource_manager": ResourceManagerConfig,
+                "metrics": MetricsConfig}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: "

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from actors.base import Actor, RoleDirectory
-from actors.config import BrokerConfig, CloudConfig, LocalConfig, MetricsConfig, StationsConfig
+from actors.config import (
+    BrokerConfig,
+    CloudConfig,
+    LocalConfig,
+    MetricsConfig,
+    ResourceManagerConfig,
+    StationsConfig,
+)
 from actors.csms.cloud import CloudCsms, CloudSettings
+from actors.csms.energy import EnergySettings
 from actors.csms.local import LocalCsms, LocalSettings
+from actors.energy.resource_manager import ResourceManager, ResourceManagerSettings
 from actors.metrics import ActorCollector, MetricsServer, serve_metrics
 from actors.persistence import TreeStore
 from actors.station.actor import ChargingStation, StationSettings
@@ -94,13 +103,32 @@ async def start_cloud(broker: BrokerConfig, cfg: CloudConfig) -> Running:
     return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 
-async def start_local(broker: BrokerConfig, cfg: LocalConfig) -> Running:
+async def start_local(broker: BrokerConfig, cfg: LocalConfig,
+                      energy: EnergySettings | None = None) -> Running:
     endpoint, store = await _csms_parts(broker, cfg.address, cfg.password, cfg.state_dir)
+    energy = energy or EnergySettings(interval_s=cfg.allocation_interval_s)
     actor = LocalCsms(cfg.address, endpoint, store=store,
                       roles=RoleDirectory(_operators(cfg.operators)),
                       settings=LocalSettings(site=cfg.site,
                                              provisioning_secret=cfg.provisioning_secret,
-                                             cloud=cfg.cloud, upstream_secret=cfg.upstream_secret))
+                                             cloud=cfg.cloud, upstream_secret=cfg.upstream_secret,
+                                             resource_manager=cfg.resource_manager,
+                                             energy=energy))
+    running = await _start_then_connect(Running(endpoint, [actor], [store]))
+    if cfg.fallback_limit_w and actor.own.get("energy/fallback_limit_w") == 0:
+        actor.own.write("energy/fallback_limit_w", cfg.fallback_limit_w)
+    return running
+
+
+async def start_resource_manager(broker: BrokerConfig, cfg: ResourceManagerConfig,
+                                 clock: Any = None) -> Running:
+    """A site's resource manager on its own account."""
+    endpoint, store = await _csms_parts(broker, cfg.address, cfg.password, cfg.state_dir)
+    actor = ResourceManager(cfg.address, endpoint, store=store, clock=clock,
+                            settings=ResourceManagerSettings(
+                                site_csms=cfg.site_csms, s2_peer=cfg.s2_peer,
+                                fuse_limit_w=cfg.fuse_limit_w,
+                                trusted=_operators(cfg.operators)))
     return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 

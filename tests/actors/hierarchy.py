@@ -12,9 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.client import OperatorClient
-from actors.config import BrokerConfig, LocalConfig, StationsConfig
+from actors.config import BrokerConfig, LocalConfig, ResourceManagerConfig, StationsConfig
 from actors.csms.local import LocalCsms
-from actors.runtime import Running, start_local, start_stations, xmpp_settings
+from actors.energy.resource_manager import ResourceManager
+from actors.runtime import (
+    Running,
+    start_local,
+    start_resource_manager,
+    start_stations,
+    xmpp_settings,
+)
 from actors.station.actor import ChargingStation
 from broker_bridge import Endpoint
 from broker_bridge.prosody import ManagedProsody
@@ -27,7 +34,8 @@ from object_model.messages import (
     PropertyValueRead,
 )
 
-PASSWORDS = {"cloud": "cloud-pw", "local-site1": "local-pw", "operator": "operator-pw"}
+PASSWORDS = {"cloud": "cloud-pw", "local-site1": "local-pw", "operator": "operator-pw",
+             "rm-site1": "rm-pw"}
 SITE_SECRET = "site1-up"
 PROVISIONING = "site1-provisioning"
 
@@ -39,6 +47,7 @@ class Hierarchy:
     config: BrokerConfig
     cloud_process: asyncio.subprocess.Process | None = None
     local: Running | None = None
+    rm: Running | None = None
     hosts: list[Running] = field(default_factory=list)
     operator: OperatorClient | None = None
     operator_endpoint: Endpoint | None = None
@@ -85,20 +94,31 @@ class Hierarchy:
 
     # -- the site -----------------------------------------------------------------------------
 
-    async def start_site(self, count: int) -> None:
+    async def start_site(self, count: int, *, resource_manager: str | None = None,
+                         speed: float = 60.0, arrivals_per_evse_per_h: float = 3.0) -> None:
         self.local = await start_local(self.config, LocalConfig(
             address="local-site1", password=PASSWORDS["local-site1"],
             state_dir=str(self.root / "local"), site="site1", provisioning_secret=PROVISIONING,
-            cloud="cloud", upstream_secret=SITE_SECRET))
-        await self.add_stations([f"cs-site1-{i}" for i in range(1, count + 1)])
+            cloud="cloud", upstream_secret=SITE_SECRET, resource_manager=resource_manager))
+        await self.add_stations([f"cs-site1-{i}" for i in range(1, count + 1)], speed=speed,
+                                arrivals_per_evse_per_h=arrivals_per_evse_per_h)
 
-    async def add_stations(self, ids: list[str], *, speed: float = 60.0) -> Running:
+    async def start_rm(self, fuse_limit_w: float) -> ResourceManager:
+        """The site's resource manager, on its own account, trusting the test's operator."""
+        self.rm = await start_resource_manager(self.config, ResourceManagerConfig(
+            address="rm-site1", password=PASSWORDS["rm-site1"], state_dir=str(self.root / "rm"),
+            site_csms="local-site1", fuse_limit_w=fuse_limit_w))
+        return self.rm.actors[0]  # type: ignore[return-value]
+
+    async def add_stations(self, ids: list[str], *, speed: float = 60.0,
+                           arrivals_per_evse_per_h: float = 3.0) -> Running:
         host = await start_stations(self.config, StationsConfig(
             component=self.broker.endpoint.component_domains[0],
             component_secret=self.broker.endpoint.component_secret, ids=tuple(ids),
             csms="local-site1", provisioning_secret=PROVISIONING,
             state_dir=str(self.root / f"stations-{len(self.hosts)}"), speed=speed,
-            tick_s=0.5, arrivals_per_evse_per_h=3.0, seed=7 + len(self.hosts)))
+            tick_s=0.5, arrivals_per_evse_per_h=arrivals_per_evse_per_h,
+            seed=7 + len(self.hosts)))
         self.hosts.append(host)
         return host
 
@@ -188,6 +208,8 @@ class Hierarchy:
             await host.stop()
         if self.local is not None:
             await self.local.stop()
+        if self.rm is not None:
+            await self.rm.stop()
         if self.cloud_process is not None and self.cloud_process.returncode is None:
             self.cloud_process.send_signal(signal.SIGTERM)
             try:
