@@ -12,7 +12,10 @@ Two kinds of EV are modelled:
   ``6 A × phases`` suspends it (the on/off gap of IEC 61851).
 * **ISO 15118-20** — reports its EVCCID, state of charge and planned departure, authorises
   with a contract (Plug & Charge eMAID) and may switch a three-phase charger to one phase
-  when the offer is below 6 A on three phases (ISO 15118-20 AC dynamic mode).
+  when the offer is below 6 A on three phases (ISO 15118-20 AC dynamic mode). It asks for at
+  least enough energy to reach ``min_soc`` (EVMinimumEnergyRequest) and at most enough for
+  ``target_soc``; a bidirectional one (``may_discharge``) can give energy back down to
+  ``min_soc``.
 
 Power is shared by water-filling (``share_power``): every EV gets an equal share of the
 station's budget, capped by its own limit; what a capped EV leaves goes to the others. An EV
@@ -56,6 +59,12 @@ class ElectricVehicle:
     departure_at: int
     connector: int = 1
     authorised: bool | None = None
+    min_soc: float = 0.0
+    may_discharge: bool = False
+    arrival_soc: float = 0.0  # set by the station when the EV arrives
+
+    def __post_init__(self) -> None:
+        self.arrival_soc = self.arrival_soc or self.soc
 
     @property
     def iso15118_20(self) -> bool:
@@ -74,8 +83,17 @@ class ElectricVehicle:
         return self.max_power_w * max(0.1, (1.0 - self.soc) / (1.0 - TAPER_FROM_SOC))
 
     def store(self, energy_wh: float) -> None:
-        """Put metered energy into the battery (with the charger's losses)."""
-        self.soc = min(self.target_soc, self.soc + energy_wh * BATTERY_EFFICIENCY / self.battery_wh)
+        """Put metered energy into the battery (with the charger's losses); negative energy
+        was given back, and took more than that out of the battery."""
+        battery_wh = energy_wh * (BATTERY_EFFICIENCY if energy_wh >= 0 else 1 / BATTERY_EFFICIENCY)
+        self.soc = min(self.target_soc, self.soc + battery_wh / self.battery_wh)
+
+    def supply_w(self) -> float:
+        """The power the EV would give back now if asked (0: it may not, or is at its
+        minimum state of charge)."""
+        if not (self.iso15118_20 and self.may_discharge) or self.soc <= self.min_soc + 1e-9:
+            return 0.0
+        return self.max_power_w
 
     def battery_voltage(self) -> float:
         """DC link voltage of a 400 V-class battery at the current state of charge."""
@@ -96,19 +114,27 @@ def draw_ev(rng: random.Random, config: SimulationConfig, *, now_us: int, dc: bo
         max_power = phases * max_current * NOMINAL_V
     stay_s = max(300.0, _lognormal(rng, config.stay_mean_s, config.stay_spread_s))
     driver = rng.randrange(config.drivers)
+    ev_id = f"{rng.getrandbits(48):012X}" if iso else ""
+    soc = rng.uniform(0.1, 0.7)
+    target = rng.choice((0.8, 0.9, 1.0)) if iso else 1.0
+    # drawn from the EV's own id, not the station's generator, so that adding these two
+    # did not change every EV a given seed produced before
+    own = random.Random(ev_id)
     return ElectricVehicle(
-        ev_id=f"{rng.getrandbits(48):012X}" if iso else "",
+        ev_id=ev_id,
         id_token=driver_token(driver, iso=iso),
         protocol=ChargingProtocol.ISO15118_20 if iso else ChargingProtocol.IEC61851,
         battery_wh=battery_kwh * 1000.0,
         phases=phases,
         max_current_a=max_current,
         max_power_w=max_power,
-        soc=rng.uniform(0.1, 0.7),
-        target_soc=rng.choice((0.8, 0.9, 1.0)) if iso else 1.0,
+        soc=soc,
+        target_soc=target,
         arrived_at=now_us,
         departure_at=now_us + int(stay_s * 1e6),
         connector=connector,
+        min_soc=min(target, own.uniform(0.3, 0.6)) if iso else 0.0,
+        may_discharge=iso and own.random() < config.bidirectional_share,
     )
 
 
@@ -136,7 +162,8 @@ def _lognormal(rng: random.Random, mean: float, spread: float) -> float:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Demand:
     """What one EVSE could deliver to its EV now: ``limit_w`` caps power, ``max_current_a``
-    caps current per phase (AC), and below ``min_w`` the EV cannot charge."""
+    caps current per phase (AC), and below ``min_w`` the EV cannot charge; ``floor_w`` is
+    the least it must draw (an envelope's lower limit), as far as its cap allows."""
 
     limit_w: float
     max_current_a: float
@@ -144,6 +171,7 @@ class Demand:
     phases: int
     dc: bool
     may_switch_phases: bool
+    floor_w: float = 0.0
 
     @property
     def cap_w(self) -> float:
@@ -159,15 +187,18 @@ def share_power(demands: dict[int, Demand], budget_w: float
     """Share ``budget_w`` among the EVSEs: ``({evse: (watts, demand as used)}, {suspended})``.
 
     The demand as used may differ from the one given: an ISO 15118-20 EV that switched to one
-    phase. Each EVSE gets at least its minimum or nothing.
+    phase. Each EVSE gets at least its minimum or nothing, and at least its floor (within its
+    cap) even beyond the budget: the floor is a CSMS's order, which knows the budget too.
     """
     active = dict(demands)
     suspended: set[int] = set()
     while True:
         shares = _water_fill({k: d.cap_w for k, d in active.items()}, budget_w)
-        short = [k for k, d in active.items() if shares[k] < d.min_w - 1e-6]
+        short = [k for k, d in active.items()
+                 if max(shares[k], min(d.floor_w, d.cap_w)) < d.min_w - 1e-6]
         if not short:
-            return {k: (shares[k], active[k]) for k in active}, suspended
+            return {k: (max(shares[k], min(d.floor_w, d.cap_w)), d)
+                    for k, d in active.items()}, suspended
         worst = max(short, key=lambda k: (active[k].min_w - shares[k], k))
         d = active[worst]
         if d.may_switch_phases and d.phases > 1:

@@ -26,12 +26,17 @@ sensor noise, and precise values of slow quantities (module temperatures and fan
    session ends, the EV leaves).
 3. departures at the EV's departure time; 4. arrivals (Poisson) at EVSEs that were Available
    when the tick began: Preparing, session Authorising, for one tick.
-5. power: the EVs allowed to charge share the station's rating (``ev.share_power``); each gets
+5. energy transfer (``pebc.py``): each EVSE's power constraints from its EV and permissions,
+   and the limits of the envelope in force (``energy/envelope``, a CSMS's), clamped into them.
+6. power: the EVs allowed to charge share the station's rating (``ev.share_power``); each gets
    at most min(EV, EVSE rating (halved when derating), permitted ``max_power_w``, connector and
-   permitted current × voltage × phases), and nothing below its minimum (6 A per phase).
-6. readings: meter, session, contactor, statuses, power module, fans, ACME cooling loop,
-   enclosure, grid meter, uptime. Noisy values are rounded and reported with a deadband, and
-   only changed values are written: an idle station writes about one value per tick.
+   permitted current × voltage × phases, the envelope's upper limit), and nothing below its
+   minimum (6 A per phase); an envelope's positive lower limit is a floor, a negative upper one
+   makes a bidirectional EV give power back.
+7. readings: meter, session, contactor, statuses, power module, fans, ACME cooling loop,
+   enclosure, grid meter, uptime; then each EVSE's energy constraints and plan. Noisy values
+   are rounded and reported with a deadband, and only changed values are written (a plan only
+   when it moved materially): an idle station writes about one value per tick.
 
 *Permissions.* Charging needs ``may_charge`` at station and EVSE level. ``max_power_w`` and
 ``max_current_a`` (per phase) at either level cap each EVSE; the station's rating
@@ -39,6 +44,10 @@ sensor noise, and precise values of slow quantities (module temperatures and fan
 ``needs_authorisation``, the id token is checked against a local whitelist,
 ``SimulationConfig.authorised_tokens`` (None accepts every token); a rejected driver leaves
 after two minutes. ``valid_until`` is the station actor's business, not interpreted here.
+
+*Envelopes.* While an element of ``energy/envelope`` is in force, the EVSE keeps within its
+limits; before it starts and after it ends, the permissions alone apply. ``energy/limit_w``
+is the upper limit obeyed at the moment.
 
 *Restarts.* A new simulator continues from the tree, but its EVs are gone: a session found active
 without an EV is ended on the first tick, as a real station ends a transaction after a power cut,
@@ -53,6 +62,7 @@ from dataclasses import dataclass
 
 from actors.station.changes import Drift, EvseLayout, TickChanges, read_layout
 from actors.station.ev import Demand, ElectricVehicle, draw_ev, share_power
+from actors.station.pebc import EnergyTransfers, discharge_w
 from actors.station.thermal import ThermalModel, ambient_c
 from keypath import KeyPath
 from object_model.station.components import (
@@ -66,7 +76,8 @@ from object_model.types import ValueType
 
 US = 1_000_000
 WH_US = 3_600 * US  # W·µs in a Wh
-ACTIVE = (SessionState.AUTHORISING, SessionState.CHARGING, SessionState.SUSPENDED)
+ACTIVE = (SessionState.AUTHORISING, SessionState.CHARGING, SessionState.DISCHARGING,
+          SessionState.SUSPENDED)
 PHASES = ("phsA", "phsB", "phsC")
 V_CODES = ("32.7.0", "52.7.0", "72.7.0")
 A_CODES = ("31.7.0", "51.7.0", "71.7.0")
@@ -87,13 +98,17 @@ class SimulationConfig:
     DC inlets from ``dc_max_power_kw`` as ``(kW, weight)``; drivers' tokens from ``drivers``
     numbered drivers. Faults arrive at ``faults_per_hour`` per station and are repaired after
     ``repair_mean_s`` on average. The ambient temperature swings daily by ``ambient_swing_c``
-    around ``ambient_c``. ``seed`` seeds everything random.
+    around ``ambient_c``. ``bidirectional_share`` of the ISO 15118-20 EVs may give power back.
+    A basic IEC 61851 EV does not say when it leaves: the station assumes it stays
+    ``assumed_stay_s``. ``seed`` seeds everything random.
     """
 
     arrivals_per_evse_hour: float = 0.25
     stay_mean_s: float = 3 * 3600.0
     stay_spread_s: float = 2 * 3600.0
     iso15118_20_share: float = 0.3
+    bidirectional_share: float = 0.2
+    assumed_stay_s: float = 8 * 3600.0
     battery_kwh_mean: float = 60.0
     battery_kwh_spread: float = 20.0
     ac_chargers: tuple[tuple[int, float, float], ...] = (
@@ -128,6 +143,7 @@ class StationSimulator:
                                   self._ambient(now_us))
         self._power_w = 0.0
         self._charging: tuple[int, ...] = ()
+        self._energy = EnergyTransfers(assumed_stay_us=int(config.assumed_stay_s * US))
         self._energy_wh = 0.0
         self._sessions = self._faults = self._repairs = 0
 
@@ -175,8 +191,9 @@ class StationSimulator:
 
     def tick(self, now_us: int) -> list[Operation]:
         """The operations that bring the tree to ``now_us`` (apply them as one transaction)."""
-        dt_s = max(0, now_us - self._last_us) / US
-        self._last_us = max(self._last_us, now_us)
+        now_us = max(now_us, self._last_us)  # never back: the meters would count twice
+        dt_s = (now_us - self._last_us) / US
+        self._last_us = now_us
         rng, w = self._rng, TickChanges(self.tree, self._cache)
         ambient = self._ambient(now_us)
         grid_v = [d.step(rng, dt_s) for d in self._volts]
@@ -198,12 +215,20 @@ class StationSimulator:
                     e.id in self._requests or rng.random() < p_arrival):
                 self._arrive(w, e, now_us)
         volts = {e.id: self._evse_volts(w, e, grid_v) for e in self._layout}
+        for e in self._layout:
+            may, _, max_w, max_a = _permissions(w, e.p)
+            self._energy.constrain(w, e, self._evs.get(e.id), now_us=now_us, may_charge=(
+                may and station[0]), max_w=min(max_w, station[2]), max_a=min(max_a, station[3]))
         shares, _ = share_power(self._demands(w, station, volts, now_us),
                                 w.get("identity/max_power_w", math.inf))
+        shares.update(self._discharges(volts))
         total_w, phase_w, phase_a, charging = 0.0, [0.0] * 3, [0.0] * 3, []
         for e in self._layout:
-            power, pw, pa, loss = self._readings(w, e, shares.get(e.id), volts[e.id], hz, now_us)
-            self._heat.power_module(w, e, power, loss, ambient, dt_s)
+            share = shares.get(e.id)
+            power, pw, pa, loss = self._readings(w, e, share, volts[e.id], hz, now_us)
+            self._heat.power_module(w, e, abs(power), loss, ambient, dt_s)
+            self._energy.plan(w, e, self._evs.get(e.id), power, now_us,
+                              phases=None if share is None else share[1].phases)
             grid_share = (power + loss) / power if e.dc and power else 1.0  # DC: converter losses
             total_w += power * grid_share
             for k in range(3):
@@ -226,14 +251,17 @@ class StationSimulator:
         m = f"{e.p}meter/"
         last = w.get(m + "last_reading_at")
         power = w.get(m + "obis:1-0:16.7.0", 0.0)
-        if last is None or last < self._started_us or now_us <= last or power <= 0:
+        if last is None or last < self._started_us or now_us <= last or not power:
             return 0.0
         wh = power * (now_us - last) / WH_US
-        w.set(m + "obis:1-0:1.8.0", w.get(m + "obis:1-0:1.8.0", 0.0) + wh)
-        if w.get(f"{e.p}session/state") in ACTIVE:
-            w.set(f"{e.p}session/energy_wh", w.get(f"{e.p}session/energy_wh", 0.0) + wh)
+        register = m + ("obis:1-0:1.8.0" if wh > 0 else "obis:1-0:2.8.0")
+        w.set(register, w.get(register, 0.0) + abs(wh))
+        if w.get(f"{e.p}session/state") in ACTIVE:  # net; the schema holds no negative session
+            w.set(f"{e.p}session/energy_wh", max(0.0, w.get(f"{e.p}session/energy_wh", 0.0) + wh))
         if (ev := self._evs.get(e.id)) is not None:
             ev.store(wh)
+        if wh < 0:
+            return 0.0  # given back: the grid meter counts what the grid supplies
         self._energy_wh += wh
         return wh * 100.0 / w.get(f"{e.p}power_module/efficiency_percent", 100.0) if e.dc else wh
 
@@ -291,7 +319,7 @@ class StationSimulator:
         ev = self._requests.pop(e.id, None)
         if ev is None:
             ev = draw_ev(self._rng, self.config, now_us=now_us, dc=e.dc, connector=free[0])
-        ev.arrived_at, ev.connector, ev.authorised = now_us, free[0], None
+        ev.arrived_at, ev.connector, ev.authorised, ev.arrival_soc = now_us, free[0], None, ev.soc
         self._evs[e.id] = ev
         self._sessions += 1
         s = f"{e.p}session/"
@@ -330,22 +358,40 @@ class StationSimulator:
                     ev.id_token in tokens)
                 if not ev.authorised:
                     ev.departure_at = min(ev.departure_at, now_us + 120 * US)
-            if not (ev.authorised and may and station[0]) or ev.full:
+            ctl = self._energy.control[e.id]
+            if not (ev.authorised and may and station[0]) or ev.full or ctl.limits.upper_w < 0:
                 continue
-            rating = w.get(f"{e.p}max_power_w", 0.0)
-            if w.get(f"{e.p}power_module/derating_active"):
-                rating /= 2
-            limit = min(ev.demand_w(), rating, max_w, station[2])
+            limit = min(ev.demand_w(), ctl.capacity.rating_w, max_w, station[2],
+                        ctl.limits.upper_w)
             conn_a = w.get(f"{e.p}connector/{ev.connector}/max_current_a", 0.0)
             if e.dc:
                 out[e.id] = Demand(limit_w=limit, max_current_a=conn_a, volts=ev.battery_voltage(),
-                                   phases=1, dc=True, may_switch_phases=False)
+                                   phases=1, dc=True, may_switch_phases=False,
+                                   floor_w=ctl.limits.floor_w)
             else:
                 phases = min(ev.phases, w.get(f"{e.p}phases", 3))
                 out[e.id] = Demand(
                     limit_w=limit, max_current_a=min(conn_a, max_a, station[3], ev.max_current_a),
                     volts=max(volts[e.id][:phases]), phases=phases, dc=False,
-                    may_switch_phases=ev.iso15118_20)
+                    may_switch_phases=ev.iso15118_20, floor_w=ctl.limits.floor_w)
+        return out
+
+    def _discharges(self, volts: dict[int, list[float]]) -> dict[int, tuple[float, Demand]]:
+        """The EVSEs whose envelope asks for power back, and a bidirectional EV that can
+        give it: ``{evse: (negative watts, demand as used)}``."""
+        out: dict[int, tuple[float, Demand]] = {}
+        for e in self._layout:
+            ev, ctl = self._evs.get(e.id), self._energy.control[e.id]
+            if ev is None or not ev.authorised or ctl.limits.upper_w >= 0:
+                continue
+            give = min(discharge_w(ev, ctl.capacity), ev.supply_w())
+            if give <= 0:
+                continue
+            phases = 1 if e.dc else min(ev.phases, ctl.capacity.phases)
+            out[e.id] = (max(ctl.limits.upper_w, -give), Demand(
+                limit_w=give, max_current_a=ctl.capacity.max_current_a,
+                volts=ev.battery_voltage() if e.dc else min(volts[e.id][:phases]),
+                phases=phases, dc=e.dc, may_switch_phases=False))
         return out
 
     def _readings(self, w: TickChanges, e: EvseLayout, share: tuple[float, Demand] | None,
@@ -359,13 +405,13 @@ class StationSimulator:
             dc_w = math.floor(share[0])
             pw = [float(dc_w // 3)] * 3
             pa = [round(pw[k] / volts[k], 2) for k in range(3)]
-            out_v, out_a = share[1].volts, sum(pw) / share[1].volts
+            out_v, out_a = share[1].volts, abs(sum(pw)) / share[1].volts
         elif share is not None:
             watts, d = share
             amps = math.floor(min(d.max_current_a, watts / (d.volts * d.phases)) * 100 + 1e-6) / 100
             pa = [amps if k < d.phases else 0.0 for k in range(3)]
             pw = [float(math.floor(volts[k] * pa[k])) for k in range(3)]
-            out_v, out_a = sum(volts[: d.phases]) / d.phases, amps
+            out_v, out_a = sum(volts[: d.phases]) / d.phases, abs(amps)
         power = sum(pw)
         w.set(m + "16.7.0", power)
         for k in range(3):
@@ -375,16 +421,16 @@ class StationSimulator:
         w.set(m + "13.7.0", 0.99 if power > 0 else 1.0)
         if w.touched(f"{e.p}meter/"):
             w.set(f"{e.p}meter/last_reading_at", now_us)
-        load = power / max(1.0, w.get(f"{e.p}max_power_w", 1.0))
+        load = abs(power) / max(1.0, w.get(f"{e.p}max_power_w", 1.0))
         eff = (0.955 if e.dc else 0.975) - 0.04 * (1.0 - min(1.0, load)) ** 4
-        loss = power * (1.0 / eff - 1.0)
+        loss = abs(power) * (1.0 / eff - 1.0)
         pm = f"{e.p}power_module/"
-        w.set(pm + "output_power_w", power)
+        w.set(pm + "output_power_w", abs(power))
         w.report(pm + "output_voltage_v", out_v, 1)
         w.report(pm + "output_current_a", out_a, 2)
-        if power > 0:
+        if power:
             w.report(pm + "efficiency_percent", eff * 100.0, 1)
-        closed = power > 0
+        closed = power != 0
         if w.get(f"{e.p}contactor/closed") != closed:
             w.set(f"{e.p}contactor/closed", closed)
             w.set(f"{e.p}contactor/operation_count", w.get(f"{e.p}contactor/operation_count", 0) + 1)
@@ -398,7 +444,8 @@ class StationSimulator:
             s = f"{e.p}session/"
             w.set(s + "power_w", power)
             w.set(s + "state", SessionState.AUTHORISING if not ev.authorised
-                  else SessionState.CHARGING if power > 0 else SessionState.SUSPENDED)
+                  else SessionState.CHARGING if power > 0 else SessionState.DISCHARGING
+                  if power < 0 else SessionState.SUSPENDED)
             if ev.iso15118_20:
                 w.report(s + "soc_percent", ev.soc * 100.0, 1)
         status = w.get(f"{e.p}status")
@@ -406,8 +453,8 @@ class StationSimulator:
             status = EvseStatus.FAULTED
         elif ev is not None:
             status = (EvseStatus.PREPARING if not ev.authorised else EvseStatus.CHARGING
-                      if power > 0 else EvseStatus.SUSPENDED_EV if ev.full
-                      else EvseStatus.SUSPENDED_EVSE)
+                      if power > 0 else EvseStatus.DISCHARGING if power < 0
+                      else EvseStatus.SUSPENDED_EV if ev.full else EvseStatus.SUSPENDED_EVSE)
         elif status not in (EvseStatus.UNAVAILABLE, EvseStatus.RESERVED):
             status = EvseStatus.AVAILABLE
         w.set(f"{e.p}status", status)
