@@ -7,6 +7,10 @@ the physical station forward and every tick is one transaction. The station join
 with its provisioning secret and tree position, then publishes its changes; it answers the
 CSMS's reads, writes and discovery. With no CSMS reachable it simply goes on, obeying the last
 operational permissions it was given, and joins again when it can.
+
+The station refuses a power envelope its EVSE cannot keep (outside the EVSE's power
+constraints), and obeys a new envelope or new permissions at once: it ticks its simulation
+again, at the same simulated time, right after committing them.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from object_model.messages import (
     PropertyValueWrite,
     TreeInfo,
 )
+from object_model.pebc import PowerConstraints, PowerRangeEnvelope, envelope_problems
 from object_model.station import new_station_tree, station_access_policy, station_schema
-from object_model.tree import TransactionCommitted
+from object_model.tree import Operation, TransactionCommitted, Write
 
 log = logging.getLogger("csms.station")
 
@@ -125,10 +130,17 @@ class ChargingStation(StationTasks):
             self._sim_now += step
             self.tick(self._sim_now)
 
-    def tick(self, now_us: int) -> TransactionCommitted | None:
-        """Advance the simulation to ``now_us`` (one transaction)."""
+    @property
+    def simulated_us(self) -> int:
+        """The simulated time the station has reached (µs since the epoch)."""
+        return self._sim_now
+
+    def tick(self, now_us: int | None = None) -> TransactionCommitted | None:
+        """Advance the simulation to ``now_us`` (default: where it is, to obey what was just
+        written), as one transaction."""
         assert self.simulator is not None and self.tree is not None
-        ops = self.simulator.tick(now_us)
+        self._sim_now = max(self._sim_now, self._sim_now if now_us is None else now_us)
+        ops = self.simulator.tick(self._sim_now)
         return self.tree.apply(ops) if ops else None
 
     # -- joining the network -----------------------------------------------------------------
@@ -195,10 +207,46 @@ class ChargingStation(StationTasks):
 
     async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
                      ctx: Context) -> TransactionCommitted:
-        event = access.write(ctx.require_role(), message)
+        ops = access.operations(ctx.require_role(), message)
+        self._check_envelopes(ops)
+        expected = message.expected_revision if isinstance(message, PropertyValueWrite) else None
+        event = access.tree.apply(ops, expected_revision=expected)
         assert self.persisted is not None
         await self.persisted.durable(event.revision)  # answer only what survives a crash
+        if not self.paused and _controls(event):
+            try:
+                self.tick()  # obey it now, not at the next tick
+            except Exception:  # the write stands; the next tick will try again
+                log.exception("%s: the tick after a write failed", self.address)
         return event
+
+    def _check_envelopes(self, ops: list[Operation]) -> None:
+        """Refuse an envelope outside its EVSE's power constraints (the schema checked that
+        it is an envelope at all; an invalid one is left for the tree to refuse)."""
+        assert self.tree is not None
+        schema = self.tree.schema
+        for op in ops:
+            if not isinstance(op, Write):
+                continue
+            path = op.path if isinstance(op.path, KeyPath) else KeyPath.parse(op.path)
+            for leaf, node, value in schema.expand(path, op.value):
+                segs = leaf.segments
+                if len(segs) != 4 or segs[0] != "evse" or segs[2:] != ("energy", "envelope"):
+                    continue
+                pc_path = f"evse/{segs[1]}/energy/power_constraints"
+                if value is None or pc_path not in self.tree:
+                    continue
+                try:
+                    envelope = PowerRangeEnvelope.model_validate(node.value_type.validate(value))
+                except ModelError:
+                    continue
+                pc = PowerConstraints.model_validate(self.tree.get(pc_path))
+                if problems := envelope_problems(envelope, pc):
+                    raise error_class(ErrorCode.OUT_OF_RANGE)(
+                        f"the envelope does not fit EVSE {segs[1]}'s power constraints: "
+                        + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""),
+                        path=leaf, details={"problems": problems,
+                                            "power_constraints": pc.model_dump(mode="json")})
 
     # -- figures ------------------------------------------------------------------------------
 
@@ -213,3 +261,14 @@ class ChargingStation(StationTasks):
     @property
     def energy_wh(self) -> float:
         return self.simulator.energy_wh_delivered if self.simulator else 0.0
+
+
+def _controls(event: TransactionCommitted) -> bool:
+    """Whether ``event`` changed what an EVSE may draw: an envelope or permissions, or a
+    delete above them (of ``evse/1``, say)."""
+    def near(segs: tuple[str, ...]) -> bool:
+        return "permissions" in segs or "envelope" in segs
+
+    return any(near(path.segments) for path, _ in event.upserts) or any(
+        near(path.segments) or (path.segments[:1] in ((), ("evse",)) and len(path.segments) <= 3)
+        for path in event.deletes)

@@ -1,6 +1,7 @@
 """The charging station side of power-envelope-based control: each EVSE's power constraints,
 energy constraints and plan, mapped from what its EV speaks, and obedience to the envelope a
-CSMS writes. Simulator tests under a fake clock."""
+CSMS writes. Simulator tests under a fake clock, then one station actor on the in-memory
+transport for the refusal and the immediate effect of an envelope."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import pytest
 
 from actors.station.ev import BATTERY_EFFICIENCY, ElectricVehicle
 from actors.station.simulation import SimulationConfig
-from object_model import ObjectTree
+from keypath import KeyPath
+from object_model import ErrorCode, ModelError, ObjectTree
+from object_model.messages import PropertyValueWrite, PropertyValueWriteResponse, WriteItem
 from object_model.pebc import EnergyTransferPlan, PowerConstraints, PowerRangeEnvelope
 from object_model.station.components import ChargingProtocol
 from tests.actors.test_simulation import QUIET, T0, US, Clock, evse_power, make
+from tests.actors.test_station_tasks import Site
 
 MIN = 60 * US
 HOUR = 3600 * US
@@ -230,3 +234,42 @@ def test_the_plan_is_rewritten_a_handful_of_times_in_an_hour_not_every_tick() ->
         assert writes[f"evse/{e}/energy/power_constraints"] <= 3, writes
         assert writes[f"evse/{e}/energy/energy_constraints"] == 1, writes
 
+
+# -- the station actor ----------------------------------------------------------------------------
+
+
+async def test_an_envelope_outside_the_constraints_is_refused_and_a_good_one_obeyed_at_once(
+        site: Site) -> None:
+    csms = await site.start_csms()
+    station = await site.station()
+    assert station.simulator is not None and station.tree is not None
+    t = station.simulated_us
+    station.simulator.plug_in(1, basic_ev(at=t))
+    for k in (1, 2, 3):
+        station.tick(t + k * US)
+    tree = station.tree
+    assert evse_power(tree, 1) > 21_000
+    revision = tree.revision
+
+    def write(value: dict[str, Any]) -> PropertyValueWrite:
+        return PropertyValueWrite(writes=[WriteItem(
+            path=KeyPath.parse("evse/1/energy/envelope"), value=value)])
+
+    bad = envelope(t, [(0, 0.0, 8_000.0), (10, 0.0, 3_000.0), (20, 2_000.0, 9_000.0)], 30)
+    with pytest.raises(ModelError) as refused:
+        await csms.request("cs-1", write(bad))
+    assert refused.value.code is ErrorCode.OUT_OF_RANGE
+    assert refused.value.path == "evse/1/energy/envelope"
+    problems = refused.value.details["problems"]
+    assert len(problems) == 2
+    assert problems[0].startswith("element 1: upper_w 3000 W is outside")
+    assert problems[1].startswith("element 2: lower_w 2000 W is outside")
+    assert tree.revision == revision and "evse/1/energy/envelope" not in tree
+
+    answer = await csms.request("cs-1", write(envelope(t, [(0, 0.0, 5_000.0)], 30)))
+    assert isinstance(answer, PropertyValueWriteResponse) and answer.revision == revision + 1
+    # no waiting for the next tick (an hour away here): it ticked again before answering
+    assert tree.revision == revision + 2 and station.simulated_us == t + 3 * US
+    assert 4_140 <= evse_power(tree, 1) <= 5_000
+    assert tree.get("evse/1/energy/limit_w") == 5_000.0
+    assert tree.get("evse/1/meter/last_reading_at") == t + 3 * US
