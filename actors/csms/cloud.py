@@ -115,7 +115,10 @@ class CloudCsms(CachingCsms):
         if ctx.require_role() is not Role.LOCAL_CSMS or f"sites/{ctx.sender}" not in self.own:
             raise error_class(ErrorCode.ACCESS_DENIED)(
                 f"{ctx.sender}: only an admitted site reports energy alerts here")
-        count = self.own.get(f"sites/{ctx.sender}/energy_alerts")
+        try:
+            count = self.own.get(f"sites/{ctx.sender}/energy_alerts")
+        except ModelError:
+            count = 0
         self.own.apply([Write(f"sites/{ctx.sender}/energy_alerts", (count + 1) % 2**32),
                         Write(f"sites/{ctx.sender}/last_energy_alert", alert.text[:500])])
         (log.warning if alert.active else log.info)(

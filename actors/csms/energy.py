@@ -95,6 +95,7 @@ class SiteEnergyManagement:
         self._alerted: frozenset[Any] = frozenset()
         self._plan_sent: tuple[float, int] | None = None
         self._unmanaged_said = False
+        self.current_alert: EnergyAlert | None = None
         if settings.enabled:
             self.own.subscribe(self._own_energy_changed)
             self.spawn(self._energy_loop(), "energy")  # type: ignore[attr-defined]
@@ -362,10 +363,19 @@ class SiteEnergyManagement:
         self.own.apply([Write("energy/alerts", (self.own.get("energy/alerts") + 1) % 2**64),
                         Write("energy/last_alert", text[:500]),
                         Write("energy/last_alert_at", now)])
-        for destination in (self._rm, self._cloud):
-            if destination:
-                self.send(destination, alert, priority=Priority.CONTROL,  # type: ignore[attr-defined]
-                          reliable=True)
+        self.current_alert = alert
+        if self._rm:
+            self.send(self._rm, alert, priority=Priority.CONTROL,  # type: ignore[attr-defined]
+                      reliable=True)
+        self.alert_upstream()
+
+    def alert_upstream(self) -> None:
+        """Tell the cloud the site's current alert (again after joining it: an alert raised
+        while it was unreachable must still reach it)."""
+        alert = self.current_alert
+        if alert is not None and self._cloud and getattr(self, "upstream_joined", False):
+            self.send(self._cloud, alert, priority=Priority.CONTROL,  # type: ignore[attr-defined]
+                      reliable=True)
 
     def _site_name(self) -> str:
         return str(getattr(getattr(self, "settings", None), "site", self.address))

@@ -204,6 +204,8 @@ class LocalCsms(SiteEnergyManagement, CachingCsms):
                 continue
             failures = 0
             self.upstream_joined = True
+            if self.current_alert is not None and self.current_alert.active:
+                self.alert_upstream()
             self._rejoin.clear()
             log.info("%s: joined %s", self.address, self.settings.cloud)
             await self._rejoin.wait()

@@ -127,8 +127,9 @@ class ChargingStation(StationTasks):
             await asyncio.sleep(self.settings.tick_s)
             if self.paused:
                 continue
-            self._sim_now += step
-            self.tick(self._sim_now)
+            # never behind the station's clock: when that is the site's time (the demo, or
+            # real time at speed 1), an envelope made for "now" finds the station there too
+            self.tick(max(self._sim_now + step, self.clock.now_us()))
 
     @property
     def simulated_us(self) -> int:
