@@ -151,7 +151,8 @@ async def _start_then_connect(running: Running) -> Running:
 
 
 async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
-                         progress: Callable[[str], None] | None = None) -> Running:
+                         progress: Callable[[str], None] | None = None,
+                         clock: Any = None) -> Running:
     """Host ``cfg.ids`` on one component connection, each with its own address and tree."""
     state = Path(cfg.state_dir)
     transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
@@ -167,7 +168,7 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
             simulation=SimulationConfig(arrivals_per_evse_hour=cfg.arrivals_per_evse_per_h,
                                         seed=seed if seed is not None else zlib.crc32(station.encode())),
             trusted=_operators(cfg.operators))
-        actor = ChargingStation(station, endpoint, store=store, settings=settings)
+        actor = ChargingStation(station, endpoint, store=store, settings=settings, clock=clock)
         await actor.start()
         running.actors.append(actor)
         if progress is not None and (i + 1) % 100 == 0:

@@ -177,3 +177,5 @@ def test_the_demo_runs_and_charges(tmp_path: Path) -> None:
     assert summary["stations_charging"] > 0 and summary["energy_wh"] > 0
     assert summary["messages"] > 0 and summary["errors"] == 0
     assert summary["cloud_consistent"] is True
+    for site in summary["sites_energy"]:  # each site's resource manager limits it
+        assert site["limit_kw"] is not None and site["power_kw"] <= site["limit_kw"] + 0.05
