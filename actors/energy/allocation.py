@@ -35,9 +35,7 @@ curtailment at 17:00 is in every station's envelope before 17:00 comes):
    ``clamp(weight x level, minimum, cap)`` for the one level at which the sum is exactly what
    is left (an exact sweep over the sorted breakpoints, O(n log n)). The weight is the EVSE's
    priority raised by its urgency, so EVs that must leave with energy get more of a scarce
-   site first. The cap is the most the EVSE can take: its PC's maximum and its plan's limit;
-   when its plan shows it taking less than it was given (a battery tapering off), the upper
-   edge of its plan's 95 % band, so the rest goes to others.
+   site first. The cap is the most the EVSE can take: its PC's maximum and its plan's limit.
 
 The upper limits sum to at most the site limit at every moment by construction, so the site
 cannot overrun whatever the EVs do; the station enforces its EVSE's upper limit itself.
@@ -206,7 +204,6 @@ class SiteAllocator:
     def __init__(self, settings: AllocatorSettings | None = None) -> None:
         self.settings = settings or AllocatorSettings()
         self._switches: dict[EvseKey, _Switch] = {}
-        self._given: dict[EvseKey, float] = {}  # upper limits of the last allocation
         self.switches = 0  # on/off changes so far (flapping shows here)
 
     def allocate(self, now_us: int, needs: Sequence[EvseNeed], site: SiteInputs) -> Allocation:
@@ -246,7 +243,7 @@ class SiteAllocator:
         codes: set[AlertCode] = set() if known else {AlertCode.NO_ENVELOPE}
         shortfalls: list[Shortfall] = []
         active = [n for n in needs if n.active(at_us)]
-        caps = {n.key: self._cap(n, at_us) for n in active}
+        caps = {n.key: n.cap_w(at_us) for n in active}
 
         # 1. lower limits: forced by the PC, or by an EC that can wait no longer
         hard: dict[EvseKey, float] = {}
@@ -329,17 +326,6 @@ class SiteAllocator:
             self._commit(at_us, upper, needs)
         return _Point(upper, lower, limit, sum(hard.values()), shortfalls, codes)
 
-    def _cap(self, need: EvseNeed, at_us: int) -> float:
-        """The most worth giving an EVSE: all it can take, unless its plan says it takes
-        less than it was given (a tapering battery): then what it is 95 % sure not to exceed
-        (the rest goes to others; a basic EV's wide band gives nothing back)."""
-        cap = need.cap_w(at_us)
-        given = self._given.get(need.key)
-        value = need.plan.at(at_us) if need.plan is not None else None
-        if given is not None and value is not None and value.expected_w < 0.9 * given:
-            cap = min(cap, max(value.band(95)[1], need.constraints.min_on_w))
-        return cap
-
     # -- hysteresis ------------------------------------------------------------------------------
 
     def _running(self, key: EvseKey, at_us: int, *, hold: bool) -> bool:
@@ -366,7 +352,6 @@ class SiteAllocator:
                 self.switches += 1
         for key in set(self._switches) - present:
             del self._switches[key]
-        self._given = {k: w for k, w in upper.items() if w > 0}
 
     # -- the site's plan ---------------------------------------------------------------------------
 

@@ -197,27 +197,3 @@ def test_upper_limits_never_add_up_to_more_than_the_site_limit(evs: list, limits
     for n in needs:
         for element in result.envelopes[n.key].elements:
             assert n.constraints.allows_upper(element.upper_w)
-
-
-def test_what_a_tapering_ev_does_not_take_goes_to_the_others_up_to_its_95_percent_band() -> None:
-    iso = pc(1380, 11_000)
-
-    def tapering(expected: float) -> EnergyTransferPlan:
-        return EnergyTransferPlan(elements=[{"start_us": 0, "power": {
-            "expected_w": expected, "lower_95_w": 0.92 * expected,
-            "upper_95_w": min(11_000, 1.08 * expected), "lower_limit_w": 0,
-            "upper_limit_w": 11_000}}],
-            end_us=24 * H)
-
-    allocator = SiteAllocator()
-    full = EvseNeed(key=("full", 1), constraints=iso, plan=tapering(11_000),
-                    energy=EnergyConstraints(valid_from_us=0, valid_until_us=8 * H,
-                                             min_wh=0, max_wh=50_000))
-    other = need("other", iso)
-    first = allocator.allocate(0, [full, other], flat(16_000))
-    assert first.granted_w[("full", 1)] == 8_000  # both want all: an equal share
-    tapered = EvseNeed(key=("full", 1), constraints=iso, plan=tapering(3_000),
-                       energy=full.energy)
-    second = allocator.allocate(3 * S, [tapered, other], flat(16_000))
-    assert second.granted_w[("full", 1)] == 3_240  # its 95 % upper band
-    assert second.granted_w[("other", 1)] == 11_000  # the rest, up to its own maximum
