@@ -273,3 +273,33 @@ async def test_an_envelope_outside_the_constraints_is_refused_and_a_good_one_obe
     assert 4_140 <= evse_power(tree, 1) <= 5_000
     assert tree.get("evse/1/energy/limit_w") == 5_000.0
     assert tree.get("evse/1/meter/last_reading_at") == t + 3 * US
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ({"elements": [{"start_us": 0, "lower_w": 6_000.0, "upper_w": 5_000.0}], "end_us": 9},
+     "lower_w 6000 is above upper_w 5000"),
+    ({"elements": [{"start_us": 5, "lower_w": 0.0, "upper_w": 1.0},
+                   {"start_us": 4, "lower_w": 0.0, "upper_w": 1.0}], "end_us": 9},
+     "strict time order"),
+    ({"elements": [{"start_us": 0, "lower_w": 0.0, "upper_w": 5e12}], "end_us": 9},
+     "less than or equal to 100000000"),
+    ({"elements": [{"start_us": 0, "lower_w": 0.0, "upper_w": 3.0, "per_phase": [
+        {"lower_w": 0.0, "upper_w": 2.0}] * 3}], "end_us": 9}, "add up to"),
+    ({"elements": [{"start_us": 0, "lower_w": 0.0}], "end_us": 9}, "Field required"),
+    ("full power", "expected PowerRangeEnvelope"),
+])
+async def test_a_malformed_envelope_gets_a_detailed_error_report_and_changes_nothing(
+        site: Site, value: Any, says: str) -> None:
+    csms = await site.start_csms()
+    station = await site.station()
+    assert station.tree is not None
+    revision = station.tree.revision
+    with pytest.raises(ModelError) as refused:
+        await csms.request("cs-1", PropertyValueWrite(writes=[WriteItem(
+            path=KeyPath.parse("evse/1/energy/envelope"), value=value)]))
+    assert refused.value.code in (ErrorCode.INVALID_VALUE, ErrorCode.WRONG_TYPE)
+    assert refused.value.path == "evse/1/energy/envelope"
+    assert says in str(refused.value)
+    if refused.value.code is ErrorCode.INVALID_VALUE:
+        assert refused.value.details["errors"][0]["msg"]  # every error, with its location
+    assert station.tree.revision == revision and "evse/1/energy/envelope" not in station.tree
