@@ -128,7 +128,8 @@ async def start_resource_manager(broker: BrokerConfig, cfg: ResourceManagerConfi
                             settings=ResourceManagerSettings(
                                 site_csms=cfg.site_csms, s2_peer=cfg.s2_peer,
                                 fuse_limit_w=cfg.fuse_limit_w,
-                                trusted=_operators(cfg.operators)))
+                                trusted={**_operators(cfg.operators), **(
+                                    {cfg.s2_peer: Role.RESOURCE_MANAGER} if cfg.s2_peer else {})}))
     return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 
