@@ -26,6 +26,15 @@ from object_model.tree import TransactionCommitted
 _ROOT = KeyPath.root()
 
 
+def only_tree(address: str, tree: KeyPath, access: TreeAccess) -> TreeAccess:
+    """``access`` for an actor that serves one tree, addressed as the root (``UNKNOWN_PATH``
+    for any other)."""
+    if tree.segments:
+        raise error_class(ErrorCode.UNKNOWN_PATH)(
+            f"{address} serves one tree: address it with tree ''", path=tree)
+    return access
+
+
 class TreeActor(Actor):
     """Answers PropertyValueRead/Write, Batch and PropertyTreeDiscovery for its trees."""
 

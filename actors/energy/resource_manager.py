@@ -45,7 +45,7 @@ from actors.base import Context, RoleDirectory, handles
 from actors.energy import s2
 from actors.persistence import PersistentTree, TreeStore
 from actors.tree_access import TreeAccess
-from actors.tree_actor import TreeActor
+from actors.tree_actor import TreeActor, only_tree
 from broker_bridge import Endpoint, Priority
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
@@ -405,10 +405,7 @@ class ResourceManager(TreeActor):
     # -- serving the tree -------------------------------------------------------------------
 
     def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
-        if tree.segments:
-            raise error_class(ErrorCode.UNKNOWN_PATH)(
-                f"{self.address} serves one tree: address it with tree ''", path=tree)
-        return self.access
+        return only_tree(self.address, tree, self.access)
 
     async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
                      ctx: Context) -> TransactionCommitted:

@@ -29,6 +29,7 @@ from actors.publisher import Publisher
 from actors.station.simulation import SimulationConfig, StationSimulator
 from actors.station.tasks import StationTasks, TaskLimits
 from actors.tree_access import TreeAccess
+from actors.tree_actor import only_tree
 from broker_bridge import Endpoint
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, ObjectTree, Role
@@ -201,10 +202,7 @@ class ChargingStation(StationTasks):
     # -- serving the tree ----------------------------------------------------------------------
 
     def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
-        if tree.segments:
-            raise error_class(ErrorCode.UNKNOWN_PATH)(
-                f"{self.address} serves one tree: address it with tree ''", path=tree)
-        return self.access
+        return only_tree(self.address, tree, self.access)
 
     async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
                      ctx: Context) -> TransactionCommitted:
