@@ -4,7 +4,7 @@ over the same simulated day.
     python -m bench.energy [--evses 30,300,3000] [--seed 1] [--step-s S] [--json]
                                                             (also: csms bench energy)
 
-For each site size (``--evses``), one simulated day (``actors.energy.day.SiteDay``: commuters,
+For each site size (``--evses``), one simulated day (``actors.logic.energy.day.SiteDay``: commuters,
 visitors and residents, half ISO 15118-20 and half IEC 61851, a fuse, a DSO curtailment from
 17:00 to 19:00 and a PV surplus around noon that wanders inside its forecast's 95 % band) is
 run three times, once per allocation, on a fake clock:
@@ -51,9 +51,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.energy.allocation import SiteAllocator
-from actors.energy.day import Allocate, DayConfig, DayResult, H, SiteDay
-from actors.energy.references import equal_share, first_come_first_served
+from actors.logic.energy.allocation import SiteAllocator
+from actors.logic.energy.day import Allocate, DayConfig, DayResult, H, SiteDay
+from actors.logic.energy.references import equal_share, first_come_first_served
 
 SIZES = (30, 300, 3000)
 ALGORITHMS: dict[str, Callable[[], Allocate]] = {  # a fresh one per day: ours keeps state

@@ -58,8 +58,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.monitoring import Monitors, cached_rights
-from actors.tree_access import TreeAccess
+from actors.logic.monitoring import Monitors, cached_rights
+from actors.logic.tree_access import TreeAccess
 from bench.ocpp_baseline import (
     deflated_sizes,
     event_data,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.base import Actor, Context, RoleDirectory, handles
-from actors.config import BrokerConfig, StationsConfig
-from actors.runtime import Running, settle_heap, start_stations, xmpp_settings
+from actors.app.config import BrokerConfig, StationsConfig
+from actors.app.wiring import Running, settle_heap, start_stations, xmpp_settings
+from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.station.actor import ChargingStation
 from bench.monitoring import monitor_setups
 from broker_bridge import Endpoint

@@ -5,7 +5,7 @@
 
 *Scenario.* ``--sites`` local CSMS, each with its share of ``--stations`` simulated stations
 on one component connection, all in this process; the cloud CSMS runs in a child process
-(``python -m bench.resync cloud --config FILE``: ``actors.runtime.start_cloud`` from the same
+(``python -m bench.resync cloud --config FILE``: ``actors.app.wiring.start_cloud`` from the same
 TOML file ``csms cloud`` reads, plus a stats file with its resync engine's and its link's
 counters) so that it can be SIGKILLed and restarted on the same state directory. Stations are
 paused (no simulated ticks): only what the bench writes changes.
@@ -85,12 +85,9 @@ from typing import Any
 
 import msgpack
 
-from actors.client import OperatorClient
-from actors.config import BrokerConfig, LocalConfig, StationsConfig, load_config
-from actors.csms.local import LocalCsms
-from actors.persistence import TreeStore
-from actors.resync import Replica, ResyncEngine, ResyncOutcome
-from actors.runtime import (
+from actors.app.client import OperatorClient
+from actors.app.config import BrokerConfig, LocalConfig, StationsConfig, load_config
+from actors.app.wiring import (
     Running,
     settle_heap,
     start_cloud,
@@ -98,6 +95,9 @@ from actors.runtime import (
     start_stations,
     xmpp_settings,
 )
+from actors.csms.local import LocalCsms
+from actors.runtime.replication.resync import Replica, ResyncEngine, ResyncOutcome
+from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
 from bench.ocpp_baseline import full_report_bytes
 from broker_bridge import Endpoint

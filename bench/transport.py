@@ -55,7 +55,7 @@ NO_BATCHING = {p: 0 for p in Priority}
 def _settle_heap() -> None:
     """Free what earlier phases left and freeze the rest out of full collections before a
     timed phase, as a long-running actor process does once it is set up
-    (``actors.runtime.settle_heap``): otherwise a full collection over the previous phases'
+    (``actors.app.wiring.settle_heap``): otherwise a full collection over the previous phases'
     leftovers (50-110 ms here, measured with ``gc.callbacks``) lands in a 10-second latency
     window and becomes its p99."""
     gc.collect()

@@ -6,7 +6,7 @@ Rules:
 * keypath, object_model and the sans-IO parts of broker_bridge import no I/O or clock module
   and call no clock (``now()``, ``time()``, ``monotonic()``...);
 * slixmpp is imported only by broker_bridge's XMPP adapter, prometheus_client only by
-  actors' metrics module, s2python only by the S2 mapping (actors.energy.s2).
+  actors' metrics module, s2python only by the S2 mapping (actors.logic.energy.s2).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ CLOCK_CALLS = {"now", "utcnow", "today", "time", "time_ns", "monotonic", "monoto
 # modules that must be free of I/O and clocks (package or package.module)
 PURE = {"keypath", "object_model", "broker_bridge.session", "broker_bridge.codec",
         "broker_bridge.envelope", "broker_bridge.ids"}
-ONLY_IN = {"slixmpp": {"broker_bridge.xmpp"}, "prometheus_client": {"actors.metrics"},
-           "s2python": {"actors.energy.s2"}}
+ONLY_IN = {"slixmpp": {"broker_bridge.xmpp"}, "prometheus_client": {"actors.app.metrics"},
+           "s2python": {"actors.logic.energy.s2"}}
 
 
 @dataclass(frozen=True)

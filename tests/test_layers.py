@@ -57,5 +57,5 @@ def test_the_checker_catches_each_kind_of_violation(
 def test_the_checker_accepts_allowed_imports(tmp_path: Path) -> None:
     _write(tmp_path, "object_model.ok", "import pydantic\nfrom keypath import KeyPath\n")
     _write(tmp_path, "broker_bridge.xmpp", "import slixmpp\nimport asyncio\n")
-    _write(tmp_path, "actors.metrics", "import prometheus_client\n")
+    _write(tmp_path, "actors.app.metrics", "import prometheus_client\n")
     assert check_tree(tmp_path) == []

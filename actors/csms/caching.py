@@ -28,12 +28,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from actors.base import Context, RoleDirectory, handles
-from actors.csms.tasks import CsmsTasks
-from actors.persistence import CorruptTreeError, PersistentTree, TreeStore
-from actors.resync import Replica, ResyncEngine, ResyncOutcome
-from actors.tree_access import TreeAccess
-from actors.tree_actor import TreeActor
+from actors.csms.task_relay import CsmsTasks
+from actors.logic.tree_access import TreeAccess
+from actors.runtime.actor import Context, RoleDirectory, handles
+from actors.runtime.replication.resync import Replica, ResyncEngine, ResyncOutcome
+from actors.runtime.storage.trees import CorruptTreeError, PersistentTree, TreeStore
+from actors.runtime.tree_actor import TreeActor
 from broker_bridge import Endpoint, Priority
 from broker_bridge.envelope import valid_address
 from keypath import GLOBSTAR, STAR, KeyPath, KeyPattern

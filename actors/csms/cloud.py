@@ -16,7 +16,6 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from actors.base import Context, handles
 from actors.csms.caching import (
     STATIONS,
     CachingCsms,
@@ -24,7 +23,8 @@ from actors.csms.caching import (
     station_key,
     to_micros_now,
 )
-from actors.resync import Replica
+from actors.runtime.actor import Context, handles
+from actors.runtime.replication.resync import Replica
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, MessageBase, ModelError, Role, Write
 from object_model.energy_messages import EnergyAlert

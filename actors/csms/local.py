@@ -17,10 +17,10 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from actors.base import Context, handles
 from actors.csms.caching import STATIONS, CachingCsms, CsmsSettings, station_key
-from actors.csms.energy import EnergySettings, SiteEnergyManagement
-from actors.resync import Replica, ResyncOutcome
+from actors.csms.site_energy import EnergySettings, SiteEnergyManagement
+from actors.runtime.actor import Context, handles
+from actors.runtime.replication.resync import Replica, ResyncOutcome
 from broker_bridge import Priority
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, Role

@@ -23,13 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.base import Context, RoleDirectory
-from actors.persistence import PersistentTree, TreeStore
-from actors.publisher import Publisher
-from actors.station.simulation import SimulationConfig, StationSimulator
+from actors.logic.station.simulation import SimulationConfig, StationSimulator
+from actors.logic.tree_access import TreeAccess
+from actors.runtime.actor import Context, RoleDirectory
+from actors.runtime.replication.publisher import Publisher
+from actors.runtime.storage.trees import PersistentTree, TreeStore
+from actors.runtime.tree_actor import only_tree
 from actors.station.tasks import StationTasks, TaskLimits
-from actors.tree_access import TreeAccess
-from actors.tree_actor import only_tree
 from broker_bridge import Endpoint
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, ObjectTree, Role

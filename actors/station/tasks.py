@@ -30,13 +30,13 @@ from typing import Any
 
 import msgpack
 
-from actors.base import Context, handles
-from actors.blobs import BlobStore, fetch_blob
-from actors.monitoring import Monitors, Outgoing, cached_rights, report_budget
-from actors.persistence import PersistentTree, TreeStore
-from actors.tasks import TaskBook
-from actors.tree_access import TreeAccess
-from actors.tree_actor import TreeActor
+from actors.logic.monitoring import Monitors, Outgoing, cached_rights, report_budget
+from actors.logic.tasks import TaskBook
+from actors.logic.tree_access import TreeAccess
+from actors.runtime.actor import Context, handles
+from actors.runtime.services.blobs import BlobStore, fetch_blob
+from actors.runtime.storage.trees import PersistentTree, TreeStore
+from actors.runtime.tree_actor import TreeActor
 from broker_bridge import Priority
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role, Write

@@ -2,7 +2,7 @@
 delivered ones took.
 
 Plain counters, updated on the hot path at the cost of a dict increment and read by whoever
-exports them (``actors.metrics``, at scrape time); nothing here knows Prometheus.
+exports them (``actors.app.metrics``, at scrape time); nothing here knows Prometheus.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.actors.test_station_tasks import Site
+from tests.actors.station.test_tasks import Site
 
 
 @pytest.fixture

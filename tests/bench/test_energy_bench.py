@@ -50,6 +50,6 @@ def test_the_step_grows_with_the_site_unless_given(capsys: pytest.CaptureFixture
 
 
 def test_the_command_line_names_the_benchmark() -> None:
-    result = subprocess.run([sys.executable, "-m", "actors.cli", "bench", "energy", "--help"],
+    result = subprocess.run([sys.executable, "-m", "actors.app.cli", "bench", "energy", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--evses" in result.stdout

@@ -78,6 +78,6 @@ async def test_a_tiny_delivery_run_delivers_reports_through_prosody() -> None:
 
 
 def test_the_command_line_names_the_benchmark() -> None:
-    result = subprocess.run([sys.executable, "-m", "actors.cli", "bench", "monitoring",
+    result = subprocess.run([sys.executable, "-m", "actors.app.cli", "bench", "monitoring",
                              "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--no-broker" in result.stdout

@@ -65,6 +65,6 @@ def test_the_changed_share_is_spread_evenly_and_parsed_both_ways() -> None:
 
 
 def test_the_command_line_names_the_benchmark() -> None:
-    result = subprocess.run([sys.executable, "-m", "actors.cli", "bench", "resync", "--help"],
+    result = subprocess.run([sys.executable, "-m", "actors.app.cli", "bench", "resync", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--stations" in result.stdout

@@ -369,7 +369,7 @@ def test_the_endpoint_describes_how_to_connect(tmp_path: Path) -> None:
 async def test_csms_broker_runs_until_interrupted(tmp_path: Path, signum: int) -> None:
     state = tmp_path / "b"
     cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors.cli", "broker", "--state-dir", str(state), cwd=ROOT,
+        sys.executable, "-m", "actors.app.cli", "broker", "--state-dir", str(state), cwd=ROOT,
         stdout=subprocess.PIPE)
     assert cli.stdout is not None
     output = b""

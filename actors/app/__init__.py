@@ -1,0 +1,1 @@
+"""The application: command line, configuration, wiring, client, demo, metrics. Nothing below imports it."""

@@ -1,0 +1,229 @@
+"""The ``csms`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from broker_bridge.prosody import BrokerNotInstalledError, BrokerStartError, ManagedProsody
+
+BENCHMARKS = {
+    "tree": "object trees: validated writes, history, snapshots, pattern matching",
+    "transport": "envelopes/s, latency and priorities through the managed Prosody",
+    "faults": "exactly-once delivery while the broker (and a sender) are SIGKILLed",
+    "resync": "a cloud CSMS of N stations killed and restarted: time and bytes to consistency",
+    "monitoring": "monitoring tasks: CPU per watched write, reports/s via Prosody, bytes/sample vs OCPP",
+    "energy": "a simulated site day: our allocation vs equal sharing and FCFS, ms/cycle, energy",
+}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    # Benchmarks live in bench/, a layer above actors: run them as their own process rather
+    # than importing them, so the layer rules hold.
+    argv = [sys.executable, "-m", f"bench.{args.name}", *args.rest]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from actors.app.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(sites=args.sites, stations=args.stations, duration=args.duration,
+                            json=args.json, state_dir=Path(args.state_dir), speed=args.speed,
+                            keep_state=args.keep_state)
+    summary = asyncio.run(run_demo(settings))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print("\n".join(f"{k:<20}{v}" for k, v in summary.items()))
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    try:
+        broker = ManagedProsody(Path(args.state_dir), domain=args.domain,
+                                component_domains=(f"stations.{args.domain}",),
+                                c2s_port=args.c2s_port, component_port=args.component_port)
+        return asyncio.run(_run_broker(broker))
+    except (BrokerNotInstalledError, BrokerStartError, ValueError) as exc:
+        print(f"csms broker: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run_broker(broker: ManagedProsody) -> int:
+    # Prosody runs in its own process group: a Ctrl-C reaches only us, and we stop it cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with broker:
+        print(broker.endpoint.describe())
+        print(f"state and log in {broker.state_dir}\nCtrl-C to stop", flush=True)
+        while broker.running and not stop.is_set():
+            # Wakes up now and then to notice a broker that died on its own.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+        crashed = not broker.running
+    if crashed:
+        print(f"csms broker: Prosody exited unexpectedly; see {broker.log_path}", file=sys.stderr)
+        return 1
+    print("broker stopped", flush=True)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    from actors.app import client
+
+    try:
+        conn = client.Connection.load(Path(args.connect))
+        if args.command == "monitor":
+            shown = client.run(client.monitor(
+                conn, args.actor, args.pattern, every=args.every, above=args.above,
+                duration=args.duration, show=lambda line: print(line, flush=True)))
+            print(f"# {shown} samples", flush=True)
+            return 0
+        if args.command == "get":
+            lines = client.run(client.get(conn, args.actor, args.keypath))
+        elif args.command == "set":
+            lines = [client.run(client.set_value(conn, args.actor, args.keypath, args.value))]
+        else:
+            lines = client.run(client.discover(conn, args.actor, args.pattern, args.types))
+    except client.ClientError as exc:
+        print(f"csms {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def _run_actor(args: argparse.Namespace) -> int:
+    from actors.app.config import ConfigError, load_config
+    from actors.app.wiring import (
+        run_until_signalled,
+        start_cloud,
+        start_local,
+        start_resource_manager,
+        start_stations,
+    )
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"csms {args.command}: {exc}", file=sys.stderr)
+        return 2
+    section = {"cloud": config.cloud, "local": config.local, "station": config.stations,
+               "resource-manager": config.resource_manager}
+    part = section[args.command]
+    if part is None:
+        name = {"station": "stations", "resource-manager": "resource_manager"}.get(
+            args.command, args.command)
+        print(f"csms {args.command}: {args.config} has no [{name}] section", file=sys.stderr)
+        return 2
+    starter = {"cloud": start_cloud, "local": start_local, "station": start_stations,
+               "resource-manager": start_resource_manager}
+
+    async def start() -> list:  # type: ignore[type-arg]
+        return [await starter[args.command](config.broker, part)]  # type: ignore[operator]
+
+    def ready(running: list) -> None:  # type: ignore[type-arg]
+        actors = ", ".join(a.address for r in running for a in r.actors[:5])
+        print(f"csms {args.command}: running {actors}{' ...' if len(running[0].actors) > 5 else ''}"
+              f"; Ctrl-C to stop", flush=True)
+
+    try:
+        return asyncio.run(run_until_signalled(start, ready, config.metrics))
+    except (ConnectionError, OSError) as exc:
+        print(f"csms {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csms", description="An IEC 63110-style charging station management system."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run a whole local-plus-cloud hierarchy of simulated "
+                          "stations on the managed broker")
+    demo.add_argument("--sites", type=int, default=2, help="local CSMS (sites), default 2")
+    demo.add_argument("--stations", type=int, default=10, help="stations per site, default 10")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--json", action="store_true", help="print only a final JSON summary")
+    demo.add_argument("--speed", type=float, default=120.0,
+                      help="simulated seconds per real second in the stations (default 120)")
+    demo.add_argument("--state-dir", default="state/demo",
+                      help="where the broker, stores and connect.json live")
+    demo.add_argument("--keep-state", action="store_true",
+                      help="keep the previous run's stores (stations keep their epochs)")
+    demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="run a benchmark and print its figures")
+    bench.add_argument("name", choices=sorted(BENCHMARKS),
+                       help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (--json)")
+    bench.set_defaults(func=_bench)
+    broker = sub.add_parser("broker", help="run the managed Prosody broker in the foreground")
+    broker.add_argument("--state-dir", default="./state/broker",
+                        help="config, data and log directory (default: ./state/broker)")
+    broker.add_argument("--domain", default="csms.local",
+                        help="XMPP domain of the accounts (default: csms.local); "
+                             "components get stations.DOMAIN, rooms rooms.DOMAIN")
+    broker.add_argument("--c2s-port", type=int, default=None,
+                        help="client port (default: a free loopback port)")
+    broker.add_argument("--component-port", type=int, default=None,
+                        help="XEP-0114 component port (default: a free loopback port)")
+    broker.set_defaults(func=_broker)
+    for name, what in (("cloud", "a cloud CSMS"), ("local", "a site's local CSMS"),
+                       ("station", "a host of simulated stations"),
+                       ("resource-manager", "a site's resource manager (grid envelope, S2)")):
+        runner = sub.add_parser(name, help=f"run {what} from a TOML config "
+                                "(docs/deployment.md)")
+        runner.add_argument("--config", required=True, help="the deployment file")
+        runner.set_defaults(func=_run_actor)
+    connect = argparse.ArgumentParser(add_help=False)
+    connect.add_argument("--connect", default="state/demo/connect.json",
+                         help="how to reach the system (written by csms demo)")
+    get = sub.add_parser("get", parents=[connect], help="read a value (or a subtree) of an actor")
+    get.add_argument("actor", help="an actor address: cloud, local-site1, cs-site1-3...")
+    get.add_argument("keypath", help="e.g. evse/1/status, or stations/cs-site1-3/evse/1/status "
+                     "at a CSMS")
+    get.set_defaults(func=_client)
+    put = sub.add_parser("set", parents=[connect], help="write a value (typed by the actor)")
+    put.add_argument("actor")
+    put.add_argument("keypath")
+    put.add_argument("value", help="as text; the actor parses it by the type it declares")
+    put.set_defaults(func=_client)
+    find = sub.add_parser("discover", parents=[connect],
+                          help="list the values matching a pattern (* one segment, ** any)")
+    find.add_argument("actor")
+    find.add_argument("pattern", help="e.g. evse/*/connector/*/status or stations/*/evse/*/status")
+    find.add_argument("--types", action="store_true", help="show each value's type and access")
+    find.set_defaults(func=_client)
+    watch = sub.add_parser("monitor", parents=[connect],
+                           help="watch values live through a CSMS (a monitoring task)")
+    watch.add_argument("actor", help="a CSMS (cloud, local-site1) or a station")
+    watch.add_argument("pattern", help="e.g. stations/cs-site1-3/evse/*/meter/** at a CSMS")
+    how = watch.add_mutually_exclusive_group()
+    how.add_argument("--every", type=float, metavar="S", help="sample every S seconds")
+    how.add_argument("--on-change", action="store_true", help="every change (the default)")
+    how.add_argument("--above", type=float, metavar="X", help="only crossings above X")
+    watch.add_argument("--for", dest="duration", type=float, metavar="S",
+                       help="stop after S seconds (default: Ctrl-C)")
+    watch.set_defaults(func=_client)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CSMS_LOG_LEVEL", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

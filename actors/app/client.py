@@ -1,0 +1,262 @@
+"""The operator's side of the command line: ``csms get|set|discover`` against a running system.
+
+The client connects to the broker as an operator account (from the ``connect.json`` that
+``csms demo`` writes, or from flags), asks one actor, prints typed values, and turns every
+failure into a sentence that says what to do. Values are written as text; the actor parses
+them according to the type it declares at the key-path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from actors.runtime.actor import Actor, Context, RoleDirectory, handles
+from broker_bridge import Endpoint
+from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTransport
+from keypath import GLOBSTAR, KeyPath, KeyPathError, KeyPattern
+from object_model import ErrorCode, ModelError, Role
+from object_model.messages import (
+    PropertyTreeDiscoveryRequest,
+    PropertyTreeDiscoveryResponse,
+    PropertyValueRead,
+    PropertyValueReadResponse,
+    PropertyValueWrite,
+    PropertyValueWriteResponse,
+    WriteItem,
+)
+from object_model.monitoring import (
+    MonitoringReport,
+    MonitoringTaskSetup,
+    OnChange,
+    Periodic,
+    ReporterConfig,
+    TaskAction,
+    TaskControl,
+    Threshold,
+)
+from object_model.types import from_micros
+
+T = TypeVar("T")
+DEFAULT_CONNECT = Path("state/demo/connect.json")
+
+
+class ClientError(RuntimeError):
+    """Something the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    settings: XmppSettings
+    account: str
+    password: str
+    actors: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, path: Path) -> Connection:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ClientError(f"no running system described at {path}: start one with "
+                              f"`csms demo`, or give --connect FILE") from None
+        except json.JSONDecodeError as exc:
+            raise ClientError(f"{path} is not valid JSON: {exc}") from None
+        broker = raw["broker"]
+        settings = XmppSettings(host=broker["host"], c2s_port=broker["c2s_port"],
+                                domain=broker["domain"], muc_domain=broker["muc_domain"],
+                                routes=tuple(tuple(r) for r in broker.get("routes", ())),
+                                connect_timeout_s=5.0)
+        return cls(settings, raw["account"], raw["password"], tuple(raw.get("actors", ())))
+
+
+class OperatorClient(Actor):
+    """An operator on the network: it asks, and takes the monitoring reports it asked for
+    (``reports``)."""
+
+    role = Role.OPERATOR
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reports: asyncio.Queue[MonitoringReport] = asyncio.Queue()
+
+    @handles(MonitoringReport)
+    async def on_report(self, report: MonitoringReport, ctx: Context) -> None:
+        self.reports.put_nowait(report)
+
+
+async def with_client(conn: Connection, actor: str,
+                      work: Callable[[OperatorClient], Awaitable[T]]) -> T:
+    """Connect, check ``actor`` is known, run ``work``, disconnect."""
+    if conn.actors and actor not in conn.actors:
+        shown = ", ".join(conn.actors[:12]) + (" ..." if len(conn.actors) > 12 else "")
+        raise ClientError(f"unknown actor {actor!r}; this system has: {shown}")
+    transport = XmppTransport.client(conn.settings, conn.account, conn.password)
+    endpoint = Endpoint(transport, name=conn.account)
+    try:
+        await endpoint.start()
+    except BrokerUnreachableError as exc:
+        raise ClientError(f"{exc}") from None
+    client = OperatorClient(conn.account, endpoint, roles=RoleDirectory())
+    await client.start()
+    try:
+        return await work(client)
+    except ModelError as exc:
+        if exc.code is ErrorCode.TIMEOUT:
+            raise ClientError(f"no answer from {actor!r}: is it running? ({exc.text})") from None
+        raise ClientError(f"{actor}: {exc.code.value}: {exc.text}"
+                          + (f" (at {exc.path})" if exc.path else "")) from None
+    finally:
+        await client.stop()
+        await endpoint.stop(flush_timeout=1)
+
+
+def _path(text: str) -> KeyPath:
+    try:
+        return KeyPath.parse(text)
+    except KeyPathError as exc:
+        raise ClientError(f"{exc}") from None
+
+
+def format_value(value: Any, kind: dict[str, Any] | None) -> str:
+    """A value as a person reads it, using the type the actor declared."""
+    unit = f" {kind['unit']}" if kind and kind.get("unit") else ""
+    name = (kind or {}).get("type")
+    if name == "timestamp" and isinstance(value, int):
+        return from_micros(value).isoformat().replace("+00:00", "Z")
+    if name == "duration" and isinstance(value, int):
+        return f"{value / 1e6:g} s"
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value}{unit}"
+
+
+async def get(conn: Connection, actor: str, path_text: str) -> list[str]:
+    path = _path(path_text)
+
+    async def work(client: OperatorClient) -> list[str]:
+        answer = await client.request(actor, PropertyValueRead(paths=[path]), timeout=5)
+        assert isinstance(answer, PropertyValueReadResponse)
+        if answer.failures:
+            failure = answer.failures[0]
+            raise ClientError(f"{actor}: {failure.code.value}: {failure.text}")
+        kinds = await _types(client, actor, path)
+        return [f"{p} = {format_value(v, kinds.get(p))}  (revision {r})"
+                for p, r, v in sorted(answer.values, key=lambda item: item[0])]
+
+    return await with_client(conn, actor, work)
+
+
+async def _types(client: OperatorClient, actor: str, path: KeyPath) -> dict[KeyPath, Any]:
+    patterns = [KeyPattern.from_path(path), KeyPattern([*path.segments, GLOBSTAR])]
+    try:
+        answer = await client.request(actor, PropertyTreeDiscoveryRequest(
+            patterns=patterns, include_values=False, include_types=True), timeout=5)
+    except ModelError:
+        return {}
+    assert isinstance(answer, PropertyTreeDiscoveryResponse)
+    return dict(answer.types)
+
+
+async def set_value(conn: Connection, actor: str, path_text: str, text: str) -> str:
+    path = _path(path_text)
+
+    async def work(client: OperatorClient) -> str:
+        answer = await client.request(actor, PropertyValueWrite(
+            writes=[WriteItem(path=path, value=text, text=True)]), timeout=10)
+        assert isinstance(answer, PropertyValueWriteResponse)
+        state = "changed" if answer.changed else "unchanged (it already held that value)"
+        return f"{actor}: {path} {state}; revision {answer.revision}"
+
+    return await with_client(conn, actor, work)
+
+
+async def discover(conn: Connection, actor: str, pattern_text: str, types: bool) -> list[str]:
+    try:
+        pattern = KeyPattern.parse(pattern_text)
+    except KeyPathError as exc:
+        raise ClientError(f"{exc}") from None
+
+    async def work(client: OperatorClient) -> list[str]:
+        answer = await client.request(actor, PropertyTreeDiscoveryRequest(
+            patterns=[pattern], include_types=True), timeout=10)
+        assert isinstance(answer, PropertyTreeDiscoveryResponse)
+        kinds = dict(answer.types)
+        lines = []
+        for p, _, v in sorted(answer.leaves, key=lambda item: item[0]):
+            kind = kinds.get(p)
+            described = f"  [{kind.get('type')}, {kind.get('access')}]" if types and kind else ""
+            lines.append(f"{p} = {format_value(v, kind)}{described}")
+        return lines or [f"{actor}: nothing matches {pattern} (or you may not read it)"]
+
+    return await with_client(conn, actor, work)
+
+
+def monitor_setup(pattern_text: str, *, every: float | None = None, above: float | None = None,
+                  task: str) -> tuple[KeyPath, MonitoringTaskSetup]:
+    """The tree and setup ``csms monitor`` sends: ``stations/<id>/<selector>`` at a CSMS
+    watches ``<selector>`` on that station; reports every second, at state priority."""
+    try:
+        pattern = KeyPattern.parse(pattern_text)
+    except KeyPathError as exc:
+        raise ClientError(f"{exc}") from None
+    segs = pattern.segments
+    tree = KeyPath.root()
+    if len(segs) > 2 and segs[0] == "stations" and isinstance(segs[1], str):
+        tree, pattern = KeyPath("stations", segs[1]), KeyPattern(segs[2:])
+    trigger = (Periodic(every_s=every) if every is not None else
+               Threshold(upper=above) if above is not None else OnChange())
+    return tree, MonitoringTaskSetup(tree=tree, task=task, selectors=[pattern], trigger=trigger,
+                                     reporter=ReporterConfig(interval_s=1, priority=2,
+                                                             expiry_s=60))
+
+
+async def monitor(conn: Connection, actor: str, pattern_text: str, *, every: float | None,
+                  above: float | None, duration: float | None,
+                  show: Callable[[str], None] = print) -> int:
+    """Set up a monitoring task through ``actor``, print samples as they come, cancel the
+    task when done (after ``duration`` seconds, or Ctrl-C); returns the samples shown."""
+    task = f"mon-{os.urandom(4).hex()}"
+    tree, setup = monitor_setup(pattern_text, every=every, above=above, task=task)
+
+    async def work(client: OperatorClient) -> int:
+        await client.request(actor, setup, timeout=10)
+        what = f"{tree}/{setup.selectors[0]}" if tree.segments else str(setup.selectors[0])
+        show(f"# watching {what} through {actor} (task {task}); Ctrl-C to stop")
+        shown = 0
+        try:
+            async with asyncio.timeout(duration):
+                while True:
+                    report = await client.reports.get()
+                    if report.task != task:
+                        continue
+                    if report.dropped:
+                        show(f"# {report.dropped} samples were dropped by the station's buffer")
+                    for path, at, value in sorted(report.samples, key=lambda s: s[1]):
+                        stamp = from_micros(at).isoformat(timespec="milliseconds")
+                        show(f"{stamp.replace('+00:00', 'Z')}  {report.tree / path} = "
+                             f"{format_value(value, None)}")
+                        shown += 1
+        except TimeoutError:
+            pass
+        finally:
+            try:
+                await client.request(actor, TaskControl(tree=tree, task=task,
+                                                        action=TaskAction.CANCEL), timeout=5)
+            except ModelError as exc:
+                show(f"# could not cancel task {task}: {exc}")
+        return shown
+
+    return await with_client(conn, actor, work)
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]

@@ -1,1 +1,0 @@
-"""Site energy: the resource manager, its S2 mapping, and the allocation of a site's power."""

@@ -1,0 +1,1 @@
+"""Site energy, pure: the allocation, its references, the S2 mapping, a simulated site day."""

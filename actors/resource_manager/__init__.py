@@ -1,0 +1,1 @@
+"""The resource manager actor: a site's grid-connection interface."""

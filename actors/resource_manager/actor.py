@@ -1,0 +1,431 @@
+"""The resource manager actor: a site's grid-connection interface.
+
+Its tree (``object_model.rm_model``) holds the grid connection's inputs under ``grid/``: the
+fuse limit, DSO curtailments, a PV forecast, and from S2 an instruction's envelope and the
+constraints it must respect. Operators write them; a CEM speaking S2 sends ``S2Message``s.
+The tree persists in a ``TreeStore`` (loaded on start, or created from the settings), and a
+write is answered only once it is durable.
+
+Theory of operation
+-------------------
+*The envelope.* ``grid/envelope`` is the site's import limit from now to now + ``horizon_s``
+(its first element starts ``clock_skew_s`` earlier, for readers whose clocks are behind),
+recomputed whenever an input changes and at least every ``envelope_refresh_s`` (the window
+moves on). ``site_envelope`` is pure: at every moment an input changes, the upper limit is the
+least of the fuse, every curtailment in force and the S2 instruction's upper limit; the lower
+limit is the instruction's (0 without one), never above the upper. With power constraints,
+limits are clamped into their allowed ranges, except that an upper limit is never raised
+above what the grid allows (the DSO's limit wins; the clamp is logged). Equal neighbours
+merge; beyond ``MAX_ELEMENTS`` elements the envelope ends early (the local CSMS then falls
+back to its operator's limit) and says so in the log.
+
+*The push.* Whenever the envelope, the PV forecast or the constraints change, and every
+``push_refresh_s``, one ``PropertyValueWrite`` sets the local CSMS's ``energy/grid/*``. One
+loop sends them, so there is never more than one in flight, and it builds each write from the
+tree when it sends it: changes made meanwhile coalesce, the latest wins. A failed push is
+retried with jittered exponential backoff. A value we lack is deleted there.
+
+*The site.* The local CSMS writes the site's plan to ``site/plan`` (``plan_received_at`` is
+set in the same transaction); it goes on to the S2 peer as a ``PowerForecast`` by one loop
+of its own, latest plan first. ``EnergyAlert``s are kept in ``site/alerts/<n>`` (the last
+``MAX_ALERTS``; ``n`` counts up, so the ids tell their order) and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.logic.energy import s2
+from actors.logic.tree_access import TreeAccess
+from actors.runtime.actor import Context, RoleDirectory, handles
+from actors.runtime.storage.trees import PersistentTree, TreeStore
+from actors.runtime.tree_actor import TreeActor, only_tree
+from broker_bridge import Endpoint, Priority
+from keypath import KeyPath
+from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
+from object_model.energy_messages import EnergyAlert, S2Message
+from object_model.errors import error_class
+from object_model.messages import Batch, PropertyValueWrite, WriteItem
+from object_model.pebc import (
+    MAX_ELEMENTS,
+    TOLERANCE_W,
+    EnergyConstraints,
+    EnergyTransferPlan,
+    EnvelopeElement,
+    PowerConstraints,
+    PowerRange,
+    PowerRangeEnvelope,
+)
+from object_model.rm_model import (
+    AlertEntry,
+    Curtailment,
+    GridConnection,
+    ResourceManagerState,
+    SiteView,
+    resource_manager_access_policy,
+    resource_manager_schema,
+)
+from object_model.tree import Delete, Operation, TransactionCommitted, Write
+
+log = logging.getLogger("csms.rm")
+
+US = 1_000_000
+MAX_ALERTS = 100
+S2_SENDERS = frozenset({Role.RESOURCE_MANAGER, Role.OPERATOR})
+ENVELOPE_INPUTS = frozenset({"fuse_limit_w", "curtailments", "instruction", "power_constraints",
+                             "horizon_s"})
+PUSHED = ("envelope", "pv_forecast", "power_constraints", "energy_constraints")
+S2_PATHS: dict[type, str] = {PowerRangeEnvelope: "grid/instruction",
+                             PowerConstraints: "grid/power_constraints",
+                             EnergyConstraints: "grid/energy_constraints"}
+PLAN = KeyPath("site", "plan")
+
+CurtailmentProfile = tuple[str, int, int, float, str]  # id, start_us, end_us, limit_w, reason
+
+
+@dataclass(frozen=True)
+class ResourceManagerSettings:
+    """A site's resource manager: its local CSMS, its S2 peer (a CEM, told the site's plan),
+    the profile a fresh tree starts from (fuse, curtailments, PV forecast) and its timing.
+    ``trusted`` gives roles to others: operators, a CEM as ``RESOURCE_MANAGER``."""
+
+    site_csms: str | None
+    s2_peer: str | None = None
+    fuse_limit_w: float = 100_000.0
+    curtailments: tuple[CurtailmentProfile, ...] = ()
+    pv_forecast: EnergyTransferPlan | None = None
+    push_refresh_s: float = 60.0
+    trusted: Mapping[str, Role] = field(default_factory=dict)
+    envelope_refresh_s: float = 60.0
+    push_timeout_s: float = 5.0
+    max_backoff_s: float = 30.0
+    clock_skew_s: float = 30.0  # the envelope's first element starts this much before now
+
+
+# -- the envelope (pure) ------------------------------------------------------------------------
+
+
+def _highest_allowed(ranges: list[PowerRange], watts: float) -> float | None:
+    """The highest value of the union of ``ranges`` not above ``watts`` (None: none is)."""
+    best = None
+    for r in ranges:
+        if r.lower_w <= watts + TOLERANCE_W:
+            best = min(r.upper_w, watts)
+    return best
+
+
+def _clamp(pc: PowerConstraints, upper: float, lower: float, notes: set[str]
+           ) -> tuple[float, float]:
+    if not pc.allows_upper(upper):
+        allowed = _highest_allowed(pc.upper_ranges, upper)
+        if allowed is None:
+            notes.add(f"upper {upper:g} W is below every allowed upper range: kept (the grid's "
+                      "limit wins over the power constraints)")
+        else:
+            notes.add(f"upper {upper:g} W clamped to {allowed:g} W")
+            upper = allowed
+    lower = min(lower, upper)
+    if not pc.allows_lower(lower):
+        allowed = _highest_allowed(pc.lower_ranges, lower)
+        allowed = pc.lower_ranges[0].lower_w if allowed is None else allowed
+        if allowed > upper:
+            notes.add(f"lower {lower:g} W kept: the least allowed lower limit {allowed:g} W is "
+                      f"above the upper limit {upper:g} W")
+        else:
+            notes.add(f"lower {lower:g} W clamped to {allowed:g} W")
+            lower = allowed
+    return upper, lower
+
+
+def site_envelope(now_us: int, horizon_s: int, fuse_w: float,
+                  curtailments: Iterable[tuple[int, int, float]],
+                  instruction: PowerRangeEnvelope | None = None,
+                  constraints: PowerConstraints | None = None, *, lead_us: int = 0
+                  ) -> tuple[PowerRangeEnvelope, list[str]]:
+    """The site's envelope over ``[now_us, now_us + horizon_s)`` and notes on what was
+    clamped or cut (see the module docstring). ``curtailments``: ``(start, end, limit_w)``.
+    The first element, computed for now, starts ``lead_us`` earlier: a reader whose clock is
+    a little behind ours must not find the envelope not yet begun."""
+    end = now_us + horizon_s * US
+    windows = [(s, e, w) for s, e, w in curtailments if s < e and e > now_us and s < end]
+    marks = {now_us, *(t for s, e, _ in windows for t in (s, e))}
+    if instruction is not None:
+        marks.update(e.start_us for e in instruction.elements)
+        marks.add(instruction.end_us)
+    notes: set[str] = set()
+    elements: list[EnvelopeElement] = []
+    for t in sorted(m for m in marks if now_us <= m < end):
+        upper = min([fuse_w, *(w for s, e, w in windows if s <= t < e)])
+        held = instruction.at(t) if instruction is not None else None
+        lower, per_phase = 0.0, None
+        if held is not None:
+            upper, lower = min(upper, held.upper_w), held.lower_w
+        lower = min(lower, upper)
+        if constraints is not None:
+            upper, lower = _clamp(constraints, upper, lower, notes)
+            lower = min(lower, upper)
+        if held is not None and (upper, lower) == (held.upper_w, held.lower_w):
+            per_phase = held.per_phase  # the instruction binds alone: its phases still hold
+        element = EnvelopeElement(start_us=t, lower_w=lower, upper_w=upper, per_phase=per_phase)
+        if elements and element.model_dump(exclude={"start_us"}) == elements[-1].model_dump(
+                exclude={"start_us"}):
+            continue
+        elements.append(element)
+    elements[0] = elements[0].model_copy(update={"start_us": max(0, now_us - lead_us)})
+    if len(elements) > MAX_ELEMENTS:
+        end = elements[MAX_ELEMENTS].start_us
+        notes.add(f"cut after {MAX_ELEMENTS} elements: the envelope ends early")
+        elements = elements[:MAX_ELEMENTS]
+    return PowerRangeEnvelope(end_us=end, elements=elements), sorted(notes)
+
+
+# -- the actor ----------------------------------------------------------------------------------
+
+
+class ResourceManager(TreeActor):
+    """See the module docstring."""
+
+    role = Role.RESOURCE_MANAGER
+
+    def __init__(self, address: str, endpoint: Endpoint, *, store: TreeStore,
+                 settings: ResourceManagerSettings, clock: Any = None) -> None:
+        roles = RoleDirectory(dict(settings.trusted))
+        if settings.site_csms:
+            roles.add(settings.site_csms, Role.LOCAL_CSMS)
+        super().__init__(address, endpoint, roles=roles, clock=clock)
+        self.store = store
+        self.settings = settings
+        self.tree: ObjectTree = ObjectTree(resource_manager_schema())
+        self.access = TreeAccess(self.tree, resource_manager_access_policy())
+        self.persisted: PersistentTree | None = None
+        self.fresh = False
+        self.push_failures = 0
+        self._recompute = asyncio.Event()
+        self._push_wanted = asyncio.Event()
+        self._plan_wanted = asyncio.Event()
+        self._notes: list[str] = []
+
+    async def on_start(self) -> None:
+        tree = await self.store.load(self.address, resource_manager_schema())
+        if tree is None:
+            tree = ObjectTree(resource_manager_schema())
+            tree.write("", self._initial_state().model_dump(by_alias=True, exclude_none=True))
+            self.fresh = True
+        self.tree = tree
+        self.access = TreeAccess(tree, resource_manager_access_policy())
+        self.persisted = await self.store.attach(self.address, tree)
+        await self.persisted.durable()
+        tree.subscribe(self._committed)
+        self.refresh_envelope()
+        self.spawn(self._envelope_loop(), "envelope")
+        if self.settings.site_csms:
+            self._push_wanted.set()  # whatever the CSMS holds may be stale
+            self.spawn(self._push_loop(), "push")
+        if self.settings.s2_peer:
+            self.spawn(self._plan_loop(), "plan")
+
+    async def on_stop(self) -> None:
+        if self.persisted is not None:
+            await self.persisted.detach()
+
+    def _initial_state(self) -> ResourceManagerState:
+        s = self.settings
+        curtailments = {cid: Curtailment(start_at=start, end_at=end, limit_w=limit, reason=why)
+                        for cid, start, end, limit, why in s.curtailments}
+        grid = GridConnection(fuse_limit_w=s.fuse_limit_w, curtailments=curtailments,
+                              pv_forecast=s.pv_forecast)
+        return ResourceManagerState(name=self.address, grid=grid,
+                                    site=SiteView(csms=s.site_csms or ""))
+
+    def value(self, path: str) -> Any:
+        """The value at ``path`` of the tree (a subtree as dicts), None when absent."""
+        try:
+            return self.tree.read(path)
+        except ModelError as exc:
+            if exc.code is ErrorCode.NOT_PRESENT:
+                return None
+            raise
+
+    def _committed(self, event: TransactionCommitted) -> None:
+        grid = [p.segments[1:] for p in [*(p for p, _ in event.upserts), *event.deletes]
+                if p.segments[:1] == ("grid",)]
+        if any(not rest or rest[0] in ENVELOPE_INPUTS for rest in grid):
+            self._recompute.set()
+        if any(not rest or rest[0] in PUSHED for rest in grid):
+            self._push_wanted.set()
+
+    # -- the envelope -----------------------------------------------------------------------
+
+    def refresh_envelope(self) -> PowerRangeEnvelope:
+        """Recompute ``grid/envelope`` from the inputs, as of the clock's now."""
+        curtailments = [(c["start_at"], c["end_at"], c["limit_w"])
+                        for c in (self.value("grid/curtailments") or {}).values()]
+        instruction = self.value("grid/instruction")
+        constraints = self.value("grid/power_constraints")
+        envelope, notes = site_envelope(
+            self.clock.now_us(), self.tree.get("grid/horizon_s"),
+            self.tree.get("grid/fuse_limit_w"), curtailments,
+            None if instruction is None else PowerRangeEnvelope.model_validate(instruction),
+            None if constraints is None else PowerConstraints.model_validate(constraints),
+            lead_us=int(self.settings.clock_skew_s * US))
+        if notes != self._notes:
+            self._notes = notes
+            if notes:
+                log.info("%s: envelope adjusted: %s", self.address, "; ".join(notes))
+        self.tree.write("grid/envelope", envelope.model_dump())
+        return envelope
+
+    async def _envelope_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.envelope_refresh_s):
+                    await self._recompute.wait()
+            self._recompute.clear()
+            try:
+                self.refresh_envelope()
+            except ModelError:
+                log.exception("%s: could not compute the envelope", self.address)
+
+    # -- the push ---------------------------------------------------------------------------
+
+    def push_message(self) -> PropertyValueWrite:
+        """The write that tells the local CSMS the grid's limits as they are now."""
+        writes = []
+        for name in PUSHED:
+            path, value = KeyPath("energy", "grid", name), self.value(f"grid/{name}")
+            writes.append(WriteItem(path=path, delete=True) if value is None
+                          else WriteItem(path=path, value=value))
+        writes += [WriteItem(path=KeyPath("energy", "grid", "source"), value=self.address),
+                   WriteItem(path=KeyPath("energy", "grid", "updated_at"),
+                             value=self.clock.now_us())]
+        return PropertyValueWrite(tree=KeyPath.root(), writes=writes)
+
+    async def _push_loop(self) -> None:
+        csms = self.settings.site_csms
+        assert csms is not None
+        while True:
+            if self.push_failures:
+                cap = min(self.settings.max_backoff_s, 0.1 * 2 ** self.push_failures)
+                await asyncio.sleep(random.uniform(cap / 2, cap))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.push_refresh_s):
+                        await self._push_wanted.wait()
+            self._push_wanted.clear()
+            try:
+                await self.request(csms, self.push_message(), priority=Priority.CONTROL,
+                                   timeout=self.settings.push_timeout_s)
+            except Exception as exc:  # whatever it was, try again
+                self.push_failures += 1
+                if not isinstance(exc, ModelError):
+                    log.exception("%s: pushing the envelope to %s failed", self.address, csms)
+                else:
+                    (log.warning if self.push_failures == 1 else log.info)(
+                        "%s: pushing the envelope to %s failed (%d in a row): %s",
+                        self.address, csms, self.push_failures, exc)
+                continue
+            self.push_failures = 0
+            self.tree.apply([Write("grid/pushed_at", self.clock.now_us()),
+                             Write("grid/pushes", self.tree.get("grid/pushes") + 1)])
+
+    # -- S2 ---------------------------------------------------------------------------------
+
+    @handles(S2Message)
+    async def on_s2(self, message: S2Message, ctx: Context) -> MessageBase | None:
+        """A PEBC message from the CEM: its value replaces ours in one durable transaction,
+        and a ReceptionStatus answers; anything else is refused and changes nothing."""
+        role = ctx.require_role()
+        if role not in S2_SENDERS:
+            raise error_class(ErrorCode.ACCESS_DENIED)(
+                f"{ctx.sender!r} ({role.value}) may not send S2 here",
+                details={"sender": ctx.sender, "role": role.value})
+        parsed = s2.parse_s2(message.payload)
+        if s2.message_type_of(parsed) == "ReceptionStatus":  # never answered (S2's rule)
+            if problem := s2.reception_problem(parsed):
+                log.warning("%s: %s refused an S2 message: %s", self.address, ctx.sender, problem)
+            return None
+        value = s2.to_pebc(parsed)
+        path = KeyPath.parse(S2_PATHS[type(value)])
+        self.access.check_write(role, path)
+        event = self.tree.apply([Write(path, value.model_dump())])
+        assert self.persisted is not None
+        await self.persisted.durable(event.revision)
+        log.info("%s: %s from %s is now %s", self.address, s2.message_type_of(parsed),
+                 ctx.sender, path)
+        return S2Message(payload=s2.reception_status(s2.message_id_of(parsed)))
+
+    async def _plan_loop(self) -> None:
+        peer = self.settings.s2_peer
+        assert peer is not None
+        while True:
+            await self._plan_wanted.wait()
+            self._plan_wanted.clear()
+            plan = self.value("site/plan")
+            if plan is None:
+                continue
+            forecast = s2.plan_to_power_forecast(EnergyTransferPlan.model_validate(plan))
+            try:
+                answer = await self.request(peer, S2Message(payload=s2.to_json(forecast)))
+                problem = (s2.reception_problem(s2.parse_s2(answer.payload))
+                           if isinstance(answer, S2Message) else None)
+            except ModelError as exc:
+                problem = str(exc)
+            if problem:
+                log.warning("%s: the site's plan did not reach %s: %s", self.address, peer,
+                            problem)
+
+    # -- the site ---------------------------------------------------------------------------
+
+    @handles(EnergyAlert)
+    async def on_alert(self, message: EnergyAlert, ctx: Context) -> None:
+        """Kept and logged; not answered (alerts are sent reliably: the session acknowledges
+        them)."""
+        ctx.require_role()
+        n = self.tree.get("site/alerts_total")
+        entry = AlertEntry(at=message.at_us, codes=",".join(dict.fromkeys(message.codes))[:200],
+                           text=message.text[:500], site_limit_w=message.site_limit_w,
+                           evses=len(message.evses), active=message.active)
+        ops: list[Operation] = [Write(f"site/alerts/{n}", entry.model_dump(by_alias=True)),
+                                Write("site/alerts_total", n + 1)]
+        if n >= MAX_ALERTS:
+            ops.append(Delete(f"site/alerts/{n - MAX_ALERTS}"))
+        log.warning("%s: energy alert from %s (site %s, %s, %s): %s", self.address, ctx.sender,
+                    message.site, entry.codes or "no code",
+                    "active" if message.active else "ended", message.text)
+        event = self.tree.apply(ops)
+        assert self.persisted is not None
+        await self.persisted.durable(event.revision)
+
+    # -- serving the tree -------------------------------------------------------------------
+
+    def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
+        return only_tree(self.address, tree, self.access)
+
+    async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
+                     ctx: Context) -> TransactionCommitted:
+        """A checked write, durable before it is answered; a plan written to ``site/plan``
+        is stamped in the same transaction and goes on to the S2 peer."""
+        ops = access.operations(ctx.require_role(), message)
+        plan = any(PLAN.is_prefix_of(_path(op)) or _path(op).is_prefix_of(PLAN) for op in ops)
+        if plan:
+            ops.append(Write("site/plan_received_at", self.clock.now_us()))
+        expected = message.expected_revision if isinstance(message, PropertyValueWrite) else None
+        event = self.tree.apply(ops, expected_revision=expected)
+        assert self.persisted is not None
+        await self.persisted.durable(event.revision)
+        if plan:
+            self._plan_wanted.set()
+        return event
+
+
+def _path(op: Operation) -> KeyPath:
+    return op.path if isinstance(op.path, KeyPath) else KeyPath.parse(op.path)
+
+
+__all__ = ["MAX_ALERTS", "ResourceManager", "ResourceManagerSettings", "site_envelope"]

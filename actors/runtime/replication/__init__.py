@@ -1,0 +1,1 @@
+"""Copies of other actors' trees: publishing changes, keeping copies, resynchronising."""

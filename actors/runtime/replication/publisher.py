@@ -1,0 +1,125 @@
+"""Publishing a tree's changes to the actors that keep copies of it.
+
+A station tells its CSMS what changed with ``PropertyValueUpdate`` notifications. Each one
+names the revision it starts from, so the chain checks itself: a copy that receives an update
+starting after its own revision knows it missed something and resynchronises (cheaply, by
+``changes_since``). That makes plain, unacknowledged envelopes the right carrier: during an
+outage nothing piles up in an outbox, and after it one resynchronisation replaces a backlog of
+retransmissions.
+
+The publisher coalesces the commits of ``interval`` seconds into one notification per
+subscriber, publishes only revisions that are durable (a crash must never make a station reuse
+a revision number its CSMS has seen), and sends an empty notification after ``heartbeat``
+seconds of silence so that subscribers know it is alive. Every notification carries the
+visible root digest at its ``to_revision``, so a copy checks what it holds after applying it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from actors.runtime.actor import Actor
+from broker_bridge import Priority
+from keypath import KeyPath
+from object_model import ModelError, ObjectTree, PropertyValueUpdate
+from object_model.messages import MAX_ITEMS
+
+_ROOT = KeyPath.root()
+log = logging.getLogger("csms.publisher")
+
+
+@dataclass
+class _Subscriber:
+    address: str
+    tree_path: KeyPath
+    published: int  # the last revision this subscriber was told about
+    last_sent: float = 0.0
+
+
+class Publisher:
+    """Publishes ``tree``'s changes to subscribers (see the module docstring)."""
+
+    def __init__(self, actor: Actor, tree: ObjectTree, *,
+                 durable: Callable[[int], Awaitable[None]] | None = None,
+                 interval: float = 0.25, heartbeat: float = 30.0,
+                 priority: Priority = Priority.STATE) -> None:
+        self.actor = actor
+        self.tree = tree
+        self.durable = durable
+        self.interval = interval
+        self.heartbeat = heartbeat
+        self.priority = priority
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._changed = asyncio.Event()
+        self._unsubscribe = tree.subscribe(lambda event: self._changed.set())
+        self.sent = 0
+
+    def subscribe(self, address: str, *, from_revision: int,
+                  tree_path: KeyPath = _ROOT) -> None:
+        """Tell ``address`` about every change after ``from_revision`` (its copy's revision)."""
+        self._subscribers[address] = _Subscriber(address, tree_path, from_revision)
+        self._changed.set()
+
+    def unsubscribe(self, address: str) -> None:
+        self._subscribers.pop(address, None)
+
+    @property
+    def subscribers(self) -> list[str]:
+        return list(self._subscribers)
+
+    async def run(self) -> None:
+        """Publish until cancelled (run it as one of the actor's tracked tasks). A round that
+        fails (the store cannot write) is logged and tried again: a station that stops
+        publishing would look dead to its CSMS while it charges on."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.heartbeat):
+                    await self._changed.wait()
+            self._changed.clear()
+            await asyncio.sleep(self.interval)  # let more commits join this notification
+            try:
+                await self._round()
+            except Exception:
+                log.exception("%s: publishing failed; trying again", self.actor.address)
+                self._changed.set()
+                await asyncio.sleep(min(5.0, self.heartbeat))
+
+    async def _round(self) -> None:
+        # what each subscriber is told is fixed here, at one revision R; only once R is
+        # durable does it leave (commits made meanwhile go with the next round)
+        revision, now = self.tree.revision, asyncio.get_running_loop().time()
+        due = [(sub, self._update_for(sub, revision)) for sub in self._subscribers.values()
+               if sub.published < revision or now - sub.last_sent >= self.heartbeat]
+        if not due:
+            return
+        if self.durable is not None:
+            await self.durable(revision)
+        for sub, update in due:
+            if self._subscribers.get(sub.address) is not sub:
+                continue  # unsubscribed, or subscribed afresh, while we waited
+            self.actor.send(sub.address, update, priority=self.priority)
+            sub.published, sub.last_sent = revision, now
+            self.sent += 1
+
+    def _update_for(self, sub: _Subscriber, revision: int) -> PropertyValueUpdate:
+        """The notification taking ``sub`` from what it was told to ``revision`` (the tree's
+        current one), with the visible root digest there to check against."""
+        tree = self.tree
+        digest = tree.digest(visible=True)
+        try:
+            changes = tree.changes_since(sub.published, visible=True)
+        except ModelError:
+            changes = None  # history compacted past what the subscriber has, or another epoch
+        if changes is None or len(changes) > MAX_ITEMS:
+            # a notification that starts at the current revision: the gap makes it resync
+            return PropertyValueUpdate(tree=sub.tree_path, epoch=tree.epoch,
+                                       from_revision=revision, to_revision=revision,
+                                       root_digest=digest)
+        return PropertyValueUpdate.from_changes(changes, sub.tree_path, root_digest=digest)
+
+    def close(self) -> None:
+        self._unsubscribe()

@@ -1,0 +1,1 @@
+"""Services several kinds of actor offer: joining, blob serving."""

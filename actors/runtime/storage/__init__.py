@@ -1,0 +1,1 @@
+"""Durable state in SQLite files: object trees, blobs, samples."""

@@ -1,0 +1,56 @@
+"""Deployment files: the documented examples load; mistakes are named precisely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actors.app.config import ConfigError, load_config
+from object_model import Role
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "examples"
+
+
+def test_the_documented_examples_load() -> None:
+    cloud = load_config(EXAMPLES / "cloud.toml")
+    assert cloud.cloud is not None and cloud.cloud.site_secrets == {
+        "local-site1": "site1-upstream-secret"}
+    assert cloud.broker.routes == (("cs-site1-*", "site1.stations.csms.example"),)
+    local = load_config(EXAMPLES / "local.toml")
+    assert local.local is not None and local.local.cloud == "cloud"
+    stations = load_config(EXAMPLES / "stations.toml")
+    assert stations.stations is not None and stations.stations.role is Role.LOCAL_CSMS
+    assert stations.stations.ids == ("cs-site1-1", "cs-site1-2", "cs-site1-3")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[local]\naddres = 'x'\n", "unknown key(s) addres"),
+        ("[clowd]\n", "unknown section(s) [clowd]"),
+        ("[stations]\nspeed = 'fast'\n", "[stations].speed: expected float"),
+        ("[stations]\nids = 'cs-1'\n", "[stations].ids: expected a list"),
+        ("[broker]\nc2s_port = 5222.5\n", "[broker].c2s_port: expected int"),
+        ("[local\n", "not valid TOML"),
+        ("[broker]\nroutes = [['cs-*']]\n", "routes[0]: a route is [address pattern, domain]"),
+        ("[broker]\ncomponent_port = 70000\n", "component_port: 70000 is not a TCP port"),
+        ("[stations]\nids = ['cs-1', 'cs-2', 'cs-1']\n", "ids: cs-1 given more than once"),
+        ("[stations]\nids = ['cs 1']\n", "ids: 'cs 1' is not an actor address"),
+        ("[stations]\nspeed = 0\n", "speed: must be more than 0"),
+        ("[stations]\ntick_s = -1\n", "tick_s: must be more than 0"),
+        ("[stations]\ncsms_role = 'station'\n", "csms_role: 'station' is not local_csms"),
+        ("[cloud]\n[cloud.site_secrets]\n'site/1' = 'x'\n", "site_secrets: 'site/1'"),
+    ],
+)
+def test_mistakes_name_the_file_section_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nowhere.toml")

@@ -1,0 +1,240 @@
+"""CSMS logic over the in-memory transport, with real SQLite stores: binding stations to sites,
+drift detection, relaying only what is durable and in order, and reconciling site policy.
+(Delivery itself is proven against the real broker in test_hierarchy.)"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.csms.cloud import CloudCsms, CloudSettings
+from actors.csms.local import LocalCsms, LocalSettings
+from actors.runtime.actor import Actor, Context, RoleDirectory, handles
+from actors.runtime.storage.trees import TreeStore
+from actors.station.actor import ChargingStation, StationSettings
+from broker_bridge import Endpoint
+from broker_bridge.memory import MemoryNetwork
+from keypath import KeyPath
+from object_model import ErrorCode, ModelError, PermissiveSchema, Role
+from object_model.messages import (
+    JoinNetworkRequest,
+    JoinNetworkResponse,
+    PropertyValueUpdate,
+    PropertyValueWrite,
+    TreeInfo,
+    WriteItem,
+)
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], what: str,
+                timeout: float = 20.0) -> None:
+    """Poll ``condition`` until it holds (a deadline, not a hoped-for sleep)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = condition()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(what)  # pragma: no cover
+
+
+class Peer(Actor):
+    """A bare actor that says what it is told to (a site, an upstream CSMS)."""
+
+    role = Role.LOCAL_CSMS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.updates: list[PropertyValueUpdate] = []
+
+    @handles(PropertyValueUpdate)
+    async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> None:
+        self.updates.append(message)
+
+
+class Upstream(Peer):
+    """A cloud that admits any site and records what the site relays."""
+
+    role = Role.CLOUD_CSMS
+
+    @handles(JoinNetworkRequest)
+    async def on_join(self, message: JoinNetworkRequest, ctx: Context) -> JoinNetworkResponse:
+        return JoinNetworkResponse(csms=self.address, heartbeat_s=30)
+
+
+class World:
+    def __init__(self, root: Path, stack: AsyncExitStack) -> None:
+        self.root, self.stack, self.net = root, stack, MemoryNetwork()
+
+    async def endpoint(self, name: str) -> Endpoint:
+        return await self.stack.enter_async_context(Endpoint(self.net.transport(), name=name))
+
+    async def store(self, name: str) -> TreeStore:
+        return await self.stack.enter_async_context(TreeStore(self.root / f"{name}.db"))
+
+    async def actor(self, actor: Actor) -> Any:
+        return await self.stack.enter_async_context(actor)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with AsyncExitStack() as stack:
+        yield World(tmp_path, stack)
+
+
+def info(station: str) -> TreeInfo:
+    return TreeInfo(tree=KeyPath("stations", station), epoch=1, revision=1,
+                    root_digest=bytes(16))
+
+
+async def test_a_station_stays_bound_to_the_site_that_brought_it(world: World) -> None:
+    cloud = await world.actor(CloudCsms(
+        "cloud", await world.endpoint("cloud"), store=await world.store("cloud"),
+        settings=CloudSettings(site_secrets={"site-a": "a", "site-b": "b"})))
+    site_a = await world.actor(Peer("site-a", await world.endpoint("a"),
+                                    roles=RoleDirectory({"cloud": Role.CLOUD_CSMS})))
+    site_b = await world.actor(Peer("site-b", await world.endpoint("b"),
+                                    roles=RoleDirectory({"cloud": Role.CLOUD_CSMS})))
+    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="a",
+                                                     trees=[info("cs-1")]))
+    # site b claims a's station: its join goes through, the claim does not
+    await site_b.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="b",
+                                                     trees=[info("cs-1"), info("cs-2")]))
+    assert cloud.replicas["stations/cs-1"].source == "site-a"
+    assert cloud.replicas["stations/cs-2"].source == "site-b"
+    assert cloud.counters["rejected_claims"] == 1
+    assert cloud.own.get("managed/cs-1/site") == "site-a"
+
+    # nor can it slip the station in as an update, write to it through the cloud, or set the
+    # cloud's policy; and it is refused with ACCESS_DENIED, not told to join again
+    with pytest.raises(ModelError) as refused:
+        await site_b.request("cloud", PropertyValueWrite(
+            tree=KeyPath("stations", "cs-1"),
+            writes=[WriteItem(path=KeyPath.parse("permissions/may_charge"), value=False)]))
+    assert refused.value.code is ErrorCode.ACCESS_DENIED
+    with pytest.raises(ModelError) as refused:
+        await site_b.request("cloud", PropertyValueWrite(
+            writes=[WriteItem(path=KeyPath.parse("policy/may_charge"), value=False)]))
+    assert refused.value.code is ErrorCode.ACCESS_DENIED
+    site_b.send("cloud", PropertyValueUpdate(tree=KeyPath("stations", "cs-1"), epoch=1,
+                                             from_revision=1, to_revision=2))
+    await until(lambda: cloud.counters["rejected_claims"] == 2, "the second claim refused")
+    assert cloud.replicas["stations/cs-1"].source == "site-a"
+    assert cloud.own.get("policy/may_charge") is True
+
+
+async def test_station_ids_that_cannot_be_addresses_are_refused(world: World) -> None:
+    cloud = await world.actor(CloudCsms(
+        "cloud", await world.endpoint("cloud"), store=await world.store("cloud"),
+        settings=CloudSettings(site_secrets={"site-a": "a"})))
+    site_a = await world.actor(Peer("site-a", await world.endpoint("a")))
+    bad = TreeInfo(tree=KeyPath("stations", "x/../y"), epoch=1, revision=1,
+                   root_digest=bytes(16))
+    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="a",
+                                                     trees=[bad, info("cs-9")]))
+    assert list(cloud.replicas) == ["stations/cs-9"]
+
+
+async def site(world: World, *, stations: int = 2, policy_check_s: float = 30.0
+               ) -> tuple[LocalCsms, Upstream, list[ChargingStation]]:
+    """A local CSMS whose 'cloud' is a bare peer recording what is relayed to it, and its
+    stations (not ticking: only what a test writes changes)."""
+    cloud = await world.actor(Upstream("cloud", await world.endpoint("cloud"),
+                                       roles=RoleDirectory({"local": Role.LOCAL_CSMS})))
+    local = await world.actor(LocalCsms(
+        "local", await world.endpoint("local"), store=await world.store("local"),
+        settings=LocalSettings(site="s", provisioning_secret="p", cloud="cloud",
+                               upstream_secret="u", policy_check_s=policy_check_s)))
+    host = await world.endpoint("host")
+    store = await world.store("stations")
+    built = []
+    for i in range(stations):
+        station = ChargingStation(f"cs-{i}", host, store=store, settings=StationSettings(
+            csms="local", provisioning_secret="p", publish_interval_s=0.01,
+            trusted={"operator": Role.OPERATOR}))
+        station.paused = True
+        built.append(await world.actor(station))
+    await until(lambda: local.upstream_joined and all(s.admitted for s in built)
+                and all(local.replicas[f"stations/{s.address}"].synced for s in built)
+                and not local.resync.busy, "the site to settle")
+    return local, cloud, built
+
+
+async def test_a_copy_that_drifted_is_noticed_at_the_next_update_and_resynchronised(
+        world: World) -> None:
+    local, _, (station, _) = await site(world)
+    copy = local.replicas["stations/cs-0"].tree
+    rev = copy.revision
+    # the copy goes wrong without its revision moving (a bug, a bad disk)
+    copy.adopt(epoch=copy.epoch, revision=rev,
+               upserts=[(KeyPath.parse("identity/display_name"), rev, "garbage")])
+    assert station.tree is not None and copy.digest() != station.tree.digest(visible=True)
+    station.tree.write("identity/location/latitude", 12.5)  # any change: its update checks
+    await until(lambda: copy.digest() == station.tree.digest(visible=True),  # type: ignore[union-attr]
+                "the drifted copy repaired")
+    assert local.counters["drifts"] == 1
+    assert copy.get("identity/display_name") == station.tree.get("identity/display_name")
+
+
+async def test_updates_go_upstream_in_order_and_only_once_durable(world: World) -> None:
+    local, cloud, (station, other) = await site(world)
+    assert station.tree is not None and other.tree is not None
+    cloud.updates.clear()
+    for i in range(30):
+        (station if i % 2 else other).tree.write(  # type: ignore[union-attr]
+            "identity/location/latitude", float(i))
+        await asyncio.sleep(0.003)
+    await until(lambda: local.replicas["stations/cs-0"].tree.revision == station.tree.revision
+                and local.replicas["stations/cs-1"].tree.revision == other.tree.revision,
+                "the local copies")
+    await local.stop()  # flushes the relay queue
+    for name, tree in (("cs-0", station.tree), ("cs-1", other.tree)):
+        relayed = [u for u in cloud.updates if u.tree == KeyPath("stations", name)
+                   and u.to_revision > u.from_revision]
+        assert relayed, name
+        # a chain, in order, ending where the station is
+        for before, after in itertools.pairwise(relayed):
+            assert after.from_revision == before.to_revision
+        assert relayed[-1].to_revision == tree.revision
+        assert relayed[-1].root_digest == tree.digest(visible=True)
+    # and each relayed revision is in the local's store
+    async with TreeStore(world.root / "local.db") as reopened:
+        for name, tree in (("cs-0", station.tree), ("cs-1", other.tree)):
+            stored = await reopened.load(f"stations/{name}", PermissiveSchema())
+            assert stored is not None and stored.revision == tree.revision
+
+
+async def test_site_policy_is_given_back_to_a_station_that_lost_it(world: World) -> None:
+    _, _, (station, _) = await site(world, policy_check_s=0.1)
+    assert station.tree is not None and station.tree.get("permissions/may_charge") is True
+    # someone trusted switches charging off at the station itself, behind the site's back
+    operator = await world.actor(Peer("operator", await world.endpoint("operator")))
+    await operator.request("cs-0", PropertyValueWrite(
+        writes=[WriteItem(path=KeyPath.parse("permissions/may_charge"), value=False)]))
+    assert station.tree.get("permissions/may_charge") is False
+    await until(lambda: station.tree.get("permissions/may_charge") is True,  # type: ignore[union-attr]
+                "the site's permission restored")
+
+
+async def test_a_csms_whose_stored_copy_is_corrupt_starts_and_fetches_it_afresh(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    local, _, (station, other) = await site(world)
+    await local.stop()
+    with sqlite3.connect(world.root / "local.db") as raw:  # a bad disk, between two runs
+        raw.execute("UPDATE snapshots SET data = x'6c03' WHERE key = 'stations/cs-0'")
+    again = await world.actor(LocalCsms(
+        "local", await world.endpoint("local-again"), store=local.store, settings=local.settings))
+    for s in (station, other):
+        await until(lambda s=s: again.replicas[f"stations/{s.address}"].tree.digest()
+                    == s.tree.digest(visible=True), f"{s.address}'s copy")  # type: ignore[union-attr]
+    assert again.replicas["stations/cs-1"].tree.epoch == other.tree.epoch  # type: ignore[union-attr]
+    assert "'stations/cs-0' is corrupt" in caplog.text

@@ -1,0 +1,257 @@
+"""The actor base over the in-memory transport: routing, answers, errors, timeouts, tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from actors.runtime.actor import Actor, Context, RoleDirectory, handles
+from broker_bridge import Endpoint
+from broker_bridge.codec import encode_body
+from broker_bridge.memory import MemoryNetwork
+from keypath import KeyPath
+from object_model import ErrorCode, MessageBase, ModelError, Role
+from object_model.messages import (
+    ErrorReport,
+    JoinNetworkResponse,
+    PropertyValueRead,
+    PropertyValueReadResponse,
+    PropertyValueWrite,
+)
+
+
+class Echo(Actor):
+    role = Role.STATION
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.reports: list[ErrorReport] = []
+        self.order: list[str] = []
+
+    @handles(PropertyValueRead)
+    async def read(self, message: PropertyValueRead, ctx: Context) -> MessageBase:
+        self.order.append(str(message.paths[0]))
+        if str(message.paths[0]) == "slow":
+            await asyncio.sleep(0.05)
+        if str(message.paths[0]) == "boom":
+            raise RuntimeError("a bug")
+        if str(message.paths[0]) == "silence":
+            return None  # type: ignore[return-value]
+        ctx.require_role()
+        return PropertyValueReadResponse(epoch=1, revision=2, values=[(message.paths[0], 2, 7)])
+
+    async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
+        self.reports.append(report)
+
+
+class Inherited(Echo):
+    @handles(PropertyValueWrite)
+    async def write(self, message: PropertyValueWrite, ctx: Context) -> MessageBase:
+        raise ModelError("no")
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Echo, Echo]]:
+    net = MemoryNetwork()
+    ea = await Endpoint(net.transport()).start()
+    eb = await Endpoint(net.transport()).start()
+    roles = RoleDirectory({"a": Role.LOCAL_CSMS, "b": Role.STATION})
+    a, b = Echo("a", ea, roles=roles), Inherited("b", eb, roles=roles)
+    await a.start()
+    await b.start()
+    yield a, b
+    for actor in (a, b):
+        await actor.stop()
+    await ea.stop()
+    await eb.stop()
+
+
+def read(path: str) -> PropertyValueRead:
+    return PropertyValueRead(paths=[KeyPath.parse(path)])
+
+
+async def test_handlers_are_routed_per_class_and_inherited() -> None:
+    assert Echo._routes == {"PropertyValueRead": "read"}
+    assert Inherited._routes == {"PropertyValueRead": "read", "PropertyValueWrite": "write"}
+    assert Actor._routes == {}
+
+
+async def test_request_gets_the_typed_answer(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _b = pair
+    answer = await a.request("b", read("x"))
+    assert isinstance(answer, PropertyValueReadResponse) and answer.values[0][2] == 7
+
+
+async def test_failures_come_back_as_detailed_error_reports(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with pytest.raises(ModelError) as info:
+        await a.request("b", read("boom"))
+    assert info.value.code is ErrorCode.INTERNAL_ERROR and "a bug" in info.value.text
+    with pytest.raises(ModelError) as info:
+        await a.request("b", JoinNetworkResponse(csms="a"))
+    assert info.value.code is ErrorCode.UNSUPPORTED_OPERATION
+    assert "PropertyValueRead" in info.value.details["handled"]
+    assert b.rejected == 2
+
+
+async def test_strangers_have_no_rights(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    a.roles = RoleDirectory()
+    b.roles = RoleDirectory()  # b no longer knows a
+    with pytest.raises(ModelError) as info:
+        await a.request("b", read("x"))
+    assert info.value.code is ErrorCode.ACCESS_DENIED
+
+
+async def test_undecodable_bodies_are_answered(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _b = pair
+    env = a.endpoint.send(source="a", destination="b", kind="PropertyValueRead",
+                          body=encode_body(read("x"))[:-3])
+    await asyncio.sleep(0)
+    for _ in range(50):
+        if a.reports:
+            break
+        await asyncio.sleep(0.01)
+    assert a.reports and a.reports[0].answers == env.id
+    assert a.reports[0].code in (ErrorCode.MALFORMED_MESSAGE, ErrorCode.INVALID_MESSAGE)
+
+
+async def test_silence_is_a_timeout_and_the_pending_request_is_cleaned_up(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _b = pair
+    with pytest.raises(ModelError) as info:
+        await a.request("b", read("silence"), timeout=0.2)
+    assert info.value.code is ErrorCode.TIMEOUT
+    assert a._pending == {}
+    task = asyncio.create_task(a.request("b", read("silence"), timeout=5))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert a._pending == {}
+
+
+async def test_messages_are_handled_in_arrival_order(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    results = await asyncio.gather(*(a.request("b", read(p)) for p in ("slow", "x", "y")))
+    assert b.order == ["slow", "x", "y"] and len(results) == 3
+
+
+async def test_a_handler_may_await_a_request_without_deadlock() -> None:
+    net = MemoryNetwork()
+    roles = RoleDirectory({"*": Role.LOCAL_CSMS})
+
+    class Relay(Actor):
+        role = Role.LOCAL_CSMS
+
+        @handles(PropertyValueRead)
+        async def read(self, message: PropertyValueRead, ctx: Context) -> MessageBase:
+            return await self.request("leaf", message)
+
+    endpoints = [await Endpoint(net.transport()).start() for _ in range(3)]
+    relay = Relay("relay", endpoints[0], roles=roles)
+    leaf = Echo("leaf", endpoints[1], roles=roles)
+    client = Echo("client", endpoints[2], roles=roles)
+    for actor in (relay, leaf, client):
+        await actor.start()
+    answer = await client.request("relay", read("x"))
+    assert isinstance(answer, PropertyValueReadResponse)
+    for actor in (relay, leaf, client):
+        await actor.stop()
+    for endpoint in endpoints:
+        await endpoint.stop()
+
+
+async def test_tracked_tasks_are_cancelled_at_stop_and_failures_logged(
+        pair, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def broken() -> None:
+        raise ValueError("oops")
+
+    task = a.spawn(forever(), "forever")
+    a.spawn(broken(), "broken")
+    await started.wait()
+    await asyncio.sleep(0.01)
+    assert any("broken" in r.message and r.levelname == "ERROR" for r in caplog.records)
+    await a.stop()
+    assert task.cancelled()
+
+
+async def test_nothing_is_handled_before_on_start_has_loaded_the_state() -> None:
+    net = MemoryNetwork()
+    roles = RoleDirectory({"*": Role.LOCAL_CSMS})
+    loaded = asyncio.Event()
+
+    class Slow(Echo):
+        async def on_start(self) -> None:
+            self.order.append("loading")
+            await loaded.wait()
+            self.order.append("loaded")
+
+    ea, eb = await Endpoint(net.transport()).start(), await Endpoint(net.transport()).start()
+    slow, client = Slow("slow", ea, roles=roles), Echo("client", eb, roles=roles)
+    await client.start()
+    starting = asyncio.create_task(slow.start())
+    answer = asyncio.create_task(client.request("slow", read("x")))
+    await asyncio.sleep(0.05)  # the request has arrived and waits in the inbox
+    assert slow.order == ["loading"]
+    loaded.set()
+    await starting
+    assert isinstance(await answer, PropertyValueReadResponse)
+    assert slow.order == ["loading", "loaded", "x"]
+    for actor in (slow, client):
+        await actor.stop()
+    for endpoint in (ea, eb):
+        await endpoint.stop()
+
+
+async def test_a_late_answer_is_dropped_not_answered(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with pytest.raises(ModelError):
+        await a.request("b", read("slow"), timeout=0.01)  # b answers after 50 ms
+    async with asyncio.timeout(5):
+        while a.late_answers == 0:
+            await asyncio.sleep(0.01)
+    assert a.late_answers == 1
+    assert b.reports == [] and a.rejected == 0  # no error ping-pong about it
+
+
+async def test_a_broadcast_carries_no_rights() -> None:
+    net = MemoryNetwork()
+    roles = RoleDirectory({"a": Role.LOCAL_CSMS})
+    ea, eb = await Endpoint(net.transport()).start(), await Endpoint(net.transport()).start()
+    a, b = Echo("a", ea, roles=roles), Echo("b", eb, roles=roles)
+    for actor in (a, b):
+        await actor.start()
+    await eb.join_group("group:site", "b")
+    a.send("group:site", read("x"))
+    for _ in range(100):
+        if a.reports:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.code for r in a.reports] == [ErrorCode.ACCESS_DENIED]
+    assert b.order == ["x"]
+    for actor in (a, b):
+        await actor.stop()
+    for endpoint in (ea, eb):
+        await endpoint.stop()
+
+
+def test_roles_are_found_exactly_or_by_pattern_and_strangers_cost_bounded_memory() -> None:
+    roles = RoleDirectory({"cs-*": Role.STATION, "cloud": Role.CLOUD_CSMS}, cache_size=100)
+    roles.add("cs-vip", Role.OPERATOR)
+    roles.add("op-*", Role.OPERATOR)
+    assert roles.role_of("cloud") is Role.CLOUD_CSMS
+    assert roles.role_of("cs-vip") is Role.OPERATOR  # an exact entry beats any pattern
+    assert roles.role_of("cs-17") is Role.STATION
+    assert roles.role_of("op-1") is Role.OPERATOR
+    for i in range(1000):
+        assert roles.role_of(f"stranger-{i}") is None
+    assert len(roles._cache) <= 100

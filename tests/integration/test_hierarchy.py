@@ -1,0 +1,181 @@
+"""The local/cloud hierarchy on a real broker, with real processes and real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from actors.runtime.storage.trees import TreeStore
+from actors.station.actor import ChargingStation
+from keypath import KeyPath
+from object_model import ErrorCode, ModelError, PermissiveSchema
+from object_model.messages import PropertyValueWrite, WriteItem
+from tests.integration.hierarchy import Hierarchy, build
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+async def hierarchy(tmp_path: Path) -> AsyncIterator[Hierarchy]:
+    h = await build(tmp_path)
+    try:
+        await h.start_cloud()
+        await h.start_site(8)
+        h.pause()  # compare copies of stations that hold still, then let them live again
+        await h.wait(h.cloud_consistent, 60, "the cloud's first copies")
+        h.pause(False)
+        yield h
+    finally:
+        await h.close()
+
+
+def floor_bytes(station: ChargingStation, since: int) -> int:
+    """The encoded changed key-paths and values since ``since``: what any resync must carry."""
+    assert station.tree is not None
+    changes = station.tree.changes_since(since, visible=True)
+    return sum(len(msgpack.packb([str(p), v])) for p, _, v in changes.upserts) + sum(
+        len(msgpack.packb(str(p))) for p, _ in changes.deletes)
+
+
+async def persisted_revisions(h: Hierarchy) -> dict[str, int]:
+    """The revision of each copy in the killed cloud's own SQLite file."""
+    copy = h.root / "cloud-copy"
+    copy.mkdir(exist_ok=True)
+    for name in ("trees.db", "trees.db-wal", "trees.db-shm"):
+        if (h.root / "cloud" / name).exists():
+            shutil.copy(h.root / "cloud" / name, copy / name)
+    out = {}
+    async with TreeStore(copy / "trees.db") as store:
+        for station in h.stations():
+            tree = await store.load(f"stations/{station.address}", PermissiveSchema())
+            assert tree is not None, station.address
+            out[station.address] = tree.revision
+    return out
+
+
+async def test_a_cloud_killed_while_stations_change_catches_up_exactly(hierarchy: Hierarchy
+                                                                       ) -> None:
+    h = hierarchy
+    before = await h.cloud_counter("resync_wire_bytes")
+    await h.kill_cloud()  # SIGKILL
+    energy = sum(s.energy_wh for s in h.stations())
+    # stations keep charging and changing, the cloud misses it all
+    await h.wait(lambda: sum(s.energy_wh for s in h.stations()) > energy, 60,
+                 "charging to go on while the cloud is down")
+    h.pause()
+    await h.wait(h.local_consistent, 30, "the local copies")
+    revisions = await persisted_revisions(h)
+    floor = sum(floor_bytes(s, revisions[s.address]) for s in h.stations())
+    assert floor > 0
+    await h.start_cloud()
+    await h.wait(h.cloud_consistent, 30, "the cloud's copies after its restart")
+    spent = await h.cloud_counter("resync_wire_bytes") - before
+    stations = len(h.stations())
+    assert 0 < spent <= 1.5 * floor + 100 * stations, (spent, floor)
+
+
+async def test_a_restarted_station_keeps_its_epoch_and_a_wiped_one_gets_a_new_one(
+        hierarchy: Hierarchy) -> None:
+    h = hierarchy
+    h.pause()  # compare copies of stations that hold still
+    host = h.hosts[0]
+    station: ChargingStation = host.actors[0]  # type: ignore[assignment]
+    name, store = station.address, station.store
+    assert station.tree is not None
+    epoch = station.tree.epoch
+    local = h.local_actor
+    modes = dict(local.resync.stats.by_mode)
+
+    # restart: the station changed while it was away, under the same epoch
+    await station.stop()
+    tree = await store.load(name, station.tree.schema)
+    assert tree is not None
+    tree.write("identity/display_name", "Changed while offline")
+    await store.save_snapshot(name, tree)
+    again = ChargingStation(name, host.endpoint, store=store, settings=station.settings)
+    again.paused = True
+    host.actors[0] = again
+    await again.start()
+    assert again.tree is not None and again.tree.epoch == epoch and not again.fresh
+    await h.wait(h.local_consistent, 30, "the local copy after a restart")
+    assert local.resync.stats.by_mode.get("changes", 0) > modes.get("changes", 0)
+
+    # wipe: a new epoch, resynchronised by digest descent
+    await again.stop()
+    await store.delete(name)
+    wiped = ChargingStation(name, host.endpoint, store=store, settings=station.settings)
+    wiped.paused = True
+    host.actors[0] = wiped
+    await wiped.start()
+    assert wiped.fresh and wiped.tree is not None and wiped.tree.epoch != epoch
+    await h.wait(h.local_consistent, 30, "the local copy after a wipe")
+    assert local.resync.stats.by_mode.get("descent", 0) > modes.get("descent", 0)
+    copy = local.replicas[f"stations/{name}"].tree
+    assert copy.epoch == wiped.tree.epoch
+    await h.wait(h.cloud_consistent, 30, "the cloud's copy after the wipe")
+
+
+async def test_the_site_works_without_the_cloud_and_the_cloud_catches_up(
+        hierarchy: Hierarchy) -> None:
+    h = hierarchy
+    await h.kill_cloud()
+    energy = sum(s.energy_wh for s in h.stations())
+    station = await h.add_station("cs-site1-new")  # admitted while the uplink is down
+    await h.wait(lambda: station.admitted, 30, "the new station's admission")
+    await h.wait(lambda: sum(s.energy_wh for s in h.stations()) > energy, 60,
+                 "charging to go on without the cloud")
+    h.pause()
+    await h.wait(h.local_consistent, 30, "the local copies")
+    await h.start_cloud()
+    await h.wait(h.cloud_consistent, 60, "the cloud catching up, newcomer included")
+
+
+async def test_writes_outside_rights_or_types_are_refused_and_change_nothing(
+        hierarchy: Hierarchy) -> None:
+    h = hierarchy
+    h.pause()
+    victim: ChargingStation = h.stations()[1]
+    intruder: ChargingStation = h.stations()[0]
+    assert victim.tree is not None
+    before = (victim.tree.revision, victim.tree.digest())
+    operator = await h.connect_operator()
+
+    async def refused(actor: object, target: str, path: str, value: object) -> ErrorCode:
+        with pytest.raises(ModelError) as info:
+            await actor.request(target, PropertyValueWrite(  # type: ignore[attr-defined]
+                writes=[WriteItem(path=KeyPath.parse(path), value=value)]), timeout=10)
+        return info.value.code
+
+    assert await refused(intruder, victim.address, "permissions/may_charge",
+                         False) is ErrorCode.ACCESS_DENIED
+    assert await refused(operator, victim.address, "network/profiles/0/broker_host",
+                         "evil.example") is ErrorCode.ACCESS_DENIED
+    assert await refused(operator, victim.address, "evse/1/meter/obis:1-0:1.8.0",
+                         1.0) is ErrorCode.NOT_WRITABLE
+    assert await refused(operator, victim.address, "evse/1/permissions/max_power_w",
+                         "lots") is ErrorCode.WRONG_TYPE
+    assert await refused(operator, "cloud", f"stations/{victim.address}/evse/1/phases",
+                         7) is ErrorCode.ACCESS_DENIED
+    assert (victim.tree.revision, victim.tree.digest()) == before
+
+
+def test_the_demo_runs_and_charges(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "actors.app.cli", "demo", "--duration", "20", "--json",
+         "--state-dir", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["stations_online"] == summary["stations"] == 20
+    assert summary["stations_charging"] > 0 and summary["energy_wh"] > 0
+    assert summary["messages"] > 0 and summary["errors"] == 0
+    assert summary["cloud_consistent"] is True
+    for site in summary["sites_energy"]:  # each site's resource manager limits it
+        assert site["limit_kw"] is not None and site["power_kw"] <= site["limit_kw"] + 0.05
