@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
+from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.codec import encode_body
 from broker_bridge.envelope import Envelope, Priority, is_group
 from broker_bridge.outbox import Outbox
@@ -43,17 +42,6 @@ log = logging.getLogger("csms.bridge")
 
 EnvelopeHandler = Callable[[Envelope], None]
 EventHandler = Callable[[SessionEvent], None]
-
-
-class Clock(Protocol):
-    def now_us(self) -> int: ...
-
-
-class WallClock:
-    """Wall-clock microseconds (envelope timestamps are compared across machines)."""
-
-    def now_us(self) -> int:
-        return time.time_ns() // 1000
 
 
 @dataclass
@@ -79,7 +67,7 @@ class Endpoint:
         self.config = config
         self.name = name
         self.transport = transport
-        self.clock = clock or WallClock()
+        self.clock: Clock = clock or WALL_CLOCK
         self.session = Session(config)
         self.outbox = Outbox(outbox_path, dedupe_window=config.dedupe_window) if outbox_path else None
         self._locals: dict[str, _Local] = {}

@@ -29,7 +29,7 @@ from actors.logic.energy.allocation import (
     SiteInputs,
 )
 from broker_bridge import Priority
-from broker_bridge.endpoint import Clock
+from broker_bridge.clock import Clock
 from keypath import KeyPath
 from object_model import ModelError
 from object_model.energy_messages import AlertEvse, EnergyAlert

@@ -27,8 +27,8 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from broker_bridge import Endpoint, Envelope, Priority
+from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.codec import decode_body
-from broker_bridge.endpoint import WallClock
 from broker_bridge.envelope import is_group
 from broker_bridge.session import SessionEvent
 from object_model import ErrorCode, ModelError, Role
@@ -144,7 +144,7 @@ class Actor:
         self.address = address
         self.endpoint = endpoint
         self.roles = roles or RoleDirectory()
-        self.clock = clock or WallClock()
+        self.clock: Clock = clock or WALL_CLOCK
         self._inbox: asyncio.Queue[Envelope] = asyncio.Queue()
         self._pending: dict[bytes, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
