@@ -88,89 +88,277 @@ class ModelError(Exception):
         return f"{self.code.value}: {self.text}{where}"
 
 
-def _error(name: str, error_code: ErrorCode, doc: str) -> type[ModelError]:
-    return type(name, (ModelError,), {"code": error_code, "__doc__": doc})
+# One class per code, named once. Keep the order of ErrorCode; a test checks that every
+# code has exactly one class.
+
+# -- key-paths and schema
 
 
-InvalidKeyPathError = _error("InvalidKeyPathError", ErrorCode.INVALID_KEYPATH, "Unparsable key-path.")
-UnknownPathError = _error("UnknownPathError", ErrorCode.UNKNOWN_PATH, "No such key-path in the schema.")
-UnknownNamespaceError = _error(
-    "UnknownNamespaceError", ErrorCode.UNKNOWN_NAMESPACE, "Namespace not registered."
-)
-NotPresentError = _error(
-    "NotPresentError", ErrorCode.NOT_PRESENT, "Declared in the schema but holds no value now."
-)
-WrongTypeError = _error("WrongTypeError", ErrorCode.WRONG_TYPE, "Value of the wrong type.")
-OutOfRangeError = _error("OutOfRangeError", ErrorCode.OUT_OF_RANGE, "Value outside its range.")
-InvalidValueError = _error(
-    "InvalidValueError", ErrorCode.INVALID_VALUE, "Value fails a rule of its complex type."
-)
-PathConflictError = _error(
-    "PathConflictError", ErrorCode.PATH_CONFLICT, "A leaf and a subtree would share a path."
-)
-AccessDeniedError = _error(
-    "AccessDeniedError", ErrorCode.ACCESS_DENIED, "The role may not touch this key-path."
-)
-NotReadableError = _error(
-    "NotReadableError", ErrorCode.NOT_READABLE, "The node's access kind forbids reading."
-)
-NotWritableError = _error(
-    "NotWritableError", ErrorCode.NOT_WRITABLE, "The node's access kind forbids writing."
-)
-HorizonPassedError = _error(
-    "HorizonPassedError",
-    ErrorCode.HORIZON_PASSED,
-    "The history asked for was compacted away: compare digests instead.",
-)
-EpochMismatchError = _error(
-    "EpochMismatchError", ErrorCode.EPOCH_MISMATCH, "The tree's history is not the one expected."
-)
-RevisionAheadError = _error(
-    "RevisionAheadError", ErrorCode.REVISION_AHEAD, "A revision newer than the tree's own."
-)
-RevisionGapError = _error(
-    "RevisionGapError", ErrorCode.REVISION_GAP, "Changes do not follow on from the replica."
-)
-RevisionConflictError = _error(
-    "RevisionConflictError", ErrorCode.REVISION_CONFLICT, "The tree moved on since the expected revision."
-)
-SnapshotInvalidError = _error(
-    "SnapshotInvalidError", ErrorCode.SNAPSHOT_INVALID, "A snapshot could not be restored."
-)
-MalformedMessageError = _error(
-    "MalformedMessageError", ErrorCode.MALFORMED_MESSAGE, "Bytes that do not decode."
-)
-InvalidMessageError = _error(
-    "InvalidMessageError", ErrorCode.INVALID_MESSAGE, "A message that decodes but breaks its schema."
-)
-UnknownKindError = _error("UnknownKindError", ErrorCode.UNKNOWN_KIND, "Unknown message kind.")
-UnsupportedVersionError = _error(
-    "UnsupportedVersionError", ErrorCode.UNSUPPORTED_VERSION, "A protocol version we do not speak."
-)
-MessageTooLargeError = _error(
-    "MessageTooLargeError", ErrorCode.MESSAGE_TOO_LARGE, "Bigger than the receiver accepts."
-)
-LimitExceededError = _error(
-    "LimitExceededError", ErrorCode.LIMIT_EXCEEDED, "A size, depth or count limit was exceeded."
-)
-UnsupportedOperationError = _error(
-    "UnsupportedOperationError",
-    ErrorCode.UNSUPPORTED_OPERATION,
-    "The receiver does not handle this request.",
-)
+class InvalidKeyPathError(ModelError):
+    """Unparsable key-path."""
+
+    code = ErrorCode.INVALID_KEYPATH
+
+
+class UnknownPathError(ModelError):
+    """No such key-path in the schema (or no such tree here)."""
+
+    code = ErrorCode.UNKNOWN_PATH
+
+
+class UnknownNamespaceError(ModelError):
+    """Namespace not registered."""
+
+    code = ErrorCode.UNKNOWN_NAMESPACE
+
+
+class NotPresentError(ModelError):
+    """Declared in the schema but holds no value now."""
+
+    code = ErrorCode.NOT_PRESENT
+
+
+class WrongTypeError(ModelError):
+    """Value of the wrong type."""
+
+    code = ErrorCode.WRONG_TYPE
+
+
+class OutOfRangeError(ModelError):
+    """Value outside its range."""
+
+    code = ErrorCode.OUT_OF_RANGE
+
+
+class InvalidValueError(ModelError):
+    """Value fails a rule of its complex type."""
+
+    code = ErrorCode.INVALID_VALUE
+
+
+class PathConflictError(ModelError):
+    """A leaf and a subtree would share a path."""
+
+    code = ErrorCode.PATH_CONFLICT
+
+
+# -- access control
+
+
+class AccessDeniedError(ModelError):
+    """The role may not touch this key-path (or the sender has no role)."""
+
+    code = ErrorCode.ACCESS_DENIED
+
+
+class NotReadableError(ModelError):
+    """The node's access kind forbids reading."""
+
+    code = ErrorCode.NOT_READABLE
+
+
+class NotWritableError(ModelError):
+    """The node's access kind forbids writing."""
+
+    code = ErrorCode.NOT_WRITABLE
+
+
+# -- tree history and resynchronisation
+
+
+class HorizonPassedError(ModelError):
+    """The history asked for was compacted away: compare digests instead."""
+
+    code = ErrorCode.HORIZON_PASSED
+
+
+class EpochMismatchError(ModelError):
+    """The tree's history is not the one expected."""
+
+    code = ErrorCode.EPOCH_MISMATCH
+
+
+class RevisionAheadError(ModelError):
+    """A revision newer than the tree's own."""
+
+    code = ErrorCode.REVISION_AHEAD
+
+
+class RevisionGapError(ModelError):
+    """Changes do not follow on from the replica."""
+
+    code = ErrorCode.REVISION_GAP
+
+
+class RevisionConflictError(ModelError):
+    """The tree moved on since the expected revision."""
+
+    code = ErrorCode.REVISION_CONFLICT
+
+
+class SnapshotInvalidError(ModelError):
+    """A snapshot could not be restored."""
+
+    code = ErrorCode.SNAPSHOT_INVALID
+
+
+# -- messages, envelopes and transport
+
+
+class MalformedMessageError(ModelError):
+    """Bytes that do not decode."""
+
+    code = ErrorCode.MALFORMED_MESSAGE
+
+
+class InvalidMessageError(ModelError):
+    """A message that decodes but breaks its schema."""
+
+    code = ErrorCode.INVALID_MESSAGE
+
+
+class UnsupportedVersionError(ModelError):
+    """A protocol version we do not speak."""
+
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class UnknownKindError(ModelError):
+    """Unknown message kind."""
+
+    code = ErrorCode.UNKNOWN_KIND
+
+
+class MessageTooLargeError(ModelError):
+    """Bigger than the receiver accepts."""
+
+    code = ErrorCode.MESSAGE_TOO_LARGE
+
+
+class LimitExceededError(ModelError):
+    """A size, depth or count limit was exceeded."""
+
+    code = ErrorCode.LIMIT_EXCEEDED
+
+
+class ExpiredError(ModelError):
+    """The message's expiry passed before it could be handled."""
+
+    code = ErrorCode.EXPIRED
+
+
+class ReassemblyTimeoutError(ModelError):
+    """A chunked message was not complete in time."""
+
+    code = ErrorCode.REASSEMBLY_TIMEOUT
+
+
+class ReassemblyOverflowError(ModelError):
+    """A sender's partial messages exceed the memory granted to it."""
+
+    code = ErrorCode.REASSEMBLY_OVERFLOW
+
+
+class SequenceGapError(ModelError):
+    """A stream skipped sequence numbers it cannot recover."""
+
+    code = ErrorCode.SEQUENCE_GAP
+
+
+# -- security
+
+
+class BadSignatureError(ModelError):
+    """A signature that is missing, malformed or does not verify."""
+
+    code = ErrorCode.BAD_SIGNATURE
+
+
+class DecryptionFailedError(ModelError):
+    """An encrypted body that does not decrypt."""
+
+    code = ErrorCode.DECRYPTION_FAILED
+
+
+class ReplayedError(ModelError):
+    """A message seen before, sent again by someone."""
+
+    code = ErrorCode.REPLAYED
+
+
+class StaleError(ModelError):
+    """A message signed too long ago (or too far in the future)."""
+
+    code = ErrorCode.STALE
+
+
+class NotAdmittedError(ModelError):
+    """The sender has not joined (or its admission was lost): join first."""
+
+    code = ErrorCode.NOT_ADMITTED
+
+
+# -- actors
+
+
+class UnknownActorError(ModelError):
+    """No actor at that address here."""
+
+    code = ErrorCode.UNKNOWN_ACTOR
+
+
+class UnsupportedOperationError(ModelError):
+    """The receiver does not handle this request."""
+
+    code = ErrorCode.UNSUPPORTED_OPERATION
+
+
+class RequestTimeoutError(ModelError):
+    """No answer within the time allowed (not the builtin TimeoutError)."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class BusyError(ModelError):
+    """The receiver cannot do it now: ask again later."""
+
+    code = ErrorCode.BUSY
+
+
+class InvalidStateError(ModelError):
+    """Not allowed in the state the target is in."""
+
+    code = ErrorCode.INVALID_STATE
+
+
+class InternalError(ModelError):
+    """A fault of the receiver, not of the request."""
+
+    code = ErrorCode.INTERNAL_ERROR
+
+
+_BY_CODE: dict[ErrorCode, type[ModelError]] = {
+    cls.code: cls for cls in (
+        InvalidKeyPathError, UnknownPathError, UnknownNamespaceError,
+        NotPresentError, WrongTypeError, OutOfRangeError,
+        InvalidValueError, PathConflictError, AccessDeniedError,
+        NotReadableError, NotWritableError, HorizonPassedError,
+        EpochMismatchError, RevisionAheadError, RevisionGapError,
+        RevisionConflictError, SnapshotInvalidError, MalformedMessageError,
+        InvalidMessageError, UnsupportedVersionError, UnknownKindError,
+        MessageTooLargeError, LimitExceededError, ExpiredError,
+        ReassemblyTimeoutError, ReassemblyOverflowError, SequenceGapError,
+        BadSignatureError, DecryptionFailedError, ReplayedError,
+        StaleError, NotAdmittedError, UnknownActorError,
+        UnsupportedOperationError, RequestTimeoutError, BusyError,
+        InvalidStateError, InternalError,
+    )
+}
 
 
 def error_class(code: ErrorCode) -> type[ModelError]:
-    """The exception class for a code (a generic ``ModelError`` subclass if none is named)."""
-    for cls in _ALL:
-        if cls.code is code:
-            return cls
-    return _error(f"{code.name.title().replace('_', '')}Error", code, f"Error {code.value}.")
-
-
-_ALL: list[type[ModelError]] = [
-    v for v in list(globals().values()) if isinstance(v, type) and issubclass(v, ModelError)
-]
+    """The exception class of ``code`` (the same class every time)."""
+    return _BY_CODE[code]
 
 
 def from_exception(exc: BaseException) -> ModelError:
@@ -184,5 +372,4 @@ def from_exception(exc: BaseException) -> ModelError:
         if getattr(exc, "position", None) is not None:
             details["position"] = exc.position  # type: ignore[attr-defined]
         return InvalidKeyPathError(str(exc), path=getattr(exc, "text", None) or None, details=details)
-    err = ModelError(f"{type(exc).__name__}: {exc}")
-    return err
+    return InternalError(f"{type(exc).__name__}: {exc}")

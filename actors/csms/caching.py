@@ -38,7 +38,6 @@ from broker_bridge import Endpoint, Priority
 from broker_bridge.envelope import valid_address
 from keypath import GLOBSTAR, STAR, KeyPath, KeyPattern
 from object_model import (
-    ErrorCode,
     MessageBase,
     ModelError,
     ObjectTree,
@@ -47,7 +46,13 @@ from object_model import (
     Write,
 )
 from object_model.csms_model import CsmsState, csms_access_policy, csms_schema
-from object_model.errors import error_class
+from object_model.errors import (
+    AccessDeniedError,
+    InvalidMessageError,
+    InvalidValueError,
+    NotAdmittedError,
+    UnknownPathError,
+)
 from object_model.messages import (
     Batch,
     PropertyTreeDiscoveryRequest,
@@ -86,7 +91,7 @@ def check_station_id(station: object) -> str:
     """``station`` if it can name a station (an actor address: it becomes a path segment
     and a key), else ``INVALID_VALUE``."""
     if not isinstance(station, str) or not valid_address(station):
-        raise error_class(ErrorCode.INVALID_VALUE)(
+        raise InvalidValueError(
             f"{str(station)[:80]!r} is not a station id (an actor address: letters, digits, "
             "'.', '_', '-', '@', at most 128 characters)")
     return station
@@ -204,7 +209,7 @@ class CachingCsms(CsmsTasks, TreeActor):
             self._count("rejected_claims")
             log.warning("%s: %s claims station %s, which belongs to %s; refused", self.address,
                         source, station, bound or "a direct connection")
-            raise error_class(ErrorCode.ACCESS_DENIED)(
+            raise AccessDeniedError(
                 f"station {station} is managed through {bound or 'a direct connection'} here, "
                 f"not through {site or 'a direct connection'}: an operator must release it "
                 f"(delete managed/{station}) before it can move",
@@ -239,7 +244,7 @@ class CachingCsms(CsmsTasks, TreeActor):
     async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> MessageBase | None:
         replica = self.copy_for_update(message, ctx)
         if replica is None:
-            raise error_class(ErrorCode.NOT_ADMITTED)(
+            raise NotAdmittedError(
                 f"{ctx.sender} is not admitted for {message.tree or 'its tree'} here: join first",
                 details={"tree": str(message.tree)})
         replica.last_seen = time.monotonic()
@@ -391,7 +396,7 @@ class CachingCsms(CsmsTasks, TreeActor):
         replica = self.replicas.get(station_key(station))
         if replica is None:
             known = sorted(k.split("/", 1)[1] for k in self.replicas)
-            raise error_class(ErrorCode.UNKNOWN_PATH)(
+            raise UnknownPathError(
                 f"{self.address} manages no station {station!r}"
                 + (f" (it manages {', '.join(known[:10])}{'...' if len(known) > 10 else ''})"
                    if known else ""),
@@ -405,7 +410,7 @@ class CachingCsms(CsmsTasks, TreeActor):
             return self.own_access
         if segs[0] == STATIONS and len(segs) == 2:
             return TreeAccess(self.replica_for(segs[1]).tree, self.policy, tree)
-        raise error_class(ErrorCode.UNKNOWN_PATH)(
+        raise UnknownPathError(
             f"no tree {tree}: address a station's copy as stations/<id>", path=tree)
 
     @staticmethod
@@ -499,7 +504,7 @@ class CachingCsms(CsmsTasks, TreeActor):
         """A write addressed with full aggregate paths, turned into one for a single tree."""
         trees = {self.split(w.path)[0] for w in message.writes}
         if len(trees) != 1:
-            raise error_class(ErrorCode.INVALID_MESSAGE)(
+            raise InvalidMessageError(
                 "a write is one transaction on one tree: split writes to several stations",
                 details={"trees": sorted(map(str, trees))})
         tree = trees.pop()

@@ -26,9 +26,13 @@ from actors.csms.caching import (
 from actors.runtime.actor import Context, handles
 from actors.runtime.replication.resync import Replica
 from keypath import KeyPath, KeyPattern
-from object_model import ErrorCode, MessageBase, ModelError, Role, Write
+from object_model import MessageBase, ModelError, Role, Write
 from object_model.energy_messages import EnergyAlert
-from object_model.errors import error_class
+from object_model.errors import (
+    AccessDeniedError,
+    InvalidMessageError,
+    NotAdmittedError,
+)
 from object_model.messages import (
     JoinNetworkRequest,
     JoinNetworkResponse,
@@ -70,14 +74,14 @@ class CloudCsms(CachingCsms):
         if message.role is Role.STATION:
             return await self._admit_station(message, ctx)
         self._count("rejected_joins")
-        raise error_class(ErrorCode.NOT_ADMITTED)(
+        raise NotAdmittedError(
             f"{self.address} admits sites and stations, not {message.role.value}s")
 
     async def _admit_site(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
         expected = self.settings.site_secrets.get(ctx.sender)
         if expected is None or message.secret != expected:
             self._count("rejected_joins")
-            raise error_class(ErrorCode.NOT_ADMITTED)(
+            raise NotAdmittedError(
                 f"{ctx.sender}: unknown site or wrong secret", details={"site": ctx.sender})
         self.roles.add(ctx.sender, Role.LOCAL_CSMS)
         stations = [info for info in message.trees if _station_of(info.tree)]
@@ -98,7 +102,7 @@ class CloudCsms(CachingCsms):
     async def _admit_station(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
         if not self.settings.station_secret or message.secret != self.settings.station_secret:
             self._count("rejected_joins")
-            raise error_class(ErrorCode.NOT_ADMITTED)(
+            raise NotAdmittedError(
                 f"{ctx.sender}: wrong provisioning secret for direct stations")
         self.roles.add(ctx.sender, Role.STATION)
         replica = await self.manage(ctx.sender, ctx.sender, KeyPath.root())
@@ -113,7 +117,7 @@ class CloudCsms(CachingCsms):
         """A site cannot manage its energy as asked (or is back to normal): kept with the
         site's entry and logged; the EVSEs concerned are in the alert."""
         if ctx.require_role() is not Role.LOCAL_CSMS or f"sites/{ctx.sender}" not in self.own:
-            raise error_class(ErrorCode.ACCESS_DENIED)(
+            raise AccessDeniedError(
                 f"{ctx.sender}: only an admitted site reports energy alerts here")
         try:
             count = self.own.get(f"sites/{ctx.sender}/energy_alerts")
@@ -134,7 +138,7 @@ class CloudCsms(CachingCsms):
                 answer = await self.request(site, PropertyTreeDiscoveryRequest(
                     patterns=[KeyPattern.parse("managed/*/source")]), timeout=10)
                 if not isinstance(answer, PropertyTreeDiscoveryResponse):
-                    raise error_class(ErrorCode.INVALID_MESSAGE)(
+                    raise InvalidMessageError(
                         f"{site} answered discovery with {type(answer).__name__}")
             except ModelError as exc:
                 failures += 1

@@ -24,7 +24,7 @@ from actors.runtime.replication.resync import Replica, ResyncOutcome
 from broker_bridge import Priority
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, Role
-from object_model.errors import error_class
+from object_model.errors import NotAdmittedError
 from object_model.messages import (
     ErrorReport,
     JoinNetworkRequest,
@@ -89,11 +89,11 @@ class LocalCsms(SiteEnergyManagement, CachingCsms):
     async def on_join(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
         if message.role is not Role.STATION:
             self._count("rejected_joins")
-            raise error_class(ErrorCode.NOT_ADMITTED)(
+            raise NotAdmittedError(
                 f"{self.address} admits stations, not {message.role.value}s")
         if message.secret != self.settings.provisioning_secret:
             self._count("rejected_joins")
-            raise error_class(ErrorCode.NOT_ADMITTED)(
+            raise NotAdmittedError(
                 f"{ctx.sender}: wrong provisioning secret for site {self.settings.site}",
                 details={"site": self.settings.site})
         self.roles.add(ctx.sender, Role.STATION)

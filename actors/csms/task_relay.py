@@ -31,9 +31,14 @@ from actors.runtime.services.blobs import BlobServing, BlobStore
 from actors.runtime.storage.sqlite import SqliteFile
 from broker_bridge import Priority
 from keypath import KeyPath
-from object_model import ErrorCode, MessageBase
+from object_model import MessageBase
 from object_model.blobs import FirmwareUpdate
-from object_model.errors import error_class
+from object_model.errors import (
+    AccessDeniedError,
+    NotAdmittedError,
+    NotPresentError,
+    UnknownPathError,
+)
 from object_model.monitoring import (
     MonitoringHistory,
     MonitoringQuery,
@@ -144,12 +149,12 @@ class CsmsTasks(BlobServing):
     def _station_of(self, tree: KeyPath, ctx: Context) -> tuple[str, Replica]:
         segs = tree.segments
         if len(segs) != 2 or segs[0] != "stations":
-            raise error_class(ErrorCode.UNKNOWN_PATH)(
+            raise UnknownPathError(
                 f"tasks run on stations: address one as stations/<id>, not {tree or 'the CSMS'}",
                 path=tree)
         role = ctx.require_role()
         if not self.policy.may_read_below(role, tree):  # type: ignore[attr-defined]
-            raise error_class(ErrorCode.ACCESS_DENIED)(
+            raise AccessDeniedError(
                 f"role {role.value} may not watch or control {tree}", path=tree)
         return segs[1], self.replica_for(segs[1])  # type: ignore[attr-defined,return-value]
 
@@ -193,7 +198,7 @@ class CsmsTasks(BlobServing):
         if source != self.address:  # we pass the image on: fetch it (once) from upstream
             await self.expect_blob(message.blob, source)
         elif not holds:
-            raise error_class(ErrorCode.NOT_PRESENT)(
+            raise NotPresentError(
                 f"{self.address} does not hold blob {message.blob.hash.hex()[:16]}...: "
                 "store the image here first", details={"hash": message.blob.hash.hex()})
         return await self._forward(replica, message.model_copy(
@@ -205,7 +210,7 @@ class CsmsTasks(BlobServing):
         key = f"stations/{ctx.sender}" if not segs else str(report.tree)
         replica = self.replicas.get(key)  # type: ignore[attr-defined]
         if replica is None or replica.source != ctx.sender:
-            raise error_class(ErrorCode.NOT_ADMITTED)(
+            raise NotAdmittedError(
                 f"{ctx.sender} reports on {report.tree or 'itself'}, which it does not answer "
                 "for here", details={"tree": str(report.tree)})
         station = key.split("/", 1)[1]

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from object_model import ErrorCode, ModelError, ObjectTree, Write
-from object_model.errors import error_class
+from object_model import ModelError, ObjectTree, Write
+from object_model.errors import InvalidStateError, LimitExceededError, UnknownPathError
 from object_model.monitoring import TaskAction, TaskState
 from object_model.tree import Delete, Operation
 
@@ -53,7 +53,7 @@ class TaskBook:
         """The task's entry; ``UNKNOWN_PATH`` (naming the tasks there are) if none."""
         if task_id not in self:
             known = sorted(self.ids())
-            raise error_class(ErrorCode.UNKNOWN_PATH)(
+            raise UnknownPathError(
                 f"no task {task_id!r} here" + (f" (tasks: {', '.join(known[:20])})" if known
                                                else " (there are no tasks)"),
                 path=f"{ROOT}/{task_id}", details={"task": task_id})
@@ -85,7 +85,7 @@ class TaskBook:
         if task_id in self:
             entry = self.get(task_id)
             if entry["kind"] != kind and not TaskState(entry["state"]).finished:
-                raise error_class(ErrorCode.INVALID_STATE)(
+                raise InvalidStateError(
                     f"task {task_id!r} is a {entry['state']} {entry['kind']} task: cancel it or "
                     "choose another id", details={"task": task_id, "state": entry["state"]})
             ops.append(Delete(f"{ROOT}/{task_id}"))
@@ -104,7 +104,7 @@ class TaskBook:
                           self.tree.read(ROOT).items()
                           if TaskState(entry["state"]).finished)
         if not finished:
-            raise error_class(ErrorCode.LIMIT_EXCEEDED)(
+            raise LimitExceededError(
                 f"{self.capacity} tasks are still going here: cancel one before starting "
                 f"{task_id!r}", details={"limit": self.capacity})
         return [Delete(f"{ROOT}/{finished[0][1]}")]
@@ -155,7 +155,7 @@ class TaskBook:
 
     @staticmethod
     def _refuse(task_id: str, current: TaskState, what: str) -> None:
-        raise error_class(ErrorCode.INVALID_STATE)(
+        raise InvalidStateError(
             f"task {task_id!r} is {current.value}: it cannot be {what}",
             details={"task": task_id, "state": current.value})
 

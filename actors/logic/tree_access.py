@@ -13,7 +13,7 @@ from typing import Any
 
 from keypath import KeyPath
 from object_model import AccessPolicy, ErrorCode, ModelError, ObjectTree, Role
-from object_model.errors import error_class
+from object_model.errors import AccessDeniedError, LimitExceededError
 from object_model.messages import (
     Batch,
     PropertyTreeDiscoveryRequest,
@@ -70,7 +70,7 @@ class TreeAccess:
                     values.append((path, revision, value))
                     continue
                 self.tree.read(path)  # raises not_present / unknown_path as appropriate
-                found = [(p, r, v) for p, v, r in self.tree.leaves(path) if self.may_read(role, p)]
+                found = [leaf for leaf in self.tree.leaves(path) if self.may_read(role, leaf.path)]
                 if not found:
                     self.policy.check_read(role, self.mount / path, self._access(path))
                 values.extend(found)
@@ -111,7 +111,7 @@ class TreeAccess:
         if req.since_revision is not None:
             if not self.policy.may_read(role, self.mount / KeyPath.root()) and not (
                     self.policy.may_read_below(role, self.mount)):
-                raise error_class(ErrorCode.ACCESS_DENIED)(
+                raise AccessDeniedError(
                     f"role {role.value} may not follow {self.mount or 'this tree'}")
             try:
                 if req.epoch != tree.epoch:
@@ -130,13 +130,13 @@ class TreeAccess:
         shapes = (req.shapes or [None] * len(digests_of)) if digests_of else []
         for path, shape in zip(digests_of, shapes, strict=True):
             if not self.policy.may_read_below(role, self.mount / path):
-                raise error_class(ErrorCode.ACCESS_DENIED)(
+                raise AccessDeniedError(
                     f"role {role.value} may not compare {self.mount / path}", path=path)
             digests.append(pack_children(tree.children(path, visible=True), req.digest_bytes,
                                          shape))
         types: list[tuple[KeyPath, dict[str, Any]]] = []
         for pattern in req.patterns:
-            for path, value, revision in tree.find(pattern):
+            for path, revision, value in tree.find(pattern):
                 if not self.may_read(role, path):
                     continue
                 if req.include_values:
@@ -144,7 +144,7 @@ class TreeAccess:
                 if req.include_types:
                     types.append((path, tree.leaf_schema(path).describe()))
                 if len(leaves) + len(types) > MAX_DISCOVERED:
-                    raise error_class(ErrorCode.LIMIT_EXCEEDED)(
+                    raise LimitExceededError(
                         f"more than {MAX_DISCOVERED} results: narrow the pattern",
                         details={"pattern": str(pattern)})
         digest_step = bool(req.digests_of) and not req.patterns and req.since_revision is None

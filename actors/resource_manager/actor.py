@@ -50,7 +50,7 @@ from broker_bridge import Endpoint, Priority
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
 from object_model.energy_messages import EnergyAlert, S2Message
-from object_model.errors import error_class
+from object_model.errors import AccessDeniedError
 from object_model.messages import Batch, PropertyValueWrite, WriteItem
 from object_model.pebc import (
     MAX_ELEMENTS,
@@ -342,7 +342,7 @@ class ResourceManager(TreeActor):
         and a ReceptionStatus answers; anything else is refused and changes nothing."""
         role = ctx.require_role()
         if role not in S2_SENDERS:
-            raise error_class(ErrorCode.ACCESS_DENIED)(
+            raise AccessDeniedError(
                 f"{ctx.sender!r} ({role.value}) may not send S2 here",
                 details={"sender": ctx.sender, "role": role.value})
         parsed = s2.parse_s2(message.payload)

@@ -31,8 +31,12 @@ from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.codec import decode_body
 from broker_bridge.envelope import is_group
 from broker_bridge.session import SessionEvent
-from object_model import ErrorCode, ModelError, Role
-from object_model.errors import error_class
+from object_model import ModelError, Role
+from object_model.errors import (
+    AccessDeniedError,
+    RequestTimeoutError,
+    UnsupportedOperationError,
+)
 from object_model.messages import ErrorReport, MessageBase, error_report
 
 log = logging.getLogger("csms.actor")
@@ -118,7 +122,7 @@ class Context:
     def require_role(self) -> Role:
         """The sender's role, or ``ACCESS_DENIED`` for strangers."""
         if self.role is None:
-            raise error_class(ErrorCode.ACCESS_DENIED)(
+            raise AccessDeniedError(
                 f"{self.sender!r} has no role here", details={"sender": self.sender})
         return self.role
 
@@ -251,7 +255,7 @@ class Actor:
             async with asyncio.timeout(timeout):
                 answer, answer_env = await future
         except TimeoutError:
-            raise error_class(ErrorCode.TIMEOUT)(
+            raise RequestTimeoutError(
                 f"no answer from {destination!r} to {type(message).__name__} within {timeout:g} s",
                 details={"destination": destination}) from None
         finally:
@@ -300,7 +304,7 @@ class Actor:
                 if isinstance(message, ErrorReport):
                     await self.on_error_report(message, ctx)
                     return
-                raise error_class(ErrorCode.UNSUPPORTED_OPERATION)(
+                raise UnsupportedOperationError(
                     f"{self.address} does not handle {env.kind}",
                     details={"kind": env.kind, "handled": sorted(self._routes)})
             answer = await getattr(self, method)(message, ctx)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Actor, Context, handles
 from keypath import KeyPath
-from object_model import ErrorCode, MessageBase, ModelError
-from object_model.errors import error_class
+from object_model import MessageBase, ModelError
+from object_model.errors import InvalidMessageError, UnknownPathError
 from object_model.messages import (
     Batch,
     PropertyTreeDiscoveryRequest,
@@ -30,7 +30,7 @@ def only_tree(address: str, tree: KeyPath, access: TreeAccess) -> TreeAccess:
     """``access`` for an actor that serves one tree, addressed as the root (``UNKNOWN_PATH``
     for any other)."""
     if tree.segments:
-        raise error_class(ErrorCode.UNKNOWN_PATH)(
+        raise UnknownPathError(
             f"{address} serves one tree: address it with tree ''", path=tree)
     return access
 
@@ -40,7 +40,7 @@ class TreeActor(Actor):
 
     def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
         """The tree serving requests addressed to ``tree`` (``UNKNOWN_PATH`` if none)."""
-        raise error_class(ErrorCode.UNKNOWN_PATH)(f"no tree {tree} here", path=tree)
+        raise UnknownPathError(f"no tree {tree} here", path=tree)
 
     async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
                      ctx: Context) -> TransactionCommitted:
@@ -69,7 +69,7 @@ class TreeActor(Actor):
             return await self.on_discover_many(batch, ctx)
         if kinds == {PropertyValueWrite}:
             return await self.on_write(batch, ctx)
-        raise error_class(ErrorCode.INVALID_MESSAGE)(
+        raise InvalidMessageError(
             "a Batch holds either discovery requests or writes (one transaction), not "
             + (", ".join(sorted(k.__name__ for k in kinds)) or "nothing"),
             details={"kinds": sorted(k.__name__ for k in kinds)})

@@ -33,7 +33,7 @@ from actors.station.tasks import StationTasks, TaskLimits
 from broker_bridge import Endpoint
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, ObjectTree, Role
-from object_model.errors import error_class
+from object_model.errors import InvalidMessageError, OutOfRangeError
 from object_model.messages import (
     Batch,
     ErrorReport,
@@ -167,7 +167,7 @@ class ChargingStation(StationTasks):
             try:
                 answer = await self.request(self.settings.csms, request, timeout=10)
                 if not isinstance(answer, JoinNetworkResponse):
-                    raise error_class(ErrorCode.INVALID_MESSAGE)(
+                    raise InvalidMessageError(
                         f"{self.settings.csms} answered JoinNetwork with {type(answer).__name__}")
             except Exception as exc:  # whatever it was, keep trying
                 self.admitted = False
@@ -241,7 +241,7 @@ class ChargingStation(StationTasks):
                     continue
                 pc = PowerConstraints.model_validate(self.tree.get(pc_path))
                 if problems := envelope_problems(envelope, pc):
-                    raise error_class(ErrorCode.OUT_OF_RANGE)(
+                    raise OutOfRangeError(
                         f"the envelope does not fit EVSE {segs[1]}'s power constraints: "
                         + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""),
                         path=leaf, details={"problems": problems,

@@ -41,7 +41,7 @@ from broker_bridge import Priority
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role, Write
 from object_model.blobs import BlobRef, FirmwareUpdate
-from object_model.errors import error_class
+from object_model.errors import UnknownPathError, error_class
 from object_model.monitoring import (
     MonitoringTaskSetup,
     Periodic,
@@ -137,7 +137,7 @@ class StationTasks(TreeActor):
 
     def _read_matching(self, pattern: KeyPattern) -> list[tuple[KeyPath, Any]]:
         assert self.tree is not None
-        return [(path, value) for path, value, _ in self.tree.find(pattern)]
+        return [(path, value) for path, _, value in self.tree.find(pattern)]
 
     def _feed_monitors(self, event: TransactionCommitted) -> None:
         before = self.monitors.stats.events
@@ -327,7 +327,7 @@ class StationTasks(TreeActor):
 
     def _own_tree(self, tree: KeyPath) -> None:
         if tree.segments:
-            raise error_class(ErrorCode.UNKNOWN_PATH)(
+            raise UnknownPathError(
                 f"{self.address} serves one tree: address it with tree ''", path=tree)
 
     # -- firmware updates ---------------------------------------------------------------------

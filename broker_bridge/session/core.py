@@ -62,7 +62,12 @@ from broker_bridge.session.inbound import DedupeWindow, InboundStreams, Reassemb
 from broker_bridge.session.outqueue import OutQueue
 from broker_bridge.session.traffic import TrafficCounters
 from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
-from object_model.errors import ErrorCode, ModelError, error_class
+from object_model.errors import (
+    AccessDeniedError,
+    ModelError,
+    ReassemblyTimeoutError,
+    UnknownActorError,
+)
 from object_model.messages import Ack, error_report
 
 _SESSION_KINDS = ("Ack", "ErrorReport")  # never answered with an ErrorReport
@@ -345,7 +350,7 @@ class Session:
         else:
             return True
         self.counters.forged += 1
-        exc = error_class(ErrorCode.ACCESS_DENIED)(
+        exc = AccessDeniedError(
             f"{problem}: refused (each actor sends only as itself)",
             details={"source": env.source, "destination": env.destination})
         # answer the connection, not the claimed source (which never sent it)
@@ -355,7 +360,7 @@ class Session:
     def _receive(self, env: Envelope, now: int) -> None:
         dest = env.destination
         if dest not in self._local and dest not in self._groups:
-            exc = error_class(ErrorCode.UNKNOWN_ACTOR)(
+            exc = UnknownActorError(
                 f"no actor {dest!r} here", details={"destination": dest})
             self._reject(exc, env.source, env.id, None, env.kind, now)
             return
@@ -511,7 +516,7 @@ class Session:
             self.counters.retransmits += 1
             self._enqueue(pending.envelope, now)
         for first in self._reassembler.expire(now):
-            exc = error_class(ErrorCode.REASSEMBLY_TIMEOUT)(
+            exc = ReassemblyTimeoutError(
                 f"message {first.id.hex()} was not complete after "
                 f"{self.config.reassembly_timeout_us / 1e6:g} s")
             self._reject(exc, first.source, first.id, first.destination, first.kind, now)

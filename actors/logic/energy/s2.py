@@ -64,8 +64,8 @@ from s2python.pebc import (
 from s2python.s2_parser import TYPE_TO_MESSAGE_CLASS
 from s2python.s2_validation_error import S2ValidationError
 
-from object_model import ErrorCode, ModelError
-from object_model.errors import error_class
+from object_model import ModelError
+from object_model.errors import InvalidMessageError
 from object_model.pebc import (
     Consequence,
     EnergyConstraints,
@@ -86,7 +86,7 @@ _CONSEQUENCES = {PEBCPowerEnvelopeConsequenceType.DEFER: Consequence.DEFER,
 
 
 def _invalid(text: str, message_type: object, **details: Any) -> ModelError:
-    return error_class(ErrorCode.INVALID_MESSAGE)(
+    return InvalidMessageError(
         text, details={"message_type": str(message_type), **details})
 
 

@@ -34,7 +34,13 @@ from actors.runtime.storage.sqlite import SqliteFile
 from broker_bridge import Priority
 from object_model import ErrorCode, MessageBase, ModelError
 from object_model.blobs import MAX_CHUNKS, BlobChunk, BlobChunkRequest, BlobRef
-from object_model.errors import error_class
+from object_model.errors import (
+    BusyError,
+    InvalidMessageError,
+    InvalidValueError,
+    NotPresentError,
+    RequestTimeoutError,
+)
 
 log = logging.getLogger("csms.blobs")
 
@@ -113,7 +119,7 @@ class BlobStore(SqliteFile):
         """Store a chunk if it matches its hash; False (counted) if it does not."""
         ref = self._refs.get(blob)
         if ref is None or not 0 <= index < ref.chunks:
-            raise error_class(ErrorCode.INVALID_VALUE)(
+            raise InvalidValueError(
                 f"chunk {index} of a blob this store does not expect",
                 details={"hash": blob.hex(), "index": index})
         if (len(data) != ref.chunk_length(index)
@@ -156,7 +162,7 @@ class BlobStore(SqliteFile):
             digest.update(data)
         if digest.digest() != blob:  # chunks matching their hashes, a whole that does not:
             await self.forget(blob)   # the ref itself is forged
-            raise error_class(ErrorCode.INVALID_VALUE)(
+            raise InvalidValueError(
                 f"blob {blob.hex()[:16]}...: its chunks match their hashes but not the blob "
                 "hash; the offer is inconsistent, so the blob was discarded",
                 details={"hash": blob.hex()})
@@ -169,7 +175,7 @@ class BlobStore(SqliteFile):
         ref = self._refs[blob]
         parts = [await self.chunk(blob, i) for i in range(ref.chunks)]
         if any(p is None for p in parts):
-            raise error_class(ErrorCode.NOT_PRESENT)(f"blob {blob.hex()[:16]}... is incomplete")
+            raise NotPresentError(f"blob {blob.hex()[:16]}... is incomplete")
         return b"".join(parts)  # type: ignore[arg-type]
 
     async def is_complete(self, blob: bytes) -> bool:
@@ -225,21 +231,21 @@ async def fetch_blob(actor: Actor, store: BlobStore, ref: BlobRef, source: str, 
                 if exc.code not in (ErrorCode.TIMEOUT, ErrorCode.BUSY):
                     raise
                 if time.monotonic() - last_progress > give_up_s:
-                    raise error_class(ErrorCode.TIMEOUT)(
+                    raise RequestTimeoutError(
                         f"no chunk of blob {ref.hash.hex()[:16]}... from {source} for "
                         f"{give_up_s:g} s; {done} of {ref.chunks} chunks are kept for a retry",
                         details={"source": source, "have": done, "chunks": ref.chunks}) from None
                 queue.put_nowait(index)  # the peer or the broker is restarting: again
                 continue
             if not isinstance(answer, BlobChunk) or answer.index != index:
-                raise error_class(ErrorCode.INVALID_MESSAGE)(
+                raise InvalidMessageError(
                     f"{source} answered a chunk request with {type(answer).__name__}")
             if not await store.put_chunk(ref.hash, index, answer.data):
                 bad += 1
                 log.warning("%s: chunk %d of blob %s from %s failed its hash; fetching it "
                             "again", actor.address, index, ref.hash.hex()[:16], source)
                 if bad > max_bad_chunks:
-                    raise error_class(ErrorCode.INVALID_VALUE)(
+                    raise InvalidValueError(
                         f"{bad} chunks from {source} failed their hashes: giving up",
                         details={"source": source, "bad_chunks": bad})
                 queue.put_nowait(index)
@@ -302,7 +308,7 @@ class BlobServing(Actor):
     async def _from_upstream(self, blob: bytes, index: int, ctx: Context) -> bytes:
         upstream = self._upstream.get(blob)
         if upstream is None or self.blobs is None or self.blobs.ref(blob) is None:
-            raise error_class(ErrorCode.NOT_PRESENT)(
+            raise NotPresentError(
                 f"{self.address} has no blob {blob.hex()[:16]}... (chunk {index})",
                 details={"hash": blob.hex(), "index": index})
         key = (blob, index)
@@ -316,7 +322,7 @@ class BlobServing(Actor):
             async with asyncio.timeout(wait):
                 return await asyncio.shield(waiting)
         except TimeoutError:  # the fetch goes on: the asker's retry will find the chunk here
-            raise error_class(ErrorCode.BUSY)(
+            raise BusyError(
                 f"chunk {index} of blob {blob.hex()[:16]}... is still on its way from "
                 f"{upstream}: ask again", details={"hash": blob.hex(), "index": index}) from None
 
@@ -334,7 +340,7 @@ class BlobServing(Actor):
                     if not await self.blobs.missing(blob):
                         await self.blobs.finish(blob)
                     return
-            raise error_class(ErrorCode.INVALID_VALUE)(
+            raise InvalidValueError(
                 f"chunk {index} of blob {blob.hex()[:16]}... from {upstream} failed its hash "
                 "three times", details={"hash": blob.hex(), "index": index})
         except Exception as exc:

@@ -48,7 +48,7 @@ from actors.runtime.actor import Actor, Context, handles
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, Role
 from object_model.energy_messages import AlertCode, AlertEvse, EnergyAlert, S2Message
-from object_model.errors import error_class
+from object_model.errors import BusyError
 from object_model.messages import PropertyValueWrite, PropertyValueWriteResponse, WriteItem
 from object_model.pebc import (
     EnergyTransferPlan,
@@ -116,7 +116,7 @@ class SiteStub(Actor):
         await self.gate.wait()
         if self.failures:
             self.failures -= 1
-            raise error_class(ErrorCode.BUSY)("not now")
+            raise BusyError("not now")
         self.writes.append(message)
         return PropertyValueWriteResponse(epoch=1, revision=len(self.writes), changed=True)
 
