@@ -162,7 +162,7 @@ class _Station:
     def __init__(self, station_id: str, setups: list[MonitoringTaskSetup]) -> None:
         self.tree = new_station_tree(station_id, now_us=NOW)
         access = TreeAccess(self.tree, station_access_policy())
-        self.monitors = Monitors(lambda pattern: [(p, v) for p, v, _ in self.tree.find(pattern)])
+        self.monitors = Monitors(lambda pattern: [(p, v) for p, _, v in self.tree.find(pattern)])
         for setup in setups:
             self.monitors.add(setup, "csms", _now_us(),
                               allow=cached_rights(lambda path: access.may_read(ROLE, path)))
@@ -314,7 +314,7 @@ def power_reports(entries: int, count: int = SAMPLE_REPORTS,
     rng = random.Random(seed)
     tree = new_station_tree("cs-1", now_us=NOW)
     setup = next(s for s in monitor_setups(entries) if s.task == "power")
-    monitors = Monitors(lambda pattern: [(p, v) for p, v, _ in tree.find(pattern)])
+    monitors = Monitors(lambda pattern: [(p, v) for p, _, v in tree.find(pattern)])
     monitors.add(setup, "csms", NOW)
     power = [7_400.0, 11_000.0]
     reports: list[MonitoringReport] = []

@@ -213,7 +213,7 @@ def report_data(tree: ObjectTree) -> list[dict[str, Any]]:
     """One OCPP ``ReportData`` per leaf of ``tree`` whose access is not ``none``, in tree order
     (``ValueError`` when two leaves map to the same component/variable)."""
     out, seen = [], {}
-    for path, value, _ in tree.leaves():
+    for path, _, value in tree.leaves():
         leaf = tree.schema.resolve(path)
         if leaf.access is Access.NONE:
             continue
@@ -315,7 +315,7 @@ def minimal_exchange(tree: ObjectTree, *, station_id: str,
                   "reason": reason if reason in BOOT_REASONS else "Unknown"})
     out = [("cs", boot), ("csms", _result(boot, {"currentTime": ts, "status": "Accepted",
                                                  "interval": HEARTBEAT_INTERVAL_S}))]
-    for n, (path, status, _) in enumerate(tree.find("evse/*/connector/*/status")):
+    for n, (path, _, status) in enumerate(tree.find("evse/*/connector/*/status")):
         call = _call(station_id, "StatusNotification", n,
                      {"timestamp": ts, "connectorStatus": status,
                       "evseId": int(path.segments[1]), "connectorId": int(path.segments[3])})

@@ -219,7 +219,7 @@ def numeric_leaves(tree: ObjectTree) -> list[tuple[KeyPath, FloatType]]:
     """Readable float leaves (plain numbers a bench may move within their type's range), but
     not operational permissions: the local CSMS would set those back to its site policy."""
     out = []
-    for path, value, _ in tree.leaves():
+    for path, _, value in tree.leaves():
         if (type(value) is not float or "permissions" in path.segments
                 or not tree.leaf_schema(path).access.readable):
             continue
@@ -275,7 +275,7 @@ def floor_between(copy: ObjectTree, tree: ObjectTree) -> int:
     """The floor for ``copy`` to become ``tree``'s visible content (any epochs)."""
     total = 0
     seen = set()
-    for path, value, _ in tree.leaves():
+    for path, _, value in tree.leaves():
         if not tree.leaf_schema(path).access.readable:
             continue
         seen.add(path)
@@ -593,7 +593,7 @@ class Hierarchy:
                 assert old.tree is not None
                 await old.stop()  # detaches its tree from the store
                 fresh = ObjectTree(schema, epoch=rng.getrandbits(63))
-                fresh.apply([Write(p, v) for p, v, _ in old.tree.leaves()])
+                fresh.apply([Write(p, v) for p, _, v in old.tree.leaves()])
                 changed += change_tree(fresh, counts[done], rng)
                 await old.store.save_snapshot(old.address, fresh)
                 station = ChargingStation(old.address, site.host.endpoint, store=old.store,

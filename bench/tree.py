@@ -40,7 +40,7 @@ def _timed(fn: Callable[[], object], repeat: int) -> list[float]:
 def _writable_floats(tree: ObjectTree) -> list[tuple[KeyPath, float, float]]:
     """Float leaves with a range, so that writes stay valid: (path, low, high)."""
     out = []
-    for path, value, _ in tree.leaves():
+    for path, _, value in tree.leaves():
         if type(value) is not float:
             continue
         vt = tree.schema.type_at(path)

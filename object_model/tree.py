@@ -44,7 +44,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from keypath import KeyPath, KeyPattern
 from object_model import canonical
@@ -80,6 +80,15 @@ MAX_REPORTED_ERRORS = 20
 # -- operations, events and results ----------------------------------------------------------
 
 
+class Leaf(NamedTuple):
+    """One value of a tree and the revision of its last change: the field order of leaves
+    everywhere (``leaves``, ``find``, ``ChangeSet.upserts``, and messages on the wire)."""
+
+    path: KeyPath
+    revision: int
+    value: Any
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """Set the value at ``path`` (a leaf; a map at a record or collection spreads over its leaves)."""
@@ -112,6 +121,13 @@ class TransactionCommitted:
         return bool(self.upserts or self.deletes)
 
 
+ListenerErrorHook = Callable[[Exception, TransactionCommitted], None]
+
+
+def _ignore_listener_error(exc: Exception, event: TransactionCommitted) -> None:
+    """The default: counted in ``listener_failures`` only."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChangeSet:
     """What changed in a tree between two revisions, in ascending revision order.
@@ -122,7 +138,7 @@ class ChangeSet:
     epoch: int
     from_revision: int
     to_revision: int
-    upserts: tuple[tuple[KeyPath, int, Any], ...] = ()
+    upserts: tuple[Leaf, ...] = ()
     deletes: tuple[tuple[KeyPath, int], ...] = ()
 
     def __len__(self) -> int:
@@ -247,6 +263,10 @@ class ObjectTree:
         self._leaves: dict[KeyPath, _Leaf] = {}  # in last-change order
         self._tombstones: dict[KeyPath, int] = {}  # in deletion order
         self._listeners: list[Callable[[TransactionCommitted], None]] = []
+        self.listener_failures = 0
+        self.on_listener_error: ListenerErrorHook = _ignore_listener_error
+        """Called with a listener's exception and the event it failed on (the owner of the
+        tree logs it; this package does no I/O)."""
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -294,16 +314,16 @@ class ObjectTree:
         leaf = self._leaves.get(path)
         return leaf.schema if leaf is not None else self.schema.resolve(path)
 
-    def leaves(self, under: KeyPath | str = "") -> Iterator[tuple[KeyPath, Any, int]]:
-        """``(path, value, revision)`` of every leaf at or below ``under``, in tree order."""
+    def leaves(self, under: KeyPath | str = "") -> Iterator[Leaf]:
+        """Every leaf at or below ``under``, in tree order."""
         node = self._find(_as_path(under))
         if node is None:
             return
         for leaf in _iter_leaves(node):
-            yield leaf.path, leaf.value, leaf.revision
+            yield Leaf(leaf.path, leaf.revision, leaf.value)
 
-    def find(self, pattern: KeyPattern | str) -> Iterator[tuple[KeyPath, Any, int]]:
-        """``(path, value, revision)`` of every leaf matching ``pattern``."""
+    def find(self, pattern: KeyPattern | str) -> Iterator[Leaf]:
+        """Every leaf matching ``pattern``."""
         if not isinstance(pattern, KeyPattern):
             pattern = KeyPattern.parse(pattern)
         start = pattern.literal_prefix
@@ -312,14 +332,14 @@ class ObjectTree:
             return
         if isinstance(node, _Leaf):
             if pattern.matches(node.path):
-                yield node.path, node.value, node.revision
+                yield Leaf(node.path, node.revision, node.value)
             return
         stack: list[tuple[_Interior | _Leaf, KeyPath]] = [(node, start)]
         while stack:
             current, path = stack.pop()
             if isinstance(current, _Leaf):
                 if pattern.matches(current.path):
-                    yield current.path, current.value, current.revision
+                    yield Leaf(current.path, current.revision, current.value)
                 continue
             if not pattern.may_match_below(path):
                 continue
@@ -484,16 +504,16 @@ class ObjectTree:
         return event
 
     def _notify(self, event: TransactionCommitted) -> None:
-        """Tell every listener; the tree is consistent before any is called, and a listener
-        that raises does not keep the others from hearing (its error is raised afterwards)."""
-        failure: BaseException | None = None
+        """Tell every listener. The transaction has committed before any is called, so a
+        listener that raises must not make ``apply`` raise (a caller would retry and commit
+        twice): its error goes to ``on_listener_error`` and is counted, and the others still
+        hear."""
         for listener in tuple(self._listeners):
             try:
                 listener(event)
             except Exception as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+                self.listener_failures += 1
+                self.on_listener_error(exc, event)
 
     def _set_leaf(
         self, path: KeyPath, value: Any, schema: SchemaNode, revision: int, stamp: bool = False
@@ -616,12 +636,12 @@ class ObjectTree:
                 f"revision {revision} is newer than this tree's {self.revision}",
                 details={"revision": self.revision},
             )
-        upserts: list[tuple[KeyPath, int, Any]] = []
+        upserts: list[Leaf] = []
         for leaf in reversed(self._leaves.values()):
             if leaf.revision <= revision:
                 break
             if leaf.readable or not visible:
-                upserts.append((leaf.path, leaf.revision, leaf.value))
+                upserts.append(Leaf(leaf.path, leaf.revision, leaf.value))
         deletes: list[tuple[KeyPath, int]] = []
         for path, rev in reversed(self._tombstones.items()):
             if rev <= revision:

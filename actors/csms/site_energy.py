@@ -202,7 +202,7 @@ class SiteEnergyManagement:
                 needs.append(EvseNeed(key=(station, evse), constraints=parsed.constraints,
                                       energy=parsed.energy, delivered_wh=delivered,
                                       plan=parsed.plan, arrived_us=int(started)))
-            for path, value, _ in tree.find(f"evse/*/{POWER}"):
+            for path, _, value in tree.find(f"evse/*/{POWER}"):
                 if isinstance(value, (int, float)):
                     power += value
                     if int(path.segments[1]) not in managed:

@@ -21,12 +21,12 @@ from object_model import (
     canonical,
 )
 from object_model.station import new_station_tree, station_schema
-from object_model.tree import DiffStats
+from object_model.tree import DiffStats, TransactionCommitted
 from tests.object_model.small_model import ReferenceTree, small_schema, transactions
 
 
 def leaf_map(tree: ObjectTree) -> dict[KeyPath, object]:
-    return {p: v for p, v, _ in tree.leaves()}
+    return {p: v for p, _, v in tree.leaves()}
 
 
 def all_digests(tree: ObjectTree) -> dict[str, bytes]:
@@ -277,7 +277,7 @@ def test_replicas_detect_gaps_and_other_epochs() -> None:
 @given(st.randoms(use_true_random=False), st.integers(1, 5))
 def test_digests_do_not_depend_on_write_order(rnd: random.Random, batch: int) -> None:
     template = new_station_tree("cs-7", epoch=1)
-    writes = [Write(p, v) for p, v, _ in template.leaves()]
+    writes = [Write(p, v) for p, _, v in template.leaves()]
     rnd.shuffle(writes)
     other = ObjectTree(station_schema(), epoch=2)
     for i in range(0, len(writes), batch):
@@ -291,7 +291,7 @@ def test_any_single_differing_leaf_changes_the_root_digest(data: st.DataObject) 
     a = new_station_tree("cs-7", epoch=1)
     b = new_station_tree("cs-7", epoch=2)
     assert a.digest() == b.digest()
-    paths = [p for p, v, _ in a.leaves() if type(v) in (float, int, bool) and type(v) is not bool]
+    paths = [p for p, _, v in a.leaves() if type(v) in (float, int, bool) and type(v) is not bool]
     path = data.draw(st.sampled_from(paths))
     vt = a.schema.type_at(path)
     current = a.get(path)
@@ -482,3 +482,21 @@ def test_visible_digests_let_a_copy_without_secrets_compare_equal() -> None:
     station.delete("security")
     copy.apply_changes(station.changes_since(copy.revision, visible=True))
     assert copy.digest() == station.digest(visible=True)
+
+
+def test_a_failing_listener_never_fails_a_committed_transaction() -> None:
+    tree = new_station_tree("cs-1")
+    heard: list[int] = []
+    failures: list[tuple[str, int]] = []
+
+    def broken(event: TransactionCommitted) -> None:
+        raise RuntimeError("listener bug")
+
+    tree.subscribe(broken)
+    tree.subscribe(lambda event: heard.append(event.revision))
+    tree.on_listener_error = lambda exc, event: failures.append((str(exc), event.revision))
+    before = tree.revision
+    event = tree.apply([Write("evse/1/status", "Unavailable")])  # no exception: it committed
+    assert event.revision == tree.revision == before + 1
+    assert heard == [event.revision]  # the others still hear
+    assert failures == [("listener bug", event.revision)] and tree.listener_failures == 1

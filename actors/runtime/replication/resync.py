@@ -41,7 +41,7 @@ from actors.runtime.actor import Actor
 from broker_bridge import Envelope, Priority
 from broker_bridge.codec import encode_envelope
 from keypath import GLOBSTAR, KeyPath, KeyPattern
-from object_model import ChangeSet, ObjectTree
+from object_model import ChangeSet, Leaf, ObjectTree
 from object_model.messages import (
     Batch,
     ChildDigest,
@@ -410,7 +410,8 @@ class ResyncEngine:
         self._check_size(replica, len(tree) + len(answer.leaves))
         tree.apply_changes(ChangeSet(epoch=answer.epoch, from_revision=since,
                                      to_revision=answer.revision,
-                                     upserts=tuple(answer.leaves), deletes=tuple(answer.deletes)))
+                                     upserts=tuple(map(Leaf._make, answer.leaves)),
+                                     deletes=tuple(answer.deletes)))
         outcome.leaves += len(answer.leaves)
         outcome.deletes += len(answer.deletes)
 

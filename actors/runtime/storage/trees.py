@@ -54,7 +54,7 @@ from object_model.errors import (
     SnapshotInvalidError,
 )
 from object_model.schema import PermissiveSchema, SchemaRegistry, parse_path
-from object_model.tree import ChangeSet, ObjectTree, TransactionCommitted
+from object_model.tree import ChangeSet, Leaf, ObjectTree, TransactionCommitted
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def changes_of(event: TransactionCommitted) -> ChangeSet:
     """The ``ChangeSet`` of one committed transaction of an authoritative tree."""
     rev = event.revision
     return ChangeSet(epoch=event.epoch, from_revision=rev - 1, to_revision=rev,
-                     upserts=tuple((path, rev, value) for path, value in event.upserts),
+                     upserts=tuple(Leaf(path, rev, value) for path, value in event.upserts),
                      deletes=tuple((path, rev) for path in event.deletes))
 
 
@@ -124,7 +124,7 @@ def _decode_changes(data: bytes) -> tuple[ChangeSet, int | None]:
         raise TypeError("epoch, revisions and horizon must be integers")
     return ChangeSet(
         epoch=epoch, from_revision=start, to_revision=end,
-        upserts=tuple((parse_path(p), int(rev), value) for p, rev, value in ups),
+        upserts=tuple(Leaf(parse_path(p), int(rev), value) for p, rev, value in ups),
         deletes=tuple((parse_path(p), int(rev)) for p, rev in dels),
     ), horizon
 
@@ -598,6 +598,12 @@ class PersistentTree:
         self._needs_snapshot = self._scheduled = False
         self._pending: asyncio.Future[None] | None = None  # the last submission
         self._unsubscribe = tree.subscribe(self._on_commit)
+        tree.on_listener_error = self._listener_failed
+
+    def _listener_failed(self, exc: Exception, event: TransactionCommitted) -> None:
+        log.error("tree %r: a listener failed on revision %d (the transaction stands; %d "
+                  "failures so far)", self.key, event.revision, self.tree.listener_failures,
+                  exc_info=exc)
 
     def _on_commit(self, event: TransactionCommitted) -> None:
         if event.epoch != self._epoch or event.revision <= self._seen:

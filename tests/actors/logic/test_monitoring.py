@@ -33,7 +33,7 @@ class Station:
         self.tree.subscribe(lambda event: self.monitors.on_commit(event, self.now))
 
     def _read(self, pattern: KeyPattern) -> list[tuple[KeyPath, Any]]:
-        return [(path, value) for path, value, _ in self.tree.find(pattern)]
+        return [(path, value) for path, _, value in self.tree.find(pattern)]
 
     def setup(self, **fields: Any) -> None:
         self.monitors.add(MonitoringTaskSetup(task=fields.pop("task", "t"), **fields),

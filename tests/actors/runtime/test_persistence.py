@@ -102,7 +102,7 @@ async def test_replicas_keep_the_sources_revisions(tmp_path: Path) -> None:
         replica.apply_changes(first)
         await store.record("replica", first)  # no tree: an empty snapshot, then the log
         adopted.adopt(epoch=source.epoch, revision=source.revision,
-                      upserts=[(p, r, v) for p, v, r in source.leaves()],
+                      upserts=list(source.leaves()),
                       deletes=[KeyPath("stale")])
         await store.save_snapshot("adopted", adopted)
         for i in range(1, 61):
@@ -139,7 +139,7 @@ async def test_attached_trees_record_commits_adopts_and_new_epochs(tmp_path: Pat
                 replica.apply_changes(source.changes_since(replica.revision))
             if i == 22:  # a resync by digest descent, ahead of the recorded revision
                 replica.adopt(epoch=source.epoch, revision=source.revision,
-                              upserts=[(p, r, v) for p, v, r in source.leaves()])
+                              upserts=list(source.leaves()))
                 await copy.durable()
             if i == 24:  # one at the same revision: no delta can describe it
                 await copy.durable()
@@ -151,7 +151,7 @@ async def test_attached_trees_record_commits_adopts_and_new_epochs(tmp_path: Pat
                 source = ObjectTree(source.schema)
                 source.apply(transaction(source, i))
                 replica.adopt(epoch=source.epoch, revision=source.revision,
-                              upserts=[(p, r, v) for p, v, r in source.leaves()],
+                              upserts=list(source.leaves()),
                               deletes=[p for p, _, _ in replica.leaves()])
         await own.durable()
         await copy.durable()

@@ -75,7 +75,7 @@ def floor(tree: ObjectTree, since: int) -> int:
 
 
 def change_randomly(tree: ObjectTree, rng: random.Random, count: int) -> None:
-    paths = [p for p, v, _ in tree.leaves() if type(v) is float and tree.leaf_schema(p)
+    paths = [p for p, _, v in tree.leaves() if type(v) is float and tree.leaf_schema(p)
              .access.readable]
     writes = []
     for path in rng.sample(paths, count):
