@@ -58,7 +58,13 @@ from broker_bridge.session.events import (
     SessionEvent,
     StreamReset,
 )
-from broker_bridge.session.inbound import DedupeWindow, InboundStreams, Reassembler, StreamKey
+from broker_bridge.session.inbound import (
+    DedupeWindow,
+    InboundStreams,
+    Reassembler,
+    StreamKey,
+    Verdict,
+)
 from broker_bridge.session.outqueue import OutQueue
 from broker_bridge.session.traffic import TrafficCounters
 from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
@@ -378,11 +384,11 @@ class Session:
         if env.kind == "ErrorReport" and env.correlation in self._pending:
             self._acknowledged([env.correlation])  # a final answer: stop retransmitting
         if env.reliable and env.stream is not None:
-            deliverable, status = self._in_streams.accept(env, now, self._events)
+            deliverable, verdict = self._in_streams.accept(env, now, self._events)
             self._touched.add((env.source, env.destination, env.stream))
-            if status == "delivered":
+            if verdict is Verdict.DELIVERED:
                 self._duplicate(env, now)
-            elif status == "waiting":
+            elif verdict is Verdict.WAITING:
                 self.counters.duplicates += 1
             for item in deliverable:
                 self._deliver(item, now)

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from broker_bridge.codec import decode_body, decode_envelope, decode_frame, encode_body
-from broker_bridge.envelope import Priority
+from broker_bridge.envelope import Envelope, Priority
 from broker_bridge.session import (
     MS,
     SECOND,
@@ -20,8 +20,10 @@ from broker_bridge.session import (
     InputRejected,
     Session,
     SessionConfig,
+    SessionEvent,
     StreamReset,
 )
+from broker_bridge.session.inbound import RETIRED_EPOCHS, InboundStreams, Verdict
 from broker_bridge.transport import Origin
 from object_model import ErrorCode, ErrorReport, PropertyValueUpdate
 
@@ -566,3 +568,28 @@ def test_the_dedupe_window_keeps_the_newest_ids() -> None:
     assert len(window) == 1000
     assert ids[38_999] not in window and ids[39_000] in window and ids[-1] in window
     assert window.ids() == ids[-1000:]
+
+
+def test_stragglers_of_the_last_16_retired_epochs_are_ignored() -> None:
+    def env(epoch: int, seq: int) -> Envelope:
+        return Envelope(id=bytes([seq]) + epoch.to_bytes(15, "big"), source="a",
+                        destination="b", kind="PropertyValueUpdate", body=body(seq),
+                        reliable=True, stream="s", stream_epoch=epoch, seq=seq, base=1)
+
+    streams = InboundStreams(SessionConfig())
+    events: list[SessionEvent] = []
+    # the sender loses its stream state 17 times; epochs fall, so an eviction by set order
+    # (rather than age) would evict the epoch retired last
+    epochs = [1000 - i for i in range(RETIRED_EPOCHS + 2)]
+    for epoch in epochs:
+        assert streams.accept(env(epoch, 1), 0, events)[0] == [env(epoch, 1)]
+    assert len([e for e in events if isinstance(e, StreamReset)]) == RETIRED_EPOCHS + 1
+    events.clear()
+    for epoch in epochs[1:-1]:  # the last 16 retired: their stragglers are ignored
+        assert streams.accept(env(epoch, 2), 0, events) == ([], Verdict.WAITING)
+    assert events == []
+    assert streams.position(("a", "b", "s")) == (epochs[-1], 2)
+    # the oldest was evicted: its straggler is taken for a new stream state (a reset), where
+    # it waits for seq 1
+    assert streams.accept(env(epochs[0], 2), 0, events) == ([], Verdict.NEW)
+    assert [(e.old_epoch, e.new_epoch) for e in events] == [(epochs[-1], epochs[0])]
