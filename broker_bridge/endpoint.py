@@ -26,6 +26,7 @@ from broker_bridge.envelope import Envelope, Priority, is_group
 from broker_bridge.outbox import Outbox
 from broker_bridge.session import (
     EnvelopeAbandoned,
+    EnvelopeGuard,
     EnvelopeReceived,
     EnvelopesAcked,
     GapDetected,
@@ -56,11 +57,14 @@ class EndpointClosedError(RuntimeError):
 
 
 class Endpoint:
-    """Actors' access to the broker: ``register`` an address, ``send`` messages."""
+    """Actors' access to the broker: ``register`` an address, ``send`` messages.
+
+    ``guard`` seals what the session sends and opens what it receives (``session.guard``);
+    by default nothing is signed or checked."""
 
     def __init__(self, transport: Transport, *, config: SessionConfig | None = None,
                  outbox_path: Path | str | None = None, clock: Clock | None = None,
-                 name: str = "endpoint") -> None:
+                 name: str = "endpoint", guard: EnvelopeGuard | None = None) -> None:
         config = config or SessionConfig()
         if outbox_path is not None and not config.durable:
             config = replace(config, durable=True)
@@ -68,7 +72,7 @@ class Endpoint:
         self.name = name
         self.transport = transport
         self.clock: Clock = clock or WALL_CLOCK
-        self.session = Session(config)
+        self.session = Session(config, guard=guard)
         self.outbox = Outbox(outbox_path, dedupe_window=config.dedupe_window) if outbox_path else None
         self._locals: dict[str, _Local] = {}
         self._groups: dict[str, set[str]] = defaultdict(set)

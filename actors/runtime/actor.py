@@ -1,7 +1,9 @@
 """The actor base: lifecycle, typed routing, request/response, tracked tasks.
 
-An actor is an address on an ``Endpoint`` plus handlers. Handlers are declared on the class
-with ``@handles`` and take the typed message and a ``Context``::
+An actor is an address on its broker links plus handlers. The links are a ``Router`` over one
+or more ``Endpoint``s (a bare ``Endpoint`` is a router of one): the actor is reachable on every
+link, and each message leaves on the link its destination routes to. Handlers are declared on
+the class with ``@handles`` and take the typed message and a ``Context``::
 
     class Station(Actor):
         role = Role.STATION
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from broker_bridge import Endpoint, Envelope, Priority
+from broker_bridge import Endpoint, Envelope, Priority, Router
 from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.codec import decode_body
 from broker_bridge.envelope import is_group
@@ -143,10 +145,10 @@ class Actor:
                 routes[message_type.model_fields["kind"].default] = name
         cls._routes = routes
 
-    def __init__(self, address: str, endpoint: Endpoint, *, roles: RoleDirectory | None = None,
-                 clock: Any = None) -> None:
+    def __init__(self, address: str, links: Router | Endpoint, *,
+                 roles: RoleDirectory | None = None, clock: Any = None) -> None:
         self.address = address
-        self.endpoint = endpoint
+        self.links = links if isinstance(links, Router) else Router(links)
         self.roles = roles or RoleDirectory()
         self.clock: Clock = clock or WALL_CLOCK
         self._inbox: asyncio.Queue[Envelope] = asyncio.Queue()
@@ -157,16 +159,22 @@ class Actor:
         self.rejected = 0
         self.late_answers = 0
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """The default link (the only one unless the actor was given a ``Router`` with routes);
+        messages leave through ``links``, which picks the link per destination."""
+        return self.links.default
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> Actor:
-        """Register on the endpoint, run ``on_start``, then start the inbox.
+        """Register on every link, run ``on_start``, then start the inbox.
 
         Envelopes that arrive while ``on_start`` runs (loading state, joining) wait in the
         inbox: no handler sees an actor whose state is not loaded yet. Answers to requests
         ``on_start`` makes are delivered directly, so it may talk to peers.
         """
-        await self.endpoint.register(self.address, self._arrived, self._session_event)
+        await self.links.register(self.address, self._arrived, self._session_event)
         self._running = True
         try:
             await self.on_start()
@@ -185,7 +193,7 @@ class Actor:
         try:
             await self.on_stop()
         finally:
-            self.endpoint.unregister(self.address)
+            self.links.unregister(self.address)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -230,9 +238,9 @@ class Actor:
              priority: Priority = Priority.CONTROL, reliable: bool = False,
              expires_in_us: int | None = None, correlation: bytes | None = None,
              stream: str | None = None) -> Envelope:
-        return self.endpoint.send(source=self.address, destination=destination, message=message,
-                                  priority=priority, reliable=reliable, expires_in_us=expires_in_us,
-                                  correlation=correlation, stream=stream)
+        return self.links.send(source=self.address, destination=destination, message=message,
+                               priority=priority, reliable=reliable, expires_in_us=expires_in_us,
+                               correlation=correlation, stream=stream)
 
     async def request(self, destination: str, message: MessageBase, *, timeout: float = 10.0,
                       priority: Priority = Priority.CONTROL, reliable: bool = False) -> MessageBase:

@@ -8,7 +8,7 @@ The caller (an asyncio adapter, or a test with a fake clock) drives it:
 * ``pop_frames(now, budget)`` yields frames for the transport, highest priority first, as fast
   as the link drains;
 * ``receive_frame(data, now)`` takes a frame off the wire: envelopes are decoded strictly,
-  reassembled, de-duplicated and put in stream order (``inbound``);
+  reassembled, opened by the guard, de-duplicated and put in stream order (``inbound``);
 * ``handle_timer(now)`` runs what is due: acknowledgements, retransmissions, reassembly and gap
   timeouts; ``next_deadline()`` says when it next needs calling;
 * ``drain_events()`` returns what happened (envelopes to deliver, acks, gaps, rejections).
@@ -22,9 +22,15 @@ the envelope leave. Receivers acknowledge only what they delivered, and (``durab
 ``take_receipts`` -> write the dedupe window and stream positions -> ``mark_receipts_persisted``,
 so an acknowledged envelope is never delivered twice, even across a restart.
 
+Security. Every envelope the session queues passes the guard's ``seal`` just before it is
+encoded and chunked (so a retransmission is sealed with its current header), and every
+envelope received passes ``open`` once reassembled, before anything acts on it (``guard``).
+The default guard changes nothing.
+
 Rejections. Anything undecodable or unacceptable becomes an ``InputRejected`` event and, where
 the sender is addressable and within a per-sender rate, an ``ErrorReport`` back to it. Acks and
-ErrorReports are never answered with ErrorReports (no loops).
+ErrorReports are never answered with ErrorReports (no loops); what the guard refuses is answered
+only where the guard allows it.
 """
 
 from __future__ import annotations
@@ -58,7 +64,14 @@ from broker_bridge.session.events import (
     SessionEvent,
     StreamReset,
 )
-from broker_bridge.session.inbound import DedupeWindow, InboundStreams, Reassembler, StreamKey
+from broker_bridge.session.guard import NULL_GUARD, EnvelopeGuard
+from broker_bridge.session.inbound import (
+    DedupeWindow,
+    InboundStreams,
+    Reassembler,
+    StreamKey,
+    Verdict,
+)
 from broker_bridge.session.outqueue import OutQueue
 from broker_bridge.session.traffic import TrafficCounters
 from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
@@ -67,6 +80,7 @@ from object_model.errors import (
     ModelError,
     ReassemblyTimeoutError,
     UnknownActorError,
+    from_exception,
 )
 from object_model.messages import Ack, error_report
 
@@ -126,6 +140,7 @@ class SessionCounters:
     abandoned: int = 0
     rejected: int = 0
     forged: int = 0  # envelopes whose source the sending connection may not claim
+    refused_by_guard: int = 0  # envelopes the guard would not open (bad signature, replay...)
     error_reports_sent: int = 0
     error_reports_suppressed: int = 0
     gaps: int = 0
@@ -136,8 +151,9 @@ class Session:
     """The sans-IO core of one broker connection, for any number of local actors."""
 
     def __init__(self, config: SessionConfig | None = None, local: Iterable[str] = (),
-                 *, ids: MessageIds | None = None) -> None:
+                 *, ids: MessageIds | None = None, guard: EnvelopeGuard | None = None) -> None:
         self.config = config or SessionConfig()
+        self.guard: EnvelopeGuard = guard if guard is not None else NULL_GUARD
         seed = self.config.seed if self.config.seed is not None else secrets.randbits(64)
         self._rng = random.Random(seed)
         self._ids = ids or MessageIds(self._rng.getrandbits(64))
@@ -244,6 +260,7 @@ class Session:
             out = self._out_streams[pending.key]
             if env.base != out.base:
                 env = env._replace(base=out.base)  # tell the receiver what was abandoned
+        env = self.guard.seal(env, now)  # the header is final: what the receiver will open
         encoded = encode_envelope(env)
         room = self.config.frame_bytes - frame_overhead(1)
         pieces = [(env, encoded)] if len(encoded) <= room else self._chunk(env, encoded, room)
@@ -365,9 +382,9 @@ class Session:
             self._reject(exc, env.source, env.id, None, env.kind, now)
             return
         if env.chunk is not None:
-            if env.id in self._dedupe:
-                self._duplicate(env, now)
-                return
+            # even the chunks of a message delivered before are reassembled: only the whole
+            # can be opened, and only an opened envelope may be taken for a duplicate (and
+            # acknowledged again)
             try:
                 whole = self._reassembler.add(env, now)
             except ModelError as exc:
@@ -376,6 +393,14 @@ class Session:
             if whole is None:
                 return
             env = whole
+        try:
+            env = self.guard.open(env, now)
+        except ModelError as refusal:
+            self._refused(refusal, env, now, answer=self.guard.answers(refusal, env))
+            return
+        except Exception as exc:  # a guard's bug: refuse this envelope, not the whole frame
+            self._refused(from_exception(exc), env, now, answer=False)
+            return
         if env.kind == "Ack":
             self.traffic.received["Ack", env.priority] += 1
             self._receive_ack(env)
@@ -383,11 +408,11 @@ class Session:
         if env.kind == "ErrorReport" and env.correlation in self._pending:
             self._acknowledged([env.correlation])  # a final answer: stop retransmitting
         if env.reliable and env.stream is not None:
-            deliverable, status = self._in_streams.accept(env, now, self._events)
+            deliverable, verdict = self._in_streams.accept(env, now, self._events)
             self._touched.add((env.source, env.destination, env.stream))
-            if status == "delivered":
+            if verdict is Verdict.DELIVERED:
                 self._duplicate(env, now)
-            elif status == "waiting":
+            elif verdict is Verdict.WAITING:
                 self.counters.duplicates += 1
             for item in deliverable:
                 self._deliver(item, now)
@@ -396,6 +421,14 @@ class Session:
             self.counters.duplicates += 1
             return
         self._deliver(env, now)
+
+    def _refused(self, refusal: ModelError, env: Envelope, now: int, *, answer: bool) -> None:
+        """The guard would not open ``env``: count it, and answer only where the guard allows
+        (never a broadcast, whose claimed source nobody vouched for). Nothing else happens:
+        no delivery, no acknowledgement, no trace in the dedupe window or the streams."""
+        self.counters.refused_by_guard += 1
+        answer = answer and not is_group(env.destination)
+        self._reject(refusal, env.source, env.id, env.destination, env.kind, now, answer=answer)
 
     def _deliver(self, env: Envelope, now: int) -> None:
         self._dedupe.add(env.id)
@@ -548,10 +581,12 @@ class Session:
     # -- errors --------------------------------------------------------------------------------
 
     def _reject(self, exc: ModelError, sender: str | None, answers: bytes | None,
-                local: str | None, kind: str | None, now: int) -> None:
+                local: str | None, kind: str | None, now: int, *, answer: bool = True) -> None:
+        """Count and report a refusal; answer it with an ErrorReport where the sender is an
+        addressable actor, within its rate, unless ``answer`` says to keep silent."""
         self.counters.rejected += 1
         answered = False
-        if (sender is not None and valid_address(sender) and not is_group(sender)
+        if (answer and sender is not None and valid_address(sender) and not is_group(sender)
                 and kind not in _SESSION_KINDS):
             source = local if local in self._local else next(iter(sorted(self._local)), None)
             if source is not None and self._may_report(sender, now):

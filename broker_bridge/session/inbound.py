@@ -31,15 +31,25 @@ The transitions of one stream, for an envelope numbered ``seq``:
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from enum import Enum
 
 from broker_bridge.envelope import Envelope
 from broker_bridge.session.config import SessionConfig
-from broker_bridge.session.events import GapDetected, StreamReset
+from broker_bridge.session.events import GapDetected, SessionEvent, StreamReset
 from object_model.errors import ErrorCode, MessageTooLargeError, ModelError, error_class
 
 StreamKey = tuple[str, str, str]  # (source, destination, stream)
+RETIRED_EPOCHS = 16  # per stream: stragglers of this many lost stream states are recognised
+
+
+class Verdict(Enum):
+    """What an envelope offered to ``InboundStreams.accept`` turned out to be."""
+
+    NEW = "new"  # not seen before: delivered now or waiting in the reorder buffer
+    DELIVERED = "delivered"  # a copy of something delivered before: acknowledge it again
+    WAITING = "waiting"  # a copy of something not deliverable yet (so not acknowledged)
 
 
 class DedupeWindow:
@@ -172,7 +182,9 @@ class InboundStreams:
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self._streams: dict[StreamKey, _InStream] = {}
-        self._retired: dict[StreamKey, set[int]] = {}
+        # oldest first, so the bound evicts the oldest: evicting an arbitrary one (set.pop)
+        # could drop the epoch just retired, whose stragglers would then reset the stream
+        self._retired: dict[StreamKey, deque[int]] = {}
 
     def restore(self, key: StreamKey, epoch: int, expected: int) -> None:
         self._streams[key] = _InStream(epoch, expected)
@@ -181,24 +193,23 @@ class InboundStreams:
         st = self._streams.get(key)
         return None if st is None else (st.epoch, st.expected)
 
-    def accept(self, env: Envelope, now: int, events: list[object]
-               ) -> tuple[list[Envelope], str]:
-        """Deliverable envelopes in order, and what ``env`` was: ``"new"``, ``"delivered"`` (a
-        copy of something delivered before: acknowledge it again) or ``"waiting"`` (a copy of
-        something still in the reorder buffer: not deliverable yet, so not acknowledged)."""
+    def accept(self, env: Envelope, now: int, events: list[SessionEvent]
+               ) -> tuple[list[Envelope], Verdict]:
+        """Deliverable envelopes in order, and what ``env`` was (see ``Verdict``; a straggler of
+        a retired epoch counts as ``WAITING``: never delivered, never acknowledged)."""
         key = (env.source, env.destination, env.stream or "")
         st = self._streams.get(key)
         if st is None or st.epoch != env.stream_epoch:
             if env.stream_epoch in self._retired.get(key, ()):
-                return [], "waiting"  # a straggler from a stream state the sender has lost
+                return [], Verdict.WAITING  # a straggler from a stream state the sender lost
             if st is not None:
                 events.append(StreamReset(source=env.source, destination=env.destination,
                                           stream=key[2], old_epoch=st.epoch,
                                           new_epoch=env.stream_epoch))
-                retired = self._retired.setdefault(key, set())
-                retired.add(st.epoch)
-                if len(retired) > 16:
-                    retired.pop()
+                retired = self._retired.get(key)
+                if retired is None:
+                    retired = self._retired[key] = deque(maxlen=RETIRED_EPOCHS)
+                retired.append(st.epoch)  # a full deque drops its oldest
             st = self._streams[key] = _InStream(env.stream_epoch, env.base)
         out: list[Envelope] = []
         if env.base > st.expected:
@@ -210,9 +221,9 @@ class InboundStreams:
             st.expected = env.base
             self._drain(st, out)  # what waited at the new position can go now
         if env.seq < st.expected:
-            return out, "delivered"
+            return out, Verdict.DELIVERED
         if env.seq in st.waiting:
-            return out, "waiting"
+            return out, Verdict.WAITING
         if env.seq == st.expected:
             out.append(env)
             st.expected += 1
@@ -223,7 +234,7 @@ class InboundStreams:
             st.stuck_since = None
         elif out or st.stuck_since is None:
             st.stuck_since = now  # the clock for a gap restarts whenever the stream moves
-        return out, "new"
+        return out, Verdict.NEW
 
     @staticmethod
     def _drain(st: _InStream, out: list[Envelope]) -> None:
@@ -231,7 +242,7 @@ class InboundStreams:
             out.append(st.waiting.pop(st.expected))
             st.expected += 1
 
-    def expire(self, now: int, events: list[object]) -> list[Envelope]:
+    def expire(self, now: int, events: list[SessionEvent]) -> list[Envelope]:
         """Skip gaps that stayed open past the timeout; returns what became deliverable."""
         out: list[Envelope] = []
         limit = now - self.config.gap_timeout_us
@@ -254,4 +265,4 @@ class InboundStreams:
         return {k: (st.epoch, st.expected) for k, st in self._streams.items()}
 
 
-__all__ = ["DedupeWindow", "InboundStreams", "Reassembler"]
+__all__ = ["DedupeWindow", "InboundStreams", "Reassembler", "Verdict"]

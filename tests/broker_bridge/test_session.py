@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import random
 
 import pytest
 
-from broker_bridge.codec import decode_body, decode_envelope, decode_frame, encode_body
-from broker_bridge.envelope import Priority
+from broker_bridge.codec import (
+    decode_body,
+    decode_envelope,
+    decode_frame,
+    encode_body,
+    encode_envelope,
+    encode_frame,
+)
+from broker_bridge.envelope import Envelope, Priority
 from broker_bridge.session import (
     MS,
     SECOND,
     EnvelopeAbandoned,
+    EnvelopeGuard,
     EnvelopeReceived,
     EnvelopesAcked,
     Frame,
     GapDetected,
     InputRejected,
+    NullGuard,
     Session,
     SessionConfig,
+    SessionEvent,
     StreamReset,
 )
+from broker_bridge.session.inbound import RETIRED_EPOCHS, InboundStreams, Verdict
 from broker_bridge.transport import Origin
-from object_model import ErrorCode, ErrorReport, PropertyValueUpdate
+from object_model import ErrorCode, ErrorReport, ModelError, PropertyValueUpdate
+from object_model.errors import error_class
 
 
 def body(n: int = 0, size: int = 0) -> bytes:
@@ -40,9 +53,10 @@ class Link:
     """Two sessions and a wire between them that the test controls (loss, reordering)."""
 
     def __init__(self, config_a: SessionConfig | None = None,
-                 config_b: SessionConfig | None = None) -> None:
-        self.a = Session(config_a or SessionConfig(seed=1), ["a"])
-        self.b = Session(config_b or SessionConfig(seed=2), ["b"])
+                 config_b: SessionConfig | None = None, *, guard_a: EnvelopeGuard | None = None,
+                 guard_b: EnvelopeGuard | None = None) -> None:
+        self.a = Session(config_a or SessionConfig(seed=1), ["a"], guard=guard_a)
+        self.b = Session(config_b or SessionConfig(seed=2), ["b"], guard=guard_b)
         self.now = 0
         self.delivered: dict[str, list] = {"a": [], "b": []}
         self.events: dict[str, list] = {"a": [], "b": []}
@@ -566,3 +580,241 @@ def test_the_dedupe_window_keeps_the_newest_ids() -> None:
     assert len(window) == 1000
     assert ids[38_999] not in window and ids[39_000] in window and ids[-1] in window
     assert window.ids() == ids[-1000:]
+
+
+def test_stragglers_of_the_last_16_retired_epochs_are_ignored() -> None:
+    def env(epoch: int, seq: int) -> Envelope:
+        return Envelope(id=bytes([seq]) + epoch.to_bytes(15, "big"), source="a",
+                        destination="b", kind="PropertyValueUpdate", body=body(seq),
+                        reliable=True, stream="s", stream_epoch=epoch, seq=seq, base=1)
+
+    streams = InboundStreams(SessionConfig())
+    events: list[SessionEvent] = []
+    # the sender loses its stream state 17 times; epochs fall, so an eviction by set order
+    # (rather than age) would evict the epoch retired last
+    epochs = [1000 - i for i in range(RETIRED_EPOCHS + 2)]
+    for epoch in epochs:
+        assert streams.accept(env(epoch, 1), 0, events)[0] == [env(epoch, 1)]
+    assert len([e for e in events if isinstance(e, StreamReset)]) == RETIRED_EPOCHS + 1
+    events.clear()
+    for epoch in epochs[1:-1]:  # the last 16 retired: their stragglers are ignored
+        assert streams.accept(env(epoch, 2), 0, events) == ([], Verdict.WAITING)
+    assert events == []
+    assert streams.position(("a", "b", "s")) == (epochs[-1], 2)
+    # the oldest was evicted: its straggler is taken for a new stream state (a reset), where
+    # it waits for seq 1
+    assert streams.accept(env(epochs[0], 2), 0, events) == ([], Verdict.NEW)
+    assert [(e.old_epoch, e.new_epoch) for e in events] == [(epochs[-1], epochs[0])]
+
+
+# -- the guard ----------------------------------------------------------------------------------
+
+
+class HmacGuard:
+    """A test guard: seals with an HMAC over the envelope's encoding (signature left out), and
+    refuses what does not verify. ``answer``: whether refusals may be answered."""
+
+    def __init__(self, key: bytes = b"k" * 32, *, answer: bool = True) -> None:
+        self.key = key
+        self.answer = answer
+        self.opened: list[Envelope] = []
+
+    def _mac(self, env: Envelope) -> bytes:
+        return hmac.digest(self.key, encode_envelope(env._replace(signature=None)), "sha256")
+
+    def seal(self, envelope: Envelope, now: int) -> Envelope:
+        return envelope._replace(signature=self._mac(envelope))
+
+    def open(self, envelope: Envelope, now: int) -> Envelope:
+        self.opened.append(envelope)
+        bad = error_class(ErrorCode.BAD_SIGNATURE)
+        if envelope.signature is None:
+            raise bad("unsigned", details={"reason": "missing"})
+        if not hmac.compare_digest(envelope.signature, self._mac(envelope)):
+            raise bad("the signature does not verify", details={"reason": "invalid"})
+        return envelope._replace(signature=None)
+
+    def answers(self, refusal: ModelError, envelope: Envelope) -> bool:
+        return self.answer
+
+
+def envelopes_of(frames: list[Frame]) -> list[Envelope]:
+    return [decode_envelope(raw) for f in frames for raw in decode_frame(f.data)]
+
+
+def tampered(frame: Frame) -> Frame:
+    """The frame with one byte of each envelope's body flipped, signatures kept."""
+    flipped = [encode_envelope(env._replace(body=env.body[:-1] + bytes([env.body[-1] ^ 1])))
+               for env in envelopes_of([frame])]
+    return Frame(frame.destination, encode_frame(flipped), len(flipped), frame.priority)
+
+
+def kinds_sent(link: Link, who: str) -> list[str]:
+    """The kinds of everything ``who`` sends from now until it has nothing left to do."""
+    kinds = []
+    while frames := link.step(who):
+        kinds += [env.kind for env in envelopes_of(frames)]
+    return kinds
+
+
+def test_what_the_guard_seals_it_opens_acks_included() -> None:
+    link = Link(guard_a=HmacGuard(), guard_b=HmacGuard())
+    for i in range(5):
+        link.send(i, reliable=i % 2 == 0)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    assert all(env.signature is not None for env in envelopes_of(frames))
+    link.deliver(frames, "b")
+    acks = link.step("b")
+    assert [env.kind for env in envelopes_of(acks)] == ["Ack"]
+    assert all(env.signature is not None for env in envelopes_of(acks))
+    link.deliver(acks, "a")
+    assert link.delivered["b"] == [0, 1, 2, 3, 4]
+    assert link.a.pending_count == 0  # the signed acks were opened and settled them
+    assert link.a.counters.refused_by_guard == link.b.counters.refused_by_guard == 0
+
+
+def test_a_retransmission_is_sealed_with_its_current_header() -> None:
+    link = Link(guard_a=HmacGuard(), guard_b=HmacGuard())
+    link.send(0, priority=Priority.CRITICAL)
+    link.send(1, priority=Priority.CRITICAL)
+    first, _lost = link.frames("a")
+    link.deliver([first], "b")
+    link.deliver(link.step("b"), "a")  # 0 is acknowledged: the stream's base moves to 2
+    again = link.step("a")
+    assert [(env.seq, env.base) for env in envelopes_of(again)] == [(2, 2)]
+    link.deliver(again, "b")
+    assert link.delivered["b"] == [0, 1]
+    assert link.b.counters.refused_by_guard == 0
+
+
+def test_a_chunked_message_is_opened_once_it_is_whole() -> None:
+    small = SessionConfig(seed=1, frame_bytes=16 * 1024)
+    link = Link(small, SessionConfig(seed=2, frame_bytes=16 * 1024), guard_a=HmacGuard(),
+                guard_b=(guard := HmacGuard()))
+    link.send(7, size=100_000)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    assert len(frames) >= 7
+    random.Random(5).shuffle(frames)
+    link.deliver(frames, "b")
+    assert link.delivered["b"] == [7]
+    assert len(guard.opened) == 1 and guard.opened[0].chunk is None
+    link.deliver(link.step("b"), "a")
+    assert link.a.pending_count == 0
+
+
+def test_one_tampered_chunk_spoils_the_whole_message() -> None:
+    small = SessionConfig(seed=1, frame_bytes=16 * 1024)
+    link = Link(small, SessionConfig(seed=2, frame_bytes=16 * 1024), guard_a=HmacGuard(),
+                guard_b=HmacGuard())
+    link.send(7, size=100_000)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    frames[3] = tampered(frames[3])
+    link.deliver(frames, "b")
+    assert link.delivered["b"] == []
+    assert link.b.counters.refused_by_guard == 1
+    assert [e.code for e in link.events["b"] if isinstance(e, InputRejected)] == [
+        ErrorCode.BAD_SIGNATURE]
+    assert kinds_sent(link, "b") == ["ErrorReport"]  # no Ack
+
+
+def test_tampered_and_unsigned_envelopes_are_refused_and_not_acknowledged() -> None:
+    link = Link(guard_a=HmacGuard(), guard_b=HmacGuard())
+    link.send(1, priority=Priority.CRITICAL)
+    link.deliver([tampered(f) for f in link.frames("a")], "b")
+    unsigned = Session(SessionConfig(seed=3), ["a"])  # the null guard: seals nothing
+    unsigned.send(source="a", destination="b", kind="PropertyValueUpdate", body=body(2), now=0,
+                  priority=Priority.CRITICAL, reliable=True)
+    link.deliver(unsigned.pop_frames(link.now), "b")
+    assert link.delivered["b"] == []
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert [(e.code, e.answered) for e in rejected] == [(ErrorCode.BAD_SIGNATURE, True)] * 2
+    assert link.b.counters.refused_by_guard == 2
+    assert link.b.counters.delivered == 0
+    assert kinds_sent(link, "b") == ["ErrorReport", "ErrorReport"]  # no Ack
+
+
+def test_a_refusal_the_guard_keeps_silent_about_leaves_no_trace() -> None:
+    link = Link(guard_a=HmacGuard(), guard_b=HmacGuard(answer=False))
+    link.send(1, priority=Priority.CRITICAL)
+    genuine = link.frames("a")
+    link.deliver([tampered(f) for f in genuine], "b")
+    assert link.b.counters.refused_by_guard == 1
+    assert [e.answered for e in link.events["b"] if isinstance(e, InputRejected)] == [False]
+    assert link.b.counters.error_reports_sent == link.b.counters.error_reports_suppressed == 0
+    assert kinds_sent(link, "b") == []  # silence: no ErrorReport, no Ack
+    # the forgery left nothing behind (dedupe window, stream position): the genuine copy of
+    # the same id is delivered and acknowledged
+    link.deliver(genuine, "b")
+    assert link.delivered["b"] == [1]
+    assert kinds_sent(link, "b") == ["Ack"]
+
+
+def test_refusals_are_answered_within_the_rate_and_never_to_a_broadcast() -> None:
+    link = Link(config_b=SessionConfig(seed=2, error_reports_per_s=5), guard_b=HmacGuard())
+    link.b.join_group("group:g")
+    for i in range(20):
+        link.send(i, priority=Priority.CRITICAL, reliable=False)
+    link.a.send(source="a", destination="group:g", kind="PropertyValueUpdate", body=body(99),
+                now=link.now, priority=Priority.CRITICAL)
+    link.deliver(link.frames("a"), "b")  # all unsigned
+    counters = link.b.counters
+    assert counters.refused_by_guard == 21 and counters.delivered == 0
+    assert counters.error_reports_sent == 5 and counters.error_reports_suppressed == 15
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert rejected[-1].answered is False  # the broadcast: its source is nobody's word
+
+
+def test_a_duplicate_chunked_message_is_opened_acknowledged_again_and_delivered_once() -> None:
+    small = SessionConfig(seed=1, frame_bytes=16 * 1024)
+    link = Link(small, SessionConfig(seed=2, frame_bytes=16 * 1024), guard_a=HmacGuard(),
+                guard_b=(guard := HmacGuard()))
+    link.send(7, size=100_000)
+    link.now = 10 * MS
+    chunks = envelopes_of(frames := link.frames("a"))
+    link.deliver(frames, "b")
+    assert link.step("b")  # the ack is lost
+    again = link.step("a")  # every chunk is sent again
+    while any(link.a.queue_depth().values()):
+        again += link.step("a")
+    assert len(envelopes_of(again)) == len(chunks) >= 7 and link.a.counters.retransmits == 1
+    link.deliver(again, "b")
+    ack = link.step("b")
+    assert [env.kind for env in envelopes_of(ack)] == ["Ack"]
+    link.deliver(ack, "a")
+    assert link.delivered["b"] == [7]
+    assert link.b.counters.duplicates == 1
+    assert len(guard.opened) == 2  # reassembled and opened before it was found a duplicate
+    assert link.a.pending_count == 0
+
+
+def test_the_null_guard_changes_nothing_on_the_wire() -> None:
+    guard = NullGuard()
+    env = Envelope(id=bytes(16), source="a", destination="b", kind="Ack", body=b"\x91\x90")
+    assert guard.seal(env, 0) is env and guard.open(env, 0) is env
+    link = Link()
+    sent = link.a.send(source="a", destination="b", kind="PropertyValueUpdate", body=body(1),
+                       now=0, priority=Priority.CRITICAL)
+    (frame,) = link.frames("a")
+    assert frame.data == encode_frame([encode_envelope(sent)])
+
+
+def test_a_failing_guard_costs_one_envelope_not_its_frame() -> None:
+    class Buggy(NullGuard):
+        def open(self, envelope: Envelope, now: int) -> Envelope:
+            if payload_of(envelope) == 1:
+                raise KeyError("a bug")
+            return envelope
+
+    link = Link(guard_b=Buggy())
+    for i in range(3):
+        link.send(i, reliable=False)
+    link.now = 10 * MS
+    (frame,) = link.frames("a")
+    link.deliver([frame], "b")
+    assert link.delivered["b"] == [0, 2]
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert [(e.code, e.answered) for e in rejected] == [(ErrorCode.INTERNAL_ERROR, False)]
+    assert link.b.counters.refused_by_guard == 1

@@ -1,0 +1,77 @@
+"""The envelope guard: the one sans-IO stage where end-to-end security plugs into the session.
+
+Theory of operation
+-------------------
+The session hands the guard every envelope at its two edges:
+
+* ``seal(envelope, now)`` on the way out, for every envelope the session queues (actors'
+  messages, and the session's own acks and error reports), after its stream header is final and
+  before it is encoded and chunked. A retransmission is sealed again, with its header as it is
+  then (``base`` may have moved), so the guard sees exactly what the receiver will. Every chunk
+  of a large message carries the seal of the whole.
+* ``open(envelope, now)`` on the way in, once a chunked message is reassembled and before
+  anything acts on it: de-duplication, acknowledgements (an ``Ack`` settles nothing until it is
+  opened), stream ordering, delivery or an answer. It returns the envelope to act on, or raises
+  a ``ModelError`` whose code says why not (``BAD_SIGNATURE``, ``REPLAYED``, ``STALE``,
+  ``DECRYPTION_FAILED`` ...). A refused envelope is counted (``refused_by_guard``), reported
+  as an ``InputRejected`` event and otherwise dropped: never delivered, never acknowledged,
+  so it leaves no trace in the dedupe window or a stream's position.
+* ``answers(refusal, envelope)`` says whether the refusal may be answered with an
+  ``ErrorReport`` to the envelope's source. Answering tells a genuine sender why its message
+  failed (a key rollover, a skewed clock) and stops its retransmissions at once, since an
+  ErrorReport is a final answer; but the source of a refused envelope is unproven, so an answer
+  may go to someone who never sent it (reflection), and the code answered is an oracle (which
+  keys are known, where the replay window stands). So the choice is the guard's, per code: the
+  session asks, never answers a refused broadcast (anyone in a room may claim any source), and
+  sends what it may answer through its per-sender rate limit. See DESIGN.md section 9 and
+  SECURITY-NOTES.md ("Rejections", "Reflection of error traffic").
+
+Contract: ``seal`` and ``open`` are pure functions of their arguments and the guard's own state
+(keys, replay windows), with no I/O and no clock but ``now`` (microseconds, the session's time).
+They keep ``id``, ``source``, ``destination``, ``kind``, ``reliable`` and the stream fields as
+they are: the session matches acks, duplicates and streams on them. ``seal`` raising is a local
+fault and reaches whoever made the session queue the envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from broker_bridge.envelope import Envelope
+from object_model.errors import ModelError
+
+
+class EnvelopeGuard(Protocol):
+    """Seals what a session sends and opens what it receives (see the module docstring)."""
+
+    def seal(self, envelope: Envelope, now: int) -> Envelope:
+        """The envelope as it must travel (signed, encrypted...)."""
+        ...
+
+    def open(self, envelope: Envelope, now: int) -> Envelope:
+        """The envelope to act on; raises a ``ModelError`` to refuse it."""
+        ...
+
+    def answers(self, refusal: ModelError, envelope: Envelope) -> bool:
+        """Whether ``open``'s ``refusal`` of ``envelope`` may be answered with an ErrorReport
+        (rate-limited) or must be met with silence."""
+        ...
+
+
+class NullGuard:
+    """The default guard: envelopes pass unchanged both ways, nothing is refused."""
+
+    def seal(self, envelope: Envelope, now: int) -> Envelope:
+        return envelope
+
+    def open(self, envelope: Envelope, now: int) -> Envelope:
+        return envelope
+
+    def answers(self, refusal: ModelError, envelope: Envelope) -> bool:
+        return True  # never asked: it refuses nothing
+
+
+NULL_GUARD = NullGuard()
+"""The shared default (it has no state)."""
+
+__all__ = ["NULL_GUARD", "EnvelopeGuard", "NullGuard"]
