@@ -24,6 +24,7 @@ from actors.app.config import BrokerConfig, StationsConfig
 from actors.app.wiring import Running, settle_heap, start_stations, xmpp_settings
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.station.actor import ChargingStation
+from actors.station.simulated import SimulatedStation
 from bench.monitoring import monitor_setups
 from broker_bridge import Endpoint
 from broker_bridge.prosody import ManagedProsody
@@ -149,7 +150,8 @@ class Delivery:
             state_dir=str(self.root / "stations"), tick_s=3600.0, arrivals_per_evse_per_h=0.0,
             seed=1), progress=self.say)
         for station in self.stations:
-            station.paused = True
+            assert isinstance(station.hardware, SimulatedStation)
+            station.hardware.paused = True
         await self._until(lambda: sum(s.admitted for s in self.stations), count, "joined", 120)
         self.say(f"{count} stations started and joined in {time.monotonic() - started:.1f} s")
 

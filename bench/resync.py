@@ -95,10 +95,11 @@ from actors.app.wiring import (
     start_stations,
     xmpp_settings,
 )
+from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
-from actors.runtime.replication.resync import Replica, ResyncEngine, ResyncOutcome
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
+from actors.station.simulated import SimulatedStation
 from bench.ocpp_baseline import full_report_bytes
 from broker_bridge import Endpoint
 from broker_bridge.prosody import ManagedProsody
@@ -131,7 +132,6 @@ async def run_cloud_child(config_path: Path, stats_path: Path) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config(config_path)
     assert config.cloud is not None, f"{config_path} has no [cloud] section"
-    _count_by_mode()
     started = time.time()
     running = await start_cloud(config.broker, config.cloud)
     ready = time.time()
@@ -149,51 +149,32 @@ async def run_cloud_child(config_path: Path, stats_path: Path) -> int:
     return 0
 
 
-_BY_MODE: dict[str, dict[str, float]] = {}
-
-
-def _count_by_mode() -> None:
-    """Instrument this process's resync engines: runs, wire bytes and leaves per mode (the
-    engine's own stats only sum the bytes). Observes only: the outcome is returned as is."""
-    done = ResyncEngine._done
-
-    def counted(self: ResyncEngine, replica: Replica, outcome: ResyncOutcome,
-                started: float) -> ResyncOutcome:
-        result = done(self, replica, outcome, started)
-        entry = _BY_MODE.setdefault(outcome.mode, {"runs": 0, "wire_bytes": 0.0, "leaves": 0})
-        entry["runs"] += 1
-        entry["wire_bytes"] += outcome.wire_bytes
-        entry["leaves"] += outcome.leaves
-        return result
-
-    ResyncEngine._done = counted  # type: ignore[method-assign]
-
-
 def _write_stats(path: Path, running: Running, started: float, ready: float) -> None:
     actor = running.actors[0]
+    assert isinstance(actor, CloudCsms)
     endpoint = running.endpoint
-    engine = actor.resync  # type: ignore[attr-defined]
-    own = actor.own  # type: ignore[attr-defined]
-    live = getattr(actor, "counters", None)
-    stats = {
+    engine = actor.copies.resync
+    stats = engine.stats
+    stats_out = {
         "pid": os.getpid(), "started": started, "ready": ready, "now": time.time(),
-        "replicas": len(actor.replicas),  # type: ignore[attr-defined]
-        "resync": {"runs": engine.stats.runs, "failures": engine.stats.failures,
-                   "bytes": engine.stats.bytes, "wire_bytes": engine.stats.wire_bytes,
-                   "by_mode": {mode: {k: round(v) for k, v in entry.items()}
-                               for mode, entry in _BY_MODE.items()},
+        "replicas": len(actor.copies.replicas),
+        "resync": {"runs": stats.runs, "failures": stats.failures,
+                   "bytes": stats.bytes, "wire_bytes": stats.wire_bytes,
+                   "by_mode": {mode: {"runs": runs,
+                                      "wire_bytes": round(stats.wire_bytes_by_mode[mode]),
+                                      "leaves": stats.leaves_by_mode[mode]}
+                               for mode, runs in stats.by_mode.items()},
                    "busy": engine.busy},
         "rejected": actor.rejected,
-        # live counts where the actor keeps them in memory (its tree gets them every few s)
-        "counters": {name: int(live[name]) if live is not None else own.get(f"counters/{name}")
-                     for name in COUNTERS},
+        # live counts, kept in memory (the own tree gets them every few seconds)
+        "counters": {name: int(actor.own.counters[name]) for name in COUNTERS},
         "link": {"frames_sent": endpoint.frames_sent, "bytes_sent": endpoint.bytes_sent,
                  "frames_received": endpoint.session.counters.received_frames,
                  "bytes_received": endpoint.session.counters.received_bytes,
                  "stanza_bytes_sent": getattr(endpoint.transport, "bytes_sent", 0)},
     }
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stats))
+    tmp.write_text(json.dumps(stats_out))
     os.replace(tmp, path)
 
 
@@ -419,7 +400,7 @@ class Hierarchy:
                 tick_s=3600.0, arrivals_per_evse_per_h=0.0, seed=1000 * k), progress=progress)
             self.sites.append(Site(name, ep.component_domains[k - 1], local, host))
             for station in host.actors:
-                station.paused = True  # type: ignore[attr-defined]
+                simulated(station).paused = True
             started += count
         self.say(f"{started}/{stations} stations started on {sites} sites")
 
@@ -523,7 +504,7 @@ class Hierarchy:
         for site in self.sites:
             local: LocalCsms = site.local.actors[0]  # type: ignore[assignment]
             for station in site.stations:
-                copy = local.replicas.get(f"stations/{station.address}")
+                copy = local.copies.replicas.get(f"stations/{station.address}")
                 if copy is not None and copy.tree.digest() == station.tree.digest(  # type: ignore[union-attr]
                         visible=True):
                     ok += 1
@@ -596,9 +577,10 @@ class Hierarchy:
                 fresh.apply([Write(p, v) for p, _, v in old.tree.leaves()])
                 changed += change_tree(fresh, counts[done], rng)
                 await old.store.save_snapshot(old.address, fresh)
+                hardware = SimulatedStation(simulated(old).settings)
+                hardware.paused = True
                 station = ChargingStation(old.address, site.host.endpoint, store=old.store,
-                                          settings=old.settings)
-                station.paused = True
+                                          settings=old.settings, hardware=hardware)
                 await station.start()
                 assert station.tree is not None and station.tree.epoch == fresh.epoch
                 site.host.actors[index] = station
@@ -849,3 +831,9 @@ if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
         raise SystemExit(main())
     os._exit(130)
+
+
+def simulated(station: object) -> SimulatedStation:
+    """The simulator behind a station of the bench."""
+    assert isinstance(station, ChargingStation) and isinstance(station.hardware, SimulatedStation)
+    return station.hardware

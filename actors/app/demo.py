@@ -44,6 +44,7 @@ from actors.csms.site_energy import EnergySettings
 from actors.logic.energy.allocation import AllocatorSettings
 from actors.station.actor import ChargingStation
 from broker_bridge import Priority
+from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.prosody import ManagedProsody
 
 
@@ -64,13 +65,20 @@ class SiteTime:
     """The demo's one clock for everything that plans over time (stations, local CSMS,
     resource manager): wall time at start, then ``speed`` times faster."""
 
-    def __init__(self, speed: float) -> None:
-        self.speed = speed
-        self._origin_us = time.time_ns() // 1000
-        self._t0 = time.monotonic()
+    def __init__(self, speed: float, clock: Clock = WALL_CLOCK) -> None:
+        self.speed, self._clock = speed, clock
+        self._origin_us = clock.now_us()
+        self._t0 = clock.monotonic()
 
     def now_us(self) -> int:
-        return self._origin_us + int((time.monotonic() - self._t0) * self.speed * 1e6)
+        return self._origin_us + int((self._clock.monotonic() - self._t0) * self.speed * 1e6)
+
+    def monotonic(self) -> float:
+        """Intervals and timeouts stay real: only the site's wall time runs faster."""
+        return self._clock.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)
 
 
 @dataclass
@@ -84,6 +92,9 @@ class Demo:
     @property
     def cloud_actor(self) -> CloudCsms:
         return self.cloud.actors[0]  # type: ignore[return-value]
+
+    def locals(self) -> list[LocalCsms]:
+        return [local.actors[0] for local, _ in self.sites]  # type: ignore[misc]
 
     def stations(self) -> list[ChargingStation]:
         return [a for _, host in self.sites for a in host.actors]  # type: ignore[misc]
@@ -105,13 +116,14 @@ class Demo:
 
     def resyncs(self) -> int:
         locals_ = [pair[0].actors[0] for pair in self.sites]
-        return self.cloud_actor.resync.stats.runs + sum(a.resync.stats.runs for a in locals_)
+        return self.cloud_actor.copies.resync.stats.runs + sum(
+            a.copies.resync.stats.runs for a in locals_)  # type: ignore[attr-defined]
 
     def consistent(self) -> bool:
         """Every station's tree equals the cloud's copy of it (visible digests)."""
         cloud = self.cloud_actor
         for station in self.stations():
-            copy = cloud.replicas.get(f"stations/{station.address}")
+            copy = cloud.copies.replicas.get(f"stations/{station.address}")
             if copy is None or station.tree is None:
                 return False
             if copy.tree.digest() != station.tree.digest(visible=True):
@@ -121,8 +133,7 @@ class Demo:
     def summary(self) -> dict[str, Any]:
         stations = self.stations()
         by_prio = self.messages_by_priority()
-        online = sum(1 for pair in self.sites for r in pair[0].actors[0].replicas.values()  # type: ignore[attr-defined]
-                     if _online(pair[0].actors[0], r.key))
+        online = sum(_online(local) for local in self.locals())
         return {
             "sites": len(self.sites),
             "stations": len(stations),
@@ -136,7 +147,7 @@ class Demo:
             "messages_by_priority": {p.name.lower(): n for p, n in by_prio.items()},
             "resyncs": self.resyncs(),
             "errors": self.errors(),
-            "cloud_copies": len(self.cloud_actor.replicas),
+            "cloud_copies": len(self.cloud_actor.copies.replicas),
             "sites_energy": self.energy(),
             "seconds": round(time.monotonic() - self.started, 1),
         }
@@ -148,20 +159,18 @@ class Demo:
         for local_run, host in self.sites:
             local: LocalCsms = local_run.actors[0]  # type: ignore[assignment]
             power = sum(s.power_w for s in host.actors)  # type: ignore[attr-defined]
-            managed = local.last_allocation is not None
+            managed = local.energy.last_allocation is not None
+            own = local.own.tree
             out.append({"site": local.settings.site, "power_kw": round(power / 1000, 1),
-                        "limit_kw": round(local.own.get("energy/limit_w") / 1000, 1)
+                        "limit_kw": round(own.get("energy/limit_w") / 1000, 1)
                         if managed else None,
-                        "alerts": local.own.get("energy/alerts")})
+                        "alerts": own.get("energy/alerts")})
         return out
 
 
-def _online(local: LocalCsms, key: str) -> bool:
-    station = key.split("/", 1)[1]
-    try:
-        return bool(local.own.get(f"managed/{station}/online"))
-    except Exception:
-        return False
+def _online(local: LocalCsms) -> int:
+    """How many of ``local``'s stations are online."""
+    return sum(local.copies.is_online(r) for r in local.copies.replicas.values())
 
 
 async def start_demo(settings: DemoSettings, say: Any) -> Demo:
@@ -202,8 +211,7 @@ async def start_demo(settings: DemoSettings, say: Any) -> Demo:
         local = await start_local(cfg, LocalConfig(
             address=name, password=secret[name], state_dir=str(state / name), site=f"site{k}",
             provisioning_secret=provisioning, cloud="cloud", upstream_secret=site_secrets[name],
-            resource_manager=rm_name), energy=energy)
-        local.actors[0].energy_clock = site_time  # type: ignore[attr-defined]
+            resource_manager=rm_name), energy=energy, clock=site_time)
         host = await start_stations(cfg, StationsConfig(
             component=domains[k - 1], component_secret=ep.component_secret,
             ids=tuple(f"cs-site{k}-{i}" for i in range(1, settings.stations + 1)), csms=name,
@@ -226,7 +234,7 @@ async def settle(demo: Demo, timeout: float = 10.0) -> bool:
     """Pause the stations and wait (bounded) until the cloud's copies equal them: the proof
     that the hierarchy holds the true state."""
     for station in demo.stations():
-        station.paused = True
+        station.hardware.paused = True  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if demo.consistent():
@@ -250,8 +258,9 @@ def render(demo: Demo, rates: dict[Priority, float], out: TextIO, tty: bool) -> 
     for local_run, host in demo.sites:
         local: LocalCsms = local_run.actors[0]  # type: ignore[assignment]
         stations: list[ChargingStation] = host.actors  # type: ignore[assignment]
-        online = sum(1 for r in local.replicas.values() if _online(local, r.key))
-        limit = local.own.get("energy/limit_w") / 1000 if local.last_allocation else None
+        online = _online(local)
+        limit = (local.own.tree.get("energy/limit_w") / 1000 if local.energy.last_allocation
+                 else None)
         rows.append((local.settings.site, f"{online}/{len(stations)}",
                      sum(s.charging for s in stations),
                      sum(s.power_w for s in stations) / 1000,
@@ -266,7 +275,7 @@ def render(demo: Demo, rates: dict[Priority, float], out: TextIO, tty: bool) -> 
     lines.append("messages/s  " + "  ".join(f"{p.name.lower()} {rates.get(p, 0.0):6.1f}"
                                             for p in Priority))
     lines.append(f"resyncs {demo.resyncs()}   errors {demo.errors()}   cloud copies "
-                 f"{len(demo.cloud_actor.replicas)}")
+                 f"{len(demo.cloud_actor.copies.replicas)}")
     if tty:
         out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
     else:

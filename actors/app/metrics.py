@@ -214,7 +214,7 @@ class _Families:
         add("rejected", [address], actor.rejected)
         add("late", [address], actor.late_answers)
         add("inbox", [address], actor.inbox_depth)
-        engine = getattr(actor, "resync", None)
+        engine = getattr(getattr(actor, "copies", None), "resync", None)  # a CSMS's copies
         if isinstance(engine, ResyncEngine):
             stats = engine.stats
             for mode, runs in dict(stats.by_mode).items():
@@ -224,7 +224,7 @@ class _Families:
             add("resync_bytes", [address], stats.bytes)
             add("resync_wire_bytes", [address], stats.wire_bytes)
             add("resyncs_running", [address], engine.busy)
-        counters = getattr(actor, "counters", None)
+        counters = getattr(getattr(actor, "own", None), "counters", None)  # a CSMS's own tree
         if isinstance(counters, Counter):
             for event, count in dict(counters).items():
                 if not event.endswith("_bytes"):  # exported as csms_resync_*bytes_total

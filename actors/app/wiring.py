@@ -31,7 +31,9 @@ from actors.resource_manager.actor import ResourceManager, ResourceManagerSettin
 from actors.runtime.actor import Actor, RoleDirectory
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation, StationSettings
+from actors.station.simulated import SimulatedStation, SimulatorSettings
 from broker_bridge import Endpoint, SessionConfig
+from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.xmpp import XmppSettings, XmppTransport
 from object_model import Role
 
@@ -104,20 +106,19 @@ async def start_cloud(broker: BrokerConfig, cfg: CloudConfig) -> Running:
 
 
 async def start_local(broker: BrokerConfig, cfg: LocalConfig,
-                      energy: EnergySettings | None = None) -> Running:
+                      energy: EnergySettings | None = None, clock: Clock | None = None
+                      ) -> Running:
     endpoint, store = await _csms_parts(broker, cfg.address, cfg.password, cfg.state_dir)
     energy = energy or EnergySettings(interval_s=cfg.allocation_interval_s)
-    actor = LocalCsms(cfg.address, endpoint, store=store,
+    actor = LocalCsms(cfg.address, endpoint, store=store, clock=clock,
                       roles=RoleDirectory(_operators(cfg.operators)),
                       settings=LocalSettings(site=cfg.site,
                                              provisioning_secret=cfg.provisioning_secret,
                                              cloud=cfg.cloud, upstream_secret=cfg.upstream_secret,
                                              resource_manager=cfg.resource_manager,
+                                             fallback_limit_w=cfg.fallback_limit_w,
                                              energy=energy))
-    running = await _start_then_connect(Running(endpoint, [actor], [store]))
-    if cfg.fallback_limit_w and actor.own.get("energy/fallback_limit_w") == 0:
-        actor.own.write("energy/fallback_limit_w", cfg.fallback_limit_w)
-    return running
+    return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 
 async def start_resource_manager(broker: BrokerConfig, cfg: ResourceManagerConfig,
@@ -165,11 +166,15 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
         seed = None if cfg.seed is None else cfg.seed + i
         settings = StationSettings(
             csms=cfg.csms, csms_role=cfg.role, provisioning_secret=cfg.provisioning_secret,
-            evse_count=cfg.evse_count, dc=cfg.dc, tick_s=cfg.tick_s, speed=cfg.speed,
-            simulation=SimulationConfig(arrivals_per_evse_hour=cfg.arrivals_per_evse_per_h,
-                                        seed=seed if seed is not None else zlib.crc32(station.encode())),
             trusted=_operators(cfg.operators))
-        actor = ChargingStation(station, endpoint, store=store, settings=settings, clock=clock)
+        hardware = SimulatedStation(SimulatorSettings(
+            evse_count=cfg.evse_count, dc=cfg.dc, tick_s=cfg.tick_s, speed=cfg.speed,
+            simulation=SimulationConfig(
+                arrivals_per_evse_hour=cfg.arrivals_per_evse_per_h,
+                seed=seed if seed is not None else zlib.crc32(station.encode()))),
+            clock=clock or WALL_CLOCK)
+        actor = ChargingStation(station, endpoint, store=store, settings=settings,
+                                hardware=hardware, clock=clock)
         await actor.start()
         running.actors.append(actor)
         if progress is not None and (i + 1) % 100 == 0:

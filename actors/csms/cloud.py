@@ -10,39 +10,38 @@ Operators read from the copies; their writes go down through the site to the sta
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from actors.csms.caching import (
-    STATIONS,
-    CachingCsms,
-    CsmsSettings,
-    station_key,
-    to_micros_now,
-)
-from actors.runtime.actor import Context, handles
-from actors.runtime.replication.resync import Replica
+from actors.csms.management import Management
+from actors.csms.replicas import CsmsSettings
+from actors.csms.task_relay import TASK_MESSAGES
+from actors.runtime.actor import Context, RoleDirectory, handles
+from actors.runtime.replication.replica import STATIONS, station_key
+from actors.runtime.storage.trees import TreeStore
+from actors.runtime.tree_actor import TreeActor
+from broker_bridge import Endpoint
+from broker_bridge.backoff import Backoff
+from broker_bridge.clock import Clock
+from broker_bridge.router import Router
 from keypath import KeyPath, KeyPattern
 from object_model import MessageBase, ModelError, Role, Write
+from object_model.blobs import BlobChunkRequest
 from object_model.energy_messages import EnergyAlert
-from object_model.errors import (
-    AccessDeniedError,
-    InvalidMessageError,
-    NotAdmittedError,
-)
+from object_model.errors import AccessDeniedError, InvalidMessageError, NotAdmittedError
 from object_model.messages import (
     JoinNetworkRequest,
     JoinNetworkResponse,
     PropertyTreeDiscoveryRequest,
     PropertyTreeDiscoveryResponse,
     PropertyValueUpdate,
-    TreeInfo,
 )
 
 log = logging.getLogger("csms.cloud")
+
+LEARN_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)
 
 
 @dataclass(frozen=True)
@@ -53,19 +52,36 @@ class CloudSettings(CsmsSettings):
     station_secret: str = ""
 
 
-class CloudCsms(CachingCsms):
+class CloudCsms(TreeActor):
+    """See the module docstring."""
+
     role = Role.CLOUD_CSMS
-    settings: CloudSettings
+
+    def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
+                 settings: CloudSettings | None = None, roles: RoleDirectory | None = None,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+        super().__init__(address, links, roles=roles, clock=clock, rng=rng)
+        self.settings = settings or CloudSettings()
+        self.store = store
+        self.management = parts = Management(self, self.role, store, self.settings)
+        self.own, self.copies, self.trees = parts.own, parts.copies, parts.view
+        self.blobs, self.tasks = parts.blobs, parts.tasks
 
     async def on_start(self) -> None:
-        await super().on_start()
-        for name in self.own.read("sites") if "sites" in self.own else {}:
+        await self.management.open()
+        own = self.own.tree
+        for name in own.read("sites") if "sites" in own else {}:
             self.roles.add(name, Role.LOCAL_CSMS)
             # stations the site admitted while we were away: ask it what it answers for
             self.spawn(self._learn_stations(name), f"learn:{name}")
-        for replica in self.replicas.values():
-            if replica.source == replica.key.split("/", 1)[1]:
+        for replica in self.copies.replicas.values():
+            if replica.source == replica.station:
                 self.roles.add(replica.source, Role.STATION)
+
+    async def on_stop(self) -> None:
+        await self.management.close()
+
+    # -- admission -------------------------------------------------------------------------------
 
     @handles(JoinNetworkRequest)
     async def on_join(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
@@ -73,61 +89,42 @@ class CloudCsms(CachingCsms):
             return await self._admit_site(message, ctx)
         if message.role is Role.STATION:
             return await self._admit_station(message, ctx)
-        self._count("rejected_joins")
+        self.own.count("rejected_joins")
         raise NotAdmittedError(
             f"{self.address} admits sites and stations, not {message.role.value}s")
 
     async def _admit_site(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
         expected = self.settings.site_secrets.get(ctx.sender)
         if expected is None or message.secret != expected:
-            self._count("rejected_joins")
+            self.own.count("rejected_joins")
             raise NotAdmittedError(
                 f"{ctx.sender}: unknown site or wrong secret", details={"site": ctx.sender})
         self.roles.add(ctx.sender, Role.LOCAL_CSMS)
         stations = [info for info in message.trees if _station_of(info.tree)]
-        self.own.apply([Write(f"sites/{ctx.sender}", {
-            "admitted_at": to_micros_now(), "online": True, "stations": len(stations)})])
-        self._count("joins")
+        self.own.tree.apply([Write(f"sites/{ctx.sender}", {
+            "admitted_at": self.clock.now_us(), "online": True, "stations": len(stations)})])
+        self.own.count("joins")
         for info in stations:
             try:
-                replica = await self.manage(_station_of(info.tree), ctx.sender, info.tree,
-                                            site=ctx.sender)
+                replica = await self.copies.manage(_station_of(info.tree), ctx.sender,
+                                                   info.tree, site=ctx.sender)
             except ModelError:
                 continue  # bound to another site (logged and counted); the rest still join
-            if not _same(replica, info):
-                self.resync.schedule(replica)
+            if not replica.is_at(info):
+                self.copies.resync.schedule(replica)
         log.info("%s: site %s joined with %d stations", self.address, ctx.sender, len(stations))
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
 
     async def _admit_station(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
         if not self.settings.station_secret or message.secret != self.settings.station_secret:
-            self._count("rejected_joins")
-            raise NotAdmittedError(
-                f"{ctx.sender}: wrong provisioning secret for direct stations")
+            self.own.count("rejected_joins")
+            raise NotAdmittedError(f"{ctx.sender}: wrong provisioning secret for direct stations")
         self.roles.add(ctx.sender, Role.STATION)
-        replica = await self.manage(ctx.sender, ctx.sender, KeyPath.root())
-        self._count("joins")
-        info = next((t for t in message.trees if not t.tree.segments), None)
-        if info is None or not _same(replica, info):
-            self.resync.schedule(replica)
+        replica = await self.copies.manage(ctx.sender, ctx.sender, KeyPath.root())
+        self.own.count("joins")
+        if not replica.is_at(next((t for t in message.trees if not t.tree.segments), None)):
+            self.copies.resync.schedule(replica)
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
-
-    @handles(EnergyAlert)
-    async def on_energy_alert(self, alert: EnergyAlert, ctx: Context) -> None:
-        """A site cannot manage its energy as asked (or is back to normal): kept with the
-        site's entry and logged; the EVSEs concerned are in the alert."""
-        if ctx.require_role() is not Role.LOCAL_CSMS or f"sites/{ctx.sender}" not in self.own:
-            raise AccessDeniedError(
-                f"{ctx.sender}: only an admitted site reports energy alerts here")
-        try:
-            count = self.own.get(f"sites/{ctx.sender}/energy_alerts")
-        except ModelError:
-            count = 0
-        self.own.apply([Write(f"sites/{ctx.sender}/energy_alerts", (count + 1) % 2**32),
-                        Write(f"sites/{ctx.sender}/last_energy_alert", alert.text[:500])])
-        (log.warning if alert.active else log.info)(
-            "%s: energy alert from %s: %s (%d EVSEs)", self.address, ctx.sender, alert.text,
-            len(alert.evses))
 
     async def _learn_stations(self, site: str) -> None:
         """Ask ``site`` which stations it answers for (its registry, ``managed/*``; again and
@@ -142,34 +139,64 @@ class CloudCsms(CachingCsms):
                         f"{site} answered discovery with {type(answer).__name__}")
             except ModelError as exc:
                 failures += 1
-                delay = random.uniform(0, min(60.0, 0.5 * 2**failures))
+                delay = LEARN_BACKOFF.delay(failures, self.rng)
                 log.info("%s: asking %s for its stations failed (%s); again in %.1f s",
                          self.address, site, exc.code.value, delay)
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
                 continue
             for path, _, _ in answer.leaves:
                 station = path.segments[1] if len(path.segments) == 3 else ""
-                if station_key(station) in self.replicas:
+                if station_key(station) in self.copies.replicas:
                     continue
                 try:
-                    replica = await self.manage(station, site, KeyPath(STATIONS, station),
-                                                site=site)
+                    replica = await self.copies.manage(station, site, KeyPath(STATIONS, station),
+                                                       site=site)
                 except ModelError as exc:
                     log.warning("%s: %s reports station %r: %s", self.address, site, station,
                                 exc)
                     continue
-                self.resync.schedule(replica)
+                self.copies.resync.schedule(replica)
             return
 
-    async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> MessageBase | None:
+    # -- what sites and stations send --------------------------------------------------------------
+
+    @handles(PropertyValueUpdate)
+    async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> None:
         station = _station_of(message.tree)
-        if (station and self.copy_for_update(message, ctx) is None
+        if (station and self.copies.copy_for_update(message, ctx.sender) is None
                 and self.roles.role_of(ctx.sender) is Role.LOCAL_CSMS):
             # a station the site admitted after it joined: start managing it now
-            replica = await self.manage(station, ctx.sender, message.tree, site=ctx.sender)
-            self.resync.schedule(replica)
-            return None
-        return await super().on_update(message, ctx)
+            replica = await self.copies.manage(station, ctx.sender, message.tree,
+                                               site=ctx.sender)
+            self.copies.resync.schedule(replica)
+            return
+        self.copies.take(message, ctx.sender)
+
+    @handles(EnergyAlert)
+    async def on_energy_alert(self, alert: EnergyAlert, ctx: Context) -> None:
+        """A site cannot manage its energy as asked (or is back to normal): kept with the
+        site's entry and logged; the EVSEs concerned are in the alert."""
+        own = self.own.tree
+        if ctx.require_role() is not Role.LOCAL_CSMS or f"sites/{ctx.sender}" not in own:
+            raise AccessDeniedError(
+                f"{ctx.sender}: only an admitted site reports energy alerts here")
+        try:
+            count = own.get(f"sites/{ctx.sender}/energy_alerts")
+        except ModelError:
+            count = 0
+        own.apply([Write(f"sites/{ctx.sender}/energy_alerts", (count + 1) % 2**32),
+                   Write(f"sites/{ctx.sender}/last_energy_alert", alert.text[:500])])
+        (log.warning if alert.active else log.info)(
+            "%s: energy alert from %s: %s (%d EVSEs)", self.address, ctx.sender, alert.text,
+            len(alert.evses))
+
+    @handles(*TASK_MESSAGES)
+    async def on_task(self, message: MessageBase, ctx: Context) -> MessageBase | None:
+        return await self.tasks.handle(message, ctx)
+
+    @handles(BlobChunkRequest)
+    async def on_blob_chunk(self, message: BlobChunkRequest, ctx: Context) -> MessageBase | None:
+        return await self.blobs.serve(message, ctx)
 
 
 def _station_of(tree: KeyPath) -> str:
@@ -177,8 +204,4 @@ def _station_of(tree: KeyPath) -> str:
     return segs[1] if len(segs) == 2 and segs[0] == STATIONS else ""
 
 
-def _same(replica: Replica, info: TreeInfo) -> bool:
-    tree = replica.tree
-    return (replica.synced and info.epoch == tree.epoch and info.revision == tree.revision
-            and info.root_digest == tree.digest())
-
+__all__ = ["CloudCsms", "CloudSettings"]

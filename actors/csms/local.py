@@ -1,53 +1,59 @@
 """The local CSMS: a site's own management, working with or without the cloud.
 
 It admits the site's stations (``JoinNetwork`` with the site's provisioning secret), keeps a
-copy of each station's tree, gives them the site's operational permissions, and answers for
-them upward: the cloud reads and resynchronises the site's stations through it
-(``stations/<id>/...`` of its aggregate view) and sends writes through it. Everything it tells
-the cloud (relayed changes, join, answers) goes over its one connection. When the cloud is
-unreachable the site carries on: stations are admitted, copies stay current, permissions are
-applied; the cloud catches up by resynchronisation when it is back.
+copy of each station's tree, gives them the site's operational permissions, manages the site's
+energy with its resource manager, and answers for the stations upward: the cloud reads and
+resynchronises the site's stations through it (``stations/<id>/...`` of its aggregate view)
+and sends writes through it. Everything it tells the cloud (relayed changes, join, answers)
+goes over its one uplink. When the cloud is unreachable the site carries on: stations are
+admitted, copies stay current, permissions are applied, energy is allocated; the cloud
+catches up by resynchronisation when it is back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass, field
 
-from actors.csms.caching import STATIONS, CachingCsms, CsmsSettings, station_key
-from actors.csms.site_energy import EnergySettings, SiteEnergyManagement
-from actors.runtime.actor import Context, handles
-from actors.runtime.replication.resync import Replica, ResyncOutcome
-from broker_bridge import Priority
+from actors.csms.management import Management
+from actors.csms.replicas import CopyEvents, CsmsSettings
+from actors.csms.site_energy import EnergySettings, SiteEnergy
+from actors.csms.site_policy import SitePolicy
+from actors.csms.task_relay import TASK_MESSAGES
+from actors.runtime.actor import Context, RoleDirectory, handles
+from actors.runtime.replication.replica import Replica
+from actors.runtime.replication.resync import ResyncOutcome
+from actors.runtime.services.join import Membership
+from actors.runtime.storage.trees import TreeStore
+from actors.runtime.tree_actor import TreeActor
+from broker_bridge import Endpoint, Priority
+from broker_bridge.backoff import Backoff
+from broker_bridge.clock import Clock
+from broker_bridge.router import Router
 from keypath import KeyPath
-from object_model import ErrorCode, MessageBase, ModelError, Role
+from object_model import ErrorCode, MessageBase, Role
+from object_model.blobs import BlobChunkRequest
 from object_model.errors import NotAdmittedError
 from object_model.messages import (
     ErrorReport,
     JoinNetworkRequest,
     JoinNetworkResponse,
     PropertyValueUpdate,
-    PropertyValueWrite,
     TreeInfo,
-    WriteItem,
 )
 
 log = logging.getLogger("csms.local")
 
-POLICY_PATHS = {
-    "may_charge": "permissions/may_charge",
-    "may_discharge": "permissions/may_discharge",
-    "needs_authorisation": "permissions/needs_authorisation",
-    "max_power_w": "permissions/max_power_w",
-}
+UPSTREAM_BACKOFF = Backoff(base_s=1.0, cap_s=30.0)
 
 
 @dataclass(frozen=True)
 class LocalSettings(CsmsSettings):
-    """A site's local CSMS: its name, the secret its stations present, and its cloud."""
+    """A site's local CSMS: its name, the secret its stations present, its cloud and the
+    secret it presents there, its resource manager, and the site's energy management
+    (``fallback_limit_w``: the site's limit while no resource manager gives one; set into
+    a new own tree, operators change it live)."""
 
     site: str = "site1"
     provisioning_secret: str = ""
@@ -55,177 +61,138 @@ class LocalSettings(CsmsSettings):
     upstream_secret: str = ""
     policy_check_s: float = 30.0
     resource_manager: str | None = None
+    fallback_limit_w: float = 0.0
     energy: EnergySettings = field(default_factory=EnergySettings)
 
 
-class LocalCsms(SiteEnergyManagement, CachingCsms):
-    role = Role.LOCAL_CSMS
-    settings: LocalSettings
+class LocalCsms(TreeActor):
+    """See the module docstring."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if self.settings.cloud:
-            self.roles.add(self.settings.cloud, Role.CLOUD_CSMS)
-        if self.settings.resource_manager:
-            self.roles.add(self.settings.resource_manager, Role.RESOURCE_MANAGER)
-        self.upstream_joined = False
-        self._rejoin = asyncio.Event()
-        self._policy_pending: set[str] = set()
+    role = Role.LOCAL_CSMS
+
+    def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
+                 settings: LocalSettings | None = None, roles: RoleDirectory | None = None,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+        super().__init__(address, links, roles=roles, clock=clock, rng=rng)
+        self.settings = settings = settings or LocalSettings()
+        if settings.cloud:
+            self.roles.add(settings.cloud, Role.CLOUD_CSMS)
+        if settings.resource_manager:
+            self.roles.add(settings.resource_manager, Role.RESOURCE_MANAGER)
+        self.store = store
+        self.management = parts = Management(self, self.role, store, settings, CopyEvents(
+            changed=self._copy_changed, heartbeat=self._heartbeat, resynced=self._resynced))
+        self.own, self.copies, self.trees = parts.own, parts.copies, parts.view
+        self.blobs, self.tasks = parts.blobs, parts.tasks
+        self.site_policy = SitePolicy(self, own=self.own, copies=self.copies,
+                                      check_s=settings.policy_check_s)
+        self.upstream = None if not settings.cloud else Membership(
+            self, settings.cloud, self.join_request, backoff=UPSTREAM_BACKOFF,
+            on_joined=self._joined_cloud)
+        self.energy = SiteEnergy(self, own=self.own, copies=self.copies,
+                                 settings=settings.energy, site=settings.site,
+                                 resource_manager=settings.resource_manager,
+                                 cloud=settings.cloud, upstream_joined=self.upstream_joined)
 
     async def on_start(self) -> None:
-        await super().on_start()
-        for replica in self.replicas.values():  # stations we already knew keep their rights
-            self.roles.add(replica.key.split("/", 1)[1], Role.STATION)
-        self.own.subscribe(self._own_changed)
-        self.spawn(self._reconcile_policy(), "policy")
-        if self.settings.cloud:
-            self.spawn(self._stay_joined(), "join-cloud")
-        self._start_energy(self.settings.energy, self.settings.resource_manager,
-                           self.settings.cloud)
+        await self.management.open()
+        own = self.own.tree
+        if self.settings.fallback_limit_w and own.get("energy/fallback_limit_w") == 0:
+            own.write("energy/fallback_limit_w", self.settings.fallback_limit_w)
+        for station in self.copies.stations:  # stations we already knew keep their rights
+            self.roles.add(station, Role.STATION)
+        self.site_policy.start()
+        if self.upstream is not None:
+            self.spawn(self.upstream.run(), "join-cloud")
+        self.energy.start()
+
+    async def on_stop(self) -> None:
+        await self.management.close()
+
+    def upstream_joined(self) -> bool:
+        """Whether the cloud has admitted this site (now)."""
+        return self.upstream is not None and self.upstream.joined
 
     # -- stations --------------------------------------------------------------------------
 
     @handles(JoinNetworkRequest)
     async def on_join(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
         if message.role is not Role.STATION:
-            self._count("rejected_joins")
+            self.own.count("rejected_joins")
             raise NotAdmittedError(
                 f"{self.address} admits stations, not {message.role.value}s")
         if message.secret != self.settings.provisioning_secret:
-            self._count("rejected_joins")
+            self.own.count("rejected_joins")
             raise NotAdmittedError(
                 f"{ctx.sender}: wrong provisioning secret for site {self.settings.site}",
                 details={"site": self.settings.site})
         self.roles.add(ctx.sender, Role.STATION)
-        replica = await self.manage(ctx.sender, ctx.sender, KeyPath.root(),
-                                    site=self.settings.site)
-        self._count("joins")
-        replica.last_seen = time.monotonic()
-        self._mark_online(replica, True)
-        if not _matches(replica, message.trees):
-            self.resync.schedule(replica)
+        replica = await self.copies.manage(ctx.sender, ctx.sender, KeyPath.root(),
+                                           site=self.settings.site)
+        self.own.count("joins")
+        self.copies.seen(replica)
+        if not replica.is_at(next((t for t in message.trees if not t.tree.segments), None)):
+            self.copies.resync.schedule(replica)
         else:
-            self.spawn(self._apply_policy(replica), f"policy:{ctx.sender}")
+            self.site_policy.apply_soon(replica)
         log.info("%s: admitted %s", self.address, ctx.sender)
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
 
-    async def on_copy_resynced(self, replica: Replica, outcome: ResyncOutcome) -> None:
-        self.energy_input_changed()
-        await self._apply_policy(replica)
+    @handles(PropertyValueUpdate)
+    async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> None:
+        self.copies.take(message, ctx.sender)
+
+    @handles(*TASK_MESSAGES)
+    async def on_task(self, message: MessageBase, ctx: Context) -> MessageBase | None:
+        return await self.tasks.handle(message, ctx)
+
+    @handles(BlobChunkRequest)
+    async def on_blob_chunk(self, message: BlobChunkRequest, ctx: Context) -> MessageBase | None:
+        return await self.blobs.serve(message, ctx)
+
+    # -- what the copies do ------------------------------------------------------------------
+
+    async def _copy_changed(self, replica: Replica, message: PropertyValueUpdate) -> None:
+        self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
+        self.energy.copy_energy_changed([str(path) for path, _, _ in message.upserts])
+
+    async def _heartbeat(self, replica: Replica, message: PropertyValueUpdate) -> None:
+        # the cloud's liveness view of the station, and its chance to notice it is behind
+        self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
+
+    async def _resynced(self, replica: Replica, outcome: ResyncOutcome) -> None:
+        self.energy.energy_input_changed()
+        await self.site_policy.apply(replica)
         # tell the cloud at once: its copy learns from the empty update that it is behind
         tree = replica.tree
         self._relay(PropertyValueUpdate(tree=KeyPath.parse(replica.key), epoch=tree.epoch,
                                         from_revision=tree.revision, to_revision=tree.revision,
                                         root_digest=tree.digest()))
 
-    async def on_copy_changed(self, replica: Replica, message: PropertyValueUpdate) -> None:
-        self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
-        self.copy_energy_changed([str(path) for path, _, _ in message.upserts])
-
-    async def on_heartbeat(self, replica: Replica, message: PropertyValueUpdate) -> None:
-        # the cloud's liveness view of the station, and its chance to notice it is behind
-        self._relay(message.model_copy(update={"tree": KeyPath.parse(replica.key)}))
-
     def _relay(self, update: PropertyValueUpdate) -> None:
-        if self.upstream_joined and self.settings.cloud:
+        if self.upstream_joined() and self.settings.cloud:
             self.send(self.settings.cloud, update, priority=Priority.STATE)
-
-    def _policy_writes(self, replica: Replica) -> list[WriteItem]:
-        """What to write to make a station's permissions the site's, judged by its copy."""
-        policy = self.own.read("policy")
-        writes = []
-        for name, path in POLICY_PATHS.items():
-            try:
-                current = replica.tree.get(path)
-            except ModelError:
-                current = None
-            if current != policy[name]:
-                writes.append(WriteItem(path=KeyPath.parse(path), value=policy[name]))
-        return writes
-
-    async def _apply_policy(self, replica: Replica) -> None:
-        """Give a station the site's operational permissions where its copy differs (one
-        write at a time per station; ``_reconcile_policy`` retries what failed)."""
-        if replica.key in self._policy_pending or not (writes := self._policy_writes(replica)):
-            return
-        self._policy_pending.add(replica.key)
-        try:
-            await self.request(replica.source, PropertyValueWrite(tree=replica.remote_tree,
-                                                                  writes=writes), timeout=10)
-        except ModelError as exc:
-            log.warning("%s: could not give %s the site permissions (retried within %g s): %s",
-                        self.address, replica.key, self.settings.policy_check_s, exc)
-        finally:
-            self._policy_pending.discard(replica.key)
-
-    async def _reconcile_policy(self) -> None:
-        """Now and then, give the site's permissions to every synced, online station whose
-        copy shows others (a write that was lost, a station that changed them itself)."""
-        while True:
-            await asyncio.sleep(self.settings.policy_check_s)
-            for replica in list(self.replicas.values()):
-                if (replica.synced and replica.key not in self._policy_pending
-                        and not self.resync.is_running(replica.key)
-                        and self._is_online(replica) and self._policy_writes(replica)):
-                    self.spawn(self._apply_policy(replica), f"policy:{replica.key}")
-
-    def _own_changed(self, event: object) -> None:
-        changed = getattr(event, "upserts", ())
-        if any(str(path).startswith("policy/") for path, _ in changed):
-            for replica in list(self.replicas.values()):
-                self.spawn(self._apply_policy(replica), f"policy:{replica.key}")
 
     # -- the cloud -------------------------------------------------------------------------
 
     def join_request(self) -> JoinNetworkRequest:
         trees = [TreeInfo(tree=KeyPath.parse(key), epoch=r.tree.epoch, revision=r.tree.revision,
                           root_digest=r.tree.digest())
-                 for key, r in self.replicas.items() if r.synced]
+                 for key, r in self.copies.replicas.items() if r.synced]
         return JoinNetworkRequest(role=Role.LOCAL_CSMS, identity={"site": self.settings.site},
                                   secret=self.settings.upstream_secret, trees=trees)
 
-    async def _stay_joined(self) -> None:
-        """Join the cloud, and again whenever it says it does not know us (it lost its
-        storage, or our admission); back off with jitter while it is unreachable."""
-        failures = 0
-        assert self.settings.cloud is not None
-        while True:
-            try:
-                await self.request(self.settings.cloud, self.join_request(), timeout=10)
-            except Exception as exc:  # whatever it was, keep trying
-                if not isinstance(exc, ModelError):
-                    log.exception("%s: joining %s failed", self.address, self.settings.cloud)
-                self.upstream_joined = False
-                failures += 1
-                delay = random.uniform(0, min(30.0, 0.5 * 2**failures))
-                log.info("%s: joining %s failed (%s); again in %.1f s", self.address,
-                         self.settings.cloud, getattr(exc, "code", exc), delay)
-                await asyncio.sleep(delay)
-                continue
-            failures = 0
-            self.upstream_joined = True
-            if self.current_alert is not None and self.current_alert.active:
-                self.alert_upstream()
-            self._rejoin.clear()
-            log.info("%s: joined %s", self.address, self.settings.cloud)
-            await self._rejoin.wait()
-            # the cloud lost us: every site hears that at once, so do not all come back at once
-            await asyncio.sleep(random.uniform(0, 2.0))
+    def _joined_cloud(self, request: JoinNetworkRequest, answer: JoinNetworkResponse) -> None:
+        alert = self.energy.current_alert
+        if alert is not None and alert.active:  # raised while the cloud was unreachable
+            self.energy.alert_upstream()
 
     async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
-        if ctx.sender == self.settings.cloud and report.code is ErrorCode.NOT_ADMITTED:
-            self.upstream_joined = False
-            self._rejoin.set()
+        if (self.upstream is not None and ctx.sender == self.settings.cloud
+                and report.code is ErrorCode.NOT_ADMITTED):
+            self.upstream.lost()
             return
         await super().on_error_report(report, ctx)
 
 
-def _matches(replica: Replica, trees: list[TreeInfo]) -> bool:
-    """True when the copy already is what the joining actor announced."""
-    info = next((t for t in trees if not t.tree.segments), None)
-    tree = replica.tree
-    return (info is not None and replica.synced and info.epoch == tree.epoch
-            and info.revision == tree.revision and info.root_digest == tree.digest())
-
-
-__all__ = ["STATIONS", "LocalCsms", "LocalSettings", "station_key"]
+__all__ = ["LocalCsms", "LocalSettings"]

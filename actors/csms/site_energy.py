@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from actors.csms.own_tree import OwnTree
+from actors.csms.replicas import ReplicaSet
 from actors.logic.energy.allocation import (
     Allocation,
     AllocatorSettings,
@@ -28,8 +31,9 @@ from actors.logic.energy.allocation import (
     SiteAllocator,
     SiteInputs,
 )
+from actors.runtime.actor import Messenger
+from actors.runtime.replication.replica import station_key
 from broker_bridge import Priority
-from broker_bridge.clock import Clock
 from keypath import KeyPath
 from object_model import ModelError
 from object_model.energy_messages import AlertEvse, EnergyAlert
@@ -41,9 +45,6 @@ from object_model.pebc import (
     PowerRangeEnvelope,
 )
 from object_model.tree import ObjectTree, Write
-
-if TYPE_CHECKING:
-    from actors.runtime.replication.resync import Replica
 
 log = logging.getLogger("csms.energy")
 
@@ -72,21 +73,20 @@ class _Parsed:
     plan: EnergyTransferPlan | None
 
 
-class SiteEnergyManagement:
-    """Mixin for the local CSMS (which provides ``replicas``, ``own``, ``request``...)."""
+class SiteEnergy:
+    """The local CSMS's site energy management (see the module docstring): ``site`` names
+    the site in alerts, ``resource_manager`` gets the site's plan and alerts, ``cloud`` the
+    alerts while ``upstream_joined()``."""
 
-    replicas: dict[str, Replica]
-    own: ObjectTree
-    address: str
-    clock: Clock
-
-    def _start_energy(self, settings: EnergySettings, resource_manager: str | None,
-                      cloud: str | None) -> None:
+    def __init__(self, actor: Messenger, *, own: OwnTree, copies: ReplicaSet,
+                 settings: EnergySettings, site: str, resource_manager: str | None,
+                 cloud: str | None, upstream_joined: Callable[[], bool]) -> None:
+        self.actor, self.address, self.clock = actor, actor.address, actor.clock
+        self.own, self.copies, self.site = own, copies, site
         self.energy_settings = settings
         self.allocator = SiteAllocator(settings.allocator)
-        self.energy_clock: Clock = self.clock  # the demo runs site time faster
         self.last_allocation: Allocation | None = None
-        self._rm, self._cloud = resource_manager, cloud
+        self._rm, self._cloud, self._upstream_joined = resource_manager, cloud, upstream_joined
         self._energy_wake = asyncio.Event()
         self._parsed: dict[EvseKey, _Parsed] = {}
         self._sent: dict[EvseKey, PowerRangeEnvelope] = {}
@@ -96,9 +96,12 @@ class SiteEnergyManagement:
         self._plan_sent: tuple[float, int] | None = None
         self._unmanaged_said = False
         self.current_alert: EnergyAlert | None = None
-        if settings.enabled:
-            self.own.subscribe(self._own_energy_changed)
-            self.spawn(self._energy_loop(), "energy")  # type: ignore[attr-defined]
+
+    def start(self) -> None:
+        """Allocate from now on (the own tree must be open), if enabled."""
+        if self.energy_settings.enabled:
+            self.own.tree.subscribe(self._own_energy_changed)
+            self.actor.spawn(self._energy_loop(), "energy")
 
     def energy_input_changed(self) -> None:
         """Allocate again as soon as possible."""
@@ -139,7 +142,7 @@ class SiteEnergyManagement:
         """Allocate now, send what changed, record the result; returns the allocation
         (None while the site has no limit at all: no envelope and no fallback limit, so
         the stations keep their permissions)."""
-        now = self.energy_clock.now_us()
+        now = self.clock.now_us()
         needs, power_w, unmanaged_w, offline = self._site_needs()
         inputs = self._site_inputs(unmanaged_w + self._reserved_w(now, offline))
         if inputs.fallback_limit_w <= 0 and (
@@ -154,25 +157,26 @@ class SiteEnergyManagement:
         result = self.allocator.allocate(now, needs, inputs)
         self.last_allocation = result
         self._send_envelopes(result)
-        self.own.apply([
+        own = self.own.tree
+        own.apply([
             Write("energy/limit_w", _clip(result.site_limit_w)),
             Write("energy/power_w", _clip(power_w)),
             Write("energy/allocated_w", _clip(result.allocated_w)),
             Write("energy/plan", result.plan.model_dump()),
-            Write("energy/allocations", (self.own.get("energy/allocations") + 1) % 2**64),
+            Write("energy/allocations", (own.get("energy/allocations") + 1) % 2**64),
         ])
         self._report_plan(result, now)
         self._alert(result, now)
         return result
 
     def _site_inputs(self, unmanaged_w: float) -> SiteInputs:
-        grid = self.own.read("energy/grid")
+        grid = self.own.tree.read("energy/grid")
         envelope = grid.get("envelope")
         pv = grid.get("pv_forecast")
         return SiteInputs(
             envelope=PowerRangeEnvelope.model_validate(envelope) if envelope else None,
             pv_forecast=EnergyTransferPlan.model_validate(pv) if pv else None,
-            fallback_limit_w=float(self.own.get("energy/fallback_limit_w")),
+            fallback_limit_w=float(self.own.tree.get("energy/fallback_limit_w")),
             unmanaged_w=unmanaged_w, pv_band=self.energy_settings.pv_band)
 
     def _site_needs(self) -> tuple[list[EvseNeed], float, float, set[str]]:
@@ -183,9 +187,9 @@ class SiteEnergyManagement:
         needs: list[EvseNeed] = []
         power = unmanaged = 0.0
         offline: set[str] = set()
-        for replica in self.replicas.values():
-            station = replica.key.split("/", 1)[1]
-            if not replica.synced or not self._is_online(replica):  # type: ignore[attr-defined]
+        for replica in self.copies.replicas.values():
+            station = replica.station
+            if not replica.synced or not self.copies.is_online(replica):
                 offline.add(station)
                 continue
             tree = replica.tree
@@ -244,7 +248,7 @@ class SiteEnergyManagement:
         self._next = result
         if not self._delivering:
             self._delivering = True
-            self.spawn(self._deliver(), "envelopes")  # type: ignore[attr-defined]
+            self.actor.spawn(self._deliver(), "envelopes")
 
     async def _deliver(self) -> None:
         """Lower limits first: every station whose limit falls anywhere ahead is written, and
@@ -253,7 +257,7 @@ class SiteEnergyManagement:
         try:
             while self._next is not None:
                 result, self._next = self._next, None
-                now = self.energy_clock.now_us()
+                now = self.clock.now_us()
                 lowering, raising = self._changes(result, now)
                 done = await asyncio.gather(*(self._write_station(s, e)
                                               for s, e in lowering.items()))
@@ -287,16 +291,16 @@ class SiteEnergyManagement:
 
     async def _write_station(self, station: str, envelopes: dict[int, PowerRangeEnvelope]
                              ) -> bool:
-        replica = self.replicas.get(f"stations/{station}")
+        replica = self.copies.replicas.get(station_key(station))
         if replica is None:
             return True
         writes = [WriteItem(path=KeyPath.parse(f"evse/{evse}/energy/envelope"),
                             value=env.model_dump()) for evse, env in sorted(envelopes.items())]
         try:
-            await self.request(replica.source,  # type: ignore[attr-defined]
-                               PropertyValueWrite(tree=replica.remote_tree, writes=writes),
-                               timeout=self.energy_settings.write_timeout_s,
-                               priority=Priority.CONTROL)
+            await self.actor.request(replica.source,
+                                     PropertyValueWrite(tree=replica.remote_tree, writes=writes),
+                                     timeout=self.energy_settings.write_timeout_s,
+                                     priority=Priority.CONTROL)
         except ModelError as exc:  # sent again at the next allocation
             log.warning("%s: %s did not take its envelopes (%s); sent again at the next "
                         "allocation", self.address, station, exc)
@@ -326,12 +330,12 @@ class SiteEnergyManagement:
                 and now - last[1] < 30e6:
             return
         self._plan_sent = (first, now)
-        self.spawn(self._write_plan(result.plan), "plan")  # type: ignore[attr-defined]
+        self.actor.spawn(self._write_plan(result.plan), "plan")
 
     async def _write_plan(self, plan: EnergyTransferPlan) -> None:
         assert self._rm is not None
         try:
-            await self.request(self._rm, PropertyValueWrite(  # type: ignore[attr-defined]
+            await self.actor.request(self._rm, PropertyValueWrite(
                 writes=[WriteItem(path=KeyPath.parse("site/plan"), value=plan.model_dump())]),
                 timeout=10, priority=Priority.STATE)
         except ModelError as exc:
@@ -351,34 +355,30 @@ class SiteEnergyManagement:
                            shortfall_wh=f.shortfall_wh, text=f.text[:1000])
                  for f in result.shortfalls[:1000]]
         codes = sorted(result.codes)
-        text = (f"site {self.own.get('name')}: " + ", ".join(codes) +
+        own = self.own.tree
+        text = (f"site {own.get('name')}: " + ", ".join(codes) +
                 f"; limit {result.site_limit_w / 1000:.1f} kW, lower limits "
                 f"{result.lower_limits_w / 1000:.1f} kW, {len(evses)} EVSE(s) short"
                 if active else "site energy management is back to normal")
-        alert = EnergyAlert(site=self._site_name(), at_us=now, codes=codes, text=text[:1000],
+        alert = EnergyAlert(site=self.site, at_us=now, codes=codes, text=text[:1000],
                             site_limit_w=_clip(result.site_limit_w),
                             lower_limits_w=_clip(result.lower_limits_w), active=active,
                             evses=evses)
         (log.warning if active else log.info)("%s: %s", self.address, text)
-        self.own.apply([Write("energy/alerts", (self.own.get("energy/alerts") + 1) % 2**64),
+        own.apply([Write("energy/alerts", (own.get("energy/alerts") + 1) % 2**64),
                         Write("energy/last_alert", text[:500]),
                         Write("energy/last_alert_at", now)])
         self.current_alert = alert
         if self._rm:
-            self.send(self._rm, alert, priority=Priority.CONTROL,  # type: ignore[attr-defined]
-                      reliable=True)
+            self.actor.send(self._rm, alert, priority=Priority.CONTROL, reliable=True)
         self.alert_upstream()
 
     def alert_upstream(self) -> None:
         """Tell the cloud the site's current alert (again after joining it: an alert raised
         while it was unreachable must still reach it)."""
         alert = self.current_alert
-        if alert is not None and self._cloud and getattr(self, "upstream_joined", False):
-            self.send(self._cloud, alert, priority=Priority.CONTROL,  # type: ignore[attr-defined]
-                      reliable=True)
-
-    def _site_name(self) -> str:
-        return str(getattr(getattr(self, "settings", None), "site", self.address))
+        if alert is not None and self._cloud and self._upstream_joined():
+            self.actor.send(self._cloud, alert, priority=Priority.CONTROL, reliable=True)
 
 
 def _compare(old: PowerRangeEnvelope | None, new: PowerRangeEnvelope, now: int,

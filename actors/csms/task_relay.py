@@ -9,7 +9,7 @@ the way stores the samples (``SampleStore``: SQLite, bounded by count and age, a
 *watcher*: an operator's ``csms monitor``, or the cloud), so a report crosses each link once.
 Tasks themselves are listed like any other values: ``stations/<id>/tasks/**``.
 
-A firmware image goes the same way: the CSMS that holds it (``BlobServing``) names itself the
+A firmware image goes the same way: the CSMS that holds it (its ``BlobService``) names itself the
 source; a CSMS forwarding the update expects the blob from upstream and names itself the
 source in turn, so the site's stations fetch from their local CSMS, which fetches each chunk
 from the cloud once.
@@ -18,20 +18,19 @@ from the cloud once.
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiosqlite
-import msgpack
-
-from actors.runtime.actor import Context, handles
-from actors.runtime.replication.resync import Replica
-from actors.runtime.services.blobs import BlobServing, BlobStore
-from actors.runtime.storage.sqlite import SqliteFile
+from actors.csms.own_tree import OwnTree
+from actors.csms.replicas import ReplicaSet
+from actors.runtime.actor import Context, Messenger
+from actors.runtime.replication.replica import Replica
+from actors.runtime.services.blob_service import BlobService
+from actors.runtime.storage.samples import SampleStore
 from broker_bridge import Priority
 from keypath import KeyPath
 from object_model import MessageBase
+from object_model.access import AccessPolicy
 from object_model.blobs import FirmwareUpdate
 from object_model.errors import (
     AccessDeniedError,
@@ -40,7 +39,6 @@ from object_model.errors import (
     UnknownPathError,
 )
 from object_model.monitoring import (
-    MonitoringHistory,
     MonitoringQuery,
     MonitoringReport,
     MonitoringTaskSetup,
@@ -51,100 +49,34 @@ from object_model.monitoring import (
 
 log = logging.getLogger("csms.tasks")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (station TEXT NOT NULL, task TEXT NOT NULL, path TEXT NOT NULL,
-                                    at INTEGER NOT NULL, value BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS samples_by_task ON samples (station, task, at);
-CREATE TABLE IF NOT EXISTS watchers (station TEXT NOT NULL, task TEXT NOT NULL,
-                                     watcher TEXT NOT NULL, PRIMARY KEY (station, task));
-"""
+TASK_MESSAGES = (MonitoringTaskSetup, TaskControl, FirmwareUpdate, MonitoringReport,
+                 MonitoringQuery)
+"""What a CSMS's ``TaskRelay.handle`` takes."""
 
 
-class SampleStore(SqliteFile):
-    """Samples received from stations, newest kept: at most ``max_samples`` rows, none older
-    than ``max_age_s``; and who watches which task (kept across restarts)."""
+class TaskRelay:
+    """A CSMS's side of tasks (see the module docstring)."""
 
-    SCHEMA = _SCHEMA
-    WHAT = "sample store"
+    def __init__(self, actor: Messenger, *, own: OwnTree, copies: ReplicaSet,
+                 policy: AccessPolicy, blobs: BlobService, samples: SampleStore) -> None:
+        self.actor, self.address, self.clock = actor, actor.address, actor.clock
+        self.own, self.copies, self.policy = own, copies, policy
+        self.blobs, self.samples = blobs, samples
+        self.watchers: dict[tuple[str, str], str] = {}
+        """Who each ``(station, task)``'s reports are relayed to."""
+        self._handlers: dict[type[MessageBase],
+                             Callable[[Any, Context], Awaitable[MessageBase | None]]] = {
+            MonitoringTaskSetup: self.setup_monitoring, TaskControl: self.control,
+            FirmwareUpdate: self.update_firmware, MonitoringReport: self.report,
+            MonitoringQuery: self.query}
 
-    def __init__(self, path: Path | str, *, max_samples: int = 1_000_000,
-                 max_age_s: float = 7 * 86_400) -> None:
-        super().__init__(path)
-        self.max_samples = max_samples
-        self.max_age_s = max_age_s
-        self.stored = 0
-        self._count = 0
+    async def open(self) -> None:
+        """Read who watches which task (the sample store must be open)."""
+        self.watchers = await self.samples.watchers()
 
-    async def loaded(self, db: aiosqlite.Connection) -> None:
-        rows = await db.execute_fetchall("SELECT COUNT(*) FROM samples")
-        self._count = int(next(iter(rows))[0])
-
-    async def add(self, station: str, report: MonitoringReport) -> None:
-        rows = [(station, report.task, str(path), at, msgpack.packb(value, use_bin_type=True))
-                for path, at, value in report.samples]
-        await self.db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)", rows)
-        self._count += len(rows)
-        self.stored += len(rows)
-        if self._count > self.max_samples:
-            await self.db.execute(
-                "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples ORDER BY rowid "
-                "LIMIT ?)", (self._count - self.max_samples,))
-            self._count = self.max_samples
-        oldest = (time.time() - self.max_age_s) * 1e6
-        if rows and min(r[3] for r in rows) >= oldest and self.stored % 1024 >= len(rows):
-            return  # the age limit is enforced every thousand samples or so
-        cursor = await self.db.execute("DELETE FROM samples WHERE at < ?", (int(oldest),))
-        self._count -= max(0, cursor.rowcount)
-
-    async def query(self, station: str, query: MonitoringQuery) -> MonitoringHistory:
-        sql = "SELECT task, path, at, value FROM samples WHERE station = ? AND at >= ?"
-        args: list[Any] = [station, query.since_us]
-        if query.task is not None:
-            sql += " AND task = ?"
-            args.append(query.task)
-        sql += " ORDER BY at DESC, rowid DESC"
-        samples: list[Any] = []
-        more = False
-        async with self.db.execute(sql, args) as cursor:
-            async for task, path, at, value in cursor:
-                key = KeyPath.parse(path)
-                if query.pattern is not None and not query.pattern.matches(key):
-                    continue
-                if len(samples) == query.limit:
-                    more = True
-                    break
-                samples.append((task, key, at, msgpack.unpackb(value, raw=False)))
-        return MonitoringHistory(tree=query.tree, samples=samples, more=more)
-
-    async def watch(self, station: str, task: str, watcher: str | None) -> None:
-        if watcher is None:
-            await self.db.execute("DELETE FROM watchers WHERE station = ? AND task = ?",
-                                  (station, task))
-        else:
-            await self.db.execute("INSERT OR REPLACE INTO watchers VALUES (?, ?, ?)",
-                                  (station, task, watcher))
-
-    async def watchers(self) -> dict[tuple[str, str], str]:
-        rows = await self.db.execute_fetchall("SELECT station, task, watcher FROM watchers")
-        return {(station, task): watcher for station, task, watcher in rows}
-
-
-class CsmsTasks(BlobServing):
-    """The task part of ``CachingCsms`` (see the module docstring)."""
-
-    samples: SampleStore | None = None
-    _watchers: dict[tuple[str, str], str]
-
-    async def _open_task_stores(self, beside: Path) -> None:
-        """Open the sample and blob stores next to the file ``beside`` (the tree store)."""
-        self.samples = await SampleStore(beside.with_name(f"{beside.stem}.samples.db")).open()
-        self._watchers = await self.samples.watchers()
-        self.blobs = await BlobStore(beside.with_name(f"{beside.stem}.blobs.db")).open()
-
-    async def _close_task_stores(self) -> None:
-        for store in (self.samples, self.blobs):
-            if store is not None:
-                await store.close()
+    async def handle(self, message: MessageBase, ctx: Context) -> MessageBase | None:
+        """One of ``TASK_MESSAGES``."""
+        return await self._handlers[type(message)](message, ctx)
 
     def _station_of(self, tree: KeyPath, ctx: Context) -> tuple[str, Replica]:
         segs = tree.segments
@@ -153,21 +85,20 @@ class CsmsTasks(BlobServing):
                 f"tasks run on stations: address one as stations/<id>, not {tree or 'the CSMS'}",
                 path=tree)
         role = ctx.require_role()
-        if not self.policy.may_read_below(role, tree):  # type: ignore[attr-defined]
+        if not self.policy.may_read_below(role, tree):
             raise AccessDeniedError(
                 f"role {role.value} may not watch or control {tree}", path=tree)
-        return segs[1], self.replica_for(segs[1])  # type: ignore[attr-defined,return-value]
+        return segs[1], self.copies.replica_for(segs[1])
 
     async def _forward(self, replica: Replica, message: MessageBase, ctx: Context) -> MessageBase:
         forwarded = message.model_copy(update={"tree": replica.remote_tree})
-        answer = await self.request(replica.source, forwarded,
+        answer = await self.actor.request(replica.source, forwarded,
                                     timeout=ctx.time_left(self.clock.now_us(), 10.0))
         if isinstance(answer, TaskStatus):
             return answer.model_copy(update={"tree": KeyPath.parse(replica.key)})
         return answer
 
-    @handles(MonitoringTaskSetup)
-    async def on_monitoring_setup(self, setup: MonitoringTaskSetup, ctx: Context) -> MessageBase:
+    async def setup_monitoring(self, setup: MonitoringTaskSetup, ctx: Context) -> MessageBase:
         station, replica = self._station_of(setup.tree, ctx)
         watcher = setup.reporter.destination or ctx.sender
         # the station reports to us (the sender of what we forward); we store and relay
@@ -175,28 +106,24 @@ class CsmsTasks(BlobServing):
             "reporter": setup.reporter.model_copy(update={"destination": None})})
         answer = await self._forward(replica, forwarded, ctx)
         if watcher != self.address:
-            self._watchers[station, setup.task] = watcher
-            assert self.samples is not None
+            self.watchers[station, setup.task] = watcher
             await self.samples.watch(station, setup.task, watcher)
         return answer
 
-    @handles(TaskControl)
-    async def on_task_control(self, message: TaskControl, ctx: Context) -> MessageBase:
+    async def control(self, message: TaskControl, ctx: Context) -> MessageBase:
         station, replica = self._station_of(message.tree, ctx)
         answer = await self._forward(replica, message, ctx)
-        if message.action is TaskAction.CANCEL and self._watchers.pop((station, message.task),
+        if message.action is TaskAction.CANCEL and self.watchers.pop((station, message.task),
                                                                       None):
-            assert self.samples is not None
             await self.samples.watch(station, message.task, None)
         return answer
 
-    @handles(FirmwareUpdate)
-    async def on_firmware_update(self, message: FirmwareUpdate, ctx: Context) -> MessageBase:
+    async def update_firmware(self, message: FirmwareUpdate, ctx: Context) -> MessageBase:
         _, replica = self._station_of(message.tree, ctx)
-        holds = self.blobs is not None and await self.blobs.is_complete(message.blob.hash)
+        holds = await self.blobs.store.is_complete(message.blob.hash)
         source = message.source or (self.address if holds else ctx.sender)
         if source != self.address:  # we pass the image on: fetch it (once) from upstream
-            await self.expect_blob(message.blob, source)
+            await self.blobs.expect(message.blob, source)
         elif not holds:
             raise NotPresentError(
                 f"{self.address} does not hold blob {message.blob.hash.hex()[:16]}...: "
@@ -204,32 +131,28 @@ class CsmsTasks(BlobServing):
         return await self._forward(replica, message.model_copy(
             update={"source": self.address}), ctx)
 
-    @handles(MonitoringReport)
-    async def on_monitoring_report(self, report: MonitoringReport, ctx: Context) -> None:
+    async def report(self, report: MonitoringReport, ctx: Context) -> None:
         segs = report.tree.segments
         key = f"stations/{ctx.sender}" if not segs else str(report.tree)
-        replica = self.replicas.get(key)  # type: ignore[attr-defined]
+        replica = self.copies.replicas.get(key)
         if replica is None or replica.source != ctx.sender:
             raise NotAdmittedError(
                 f"{ctx.sender} reports on {report.tree or 'itself'}, which it does not answer "
                 "for here", details={"tree": str(report.tree)})
-        station = key.split("/", 1)[1]
-        assert self.samples is not None
+        station = replica.station
         await self.samples.add(station, report)
-        self._count("monitoring_samples", len(report.samples))  # type: ignore[attr-defined]
-        watcher = self._watchers.get((station, report.task))
+        self.own.count("monitoring_samples", len(report.samples))
+        watcher = self.watchers.get((station, report.task))
         if watcher is not None:
             expires = ctx.envelope.expires_us
             left = None if expires is None else max(1, expires - self.clock.now_us())
-            self.send(watcher, report.model_copy(update={"tree": KeyPath.parse(key)}),
+            self.actor.send(watcher, report.model_copy(update={"tree": KeyPath.parse(key)}),
                       priority=Priority(ctx.envelope.priority), reliable=True,
                       expires_in_us=left)
 
-    @handles(MonitoringQuery)
-    async def on_monitoring_query(self, query: MonitoringQuery, ctx: Context) -> MessageBase:
+    async def query(self, query: MonitoringQuery, ctx: Context) -> MessageBase:
         station, _ = self._station_of(query.tree, ctx)
-        assert self.samples is not None
         return await self.samples.query(station, query)
 
 
-__all__ = ["CsmsTasks", "SampleStore"]
+__all__ = ["TASK_MESSAGES", "TaskRelay"]

@@ -34,8 +34,6 @@ from typing import Any
 
 import msgpack
 
-from broker_bridge import Priority
-from broker_bridge.session import SessionConfig
 from keypath import KeyPath, KeyPattern, PatternIndex
 from object_model.monitoring import (
     Aggregation,
@@ -98,10 +96,10 @@ def cached_rights(may_read: Callable[[KeyPath], bool], *,
     return allow
 
 
-def report_budget(config: SessionConfig) -> int:
-    """The entry bytes a report may carry to fit one bulk frame of a link so configured
-    (with room for the report's and the envelope's own fields)."""
-    return max(256, config.frame_limit(Priority.BULK) - 256)
+def report_budget(frame_bytes: int) -> int:
+    """The entry bytes a report may carry to fit in a frame of ``frame_bytes`` (the link's
+    bulk frame), with room for the report's and the envelope's own fields."""
+    return max(256, frame_bytes - 256)
 
 
 def entry_size(sample: Sample) -> int:

@@ -11,19 +11,15 @@ Theory of operation
 *The envelope.* ``grid/envelope`` is the site's import limit from now to now + ``horizon_s``
 (its first element starts ``clock_skew_s`` earlier, for readers whose clocks are behind),
 recomputed whenever an input changes and at least every ``envelope_refresh_s`` (the window
-moves on). ``site_envelope`` is pure: at every moment an input changes, the upper limit is the
-least of the fuse, every curtailment in force and the S2 instruction's upper limit; the lower
-limit is the instruction's (0 without one), never above the upper. With power constraints,
-limits are clamped into their allowed ranges, except that an upper limit is never raised
-above what the grid allows (the DSO's limit wins; the clamp is logged). Equal neighbours
-merge; beyond ``MAX_ELEMENTS`` elements the envelope ends early (the local CSMS then falls
-back to its operator's limit) and says so in the log.
+moves on), by ``site_envelope`` (``actors.logic.energy.site_envelope``, pure); what it clamped
+or cut is logged (an envelope cut short makes the local CSMS fall back to its operator's
+limit).
 
 *The push.* Whenever the envelope, the PV forecast or the constraints change, and every
 ``push_refresh_s``, one ``PropertyValueWrite`` sets the local CSMS's ``energy/grid/*``. One
 loop sends them, so there is never more than one in flight, and it builds each write from the
 tree when it sends it: changes made meanwhile coalesce, the latest wins. A failed push is
-retried with jittered exponential backoff. A value we lack is deleted there.
+retried with backoff (``push_backoff``). A value we lack is deleted there.
 
 *The site.* The local CSMS writes the site's plan to ``site/plan`` (``plan_received_at`` is
 set in the same transaction); it goes on to the S2 peer as a ``PowerForecast`` by one loop
@@ -37,29 +33,29 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.logic.energy import s2
+from actors.logic.energy.site_envelope import site_envelope
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.storage.trees import PersistentTree, TreeStore
-from actors.runtime.tree_actor import TreeActor, only_tree
+from actors.runtime.tree_actor import OneTree, TreeActor
 from broker_bridge import Endpoint, Priority
+from broker_bridge.backoff import Backoff
+from broker_bridge.clock import Clock
+from broker_bridge.router import Router
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
 from object_model.energy_messages import EnergyAlert, S2Message
 from object_model.errors import AccessDeniedError
 from object_model.messages import Batch, PropertyValueWrite, WriteItem
 from object_model.pebc import (
-    MAX_ELEMENTS,
-    TOLERANCE_W,
     EnergyConstraints,
     EnergyTransferPlan,
-    EnvelopeElement,
     PowerConstraints,
-    PowerRange,
     PowerRangeEnvelope,
 )
 from object_model.rm_model import (
@@ -104,85 +100,8 @@ class ResourceManagerSettings:
     trusted: Mapping[str, Role] = field(default_factory=dict)
     envelope_refresh_s: float = 60.0
     push_timeout_s: float = 5.0
-    max_backoff_s: float = 30.0
+    max_backoff_s: float = 30.0  # the longest pause between failed pushes
     clock_skew_s: float = 30.0  # the envelope's first element starts this much before now
-
-
-# -- the envelope (pure) ------------------------------------------------------------------------
-
-
-def _highest_allowed(ranges: list[PowerRange], watts: float) -> float | None:
-    """The highest value of the union of ``ranges`` not above ``watts`` (None: none is)."""
-    best = None
-    for r in ranges:
-        if r.lower_w <= watts + TOLERANCE_W:
-            best = min(r.upper_w, watts)
-    return best
-
-
-def _clamp(pc: PowerConstraints, upper: float, lower: float, notes: set[str]
-           ) -> tuple[float, float]:
-    if not pc.allows_upper(upper):
-        allowed = _highest_allowed(pc.upper_ranges, upper)
-        if allowed is None:
-            notes.add(f"upper {upper:g} W is below every allowed upper range: kept (the grid's "
-                      "limit wins over the power constraints)")
-        else:
-            notes.add(f"upper {upper:g} W clamped to {allowed:g} W")
-            upper = allowed
-    lower = min(lower, upper)
-    if not pc.allows_lower(lower):
-        allowed = _highest_allowed(pc.lower_ranges, lower)
-        allowed = pc.lower_ranges[0].lower_w if allowed is None else allowed
-        if allowed > upper:
-            notes.add(f"lower {lower:g} W kept: the least allowed lower limit {allowed:g} W is "
-                      f"above the upper limit {upper:g} W")
-        else:
-            notes.add(f"lower {lower:g} W clamped to {allowed:g} W")
-            lower = allowed
-    return upper, lower
-
-
-def site_envelope(now_us: int, horizon_s: int, fuse_w: float,
-                  curtailments: Iterable[tuple[int, int, float]],
-                  instruction: PowerRangeEnvelope | None = None,
-                  constraints: PowerConstraints | None = None, *, lead_us: int = 0
-                  ) -> tuple[PowerRangeEnvelope, list[str]]:
-    """The site's envelope over ``[now_us, now_us + horizon_s)`` and notes on what was
-    clamped or cut (see the module docstring). ``curtailments``: ``(start, end, limit_w)``.
-    The first element, computed for now, starts ``lead_us`` earlier: a reader whose clock is
-    a little behind ours must not find the envelope not yet begun."""
-    end = now_us + horizon_s * US
-    windows = [(s, e, w) for s, e, w in curtailments if s < e and e > now_us and s < end]
-    marks = {now_us, *(t for s, e, _ in windows for t in (s, e))}
-    if instruction is not None:
-        marks.update(e.start_us for e in instruction.elements)
-        marks.add(instruction.end_us)
-    notes: set[str] = set()
-    elements: list[EnvelopeElement] = []
-    for t in sorted(m for m in marks if now_us <= m < end):
-        upper = min([fuse_w, *(w for s, e, w in windows if s <= t < e)])
-        held = instruction.at(t) if instruction is not None else None
-        lower, per_phase = 0.0, None
-        if held is not None:
-            upper, lower = min(upper, held.upper_w), held.lower_w
-        lower = min(lower, upper)
-        if constraints is not None:
-            upper, lower = _clamp(constraints, upper, lower, notes)
-            lower = min(lower, upper)
-        if held is not None and (upper, lower) == (held.upper_w, held.lower_w):
-            per_phase = held.per_phase  # the instruction binds alone: its phases still hold
-        element = EnvelopeElement(start_us=t, lower_w=lower, upper_w=upper, per_phase=per_phase)
-        if elements and element.model_dump(exclude={"start_us"}) == elements[-1].model_dump(
-                exclude={"start_us"}):
-            continue
-        elements.append(element)
-    elements[0] = elements[0].model_copy(update={"start_us": max(0, now_us - lead_us)})
-    if len(elements) > MAX_ELEMENTS:
-        end = elements[MAX_ELEMENTS].start_us
-        notes.add(f"cut after {MAX_ELEMENTS} elements: the envelope ends early")
-        elements = elements[:MAX_ELEMENTS]
-    return PowerRangeEnvelope(end_us=end, elements=elements), sorted(notes)
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -193,16 +112,19 @@ class ResourceManager(TreeActor):
 
     role = Role.RESOURCE_MANAGER
 
-    def __init__(self, address: str, endpoint: Endpoint, *, store: TreeStore,
-                 settings: ResourceManagerSettings, clock: Any = None) -> None:
+    def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
+                 settings: ResourceManagerSettings, clock: Clock | None = None,
+                 rng: random.Random | None = None) -> None:
         roles = RoleDirectory(dict(settings.trusted))
         if settings.site_csms:
             roles.add(settings.site_csms, Role.LOCAL_CSMS)
-        super().__init__(address, endpoint, roles=roles, clock=clock)
+        super().__init__(address, links, roles=roles, clock=clock, rng=rng)
         self.store = store
         self.settings = settings
+        self.push_backoff = Backoff(base_s=0.2, cap_s=settings.max_backoff_s, floor=0.5)
         self.tree: ObjectTree = ObjectTree(resource_manager_schema())
         self.access = TreeAccess(self.tree, resource_manager_access_policy())
+        self.trees = OneTree(address, self.access, self._commit)
         self.persisted: PersistentTree | None = None
         self.fresh = False
         self.push_failures = 0
@@ -219,6 +141,7 @@ class ResourceManager(TreeActor):
             self.fresh = True
         self.tree = tree
         self.access = TreeAccess(tree, resource_manager_access_policy())
+        self.trees = OneTree(self.address, self.access, self._commit)
         self.persisted = await self.store.attach(self.address, tree)
         await self.persisted.durable()
         tree.subscribe(self._committed)
@@ -311,8 +234,7 @@ class ResourceManager(TreeActor):
         assert csms is not None
         while True:
             if self.push_failures:
-                cap = min(self.settings.max_backoff_s, 0.1 * 2 ** self.push_failures)
-                await asyncio.sleep(random.uniform(cap / 2, cap))
+                await self.clock.sleep(self.push_backoff.delay(self.push_failures, self.rng))
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.push_refresh_s):
@@ -402,13 +324,10 @@ class ResourceManager(TreeActor):
         assert self.persisted is not None
         await self.persisted.durable(event.revision)
 
-    # -- serving the tree -------------------------------------------------------------------
+    # -- writes ---------------------------------------------------------------------------
 
-    def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
-        return only_tree(self.address, tree, self.access)
-
-    async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
-                     ctx: Context) -> TransactionCommitted:
+    async def _commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
+                      ctx: Context) -> TransactionCommitted:
         """A checked write, durable before it is answered; a plan written to ``site/plan``
         is stamped in the same transaction and goes on to the S2 peer."""
         ops = access.operations(ctx.require_role(), message)
@@ -416,7 +335,7 @@ class ResourceManager(TreeActor):
         if plan:
             ops.append(Write("site/plan_received_at", self.clock.now_us()))
         expected = message.expected_revision if isinstance(message, PropertyValueWrite) else None
-        event = self.tree.apply(ops, expected_revision=expected)
+        event = access.tree.apply(ops, expected_revision=expected)
         assert self.persisted is not None
         await self.persisted.durable(event.revision)
         if plan:

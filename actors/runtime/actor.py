@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from broker_bridge import Endpoint, Envelope, Priority, Router
 from broker_bridge.clock import WALL_CLOCK, Clock
@@ -129,6 +130,32 @@ class Context:
         return self.role
 
 
+class Messenger(Protocol):
+    """The part of an actor its components use: who it is, its clock and randomness, how it
+    talks to peers and how it runs tracked tasks. Components take this, never the actor."""
+
+    address: str
+    clock: Clock
+    rng: random.Random
+
+    def send(self, destination: str, message: MessageBase, *,
+             priority: Priority = Priority.CONTROL, reliable: bool = False,
+             expires_in_us: int | None = None, correlation: bytes | None = None,
+             stream: str | None = None) -> Envelope: ...
+
+    async def request(self, destination: str, message: MessageBase, *, timeout: float = 10.0,
+                      priority: Priority = Priority.CONTROL, reliable: bool = False
+                      ) -> MessageBase: ...
+
+    async def exchange(self, destination: str, message: MessageBase, *, timeout: float = 10.0,
+                       priority: Priority = Priority.CONTROL, reliable: bool = False
+                       ) -> tuple[MessageBase, Envelope, Envelope]: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+
+    def defer(self, ctx: Context, work: Awaitable[MessageBase], name: str) -> None: ...
+
+
 class Actor:
     """Base of every actor. Subclasses set ``role`` and declare handlers with ``@handles``."""
 
@@ -146,11 +173,13 @@ class Actor:
         cls._routes = routes
 
     def __init__(self, address: str, links: Router | Endpoint, *,
-                 roles: RoleDirectory | None = None, clock: Any = None) -> None:
+                 roles: RoleDirectory | None = None, clock: Clock | None = None,
+                 rng: random.Random | None = None) -> None:
         self.address = address
         self.links = links if isinstance(links, Router) else Router(links)
         self.roles = roles or RoleDirectory()
         self.clock: Clock = clock or WALL_CLOCK
+        self.rng = rng or random.Random()  # jitter of the actor's retries; seed it in tests
         self._inbox: asyncio.Queue[Envelope] = asyncio.Queue()
         self._pending: dict[bytes, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -167,7 +196,7 @@ class Actor:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> Actor:
+    async def start(self) -> Self:
         """Register on every link, run ``on_start``, then start the inbox.
 
         Envelopes that arrive while ``on_start`` runs (loading state, joining) wait in the
@@ -207,7 +236,7 @@ class Actor:
     async def on_stop(self) -> None:
         """Override: flush state before the tasks are cancelled."""
 
-    async def __aenter__(self) -> Actor:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -1,39 +1,45 @@
-"""The charging station actor: a simulated station whose whole state is its ObjectTree.
+"""The charging station actor: a station whose whole state is its ObjectTree.
 
 The tree is loaded from the station's store on start (same epoch: a restart is cheap for its
 CSMS, which catches up by ``changes_since``); a station whose storage was wiped starts a fresh
-tree with a new epoch, and its CSMS resynchronises it by digest descent. The simulator ticks
-the physical station forward and every tick is one transaction. The station joins its CSMS
-with its provisioning secret and tree position, then publishes its changes; it answers the
-CSMS's reads, writes and discovery. With no CSMS reachable it simply goes on, obeying the last
-operational permissions it was given, and joins again when it can.
+tree from its hardware, with a new epoch, and its CSMS resynchronises it by digest descent.
+The hardware (``StationHardware``: the simulator, or an OCPP charger behind the gateway)
+reports what it does as transactions of the tree and obeys what a CSMS writes. The station
+joins its CSMS with its provisioning secret and tree position, then publishes its changes; it
+answers the CSMS's reads, writes and discovery, and runs monitoring and firmware tasks. With
+no CSMS reachable it simply goes on, obeying the last operational permissions it was given,
+and joins again when it can.
 
 The station refuses a power envelope its EVSE cannot keep (outside the EVSE's power
-constraints), and obeys a new envelope or new permissions at once: it ticks its simulation
-again, at the same simulated time, right after committing them.
+constraints); a write it accepts is durable before it is answered and handed to the hardware
+at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from actors.logic.station.simulation import SimulationConfig, StationSimulator
+from actors.logic.monitoring import Monitors
 from actors.logic.tree_access import TreeAccess
-from actors.runtime.actor import Context, RoleDirectory
+from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.publisher import Publisher
+from actors.runtime.services.join import Membership
+from actors.runtime.storage.blobs import BlobStore
 from actors.runtime.storage.trees import PersistentTree, TreeStore
-from actors.runtime.tree_actor import only_tree
+from actors.runtime.tree_actor import OneTree, TreeActor
+from actors.station.hardware import HardwareFigures, StationHardware
 from actors.station.tasks import StationTasks, TaskLimits
 from broker_bridge import Endpoint
+from broker_bridge.backoff import Backoff
+from broker_bridge.clock import Clock
+from broker_bridge.router import Router
 from keypath import KeyPath
-from object_model import ErrorCode, ModelError, ObjectTree, Role
-from object_model.errors import InvalidMessageError, OutOfRangeError
+from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
+from object_model.blobs import FirmwareUpdate
+from object_model.errors import OutOfRangeError
 from object_model.messages import (
     Batch,
     ErrorReport,
@@ -42,108 +48,102 @@ from object_model.messages import (
     PropertyValueWrite,
     TreeInfo,
 )
+from object_model.monitoring import MonitoringTaskSetup, TaskControl
 from object_model.pebc import PowerConstraints, PowerRangeEnvelope, envelope_problems
-from object_model.station import new_station_tree, station_access_policy, station_schema
+from object_model.station import station_access_policy, station_schema
 from object_model.tree import Operation, TransactionCommitted, Write
 
 log = logging.getLogger("csms.station")
 
+JOIN_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)
+
 
 @dataclass(frozen=True)
 class StationSettings:
-    """A simulated station: whom it reports to, how it is built, how fast it lives.
-
-    ``speed`` is simulated seconds per real second (the demo makes an hour pass in a minute);
-    ``trusted`` gives roles to actors other than its CSMS (operators, say)."""
+    """Whom a station reports to and how: ``trusted`` gives roles to actors other than its
+    CSMS (operators, say)."""
 
     csms: str
     csms_role: Role = Role.LOCAL_CSMS
     provisioning_secret: str = ""
-    evse_count: int = 2
-    dc: bool = False
-    tick_s: float = 1.0
-    speed: float = 1.0
     publish_interval_s: float = 0.25
-    simulation: SimulationConfig = field(default_factory=SimulationConfig)
     trusted: Mapping[str, Role] = field(default_factory=dict)
     tasks: TaskLimits = field(default_factory=TaskLimits)
 
 
-class ChargingStation(StationTasks):
+class ChargingStation(TreeActor):
     """See the module docstring."""
 
     role = Role.STATION
 
-    def __init__(self, address: str, endpoint: Endpoint, *, store: TreeStore,
-                 settings: StationSettings, clock: Any = None) -> None:
+    def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
+                 settings: StationSettings, hardware: StationHardware,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
         roles = RoleDirectory({settings.csms: settings.csms_role, **settings.trusted})
-        super().__init__(address, endpoint, roles=roles, clock=clock)
+        super().__init__(address, links, roles=roles, clock=clock, rng=rng)
         self.store = store
         self.settings = settings
-        self.limits = settings.tasks
+        self.hardware = hardware
+        self.fresh = False  # True when this start created a new tree (new epoch)
+        self.membership = Membership(self, settings.csms, self.join_request,
+                                     backoff=JOIN_BACKOFF, on_joined=self._joined)
+        # made on start, once the tree is loaded
         self.tree: ObjectTree | None = None
         self.persisted: PersistentTree | None = None
-        self.simulator: StationSimulator | None = None
         self.publisher: Publisher | None = None
-        self.admitted = False
-        self.fresh = False  # True when this start created a new tree (new epoch)
-        self._rejoin = asyncio.Event()
-        self._sim_now = 0
-        self.paused = False
+        self.tasks: StationTasks | None = None
 
     async def on_start(self) -> None:
-        now = time.time_ns() // 1000
+        now = self.clock.now_us()
         tree = await self.store.load(self.address, station_schema())
         if tree is None:
-            tree = new_station_tree(self.address, evse_count=self.settings.evse_count,
-                                    dc=self.settings.dc, now_us=now)
+            tree = self.hardware.initial_tree(self.address, now)
             self.fresh = True
         self.tree = tree
-        self.persisted = await self.store.attach(self.address, tree)
-        await self.persisted.durable()
-        self.access = TreeAccess(tree, station_access_policy())
-        self._sim_now = now
-        self.simulator = StationSimulator(tree, self.settings.simulation, now_us=now)
-        self.publisher = Publisher(self, tree, durable=self.persisted.durable,
+        self.persisted = persisted = await self.store.attach(self.address, tree)
+        await persisted.durable()
+        access = TreeAccess(tree, station_access_policy())
+        self.trees = OneTree(self.address, access, self._commit)
+        self.hardware.attach(tree, self._report, now)
+        self.publisher = Publisher(self, tree, durable=persisted.durable,
                                    interval=self.settings.publish_interval_s)
-        self._start_tasks()
-        await self._restore_logs()
-        self.spawn(self._live(), "simulation")
+        self.tasks = StationTasks(self, tree=tree, access=access, persisted=persisted,
+                                  store=self.store,
+                                  link=self.links.endpoint_for(self.settings.csms),
+                                  joined=lambda: self.membership.joined,
+                                  limits=self.settings.tasks)
+        await self.tasks.start()
+        self.spawn(self.hardware.run(), "hardware")
         self.spawn(self.publisher.run(), "publish")
-        self.spawn(self._stay_joined(), "join")
+        self.spawn(self.membership.run(), "join")
 
     async def on_stop(self) -> None:
         if self.publisher is not None:
             self.publisher.close()
-        if self.tree is not None:
-            await self._stop_tasks()
+        if self.tasks is not None:
+            await self.tasks.stop()
         if self.persisted is not None:
             await self.persisted.detach()
 
-    # -- the simulated station --------------------------------------------------------------
-
-    async def _live(self) -> None:
-        step = int(self.settings.tick_s * self.settings.speed * 1e6)
-        while True:
-            await asyncio.sleep(self.settings.tick_s)
-            if self.paused:
-                continue
-            # never behind the station's clock: when that is the site's time (the demo, or
-            # real time at speed 1), an envelope made for "now" finds the station there too
-            self.tick(max(self._sim_now + step, self.clock.now_us()))
+    @property
+    def monitors(self) -> Monitors:
+        """The station's monitoring tasks (once started)."""
+        assert self.tasks is not None
+        return self.tasks.monitors
 
     @property
-    def simulated_us(self) -> int:
-        """The simulated time the station has reached (µs since the epoch)."""
-        return self._sim_now
+    def blobs(self) -> BlobStore | None:
+        """The station's blob cache (opened by its first firmware update)."""
+        return None if self.tasks is None else self.tasks.blobs
 
-    def tick(self, now_us: int | None = None) -> TransactionCommitted | None:
-        """Advance the simulation to ``now_us`` (default: where it is, to obey what was just
-        written), as one transaction."""
-        assert self.simulator is not None and self.tree is not None
-        self._sim_now = max(self._sim_now, self._sim_now if now_us is None else now_us)
-        ops = self.simulator.tick(self._sim_now)
-        return self.tree.apply(ops) if ops else None
+    @property
+    def admitted(self) -> bool:
+        """Whether the station's CSMS has admitted it."""
+        return self.membership.joined
+
+    def _report(self, ops: Sequence[Operation]) -> TransactionCommitted | None:
+        assert self.tree is not None
+        return self.tree.apply(ops)
 
     # -- joining the network -----------------------------------------------------------------
 
@@ -158,116 +158,95 @@ class ChargingStation(StationTasks):
             trees=[TreeInfo(epoch=tree.epoch, revision=tree.revision,
                             root_digest=tree.digest(visible=True))])
 
-    async def _stay_joined(self) -> None:
-        """Join the CSMS, and again whenever it says it does not know us; jittered backoff
-        while it is unreachable (thousands of stations must not come back in step)."""
-        failures = 0
-        while True:
-            request = self.join_request()
-            try:
-                answer = await self.request(self.settings.csms, request, timeout=10)
-                if not isinstance(answer, JoinNetworkResponse):
-                    raise InvalidMessageError(
-                        f"{self.settings.csms} answered JoinNetwork with {type(answer).__name__}")
-            except Exception as exc:  # whatever it was, keep trying
-                self.admitted = False
-                failures += 1
-                delay = random.uniform(0, min(60.0, 0.5 * 2**failures))
-                if not isinstance(exc, ModelError):
-                    log.exception("%s: joining %s failed", self.address, self.settings.csms)
-                elif exc.code in (ErrorCode.NOT_ADMITTED, ErrorCode.ACCESS_DENIED):
-                    log.warning("%s: %s refused us: %s", self.address, self.settings.csms, exc)
-                await asyncio.sleep(delay)
-                continue
-            assert self.publisher is not None
-            failures = 0
-            self.admitted = True
-            self._monitor_wake.set()  # a backlog of reports may leave now
-            self.publisher.heartbeat = answer.heartbeat_s
-            # from what we announced: the CSMS judged its copy against that revision, and
-            # whatever we committed since must reach it as an update, not as a gap
-            self.publisher.subscribe(answer.csms, from_revision=request.trees[0].revision)
-            self._rejoin.clear()
-            await self._rejoin.wait()
-            # our CSMS lost us: all its stations hear that at once; do not all come back at once
-            await asyncio.sleep(random.uniform(0, 2.0))
+    def _joined(self, request: JoinNetworkRequest, answer: JoinNetworkResponse) -> None:
+        assert self.publisher is not None and self.tasks is not None
+        self.tasks.link_changed()  # a backlog of reports may leave now
+        self.publisher.heartbeat = answer.heartbeat_s
+        # from what we announced: the CSMS judged its copy against that revision, and
+        # whatever we committed since must reach it as an update, not as a gap
+        self.publisher.subscribe(answer.csms, from_revision=request.trees[0].revision)
 
     async def on_error_report(self, report: ErrorReport, ctx: Context) -> None:
         if ctx.sender == self.settings.csms and report.code is ErrorCode.NOT_ADMITTED:
-            self.admitted = False
-            self._rejoin.set()  # the CSMS does not know us (any more): join again
+            self.membership.lost()  # the CSMS does not know us (any more): join again
             return
         await super().on_error_report(report, ctx)
 
-    # -- serving the tree ----------------------------------------------------------------------
+    # -- tasks ---------------------------------------------------------------------------------
 
-    def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
-        return only_tree(self.address, tree, self.access)
+    @handles(MonitoringTaskSetup)
+    async def on_monitoring_setup(self, setup: MonitoringTaskSetup, ctx: Context) -> MessageBase:
+        assert self.tasks is not None
+        return await self.tasks.setup_monitoring(setup, ctx)
 
-    async def commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
-                     ctx: Context) -> TransactionCommitted:
+    @handles(TaskControl)
+    async def on_task_control(self, message: TaskControl, ctx: Context) -> MessageBase:
+        assert self.tasks is not None
+        return await self.tasks.control(message, ctx)
+
+    @handles(FirmwareUpdate)
+    async def on_firmware_update(self, message: FirmwareUpdate, ctx: Context) -> MessageBase:
+        assert self.tasks is not None
+        return await self.tasks.update_firmware(message, ctx)
+
+    # -- writes from above ----------------------------------------------------------------------
+
+    async def _commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
+                      ctx: Context) -> TransactionCommitted:
         ops = access.operations(ctx.require_role(), message)
-        self._check_envelopes(ops)
+        refuse_unfit_envelopes(access.tree, ops)
         expected = message.expected_revision if isinstance(message, PropertyValueWrite) else None
         event = access.tree.apply(ops, expected_revision=expected)
         assert self.persisted is not None
         await self.persisted.durable(event.revision)  # answer only what survives a crash
-        if not self.paused and _controls(event):
-            try:
-                self.tick()  # obey it now, not at the next tick
-            except Exception:  # the write stands; the next tick will try again
-                log.exception("%s: the tick after a write failed", self.address)
+        self.hardware.obey(event)
         return event
-
-    def _check_envelopes(self, ops: list[Operation]) -> None:
-        """Refuse an envelope outside its EVSE's power constraints (the schema checked that
-        it is an envelope at all; an invalid one is left for the tree to refuse)."""
-        assert self.tree is not None
-        schema = self.tree.schema
-        for op in ops:
-            if not isinstance(op, Write):
-                continue
-            path = op.path if isinstance(op.path, KeyPath) else KeyPath.parse(op.path)
-            for leaf, node, value in schema.expand(path, op.value):
-                segs = leaf.segments
-                if len(segs) != 4 or segs[0] != "evse" or segs[2:] != ("energy", "envelope"):
-                    continue
-                pc_path = f"evse/{segs[1]}/energy/power_constraints"
-                if value is None or pc_path not in self.tree:
-                    continue
-                try:
-                    envelope = PowerRangeEnvelope.model_validate(node.value_type.validate(value))
-                except ModelError:
-                    continue
-                pc = PowerConstraints.model_validate(self.tree.get(pc_path))
-                if problems := envelope_problems(envelope, pc):
-                    raise OutOfRangeError(
-                        f"the envelope does not fit EVSE {segs[1]}'s power constraints: "
-                        + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""),
-                        path=leaf, details={"problems": problems,
-                                            "power_constraints": pc.model_dump(mode="json")})
 
     # -- figures ------------------------------------------------------------------------------
 
     @property
+    def figures(self) -> HardwareFigures:
+        return self.hardware.figures
+
+    @property
     def charging(self) -> int:
-        return len(self.simulator.charging_evses) if self.simulator else 0
+        return self.hardware.figures.charging
 
     @property
     def power_w(self) -> float:
-        return self.simulator.power_w if self.simulator else 0.0
+        return self.hardware.figures.power_w
 
     @property
     def energy_wh(self) -> float:
-        return self.simulator.energy_wh_delivered if self.simulator else 0.0
+        return self.hardware.figures.energy_wh
 
 
-def _controls(event: TransactionCommitted) -> bool:
-    """Whether ``event`` changed what an EVSE may draw: an envelope or permissions, or a
-    delete above them (of ``evse/1``, say)."""
-    def near(segs: tuple[str, ...]) -> bool:
-        return "permissions" in segs or "envelope" in segs
+def refuse_unfit_envelopes(tree: ObjectTree, ops: list[Operation]) -> None:
+    """Refuse an envelope outside its EVSE's power constraints (the schema checked that it
+    is an envelope at all; an invalid one is left for the tree to refuse)."""
+    schema = tree.schema
+    for op in ops:
+        if not isinstance(op, Write):
+            continue
+        path = op.path if isinstance(op.path, KeyPath) else KeyPath.parse(op.path)
+        for leaf, node, value in schema.expand(path, op.value):
+            segs = leaf.segments
+            if len(segs) != 4 or segs[0] != "evse" or segs[2:] != ("energy", "envelope"):
+                continue
+            pc_path = f"evse/{segs[1]}/energy/power_constraints"
+            if value is None or pc_path not in tree:
+                continue
+            try:
+                envelope = PowerRangeEnvelope.model_validate(node.value_type.validate(value))
+            except ModelError:
+                continue
+            pc = PowerConstraints.model_validate(tree.get(pc_path))
+            if problems := envelope_problems(envelope, pc):
+                raise OutOfRangeError(
+                    f"the envelope does not fit EVSE {segs[1]}'s power constraints: "
+                    + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""),
+                    path=leaf, details={"problems": problems,
+                                        "power_constraints": pc.model_dump(mode="json")})
 
-    return any(near(path.segments) for path, _ in event.upserts) or any(
-        near(path.segments) or (path.segments[:1] in ((), ("evse",)) and len(path.segments) <= 3)
-        for path in event.deletes)
+
+__all__ = ["ChargingStation", "StationSettings", "refuse_unfit_envelopes"]

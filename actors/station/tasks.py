@@ -1,6 +1,6 @@
 """A station's tasks: monitoring and firmware updates, living at ``tasks/<id>`` in its tree.
 
-``StationTasks`` is the part of the station actor that runs them:
+``StationTasks`` is the station actor's component that runs them:
 
 * ``MonitoringTaskSetup`` is checked against the station's model and limits before anything
   is created (every selector must be able to match a declared value and the asker must be
@@ -10,7 +10,7 @@
   feeds. One loop sends the reports that are due, at the task's priority with its expiry;
   while the station is not joined to its CSMS or has no broker link, entries stay in their
   buffers and the backlog leaves afterwards without crowding out control traffic (the loop
-  waits while the endpoint's bulk queue is long). Logs marked ``persistent`` are kept in the
+  waits while the link's bulk queue is long). Logs marked ``persistent`` are kept in the
   station's store across restarts.
 * ``FirmwareUpdate`` starts a task that fetches the image through the blob cache (only the
   chunks it lacks, each checked), verifies it, installs it (simulated) and reports. A station
@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +34,11 @@ import msgpack
 from actors.logic.monitoring import Monitors, Outgoing, cached_rights, report_budget
 from actors.logic.tasks import TaskBook
 from actors.logic.tree_access import TreeAccess
-from actors.runtime.actor import Context, handles
-from actors.runtime.services.blobs import BlobStore, fetch_blob
+from actors.runtime.actor import Context, Messenger
+from actors.runtime.services.blob_service import fetch_blob
+from actors.runtime.storage.blobs import BlobStore
 from actors.runtime.storage.trees import PersistentTree, TreeStore
-from actors.runtime.tree_actor import TreeActor
-from broker_bridge import Priority
+from broker_bridge import Endpoint, Priority
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role, Write
 from object_model.blobs import BlobRef, FirmwareUpdate
@@ -80,28 +81,28 @@ def _refuse(code: ErrorCode, text: str, **details: Any) -> ModelError:
     return error_class(code)(text, details=details)
 
 
-class StationTasks(TreeActor):
-    """The task-running part of ``ChargingStation`` (see the module docstring)."""
+class StationTasks:
+    """Runs a station's tasks (see the module docstring). ``link`` is the endpoint towards
+    the station's CSMS, ``joined`` whether the CSMS has admitted the station."""
 
-    tree: ObjectTree | None
-    access: TreeAccess
-    store: TreeStore
-    persisted: PersistentTree | None
-    admitted: bool
-    limits: TaskLimits
-
-    def _start_tasks(self) -> None:
-        """Called by ``on_start`` once the tree is loaded: resume what was going on."""
-        assert self.tree is not None
-        self.tasks = TaskBook(self.tree, self.clock.now_us)
+    def __init__(self, actor: Messenger, *, tree: ObjectTree, access: TreeAccess,
+                 persisted: PersistentTree, store: TreeStore, link: Endpoint,
+                 joined: Callable[[], bool], limits: TaskLimits) -> None:
+        self.actor, self.address, self.clock = actor, actor.address, actor.clock
+        self.tree, self.access, self.persisted, self.store = tree, access, persisted, store
+        self.link, self.joined, self.limits = link, joined, limits
+        self.book = TaskBook(tree, self.clock.now_us)
         self.monitors = Monitors(self._read_matching)
         self.blobs: BlobStore | None = None
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._monitor_wake = asyncio.Event()
         self._report_deadline: int | None = None  # when the report loop wakes by itself
         self._logs_dirty = False
-        self.tree.subscribe(self._feed_monitors)
-        for task_id, entry in list(self.tasks.unfinished()):
+        self._unsubscribe = tree.subscribe(self._feed_monitors)
+
+    async def start(self) -> None:
+        """Resume what was going on when the station stopped, then start reporting."""
+        for task_id, entry in list(self.book.unfinished()):
             try:
                 if entry["kind"] == MONITORING:
                     self._restore_monitor(task_id, entry)
@@ -112,8 +113,13 @@ class StationTasks(TreeActor):
                                   f"this firmware does not run {entry['kind']!r} tasks")
             except ModelError as exc:
                 log.warning("%s: task %s cannot resume: %s", self.address, task_id, exc)
-                self.tasks.update(task_id, state=TaskState.FAILED, error=exc)
-        self.spawn(self._report_loop(), "monitoring")
+                self.book.update(task_id, state=TaskState.FAILED, error=exc)
+        await self._restore_logs()
+        self.actor.spawn(self._report_loop(), "monitoring")
+
+    def link_changed(self) -> None:
+        """The station joined (or the link came back): a backlog of reports may leave now."""
+        self._monitor_wake.set()
 
     async def _restore_logs(self) -> None:
         for task in self.monitors.tasks.values():
@@ -125,7 +131,8 @@ class StationTasks(TreeActor):
                     for path, at, value in samples:
                         task._keep((KeyPath.parse(path), at, value))
 
-    async def _stop_tasks(self) -> None:
+    async def stop(self) -> None:
+        self._unsubscribe()
         for job in self._jobs.values():
             job.cancel()
         await asyncio.gather(*self._jobs.values(), return_exceptions=True)
@@ -136,7 +143,6 @@ class StationTasks(TreeActor):
     # -- monitoring ---------------------------------------------------------------------------
 
     def _read_matching(self, pattern: KeyPattern) -> list[tuple[KeyPath, Any]]:
-        assert self.tree is not None
         return [(path, value) for path, _, value in self.tree.find(pattern)]
 
     def _feed_monitors(self, event: TransactionCommitted) -> None:
@@ -151,7 +157,6 @@ class StationTasks(TreeActor):
     def check_monitoring(self, setup: MonitoringTaskSetup, role: Role) -> None:
         """Refuse ``setup`` with a detailed error unless this station can run it for
         ``role``; nothing is created either way."""
-        assert self.tree is not None
         limits = self.limits
         matched: set[KeyPath] = set()
         for selector in setup.selectors:
@@ -203,16 +208,14 @@ class StationTasks(TreeActor):
                           field="reporter.interval_s", asked=reporter.interval_s,
                           limit=limits.min_report_interval_s)
 
-    @handles(MonitoringTaskSetup)
-    async def on_monitoring_setup(self, setup: MonitoringTaskSetup, ctx: Context) -> MessageBase:
+    async def setup_monitoring(self, setup: MonitoringTaskSetup, ctx: Context) -> MessageBase:
         role = ctx.require_role()
-        self._own_tree(setup.tree)
+        _own_tree(self.address, setup.tree)
         self.check_monitoring(setup, role)
         spec = json.dumps({"role": role.value, "destination": ctx.sender,
                            "setup": setup.model_dump(mode="json")}, separators=(",", ":"))
-        self.tasks.create(setup.task, MONITORING, owner=ctx.sender, spec=spec)
+        self.book.create(setup.task, MONITORING, owner=ctx.sender, spec=spec)
         self._add_monitor(setup, ctx.sender, role)
-        assert self.persisted is not None
         await self.persisted.durable()
         log.info("%s: monitoring task %s for %s watches %s", self.address, setup.task,
                  ctx.sender, ", ".join(map(str, setup.selectors)))
@@ -233,14 +236,14 @@ class StationTasks(TreeActor):
     @property
     def link_up(self) -> bool:
         """Whether reports can reach the CSMS now (joined, and connected to the broker)."""
-        return self.admitted and self.endpoint.transport.connected
+        return self.joined() and self.link.transport.connected
 
     async def _report_loop(self) -> None:
         limits = self.limits
         saved_at = self.clock.now_us()
         while True:
             now = self.clock.now_us()
-            budget = report_budget(self.endpoint.session.config)
+            budget = report_budget(self.link.session.config.frame_limit(Priority.BULK))
             for out in self.monitors.due(now, link_up=self.link_up, max_report_bytes=budget):
                 self._send_report(out, now)
             if self._logs_dirty and now - saved_at >= limits.save_logs_every_s * 1e6:
@@ -251,9 +254,9 @@ class StationTasks(TreeActor):
             if deadline is not None and deadline <= now and self.link_up:
                 # a backlog is leaving: let the queue drain to a few envelopes first, so a
                 # control message sent meanwhile finds at most those ahead of it
-                while self.endpoint.session.queue_depth().get(Priority.BULK, 0) > \
+                while self.link.session.queue_depth().get(Priority.BULK, 0) > \
                         limits.max_bulk_queue:
-                    await asyncio.sleep(0.02)
+                    await self.clock.sleep(0.02)
                 continue
             timeout = None if deadline is None else max(0.0, (deadline - now) / 1e6)
             if waiting and not self.link_up:
@@ -270,7 +273,7 @@ class StationTasks(TreeActor):
     def _send_report(self, out: Outgoing, now: int) -> None:
         self._logs_dirty = True
         try:
-            self.send(out.destination, out.report, priority=Priority(out.priority),
+            self.actor.send(out.destination, out.report, priority=Priority(out.priority),
                       reliable=True, expires_in_us=max(1, out.expires_us - now))
         except Exception:  # the endpoint is stopping: the entries are lost with this report
             log.exception("%s: could not send report %d of task %s", self.address,
@@ -289,16 +292,15 @@ class StationTasks(TreeActor):
 
     # -- task control ---------------------------------------------------------------------------
 
-    @handles(TaskControl)
-    async def on_task_control(self, message: TaskControl, ctx: Context) -> MessageBase:
+    async def control(self, message: TaskControl, ctx: Context) -> MessageBase:
         role = ctx.require_role()
-        self._own_tree(message.tree)
-        entry = self.tasks.get(message.task)
+        _own_tree(self.address, message.tree)
+        entry = self.book.get(message.task)
         if role not in MANAGERS and ctx.sender != entry["owner"]:
             raise _refuse(ErrorCode.ACCESS_DENIED,
                           f"task {message.task} belongs to {entry['owner']}; only it or a CSMS "
                           "may control it", task=message.task)
-        target = self.tasks.target_of(message.task, message.action)
+        target = self.book.target_of(message.task, message.action)
         if entry["kind"] == MONITORING:
             if message.action is TaskAction.CANCEL:
                 self.monitors.remove(message.task)
@@ -311,36 +313,28 @@ class StationTasks(TreeActor):
             if job is not None:
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)
-        self.tasks.update(message.task, state=target,
-                          detail=f"{message.action.value} by {ctx.sender}")
+        self.book.update(message.task, state=target,
+                         detail=f"{message.action.value} by {ctx.sender}")
         if entry["kind"] == FIRMWARE and target is TaskState.RUNNING:
-            self._resume_firmware(message.task, self.tasks.get(message.task))
-        assert self.persisted is not None
+            self._resume_firmware(message.task, self.book.get(message.task))
         await self.persisted.durable()
         return self._status(message.task)
 
     def _status(self, task_id: str) -> TaskStatus:
-        entry = self.tasks.get(task_id)
-        assert self.tree is not None
+        entry = self.book.get(task_id)
         return TaskStatus(task=task_id, task_kind=entry["kind"], state=TaskState(entry["state"]),
                           revision=self.tree.revision)
 
-    def _own_tree(self, tree: KeyPath) -> None:
-        if tree.segments:
-            raise UnknownPathError(
-                f"{self.address} serves one tree: address it with tree ''", path=tree)
-
     # -- firmware updates ---------------------------------------------------------------------
 
-    @handles(FirmwareUpdate)
-    async def on_firmware_update(self, message: FirmwareUpdate, ctx: Context) -> MessageBase:
+    async def update_firmware(self, message: FirmwareUpdate, ctx: Context) -> MessageBase:
         role = ctx.require_role()
-        self._own_tree(message.tree)
+        _own_tree(self.address, message.tree)
         if role not in MANAGERS:
             raise _refuse(ErrorCode.ACCESS_DENIED,
                           f"role {role.value} may not update this station's firmware",
                           role=role.value)
-        running = [t for t, e in self.tasks.unfinished(FIRMWARE) if t != message.task]
+        running = [t for t, e in self.book.unfinished(FIRMWARE) if t != message.task]
         if running:
             raise _refuse(ErrorCode.BUSY, f"firmware update {running[0]} is still going: "
                           "cancel it or wait", task=running[0])
@@ -348,28 +342,26 @@ class StationTasks(TreeActor):
         await blobs.begin(message.blob)  # the station keeps the ref: a restart resumes
         spec = json.dumps({"hash": message.blob.hash.hex(), "version": message.version,
                            "source": message.source or ctx.sender, "size": message.blob.size})
-        self.tasks.create(message.task, FIRMWARE, owner=ctx.sender, spec=spec,
-                          detail="downloading")
-        assert self.persisted is not None
+        self.book.create(message.task, FIRMWARE, owner=ctx.sender, spec=spec,
+                         detail="downloading")
         await self.persisted.durable()
-        self._resume_firmware(message.task, self.tasks.get(message.task))
+        self._resume_firmware(message.task, self.book.get(message.task))
         return self._status(message.task)
 
     def _resume_firmware(self, task_id: str, entry: dict[str, Any]) -> None:
         if entry["state"] == TaskState.PAUSED.value:
             return
-        self._jobs[task_id] = self.spawn(self._update_firmware(task_id, json.loads(entry["spec"])),
-                                         f"firmware:{task_id}")
+        self._jobs[task_id] = self.actor.spawn(
+            self._update_firmware(task_id, json.loads(entry["spec"])), f"firmware:{task_id}")
 
     async def _blob_store(self) -> BlobStore:
         if self.blobs is None:
             path = self.store.path.parent / "blobs" / f"{self.address}.sqlite"
-            self.blobs = await BlobStore(path, capacity_bytes=self.limits.blob_capacity_bytes
-                                         ).open()
+            self.blobs = await BlobStore(path, capacity_bytes=self.limits.blob_capacity_bytes,
+                                         clock=self.clock).open()
         return self.blobs
 
     async def _update_firmware(self, task_id: str, spec: dict[str, Any]) -> None:
-        assert self.tree is not None
         blobs = await self._blob_store()
         ref: BlobRef | None = blobs.ref(bytes.fromhex(spec["hash"]))
         try:
@@ -384,29 +376,33 @@ class StationTasks(TreeActor):
                 percent = int(90 * done / max(1, total))
                 if percent != shown[0]:
                     shown[0] = percent
-                    self.tasks.update(task_id, progress=percent,
-                                      detail=f"downloaded {done} of {total} chunks")
+                    self.book.update(task_id, progress=percent,
+                                     detail=f"downloaded {done} of {total} chunks")
 
-            await fetch_blob(self, blobs, ref, spec["source"], window=self.limits.blob_window,
+            await fetch_blob(self.actor, blobs, ref, spec["source"], window=self.limits.blob_window,
                              on_progress=progress)
             self._firmware_status(FirmwareStatus.INSTALLING)
-            self.tasks.update(task_id, progress=95, detail=f"verified; installing "
-                              f"{spec['version']}")
-            await asyncio.sleep(self.limits.install_s)
+            self.book.update(task_id, progress=95, detail=f"verified; installing "
+                             f"{spec['version']}")
+            await self.clock.sleep(self.limits.install_s)
             self.tree.apply([Write("firmware/version", spec["version"]),
                              Write("firmware/update_status", FirmwareStatus.INSTALLED.value),
                              Write("firmware/last_update_at", self.clock.now_us())])
-            self.tasks.update(task_id, state=TaskState.SUCCEEDED,
-                              result=f"installed {spec['version']}", detail="done")
+            self.book.update(task_id, state=TaskState.SUCCEEDED,
+                             result=f"installed {spec['version']}", detail="done")
             log.info("%s: firmware %s installed (task %s)", self.address, spec["version"],
                      task_id)
         except ModelError as exc:
             log.warning("%s: firmware update %s failed: %s", self.address, task_id, exc)
             self._firmware_status(FirmwareStatus.FAILED)
-            self.tasks.update(task_id, state=TaskState.FAILED, error=exc)
+            self.book.update(task_id, state=TaskState.FAILED, error=exc)
         finally:
             self._jobs.pop(task_id, None)
 
     def _firmware_status(self, status: FirmwareStatus) -> None:
-        assert self.tree is not None
         self.tree.write("firmware/update_status", status.value)
+
+
+def _own_tree(address: str, tree: KeyPath) -> None:
+    if tree.segments:
+        raise UnknownPathError(f"{address} serves one tree: address it with tree ''", path=tree)

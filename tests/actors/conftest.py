@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.actors.station.test_tasks import Site
+from tests.actors.station.site import Site
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from actors.app.wiring import (
 from actors.csms.local import LocalCsms
 from actors.resource_manager.actor import ResourceManager
 from actors.station.actor import ChargingStation
+from actors.station.simulated import SimulatedStation
 from broker_bridge import Endpoint
 from broker_bridge.prosody import ManagedProsody
 from broker_bridge.xmpp import XmppTransport
@@ -128,14 +129,15 @@ class Hierarchy:
         host = self.hosts[0]
         model: ChargingStation = host.actors[0]  # type: ignore[assignment]
         station = ChargingStation(name, host.endpoint, store=model.store,
-                                  settings=model.settings)
+                                  settings=model.settings,
+                                  hardware=SimulatedStation(simulated(model).settings))
         await station.start()
         host.actors.append(station)
         return station
 
     def pause(self, paused: bool = True) -> None:
         for station in self.stations():
-            station.paused = paused
+            simulated(station).paused = paused
 
     # -- looking at the cloud -------------------------------------------------------------------
 
@@ -170,7 +172,7 @@ class Hierarchy:
     def local_consistent(self) -> bool:
         local = self.local_actor
         for station in self.stations():
-            copy = local.replicas.get(f"stations/{station.address}")
+            copy = local.copies.replicas.get(f"stations/{station.address}")
             if copy is None or copy.tree.digest() != station.tree.digest(visible=True):  # type: ignore[union-attr]
                 return False
         return True
@@ -217,6 +219,12 @@ class Hierarchy:
             except TimeoutError:
                 os.kill(self.cloud_process.pid, signal.SIGKILL)
         await self.broker.stop()
+
+
+def simulated(station: ChargingStation) -> SimulatedStation:
+    """The simulator behind ``station``."""
+    assert isinstance(station.hardware, SimulatedStation)
+    return station.hardware
 
 
 async def build(root: Path) -> Hierarchy:

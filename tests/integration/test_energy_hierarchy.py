@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from actors.logic.station.ev import ElectricVehicle
+from actors.logic.station.simulation import StationSimulator
 from actors.station.actor import ChargingStation
 from keypath import KeyPath
 from object_model.messages import PropertyValueRead, PropertyValueWrite, WriteItem
 from object_model.station.components import ChargingProtocol
-from tests.integration.hierarchy import Hierarchy, build
+from tests.integration.hierarchy import Hierarchy, build, simulated
 
 POWER = "meter/obis:1-0:16.7.0"
 
@@ -57,7 +58,7 @@ async def test_a_curtailment_at_the_rm_reaches_all_30_evses_within_a_second_with
     now = time.time_ns() // 1000
     for i, station in enumerate(stations):
         for evse in (1, 2):
-            station.simulator.plug_in(evse, _ev(2 * i + evse, iso=(i + evse) % 2 == 0,  # type: ignore[union-attr]
+            simulator(station).plug_in(evse, _ev(2 * i + evse, iso=(i + evse) % 2 == 0,
                                                 now_us=now))
     await h.wait(lambda: _site_power(stations) > 25 * 10_000, 30, "all 30 EVSEs charging")
     before = _limits(stations)
@@ -81,7 +82,7 @@ async def test_a_curtailment_at_the_rm_reaches_all_30_evses_within_a_second_with
     assert took < 1.0
     assert sum(_limits(stations)) <= 90_000 + 1e-6
     local = h.local_actor
-    assert local.own.get("energy/limit_w") <= 90_000
+    assert local.own.tree.get("energy/limit_w") <= 90_000
     # and the resource manager heard the site's plan
     await h.wait(lambda: h.rm.actors[0].tree.get("site/plan") is not None, 10,  # type: ignore[union-attr]
                  "the site plan at the resource manager")
@@ -96,7 +97,7 @@ async def test_an_infeasible_need_is_reported_to_the_rm_and_the_cloud(hierarchy:
     now = time.time_ns() // 1000
     station = h.stations()[0]
     # 11 kW for half an hour cannot bring 80 kWh from 20 % to 70 %
-    station.simulator.plug_in(1, _ev(1, iso=True, now_us=now, stay_h=0.5, min_soc=0.7))  # type: ignore[union-attr]
+    simulator(station).plug_in(1, _ev(1, iso=True, now_us=now, stay_h=0.5, min_soc=0.7))
     await h.wait(lambda: rm.tree.get("site/alerts_total") > 0, 20, "an alert at the RM")
     alert = next(iter(rm.tree.read("site/alerts").values()))
     assert "energy_unreachable" in alert["codes"] and alert["evses"] >= 1
@@ -108,3 +109,10 @@ async def test_an_infeasible_need_is_reported_to_the_rm_and_the_cloud(hierarchy:
         return answer.values[0][2] > 0  # type: ignore[attr-defined, no-any-return]
 
     await h.wait(cloud_knows, 20, "the alert at the cloud")
+
+
+def simulator(station: ChargingStation) -> StationSimulator:
+    """The physics behind ``station`` (to plug EVs in by hand)."""
+    sim = simulated(station).simulator
+    assert sim is not None
+    return sim

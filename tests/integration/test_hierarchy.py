@@ -14,10 +14,11 @@ import pytest
 
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
+from actors.station.simulated import SimulatedStation
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, PermissiveSchema
 from object_model.messages import PropertyValueWrite, WriteItem
-from tests.integration.hierarchy import Hierarchy, build
+from tests.integration.hierarchy import Hierarchy, build, simulated
 
 pytestmark = pytest.mark.broker
 
@@ -91,7 +92,7 @@ async def test_a_restarted_station_keeps_its_epoch_and_a_wiped_one_gets_a_new_on
     assert station.tree is not None
     epoch = station.tree.epoch
     local = h.local_actor
-    modes = dict(local.resync.stats.by_mode)
+    modes = dict(local.copies.resync.stats.by_mode)
 
     # restart: the station changed while it was away, under the same epoch
     await station.stop()
@@ -99,25 +100,27 @@ async def test_a_restarted_station_keeps_its_epoch_and_a_wiped_one_gets_a_new_on
     assert tree is not None
     tree.write("identity/display_name", "Changed while offline")
     await store.save_snapshot(name, tree)
-    again = ChargingStation(name, host.endpoint, store=store, settings=station.settings)
-    again.paused = True
+    again = ChargingStation(name, host.endpoint, store=store, settings=station.settings,
+                            hardware=SimulatedStation(simulated(station).settings))
+    simulated(again).paused = True
     host.actors[0] = again
     await again.start()
     assert again.tree is not None and again.tree.epoch == epoch and not again.fresh
     await h.wait(h.local_consistent, 30, "the local copy after a restart")
-    assert local.resync.stats.by_mode.get("changes", 0) > modes.get("changes", 0)
+    assert local.copies.resync.stats.by_mode.get("changes", 0) > modes.get("changes", 0)
 
     # wipe: a new epoch, resynchronised by digest descent
     await again.stop()
     await store.delete(name)
-    wiped = ChargingStation(name, host.endpoint, store=store, settings=station.settings)
-    wiped.paused = True
+    wiped = ChargingStation(name, host.endpoint, store=store, settings=station.settings,
+                            hardware=SimulatedStation(simulated(station).settings))
+    simulated(wiped).paused = True
     host.actors[0] = wiped
     await wiped.start()
     assert wiped.fresh and wiped.tree is not None and wiped.tree.epoch != epoch
     await h.wait(h.local_consistent, 30, "the local copy after a wipe")
-    assert local.resync.stats.by_mode.get("descent", 0) > modes.get("descent", 0)
-    copy = local.replicas[f"stations/{name}"].tree
+    assert local.copies.resync.stats.by_mode.get("descent", 0) > modes.get("descent", 0)
+    copy = local.copies.replicas[f"stations/{name}"].tree
     assert copy.epoch == wiped.tree.epoch
     await h.wait(h.cloud_consistent, 30, "the cloud's copy after the wipe")
 

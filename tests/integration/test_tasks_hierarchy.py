@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.runtime.services.blobs import BlobStore
+from actors.runtime.storage.blobs import BlobStore
 from keypath import KeyPath, KeyPattern
 from object_model.blobs import BlobRef, FirmwareUpdate
 from object_model.messages import PropertyValueRead
@@ -65,8 +65,7 @@ async def test_the_cloud_monitors_a_site_station_stores_relays_and_cancels(
 
     # both CSMS stored what passed through them, and serve it
     local = h.local_actor
-    assert local.samples is not None
-    stored = await local.samples.query(station.address, MonitoringQuery(tree=tree))
+    stored = await local.tasks.samples.query(station.address, MonitoringQuery(tree=tree))
     assert stored.samples
     history = await operator.request("cloud", MonitoringQuery(tree=tree, task="power"))
     assert isinstance(history, MonitoringHistory) and history.samples
@@ -82,7 +81,7 @@ async def test_the_cloud_monitors_a_site_station_stores_relays_and_cancels(
     await operator.request("cloud", TaskControl(tree=tree, task="power",
                                                 action=TaskAction.CANCEL))
     assert station.tree.get("tasks/power/state") == "cancelled"
-    assert (station.address, "power") not in local._watchers
+    assert (station.address, "power") not in local.tasks.watchers
     await h.wait(lambda: listed("cancelled"), 30, "the cancelled task in the cloud's copy")
 
 
@@ -145,11 +144,10 @@ async def test_a_firmware_image_crosses_the_uplink_once_survives_a_broker_kill_a
 
     await operator.request("cloud", update(stations[0].address), timeout=10)
     await h.wait(lambda: state(stations[0]) == "succeeded", 120, "the first station updated")
-    assert local.upstream_chunks == ref.chunks  # the local CSMS holds the image now
+    assert local.blobs.upstream_chunks == ref.chunks  # the local CSMS holds the image now
 
     # a chunk of the local copy rots on disk: the local CSMS notices and fetches it again
-    assert local.blobs is not None
-    await local.blobs.db.execute("UPDATE chunks SET data = ? WHERE hash = ? AND idx = 5",
+    await local.blobs.store.db.execute("UPDATE chunks SET data = ? WHERE hash = ? AND idx = 5",
                                  (b"\0" * ref.chunk_size, ref.hash))
     for station in stations[1:]:
         await operator.request("cloud", update(station.address), timeout=10)
@@ -160,7 +158,7 @@ async def test_a_firmware_image_crosses_the_uplink_once_survives_a_broker_kill_a
 
     # the broker dies once the site holds the image again (the rotten chunk refetched) and
     # the stations are a fifth of the way through
-    await h.wait(lambda: downloaded() >= 0.2 and local.upstream_chunks > ref.chunks, 120,
+    await h.wait(lambda: downloaded() >= 0.2 and local.blobs.upstream_chunks > ref.chunks, 120,
                  "a fifth of the downloads")
     assert downloaded() < 1.0  # mid-transfer
     h.broker.kill()
@@ -175,10 +173,10 @@ async def test_a_firmware_image_crosses_the_uplink_once_survives_a_broker_kill_a
     assert {s.tree.get("firmware/version") for s in stations} == {"4.3.0"}
     for station in stations:
         assert station.blobs is not None and await station.blobs.read(ref.hash) == image
-    assert local.blobs.corrupt_chunks == 1
+    assert local.blobs.store.corrupt_chunks == 1
     # the image crossed the uplink once, plus the chunk that rotted (and at most one answer
     # the broker's death cut off and that had to be asked again)
-    assert ref.chunks + 1 <= local.upstream_chunks <= ref.chunks + 2
+    assert ref.chunks + 1 <= local.blobs.upstream_chunks <= ref.chunks + 2
     # and the stations resumed: nothing near a second download each
-    window = stations[0].limits.blob_window
-    assert local.served_bytes <= len(stations) * (ref.size + 2 * window * ref.chunk_size)
+    window = stations[0].settings.tasks.blob_window
+    assert local.blobs.served_bytes <= len(stations) * (ref.size + 2 * window * ref.chunk_size)

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from actors.runtime.actor import Actor
+from actors.runtime.actor import Messenger
 from broker_bridge import Priority
 from keypath import KeyPath
 from object_model import ModelError, ObjectTree, PropertyValueUpdate
@@ -43,7 +43,7 @@ class _Subscriber:
 class Publisher:
     """Publishes ``tree``'s changes to subscribers (see the module docstring)."""
 
-    def __init__(self, actor: Actor, tree: ObjectTree, *,
+    def __init__(self, actor: Messenger, tree: ObjectTree, *,
                  durable: Callable[[int], Awaitable[None]] | None = None,
                  interval: float = 0.25, heartbeat: float = 30.0,
                  priority: Priority = Priority.STATE) -> None:
@@ -80,18 +80,18 @@ class Publisher:
                 async with asyncio.timeout(self.heartbeat):
                     await self._changed.wait()
             self._changed.clear()
-            await asyncio.sleep(self.interval)  # let more commits join this notification
+            await self.actor.clock.sleep(self.interval)  # let more commits join this one
             try:
                 await self._round()
             except Exception:
                 log.exception("%s: publishing failed; trying again", self.actor.address)
                 self._changed.set()
-                await asyncio.sleep(min(5.0, self.heartbeat))
+                await self.actor.clock.sleep(min(5.0, self.heartbeat))
 
     async def _round(self) -> None:
         # what each subscriber is told is fixed here, at one revision R; only once R is
         # durable does it leave (commits made meanwhile go with the next round)
-        revision, now = self.tree.revision, asyncio.get_running_loop().time()
+        revision, now = self.tree.revision, self.actor.clock.monotonic()
         due = [(sub, self._update_for(sub, revision)) for sub in self._subscribers.values()
                if sub.published < revision or now - sub.last_sent >= self.heartbeat]
         if not due:

@@ -9,7 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +22,10 @@ from actors.app.metrics import ActorCollector, serve_metrics
 from actors.app.wiring import start_metrics
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
-from actors.runtime.replication.resync import Replica, ResyncEngine
-from actors.runtime.tree_actor import TreeActor
+from actors.runtime.replication.replica import Replica
+from actors.runtime.replication.resync import ResyncEngine
+from actors.runtime.tree_actor import OneTree, TreeActor
+from actors.testing import until
 from broker_bridge import Endpoint, Priority
 from broker_bridge.memory import MemoryNetwork, MemoryTransport
 from keypath import KeyPath
@@ -103,12 +105,6 @@ def send_the_mix(a: Actor) -> None:
     a.send("b", update(9), priority=Priority.CRITICAL)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.001)
-
-
 def samples(families: Iterable[Metric]) -> Samples:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in families for s in family.samples}
@@ -134,7 +130,7 @@ async def test_messages_are_counted_by_kind_and_priority_on_both_ends(pair: Pair
     assert isinstance(answer, PropertyValueReadResponse)
     await a.endpoint.flush()
     await b.endpoint.flush()
-    await until(lambda: b.handled == 7)
+    await until(lambda: b.handled == 7, "b handled all seven")
 
     table = samples(ActorCollector(pair.hosts).collect())
     sent_by_a = by_kind(table, "csms_messages_sent_total", "ep-a")
@@ -190,7 +186,7 @@ async def test_queue_depth_shows_what_waits_while_the_link_is_down(pair: Pair) -
     assert value(table, "csms_frames_sent_total", endpoint="ep-a") == 0
 
     pair.link_a.set_link(True)
-    await until(lambda: b.handled == 7 and a.endpoint.session.idle)
+    await until(lambda: b.handled == 7 and a.endpoint.session.idle, "all handled, a idle")
     table = samples(collector.collect())
     for priority in ("critical", "control", "state", "bulk"):
         assert value(table, "csms_queued_envelopes", endpoint="ep-a", priority=priority) == 0
@@ -219,7 +215,7 @@ class ThreadNoting(Host):
 async def test_the_served_text_parses_and_was_read_on_the_event_loop(pair: Pair) -> None:
     send_the_mix(pair.a)
     await pair.a.endpoint.flush()
-    await until(lambda: pair.b.handled == 6)
+    await until(lambda: pair.b.handled == 6, "b handled all six")
     noting = ThreadNoting(pair.a.endpoint, [pair.a])
     hosts = [noting, pair.hosts[1]]
     collector = ActorCollector(hosts, loop=asyncio.get_running_loop())
@@ -246,15 +242,26 @@ async def test_the_served_text_parses_and_was_read_on_the_event_loop(pair: Pair)
         await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read())
 
 
+@dataclass
+class Copies:
+    resync: ResyncEngine
+
+
+@dataclass
+class Own:
+    counters: Counter[str]
+
+
 class Requester(TreeActor):
-    """A CSMS as the collector sees it: a resync engine and a ``counters`` Counter."""
+    """A CSMS as the collector sees it: copies with a resync engine, and an own tree's
+    ``counters``."""
 
     role = Role.LOCAL_CSMS
 
     def __init__(self, address: str, endpoint: Endpoint) -> None:
         super().__init__(address, endpoint)
-        self.resync = ResyncEngine(self)
-        self.counters: Counter[str] = Counter(joins=3, gaps=1, resync_bytes=5000)
+        self.copies = Copies(ResyncEngine(self))
+        self.own = Own(Counter(joins=3, gaps=1, resync_bytes=5000))
 
 
 class Source(TreeActor):
@@ -262,10 +269,7 @@ class Source(TreeActor):
 
     def __init__(self, address: str, endpoint: Endpoint, tree: ObjectTree) -> None:
         super().__init__(address, endpoint)
-        self.access = TreeAccess(tree, station_access_policy())
-
-    def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
-        return self.access
+        self.trees = OneTree(address, TreeAccess(tree, station_access_policy()))
 
 
 async def test_resyncs_are_counted_with_their_duration_and_bytes() -> None:
@@ -277,8 +281,8 @@ async def test_resyncs_are_counted_with_their_duration_and_bytes() -> None:
         requester = Requester("csms", ec)
         async with source, requester:
             copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
-            first = await requester.resync.sync(copy)
-            second = await requester.resync.sync(copy)
+            first = await requester.copies.resync.sync(copy)
+            second = await requester.copies.resync.sync(copy)
             table = samples(ActorCollector([Host(ec, [requester]), Host(es, [source])]).collect())
     assert (first.mode, second.mode) == ("full", "changes")
     assert value(table, "csms_resyncs_total", actor="csms", mode="full") == 1

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +16,8 @@ from actors.csms.local import LocalCsms, LocalSettings
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation, StationSettings
-from broker_bridge import Endpoint
-from broker_bridge.memory import MemoryNetwork
+from actors.station.simulated import SimulatedStation
+from actors.testing import World, until
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, PermissiveSchema, Role
 from object_model.messages import (
@@ -31,20 +28,6 @@ from object_model.messages import (
     TreeInfo,
     WriteItem,
 )
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], what: str,
-                timeout: float = 20.0) -> None:
-    """Poll ``condition`` until it holds (a deadline, not a hoped-for sleep)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = condition()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError(what)  # pragma: no cover
 
 
 class Peer(Actor):
@@ -71,26 +54,6 @@ class Upstream(Peer):
         return JoinNetworkResponse(csms=self.address, heartbeat_s=30)
 
 
-class World:
-    def __init__(self, root: Path, stack: AsyncExitStack) -> None:
-        self.root, self.stack, self.net = root, stack, MemoryNetwork()
-
-    async def endpoint(self, name: str) -> Endpoint:
-        return await self.stack.enter_async_context(Endpoint(self.net.transport(), name=name))
-
-    async def store(self, name: str) -> TreeStore:
-        return await self.stack.enter_async_context(TreeStore(self.root / f"{name}.db"))
-
-    async def actor(self, actor: Actor) -> Any:
-        return await self.stack.enter_async_context(actor)
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with AsyncExitStack() as stack:
-        yield World(tmp_path, stack)
-
-
 def info(station: str) -> TreeInfo:
     return TreeInfo(tree=KeyPath("stations", station), epoch=1, revision=1,
                     root_digest=bytes(16))
@@ -109,10 +72,10 @@ async def test_a_station_stays_bound_to_the_site_that_brought_it(world: World) -
     # site b claims a's station: its join goes through, the claim does not
     await site_b.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="b",
                                                      trees=[info("cs-1"), info("cs-2")]))
-    assert cloud.replicas["stations/cs-1"].source == "site-a"
-    assert cloud.replicas["stations/cs-2"].source == "site-b"
-    assert cloud.counters["rejected_claims"] == 1
-    assert cloud.own.get("managed/cs-1/site") == "site-a"
+    assert cloud.copies.replicas["stations/cs-1"].source == "site-a"
+    assert cloud.copies.replicas["stations/cs-2"].source == "site-b"
+    assert cloud.own.counters["rejected_claims"] == 1
+    assert cloud.own.tree.get("managed/cs-1/site") == "site-a"
 
     # nor can it slip the station in as an update, write to it through the cloud, or set the
     # cloud's policy; and it is refused with ACCESS_DENIED, not told to join again
@@ -127,9 +90,9 @@ async def test_a_station_stays_bound_to_the_site_that_brought_it(world: World) -
     assert refused.value.code is ErrorCode.ACCESS_DENIED
     site_b.send("cloud", PropertyValueUpdate(tree=KeyPath("stations", "cs-1"), epoch=1,
                                              from_revision=1, to_revision=2))
-    await until(lambda: cloud.counters["rejected_claims"] == 2, "the second claim refused")
-    assert cloud.replicas["stations/cs-1"].source == "site-a"
-    assert cloud.own.get("policy/may_charge") is True
+    await until(lambda: cloud.own.counters["rejected_claims"] == 2, "the second claim refused")
+    assert cloud.copies.replicas["stations/cs-1"].source == "site-a"
+    assert cloud.own.tree.get("policy/may_charge") is True
 
 
 async def test_station_ids_that_cannot_be_addresses_are_refused(world: World) -> None:
@@ -141,7 +104,7 @@ async def test_station_ids_that_cannot_be_addresses_are_refused(world: World) ->
                    root_digest=bytes(16))
     await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="a",
                                                      trees=[bad, info("cs-9")]))
-    assert list(cloud.replicas) == ["stations/cs-9"]
+    assert list(cloud.copies.replicas) == ["stations/cs-9"]
 
 
 async def site(world: World, *, stations: int = 2, policy_check_s: float = 30.0
@@ -158,21 +121,24 @@ async def site(world: World, *, stations: int = 2, policy_check_s: float = 30.0
     store = await world.store("stations")
     built = []
     for i in range(stations):
-        station = ChargingStation(f"cs-{i}", host, store=store, settings=StationSettings(
-            csms="local", provisioning_secret="p", publish_interval_s=0.01,
-            trusted={"operator": Role.OPERATOR}))
-        station.paused = True
+        hardware = SimulatedStation()
+        hardware.paused = True
+        station = ChargingStation(f"cs-{i}", host, store=store, hardware=hardware,
+                                  settings=StationSettings(
+                                      csms="local", provisioning_secret="p",
+                                      publish_interval_s=0.01,
+                                      trusted={"operator": Role.OPERATOR}))
         built.append(await world.actor(station))
-    await until(lambda: local.upstream_joined and all(s.admitted for s in built)
-                and all(local.replicas[f"stations/{s.address}"].synced for s in built)
-                and not local.resync.busy, "the site to settle")
+    await until(lambda: local.upstream_joined() and all(s.admitted for s in built)
+                and all(local.copies.replicas[f"stations/{s.address}"].synced for s in built)
+                and not local.copies.resync.busy, "the site to settle")
     return local, cloud, built
 
 
 async def test_a_copy_that_drifted_is_noticed_at_the_next_update_and_resynchronised(
         world: World) -> None:
     local, _, (station, _) = await site(world)
-    copy = local.replicas["stations/cs-0"].tree
+    copy = local.copies.replicas["stations/cs-0"].tree
     rev = copy.revision
     # the copy goes wrong without its revision moving (a bug, a bad disk)
     copy.adopt(epoch=copy.epoch, revision=rev,
@@ -181,7 +147,7 @@ async def test_a_copy_that_drifted_is_noticed_at_the_next_update_and_resynchroni
     station.tree.write("identity/location/latitude", 12.5)  # any change: its update checks
     await until(lambda: copy.digest() == station.tree.digest(visible=True),  # type: ignore[union-attr]
                 "the drifted copy repaired")
-    assert local.counters["drifts"] == 1
+    assert local.own.counters["drifts"] == 1
     assert copy.get("identity/display_name") == station.tree.get("identity/display_name")
 
 
@@ -193,8 +159,8 @@ async def test_updates_go_upstream_in_order_and_only_once_durable(world: World) 
         (station if i % 2 else other).tree.write(  # type: ignore[union-attr]
             "identity/location/latitude", float(i))
         await asyncio.sleep(0.003)
-    await until(lambda: local.replicas["stations/cs-0"].tree.revision == station.tree.revision
-                and local.replicas["stations/cs-1"].tree.revision == other.tree.revision,
+    await until(lambda: local.copies.replicas["stations/cs-0"].tree.revision == station.tree.revision
+                and local.copies.replicas["stations/cs-1"].tree.revision == other.tree.revision,
                 "the local copies")
     await local.stop()  # flushes the relay queue
     for name, tree in (("cs-0", station.tree), ("cs-1", other.tree)):
@@ -234,7 +200,7 @@ async def test_a_csms_whose_stored_copy_is_corrupt_starts_and_fetches_it_afresh(
     again = await world.actor(LocalCsms(
         "local", await world.endpoint("local-again"), store=local.store, settings=local.settings))
     for s in (station, other):
-        await until(lambda s=s: again.replicas[f"stations/{s.address}"].tree.digest()
+        await until(lambda s=s: again.copies.replicas[f"stations/{s.address}"].tree.digest()
                     == s.tree.digest(visible=True), f"{s.address}'s copy")  # type: ignore[union-attr]
-    assert again.replicas["stations/cs-1"].tree.epoch == other.tree.epoch  # type: ignore[union-attr]
+    assert again.copies.replicas["stations/cs-1"].tree.epoch == other.tree.epoch  # type: ignore[union-attr]
     assert "'stations/cs-0' is corrupt" in caplog.text

@@ -261,7 +261,8 @@ def test_a_backlog_drains_without_delaying_control_by_more_than_one_frame(
     def drain(now: int) -> None:
         # the station's loop: the next report leaves when few bulk envelopes wait
         if draining.queue_depth().get(Priority.BULK, 0) <= 4:
-            for out in station.monitors.due(now, max_report_bytes=report_budget(config)):
+            for out in station.monitors.due(now, max_report_bytes=report_budget(
+                    config.frame_limit(Priority.BULK))):
                 draining.send(source="cs-1", destination=out.destination,
                               kind="MonitoringReport", body=encode_body(out.report),
                               now=now, priority=Priority(out.priority))

@@ -10,10 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,13 +35,14 @@ from s2python.pebc import (
 from s2python.s2_parser import S2Parser
 
 from actors.csms.local import LocalCsms, LocalSettings
+from actors.logic.energy.site_envelope import site_envelope
 from actors.resource_manager import actor as rm_module
 from actors.resource_manager.actor import (
     ResourceManager,
     ResourceManagerSettings,
-    site_envelope,
 )
 from actors.runtime.actor import Actor, Context, handles
+from actors.testing import FakeClock, World, until
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, Role
 from object_model.energy_messages import AlertCode, AlertEvse, EnergyAlert, S2Message
@@ -59,20 +57,11 @@ from object_model.pebc import (
     PowerRange,
     PowerRangeEnvelope,
 )
-from tests.actors.csms.test_csms import World, until
 
 US = 1_000_000
 T0 = 1_748_779_200 * US  # 2025-06-01 12:00 UTC
 MIN = 60 * US
 Q = CommodityQuantity.ELECTRIC_POWER_3_PHASE_SYMMETRIC
-
-
-class FakeClock:
-    def __init__(self, now_us: int = T0) -> None:
-        self.now = now_us
-
-    def now_us(self) -> int:
-        return self.now
 
 
 class Operator(Actor):
@@ -124,12 +113,6 @@ class SiteStub(Actor):
         items = {str(w.path): w for w in self.writes[-1].writes}
         item = items[f"energy/grid/{name}"]
         return None if item.delete else item.value
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with AsyncExitStack() as stack:
-        yield World(tmp_path, stack)
 
 
 async def start_rm(world: World, clock: Any = None, **options: Any) -> ResourceManager:
@@ -231,11 +214,11 @@ async def test_the_envelope_follows_fuse_and_curtailments_over_time(world: World
     assert limits(rm.tree.read("grid/envelope")) == [
         (0, 0, 50_000), (10 * MIN, 0, 20_000), (40 * MIN, 0, 30_000), (60 * MIN, 0, 50_000)]
     assert rm.tree.read("grid/envelope")["end_us"] == T0 + day
-    clock.now = T0 + 35 * MIN
+    clock.set(T0 + 35 * MIN)
     rm.refresh_envelope()  # what the minute timer does
     assert limits(rm.tree.read("grid/envelope")) == [
         (35 * MIN, 0, 20_000), (40 * MIN, 0, 30_000), (60 * MIN, 0, 50_000)]
-    clock.now = T0 + 2 * 60 * MIN
+    clock.set(T0 + 2 * 60 * MIN)
     rm.refresh_envelope()
     assert limits(rm.tree.read("grid/envelope")) == [(120 * MIN, 0, 50_000)]
     # an input written by an operator is in the envelope at once
@@ -263,7 +246,7 @@ async def test_an_operators_curtailment_reaches_the_local_csms_at_once(world: Wo
 
     def held(name: str) -> Any:
         try:
-            return csms.own.read(f"energy/grid/{name}")
+            return csms.own.tree.read(f"energy/grid/{name}")
         except ModelError:
             return None
 
@@ -312,10 +295,15 @@ async def test_pushes_are_one_at_a_time_and_coalesce(world: World) -> None:
 async def test_a_failing_push_is_retried(world: World) -> None:
     site = await world.actor(SiteStub("site", await world.endpoint("site")))
     site.failures = 3
-    rm = await start_rm(world, FakeClock(), site_csms="site", max_backoff_s=0.2)
+    clock = FakeClock()
+    rm = await start_rm(world, clock, site_csms="site", max_backoff_s=0.2)
+    for failures in (1, 2, 3):  # each refusal is followed by a backoff of at most 0.2 s
+        await until(lambda f=failures: rm.push_failures == f and clock.sleeping == 1,
+                    f"the push backs off after failure {failures}")
+        clock.advance(0.2)
     await until(lambda: rm.tree.get("grid/pushes") == 1, "the push gets through in the end")
     assert len(site.writes) == 1 and rm.push_failures == 0
-    assert site.latest("source") == "rm" and site.latest("updated_at") == T0
+    assert site.latest("source") == "rm" and site.latest("updated_at") == T0 + 3 * 200_000
 
 
 # -- S2 -------------------------------------------------------------------------------------
@@ -411,7 +399,7 @@ async def test_a_plan_from_the_csms_goes_to_the_cem_as_an_s2_power_forecast(worl
             expected_w=20_000, lower_68_w=18_000, upper_68_w=21_000, lower_95_w=15_000,
             upper_95_w=22_000)),
         PlanElement(start_us=T0 + 10 * MIN, power=ForecastValue(expected_w=7_000))])
-    clock.now = T0 + 5 * US
+    clock.set(T0 + 5 * US)
     await site.request("rm", write("site/plan", plan.model_dump()))
     assert rm.tree.get("site/plan_received_at") == T0 + 5 * US
     await until(lambda: len(cem.received) == 1, "the CEM is told the plan")

@@ -7,12 +7,17 @@ import asyncio
 from typing import Any
 
 from actors.runtime.replication.publisher import Publisher
+from actors.testing import until
+from broker_bridge.clock import WALL_CLOCK
 from object_model import PropertyValueUpdate
 from object_model.station import new_station_tree
 
 
 class Recorder:
     """Stands in for the actor: records what the publisher sends."""
+
+    address = "cs-1"
+    clock = WALL_CLOCK
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, PropertyValueUpdate]] = []
@@ -37,13 +42,11 @@ async def test_commits_made_while_waiting_for_durability_go_in_the_next_notifica
     runner = asyncio.create_task(publisher.run())
     tree.write("identity/display_name", "one")
     first, digest_at_first = tree.revision, tree.digest(visible=True)
-    while not waited_for:
-        await asyncio.sleep(0.001)
+    await until(lambda: bool(waited_for), "the publisher waits for durability")
     tree.write("identity/display_name", "two")  # committed while revision `first` is flushed
     assert actor.sent == []  # nothing leaves before it is durable
     release.set()
-    while len(actor.sent) < 2:
-        await asyncio.sleep(0.001)
+    await until(lambda: len(actor.sent) >= 2, "both notifications sent")
     runner.cancel()
     publisher.close()
     (_, one), (_, two) = actor.sent[:2]

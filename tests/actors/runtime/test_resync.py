@@ -3,21 +3,24 @@ bytes close to the floor."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgpack
 import pytest
 
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory
-from actors.runtime.replication.resync import Replica, ResyncEngine
-from actors.runtime.tree_actor import TreeActor
+from actors.runtime.replication.replica import Replica
+from actors.runtime.replication.resync import ResyncEngine
+from actors.runtime.tree_actor import OneTree, TreeActor
+from actors.testing import until
 from broker_bridge import Endpoint
+from broker_bridge.backoff import Backoff
 from broker_bridge.memory import MemoryNetwork
 from keypath import KeyPath
 from object_model import ObjectTree, PermissiveSchema, Role, Write
+from object_model.errors import BusyError
 from object_model.messages import (
     MessageBase,
     PropertyTreeDiscoveryRequest,
@@ -29,20 +32,36 @@ ROLES = RoleDirectory({"cs-*": Role.STATION, "csms": Role.LOCAL_CSMS})
 
 
 class Source(TreeActor):
+    """A station serving ``tree`` that records each discovery it answers; ``moving`` runs
+    before each answer (the station changing meanwhile), ``failing`` refuses to answer."""
+
     role = Role.STATION
 
     def __init__(self, address: str, endpoint: Endpoint, tree: ObjectTree) -> None:
         super().__init__(address, endpoint, roles=ROLES)
-        self.access = TreeAccess(tree, station_access_policy())
         self.asked: list[tuple[PropertyTreeDiscoveryRequest, MessageBase]] = []
+        self.moving: Callable[[], None] | None = None
+        self.failing = False
+        self.serve(tree)
 
-    def access_for(self, tree: KeyPath, ctx: Context) -> TreeAccess:
-        return self.access
+    def serve(self, tree: ObjectTree) -> None:
+        """Answer from ``tree`` from now on (a station whose storage was wiped, say)."""
+        self.tree = tree
+        self.trees = Recording(self, TreeAccess(tree, station_access_policy()))
 
-    async def on_discover(self, message: PropertyTreeDiscoveryRequest, ctx: Context
-                          ) -> MessageBase:
-        answer = await super().on_discover(message, ctx)
-        self.asked.append((message, answer))
+
+class Recording(OneTree):
+    def __init__(self, source: Source, access: TreeAccess) -> None:
+        super().__init__(source.address, access)
+        self.source = source
+
+    def discover(self, message: PropertyTreeDiscoveryRequest, ctx: Context) -> MessageBase:
+        if self.source.failing:
+            raise BusyError("not answering now")
+        if self.source.moving is not None:
+            self.source.moving()
+        answer = super().discover(message, ctx)
+        self.source.asked.append((message, answer))
         return answer
 
 
@@ -90,7 +109,7 @@ async def test_an_empty_copy_is_filled_and_matches(pair) -> None:  # type: ignor
     copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
     outcome = await engine.sync(copy)
     assert outcome.mode == "full" and outcome.consistent
-    station = source.access.tree
+    station = source.tree
     assert copy.tree.digest() == station.digest(visible=True)
     assert (copy.tree.epoch, copy.tree.revision) == (station.epoch, station.revision)
     assert "security/provisioning_secret" not in copy.tree
@@ -100,7 +119,7 @@ async def test_same_epoch_resync_costs_close_to_the_floor(pair) -> None:  # type
     source, _requester, engine = pair
     copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
     await engine.sync(copy)
-    station = source.access.tree
+    station = source.tree
     since = station.revision
     change_randomly(station, random.Random(1), 3)
     source.asked.clear()
@@ -120,11 +139,11 @@ async def test_new_epoch_goes_by_digest_descent_and_fetches_only_differences(pai
     source, _requester, engine = pair
     copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
     await engine.sync(copy)
-    station = source.access.tree
+    station = source.tree
     fresh = new_station_tree("cs-1", epoch=99)  # storage wiped: same content, new history
     change_randomly(fresh, random.Random(2), 3)
     fresh.delete("evse/2/connector/1")
-    source.access = TreeAccess(fresh, station_access_policy())
+    source.serve(fresh)
     source.asked.clear()
     outcome = await engine.sync(copy)
     assert outcome.mode == "descent" and outcome.consistent
@@ -142,7 +161,7 @@ async def test_the_same_content_under_a_new_epoch_is_relabelled(pair) -> None:  
     source, _requester, engine = pair
     copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
     await engine.sync(copy)
-    source.access = TreeAccess(new_station_tree("cs-1", epoch=77), station_access_policy())
+    source.serve(new_station_tree("cs-1", epoch=77))
     outcome = await engine.sync(copy)
     assert outcome.mode == "relabel" and outcome.leaves == 0 and copy.tree.epoch == 77
 
@@ -153,16 +172,9 @@ async def test_changes_during_a_descent_are_caught_up(pair) -> None:  # type: ig
     await engine.sync(copy)
     fresh = new_station_tree("cs-1", epoch=55)
     change_randomly(fresh, random.Random(3), 5)
-    source.access = TreeAccess(fresh, station_access_policy())
+    source.serve(fresh)
     rng = random.Random(4)
-    original = source.on_discover
-
-    async def moving(message, ctx):  # type: ignore[no-untyped-def]
-        change_randomly(fresh, rng, 2)  # the station keeps changing while we descend
-        return await original(message, ctx)
-
-    source.on_discover = moving  # type: ignore[method-assign]
-    source._routes = dict(source._routes)  # instance routes still name the method
+    source.moving = lambda: change_randomly(fresh, rng, 2)  # it changes while we descend
     outcome = await engine.sync(copy)
     assert outcome.consistent
     assert copy.tree.digest() == fresh.digest(visible=True)
@@ -191,7 +203,7 @@ async def test_a_batch_mixing_discovery_and_writes_is_refused_whole(pair) -> Non
         WriteItem,
     )
 
-    before = source.access.tree.revision
+    before = source.tree.revision
     mixed = Batch(items=[
         PropertyTreeDiscoveryRequest(digests_of=[KeyPath.root()]),
         PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("identity/display_name"),
@@ -199,32 +211,31 @@ async def test_a_batch_mixing_discovery_and_writes_is_refused_whole(pair) -> Non
     with pytest.raises(ModelError) as info:
         await requester.request("cs-1", mixed)
     assert info.value.code is ErrorCode.INVALID_MESSAGE and "either" in info.value.text
-    assert source.access.tree.revision == before
+    assert source.tree.revision == before
 
 
 async def test_a_failed_resync_is_retried_and_a_source_sending_too_much_is_refused(
         pair) -> None:  # type: ignore[no-untyped-def]
     source, requester, _ = pair
     copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
-    small = ResyncEngine(requester, max_leaves=50, retry_delays=(0.01,))
+    small = ResyncEngine(requester, max_leaves=50,
+                         retries=Backoff(base_s=0.01, cap_s=0.01, attempts=1))
     assert await small.schedule(copy) is None  # a station tree has hundreds of leaves
     assert small.stats.failures == 2 and len(copy.tree) == 0 and not copy.synced
-    engine = ResyncEngine(requester, retry_delays=(0.01, 0.01))
-    real = source.access
-    source.access = None  # answering fails once ...
+    engine = ResyncEngine(requester, retries=Backoff(base_s=0.01, cap_s=0.01, attempts=2))
+    source.failing = True  # answering fails once ...
     task = engine.schedule(copy)
-    while engine.stats.failures == 0:
-        await asyncio.sleep(0.005)
-    source.access = real  # ... then the retry succeeds
+    await until(lambda: engine.stats.failures > 0, "the first attempt failed")
+    source.failing = False  # ... then the retry succeeds
     outcome = await task
     assert outcome is not None and outcome.consistent and copy.synced
-    assert copy.tree.digest() == source.access.tree.digest(visible=True)
+    assert copy.tree.digest() == source.tree.digest(visible=True)
 
 
 async def test_updates_seen_during_a_run_rerun_it_only_if_it_did_not_reach_them(
         pair) -> None:  # type: ignore[no-untyped-def]
     source, _requester, engine = pair
-    station = source.access.tree
+    station = source.tree
     copy = Replica("cs-1", "cs-1", KeyPath.root(), ObjectTree(PermissiveSchema(), epoch=0))
     task = engine.schedule(copy)
     engine.schedule(copy, reach=(station.epoch, station.revision))  # already there

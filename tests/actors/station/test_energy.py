@@ -11,13 +11,14 @@ import pytest
 
 from actors.logic.station.ev import BATTERY_EFFICIENCY, ElectricVehicle
 from actors.logic.station.simulation import SimulationConfig
+from actors.station.simulated import SimulatedStation
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, ObjectTree
 from object_model.messages import PropertyValueWrite, PropertyValueWriteResponse, WriteItem
 from object_model.pebc import EnergyTransferPlan, PowerConstraints, PowerRangeEnvelope
 from object_model.station.components import ChargingProtocol
 from tests.actors.logic.test_simulation import QUIET, T0, US, Clock, evse_power, make
-from tests.actors.station.test_tasks import Site
+from tests.actors.station.site import Site
 
 MIN = 60 * US
 HOUR = 3600 * US
@@ -242,11 +243,13 @@ async def test_an_envelope_outside_the_constraints_is_refused_and_a_good_one_obe
         site: Site) -> None:
     csms = await site.start_csms()
     station = await site.station()
-    assert station.simulator is not None and station.tree is not None
-    t = station.simulated_us
-    station.simulator.plug_in(1, basic_ev(at=t))
+    sim = station.hardware
+    assert isinstance(sim, SimulatedStation) and sim.simulator is not None
+    assert station.tree is not None
+    t = sim.simulated_us
+    sim.simulator.plug_in(1, basic_ev(at=t))
     for k in (1, 2, 3):
-        station.tick(t + k * US)
+        sim.tick(t + k * US)
     tree = station.tree
     assert evse_power(tree, 1) > 21_000
     revision = tree.revision
@@ -269,7 +272,7 @@ async def test_an_envelope_outside_the_constraints_is_refused_and_a_good_one_obe
     answer = await csms.request("cs-1", write(envelope(t, [(0, 0.0, 5_000.0)], 30)))
     assert isinstance(answer, PropertyValueWriteResponse) and answer.revision == revision + 1
     # no waiting for the next tick (an hour away here): it ticked again before answering
-    assert tree.revision == revision + 2 and station.simulated_us == t + 3 * US
+    assert tree.revision == revision + 2 and sim.simulated_us == t + 3 * US
     assert 4_140 <= evse_power(tree, 1) <= 5_000
     assert tree.get("evse/1/energy/limit_w") == 5_000.0
     assert tree.get("evse/1/meter/last_reading_at") == t + 3 * US

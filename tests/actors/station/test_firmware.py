@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
-from actors.csms.task_relay import SampleStore
 from actors.runtime.actor import Context, RoleDirectory, handles
-from actors.runtime.services.blobs import BlobServing, BlobStore
+from actors.runtime.services.blob_service import BlobService
+from actors.runtime.storage.blobs import BlobStore
+from actors.runtime.storage.samples import SampleStore
 from actors.station.actor import ChargingStation
 from actors.station.tasks import TaskLimits
+from actors.testing import until
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, Role
 from object_model.blobs import BlobChunk, BlobChunkRequest, BlobRef, FirmwareUpdate
@@ -25,14 +27,15 @@ from object_model.monitoring import (
     TaskControl,
     TaskStatus,
 )
-from tests.actors.csms.test_csms import until
-from tests.actors.station.test_tasks import Csms, Site
+from tests.actors.station.site import Csms, Site
 
 CHUNK = 16 * 1024
 
 
-class Origin(BlobServing, Csms):
+class Origin(Csms):
     """The station's CSMS holding the image; it can hold chunks back and spoil one."""
+
+    blobs: BlobService
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,7 +50,7 @@ class Origin(BlobServing, Csms):
         self.asked[message.index] += 1
         if message.index >= self.hold_from:
             await self.gate.wait()
-        answer = await super().on_blob_chunk(message, ctx)
+        answer = await self.blobs.serve(message, ctx)
         if message.index in self.spoil:
             self.spoil.discard(message.index)
             assert isinstance(answer, BlobChunk)
@@ -57,11 +60,12 @@ class Origin(BlobServing, Csms):
 
 
 async def origin_with_image(site: Site, size: int = 200_000) -> tuple[Origin, BlobRef, bytes]:
-    origin = await site.stack.enter_async_context(Origin(
-        "csms", await site.endpoint("csms"), roles=RoleDirectory({"cs-*": Role.STATION})))
-    origin.blobs = await site.stack.enter_async_context(BlobStore(site.root / "origin.db"))
+    origin = await site.actor(Origin("csms", await site.endpoint("csms"),
+                                     roles=RoleDirectory({"cs-*": Role.STATION})))
+    store = await site.stack.enter_async_context(BlobStore(site.root / "origin.db"))
+    origin.blobs = BlobService(origin, store)
     image = os.urandom(size)
-    return origin, await origin.blobs.put(image, chunk_size=CHUNK), image
+    return origin, await store.put(image, chunk_size=CHUNK), image
 
 
 def update(ref: BlobRef) -> FirmwareUpdate:
@@ -138,7 +142,7 @@ async def test_an_update_pauses_resumes_and_is_refused_to_an_operator(site: Site
     origin, ref, _ = await origin_with_image(site)
     origin.gate.clear()
     origin.hold_from = 3
-    operator = await site.stack.enter_async_context(Csms("op", await site.endpoint("op")))
+    operator = await site.actor(Csms("op", await site.endpoint("op")))
     station = await site.station(limits=TaskLimits(install_s=0),
                                  trusted={"op": Role.OPERATOR})
     with pytest.raises(ModelError) as refused:

@@ -5,30 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 
-from actors.runtime.actor import Actor, Context, RoleDirectory, handles
-from actors.runtime.storage.trees import TreeStore
-from actors.station.actor import ChargingStation, StationSettings
 from actors.station.tasks import TaskLimits
-from broker_bridge import Endpoint, Priority
+from actors.testing import until
+from broker_bridge import Priority
 from broker_bridge.codec import _compact
-from broker_bridge.memory import MemoryNetwork
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, ModelError, Role, Write
-from object_model.messages import (
-    JoinNetworkRequest,
-    JoinNetworkResponse,
-    PropertyValueUpdate,
-)
 from object_model.monitoring import (
     LoggerConfig,
-    MonitoringReport,
     MonitoringTaskSetup,
     Periodic,
     ReporterConfig,
@@ -36,75 +25,10 @@ from object_model.monitoring import (
     TaskControl,
     Threshold,
 )
-from tests.actors.csms.test_csms import until
+from tests.actors.station.site import Csms, Site
 
 POWER = "evse/1/meter/obis:1-0:16.7.0"
 VOLTS = "evse/1/meter/obis:1-0:32.7.0"
-
-
-class Csms(Actor):
-    """A CSMS that admits the station and records the reports it gets."""
-
-    role = Role.LOCAL_CSMS
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reports: list[tuple[MonitoringReport, Priority]] = []
-
-    @handles(JoinNetworkRequest)
-    async def on_join(self, message: JoinNetworkRequest, ctx: Context) -> JoinNetworkResponse:
-        return JoinNetworkResponse(csms=self.address, heartbeat_s=30)
-
-    @handles(PropertyValueUpdate)
-    async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> None:
-        return None
-
-    @handles(MonitoringReport)
-    async def on_report(self, message: MonitoringReport, ctx: Context) -> None:
-        self.reports.append((message, ctx.envelope.priority))
-
-    def samples(self, task: str) -> list[Any]:
-        return [s for r, _ in self.reports if r.task == task for s in r.samples]
-
-
-class Site:
-    def __init__(self, root: Path, stack: AsyncExitStack) -> None:
-        self.root, self.stack, self.net = root, stack, MemoryNetwork()
-        self.csms: Csms | None = None
-        self.endpoints: dict[str, Endpoint] = {}
-
-    async def endpoint(self, name: str) -> Endpoint:
-        endpoint = await self.stack.enter_async_context(
-            Endpoint(self.net.transport(), name=name))
-        self.endpoints[name] = endpoint
-        return endpoint
-
-    async def start_csms(self) -> Csms:
-        self.csms = await self.stack.enter_async_context(Csms(
-            "csms", await self.endpoint("csms"),
-            roles=RoleDirectory({"cs-*": Role.STATION})))
-        return self.csms
-
-    async def station(self, *, limits: TaskLimits | None = None,
-                      trusted: dict[str, Role] | None = None) -> ChargingStation:
-        store = await self.stack.enter_async_context(TreeStore(self.root / "station.db"))
-        settings = StationSettings(csms="csms", tick_s=3600, publish_interval_s=0.05,
-                                   tasks=limits or TaskLimits(install_s=0),
-                                   trusted=trusted or {})
-        station = ChargingStation("cs-1", await self.endpoint("cs-1"), store=store,
-                                  settings=settings)
-        await station.start()
-        self.stack.push_async_callback(station.stop)
-        await until(lambda: station.admitted, "the station joined")
-        return station
-
-    async def restart(self, station: ChargingStation) -> ChargingStation:
-        """The same station started again (after ``stop``) on its store and endpoint."""
-        again = ChargingStation(station.address, self.endpoints[station.address],
-                                store=station.store, settings=station.settings)
-        await again.start()
-        self.stack.push_async_callback(again.stop)
-        return again
 
 
 def setup(task: str, *selectors: str, **kwargs: Any) -> MonitoringTaskSetup:

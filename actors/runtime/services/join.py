@@ -1,0 +1,86 @@
+"""Staying joined: a station to its CSMS, a site's local CSMS to the cloud.
+
+``Membership.run`` sends ``JoinNetwork`` to the upstream actor until it is admitted, backing
+off with jitter while the upstream is unreachable or refuses (thousands of stations must not
+come back in step: reconnect storms are a known failure of OCPP deployments). Once admitted it
+waits; when the upstream says it does not know us any more (an ``ErrorReport`` with
+``NOT_ADMITTED``: it lost its storage, or our admission) the actor calls ``lost`` and it joins
+again, after a random pause, since every member of that upstream hears the same at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from actors.runtime.actor import Messenger
+from broker_bridge.backoff import Backoff
+from object_model import ErrorCode, ModelError
+from object_model.errors import InvalidMessageError
+from object_model.messages import JoinNetworkRequest, JoinNetworkResponse
+
+log = logging.getLogger("csms.join")
+
+JoinedCallback = Callable[[JoinNetworkRequest, JoinNetworkResponse], None]
+"""Told what was announced and what the upstream answered, each time the actor is admitted."""
+
+
+class Membership:
+    """Keeps ``actor`` joined to ``upstream`` (see the module docstring). ``announce`` makes
+    the request (it says what the actor's trees hold now); ``joined`` is whether the upstream
+    has admitted it."""
+
+    def __init__(self, actor: Messenger, upstream: str,
+                 announce: Callable[[], JoinNetworkRequest], *, backoff: Backoff,
+                 on_joined: JoinedCallback, timeout_s: float = 10.0,
+                 rejoin_spread_s: float = 2.0) -> None:
+        self.actor, self.upstream, self.announce = actor, upstream, announce
+        self.backoff, self.on_joined = backoff, on_joined
+        self.timeout_s, self.rejoin_spread_s = timeout_s, rejoin_spread_s
+        self.joined = False
+        self.joins = 0
+        self._lost = asyncio.Event()
+
+    def lost(self) -> None:
+        """The upstream does not know us (any more): join again."""
+        self.joined = False
+        self._lost.set()
+
+    async def run(self) -> None:
+        """Join, and join again whenever ``lost`` is called, until cancelled."""
+        actor, failures = self.actor, 0
+        while True:
+            request = self.announce()
+            try:
+                answer = await actor.request(self.upstream, request, timeout=self.timeout_s)
+                if not isinstance(answer, JoinNetworkResponse):
+                    raise InvalidMessageError(
+                        f"{self.upstream} answered JoinNetwork with {type(answer).__name__}")
+            except Exception as exc:  # whatever it was, keep trying
+                self.joined = False
+                failures += 1
+                delay = self.backoff.delay(failures, actor.rng)
+                if not isinstance(exc, ModelError):
+                    log.exception("%s: joining %s failed", actor.address, self.upstream)
+                elif exc.code in (ErrorCode.NOT_ADMITTED, ErrorCode.ACCESS_DENIED):
+                    log.warning("%s: %s refused us: %s; again in %.1f s", actor.address,
+                                self.upstream, exc, delay)
+                else:
+                    log.info("%s: joining %s failed (%s); again in %.1f s", actor.address,
+                             self.upstream, exc.code.value, delay)
+                await actor.clock.sleep(delay)
+                continue
+            failures = 0
+            self.joined = True
+            self.joins += 1
+            self._lost.clear()
+            log.info("%s: joined %s", actor.address, self.upstream)
+            self.on_joined(request, answer)
+            await self._lost.wait()
+            # every member of the upstream hears that it lost us at once: do not all come back
+            # at once
+            await actor.clock.sleep(actor.rng.uniform(0, self.rejoin_spread_s))
+
+
+__all__ = ["JoinedCallback", "Membership"]
