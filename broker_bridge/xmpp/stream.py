@@ -88,11 +88,12 @@ class FrameStreamMixin:
         self.write_paused = False
         self._on_resume()
 
-    def connection_made(self, transport: Any) -> None:
+    def connection_made(self, transport: Any, send_event: bool = True) -> None:
         # a connection lost while asyncio had paused writing never gets its resume_writing:
-        # without this, the next connection would start (and stay) paused, sending nothing
+        # without this, the next connection would start (and stay) paused, sending nothing.
+        # ``send_event``: slixmpp's STARTTLS upgrade calls this again with it set to False
         self.write_paused = False
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(transport, send_event)  # type: ignore[misc]
 
     def write_buffer_size(self) -> int:
         transport = getattr(self, "transport", None)

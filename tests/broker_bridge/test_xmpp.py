@@ -309,6 +309,30 @@ async def test_reconnects_back_off_with_full_jitter_on_the_injected_clock(
     assert transport.reconnects == 1
 
 
+async def test_the_stream_survives_slixmpps_starttls_reentry() -> None:
+    """STARTTLS makes slixmpp call ``connection_made(transport, send_event=False)`` on the
+    upgraded connection; the override that resets write pausing must take it."""
+    import socket
+
+    from broker_bridge.xmpp.stream import ClientStream
+
+    stream = ClientStream("tls@csms.local/bridge", "pw", tls=True, window=16,
+                          sink=lambda *_: None, on_resume=lambda: None,
+                          presence=lambda *_: None)
+    connected: list[object] = []
+    stream.add_event_handler("connected", connected.append)
+    ours, theirs = socket.socketpair()
+    try:
+        transport, _ = await asyncio.get_running_loop().create_connection(lambda: stream,
+                                                                          sock=ours)
+        stream.pause_writing()
+        stream.connection_made(transport, send_event=False)  # as after the TLS upgrade
+        assert not stream.write_paused and len(connected) == 1
+        transport.close()
+    finally:
+        theirs.close()
+
+
 async def test_an_unreachable_broker_is_reported_clearly() -> None:
     settings = XmppSettings(c2s_port=1, connect_timeout_s=0.5)
     transport = XmppTransport.client(settings, "nobody", "pw")
