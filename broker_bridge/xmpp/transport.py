@@ -64,7 +64,7 @@ class XmppTransport:
         self._rng = rng or random.Random()
         self.book = AddressBook(settings)
         self.account = account
-        self.component = component
+        self.component_domain = component
         self.name = name or account or component or "xmpp"
         self.on_frame: FrameCallback = _nothing
         self.on_link: LinkCallback = _nothing
@@ -193,9 +193,9 @@ class XmppTransport:
                                  f"({self.account}), not {address!r}")
         else:
             domain = self.book.domain_of(address)
-            if domain != self.component:
+            if domain != self.component_domain:
                 raise ValueError(f"{address!r} routes to {domain}, not to this component "
-                                 f"({self.component}); add a route for it")
+                                 f"({self.component_domain}); add a route for it")
         self._local.add(address)
 
     async def join_group(self, group: str) -> None:
@@ -214,7 +214,7 @@ class XmppTransport:
 
     def _from(self) -> str:
         # a client's 'from' is stamped by the broker; a component must name a JID of its domain
-        return f" from='{self._own}'" if self.component is not None else ""
+        return f" from='{self._own}'" if self.component_domain is not None else ""
 
     def _presence(self, room: str, *, unavailable: bool = False) -> str:
         kind = " type='unavailable'" if unavailable else ""
