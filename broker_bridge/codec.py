@@ -223,7 +223,7 @@ _OPTIONAL_TYPES: tuple[tuple[str, tuple[type, ...], Any], ...] = (
 _DEFAULT_TAIL = [default for _, _, default in _OPTIONAL_TYPES]
 
 
-def _malformed(text: str, fields: list[Any]) -> MalformedMessageError:
+def _malformed(text: str, fields: list[Any]) -> ModelError:
     return MalformedMessageError(text, details=_context(fields))
 
 

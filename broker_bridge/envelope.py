@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 PROTOCOL_VERSION = 1
 GROUP_PREFIX = "group:"
@@ -94,5 +94,5 @@ class Envelope(NamedTuple):
     def expired(self, now_us: int) -> bool:
         return self.expires_us is not None and now_us >= self.expires_us
 
-    def with_changes(self, **changes: object) -> Envelope:
+    def with_changes(self, **changes: Any) -> Envelope:
         return self._replace(**changes)

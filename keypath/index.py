@@ -18,7 +18,7 @@ from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
 from keypath.path import KeyPath
-from keypath.pattern import GLOBSTAR, STAR, KeyPattern
+from keypath.pattern import GLOBSTAR, KeyPattern
 
 P = TypeVar("P", bound=Hashable)
 
@@ -60,19 +60,19 @@ class PatternIndex(Generic[P]):
         pattern = _as_pattern(pattern)
         node = self._root
         for seg in pattern.segments:
-            if seg is GLOBSTAR:
+            if isinstance(seg, str):
+                child = node.literal.get(seg)
+                if child is None:
+                    child = node.literal[seg] = _Node(node, loops=False)
+                node = child
+            elif seg is GLOBSTAR:
                 if node.glob is None:
                     node.glob = _Node(node, loops=True)
                 node = node.glob
-            elif seg is STAR:
+            else:  # STAR
                 if node.star is None:
                     node.star = _Node(node, loops=False)
                 node = node.star
-            else:
-                child = node.literal.get(seg)  # type: ignore[arg-type]
-                if child is None:
-                    child = node.literal[seg] = _Node(node, loops=False)  # type: ignore[index]
-                node = child
         node.payloads.append(payload)
         node.pattern = pattern
         self._count += 1
@@ -83,12 +83,12 @@ class PatternIndex(Generic[P]):
         node: _Node[P] | None = self._root
         for seg in pattern.segments:
             assert node is not None
-            if seg is GLOBSTAR:
+            if isinstance(seg, str):
+                node = node.literal.get(seg)
+            elif seg is GLOBSTAR:
                 node = node.glob
-            elif seg is STAR:
+            else:  # STAR
                 node = node.star
-            else:
-                node = node.literal.get(seg)  # type: ignore[arg-type]
             if node is None:
                 raise KeyError(f"pattern {pattern} is not in the index")
         assert node is not None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import overload
+from typing import cast, overload
 
 from keypath.errors import KeyPathError
 
@@ -139,7 +139,7 @@ class KeyPath:
             if not isinstance(s, str):
                 raise KeyPathError(f"segment {s!r} is neither text nor an integer")
             check_segment(s)
-        self._segments = segs
+        self._segments = cast("tuple[str, ...]", segs)  # each checked to be text above
         self._hash = hash(segs)
         self._text = None
 

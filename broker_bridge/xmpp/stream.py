@@ -27,7 +27,7 @@ import hashlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import slixmpp
 from slixmpp.util import bytes as _as_bytes
@@ -62,10 +62,16 @@ def _fast_scram_hi(self: Any, text: str, salt: bytes, iterations: int) -> bytes:
     return hashlib.pbkdf2_hmac(self.hash().name, _as_bytes(text), salt, iterations)
 
 
-_sasl.SCRAM.Hi = _fast_scram_hi  # same result, computed in C
+_sasl.SCRAM.Hi = _fast_scram_hi  # type: ignore[method-assign]  # on purpose: same result, in C
 
 
-class FrameStreamMixin:
+if TYPE_CHECKING:  # what the mixin is mixed into, so its calls into slixmpp are checked
+    _Stream = slixmpp.BaseXMPP
+else:
+    _Stream = object
+
+
+class FrameStreamMixin(_Stream):
     """Mixed into slixmpp's stream classes; see the module docstring."""
 
     _sink: FrameSink
@@ -88,11 +94,12 @@ class FrameStreamMixin:
         self.write_paused = False
         self._on_resume()
 
-    def connection_made(self, transport: Any) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport, send_event: bool = True) -> None:
         # a connection lost while asyncio had paused writing never gets its resume_writing:
-        # without this, the next connection would start (and stay) paused, sending nothing
+        # without this, the next connection would start (and stay) paused, sending nothing.
+        # ``send_event``: slixmpp's STARTTLS upgrade calls this again with it set to False
         self.write_paused = False
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(transport, send_event)
 
     def write_buffer_size(self) -> int:
         transport = getattr(self, "transport", None)
@@ -100,8 +107,9 @@ class FrameStreamMixin:
 
     @property
     def _sm(self) -> Any:
-        plugins = self.plugin  # type: ignore[attr-defined]
-        # slixmpp's PluginManager is not a plain dict: look before indexing
+        # typed as a dict holding every plugin, it is a PluginManager holding those registered
+        # (components have no xep_0198), which answers a missing key with an error: look first
+        plugins: Any = self.plugin
         return plugins["xep_0198"] if "xep_0198" in plugins else None  # noqa: SIM401
 
     def _spawn_event(self, xml: Any) -> None:
@@ -130,9 +138,9 @@ class FrameStreamMixin:
         elif tag == _SM_REQUEST:
             sm = self._sm
             if sm is not None and sm.enabled_in:
-                self.send_raw(f"<a xmlns='{SM_NS}' h='{sm.handled}'/>")  # type: ignore[attr-defined]
+                self.send_raw(f"<a xmlns='{SM_NS}' h='{sm.handled}'/>")
                 return
-        super()._spawn_event(xml)  # type: ignore[misc]
+        super()._spawn_event(xml)
 
     def _count_handled(self) -> None:
         sm = self._sm
@@ -163,7 +171,7 @@ class FrameStreamMixin:
             if sm.window_counter <= 0:
                 sm.window_counter = sm.window
                 data += f"<r xmlns='{SM_NS}'/>"
-        self.send_raw(data)  # type: ignore[attr-defined]
+        self.send_raw(data)
 
     async def close_cleanly(self, goodbye: list[str], timeout: float) -> None:
         """Say goodbye (``goodbye`` stanzas, e.g. unavailable presences), wait until everything
@@ -175,14 +183,14 @@ class FrameStreamMixin:
             self.send_tracked(stanza)
         if not getattr(self, "is_component", False):
             with contextlib.suppress(Exception):
-                iq = self.Iq(stype="get", sto=self.boundjid.domain)  # type: ignore[attr-defined]
+                iq = self.Iq(stype="get", sto=self.boundjid.domain)
                 iq.enable("ping")
                 await iq.send(timeout=timeout)
         sm = self._sm
         if sm is not None and sm.enabled_in and getattr(self, "transport", None) is not None:
-            self.send_raw(f"<a xmlns='{SM_NS}' h='{sm.handled}'/>")  # type: ignore[attr-defined]
+            self.send_raw(f"<a xmlns='{SM_NS}' h='{sm.handled}'/>")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.disconnect(wait=timeout), timeout + 1)  # type: ignore[attr-defined]
+            await asyncio.wait_for(self.disconnect(wait=timeout), timeout + 1)
 
 
 class ClientStream(FrameStreamMixin, slixmpp.ClientXMPP):

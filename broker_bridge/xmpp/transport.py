@@ -13,7 +13,8 @@ fans it out. A connection joins each room once (under one nickname) and the endp
 its local members; the sender's own echo is dropped here.
 
 The link is kept up by a reconnect loop with full-jitter exponential backoff (the cure for
-reconnect storms); slixmpp's own unjittered retries are cancelled. Clients use a fixed resource,
+reconnect storms; ``broker_bridge.backoff``, waiting on the transport's clock with its own
+random generator); slixmpp's own unjittered retries are cancelled. Clients use a fixed resource,
 so a session that hibernates on the broker after a crash is taken over, not orphaned.
 """
 
@@ -27,6 +28,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from broker_bridge.backoff import Backoff
+from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.envelope import is_group
 from broker_bridge.transport import FrameCallback, LinkCallback, Origin, WritableCallback
 from broker_bridge.xmpp.addresses import AddressBook, XmppSettings
@@ -44,17 +47,24 @@ def _nothing(*_: object) -> None:
 
 
 class XmppTransport:
-    """A ``Transport`` over an XMPP broker (see the module docstring)."""
+    """A ``Transport`` over an XMPP broker (see the module docstring).
+
+    ``clock`` waits between reconnect attempts; ``rng`` draws their jitter (seed it to replay
+    a run; by default each transport has its own, so a crowd of them spreads out)."""
 
     def __init__(self, settings: XmppSettings, *, account: str | None = None,
                  password: str | None = None, component: str | None = None,
-                 secret: str | None = None, name: str | None = None) -> None:
+                 secret: str | None = None, name: str | None = None,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
         if (account is None) == (component is None):
             raise ValueError("give either an account (client) or a component domain")
         self.settings = settings
+        self.clock: Clock = clock or WALL_CLOCK
+        self.backoff = Backoff(settings.reconnect_base_s, settings.reconnect_cap_s)
+        self._rng = rng or random.Random()
         self.book = AddressBook(settings)
         self.account = account
-        self.component = component
+        self.component_domain = component
         self.name = name or account or component or "xmpp"
         self.on_frame: FrameCallback = _nothing
         self.on_link: LinkCallback = _nothing
@@ -96,13 +106,15 @@ class XmppTransport:
 
     @classmethod
     def client(cls, settings: XmppSettings, account: str, password: str,
-               name: str | None = None) -> XmppTransport:
-        return cls(settings, account=account, password=password, name=name)
+               name: str | None = None, *, clock: Clock | None = None,
+               rng: random.Random | None = None) -> XmppTransport:
+        return cls(settings, account=account, password=password, name=name, clock=clock, rng=rng)
 
     @classmethod
     def component(cls, settings: XmppSettings, domain: str, secret: str,
-                  name: str = "bridge") -> XmppTransport:
-        return cls(settings, component=domain, secret=secret, name=name)
+                  name: str = "bridge", *, clock: Clock | None = None,
+                  rng: random.Random | None = None) -> XmppTransport:
+        return cls(settings, component=domain, secret=secret, name=name, clock=clock, rng=rng)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -181,9 +193,9 @@ class XmppTransport:
                                  f"({self.account}), not {address!r}")
         else:
             domain = self.book.domain_of(address)
-            if domain != self.component:
+            if domain != self.component_domain:
                 raise ValueError(f"{address!r} routes to {domain}, not to this component "
-                                 f"({self.component}); add a route for it")
+                                 f"({self.component_domain}); add a route for it")
         self._local.add(address)
 
     async def join_group(self, group: str) -> None:
@@ -202,7 +214,7 @@ class XmppTransport:
 
     def _from(self) -> str:
         # a client's 'from' is stamped by the broker; a component must name a JID of its domain
-        return f" from='{self._own}'" if self.component is not None else ""
+        return f" from='{self._own}'" if self.component_domain is not None else ""
 
     def _presence(self, room: str, *, unavailable: bool = False) -> str:
         kind = " type='unavailable'" if unavailable else ""
@@ -295,19 +307,21 @@ class XmppTransport:
         self.on_link(up)
 
     async def _keep_connected(self) -> None:
-        failures = 0
+        failed_attempts = 0
         while not self._stopping:
             if await self._attempt():
-                failures = 0
+                failed_attempts = 0
                 await self._lost.wait()
                 if self._stopping:
                     return
                 self.reconnects += 1
                 log.warning("%s: lost the broker connection; reconnecting", self.name)
             else:
-                failures += 1
-            cap = min(self.settings.reconnect_cap_s, self.settings.reconnect_base_s * 2**failures)
-            await asyncio.sleep(random.uniform(0, cap))  # full jitter: no synchronised storms
+                failed_attempts += 1
+            # the lost connection counts as a failure too: the first retry after a loss waits
+            # up to reconnect_base_s, each failed attempt doubles that, up to reconnect_cap_s
+            # (full jitter: no synchronised storms)
+            await self.clock.sleep(self.backoff.delay(failed_attempts + 1, self._rng))
 
     async def _attempt(self) -> bool:
         stream = self._stream

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import random
 
 import msgpack
 import pytest
 
 from bench.faults import run_faults, settings_for
+from broker_bridge.backoff import Backoff
+from broker_bridge.clock import WALL_CLOCK
 from broker_bridge.codec import (
     decode_body,
     decode_envelope,
@@ -258,6 +261,76 @@ async def test_the_link_comes_back_after_a_broker_restart(
         await inbox.wait_for(20)
         assert inbox.numbers() == list(range(20))
         assert a.transport.reconnects >= 1  # type: ignore[attr-defined]
+
+
+class SkippingClock:
+    """Wall time as it is; waits recorded and skipped, so a reconnect loop runs in test time."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def now_us(self) -> int:
+        return WALL_CLOCK.now_us()
+
+    def monotonic(self) -> float:
+        return WALL_CLOCK.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await asyncio.sleep(0)
+
+
+async def test_reconnects_back_off_with_full_jitter_on_the_injected_clock(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    managed_prosody.create_accounts({"jit": "pw"})
+    slow = XmppSettings(host=settings.host, c2s_port=settings.c2s_port, domain=settings.domain,
+                        muc_domain=settings.muc_domain, reconnect_base_s=0.1, reconnect_cap_s=0.8)
+    clock = SkippingClock()
+    transport = XmppTransport.client(slow, "jit", "pw", clock=clock, rng=random.Random(7))
+    await transport.start()
+    try:
+        assert clock.slept == []  # the first attempt connected
+        managed_prosody.kill()
+        async with asyncio.timeout(10):  # attempts fail at once: collect a few backoffs
+            while len(clock.slept) < 8:
+                await asyncio.sleep(0.001)
+        await managed_prosody.start()
+        async with asyncio.timeout(10):
+            while not transport.connected:
+                await asyncio.sleep(0.001)
+    finally:
+        await transport.stop()
+    # the loss counts as the first failure, each failed attempt as one more; the delays are
+    # the Backoff's, drawn from the transport's own generator
+    expected_rng, backoff = random.Random(7), Backoff(0.1, 0.8)
+    assert clock.slept == [backoff.delay(n, expected_rng) for n in range(1, len(clock.slept) + 1)]
+    assert all(0 <= d <= min(0.8, 0.1 * 2 ** n) for n, d in enumerate(clock.slept))
+    assert transport.reconnects == 1
+
+
+async def test_the_stream_survives_slixmpps_starttls_reentry() -> None:
+    """STARTTLS makes slixmpp call ``connection_made(transport, send_event=False)`` on the
+    upgraded connection; the override that resets write pausing must take it."""
+    import socket
+
+    from broker_bridge.xmpp.stream import ClientStream
+
+    stream = ClientStream("tls@csms.local/bridge", "pw", tls=True, window=16,
+                          sink=lambda *_: None, on_resume=lambda: None,
+                          presence=lambda *_: None)
+    connected: list[object] = []
+    stream.add_event_handler("connected", connected.append)
+    ours, theirs = socket.socketpair()
+    try:
+        transport, _ = await asyncio.get_running_loop().create_connection(lambda: stream,
+                                                                          sock=ours)
+        stream.pause_writing()
+        stream.connection_made(transport, send_event=False)  # as after the TLS upgrade
+        assert not stream.write_paused and len(connected) == 1
+        transport.close()
+    finally:
+        theirs.close()
 
 
 async def test_an_unreachable_broker_is_reported_clearly() -> None:
