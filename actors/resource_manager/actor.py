@@ -291,7 +291,8 @@ class ResourceManager(TreeActor):
             plan = self.value("site/plan")
             if plan is None:
                 continue
-            forecast = s2.plan_to_power_forecast(EnergyTransferPlan.model_validate(plan))
+            forecast = s2.plan_to_power_forecast(EnergyTransferPlan.model_validate(plan),
+                                                 self.rng)
             try:
                 answer = await self.request(peer, S2Message(payload=s2.to_json(forecast)))
                 problem = (s2.reception_problem(s2.parse_s2(answer.payload))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -133,6 +134,11 @@ def message_type_of(message: Any) -> str:
 def message_id_of(message: Any) -> str:
     """The S2 ``message_id`` (a ReceptionStatus has none: its subject's id)."""
     return str(getattr(message, "message_id", None) or message.subject_message_id)
+
+
+def new_id(rng: random.Random) -> uuid.UUID:
+    """A random (version 4) UUID drawn from ``rng``: S2 names every message by one."""
+    return uuid.UUID(int=rng.getrandbits(128), version=4)
 
 
 def reception_status(subject_message_id: str, *, ok: bool = True, label: str | None = None
@@ -309,9 +315,10 @@ def _durations_ms(starts: list[int], end_us: int) -> list[int]:
     return [b - a for a, b in itertools.pairwise(marks)]
 
 
-def plan_to_power_forecast(plan: EnergyTransferPlan) -> PowerForecast:
+def plan_to_power_forecast(plan: EnergyTransferPlan, rng: random.Random) -> PowerForecast:
     """Our plan as an S2 ``PowerForecast`` of site totals (3-phase symmetric, see above),
-    each value with its 68 % and 95 % bands and hard limits where the plan has them."""
+    each value with its 68 % and 95 % bands and hard limits where the plan has them
+    (``rng`` draws its message id)."""
     starts = [e.start_us for e in plan.elements]
     elements = []
     for element, ms in zip(plan.elements, _durations_ms(starts, plan.end_us), strict=True):
@@ -322,12 +329,12 @@ def plan_to_power_forecast(plan: EnergyTransferPlan) -> PowerForecast:
             value_lower_95PPR=p.lower_95_w, value_upper_95PPR=p.upper_95_w,
             value_lower_limit=p.lower_limit_w, value_upper_limit=p.upper_limit_w)
         elements.append(PowerForecastElement(duration=Duration(root=ms), power_values=[value]))
-    return PowerForecast(message_id=uuid.uuid4(), start_time=from_us(starts[0]),
+    return PowerForecast(message_id=new_id(rng), start_time=from_us(starts[0]),
                          elements=elements)
 
 
-def envelope_to_instruction(envelope: PowerRangeEnvelope, power_constraints_id: str
-                            ) -> PEBCInstruction:
+def envelope_to_instruction(envelope: PowerRangeEnvelope, power_constraints_id: str,
+                            rng: random.Random) -> PEBCInstruction:
     """Our envelope as a ``PEBC.Instruction``: L1, L2 and L3 envelopes when every element
     has per-phase limits, else one 3-phase symmetric envelope of the totals."""
     starts = [e.start_us for e in envelope.elements]
@@ -346,9 +353,9 @@ def envelope_to_instruction(envelope: PowerRangeEnvelope, power_constraints_id: 
                                           lower_limit=limits(e, phase).lower_w,
                                           upper_limit=limits(e, phase).upper_w)
                  for e, ms in zip(envelope.elements, durations, strict=True)]
-        envelopes.append(PEBCPowerEnvelope(id=str(uuid.uuid4()), commodity_quantity=quantity,
+        envelopes.append(PEBCPowerEnvelope(id=str(new_id(rng)), commodity_quantity=quantity,
                                            power_envelope_elements=items))
-    return PEBCInstruction(message_id=uuid.uuid4(), id=uuid.uuid4(),
+    return PEBCInstruction(message_id=new_id(rng), id=new_id(rng),
                            execution_time=from_us(starts[0]), abnormal_condition=False,
                            power_constraints_id=power_constraints_id,
                            power_envelopes=envelopes)
@@ -367,6 +374,7 @@ __all__ = [
     "from_us",
     "message_id_of",
     "message_type_of",
+    "new_id",
     "parse_s2",
     "plan_to_power_forecast",
     "power_constraints_from_s2",

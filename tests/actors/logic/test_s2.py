@@ -5,6 +5,7 @@ a specific INVALID_MESSAGE."""
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -189,7 +190,7 @@ def test_a_plan_becomes_a_valid_s2_power_forecast_with_its_bands() -> None:
             expected_w=10_000, lower_68_w=8_000, upper_68_w=12_000, lower_95_w=5_000,
             upper_95_w=15_000, lower_limit_w=0, upper_limit_w=22_000)),
         PlanElement(start_us=T0_US + 900_000_000, power=ForecastValue(expected_w=4_000))])
-    text = s2.to_json(s2.plan_to_power_forecast(plan))
+    text = s2.to_json(s2.plan_to_power_forecast(plan, random.Random(1)))
     forecast = S2Parser.parse_as_any_message(text)  # s2-python's own reading
     assert isinstance(forecast, PowerForecast)
     PowerForecast.model_validate_json(text)
@@ -208,7 +209,7 @@ def test_an_envelope_round_trips_through_a_valid_instruction() -> None:
     env = PowerRangeEnvelope(end_us=T0_US + 7_200_000_000, elements=[
         EnvelopeElement(start_us=T0_US, lower_w=0, upper_w=30_000),
         EnvelopeElement(start_us=T0_US + 1_800_000_000, lower_w=-3_000, upper_w=11_000)])
-    message = s2.envelope_to_instruction(env, str(uuid.uuid4()))
+    message = s2.envelope_to_instruction(env, str(uuid.uuid4()), random.Random(2))
     parsed = S2Parser.parse_as_any_message(message.to_json())
     assert s2.envelope_from_instruction(parsed) == env
 
@@ -233,7 +234,7 @@ def test_any_whole_ms_envelope_round_trips(elements: list[tuple[int, float, floa
         element(start, low, width) for start, (_, low, width) in zip(starts, elements,
                                                                    strict=False)])
     message = S2Parser.parse_as_any_message(
-        s2.envelope_to_instruction(env, str(uuid.uuid4())).to_json())
+        s2.envelope_to_instruction(env, str(uuid.uuid4()), random.Random(3)).to_json())
     back = s2.envelope_from_instruction(message)
     assert [e.start_us for e in back.elements] == [e.start_us for e in env.elements]
     assert back.end_us == env.end_us
