@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.app.config import BrokerConfig, StationsConfig
-from actors.app.wiring import Running, settle_heap, start_stations, xmpp_settings
+from actors.app.hierarchy import Hierarchy
+from actors.app.wiring import Running, settle_heap, xmpp_settings
+from actors.logic.station.simulation import SimulationConfig
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.station.actor import ChargingStation
-from actors.station.simulated import SimulatedStation
+from actors.station.simulated import SimulatorSettings
 from bench.monitoring import monitor_setups
 from broker_bridge import Endpoint
 from broker_bridge.prosody import ManagedProsody
@@ -33,8 +34,7 @@ from object_model import Role, Write
 from object_model.messages import JoinNetworkRequest, JoinNetworkResponse, PropertyValueUpdate
 from object_model.monitoring import MonitoringReport
 
-SINK = "bench-sink"
-PASSWORD = "bench-sink-pw"
+SINK = "local-site1"  # the sink plays the site's local CSMS, on its account
 WARMUP_S = 3.0
 SETUPS_IN_FLIGHT = 256
 MAX_QUEUED = 2_000  # envelopes queued or unacknowledged at the stations' session
@@ -119,7 +119,7 @@ class Delivery:
 
     def __init__(self, root: Path, say: Say) -> None:
         self.root, self.say = root, say
-        self.broker = ManagedProsody(root / "broker")
+        self.hierarchy: Hierarchy | None = None
         self.sink: Sink | None = None
         self.hosts: Running | None = None
         self.transactions = 0
@@ -127,31 +127,27 @@ class Delivery:
 
     @property
     def stations(self) -> list[ChargingStation]:
-        assert self.hosts is not None
-        return self.hosts.actors  # type: ignore[return-value]
+        assert self.hierarchy is not None
+        return self.hierarchy.stations()
+
+    @property
+    def broker(self) -> ManagedProsody:
+        assert self.hierarchy is not None
+        return self.hierarchy.broker
 
     async def start(self, count: int) -> None:
-        self.say("starting the managed Prosody broker")
-        ep = await self.broker.start()
-        self.broker.create_accounts({SINK: PASSWORD})
-        config = BrokerConfig(host=ep.host, c2s_port=ep.c2s_port,
-                              component_port=ep.component_port, domain=ep.domain,
-                              muc_domain=ep.muc_domain,
-                              routes=(("cs-*", ep.component_domains[0]),))
-        endpoint = await Endpoint(XmppTransport.client(xmpp_settings(config), SINK, PASSWORD),
-                                  name=SINK).start()
+        self.hierarchy = h = await Hierarchy.start(self.root, say=self.say)
+        endpoint = await Endpoint(XmppTransport.client(
+            xmpp_settings(h.config), SINK, h.passwords[SINK]), name=SINK).start()
         self.sink = Sink(SINK, endpoint, roles=RoleDirectory({"cs-*": Role.STATION}))
         await self.sink.start()
         started = time.monotonic()
         self.say(f"starting {count} station actors on one component connection")
-        self.hosts = await start_stations(config, StationsConfig(
-            component=ep.component_domains[0], component_secret=ep.component_secret,
-            ids=tuple(f"cs-{i}" for i in range(1, count + 1)), csms=SINK,
-            state_dir=str(self.root / "stations"), tick_s=3600.0, arrivals_per_evse_per_h=0.0,
-            seed=1), progress=self.say)
-        for station in self.stations:
-            assert isinstance(station.hardware, SimulatedStation)
-            station.hardware.paused = True
+        # a tick of an hour and no arrivals: nothing changes but what the bench writes
+        self.hosts = await h.add_stations(
+            1, [f"cs-site1-{i}" for i in range(1, count + 1)], seed=1, paused=True,
+            simulator=SimulatorSettings(tick_s=3600.0, simulation=SimulationConfig(
+                arrivals_per_evse_hour=0.0)))
         await self._until(lambda: sum(s.admitted for s in self.stations), count, "joined", 120)
         self.say(f"{count} stations started and joined in {time.monotonic() - started:.1f} s")
 
@@ -270,12 +266,14 @@ class Delivery:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        if self.hosts is not None:
-            await self.hosts.stop()
+        if self.hierarchy is not None:
+            for host in self.hierarchy.site(1).hosts:
+                await host.stop()
         if self.sink is not None:
             await self.sink.stop()
             await self.sink.endpoint.stop(flush_timeout=1)
-        await self.broker.stop()
+        if self.hierarchy is not None:
+            await self.hierarchy.close()
 
 
 async def measure_delivery(stations: int, seconds: float, *, warmup: float = WARMUP_S,

@@ -67,7 +67,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import math
@@ -78,46 +77,31 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from actors.app.client import OperatorClient
-from actors.app.config import BrokerConfig, LocalConfig, StationsConfig, load_config
-from actors.app.wiring import (
-    Running,
-    settle_heap,
-    start_cloud,
-    start_local,
-    start_stations,
-    xmpp_settings,
-)
+from actors.app.config import load_config
+from actors.app.hierarchy import Hierarchy, Say, simulated
+from actors.app.wiring import Running, settle_heap, start_cloud
 from actors.csms.cloud import CloudCsms
-from actors.csms.local import LocalCsms
+from actors.logic.station.simulation import SimulationConfig
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
-from actors.station.simulated import SimulatedStation
+from actors.station.simulated import SimulatedStation, SimulatorSettings
+from actors.testing import until
 from bench.ocpp_baseline import full_report_bytes
-from broker_bridge import Endpoint
-from broker_bridge.prosody import ManagedProsody
-from broker_bridge.xmpp import XmppTransport
 from keypath import KeyPath
-from object_model import ModelError, ObjectTree, PermissiveSchema, Write
+from object_model import ObjectTree, PermissiveSchema, Write
 from object_model.csms_model import csms_schema
 from object_model.messages import (
-    Batch,
-    PropertyTreeDiscoveryRequest,
     PropertyValueRead,
     PropertyValueReadResponse,
 )
 from object_model.station import station_schema
 from object_model.types import FloatType
 
-Say = Callable[[str], None]
-POLL_CHUNK = 256  # discovery requests per operator Batch
 OCPP_SAMPLE = 10
 COUNTERS = ("resync_wire_bytes", "resync_bytes", "resyncs", "updates", "gaps", "joins")
 
@@ -176,21 +160,6 @@ def _write_stats(path: Path, running: Running, started: float, ready: float) -> 
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(stats_out))
     os.replace(tmp, path)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the child SIGKILLed when this process dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
 
 
 # -- changing stations ------------------------------------------------------------------------
@@ -271,30 +240,9 @@ def floor_between(copy: ObjectTree, tree: ObjectTree) -> int:
 # -- the hierarchy ----------------------------------------------------------------------------
 
 
-@dataclass
-class Site:
-    name: str  # its local CSMS's address
-    domain: str
-    local: Running
-    host: Running
-
-    @property
-    def stations(self) -> list[ChargingStation]:
-        return self.host.actors  # type: ignore[return-value]
-
-
-@dataclass
-class Hierarchy:
-    root: Path
-    say: Say
-    broker: ManagedProsody | None = None
-    config: BrokerConfig | None = None
-    passwords: dict[str, str] = field(default_factory=dict)
-    site_secrets: dict[str, str] = field(default_factory=dict)
-    sites: list[Site] = field(default_factory=list)
-    cloud: asyncio.subprocess.Process | None = None
-    operator: OperatorClient | None = None
-    operator_endpoint: Endpoint | None = None
+class ResyncLab(Hierarchy):
+    """The shared hierarchy harness, with what this benchmark watches: the cloud runs as
+    ``python -m bench.resync cloud`` and writes its figures to ``stats_path``."""
 
     @property
     def cloud_dir(self) -> Path:
@@ -304,117 +252,36 @@ class Hierarchy:
     def stats_path(self) -> Path:
         return self.root / "cloud-stats.json"
 
-    def stations(self) -> list[ChargingStation]:
-        return [s for site in self.sites for s in site.stations]
-
-    # -- starting ----------------------------------------------------------------------------
-
-    async def start_broker(self, sites: int) -> None:
-        domains = [f"site{k}.stations.csms.local" for k in range(1, sites + 1)]
-        self.broker = ManagedProsody(self.root / "broker", component_domains=domains)
-        self.say("starting the managed Prosody broker...")
-        ep = await self.broker.start()
-        names = ["cloud", "operator", *(f"local-site{k}" for k in range(1, sites + 1))]
-        self.passwords = {name: f"{name}-bench-pw" for name in names}
-        self.broker.create_accounts(self.passwords)
-        self.site_secrets = {f"local-site{k}": f"site{k}-up" for k in range(1, sites + 1)}
-        self.config = BrokerConfig(
-            host=ep.host, c2s_port=ep.c2s_port, component_port=ep.component_port,
-            domain=ep.domain, muc_domain=ep.muc_domain,
-            routes=tuple((f"cs-site{k}-*", d) for k, d in enumerate(domains, 1)))
-        self._write_cloud_config()
-
-    def _write_cloud_config(self) -> None:
-        cfg = self.config
-        assert cfg is not None
-        q = json.dumps
-        routes = ", ".join(f"[{q(a)}, {q(b)}]" for a, b in cfg.routes)
-        secrets = "\n".join(f"{q(k)} = {q(v)}" for k, v in self.site_secrets.items())
-        (self.root / "cloud.toml").write_text(
-            f"[broker]\nhost = {q(cfg.host)}\nc2s_port = {cfg.c2s_port}\n"
-            f"component_port = {cfg.component_port}\ndomain = {q(cfg.domain)}\n"
-            f"muc_domain = {q(cfg.muc_domain)}\nroutes = [{routes}]\n\n"
-            f"[cloud]\naddress = \"cloud\"\npassword = {q(self.passwords['cloud'])}\n"
-            f"state_dir = {q(str(self.cloud_dir))}\n\n[cloud.site_secrets]\n{secrets}\n")
-
-    async def start_cloud(self) -> float:
+    async def start_cloud_child(self) -> float:
         """Start the cloud's process; returns the wall time it was started at, once its
         ``start_cloud`` returned."""
         self.stats_path.unlink(missing_ok=True)
         spawned = time.time()
-        self.cloud = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.resync", "cloud", "--config",
-            str(self.root / "cloud.toml"), "--stats", str(self.stats_path),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=(self.root / "cloud.err").open("ab"), preexec_fn=_die_with_parent())
-        deadline = time.monotonic() + 60
-        while not self.stats_path.exists():
-            self._check_cloud()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cloud did not start within 60 s: {self._cloud_err()}")
-            await asyncio.sleep(0.02)
+        await self.spawn_cloud(("-m", "bench.resync", "cloud"), "--stats",
+                               str(self.stats_path), ready=None)
+
+        def started() -> bool:
+            self.check_cloud()
+            return self.stats_path.exists()
+
+        try:
+            await until(started, "the cloud's start", 60)
+        except AssertionError:
+            raise RuntimeError(f"the cloud did not start within 60 s: {self.cloud_err()}") from None
         return spawned
-
-    def _cloud_err(self) -> str:
-        path = self.root / "cloud.err"
-        return path.read_text()[-2000:] if path.exists() else ""
-
-    def _check_cloud(self) -> None:
-        if self.cloud is not None and self.cloud.returncode is not None:
-            raise RuntimeError(f"the cloud process exited with {self.cloud.returncode}: "
-                               f"{self._cloud_err()}")
 
     def cloud_stats(self) -> dict[str, Any]:
         return json.loads(self.stats_path.read_text())
 
-    async def kill_cloud(self) -> None:
-        assert self.cloud is not None
-        self.say("killing the cloud CSMS (SIGKILL)")
-        self.cloud.send_signal(signal.SIGKILL)
-        await self.cloud.wait()
-        self.cloud = None
-
     async def start_sites(self, stations: int, sites: int) -> None:
-        assert self.config is not None and self.broker is not None
-        ep = self.broker.endpoint
         base, extra = divmod(stations, sites)
-        started = 0
+        # a tick of an hour and no arrivals: nothing changes but what the bench writes
+        still = SimulatorSettings(tick_s=3600.0,
+                                  simulation=SimulationConfig(arrivals_per_evse_hour=0.0))
         for k in range(1, sites + 1):
-            name, count = f"local-site{k}", base + (k <= extra)
-            provisioning = f"site{k}-provisioning"
-            local = await start_local(self.config, LocalConfig(
-                address=name, password=self.passwords[name], state_dir=str(self.root / name),
-                site=f"site{k}", provisioning_secret=provisioning, cloud="cloud",
-                upstream_secret=self.site_secrets[name]))
-            offset = started
-
-            def progress(message: str, offset: int = offset) -> None:
-                done = int(message.split("/", 1)[0])
-                self.say(f"{offset + done}/{stations} stations started")
-
-            # a tick of an hour and no arrivals: nothing changes but what the bench writes
-            host = await start_stations(self.config, StationsConfig(
-                component=ep.component_domains[k - 1], component_secret=ep.component_secret,
-                ids=tuple(f"cs-site{k}-{i}" for i in range(1, count + 1)), csms=name,
-                provisioning_secret=provisioning, state_dir=str(self.root / f"stations-site{k}"),
-                tick_s=3600.0, arrivals_per_evse_per_h=0.0, seed=1000 * k), progress=progress)
-            self.sites.append(Site(name, ep.component_domains[k - 1], local, host))
-            for station in host.actors:
-                simulated(station).paused = True
-            started += count
-        self.say(f"{started}/{stations} stations started on {sites} sites")
-
-    # -- the operator ------------------------------------------------------------------------
-
-    async def connect_operator(self) -> OperatorClient:
-        if self.operator is None:
-            assert self.config is not None
-            transport = XmppTransport.client(xmpp_settings(self.config), "operator",
-                                             self.passwords["operator"])
-            self.operator_endpoint = await Endpoint(transport, name="operator").start()
-            self.operator = OperatorClient("operator", self.operator_endpoint)
-            await self.operator.start()
-        return self.operator
+            await self.start_site(k, base + (k <= extra), simulator=still, seed=1000 * k,
+                                  paused=True)
+        self.say(f"{len(self.stations())}/{stations} stations started on {sites} sites")
 
     def operator_link(self) -> tuple[int, int]:
         """Frames and bytes the operator exchanged (all of it with the cloud)."""
@@ -424,37 +291,12 @@ class Hierarchy:
         return (ep.frames_sent + ep.session.counters.received_frames,
                 ep.bytes_sent + ep.session.counters.received_bytes)
 
-    async def cloud_digests(self, ids: list[str]) -> dict[str, bytes | None]:
-        """The root digest of the cloud's copy of each station (None: none, or no answer)."""
-        operator = await self.connect_operator()
-
-        async def ask(chunk: list[str]) -> dict[str, bytes | None]:
-            batch = Batch(items=[PropertyTreeDiscoveryRequest(
-                tree=KeyPath("stations", i), include_values=False) for i in chunk])
-            try:
-                answer = await operator.request("cloud", batch, timeout=10)
-            except ModelError:
-                return dict.fromkeys(chunk)
-            assert isinstance(answer, Batch)
-            return {i: getattr(item, "root_digest", None)
-                    for i, item in zip(chunk, answer.items, strict=True)}
-
-        out: dict[str, bytes | None] = {}
-        for part in await asyncio.gather(*(ask(ids[i:i + POLL_CHUNK])
-                                           for i in range(0, len(ids), POLL_CHUNK))):
-            out.update(part)
-        return out
-
     async def cloud_counters(self) -> dict[str, int]:
-        operator = await self.connect_operator()
+        operator = await self.operator()
         answer = await operator.request("cloud", PropertyValueRead(
             paths=[KeyPath("counters", name) for name in COUNTERS]), timeout=10)
         assert isinstance(answer, PropertyValueReadResponse)
         return {p.segments[-1]: int(v) for p, _, v in answer.values}
-
-    def expected(self) -> dict[str, bytes]:
-        return {s.address: s.tree.digest(visible=True)  # type: ignore[union-attr]
-                for s in self.stations()}
 
     async def wait_cloud_consistent(self, label: str, since: float, timeout: float) -> float:
         """Poll until every cloud copy equals its station; seconds since ``since`` (wall
@@ -463,17 +305,17 @@ class Hierarchy:
         A poll of 1,000 copies keeps the cloud busy for tens of milliseconds, so while the
         cloud's stats file shows its resync engine at work the operator asks only once a
         second; as soon as the engine is idle it asks at once (then every 50 ms)."""
-        pending = sorted(self.expected())
+        pending = sorted(self.expected_digests())
         total, shown, asked = len(pending), time.monotonic(), -math.inf
         deadline = time.monotonic() + timeout
         while True:
-            self._check_cloud()
+            self.check_cloud()
             engine = self.cloud_stats()["resync"]
             if engine["busy"] and time.monotonic() - asked < 1.0:
                 await asyncio.sleep(0.02)
                 continue
             asked = time.monotonic()
-            expected = self.expected()  # stations may still change (site permissions)
+            expected = self.expected_digests()  # they may still change (site permissions)
             digests = await self.cloud_digests(pending)
             pending = [i for i in pending if digests[i] != expected[i]]
             seen = time.time()
@@ -493,27 +335,10 @@ class Hierarchy:
                                    f"differ after {timeout:g} s (e.g. {pending[:3]})")
             await asyncio.sleep(0.05)
 
-    async def all_consistent(self) -> bool:
-        expected = self.expected()
-        digests = await self.cloud_digests(sorted(expected))
-        return all(digests[i] == d for i, d in expected.items())
-
-    def local_consistent(self) -> int:
-        """How many local copies equal their station."""
-        ok = 0
-        for site in self.sites:
-            local: LocalCsms = site.local.actors[0]  # type: ignore[assignment]
-            for station in site.stations:
-                copy = local.copies.replicas.get(f"stations/{station.address}")
-                if copy is not None and copy.tree.digest() == station.tree.digest(  # type: ignore[union-attr]
-                        visible=True):
-                    ok += 1
-        return ok
-
     async def wait_local_consistent(self, label: str, timeout: float) -> None:
         total = len(self.stations())
         deadline, shown = time.monotonic() + timeout, time.monotonic()
-        while (ok := self.local_consistent()) < total:
+        while (ok := self.local_consistent_count()) < total:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{label}: only {ok}/{total} local copies consistent after "
                                    f"{timeout:g} s")
@@ -529,7 +354,7 @@ class Hierarchy:
         deadline = time.monotonic() + timeout
         last, since = None, time.monotonic()
         while True:
-            self._check_cloud()
+            self.check_cloud()
             stats = self.cloud_stats()
             state = (stats["resync"]["busy"], stats["resync"]["runs"], stats["counters"],
                      stats["replicas"], stats["link"]["frames_received"])
@@ -579,53 +404,31 @@ class Hierarchy:
                 await old.store.save_snapshot(old.address, fresh)
                 hardware = SimulatedStation(simulated(old).settings)
                 hardware.paused = True
-                station = ChargingStation(old.address, site.host.endpoint, store=old.store,
+                host = site.hosts[0]
+                station = ChargingStation(old.address, host.endpoint, store=old.store,
                                           settings=old.settings, hardware=hardware)
                 await station.start()
                 assert station.tree is not None and station.tree.epoch == fresh.epoch
-                site.host.actors[index] = station
+                host.actors[index] = station
                 done += 1
                 if done % 100 == 0 or done == total:
                     self.say(f"{done}/{total} stations restarted with a new epoch")
         settle_heap()  # as start_stations does for the trees it loads
         return changed
 
-    # -- stopping ------------------------------------------------------------------------------
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.operator is not None:
-                await self.operator.stop()
-            if self.operator_endpoint is not None:
-                await self.operator_endpoint.stop(flush_timeout=0.5)
-        for site in reversed(self.sites):
-            with contextlib.suppress(Exception):
-                await site.host.stop()
-            with contextlib.suppress(Exception):
-                await site.local.stop()
-        if self.cloud is not None and self.cloud.returncode is None:
-            self.cloud.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.cloud.wait(), 10)
-            except TimeoutError:
-                self.cloud.send_signal(signal.SIGKILL)
-                await self.cloud.wait()
-        if self.broker is not None:
-            await self.broker.stop()
-
 
 # -- one measured restart ---------------------------------------------------------------------
 
 
-async def measure_restart(h: Hierarchy, label: str, floor: int, counter_base: dict[str, int],
+async def measure_restart(h: ResyncLab, label: str, floor: int, counter_base: dict[str, int],
                           timeout: float) -> dict[str, Any]:
     """Start the cloud and measure its resynchronisation until every copy is consistent."""
     h.say(f"{label}: restarting the cloud CSMS")
     op_frames0, op_bytes0 = h.operator_link()
-    spawned = await h.start_cloud()
+    spawned = await h.start_cloud_child()
     seconds = await h.wait_cloud_consistent(label, spawned, timeout)
     stats = await h.wait_cloud_quiet()
-    consistent = await h.all_consistent()
+    consistent = await h.cloud_consistent()
     counters = await h.cloud_counters()
     stats = h.cloud_stats()
     op_frames1, op_bytes1 = h.operator_link()
@@ -683,11 +486,10 @@ async def run_resync(stations: int = 1000, changed: float = 0.01, sites: int = 4
     with tempfile.TemporaryDirectory(prefix="csms-bench-resync-") as tmp:
         root = Path(state_dir) if state_dir is not None else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        h = Hierarchy(root, say)
+        began = time.monotonic()
+        h = await ResyncLab.start(root, sites=sites, say=say)
         try:
-            began = time.monotonic()
-            await h.start_broker(sites)
-            await h.start_cloud()
+            await h.start_cloud_child()
             await h.start_sites(stations, sites)
             started = time.monotonic() - began
             sync_start = time.time()
@@ -832,8 +634,3 @@ if __name__ == "__main__":
         raise SystemExit(main())
     os._exit(130)
 
-
-def simulated(station: object) -> SimulatedStation:
-    """The simulator behind a station of the bench."""
-    assert isinstance(station, ChargingStation) and isinstance(station.hardware, SimulatedStation)
-    return station.hardware

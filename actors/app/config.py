@@ -2,26 +2,39 @@
 
 Sections (see docs/deployment.md for a full example):
 
-``[broker]``    how to reach the XMPP broker, and which domain each address lives on
-``[cloud]``     a cloud CSMS
-``[local]``     a site's local CSMS
-``[stations]``  a host of simulated stations (one component connection for all of them)
-``[metrics]``   where the process serves Prometheus metrics (absent, or ``port = 0``: nowhere)
+``[broker]``            how to reach the XMPP broker, and which domain each address lives on
+``[cloud]``             a cloud CSMS
+``[local]``             a site's local CSMS
+``[stations]``          a host of simulated stations (one component connection for all of them)
+``[resource_manager]``  a site's resource manager
+``[metrics]``           where the process serves Prometheus metrics (absent, or ``port = 0``:
+                        nowhere)
 
-Unknown keys and wrong types are errors that name the file, the section and the key.
+Each actor's section *is* its settings (``LocalConfig`` is a ``LocalSettings`` with the
+account it logs in with and its state directory), and the actor is given it as it is. A few
+keys of the file are short forms (``SHORT_FORMS``): ``allocation_interval_s`` in ``[local]``
+is ``energy.interval_s``, and ``[stations]`` takes its simulator's keys (``evse_count``,
+``dc``, ``speed``, ``tick_s``, ``arrivals_per_evse_per_h``) directly.
+
+Values are checked as the file has them (a string is not a number, a number with a fraction
+is not an integer), and every mistake names the file, the section and the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from broker_bridge.envelope import valid_address
+from pydantic import BaseModel, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+
+from actors.csms.settings import CloudSettings, LocalSettings
+from actors.resource_manager.actor import ResourceManagerSettings
+from actors.runtime.settings import Address, Settings, addresses
+from actors.station.actor import StationSettings
+from actors.station.simulated import SimulatorSettings
 from object_model import Role
 
 
@@ -29,193 +42,199 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
 
 
-def _address_problems(key: str, *addresses: str | None) -> list[str]:
-    return [f"{key}: {a!r} is not an actor address (letters, digits, '.', '_', '-'; at most "
-            "128 characters)" for a in addresses if a is not None and not valid_address(a)]
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
+class BrokerConfig(Settings):
     host: str = "127.0.0.1"
     c2s_port: int = 5222
     component_port: int = 5347
     domain: str = "csms.local"
     muc_domain: str = "rooms.csms.local"
-    routes: tuple[tuple[str, str], ...] = ()
+    routes: tuple[tuple[str, ...], ...] = ()
     tls: bool = False
 
-    def problems(self) -> list[str]:
-        out = [f"{name}: {port} is not a TCP port" for name, port in
-               (("c2s_port", self.c2s_port), ("component_port", self.component_port))
-               if not 0 < port < 65536]
-        out += [f"routes[{i}]: a route is [address pattern, domain], got {list(route)}"
-                for i, route in enumerate(self.routes) if len(route) != 2]
-        return out
+    @field_validator("c2s_port", "component_port")
+    @classmethod
+    def _port(cls, port: int) -> int:
+        if not 0 < port < 65536:
+            raise ValueError(f"{port} is not a TCP port")
+        return port
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, routes: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        for i, route in enumerate(routes):
+            if len(route) != 2:
+                raise ValueError(f"routes[{i}]: a route is [address pattern, domain], got "
+                                 f"{list(route)}")
+        return routes
 
 
-@dataclass(frozen=True)
-class CloudConfig:
-    address: str = "cloud"
+class _Account(Settings):
+    """Where an actor runs: its address (the account it logs in as), its password and the
+    directory of its state."""
+
+    address: Address
     password: str = ""
+    state_dir: str
+
+
+class CloudConfig(CloudSettings, _Account):
+    """``[cloud]``: a cloud CSMS."""
+
+    address: Address = "cloud"
     state_dir: str = "state/cloud"
-    site_secrets: dict[str, str] = field(default_factory=dict)
-    station_secret: str = ""
-    operators: tuple[str, ...] = ("operator",)
-
-    def problems(self) -> list[str]:
-        return (_address_problems("address", self.address)
-                + _address_problems("site_secrets", *self.site_secrets)
-                + _address_problems("operators", *self.operators))
+    operators: tuple[Address, ...] = ("operator",)
 
 
-@dataclass(frozen=True)
-class LocalConfig:
-    address: str = "local-site1"
-    password: str = ""
+class LocalConfig(LocalSettings, _Account):
+    """``[local]``: a site's local CSMS."""
+
+    address: Address = "local-site1"
     state_dir: str = "state/local-site1"
-    site: str = "site1"
-    provisioning_secret: str = ""
-    cloud: str | None = None
-    upstream_secret: str = ""
-    operators: tuple[str, ...] = ("operator",)
-    resource_manager: str | None = None
-    fallback_limit_w: float = 0.0
-    allocation_interval_s: float = 3.0
-
-    def problems(self) -> list[str]:
-        out = (_address_problems("address", self.address)
-               + _address_problems("cloud", self.cloud)
-               + _address_problems("resource_manager", self.resource_manager)
-               + _address_problems("operators", *self.operators))
-        if self.fallback_limit_w < 0:
-            out.append(f"fallback_limit_w: must be 0 or more, got {self.fallback_limit_w}")
-        if not self.allocation_interval_s > 0:
-            out.append(f"allocation_interval_s: must be more than 0, got "
-                       f"{self.allocation_interval_s}")
-        return out
+    operators: tuple[Address, ...] = ("operator",)
 
 
-@dataclass(frozen=True)
-class ResourceManagerConfig:
-    """A site's resource manager: its account, its local CSMS, its S2 peer, and the profile a
-    fresh one starts from (operators change it live with ``csms set``)."""
+class ResourceManagerConfig(ResourceManagerSettings, _Account):
+    """``[resource_manager]``: a site's resource manager (operators change its profile live
+    with ``csms set``)."""
 
-    address: str = "rm-site1"
-    password: str = ""
+    address: Address = "rm-site1"
     state_dir: str = "state/rm-site1"
-    site_csms: str = "local-site1"
-    s2_peer: str | None = None
-    fuse_limit_w: float = 100_000.0
-    operators: tuple[str, ...] = ("operator",)
-
-    def problems(self) -> list[str]:
-        out = (_address_problems("address", self.address)
-               + _address_problems("site_csms", self.site_csms)
-               + _address_problems("s2_peer", self.s2_peer)
-               + _address_problems("operators", *self.operators))
-        if not 0 < self.fuse_limit_w <= 1e8:
-            out.append(f"fuse_limit_w: must be more than 0 and at most 1e8 W, got "
-                       f"{self.fuse_limit_w}")
-        return out
+    site_csms: Address | None = "local-site1"
+    operators: tuple[Address, ...] = ("operator",)
 
 
-@dataclass(frozen=True)
-class StationsConfig:
+class StationsConfig(StationSettings):
+    """``[stations]``: a host of simulated stations on one component connection; each has its
+    own address (``ids``) and tree (in ``state_dir``), the station settings here and the
+    simulator's (``simulator``, or its keys directly); station ``i`` seeds its simulation
+    with ``seed + i`` (default: from its address)."""
+
     component: str = "stations.csms.local"
     component_secret: str = ""
     ids: tuple[str, ...] = ()
-    csms: str = "local-site1"
-    csms_role: str = "local_csms"
-    provisioning_secret: str = ""
+    csms: Address = "local-site1"
     state_dir: str = "state/stations"
-    speed: float = 1.0
-    tick_s: float = 1.0
-    evse_count: int = 2
-    dc: bool = False
-    arrivals_per_evse_per_h: float = 0.25
     seed: int | None = None
-    operators: tuple[str, ...] = ("operator",)
+    operators: tuple[Address, ...] = ("operator",)
+    simulator: SimulatorSettings = SimulatorSettings()
+
+    @field_validator("ids")
+    @classmethod
+    def _ids(cls, ids: tuple[str, ...]) -> tuple[str, ...]:
+        addresses(ids)
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated[:5])} given more than once")
+        return ids
 
     @property
     def role(self) -> Role:
-        return Role(self.csms_role)
-
-    def problems(self) -> list[str]:
-        out = _address_problems("ids", *self.ids) + _address_problems("csms", self.csms)
-        out += _address_problems("operators", *self.operators)
-        repeated = sorted({i for i in self.ids if self.ids.count(i) > 1})
-        if repeated:
-            out.append(f"ids: {', '.join(repeated[:5])} given more than once")
-        if self.csms_role not in (Role.LOCAL_CSMS.value, Role.CLOUD_CSMS.value):
-            out.append(f"csms_role: {self.csms_role!r} is not local_csms or cloud_csms")
-        for key, value in (("speed", self.speed), ("tick_s", self.tick_s)):
-            if not value > 0:
-                out.append(f"{key}: must be more than 0, got {value}")
-        if not 1 <= self.evse_count <= 16:
-            out.append(f"evse_count: must be 1 to 16, got {self.evse_count}")
-        if self.arrivals_per_evse_per_h < 0:
-            out.append(f"arrivals_per_evse_per_h: must be 0 or more, got "
-                       f"{self.arrivals_per_evse_per_h}")
-        return out
+        """The role of the CSMS the stations join."""
+        return self.csms_role
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
+SHORT_FORMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "local": {"allocation_interval_s": ("energy", "interval_s")},
+    "stations": {**{key: ("simulator", key) for key in ("evse_count", "dc", "speed", "tick_s")},
+                 "arrivals_per_evse_per_h": ("simulator", "simulation",
+                                             "arrivals_per_evse_hour")},
+}
+"""Keys a section of the file takes directly that belong deeper (``key``: where it goes)."""
+
+
+class MetricsConfig(Settings):
     port: int = 0  # 0: no metrics
     host: str = "127.0.0.1"
 
-    def problems(self) -> list[str]:
-        if 0 <= self.port < 65536:
-            return []
-        return [f"port: {self.port} is not a TCP port (0: no metrics)"]
+    @field_validator("port")
+    @classmethod
+    def _port(cls, port: int) -> int:
+        if not 0 <= port < 65536:
+            raise ValueError(f"{port} is not a TCP port (0: no metrics)")
+        return port
 
 
-@dataclass(frozen=True)
-class Config:
-    broker: BrokerConfig = field(default_factory=BrokerConfig)
+class Config(Settings):
+    broker: BrokerConfig = BrokerConfig()
     cloud: CloudConfig | None = None
     local: LocalConfig | None = None
     stations: StationsConfig | None = None
     resource_manager: ResourceManagerConfig | None = None
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    metrics: MetricsConfig = MetricsConfig()
 
 
-def _convert(value: Any, kind: Any, where: str) -> Any:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return None if value is None else _convert(value, inner[0], where)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        inner_kind = args[0]
-        return tuple(_convert(v, inner_kind, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
-        return {str(k): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    if kind is float and type(value) is int:
-        return float(value)
-    if kind in (str, int, float, bool) and type(value) is not kind:
-        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r:.40}")
-    return value
+SECTIONS: dict[str, type[BaseModel]] = {
+    "broker": BrokerConfig, "cloud": CloudConfig, "local": LocalConfig,
+    "stations": StationsConfig, "resource_manager": ResourceManagerConfig,
+    "metrics": MetricsConfig}
 
 
-def _section(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(sorted(names))}")
-    values = {key: _convert(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
-    section = cls(**values)
-    problems = section.problems()
-    if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems))
-    return section
+def _fold(data: dict[str, Any], keys: dict[str, tuple[str, ...]]
+          ) -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
+    """Move the short forms ``keys`` of ``data`` to where they belong (``key`` ->
+    ``data[a][b]``), unless the long form is given too (then the model refuses the short one
+    as unknown); returns the data and the short forms it moved."""
+    moved: dict[str, tuple[str, ...]] = {}
+    if not any(key in data for key in keys):
+        return data, moved
+    data = dict(data)
+    for key, where in keys.items():
+        if key not in data:
+            continue
+        node = data
+        for step in where[:-1]:
+            inner = node.get(step, {})
+            if not isinstance(inner, dict):
+                break
+            node[step] = node = dict(inner)
+        else:
+            if where[-1] not in node:
+                node[where[-1]] = data.pop(key)
+                moved[key] = where
+    return data, moved
+
+
+_TYPES = {"float": "float", "int": "int", "string": "str", "bool": "bool", "list": "a list",
+          "tuple": "a list", "dict": "a table", "set": "a list", "frozen_set": "a list"}
+
+
+def _message(error: ErrorDetails) -> str:
+    kind = error["type"]
+    for prefix, name in _TYPES.items():
+        if kind.startswith(prefix + "_") or kind == prefix:
+            value = error.get("input")
+            return f"expected {name}, got {json.dumps(value)[:40]}"
+    text = error["msg"]
+    return text.removeprefix("Value error, ")
+
+
+def _key(loc: tuple[int | str, ...], moved: dict[str, tuple[str, ...]]) -> str:
+    """The key as the file names it (a moved short form by its short name)."""
+    for short, where in moved.items():
+        if loc[:len(where)] == where:
+            loc = (short, *loc[len(where):])
+    text = ""
+    for step in loc:
+        text += f"[{step}]" if isinstance(step, int) else f".{step}" if text else str(step)
+    return text
+
+
+def _problems(path: Path, section: str, exc: ValidationError,
+              moved: dict[str, tuple[str, ...]]) -> str:
+    where = f"{path} [{section}]"
+    errors = exc.errors()
+    unknown = [_key(e["loc"], moved) for e in errors if e["type"] == "extra_forbidden"]
+    lines = [f"{where}: unknown key(s) {', '.join(unknown)}; known: "
+             f"{', '.join(sorted(SECTIONS[section].model_fields))}"] if unknown else []
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            continue
+        key, message = _key(error["loc"], moved), _message(error)
+        if message.startswith("expected "):  # the value is not of the key's type
+            lines.append(f"{where}{'.' + key if key else ''}: {message}")
+        else:  # the value breaks a rule of the key
+            lines.append(f"{where}: {key + ': ' if key else ''}{message}")
+    return "; ".join(lines)
 
 
 def load_config(path: Path | str) -> Config:
@@ -227,13 +246,26 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    sections = {"broker": BrokerConfig, "cloud": CloudConfig, "local": LocalConfig,
-                "stations": StationsConfig, "resource_manager": ResourceManagerConfig,
-                "metrics": MetricsConfig}
-    unknown = sorted(set(raw) - set(sections))
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: "
-                          f"[{'], ['.join(sections)}]")
-    parts = {name: _section(cls, raw[name], f"{path} [{name}]")
-             for name, cls in sections.items() if name in raw}
-    return Config(**parts)
+                          f"[{'], ['.join(SECTIONS)}]")
+    parts: dict[str, BaseModel] = {}
+    for name, section in raw.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path} [{name}]: expected a table")
+        section, moved = _fold(section, SHORT_FORMS.get(name, {}))
+        try:
+            # as JSON, strictly: TOML's lists are tuples there, and nothing is coerced
+            data = json.dumps(section)
+            parts[name] = SECTIONS[name].model_validate_json(data, strict=True)
+        except TypeError:  # a TOML date or time, which no key takes
+            raise ConfigError(f"{path} [{name}]: holds a date or time value, which no key "
+                              "takes") from None
+        except ValidationError as exc:
+            raise ConfigError(_problems(path, name, exc, moved)) from None
+    return Config.model_validate(parts)
+
+
+__all__ = ["BrokerConfig", "CloudConfig", "Config", "ConfigError", "LocalConfig",
+           "MetricsConfig", "ResourceManagerConfig", "StationsConfig", "load_config"]

@@ -15,37 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from actors.app.config import (
-    BrokerConfig,
-    CloudConfig,
-    LocalConfig,
-    ResourceManagerConfig,
-    StationsConfig,
-)
-from actors.app.wiring import (
-    Running,
-    start_cloud,
-    start_local,
-    start_resource_manager,
-    start_stations,
-)
+from actors.app.hierarchy import Hierarchy, Say
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
-from actors.csms.site_energy import EnergySettings
+from actors.csms.settings import EnergySettings
 from actors.logic.energy.allocation import AllocatorSettings
+from actors.logic.station.simulation import SimulationConfig
 from actors.station.actor import ChargingStation
-from broker_bridge import Priority
+from actors.station.simulated import SimulatorSettings
+from actors.testing import until
+from broker_bridge import Endpoint, Priority
 from broker_bridge.clock import WALL_CLOCK, Clock
-from broker_bridge.prosody import ManagedProsody
 
 
 @dataclass(frozen=True)
@@ -83,24 +71,25 @@ class SiteTime:
 
 @dataclass
 class Demo:
-    broker: ManagedProsody
-    cloud: Running
-    sites: list[tuple[Running, Running]]  # (local CSMS, station host)
+    """A running demo: its hierarchy and when it started (monotonic seconds)."""
+
+    hierarchy: Hierarchy
     started: float
-    rms: list[Running] = field(default_factory=list)
 
     @property
     def cloud_actor(self) -> CloudCsms:
-        return self.cloud.actors[0]  # type: ignore[return-value]
+        return self.hierarchy.cloud_actor
 
     def locals(self) -> list[LocalCsms]:
-        return [local.actors[0] for local, _ in self.sites]  # type: ignore[misc]
+        return [site.local_csms for site in self.hierarchy.sites]
 
     def stations(self) -> list[ChargingStation]:
-        return [a for _, host in self.sites for a in host.actors]  # type: ignore[misc]
+        return self.hierarchy.stations()
 
-    def endpoints(self) -> list[Any]:
-        return [self.cloud.endpoint] + [r.endpoint for pair in self.sites for r in pair]
+    def endpoints(self) -> list[Endpoint]:
+        h = self.hierarchy
+        running = [h.cloud] + [r for site in h.sites for r in (site.local, site.rm, *site.hosts)]
+        return [r.endpoint for r in running if r is not None]
 
     def messages_by_priority(self) -> dict[Priority, int]:
         totals = dict.fromkeys(Priority, 0)
@@ -110,20 +99,18 @@ class Demo:
         return totals
 
     def errors(self) -> int:
-        actors = [self.cloud_actor] + [a for pair in self.sites for r in pair for a in r.actors]
+        actors = [self.cloud_actor, *self.locals(), *self.stations()]
         return (sum(a.rejected for a in actors)
                 + sum(e.session.counters.rejected for e in self.endpoints()))
 
     def resyncs(self) -> int:
-        locals_ = [pair[0].actors[0] for pair in self.sites]
-        return self.cloud_actor.copies.resync.stats.runs + sum(
-            a.copies.resync.stats.runs for a in locals_)  # type: ignore[attr-defined]
+        return sum(csms.copies.resync.stats.runs for csms in [self.cloud_actor, *self.locals()])
 
     def consistent(self) -> bool:
         """Every station's tree equals the cloud's copy of it (visible digests)."""
-        cloud = self.cloud_actor
+        replicas = self.cloud_actor.copies.replicas
         for station in self.stations():
-            copy = cloud.copies.replicas.get(f"stations/{station.address}")
+            copy = replicas.get(f"stations/{station.address}")
             if copy is None or station.tree is None:
                 return False
             if copy.tree.digest() != station.tree.digest(visible=True):
@@ -133,11 +120,10 @@ class Demo:
     def summary(self) -> dict[str, Any]:
         stations = self.stations()
         by_prio = self.messages_by_priority()
-        online = sum(_online(local) for local in self.locals())
         return {
-            "sites": len(self.sites),
+            "sites": len(self.hierarchy.sites),
             "stations": len(stations),
-            "stations_online": online,
+            "stations_online": sum(_online(local) for local in self.locals()),
             "stations_admitted": sum(1 for s in stations if s.admitted),
             "stations_charging": sum(1 for s in stations if s.charging),
             "evses_charging": sum(s.charging for s in stations),
@@ -152,13 +138,12 @@ class Demo:
             "seconds": round(time.monotonic() - self.started, 1),
         }
 
-
     def energy(self) -> list[dict[str, Any]]:
         """Each site's power against its limit now, and its energy alerts so far."""
         out = []
-        for local_run, host in self.sites:
-            local: LocalCsms = local_run.actors[0]  # type: ignore[assignment]
-            power = sum(s.power_w for s in host.actors)  # type: ignore[attr-defined]
+        for site in self.hierarchy.sites:
+            local = site.local_csms
+            power = sum(s.power_w for s in site.stations)
             managed = local.energy.last_allocation is not None
             own = local.own.tree
             out.append({"site": local.settings.site, "power_kw": round(power / 1000, 1),
@@ -173,91 +158,62 @@ def _online(local: LocalCsms) -> int:
     return sum(local.copies.is_online(r) for r in local.copies.replicas.values())
 
 
-async def start_demo(settings: DemoSettings, say: Any) -> Demo:
+async def start_demo(settings: DemoSettings, say: Say) -> Demo:
     state = settings.state_dir
     if state.exists() and not settings.keep_state:
         shutil.rmtree(state)
     state.mkdir(parents=True, exist_ok=True)
-    domains = tuple(f"site{k}.stations.csms.local" for k in range(1, settings.sites + 1))
-    broker = ManagedProsody(state / "broker", component_domains=domains)
-    say("starting the managed Prosody broker...")
-    ep = await broker.start()
-    secret = {name: secrets.token_urlsafe(12) for name in
-              ["cloud", "operator", *(f"local-site{k}" for k in range(1, settings.sites + 1)),
-               *(f"rm-site{k}" for k in range(1, settings.sites + 1))]}
-    broker.create_accounts(secret)
-    cfg = BrokerConfig(host=ep.host, c2s_port=ep.c2s_port, component_port=ep.component_port,
-                       domain=ep.domain, muc_domain=ep.muc_domain,
-                       routes=tuple((f"cs-site{k}-*", d) for k, d in enumerate(domains, 1)))
-    site_secrets = {f"local-site{k}": secrets.token_urlsafe(12)
-                    for k in range(1, settings.sites + 1)}
-    say("starting the cloud CSMS...")
-    cloud = await start_cloud(cfg, CloudConfig(address="cloud", password=secret["cloud"],
-                                               state_dir=str(state / "cloud"),
-                                               site_secrets=site_secrets))
-    sites, rms = [], []
-    site_time = SiteTime(settings.speed)
-    # envelopes reach a station up to a tick after the CSMS made them: a tick of site time
-    energy = EnergySettings(allocator=AllocatorSettings(
-        clock_skew_s=30.0 + 2 * settings.speed, horizon_s=max(3_600.0, 60 * settings.speed)))
-    for k in range(1, settings.sites + 1):
-        name, rm_name = f"local-site{k}", f"rm-site{k}"
-        provisioning = secrets.token_urlsafe(12)
-        say(f"starting {rm_name}, {name} and its {settings.stations} stations...")
-        rm = await start_resource_manager(cfg, ResourceManagerConfig(
-            address=rm_name, password=secret[rm_name], state_dir=str(state / rm_name),
-            site_csms=name, fuse_limit_w=settings.fuse_kw_per_station * 1000 * settings.stations),
-            clock=site_time)
-        local = await start_local(cfg, LocalConfig(
-            address=name, password=secret[name], state_dir=str(state / name), site=f"site{k}",
-            provisioning_secret=provisioning, cloud="cloud", upstream_secret=site_secrets[name],
-            resource_manager=rm_name), energy=energy, clock=site_time)
-        host = await start_stations(cfg, StationsConfig(
-            component=domains[k - 1], component_secret=ep.component_secret,
-            ids=tuple(f"cs-site{k}-{i}" for i in range(1, settings.stations + 1)), csms=name,
-            provisioning_secret=provisioning, state_dir=str(state / f"stations-site{k}"),
-            speed=settings.speed, arrivals_per_evse_per_h=settings.arrivals_per_evse_hour,
-            seed=1000 * k), progress=say, clock=site_time)
-        sites.append((local, host))
-        rms.append(rm)
-    actors = ["cloud", *site_secrets, *(r.actors[0].address for r in rms),
-              *(a.address for _, h in sites for a in h.actors)]
+    h = await Hierarchy.start(state, sites=settings.sites, say=say)
+    try:
+        await h.start_cloud()
+        site_time = SiteTime(settings.speed)
+        # envelopes reach a station up to a tick after the CSMS made them: a tick of site time
+        energy = EnergySettings(allocator=AllocatorSettings(
+            clock_skew_s=30.0 + 2 * settings.speed, horizon_s=max(3_600.0, 60 * settings.speed)))
+        simulator = SimulatorSettings(speed=settings.speed, simulation=SimulationConfig(
+            arrivals_per_evse_hour=settings.arrivals_per_evse_hour))
+        for k in range(1, settings.sites + 1):
+            say(f"starting rm-site{k}, local-site{k} and its {settings.stations} stations...")
+            await h.start_resource_manager(
+                k, fuse_limit_w=settings.fuse_kw_per_station * 1000 * settings.stations,
+                clock=site_time)
+            await h.start_site(k, settings.stations, simulator=simulator, seed=1000 * k,
+                               resource_manager=True, energy=energy, clock=site_time)
+    except BaseException:
+        await h.close()
+        raise
+    actors = ["cloud", *(site.name for site in h.sites),
+              *(f"rm-site{site.number}" for site in h.sites),
+              *(s.address for s in h.stations())]
+    ep = h.config
     (state / "connect.json").write_text(json.dumps({
         "broker": {"host": ep.host, "c2s_port": ep.c2s_port, "domain": ep.domain,
-                   "muc_domain": ep.muc_domain, "routes": [list(r) for r in cfg.routes]},
-        "account": "operator", "password": secret["operator"], "actors": actors,
+                   "muc_domain": ep.muc_domain, "routes": [list(r) for r in ep.routes]},
+        "account": "operator", "password": h.passwords["operator"], "actors": actors,
     }, indent=2))
-    return Demo(broker, cloud, sites, time.monotonic(), rms)
+    return Demo(h, time.monotonic())
 
 
 async def settle(demo: Demo, timeout: float = 10.0) -> bool:
     """Pause the stations and wait (bounded) until the cloud's copies equal them: the proof
     that the hierarchy holds the true state."""
-    for station in demo.stations():
-        station.hardware.paused = True  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if demo.consistent():
-            return True
-        await asyncio.sleep(0.2)
-    return demo.consistent()
+    demo.hierarchy.pause()
+    try:
+        await until(demo.consistent, "the cloud's copies equal the stations", timeout,
+                    every=0.2)
+    except AssertionError:
+        return False
+    return True
 
 
 async def stop_demo(demo: Demo) -> None:
-    for local, host in demo.sites:
-        await host.stop()
-        await local.stop()
-    for rm in demo.rms:
-        await rm.stop()
-    await demo.cloud.stop()
-    await demo.broker.stop()
+    await demo.hierarchy.close()
 
 
 def render(demo: Demo, rates: dict[Priority, float], out: TextIO, tty: bool) -> None:
     rows = []
-    for local_run, host in demo.sites:
-        local: LocalCsms = local_run.actors[0]  # type: ignore[assignment]
-        stations: list[ChargingStation] = host.actors  # type: ignore[assignment]
+    for site in demo.hierarchy.sites:
+        local, stations = site.local_csms, site.stations
         online = _online(local)
         limit = (local.own.tree.get("energy/limit_w") / 1000 if local.energy.last_allocation
                  else None)
@@ -266,7 +222,7 @@ def render(demo: Demo, rates: dict[Priority, float], out: TextIO, tty: bool) -> 
                      sum(s.power_w for s in stations) / 1000,
                      "-" if limit is None else f"{limit:.1f}",
                      sum(s.energy_wh for s in stations) / 1000))
-    lines = [f"csms demo: {len(demo.sites)} sites, {len(demo.stations())} stations, "
+    lines = [f"csms demo: {len(demo.hierarchy.sites)} sites, {len(demo.stations())} stations, "
              f"{time.monotonic() - demo.started:5.0f} s  (Ctrl-C to stop)",
              f"{'site':<8}{'online':>8}{'charging':>10}{'power kW':>10}{'limit kW':>10}"
              f"{'energy kWh':>12}"]

@@ -10,7 +10,7 @@ import logging
 import signal
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,16 @@ from actors.app.config import (
     StationsConfig,
 )
 from actors.app.metrics import ActorCollector, MetricsServer, serve_metrics
-from actors.csms.cloud import CloudCsms, CloudSettings
-from actors.csms.local import LocalCsms, LocalSettings
-from actors.csms.site_energy import EnergySettings
-from actors.logic.station.simulation import SimulationConfig
-from actors.resource_manager.actor import ResourceManager, ResourceManagerSettings
-from actors.runtime.actor import Actor, RoleDirectory
+from actors.csms.cloud import CloudCsms
+from actors.csms.local import LocalCsms
+from actors.resource_manager.actor import ResourceManager
+from actors.runtime.actor import Actor
 from actors.runtime.storage.trees import TreeStore
-from actors.station.actor import ChargingStation, StationSettings
+from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatedStation, SimulatorSettings
 from broker_bridge import Endpoint, SessionConfig
 from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.xmpp import XmppSettings, XmppTransport
-from object_model import Role
 
 log = logging.getLogger("csms.runtime")
 
@@ -83,54 +80,37 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _operators(names: tuple[str, ...]) -> dict[str, Role]:
-    return dict.fromkeys(names, Role.OPERATOR)
-
-
-async def _csms_parts(broker: BrokerConfig, address: str, password: str,
-                      state_dir: str) -> tuple[Endpoint, TreeStore]:
-    """A CSMS's own account connection (opened, not yet connected) and its tree store."""
-    state = Path(state_dir)
-    transport = XmppTransport.client(xmpp_settings(broker), address, password)
-    endpoint = await Endpoint(transport, outbox_path=state / "outbox.db", name=address).open()
+async def _account(broker: BrokerConfig, account: CloudConfig | LocalConfig
+                   | ResourceManagerConfig) -> tuple[Endpoint, TreeStore]:
+    """An actor's own account connection (opened, not yet connected) and its tree store."""
+    state = Path(account.state_dir)
+    transport = XmppTransport.client(xmpp_settings(broker), account.address, account.password)
+    endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
+                              name=account.address).open()
     return endpoint, await TreeStore(state / "trees.db", compact_every=64).open()
 
 
-async def start_cloud(broker: BrokerConfig, cfg: CloudConfig) -> Running:
-    endpoint, store = await _csms_parts(broker, cfg.address, cfg.password, cfg.state_dir)
-    actor = CloudCsms(cfg.address, endpoint, store=store,
-                      roles=RoleDirectory(_operators(cfg.operators)),
-                      settings=CloudSettings(site_secrets=cfg.site_secrets,
-                                             station_secret=cfg.station_secret))
+async def start_cloud(broker: BrokerConfig, cfg: CloudConfig,
+                      clock: Clock | None = None) -> Running:
+    """A cloud CSMS on its own account; ``cfg`` is its settings."""
+    endpoint, store = await _account(broker, cfg)
+    actor = CloudCsms(cfg.address, endpoint, store=store, settings=cfg, clock=clock)
     return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 
 async def start_local(broker: BrokerConfig, cfg: LocalConfig,
-                      energy: EnergySettings | None = None, clock: Clock | None = None
-                      ) -> Running:
-    endpoint, store = await _csms_parts(broker, cfg.address, cfg.password, cfg.state_dir)
-    energy = energy or EnergySettings(interval_s=cfg.allocation_interval_s)
-    actor = LocalCsms(cfg.address, endpoint, store=store, clock=clock,
-                      roles=RoleDirectory(_operators(cfg.operators)),
-                      settings=LocalSettings(site=cfg.site,
-                                             provisioning_secret=cfg.provisioning_secret,
-                                             cloud=cfg.cloud, upstream_secret=cfg.upstream_secret,
-                                             resource_manager=cfg.resource_manager,
-                                             fallback_limit_w=cfg.fallback_limit_w,
-                                             energy=energy))
+                      clock: Clock | None = None) -> Running:
+    """A site's local CSMS on its own account; ``cfg`` is its settings."""
+    endpoint, store = await _account(broker, cfg)
+    actor = LocalCsms(cfg.address, endpoint, store=store, settings=cfg, clock=clock)
     return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 
 async def start_resource_manager(broker: BrokerConfig, cfg: ResourceManagerConfig,
-                                 clock: Any = None) -> Running:
-    """A site's resource manager on its own account."""
-    endpoint, store = await _csms_parts(broker, cfg.address, cfg.password, cfg.state_dir)
-    actor = ResourceManager(cfg.address, endpoint, store=store, clock=clock,
-                            settings=ResourceManagerSettings(
-                                site_csms=cfg.site_csms, s2_peer=cfg.s2_peer,
-                                fuse_limit_w=cfg.fuse_limit_w,
-                                trusted={**_operators(cfg.operators), **(
-                                    {cfg.s2_peer: Role.RESOURCE_MANAGER} if cfg.s2_peer else {})}))
+                                 clock: Clock | None = None) -> Running:
+    """A site's resource manager on its own account; ``cfg`` is its settings."""
+    endpoint, store = await _account(broker, cfg)
+    actor = ResourceManager(cfg.address, endpoint, store=store, settings=cfg, clock=clock)
     return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 
@@ -152,10 +132,19 @@ async def _start_then_connect(running: Running) -> Running:
     return running
 
 
+def simulator_for(cfg: StationsConfig, index: int, station: str) -> SimulatorSettings:
+    """The simulator of station ``index`` of ``cfg`` (``station``): ``cfg.simulator``, seeded
+    with ``cfg.seed + index`` (default: from its address), so no two stations live alike."""
+    sim = cfg.simulator
+    seed = zlib.crc32(station.encode()) if cfg.seed is None else cfg.seed + index
+    return sim.model_copy(update={"simulation": replace(sim.simulation, seed=seed)})
+
+
 async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
                          progress: Callable[[str], None] | None = None,
-                         clock: Any = None) -> Running:
-    """Host ``cfg.ids`` on one component connection, each with its own address and tree."""
+                         clock: Clock | None = None) -> Running:
+    """Host ``cfg.ids`` on one component connection, each with its own address and tree;
+    ``cfg`` is every station's settings."""
     state = Path(cfg.state_dir)
     transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
                                         cfg.component_secret, name=f"host-{state.name}")
@@ -163,17 +152,8 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
     store = await TreeStore(state / "trees.db", compact_every=128).open()
     running = Running(endpoint, [], [store])
     for i, station in enumerate(cfg.ids):
-        seed = None if cfg.seed is None else cfg.seed + i
-        settings = StationSettings(
-            csms=cfg.csms, csms_role=cfg.role, provisioning_secret=cfg.provisioning_secret,
-            trusted=_operators(cfg.operators))
-        hardware = SimulatedStation(SimulatorSettings(
-            evse_count=cfg.evse_count, dc=cfg.dc, tick_s=cfg.tick_s, speed=cfg.speed,
-            simulation=SimulationConfig(
-                arrivals_per_evse_hour=cfg.arrivals_per_evse_per_h,
-                seed=seed if seed is not None else zlib.crc32(station.encode()))),
-            clock=clock or WALL_CLOCK)
-        actor = ChargingStation(station, endpoint, store=store, settings=settings,
+        hardware = SimulatedStation(simulator_for(cfg, i, station), clock=clock or WALL_CLOCK)
+        actor = ChargingStation(station, endpoint, store=store, settings=cfg,
                                 hardware=hardware, clock=clock)
         await actor.start()
         running.actors.append(actor)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from actors.csms.management import Management
-from actors.csms.replicas import CsmsSettings
+from actors.csms.settings import CloudSettings
 from actors.csms.task_relay import TASK_MESSAGES
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.replica import STATIONS, station_key
@@ -44,14 +42,6 @@ log = logging.getLogger("csms.cloud")
 LEARN_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)
 
 
-@dataclass(frozen=True)
-class CloudSettings(CsmsSettings):
-    """Secrets: one per site (its local CSMS presents it), and one for direct stations."""
-
-    site_secrets: Mapping[str, str] = field(default_factory=dict)
-    station_secret: str = ""
-
-
 class CloudCsms(TreeActor):
     """See the module docstring."""
 
@@ -61,7 +51,9 @@ class CloudCsms(TreeActor):
                  settings: CloudSettings | None = None, roles: RoleDirectory | None = None,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
         super().__init__(address, links, roles=roles, clock=clock, rng=rng)
-        self.settings = settings or CloudSettings()
+        self.settings = settings = settings or CloudSettings()
+        for operator in settings.operators:
+            self.roles.add(operator, Role.OPERATOR)
         self.store = store
         self.management = parts = Management(self, self.role, store, self.settings)
         self.own, self.copies, self.trees = parts.own, parts.copies, parts.view

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
 
 from actors.csms.management import Management
-from actors.csms.replicas import CopyEvents, CsmsSettings
-from actors.csms.site_energy import EnergySettings, SiteEnergy
+from actors.csms.replicas import CopyEvents
+from actors.csms.settings import LocalSettings
+from actors.csms.site_energy import SiteEnergy
 from actors.csms.site_policy import SitePolicy
 from actors.csms.task_relay import TASK_MESSAGES
 from actors.runtime.actor import Context, RoleDirectory, handles
@@ -48,23 +48,6 @@ log = logging.getLogger("csms.local")
 UPSTREAM_BACKOFF = Backoff(base_s=1.0, cap_s=30.0)
 
 
-@dataclass(frozen=True)
-class LocalSettings(CsmsSettings):
-    """A site's local CSMS: its name, the secret its stations present, its cloud and the
-    secret it presents there, its resource manager, and the site's energy management
-    (``fallback_limit_w``: the site's limit while no resource manager gives one; set into
-    a new own tree, operators change it live)."""
-
-    site: str = "site1"
-    provisioning_secret: str = ""
-    cloud: str | None = None
-    upstream_secret: str = ""
-    policy_check_s: float = 30.0
-    resource_manager: str | None = None
-    fallback_limit_w: float = 0.0
-    energy: EnergySettings = field(default_factory=EnergySettings)
-
-
 class LocalCsms(TreeActor):
     """See the module docstring."""
 
@@ -75,6 +58,8 @@ class LocalCsms(TreeActor):
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
         super().__init__(address, links, roles=roles, clock=clock, rng=rng)
         self.settings = settings = settings or LocalSettings()
+        for operator in settings.operators:
+            self.roles.add(operator, Role.OPERATOR)
         if settings.cloud:
             self.roles.add(settings.cloud, Role.CLOUD_CSMS)
         if settings.resource_manager:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from actors.csms.aggregate_view import AggregateView
 from actors.csms.own_tree import OwnTree
-from actors.csms.replicas import CopyEvents, CsmsSettings, ReplicaSet
+from actors.csms.replicas import CopyEvents, ReplicaSet
+from actors.csms.settings import CsmsSettings
 from actors.csms.task_relay import TaskRelay
 from actors.runtime.actor import Messenger
 from actors.runtime.services.blob_service import BlobService

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from actors.csms.own_tree import OwnTree
+from actors.csms.settings import CsmsSettings
 from actors.runtime.actor import Messenger
 from actors.runtime.replication.replica import STATIONS, Replica, check_station_id, station_key
 from actors.runtime.replication.resync import ResyncEngine, ResyncOutcome
@@ -33,17 +34,6 @@ from object_model.messages import PropertyValueUpdate
 
 log = logging.getLogger("csms.replicas")
 
-
-
-@dataclass(frozen=True)
-class CsmsSettings:
-    """Settings shared by local and cloud CSMS."""
-
-    heartbeat_s: float = 30.0
-    offline_after_s: float = 95.0
-    resync_concurrency: int = 256
-    publish_interval_s: float = 0.25
-    counters_every_s: float = 10.0
 
 
 async def _nothing(replica: Replica, what: object) -> None:
@@ -336,4 +326,4 @@ class ReplicaSet:
                     self.mark_online(replica, False)
 
 
-__all__ = ["STATIONS", "CopyEvents", "CsmsSettings", "ReplicaSet"]
+__all__ = ["STATIONS", "CopyEvents", "ReplicaSet"]

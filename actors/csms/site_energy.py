@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from actors.csms.own_tree import OwnTree
 from actors.csms.replicas import ReplicaSet
+from actors.csms.settings import EnergySettings
 from actors.logic.energy.allocation import (
     Allocation,
-    AllocatorSettings,
     EvseKey,
     EvseNeed,
     SiteAllocator,
@@ -49,18 +49,6 @@ from object_model.tree import ObjectTree, Write
 log = logging.getLogger("csms.energy")
 
 POWER = "meter/obis:1-0:16.7.0"
-
-
-@dataclass(frozen=True)
-class EnergySettings:
-    """How often the site is allocated and when an envelope is worth a message."""
-
-    enabled: bool = True
-    interval_s: float = 3.0
-    min_raise_w: float = 200.0  # a higher upper limit smaller than this waits
-    write_timeout_s: float = 5.0
-    pv_band: int = 95  # the PV forecast's band the site limit trusts (0: expected value)
-    allocator: AllocatorSettings = field(default_factory=AllocatorSettings)
 
 
 @dataclass(slots=True)

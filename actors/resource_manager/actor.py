@@ -33,14 +33,15 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import field_validator
 
 from actors.logic.energy import s2
 from actors.logic.energy.site_envelope import site_envelope
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory, handles
+from actors.runtime.settings import Address, Settings, positive
 from actors.runtime.storage.trees import PersistentTree, TreeStore
 from actors.runtime.tree_actor import OneTree, TreeActor
 from broker_bridge import Endpoint, Priority
@@ -85,23 +86,43 @@ PLAN = KeyPath("site", "plan")
 CurtailmentProfile = tuple[str, int, int, float, str]  # id, start_us, end_us, limit_w, reason
 
 
-@dataclass(frozen=True)
-class ResourceManagerSettings:
-    """A site's resource manager: its local CSMS, its S2 peer (a CEM, told the site's plan),
-    the profile a fresh tree starts from (fuse, curtailments, PV forecast) and its timing.
-    ``trusted`` gives roles to others: operators, a CEM as ``RESOURCE_MANAGER``."""
+class ResourceManagerSettings(Settings):
+    """A site's resource manager: its local CSMS, its S2 peer (a CEM, told the site's plan,
+    and given the resource manager role), the profile a fresh tree starts from (fuse,
+    curtailments, PV forecast) and its timing. ``operators`` and ``trusted`` give roles to
+    others."""
 
-    site_csms: str | None
-    s2_peer: str | None = None
+    site_csms: Address | None = None
+    s2_peer: Address | None = None
     fuse_limit_w: float = 100_000.0
     curtailments: tuple[CurtailmentProfile, ...] = ()
     pv_forecast: EnergyTransferPlan | None = None
     push_refresh_s: float = 60.0
-    trusted: Mapping[str, Role] = field(default_factory=dict)
+    operators: tuple[Address, ...] = ()
+    trusted: dict[str, Role] = {}
     envelope_refresh_s: float = 60.0
     push_timeout_s: float = 5.0
     max_backoff_s: float = 30.0  # the longest pause between failed pushes
     clock_skew_s: float = 30.0  # the envelope's first element starts this much before now
+
+    _positive = field_validator("push_refresh_s", "envelope_refresh_s", "push_timeout_s",
+                                "max_backoff_s")(positive)
+
+    @field_validator("fuse_limit_w")
+    @classmethod
+    def _fuse(cls, value: float) -> float:
+        if not 0 < value <= 1e8:
+            raise ValueError(f"must be more than 0 and at most 1e8 W, got {value}")
+        return value
+
+    def roles(self) -> RoleDirectory:
+        """Who plays which role for the resource manager."""
+        roles = RoleDirectory({**dict.fromkeys(self.operators, Role.OPERATOR), **self.trusted})
+        if self.s2_peer:
+            roles.add(self.s2_peer, Role.RESOURCE_MANAGER)
+        if self.site_csms:
+            roles.add(self.site_csms, Role.LOCAL_CSMS)
+        return roles
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -115,10 +136,7 @@ class ResourceManager(TreeActor):
     def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
                  settings: ResourceManagerSettings, clock: Clock | None = None,
                  rng: random.Random | None = None) -> None:
-        roles = RoleDirectory(dict(settings.trusted))
-        if settings.site_csms:
-            roles.add(settings.site_csms, Role.LOCAL_CSMS)
-        super().__init__(address, links, roles=roles, clock=clock, rng=rng)
+        super().__init__(address, links, roles=settings.roles(), clock=clock, rng=rng)
         self.store = store
         self.settings = settings
         self.push_backoff = Backoff(base_s=0.2, cap_s=settings.max_backoff_s, floor=0.5)

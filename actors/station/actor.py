@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+
+from pydantic import field_validator
 
 from actors.logic.monitoring import Monitors
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.publisher import Publisher
 from actors.runtime.services.join import Membership
+from actors.runtime.settings import Address, Settings, positive
 from actors.runtime.storage.blobs import BlobStore
 from actors.runtime.storage.trees import PersistentTree, TreeStore
 from actors.runtime.tree_actor import OneTree, TreeActor
@@ -58,17 +60,32 @@ log = logging.getLogger("csms.station")
 JOIN_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)
 
 
-@dataclass(frozen=True)
-class StationSettings:
-    """Whom a station reports to and how: ``trusted`` gives roles to actors other than its
-    CSMS (operators, say)."""
+class StationSettings(Settings):
+    """Whom a station reports to and how: its CSMS and the role that plays, the secret it
+    joins with, how often it publishes, what it grants tasks; ``operators`` and ``trusted``
+    give roles to other actors."""
 
-    csms: str
+    csms: Address
     csms_role: Role = Role.LOCAL_CSMS
     provisioning_secret: str = ""
     publish_interval_s: float = 0.25
-    trusted: Mapping[str, Role] = field(default_factory=dict)
-    tasks: TaskLimits = field(default_factory=TaskLimits)
+    trusted: dict[str, Role] = {}
+    operators: tuple[Address, ...] = ()
+    tasks: TaskLimits = TaskLimits()
+
+    _positive = field_validator("publish_interval_s")(positive)
+
+    @field_validator("csms_role")
+    @classmethod
+    def _role(cls, value: Role) -> Role:
+        if value not in (Role.LOCAL_CSMS, Role.CLOUD_CSMS):
+            raise ValueError(f"{value.value!r} is not local_csms or cloud_csms")
+        return value
+
+    def roles(self) -> RoleDirectory:
+        """Who plays which role for the station."""
+        return RoleDirectory({self.csms: self.csms_role, **dict.fromkeys(
+            self.operators, Role.OPERATOR), **self.trusted})
 
 
 class ChargingStation(TreeActor):
@@ -79,8 +96,7 @@ class ChargingStation(TreeActor):
     def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
                  settings: StationSettings, hardware: StationHardware,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
-        roles = RoleDirectory({settings.csms: settings.csms_role, **settings.trusted})
-        super().__init__(address, links, roles=roles, clock=clock, rng=rng)
+        super().__init__(address, links, roles=settings.roles(), clock=clock, rng=rng)
         self.store = store
         self.settings = settings
         self.hardware = hardware

@@ -11,9 +11,11 @@ envelope) is obeyed at once: the simulation ticks again at the same simulated ti
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+
+from pydantic import field_validator
 
 from actors.logic.station.simulation import SimulationConfig, StationSimulator
+from actors.runtime.settings import Settings, positive
 from actors.station.hardware import HardwareFigures, Report
 from broker_bridge.clock import WALL_CLOCK, Clock
 from object_model.station import new_station_tree
@@ -22,16 +24,33 @@ from object_model.tree import ObjectTree, TransactionCommitted
 log = logging.getLogger("csms.station.simulated")
 
 
-@dataclass(frozen=True)
-class SimulatorSettings:
+class SimulatorSettings(Settings):
     """How a simulated station is built and how fast it lives: ``speed`` is simulated seconds
-    per second of the clock (the demo makes an hour pass in a minute)."""
+    per second of the clock (the demo makes an hour pass in a minute); ``simulation`` is its
+    world (EVs, faults, weather) and its seed."""
 
     evse_count: int = 2
     dc: bool = False
     tick_s: float = 1.0
     speed: float = 1.0
-    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    simulation: SimulationConfig = SimulationConfig()
+
+    _positive = field_validator("tick_s", "speed")(positive)
+
+    @field_validator("evse_count")
+    @classmethod
+    def _evses(cls, value: int) -> int:
+        if not 1 <= value <= 16:
+            raise ValueError(f"must be 1 to 16, got {value}")
+        return value
+
+    @field_validator("simulation")
+    @classmethod
+    def _world(cls, value: SimulationConfig) -> SimulationConfig:
+        if value.arrivals_per_evse_hour < 0:
+            raise ValueError(f"arrivals_per_evse_hour must be 0 or more, got "
+                             f"{value.arrivals_per_evse_hour}")
+        return value
 
 
 class SimulatedStation:

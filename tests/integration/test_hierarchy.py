@@ -12,25 +12,27 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from actors.app.hierarchy import Hierarchy, simulated
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatedStation
+from actors.testing import until
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, PermissiveSchema
 from object_model.messages import PropertyValueWrite, WriteItem
-from tests.integration.hierarchy import Hierarchy, build, simulated
+from tests.integration.conftest import site_simulator
 
 pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
 async def hierarchy(tmp_path: Path) -> AsyncIterator[Hierarchy]:
-    h = await build(tmp_path)
+    h = await Hierarchy.start(tmp_path)
     try:
-        await h.start_cloud()
-        await h.start_site(8)
+        await h.spawn_cloud()
+        await h.start_site(1, 8, simulator=site_simulator(), seed=7)
         h.pause()  # compare copies of stations that hold still, then let them live again
-        await h.wait(h.cloud_consistent, 60, "the cloud's first copies")
+        await until(h.cloud_consistent, "the cloud's first copies", 60, every=0.2)
         h.pause(False)
         yield h
     finally:
@@ -68,15 +70,14 @@ async def test_a_cloud_killed_while_stations_change_catches_up_exactly(hierarchy
     await h.kill_cloud()  # SIGKILL
     energy = sum(s.energy_wh for s in h.stations())
     # stations keep charging and changing, the cloud misses it all
-    await h.wait(lambda: sum(s.energy_wh for s in h.stations()) > energy, 60,
-                 "charging to go on while the cloud is down")
+    await until(lambda: sum(s.energy_wh for s in h.stations()) > energy, "charging to go on while the cloud is down", 60, every=0.2)
     h.pause()
-    await h.wait(h.local_consistent, 30, "the local copies")
+    await until(h.local_consistent, "the local copies", 30, every=0.2)
     revisions = await persisted_revisions(h)
     floor = sum(floor_bytes(s, revisions[s.address]) for s in h.stations())
     assert floor > 0
-    await h.start_cloud()
-    await h.wait(h.cloud_consistent, 30, "the cloud's copies after its restart")
+    await h.spawn_cloud()
+    await until(h.cloud_consistent, "the cloud's copies after its restart", 30, every=0.2)
     spent = await h.cloud_counter("resync_wire_bytes") - before
     stations = len(h.stations())
     assert 0 < spent <= 1.5 * floor + 100 * stations, (spent, floor)
@@ -86,12 +87,12 @@ async def test_a_restarted_station_keeps_its_epoch_and_a_wiped_one_gets_a_new_on
         hierarchy: Hierarchy) -> None:
     h = hierarchy
     h.pause()  # compare copies of stations that hold still
-    host = h.hosts[0]
+    host = h.site(1).hosts[0]
     station: ChargingStation = host.actors[0]  # type: ignore[assignment]
     name, store = station.address, station.store
     assert station.tree is not None
     epoch = station.tree.epoch
-    local = h.local_actor
+    local = h.site(1).local_csms
     modes = dict(local.copies.resync.stats.by_mode)
 
     # restart: the station changed while it was away, under the same epoch
@@ -106,7 +107,7 @@ async def test_a_restarted_station_keeps_its_epoch_and_a_wiped_one_gets_a_new_on
     host.actors[0] = again
     await again.start()
     assert again.tree is not None and again.tree.epoch == epoch and not again.fresh
-    await h.wait(h.local_consistent, 30, "the local copy after a restart")
+    await until(h.local_consistent, "the local copy after a restart", 30, every=0.2)
     assert local.copies.resync.stats.by_mode.get("changes", 0) > modes.get("changes", 0)
 
     # wipe: a new epoch, resynchronised by digest descent
@@ -118,11 +119,11 @@ async def test_a_restarted_station_keeps_its_epoch_and_a_wiped_one_gets_a_new_on
     host.actors[0] = wiped
     await wiped.start()
     assert wiped.fresh and wiped.tree is not None and wiped.tree.epoch != epoch
-    await h.wait(h.local_consistent, 30, "the local copy after a wipe")
+    await until(h.local_consistent, "the local copy after a wipe", 30, every=0.2)
     assert local.copies.resync.stats.by_mode.get("descent", 0) > modes.get("descent", 0)
     copy = local.copies.replicas[f"stations/{name}"].tree
     assert copy.epoch == wiped.tree.epoch
-    await h.wait(h.cloud_consistent, 30, "the cloud's copy after the wipe")
+    await until(h.cloud_consistent, "the cloud's copy after the wipe", 30, every=0.2)
 
 
 async def test_the_site_works_without_the_cloud_and_the_cloud_catches_up(
@@ -130,14 +131,13 @@ async def test_the_site_works_without_the_cloud_and_the_cloud_catches_up(
     h = hierarchy
     await h.kill_cloud()
     energy = sum(s.energy_wh for s in h.stations())
-    station = await h.add_station("cs-site1-new")  # admitted while the uplink is down
-    await h.wait(lambda: station.admitted, 30, "the new station's admission")
-    await h.wait(lambda: sum(s.energy_wh for s in h.stations()) > energy, 60,
-                 "charging to go on without the cloud")
+    station = await h.add_station(1, "cs-site1-new")  # admitted while the uplink is down
+    await until(lambda: station.admitted, "the new station's admission", 30, every=0.2)
+    await until(lambda: sum(s.energy_wh for s in h.stations()) > energy, "charging to go on without the cloud", 60, every=0.2)
     h.pause()
-    await h.wait(h.local_consistent, 30, "the local copies")
-    await h.start_cloud()
-    await h.wait(h.cloud_consistent, 60, "the cloud catching up, newcomer included")
+    await until(h.local_consistent, "the local copies", 30, every=0.2)
+    await h.spawn_cloud()
+    await until(h.cloud_consistent, "the cloud catching up, newcomer included", 60, every=0.2)
 
 
 async def test_writes_outside_rights_or_types_are_refused_and_change_nothing(
@@ -148,7 +148,7 @@ async def test_writes_outside_rights_or_types_are_refused_and_change_nothing(
     intruder: ChargingStation = h.stations()[0]
     assert victim.tree is not None
     before = (victim.tree.revision, victim.tree.digest())
-    operator = await h.connect_operator()
+    operator = await h.operator()
 
     async def refused(actor: object, target: str, path: str, value: object) -> ErrorCode:
         with pytest.raises(ModelError) as info:

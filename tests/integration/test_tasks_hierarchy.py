@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.app.hierarchy import Hierarchy
 from actors.runtime.storage.blobs import BlobStore
+from actors.testing import until
 from keypath import KeyPath, KeyPattern
 from object_model.blobs import BlobRef, FirmwareUpdate
 from object_model.messages import PropertyValueRead
@@ -25,7 +27,7 @@ from object_model.monitoring import (
     TaskAction,
     TaskControl,
 )
-from tests.integration.hierarchy import PASSWORDS, Hierarchy, build
+from tests.integration.conftest import site_simulator
 
 pytestmark = pytest.mark.broker
 
@@ -34,12 +36,12 @@ POWER = "evse/*/meter/obis:1-0:16.7.0"
 
 @pytest.fixture
 async def hierarchy(tmp_path: Path) -> AsyncIterator[Hierarchy]:
-    h = await build(tmp_path)
+    h = await Hierarchy.start(tmp_path)
     try:
-        await h.start_cloud()
-        await h.start_site(3)
+        await h.spawn_cloud()
+        await h.start_site(1, 3, simulator=site_simulator(), seed=7)
         h.pause()
-        await h.wait(h.cloud_consistent, 60, "the cloud's first copies")
+        await until(h.cloud_consistent, "the cloud's first copies", 60, every=0.2)
         h.pause(False)
         yield h
     finally:
@@ -49,7 +51,7 @@ async def hierarchy(tmp_path: Path) -> AsyncIterator[Hierarchy]:
 async def test_the_cloud_monitors_a_site_station_stores_relays_and_cancels(
         hierarchy: Hierarchy) -> None:
     h = hierarchy
-    operator = await h.connect_operator()
+    operator = await h.operator()
     station = h.stations()[0]
     tree = KeyPath("stations", station.address)
     await operator.request("cloud", MonitoringTaskSetup(
@@ -64,7 +66,7 @@ async def test_the_cloud_monitors_a_site_station_stores_relays_and_cancels(
     assert all(KeyPattern.parse(POWER).matches(p) for p, _, _ in report.samples)
 
     # both CSMS stored what passed through them, and serve it
-    local = h.local_actor
+    local = h.site(1).local_csms
     stored = await local.tasks.samples.query(station.address, MonitoringQuery(tree=tree))
     assert stored.samples
     history = await operator.request("cloud", MonitoringQuery(tree=tree, task="power"))
@@ -77,12 +79,12 @@ async def test_the_cloud_monitors_a_site_station_stores_relays_and_cancels(
             paths=[tree / KeyPath.parse("tasks/power/state")]), timeout=10)
         return bool(answer.values) and answer.values[0][2] == state  # type: ignore[attr-defined]
 
-    await h.wait(lambda: listed("running"), 30, "the task in the cloud's copy")
+    await until(lambda: listed("running"), "the task in the cloud's copy", 30, every=0.2)
     await operator.request("cloud", TaskControl(tree=tree, task="power",
                                                 action=TaskAction.CANCEL))
     assert station.tree.get("tasks/power/state") == "cancelled"
     assert (station.address, "power") not in local.tasks.watchers
-    await h.wait(lambda: listed("cancelled"), 30, "the cancelled task in the cloud's copy")
+    await until(lambda: listed("cancelled"), "the cancelled task in the cloud's copy", 30, every=0.2)
 
 
 async def test_csms_monitor_prints_samples_live(hierarchy: Hierarchy, tmp_path: Path) -> None:
@@ -94,7 +96,7 @@ async def test_csms_monitor_prints_samples_live(hierarchy: Hierarchy, tmp_path: 
     connect.write_text(json.dumps({
         "broker": {"host": c.host, "c2s_port": c.c2s_port, "domain": c.domain,
                    "muc_domain": c.muc_domain, "routes": [list(r) for r in c.routes]},
-        "account": "operator", "password": PASSWORDS["operator"]}))
+        "account": "operator", "password": h.passwords["operator"]}))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "actors.app.cli", "monitor", "--connect", str(connect), "cloud",
         f"stations/{station.address}/enclosure/temperature_sensor/*/temperature_c",
@@ -108,21 +110,20 @@ async def test_csms_monitor_prints_samples_live(hierarchy: Hierarchy, tmp_path: 
     assert all(f"stations/{station.address}/enclosure/temperature_sensor/" in s
                for s in samples)
     task = lines[0].split("(task ")[1].rstrip(");").split(")")[0]
-    await h.wait(lambda: station.tree.get(f"tasks/{task}/state") == "cancelled", 10,
-                 "the monitor's task cancelled when it stopped")
+    await until(lambda: station.tree.get(f"tasks/{task}/state") == "cancelled", "the monitor's task cancelled when it stopped", 10, every=0.2)
 
 
 @pytest.fixture
 async def firmware_site(tmp_path: Path) -> AsyncIterator[tuple[Hierarchy, BlobRef, bytes]]:
-    h = await build(tmp_path)
+    h = await Hierarchy.start(tmp_path)
     image = os.urandom(5 * 1024 * 1024)
     async with BlobStore(tmp_path / "cloud" / "trees.blobs.db") as origin:
         ref = await origin.put(image)
     try:
-        await h.start_cloud()
-        await h.start_site(20)
+        await h.spawn_cloud()
+        await h.start_site(1, 20, simulator=site_simulator(), seed=7)
         h.pause()  # still stations: copies settle sooner, and only the update changes them
-        await h.wait(h.cloud_consistent, 90, "the cloud's first copies")
+        await until(h.cloud_consistent, "the cloud's first copies", 90, every=0.2)
         yield h, ref, image
     finally:
         await h.close()
@@ -131,8 +132,8 @@ async def firmware_site(tmp_path: Path) -> AsyncIterator[tuple[Hierarchy, BlobRe
 async def test_a_firmware_image_crosses_the_uplink_once_survives_a_broker_kill_and_a_bad_chunk(
         firmware_site: tuple[Hierarchy, BlobRef, bytes]) -> None:
     h, ref, image = firmware_site
-    operator = await h.connect_operator()
-    local = h.local_actor
+    operator = await h.operator()
+    local = h.site(1).local_csms
     stations = h.stations()
 
     def update(station: str) -> FirmwareUpdate:
@@ -143,7 +144,7 @@ async def test_a_firmware_image_crosses_the_uplink_once_survives_a_broker_kill_a
         return station.tree.get("tasks/fw/state")  # type: ignore[attr-defined,no-any-return]
 
     await operator.request("cloud", update(stations[0].address), timeout=10)
-    await h.wait(lambda: state(stations[0]) == "succeeded", 120, "the first station updated")
+    await until(lambda: state(stations[0]) == "succeeded", "the first station updated", 120, every=0.2)
     assert local.blobs.upstream_chunks == ref.chunks  # the local CSMS holds the image now
 
     # a chunk of the local copy rots on disk: the local CSMS notices and fetches it again
@@ -158,14 +159,12 @@ async def test_a_firmware_image_crosses_the_uplink_once_survives_a_broker_kill_a
 
     # the broker dies once the site holds the image again (the rotten chunk refetched) and
     # the stations are a fifth of the way through
-    await h.wait(lambda: downloaded() >= 0.2 and local.blobs.upstream_chunks > ref.chunks, 120,
-                 "a fifth of the downloads")
+    await until(lambda: downloaded() >= 0.2 and local.blobs.upstream_chunks > ref.chunks, "a fifth of the downloads", 120, every=0.2)
     assert downloaded() < 1.0  # mid-transfer
     h.broker.kill()
     await h.broker.restart()
     try:
-        await h.wait(lambda: all(state(s) == "succeeded" for s in stations), 180,
-                     "every station updated after the broker came back")
+        await until(lambda: all(state(s) == "succeeded" for s in stations), "every station updated after the broker came back", 180, every=0.2)
     except AssertionError:
         raise AssertionError({s.address: s.tree.read("tasks/fw") for s in stations
                               if state(s) != "succeeded"}) from None

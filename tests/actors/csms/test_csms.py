@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from actors.csms.cloud import CloudCsms, CloudSettings
-from actors.csms.local import LocalCsms, LocalSettings
+from actors.csms.cloud import CloudCsms
+from actors.csms.local import LocalCsms
+from actors.csms.settings import CloudSettings, LocalSettings
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation, StationSettings

@@ -34,7 +34,8 @@ from s2python.pebc import (
 )
 from s2python.s2_parser import S2Parser
 
-from actors.csms.local import LocalCsms, LocalSettings
+from actors.csms.local import LocalCsms
+from actors.csms.settings import LocalSettings
 from actors.logic.energy.site_envelope import site_envelope
 from actors.resource_manager import actor as rm_module
 from actors.resource_manager.actor import (

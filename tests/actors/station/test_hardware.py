@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from actors.csms.local import LocalCsms, LocalSettings
-from actors.csms.site_energy import EnergySettings
+from actors.csms.local import LocalCsms
+from actors.csms.settings import EnergySettings, LocalSettings
 from actors.station.actor import ChargingStation, StationSettings
 from actors.station.hardware import HardwareFigures, Report, StationHardware
 from actors.testing import World, until
