@@ -369,7 +369,8 @@ def from_exception(exc: BaseException) -> ModelError:
     code = getattr(exc, "code", None)
     if code == ErrorCode.INVALID_KEYPATH.value:
         details: dict[str, Any] = {}
-        if getattr(exc, "position", None) is not None:
-            details["position"] = exc.position  # type: ignore[attr-defined]
+        position = getattr(exc, "position", None)
+        if position is not None:
+            details["position"] = position
         return InvalidKeyPathError(str(exc), path=getattr(exc, "text", None) or None, details=details)
     return InternalError(f"{type(exc).__name__}: {exc}")

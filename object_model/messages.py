@@ -13,7 +13,7 @@ holds (or relays). Paths inside a message are relative to that tree.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -99,7 +99,7 @@ def pack_children(children: list[tuple[str, bool, bytes]], size: int,
 
 
 def unpack_children(node: NodeDigests, size: int,
-                    mine: list[tuple[str, bool, bytes]] = ()) -> list[ChildDigest]:  # type: ignore[assignment]
+                    mine: Sequence[tuple[str, bool, bytes]] = ()) -> list[ChildDigest]:
     """The ``(name, is_leaf, digest)`` entries of ``NodeDigests``, names and leaf flags taken
     from ``mine`` (the requester's children) when the node came without them;
     ``InvalidMessageError`` if the parts do not fit together."""
@@ -446,7 +446,7 @@ Message = Annotated[
 
 MESSAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 MESSAGE_TYPES: dict[str, type[MessageBase]] = {
-    cls.model_fields["kind"].default: cls  # type: ignore[misc]
+    cls.model_fields["kind"].default: cls
     for cls in MessageBase.__subclasses__()
     if "kind" in cls.model_fields
 }
@@ -467,7 +467,7 @@ def decode_message(plain: Any) -> MessageBase:
             f"unknown message kind {kind!r:.60}", details={"known": sorted(MESSAGE_TYPES)}
         )
     try:
-        return MESSAGE_ADAPTER.validate_python(plain)  # type: ignore[no-any-return]
+        return MESSAGE_ADAPTER.validate_python(plain)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         first = errors[0]

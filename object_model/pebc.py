@@ -28,8 +28,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator, model_validator
 
@@ -179,6 +180,8 @@ class _Timeline(ComplexValue):
     """Elements in strict time order, each lasting until the next; the last until ``end_us``."""
 
     end_us: Micros
+    if TYPE_CHECKING:  # each timeline declares its own ``elements``; all have ``start_us``
+        elements: Sequence[EnvelopeElement | PlanElement]
 
     def index_at(self, now_us: int) -> int | None:
         """The index of the element in force at ``now_us`` (None: before the first or from
@@ -189,7 +192,7 @@ class _Timeline(ComplexValue):
         return i if i >= 0 else None
 
     def _starts(self) -> list[int]:
-        return [e.start_us for e in self.elements]  # type: ignore[attr-defined]
+        return [e.start_us for e in self.elements]
 
     @property
     def start_us(self) -> int:
@@ -243,9 +246,9 @@ class ForecastValue(ComplexValue):
         lows = (self.lower_68_w, self.lower_95_w, self.lower_limit_w)
         highs = (self.upper_68_w, self.upper_95_w, self.upper_limit_w)
         low = high = self.expected_w
-        for i in range(order + 1):
-            low = lows[i] if lows[i] is not None else low
-            high = highs[i] if highs[i] is not None else high
+        for lower, upper in zip(lows[: order + 1], highs[: order + 1], strict=True):
+            low = lower if lower is not None else low
+            high = upper if upper is not None else high
         return low, high
 
 

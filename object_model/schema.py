@@ -28,7 +28,16 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict
 
-from keypath import GLOBSTAR, STAR, KeyPath, KeyPathError, KeyPattern, escape_segment, namespace_of
+from keypath import (
+    GLOBSTAR,
+    STAR,
+    KeyPath,
+    KeyPathError,
+    KeyPattern,
+    Wildcard,
+    escape_segment,
+    namespace_of,
+)
 from keypath.path import check_segment
 from object_model.access import PropertyAccessKind
 from object_model.errors import (
@@ -194,10 +203,10 @@ def _unwrap(annotation: Any, metadata: list[Any]) -> tuple[Any, list[Any]]:
             args = typing.get_args(annotation)
             annotation, meta = args[0], meta + list(args[1:])
         elif origin in (Union, pytypes.UnionType):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
                 raise TypeError(f"unions are not schema types: {annotation}")
-            annotation = args[0]
+            annotation = members[0]
         else:
             return annotation, meta
 
@@ -283,10 +292,10 @@ class SchemaRegistry:
         for where, node in self.walk():
             if isinstance(node, RecordSchema):
                 for name in node.fields:
-                    ns = namespace_of(name)
-                    if ns is not None and ns not in self.namespaces:
+                    prefix = namespace_of(name)
+                    if prefix is not None and prefix not in self.namespaces:
                         raise ValueError(
-                            f"schema uses unregistered namespace {ns!r} at {where}/{name}"
+                            f"schema uses unregistered namespace {prefix!r} at {where}/{name}"
                         )
 
     # namespaces and extensions
@@ -435,7 +444,7 @@ class SchemaRegistry:
             return self.type_at(path).parse_text(text)
         except Exception as exc:
             if hasattr(exc, "at"):
-                raise exc.at(path) from None  # type: ignore[attr-defined]
+                raise exc.at(path) from None
             raise
 
     def is_writable(self, path: KeyPath) -> bool:
@@ -448,11 +457,14 @@ class SchemaRegistry:
         if _may_match(self.root, pattern.segments):
             return
         segs = pattern.segments
-        literal = next((i for i, seg in enumerate(segs) if seg is STAR or seg is GLOBSTAR),
-                       len(segs))
+        literal: list[str] = []  # the segments before the first wildcard
+        for seg in segs:
+            if isinstance(seg, Wildcard):
+                break
+            literal.append(seg)
         if literal:
-            node = self.resolve(KeyPath(*segs[:literal]))  # raises at the first wrong segment
-            if literal == len(segs):
+            node = self.resolve(KeyPath(*literal))  # raises at the first wrong segment
+            if len(literal) == len(segs):
                 raise UnknownPathError(
                     f"{pattern} is a {node.kind}, not a value: select what is below it with "
                     f"{pattern}/**", path=str(pattern), details={"pattern": str(pattern)})

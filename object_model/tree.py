@@ -44,7 +44,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from keypath import KeyPath, KeyPattern
 from object_model import canonical
@@ -194,7 +194,7 @@ class _Leaf:
     __slots__ = ("hash", "key", "name", "parent", "path", "readable", "revision", "schema",
                  "value")
 
-    def __init__(self, path: KeyPath, parent: _Interior, schema: SchemaNode) -> None:
+    def __init__(self, path: KeyPath, parent: _Interior, schema: LeafSchema | AnySchema) -> None:
         self.path = path
         self.name = path.name
         self.parent = parent
@@ -516,13 +516,14 @@ class ObjectTree:
                 self.on_listener_error(exc, event)
 
     def _set_leaf(
-        self, path: KeyPath, value: Any, schema: SchemaNode, revision: int, stamp: bool = False
+        self, path: KeyPath, value: Any, schema: LeafSchema | AnySchema, revision: int,
+        stamp: bool = False,
     ) -> bool:
         """Set one leaf; True when its value changed. ``stamp`` records ``revision`` on the
         leaf even when the value is unchanged (replicas mirror their source's revisions)."""
         leaf = self._leaves.get(path)
         new = leaf is None
-        if new:
+        if leaf is None:
             leaf = self._create_leaf(path, schema, revision)
         h = _leaf_hash(leaf.key, value)
         if not new and h == leaf.hash:
@@ -532,7 +533,7 @@ class ObjectTree:
                 self._leaves[path] = leaf
             return False
         delta = h - leaf.hash
-        node = leaf.parent
+        node: _Interior | None = leaf.parent
         if leaf.readable:
             while node is not None:
                 node.digest = (node.digest + delta) & MASK
@@ -550,7 +551,8 @@ class ObjectTree:
         self._leaves[path] = leaf
         return True
 
-    def _create_leaf(self, path: KeyPath, schema: SchemaNode, revision: int) -> _Leaf:
+    def _create_leaf(self, path: KeyPath, schema: LeafSchema | AnySchema, revision: int
+                     ) -> _Leaf:
         node = self._root
         segs = path.segments
         for depth, seg in enumerate(segs[:-1]):
@@ -577,7 +579,7 @@ class ObjectTree:
             child = node.children.get(seg)
             if child is None:
                 child = node.children[seg] = _Interior(seg, node)
-            node = child  # type: ignore[assignment]
+            node = cast("_Interior", child)  # callers delete any leaf on the way first
         return node
 
     def _delete(self, path: KeyPath, revision: int) -> bool:

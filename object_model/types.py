@@ -41,7 +41,7 @@ _MICROSECOND = timedelta(microseconds=1)
 class ValueType:
     """A type a leaf may hold. Subclasses set ``name`` and implement ``validate``."""
 
-    name: ClassVar[str] = "value"
+    name: str = "value"  # a class constant, or per instance (IntType, FloatType)
 
     def validate(self, value: Any) -> Any:
         raise NotImplementedError
@@ -110,7 +110,7 @@ class IntType(ValueType):
                 raise ValueError(f"{native} cannot go above {hi}")
             hi = le
         self.native, self.lo, self.hi = native, lo, hi
-        self.name = native  # type: ignore[misc]
+        self.name = native
 
     def validate(self, value: Any) -> int:
         if type(value) is not int:
@@ -148,7 +148,7 @@ class FloatType(ValueType):
         if native not in ("float32", "float64"):
             raise ValueError(native)
         self.native = native
-        self.name = native  # type: ignore[misc]
+        self.name = native
         self.single = native == "float32"
         self.lo = -math.inf if ge is None else float(ge)
         self.hi = math.inf if le is None else float(le)

@@ -25,11 +25,11 @@ _A = float32(-1e5, 1e5)
 
 
 def _phases(name: str, unit: str, vt: Any, doc: str) -> type[Component]:
-    fields = {
+    fields: dict[str, Any] = {
         ph: (Annotated[Any, vt, Unit(unit), PropertyAccessKind.READ] | None, None)
         for ph in ("phsA", "phsB", "phsC")
     }
-    return create_model(name, __base__=Component, __doc__=doc, **fields)  # type: ignore[call-overload]
+    return create_model(name, __base__=Component, __doc__=doc, **fields)
 
 
 PhaseVoltage = _phases("PhaseVoltage", "V", _V, "Phase-to-neutral voltages (WYE).")
@@ -75,9 +75,9 @@ def logical_node(ln_class: str, *, access: PropertyAccessKind = PropertyAccessKi
             meta: list[Any] = [ann, access]
             if unit:
                 meta.append(Unit(unit))
-            fields[do_name] = (Annotated[Any, *meta] | None,  # type: ignore[valid-type]
+            fields[do_name] = (Annotated[Any, *meta] | None,
                                Field(default=None, description=title))
-    return create_model(f"LN_{ln_class}", __base__=Component,  # type: ignore[call-overload]
+    return create_model(f"LN_{ln_class}", __base__=Component,
                         __doc__=f"IEC 61850 logical node {ln_class}", **fields)
 
 

@@ -86,7 +86,7 @@ def meter_component(
         if reg.unit:
             meta.append(Unit(reg.unit))
         fields[reg.name] = (
-            Annotated[Any, *meta] | None,  # type: ignore[valid-type]
+            Annotated[Any, *meta] | None,
             Field(default=None, alias=segment(code), description=reg.title),
         )
     model = create_model(name, __base__=Component, __doc__=doc or name, **fields)

@@ -347,7 +347,7 @@ class Evse(Component):
     phases: Annotated[int, uint8(1, 3)] = 3
     max_power_w: Watts = 22000.0
     connector: Annotated[dict[int, Connector], Ids(uint8(1, 4), 4)] = {}
-    meter: FiscalMeter = Field(default_factory=FiscalMeter)  # type: ignore[valid-type]
+    meter: FiscalMeter = Field(default_factory=FiscalMeter)  # type: ignore[valid-type]  # a model made at run time
     session: ChargingSession = ChargingSession()
     permissions: Annotated[OperationalPermissions, Access.READ_WRITE] = OperationalPermissions()
     energy: EvseEnergy = EvseEnergy()
@@ -374,8 +374,8 @@ GridMmtr = iec61850.logical_node("MMTR")
 class GridMeter(Component):
     """The station's grid connection meter, modelled with IEC 61850 logical nodes."""
 
-    mmxu: GridMmxu | None = Field(default=None, alias=iec61850.segment("MMXU1"))  # type: ignore[valid-type]
-    mmtr: GridMmtr | None = Field(default=None, alias=iec61850.segment("MMTR1"))  # type: ignore[valid-type]
+    mmxu: GridMmxu | None = Field(default=None, alias=iec61850.segment("MMXU1"))  # type: ignore[valid-type]  # made at run time
+    mmtr: GridMmtr | None = Field(default=None, alias=iec61850.segment("MMTR1"))  # type: ignore[valid-type]  # made at run time
 
 
 class LogLevel(StrEnum):

@@ -143,12 +143,14 @@ def new_station(
             temperature_sensor={1: TemperatureSensor(temperature_c=round(18 + 4 * rng.random(), 1)),
                                 2: TemperatureSensor(temperature_c=round(18 + 4 * rng.random(), 1))},
         ),
+        # the logical nodes' fields are made at run time, unknown to the type checker: pass data
         grid_meter=GridMeter(
-            mmxu=GridMmxu(TotW=0.0, TotVAr=0.0, TotVA=0.0, TotPF=1.0, Hz=50.0,
-                          PhV={"phsA": 230.0, "phsB": 230.0, "phsC": 230.0},
-                          A={"phsA": 0.0, "phsB": 0.0, "phsC": 0.0},
-                          W={"phsA": 0.0, "phsB": 0.0, "phsC": 0.0}),
-            mmtr=GridMmtr(TotWh=0.0, SupWh=0.0, DmdWh=0.0),
+            mmxu=GridMmxu.model_validate({
+                "TotW": 0.0, "TotVAr": 0.0, "TotVA": 0.0, "TotPF": 1.0, "Hz": 50.0,
+                "PhV": {"phsA": 230.0, "phsB": 230.0, "phsC": 230.0},
+                "A": {"phsA": 0.0, "phsB": 0.0, "phsC": 0.0},
+                "W": {"phsA": 0.0, "phsB": 0.0, "phsC": 0.0}}),
+            mmtr=GridMmtr.model_validate({"TotWh": 0.0, "SupWh": 0.0, "DmdWh": 0.0}),
         ),
     )
 

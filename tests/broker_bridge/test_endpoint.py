@@ -5,12 +5,11 @@ proven in test_xmpp_*.py."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-from broker_bridge.codec import decode_body
+from actors.testing import Inbox, until
 from broker_bridge.endpoint import Endpoint
-from broker_bridge.envelope import Envelope, Priority
+from broker_bridge.envelope import Priority
 from broker_bridge.memory import MemoryNetwork
 from broker_bridge.session import SECOND, GapDetected, SessionConfig, StreamReset
 from object_model import PropertyValueUpdate
@@ -18,26 +17,6 @@ from object_model import PropertyValueUpdate
 
 def update(n: int) -> PropertyValueUpdate:
     return PropertyValueUpdate(epoch=n, from_revision=0, to_revision=1)
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.items: list[int] = []
-        self.events: list[object] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, env: Envelope) -> None:
-        self.items.append(decode_body(env.kind, env.body).epoch)  # type: ignore[attr-defined]
-        self.changed.set()
-
-    def event(self, ev: object) -> None:
-        self.events.append(ev)
-
-    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.items) < count:
-                self.changed.clear()
-                await self.changed.wait()
 
 
 FAST = SessionConfig(retransmit_initial_us=SECOND // 10, retransmit_max_us=SECOND // 2)
@@ -55,7 +34,7 @@ async def test_reliable_messages_arrive_once_in_order_over_a_lossy_network() -> 
                    priority=Priority.STATE)
         await inbox.wait_for(300)
         await a.flush(10)
-    assert inbox.items == list(range(300))
+    assert inbox.numbers() == list(range(300))
 
 
 async def test_a_crashed_sender_resends_from_its_outbox_without_duplicates(tmp_path: Path) -> None:
@@ -71,9 +50,11 @@ async def test_a_crashed_sender_resends_from_its_outbox_without_duplicates(tmp_p
     sender_transport.set_link(False)  # nothing gets out: everything stays unacknowledged
     for i in range(50):
         sender.send(source="a", destination="b", message=update(i), reliable=True)
-    async with asyncio.timeout(5):
-        while await sender.outbox.unacked_count() < 50:  # type: ignore[union-attr]
-            await asyncio.sleep(0.01)
+
+    async def all_held() -> bool:
+        return await sender.outbox.unacked_count() >= 50  # type: ignore[union-attr]
+
+    await until(all_held, "all 50 envelopes held unacknowledged in the outbox", timeout=5)
     # crash: no flush, no goodbye
     sender._pump_task.cancel()  # type: ignore[union-attr]
     await sender.outbox.close()  # type: ignore[union-attr]
@@ -84,7 +65,7 @@ async def test_a_crashed_sender_resends_from_its_outbox_without_duplicates(tmp_p
     await restarted.register("a", lambda env: None)
     await inbox.wait_for(50)
     await restarted.flush(5)
-    assert inbox.items == list(range(50))
+    assert inbox.numbers() == list(range(50))
     assert await restarted.outbox.unacked_count() == 0  # type: ignore[union-attr]
     restarted.send(source="a", destination="b", message=update(50), reliable=True)
     await inbox.wait_for(51)
@@ -110,7 +91,7 @@ async def test_a_broadcast_leaves_the_sender_once_and_reaches_every_member() -> 
         for inbox in inboxes:
             await inbox.wait_for(1)
         assert uplink.frames_by_destination["group:site1"] == 1
-        assert all(inbox.items == [7] for inbox in inboxes)
+        assert all(inbox.numbers() == [7] for inbox in inboxes)
         for ep in stations:
             await ep.stop()
 

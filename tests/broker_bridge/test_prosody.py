@@ -105,7 +105,7 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
     while alive(pid):
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.02)
+        time.sleep(0.02)  # the poll interval of a wait with a deadline (blocking: no loop here)
     return True
 
 
@@ -294,7 +294,7 @@ async def main():
     await broker.start()
     print(broker.pid, flush=True)
     if sys.argv[2] == "hang":
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # not a wait: the parent hangs until the test kills it
 
 asyncio.run(main())
 """

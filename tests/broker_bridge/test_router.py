@@ -6,16 +6,15 @@ Delivery through real brokers, with one of them killed, is tests/integration/tes
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
-from broker_bridge import Endpoint, Envelope, Priority, Router
-from broker_bridge.codec import decode_body
+from actors.testing import Inbox
+from broker_bridge import Endpoint, Priority, Router
 from broker_bridge.memory import MemoryNetwork, MemoryTransport
-from broker_bridge.session import SECOND, SessionConfig, SessionEvent
+from broker_bridge.session import SECOND, SessionConfig
 from object_model import PropertyValueUpdate
 
 FAST = SessionConfig(retransmit_initial_us=SECOND // 10, retransmit_max_us=SECOND // 2)
@@ -23,31 +22,6 @@ FAST = SessionConfig(retransmit_initial_us=SECOND // 10, retransmit_max_us=SECON
 
 def update(n: int) -> PropertyValueUpdate:
     return PropertyValueUpdate(epoch=n, from_revision=0, to_revision=1)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``condition`` holds; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.002)
-
-
-class Inbox:
-    """What one actor received: envelopes and session events."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Envelope] = []
-        self.events: list[SessionEvent] = []
-
-    def __call__(self, env: Envelope) -> None:
-        self.envelopes.append(env)
-
-    def event(self, event: SessionEvent) -> None:
-        self.events.append(event)
-
-    def numbers(self, source: str | None = None) -> list[int]:
-        return [decode_body(e.kind, e.body).epoch for e in self.envelopes  # type: ignore[attr-defined]
-                if e.kind == "PropertyValueUpdate" and source in (None, e.source)]
 
 
 @dataclass
@@ -115,8 +89,8 @@ async def test_each_message_leaves_on_the_link_its_destination_routes_to(world: 
         world.router.send(source="local", destination="cs-1", message=update(i), reliable=True)
         world.router.send(source="local", destination="cloud", message=update(10 + i),
                           reliable=True)
-    await until(lambda: len(world.station_inbox.envelopes) == 3
-                and len(world.upstream_inbox.envelopes) == 3)
+    await world.station_inbox.wait_for(3)
+    await world.upstream_inbox.wait_for(3)
     assert world.station_inbox.numbers() == [0, 1, 2]
     assert world.upstream_inbox.numbers() == [10, 11, 12]
     site_transport = world.site.transport
@@ -128,7 +102,7 @@ async def test_each_message_leaves_on_the_link_its_destination_routes_to(world: 
 async def test_the_actor_is_reachable_on_every_link_until_unregistered(world: World) -> None:
     world.station.send(source="cs-1", destination="local", message=update(1), reliable=True)
     world.upstream.send(source="cloud", destination="local", message=update(2), reliable=True)
-    await until(lambda: len(world.local_inbox.envelopes) == 2)
+    await world.local_inbox.wait_for(2)
     assert sorted(zip((e.source for e in world.local_inbox.envelopes),
                       world.local_inbox.numbers(), strict=True)) == [("cloud", 2), ("cs-1", 1)]
     world.router.unregister("local")
@@ -147,7 +121,7 @@ async def test_a_group_is_joined_on_the_link_it_routes_to(world: World) -> None:
                        priority=Priority.CRITICAL)
     world.upstream.send(source="cloud", destination="group:cloud-all", message=update(3),
                         priority=Priority.CRITICAL)
-    await until(lambda: len(world.local_inbox.envelopes) == 2)
+    await world.local_inbox.wait_for(2)
     assert sorted(world.local_inbox.numbers()) == [2, 3]
     assert [e.destination for e in world.local_inbox.envelopes
             if e.source == "cloud"] == ["group:cloud-all"]
@@ -167,7 +141,7 @@ async def test_a_cut_link_holds_only_its_own_traffic_and_delivers_it_when_back(
         world.router.send(source="local", destination="cs-1", message=update(1000 + i),
                           priority=Priority.CRITICAL)
     # the site link carries on: everything arrives, is acknowledged, nothing waits there
-    await until(lambda: len(world.station_inbox.envelopes) == 40)
+    await world.station_inbox.wait_for(40)
     await world.site.flush(5.0)
     numbers = world.station_inbox.numbers()
     assert [n for n in numbers if n < 1000] == list(range(20))
@@ -177,7 +151,7 @@ async def test_a_cut_link_holds_only_its_own_traffic_and_delivers_it_when_back(
     assert world.cloud.session.pending_count == 20
     assert world.uplink.frames_sent == sent_up and world.upstream_inbox.envelopes == []
     world.uplink.set_link(True)
-    await until(lambda: len(world.upstream_inbox.envelopes) == 20)
+    await world.upstream_inbox.wait_for(20)
     await world.cloud.flush(5.0)
     assert world.upstream_inbox.numbers() == [100 + i for i in range(20)]  # in order, once
     assert world.cloud.session.pending_count == 0 and world.cloud.reconnects == 1

@@ -10,6 +10,7 @@ import random
 import msgpack
 import pytest
 
+from actors.testing import Inbox, until
 from bench.faults import run_faults, settings_for
 from broker_bridge.backoff import Backoff
 from broker_bridge.clock import WALL_CLOCK
@@ -34,27 +35,6 @@ pytestmark = pytest.mark.broker
 def update(n: int, blob: bytes | None = None) -> PropertyValueUpdate:
     return PropertyValueUpdate(epoch=n, from_revision=0, to_revision=1,
                                upserts=[] if blob is None else [("blob", 1, blob)])
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.envelopes: list[Envelope] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, env: Envelope) -> None:
-        self.envelopes.append(env)
-        self.changed.set()
-
-    def numbers(self, kind: str = "PropertyValueUpdate") -> list[int]:
-        return [decode_body(e.kind, e.body).epoch for e in self.envelopes  # type: ignore[attr-defined]
-                if e.kind == kind]
-
-    async def wait_for(self, count: int, kind: str = "PropertyValueUpdate",
-                       timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len([e for e in self.envelopes if e.kind == kind]) < count:
-                self.changed.clear()
-                await self.changed.wait()
 
 
 @pytest.fixture
@@ -137,7 +117,7 @@ async def test_garbage_is_answered_and_legitimate_traffic_is_untouched(
             if i % 60 == 0:
                 for data in _garbage("vandal", "victim").values():
                     vandal.transport.send_frame("victim", data)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # pacing, not a wait: garbage spread through the stream
         # a stanza with a control character: the broker cuts the vandal's stream, not ours
         stream = vandal.transport._stream  # type: ignore[attr-defined]
         stream.send_raw("<message to='victim@csms.local'><f xmlns='urn:csms63110:frame:1'>"
@@ -277,7 +257,7 @@ class SkippingClock:
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the skipped wait still yields, as a real one would
 
 
 async def test_reconnects_back_off_with_full_jitter_on_the_injected_clock(
@@ -292,13 +272,10 @@ async def test_reconnects_back_off_with_full_jitter_on_the_injected_clock(
     try:
         assert clock.slept == []  # the first attempt connected
         managed_prosody.kill()
-        async with asyncio.timeout(10):  # attempts fail at once: collect a few backoffs
-            while len(clock.slept) < 8:
-                await asyncio.sleep(0.001)
+        # attempts fail at once: collect a few backoffs
+        await until(lambda: len(clock.slept) >= 8, "eight backoffs", timeout=10, every=0.001)
         await managed_prosody.start()
-        async with asyncio.timeout(10):
-            while not transport.connected:
-                await asyncio.sleep(0.001)
+        await until(lambda: transport.connected, "the link back", timeout=10, every=0.001)
     finally:
         await transport.stop()
     # the loss counts as the first failure, each failed attempt as one more; the delays are

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from actors.runtime.actor import Actor, Context, handles
+from actors.testing import until
 from broker_bridge import Endpoint, Priority, Router
 from broker_bridge.prosody import ManagedProsody
 from broker_bridge.session import SECOND, SessionConfig
@@ -58,16 +58,6 @@ class Probe(Actor):
         self.latencies_s.append((self.clock.now_us() - ctx.envelope.timestamp_us) / 1e6)
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Wait until ``condition`` holds; fail naming ``what`` after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
-
-
 def settings(broker: ManagedProsody) -> XmppSettings:
     ep = broker.endpoint
     # a short reconnect cap: the test waits for links to come back, not for a long backoff
@@ -105,7 +95,8 @@ async def site_round(local: Probe, station: Probe, first: int) -> tuple[list[flo
     seen = len(station.updates)
     for n in range(first, first + ROUNDS):  # one at a time: latency, not throughput
         local.send("cs-1", update(n), reliable=True, priority=Priority.STATE)
-        await until(lambda n=n: station.updates[-1:] == [n], f"envelope {n} reaches cs-1")
+        await until(lambda n=n: station.updates[-1:] == [n], f"envelope {n} reaches cs-1",
+                    every=0.005)
     assert station.updates[seen:] == list(range(first, first + ROUNDS))
     return round_trips, station.latencies_s[seen:]
 

@@ -159,7 +159,7 @@ async def test_updates_go_upstream_in_order_and_only_once_durable(world: World) 
     for i in range(30):
         (station if i % 2 else other).tree.write(  # type: ignore[union-attr]
             "identity/location/latitude", float(i))
-        await asyncio.sleep(0.003)
+        await asyncio.sleep(0.003)  # pacing, not a wait: writes spread over many publish intervals
     await until(lambda: local.copies.replicas["stations/cs-0"].tree.revision == station.tree.revision
                 and local.copies.replicas["stations/cs-1"].tree.revision == other.tree.revision,
                 "the local copies")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
+from actors.testing import until
 from broker_bridge import Endpoint
 from broker_bridge.codec import encode_body
 from broker_bridge.memory import MemoryNetwork
@@ -34,7 +35,7 @@ class Echo(Actor):
     async def read(self, message: PropertyValueRead, ctx: Context) -> MessageBase:
         self.order.append(str(message.paths[0]))
         if str(message.paths[0]) == "slow":
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # not a wait: a slow handler is the behaviour under test
         if str(message.paths[0]) == "boom":
             raise RuntimeError("a bug")
         if str(message.paths[0]) == "silence":
@@ -109,11 +110,7 @@ async def test_undecodable_bodies_are_answered(pair) -> None:  # type: ignore[no
     a, _b = pair
     env = a.endpoint.send(source="a", destination="b", kind="PropertyValueRead",
                           body=encode_body(read("x"))[:-3])
-    await asyncio.sleep(0)
-    for _ in range(50):
-        if a.reports:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(a.reports), "an error report answering the undecodable body")
     assert a.reports and a.reports[0].answers == env.id
     assert a.reports[0].code in (ErrorCode.MALFORMED_MESSAGE, ErrorCode.INVALID_MESSAGE)
 
@@ -125,7 +122,7 @@ async def test_silence_is_a_timeout_and_the_pending_request_is_cleaned_up(pair) 
     assert info.value.code is ErrorCode.TIMEOUT
     assert a._pending == {}
     task = asyncio.create_task(a.request("b", read("silence"), timeout=5))
-    await asyncio.sleep(0.05)
+    await until(lambda: bool(a._pending), "the request waiting for its answer")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -170,7 +167,7 @@ async def test_tracked_tasks_are_cancelled_at_stop_and_failures_logged(
 
     async def forever() -> None:
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # not a wait: a task that never ends, for stop to cancel
 
     async def broken() -> None:
         raise ValueError("oops")
@@ -178,7 +175,8 @@ async def test_tracked_tasks_are_cancelled_at_stop_and_failures_logged(
     task = a.spawn(forever(), "forever")
     a.spawn(broken(), "broken")
     await started.wait()
-    await asyncio.sleep(0.01)
+    await until(lambda: any(r.levelname == "ERROR" for r in caplog.records),
+                "the broken task's failure logged")
     assert any("broken" in r.message and r.levelname == "ERROR" for r in caplog.records)
     await a.stop()
     assert task.cancelled()
@@ -200,7 +198,7 @@ async def test_nothing_is_handled_before_on_start_has_loaded_the_state() -> None
     await client.start()
     starting = asyncio.create_task(slow.start())
     answer = asyncio.create_task(client.request("slow", read("x")))
-    await asyncio.sleep(0.05)  # the request has arrived and waits in the inbox
+    await until(lambda: slow.inbox_depth == 1, "the request arrived, waiting in the inbox")
     assert slow.order == ["loading"]
     loaded.set()
     await starting
@@ -216,9 +214,7 @@ async def test_a_late_answer_is_dropped_not_answered(pair) -> None:  # type: ign
     a, b = pair
     with pytest.raises(ModelError):
         await a.request("b", read("slow"), timeout=0.01)  # b answers after 50 ms
-    async with asyncio.timeout(5):
-        while a.late_answers == 0:
-            await asyncio.sleep(0.01)
+    await until(lambda: a.late_answers > 0, "the late answer", timeout=5)
     assert a.late_answers == 1
     assert b.reports == [] and a.rejected == 0  # no error ping-pong about it
 
@@ -232,10 +228,7 @@ async def test_a_broadcast_carries_no_rights() -> None:
         await actor.start()
     await eb.join_group("group:site", "b")
     a.send("group:site", read("x"))
-    for _ in range(100):
-        if a.reports:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(a.reports), "the broadcast refused")
     assert [r.code for r in a.reports] == [ErrorCode.ACCESS_DENIED]
     assert b.order == ["x"]
     for actor in (a, b):

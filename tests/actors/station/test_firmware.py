@@ -158,7 +158,7 @@ async def test_an_update_pauses_resumes_and_is_refused_to_an_operator(site: Site
     paused = await origin.request("cs-1", TaskControl(task="fw", action=TaskAction.PAUSE))
     assert isinstance(paused, TaskStatus) and paused.state.value == "paused"
     origin.gate.set()
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # not a wait: one yield, in which a paused update must not go on
     assert state(station) == "paused"
     await origin.request("cs-1", TaskControl(task="fw", action=TaskAction.RESUME))
     await until(lambda: state(station) == "succeeded", "the resumed update done")
