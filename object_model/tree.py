@@ -70,6 +70,7 @@ from object_model.schema import (
     SchemaRegistry,
     parse_path,
 )
+from object_model.types import ValueType
 
 MASK = (1 << 128) - 1
 DIGEST_BYTES = 16
@@ -313,6 +314,14 @@ class ObjectTree:
         """The schema node of ``path`` (from the leaf when present, else from the schema)."""
         leaf = self._leaves.get(path)
         return leaf.schema if leaf is not None else self.schema.resolve(path)
+
+    def value_type(self, path: KeyPath) -> ValueType:
+        """The type of the value at ``path`` (``WRONG_TYPE`` if the schema declares a
+        subtree there)."""
+        node = self.leaf_schema(path)
+        if not isinstance(node, (LeafSchema, AnySchema)):
+            raise WrongTypeError(f"{path} is a subtree, not a value", path=path)
+        return node.value_type
 
     def leaves(self, under: KeyPath | str = "") -> Iterator[Leaf]:
         """Every leaf at or below ``under``, in tree order."""

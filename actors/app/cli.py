@@ -103,8 +103,15 @@ def _client(args: argparse.Namespace) -> int:
 
 
 def _run_actor(args: argparse.Namespace) -> int:
-    from actors.app.config import ConfigError, load_config
+    from actors.app.config import (
+        CloudConfig,
+        ConfigError,
+        LocalConfig,
+        ResourceManagerConfig,
+        load_config,
+    )
     from actors.app.wiring import (
+        Running,
         run_until_signalled,
         start_cloud,
         start_local,
@@ -125,13 +132,18 @@ def _run_actor(args: argparse.Namespace) -> int:
             args.command, args.command)
         print(f"csms {args.command}: {args.config} has no [{name}] section", file=sys.stderr)
         return 2
-    starter = {"cloud": start_cloud, "local": start_local, "station": start_stations,
-               "resource-manager": start_resource_manager}
 
-    async def start() -> list:  # type: ignore[type-arg]
-        return [await starter[args.command](config.broker, part)]  # type: ignore[operator]
+    async def start() -> list[Running]:
+        broker = config.broker
+        if isinstance(part, CloudConfig):
+            return [await start_cloud(broker, part)]
+        if isinstance(part, LocalConfig):
+            return [await start_local(broker, part)]
+        if isinstance(part, ResourceManagerConfig):
+            return [await start_resource_manager(broker, part)]
+        return [await start_stations(broker, part)]
 
-    def ready(running: list) -> None:  # type: ignore[type-arg]
+    def ready(running: list[Running]) -> None:
         actors = ", ".join(a.address for r in running for a in r.actors[:5])
         print(f"csms {args.command}: running {actors}{' ...' if len(running[0].actors) > 5 else ''}"
               f"; Ctrl-C to stop", flush=True)

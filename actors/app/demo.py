@@ -104,7 +104,8 @@ class Demo:
                 + sum(e.session.counters.rejected for e in self.endpoints()))
 
     def resyncs(self) -> int:
-        return sum(csms.copies.resync.stats.runs for csms in [self.cloud_actor, *self.locals()])
+        return self.cloud_actor.copies.resync.stats.runs + sum(
+            local.copies.resync.stats.runs for local in self.locals())
 
     def consistent(self) -> bool:
         """Every station's tree equals the cloud's copy of it (visible digests)."""

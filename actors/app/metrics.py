@@ -122,9 +122,10 @@ def _histogram_buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
 _E, _EP, _A = ("endpoint",), ("endpoint", "priority"), ("actor",)
 _EKP = ("endpoint", "kind", "priority")
 _C, _G, _H, _S = CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
+Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily | SummaryMetricFamily
 
 # the families of a scrape: (key, class, name, help, labels); counters get ``_total`` when served
-FAMILIES: tuple[tuple[str, type[Metric], str, str, tuple[str, ...]], ...] = (
+FAMILIES: tuple[tuple[str, type[Family], str, str, tuple[str, ...]], ...] = (
     ("sent", _C, "csms_messages_sent", "Messages queued to send, each once", _EKP),
     ("received", _C, "csms_messages_received", "Messages received, each once", _EKP),
     ("latency", _H, "csms_message_latency_seconds",
@@ -171,13 +172,12 @@ class _Families:
     """The metric families of one scrape, filled endpoint by endpoint and actor by actor."""
 
     def __init__(self) -> None:
-        self._families: dict[str, Metric] = {
-            key: cls(name, text, labels=labels)  # type: ignore[call-arg]
-            for key, cls, name, text, labels in FAMILIES}
+        self._families: dict[str, Family] = {
+            key: cls(name, text, labels=labels) for key, cls, name, text, labels in FAMILIES}
 
     def add(self, key: str, labels: list[str], *values: Any) -> None:
         """A sample (a histogram: buckets and sum; a summary: count and sum)."""
-        self._families[key].add_metric(labels, *values)  # type: ignore[attr-defined]
+        self._families[key].add_metric(labels, *values)
 
     def add_endpoint(self, endpoint: Endpoint) -> None:
         add, name = self.add, endpoint.name

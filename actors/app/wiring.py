@@ -40,7 +40,9 @@ log = logging.getLogger("csms.runtime")
 def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
     return XmppSettings(host=broker.host, c2s_port=broker.c2s_port,
                         component_port=broker.component_port, domain=broker.domain,
-                        muc_domain=broker.muc_domain, routes=broker.routes, tls=broker.tls)
+                        muc_domain=broker.muc_domain,
+                        routes=tuple((pattern, domain) for pattern, domain in broker.routes),
+                        tls=broker.tls)
 
 
 @dataclass

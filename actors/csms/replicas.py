@@ -160,7 +160,8 @@ class ReplicaSet:
                 f"(delete managed/{station}) before it can move",
                 details={"station": station, "bound_to": bound})
         key = station_key(station)
-        entry = {"source": source, "remote_tree": str(remote_tree), "site": site}
+        entry: dict[str, str | int] = {"source": source, "remote_tree": str(remote_tree),
+                                       "site": site}
         if f"managed/{station}/admitted_at" not in self.own.tree:
             entry["admitted_at"] = self.clock.now_us()
         self.own.tree.write(f"managed/{station}", entry)

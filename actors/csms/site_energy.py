@@ -203,28 +203,30 @@ class SiteEnergy:
 
     def _parse(self, tree: ObjectTree, station: str, evse: int) -> _Parsed | None:
         base = f"evse/{evse}/energy/"
-        raw, revisions = [], []
+        raw: list[Any] = []
+        seen: list[int] = []
         for name in ("power_constraints", "energy_constraints", "plan"):
             try:
                 value, revision = tree.entry(base + name)
             except ModelError:
                 value, revision = None, 0
             raw.append(value)
-            revisions.append(revision)
+            seen.append(revision)
+        revisions = (seen[0], seen[1], seen[2])
         key = (station, evse)
         cached = self._parsed.get(key)
-        if cached is not None and cached.revisions == tuple(revisions):
+        if cached is not None and cached.revisions == revisions:
             return cached
         try:
             parsed = _Parsed(
-                tuple(revisions),  # type: ignore[arg-type]
+                revisions,
                 PowerConstraints.model_validate(raw[0]) if raw[0] else None,
                 EnergyConstraints.model_validate(raw[1]) if raw[1] else None,
                 EnergyTransferPlan.model_validate(raw[2]) if raw[2] else None)
         except ValueError as exc:  # a station reporting nonsense is left out, and said so
             log.warning("%s: %s evse %d reports PEBC values that do not validate (%s); "
                         "not allocating to it", self.address, station, evse, exc)
-            parsed = _Parsed(tuple(revisions), None, None, None)  # type: ignore[arg-type]
+            parsed = _Parsed(revisions, None, None, None)
         self._parsed[key] = parsed
         return parsed
 

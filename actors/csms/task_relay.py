@@ -114,7 +114,7 @@ class TaskRelay:
         station, replica = self._station_of(message.tree, ctx)
         answer = await self._forward(replica, message, ctx)
         if message.action is TaskAction.CANCEL and self.watchers.pop((station, message.task),
-                                                                      None):
+                                                                      ""):
             await self.samples.watch(station, message.task, None)
         return answer
 

@@ -57,7 +57,8 @@ class TaskBook:
                 f"no task {task_id!r} here" + (f" (tasks: {', '.join(known[:20])})" if known
                                                else " (there are no tasks)"),
                 path=f"{ROOT}/{task_id}", details={"task": task_id})
-        return self.tree.read(f"{ROOT}/{task_id}")  # type: ignore[no-any-return]
+        entry: dict[str, Any] = self.tree.read(f"{ROOT}/{task_id}")
+        return entry
 
     def state(self, task_id: str) -> TaskState:
         return TaskState(self.tree.get(f"{ROOT}/{task_id}/state"))

@@ -127,7 +127,8 @@ class TreeAccess:
                 deletes = list(changes.deletes)
         digests = []
         digests_of = [] if req.digests_on_gap and complete else req.digests_of
-        shapes = (req.shapes or [None] * len(digests_of)) if digests_of else []
+        shapes: list[bytes | None] = (list(req.shapes) or [None] * len(digests_of)
+                                      if digests_of else [])
         for path, shape in zip(digests_of, shapes, strict=True):
             if not self.policy.may_read_below(role, self.mount / path):
                 raise AccessDeniedError(

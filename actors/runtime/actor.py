@@ -52,7 +52,7 @@ def handles(*types: type[MessageBase]) -> Callable[[Callable[..., Any]], Callabl
     """Declare the message types a handler method takes."""
 
     def mark(method: Callable[..., Any]) -> Callable[..., Any]:
-        method._handles = types  # type: ignore[attr-defined]
+        method._handles = types  # type: ignore[attr-defined]  # a mark on the function, read by Actor.__init_subclass__
         return method
 
     return mark
@@ -287,7 +287,7 @@ class Actor:
                         expires_in_us=int(timeout * 1e6))
         future: asyncio.Future[tuple[MessageBase, Envelope]] = (
             asyncio.get_running_loop().create_future())
-        self._pending[env.id] = (future, destination)  # type: ignore[assignment]
+        self._pending[env.id] = (future, destination)
         try:
             async with asyncio.timeout(timeout):
                 answer, answer_env = await future
@@ -310,7 +310,7 @@ class Actor:
                 future = pending[0]
                 if not future.done():
                     try:
-                        future.set_result((decode_body(env.kind, env.body), env))  # type: ignore[arg-type]
+                        future.set_result((decode_body(env.kind, env.body), env))
                     except ModelError as exc:
                         future.set_exception(exc)
                 return

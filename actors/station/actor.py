@@ -52,6 +52,7 @@ from object_model.messages import (
 )
 from object_model.monitoring import MonitoringTaskSetup, TaskControl
 from object_model.pebc import PowerConstraints, PowerRangeEnvelope, envelope_problems
+from object_model.schema import LeafSchema
 from object_model.station import station_access_policy, station_schema
 from object_model.tree import Operation, TransactionCommitted, Write
 
@@ -250,7 +251,7 @@ def refuse_unfit_envelopes(tree: ObjectTree, ops: list[Operation]) -> None:
             if len(segs) != 4 or segs[0] != "evse" or segs[2:] != ("energy", "envelope"):
                 continue
             pc_path = f"evse/{segs[1]}/energy/power_constraints"
-            if value is None or pc_path not in tree:
+            if value is None or pc_path not in tree or not isinstance(node, LeafSchema):
                 continue
             try:
                 envelope = PowerRangeEnvelope.model_validate(node.value_type.validate(value))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 
-async def until(condition: Callable[[], bool | Awaitable[bool]], what: str = "the condition",
+async def until(condition: Callable[[], Any | Awaitable[Any]], what: str = "the condition",
                 timeout: float = 20.0, *, every: float = 0.01) -> None:
     """Return as soon as ``condition()`` (a function, or a coroutine function) is true; after
     ``timeout`` seconds fail with an ``AssertionError`` naming ``what`` was awaited."""
@@ -14,7 +16,7 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], what: str = "th
         async with asyncio.timeout(timeout):
             while True:
                 result = condition()
-                if not isinstance(result, bool):
+                if inspect.isawaitable(result):
                     result = await result
                 if result:
                     return

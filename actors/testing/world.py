@@ -42,7 +42,9 @@ class World:
 
     async def actor(self, actor: A) -> A:
         """``actor`` started, and stopped with the world."""
-        return await self.stack.enter_async_context(actor)
+        await actor.start()
+        self.stack.push_async_callback(actor.stop)
+        return actor
 
 
 __all__ = ["World"]

@@ -309,8 +309,8 @@ class SiteAllocator:
                    for n in active if n.key in admitted}
         grants = water_fill({k: (admitted[k], caps[k]) for k in admitted}, weights,
                             budget if admitted else 0.0)
-        upper = {}
-        lower = {}
+        upper: dict[EvseKey, float] = {}
+        lowers: dict[EvseKey, float] = {}
         for n in needs:
             up = grants.get(n.key, 0.0)
             up = n.constraints.upper_at_most(up) if up > 0 else 0.0
@@ -318,13 +318,13 @@ class SiteAllocator:
                 up = n.constraints.upper_ranges[0].lower_w
             upper[n.key] = up
             lo = max(n.constraints.forced_w, 0.0)
-            lower[n.key] = lo if n.constraints.allows_lower(lo) and lo <= up else \
+            lowers[n.key] = lo if n.constraints.allows_lower(lo) and lo <= up else \
                 n.constraints.lower_ranges[0].lower_w
         if site_lower > -math.inf and sum(upper.values()) < site_lower - 1e-6:
             codes.add(AlertCode.SITE_LOWER_UNMET)
         if commit:
             self._commit(at_us, upper, needs)
-        return _Point(upper, lower, limit, sum(hard.values()), shortfalls, codes)
+        return _Point(upper, lowers, limit, sum(hard.values()), shortfalls, codes)
 
     # -- hysteresis ------------------------------------------------------------------------------
 

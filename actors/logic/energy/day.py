@@ -131,7 +131,8 @@ class SiteDay:
 
     def _arrivals(self) -> list[tuple[int, int, ElectricVehicle]]:
         """This EVSE's visits: (arrival, departure, EV)."""
-        rng, visits = self.rng, []
+        rng = self.rng
+        visits: list[tuple[int, int, ElectricVehicle]] = []
         for start_h, stay_h in ((rng.uniform(6.5, 9.5), rng.uniform(7, 10)),
                                 (rng.uniform(11, 13.5), rng.uniform(1, 3)),
                                 (rng.uniform(17, 21), rng.uniform(9, 12))):

@@ -270,7 +270,7 @@ def power_constraints_from_s2(pc: PEBCPowerConstraints) -> PowerConstraints:
     kind = "PEBC.PowerConstraints"
     normal = [r for r in pc.allowed_limit_ranges if not r.abnormal_condition_only]
     layout = _phase_layout([r.commodity_quantity for r in normal] or [SYMMETRIC], kind)
-    sides: dict[str, list[tuple[float, float]]] = {}
+    sides: dict[str, list[dict[str, float]]] = {}
     for name, limit in (("upper_ranges", PEBCPowerEnvelopeLimitType.UPPER_LIMIT),
                         ("lower_ranges", PEBCPowerEnvelopeLimitType.LOWER_LIMIT)):
         per_quantity: dict[CommodityQuantity, list[tuple[float, float]]] = {}
@@ -281,7 +281,8 @@ def power_constraints_from_s2(pc: PEBCPowerConstraints) -> PowerConstraints:
         if not per_quantity:
             raise _invalid(f"{kind}: no {limit.value} range outside abnormal conditions",
                            kind, left_out=len(pc.allowed_limit_ranges) - len(normal))
-        merged = {q: _merged(v) for q, v in per_quantity.items()}
+        merged: dict[Any, list[dict[str, float]]] = {q: _merged(v)
+                                                     for q, v in per_quantity.items()}
         if layout == "phases":
             if len({json.dumps(v) for v in merged.values()}) != 1 or len(merged) != 3:
                 raise _invalid(f"{kind}: the {limit.value} ranges differ between phases; "

@@ -93,7 +93,7 @@ class TickChanges:
         hit = self._cache.get(path)
         if hit is None:
             kp = KeyPath.parse(path)
-            hit = self._cache[path] = (kp, self._tree.leaf_schema(kp).value_type)
+            hit = self._cache[path] = (kp, self._tree.value_type(kp))
         return hit
 
     def _stored(self, path: str, default: Any) -> Any:

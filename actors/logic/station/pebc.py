@@ -409,7 +409,9 @@ class EnergyTransfers:
         hit = self._parsed.get(path)
         if hit is None or not (hit[0] is plain or hit[0] == plain):
             hit = self._parsed[path] = (plain, model.model_validate(plain))
-        return hit[1]  # type: ignore[return-value]
+        parsed = hit[1]
+        assert isinstance(parsed, model)  # the cache holds what was parsed as ``model``
+        return parsed
 
 
 def _visit(ev: ElectricVehicle | None) -> tuple[int, int] | None:

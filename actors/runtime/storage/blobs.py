@@ -118,8 +118,8 @@ class BlobStore(SqliteFile):
         ref = self._refs.get(blob)
         if ref is None or not 0 <= index < ref.chunks:
             return None
-        rows = await self.db.execute_fetchall(
-            "SELECT data FROM chunks WHERE hash = ? AND idx = ?", (blob, index))
+        rows = list(await self.db.execute_fetchall(
+            "SELECT data FROM chunks WHERE hash = ? AND idx = ?", (blob, index)))
         if not rows:
             return None
         data = rows[0][0]
@@ -156,14 +156,17 @@ class BlobStore(SqliteFile):
 
     async def read(self, blob: bytes) -> bytes:
         ref = self._refs[blob]
-        parts = [await self.chunk(blob, i) for i in range(ref.chunks)]
-        if any(p is None for p in parts):
-            raise NotPresentError(f"blob {blob.hex()[:16]}... is incomplete")
-        return b"".join(parts)  # type: ignore[arg-type]
+        parts = []
+        for index in range(ref.chunks):
+            part = await self.chunk(blob, index)
+            if part is None:
+                raise NotPresentError(f"blob {blob.hex()[:16]}... is incomplete")
+            parts.append(part)
+        return b"".join(parts)
 
     async def is_complete(self, blob: bytes) -> bool:
-        rows = await self.db.execute_fetchall("SELECT complete FROM blobs WHERE hash = ?",
-                                              (blob,))
+        rows = list(await self.db.execute_fetchall(
+            "SELECT complete FROM blobs WHERE hash = ?", (blob,)))
         return bool(rows and rows[0][0])
 
     async def forget(self, blob: bytes) -> None:

@@ -452,15 +452,15 @@ class TreeStore:
         snapshot or log row that does not read back raises ``CorruptTreeError``.
         """
         async with self._lock:
-            snap = await self.db.execute_fetchall(
-                "SELECT revision, data FROM snapshots WHERE key = ?", (key,))
-            rows = await self.db.execute_fetchall(
-                "SELECT revision, data FROM log WHERE key = ? ORDER BY revision", (key,))
+            snap = [(int(r), bytes(d)) for r, d in await self.db.execute_fetchall(
+                "SELECT revision, data FROM snapshots WHERE key = ?", (key,))]
+            rows = [(int(r), bytes(d)) for r, d in await self.db.execute_fetchall(
+                "SELECT revision, data FROM log WHERE key = ? ORDER BY revision", (key,))]
         if not snap:
             if rows:
                 raise CorruptTreeError(key, None, f"{len(rows)} log rows but no snapshot")
             return None
-        return _rebuild(key, next(iter(snap)), rows, schema, tree_options)
+        return _rebuild(key, snap[0], rows, schema, tree_options)
 
     async def load_many(self, keys: Iterable[str], schema: SchemaRegistry, *,
                         chunk: int = 256, **tree_options: Any
@@ -520,7 +520,8 @@ class TreeStore:
 
     async def get_side(self, key: str) -> bytes | None:
         async with self._lock:
-            rows = await self.db.execute_fetchall("SELECT data FROM side WHERE key = ?", (key,))
+            rows = list(await self.db.execute_fetchall("SELECT data FROM side WHERE key = ?",
+                                                       (key,)))
         return bytes(rows[0][0]) if rows else None
 
     async def log_rows(self, key: str | None = None) -> int:
