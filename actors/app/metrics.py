@@ -251,10 +251,13 @@ class ActorCollector(Collector):
         families = _Families()
         endpoints: set[int] = set()
         for host in list(self.hosts):
-            if id(host.endpoint) not in endpoints:
-                endpoints.add(id(host.endpoint))
-                families.add_endpoint(host.endpoint)
-            for actor in list(host.actors):
+            actors = list(host.actors)
+            # the host's link, and every link of its actors (a local CSMS may hold two)
+            for endpoint in [host.endpoint, *(e for a in actors for e in a.links.endpoints)]:
+                if id(endpoint) not in endpoints:
+                    endpoints.add(id(endpoint))
+                    families.add_endpoint(endpoint)
+            for actor in actors:
                 families.add_actor(actor)
         return families.all()
 

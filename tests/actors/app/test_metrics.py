@@ -26,7 +26,7 @@ from actors.runtime.replication.replica import Replica
 from actors.runtime.replication.resync import ResyncEngine
 from actors.runtime.tree_actor import OneTree, TreeActor
 from actors.testing import until
-from broker_bridge import Endpoint, Priority
+from broker_bridge import Endpoint, Priority, Router
 from broker_bridge.memory import MemoryNetwork, MemoryTransport
 from keypath import KeyPath
 from object_model import MessageBase, ObjectTree, PermissiveSchema, Role
@@ -333,3 +333,25 @@ def test_the_metrics_section_is_optional_and_checked(tmp_path: Path) -> None:
     path.write_text("[metrics]\nprot = 1\n")
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(path)
+
+
+async def test_every_link_of_an_actor_is_measured() -> None:
+    """A local CSMS holds a site link and an uplink: both show up, each with its own
+    counts (the router sends each message on one of them)."""
+    site, cloud = MemoryNetwork(), MemoryNetwork()
+    async with Endpoint(site.transport(), name="site-link") as near, \
+            Endpoint(cloud.transport(), name="uplink") as far, \
+            Endpoint(site.transport(), name="peer-site") as ep_b, \
+            Endpoint(cloud.transport(), name="peer-cloud") as ep_c:
+        links = Router(near, [("c", far)])
+        a = Asker("a", links)
+        async with a, Sink("b", ep_b), Sink("c", ep_c):
+            a.send("b", update(1), priority=Priority.STATE)
+            a.send("c", update(2), priority=Priority.STATE)
+            a.send("c", update(3), priority=Priority.STATE)
+            await near.flush()
+            await far.flush()
+            table = samples(ActorCollector([Host(near, [a])]).collect())
+    sent = {endpoint: sum(by_kind(table, "csms_messages_sent_total", endpoint).values())
+            for endpoint in ("site-link", "uplink")}
+    assert sent == {"site-link": 1, "uplink": 2}
