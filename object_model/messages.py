@@ -53,7 +53,13 @@ from object_model.monitoring import (
     TaskControl,
     TaskStatus,
 )
-from object_model.tree import ChangeSet, Delete, Leaf, Operation, TransactionCommitted, Write
+from object_model.tree import (
+    ChangeSet,
+    Delete,
+    Operation,
+    TransactionCommitted,
+    Write,
+)
 
 NodeDigests = tuple[list[str], bytes, bytes]
 """The children of one node (the one at the same position of the request's ``digests_of``),
@@ -313,7 +319,7 @@ class PropertyValueUpdate(MessageBase):
             epoch=self.epoch,
             from_revision=self.from_revision,
             to_revision=self.to_revision,
-            upserts=tuple(map(Leaf._make, self.upserts)),
+            upserts=tuple(self.upserts),
             deletes=tuple(self.deletes),
         )
 

@@ -82,12 +82,18 @@ MAX_REPORTED_ERRORS = 20
 
 
 class Leaf(NamedTuple):
-    """One value of a tree and the revision of its last change: the field order of leaves
-    everywhere (``leaves``, ``find``, ``ChangeSet.upserts``, and messages on the wire)."""
+    """One value of a tree and the revision of its last change, as ``leaves`` and ``find``
+    give it. Its field order is the order of every leaf triple (``LeafTuple``): in change sets
+    and in messages on the wire, which carry plain tuples (a NamedTuple costs three times as
+    much to make, and change sets are made on every commit that is published)."""
 
     path: KeyPath
     revision: int
     value: Any
+
+
+LeafTuple = tuple[KeyPath, int, Any]
+"""``(path, revision, value)``: a leaf as change sets and messages carry it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +145,7 @@ class ChangeSet:
     epoch: int
     from_revision: int
     to_revision: int
-    upserts: tuple[Leaf, ...] = ()
+    upserts: tuple[LeafTuple, ...] = ()
     deletes: tuple[tuple[KeyPath, int], ...] = ()
 
     def __len__(self) -> int:
@@ -192,8 +198,8 @@ class _Interior:
 
 
 class _Leaf:
-    __slots__ = ("hash", "key", "name", "parent", "path", "readable", "revision", "schema",
-                 "value")
+    __slots__ = ("hash", "key", "name", "parent", "path", "public", "readable", "revision",
+                 "schema", "value")
 
     def __init__(self, path: KeyPath, parent: _Interior, schema: LeafSchema | AnySchema) -> None:
         self.path = path
@@ -205,10 +211,23 @@ class _Leaf:
         self.value: Any = None
         self.hash = 0
         self.revision = 0
+        # what readers get: made on the first read after a change (every place that changes
+        # ``value`` or ``revision`` clears it), then shared by every reader until the next
+        self.public: Leaf | None = None
 
     @property
     def visible(self) -> int:
         return self.hash if self.readable else 0
+
+    def leaf(self) -> Leaf:
+        """This leaf as readers see it."""
+        public = self.public
+        if public is None:
+            public = self.public = _make_leaf(Leaf, (self.path, self.revision, self.value))
+        return public
+
+
+_make_leaf = tuple.__new__  # a NamedTuple without its Python-level __new__: twice as fast
 
 
 def _leaf_hash(key: bytes, value: Any) -> int:
@@ -329,7 +348,7 @@ class ObjectTree:
         if node is None:
             return
         for leaf in _iter_leaves(node):
-            yield Leaf(leaf.path, leaf.revision, leaf.value)
+            yield leaf.public or leaf.leaf()
 
     def find(self, pattern: KeyPattern | str) -> Iterator[Leaf]:
         """Every leaf matching ``pattern``."""
@@ -341,14 +360,14 @@ class ObjectTree:
             return
         if isinstance(node, _Leaf):
             if pattern.matches(node.path):
-                yield Leaf(node.path, node.revision, node.value)
+                yield node.public or node.leaf()
             return
         stack: list[tuple[_Interior | _Leaf, KeyPath]] = [(node, start)]
         while stack:
             current, path = stack.pop()
             if isinstance(current, _Leaf):
                 if pattern.matches(current.path):
-                    yield Leaf(current.path, current.revision, current.value)
+                    yield current.public or current.leaf()
                 continue
             if not pattern.may_match_below(path):
                 continue
@@ -538,6 +557,7 @@ class ObjectTree:
         if not new and h == leaf.hash:
             if stamp and leaf.revision != revision:
                 leaf.revision = revision
+                leaf.public = None
                 del self._leaves[path]
                 self._leaves[path] = leaf
             return False
@@ -555,6 +575,7 @@ class ObjectTree:
         leaf.value = value
         leaf.hash = h
         leaf.revision = revision
+        leaf.public = None
         if not new:
             del self._leaves[path]
         self._leaves[path] = leaf
@@ -647,12 +668,12 @@ class ObjectTree:
                 f"revision {revision} is newer than this tree's {self.revision}",
                 details={"revision": self.revision},
             )
-        upserts: list[Leaf] = []
+        upserts: list[LeafTuple] = []
         for leaf in reversed(self._leaves.values()):
             if leaf.revision <= revision:
                 break
             if leaf.readable or not visible:
-                upserts.append(Leaf(leaf.path, leaf.revision, leaf.value))
+                upserts.append((leaf.path, leaf.revision, leaf.value))
         deletes: list[tuple[KeyPath, int]] = []
         for path, rev in reversed(self._tombstones.items()):
             if rev <= revision:
@@ -752,6 +773,7 @@ class ObjectTree:
         for leaf in self._leaves.values():
             if leaf.revision > revision:
                 leaf.revision = revision
+                leaf.public = None
         self._leaves = dict(sorted(self._leaves.items(), key=lambda kv: kv[1].revision))
         self._tombstones.clear()
         self.horizon = self.revision = revision

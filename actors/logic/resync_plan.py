@@ -36,7 +36,7 @@ from collections.abc import Generator
 from typing import Any
 
 from keypath import GLOBSTAR, KeyPath, KeyPattern
-from object_model import ChangeSet, Leaf, ObjectTree
+from object_model import ChangeSet, ObjectTree
 from object_model.messages import (
     ChildDigest,
     NodeDigests,
@@ -224,7 +224,7 @@ class ResyncPlan:
         self._check_size(len(tree) + len(answer.leaves))
         tree.apply_changes(ChangeSet(epoch=answer.epoch, from_revision=since,
                                      to_revision=answer.revision,
-                                     upserts=tuple(map(Leaf._make, answer.leaves)),
+                                     upserts=tuple(answer.leaves),
                                      deletes=tuple(answer.deletes)))
         self.leaves += len(answer.leaves)
         self.deletes += len(answer.deletes)

@@ -54,7 +54,7 @@ from object_model.errors import (
     SnapshotInvalidError,
 )
 from object_model.schema import PermissiveSchema, SchemaRegistry, parse_path
-from object_model.tree import ChangeSet, Leaf, ObjectTree, TransactionCommitted
+from object_model.tree import ChangeSet, ObjectTree, TransactionCommitted
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def changes_of(event: TransactionCommitted) -> ChangeSet:
     """The ``ChangeSet`` of one committed transaction of an authoritative tree."""
     rev = event.revision
     return ChangeSet(epoch=event.epoch, from_revision=rev - 1, to_revision=rev,
-                     upserts=tuple(Leaf(path, rev, value) for path, value in event.upserts),
+                     upserts=tuple((path, rev, value) for path, value in event.upserts),
                      deletes=tuple((path, rev) for path in event.deletes))
 
 
@@ -124,7 +124,7 @@ def _decode_changes(data: bytes) -> tuple[ChangeSet, int | None]:
         raise TypeError("epoch, revisions and horizon must be integers")
     return ChangeSet(
         epoch=epoch, from_revision=start, to_revision=end,
-        upserts=tuple(Leaf(parse_path(p), int(rev), value) for p, rev, value in ups),
+        upserts=tuple((parse_path(p), int(rev), value) for p, rev, value in ups),
         deletes=tuple((parse_path(p), int(rev)) for p, rev in dels),
     ), horizon
 
