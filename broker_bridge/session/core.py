@@ -376,15 +376,21 @@ class Session:
 
     def _receive(self, env: Envelope, now: int) -> None:
         dest = env.destination
+        authenticates = self.guard.authenticates
         if dest not in self._local and dest not in self._groups:
             exc = UnknownActorError(
                 f"no actor {dest!r} here", details={"destination": dest})
-            self._reject(exc, env.source, env.id, None, env.kind, now)
+            # with a guard that proves senders, the claimed source is unproven here: silence
+            self._reject(exc, None if authenticates else env.source, env.id, None, env.kind,
+                         now)
             return
         if env.chunk is not None:
-            # even the chunks of a message delivered before are reassembled: only the whole
-            # can be opened, and only an opened envelope may be taken for a duplicate (and
-            # acknowledged again)
+            if not authenticates and env.id in self._dedupe:
+                self._duplicate(env, now)  # its first ack may have been lost: at once again
+                return
+            # with a guard that proves senders, even the chunks of a message delivered
+            # before are reassembled: only the whole can be opened, and only an opened
+            # envelope may be taken for a duplicate (and acknowledged again)
             try:
                 whole = self._reassembler.add(env, now)
             except ModelError as exc:

@@ -42,7 +42,15 @@ from object_model.errors import ModelError
 
 
 class EnvelopeGuard(Protocol):
-    """Seals what a session sends and opens what it receives (see the module docstring)."""
+    """Seals what a session sends and opens what it receives (see the module docstring).
+
+    ``authenticates`` says whether ``open`` proves who sent an envelope. When it does, the
+    session answers nothing it has not opened (a refusal for an unknown destination is met
+    with silence: its claimed source is unproven) and takes no chunk for a duplicate before
+    the whole message is opened; when it does not (``NullGuard``), a chunk of a message
+    delivered before is acknowledged again at once, as without a guard."""
+
+    authenticates: bool
 
     def seal(self, envelope: Envelope, now: int) -> Envelope:
         """The envelope as it must travel (signed, encrypted...)."""
@@ -60,6 +68,8 @@ class EnvelopeGuard(Protocol):
 
 class NullGuard:
     """The default guard: envelopes pass unchanged both ways, nothing is refused."""
+
+    authenticates = False
 
     def seal(self, envelope: Envelope, now: int) -> Envelope:
         return envelope

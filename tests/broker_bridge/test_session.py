@@ -614,6 +614,8 @@ class HmacGuard:
     """A test guard: seals with an HMAC over the envelope's encoding (signature left out), and
     refuses what does not verify. ``answer``: whether refusals may be answered."""
 
+    authenticates = True
+
     def __init__(self, key: bytes = b"k" * 32, *, answer: bool = True) -> None:
         self.key = key
         self.answer = answer
@@ -652,9 +654,11 @@ def tampered(frame: Frame) -> Frame:
 def kinds_sent(link: Link, who: str) -> list[str]:
     """The kinds of everything ``who`` sends from now until it has nothing left to do."""
     kinds = []
-    while frames := link.step(who):
+    for _ in range(1000):  # a bound: a session that never falls silent fails the test
+        if not (frames := link.step(who)):
+            return kinds
         kinds += [env.kind for env in envelopes_of(frames)]
-    return kinds
+    raise AssertionError(f"{who} still sends after 1000 steps")
 
 
 def test_what_the_guard_seals_it_opens_acks_included() -> None:
@@ -777,7 +781,9 @@ def test_a_duplicate_chunked_message_is_opened_acknowledged_again_and_delivered_
     link.deliver(frames, "b")
     assert link.step("b")  # the ack is lost
     again = link.step("a")  # every chunk is sent again
-    while any(link.a.queue_depth().values()):
+    for _ in range(100):
+        if not any(link.a.queue_depth().values()):
+            break
         again += link.step("a")
     assert len(envelopes_of(again)) == len(chunks) >= 7 and link.a.counters.retransmits == 1
     link.deliver(again, "b")
@@ -788,6 +794,35 @@ def test_a_duplicate_chunked_message_is_opened_acknowledged_again_and_delivered_
     assert link.b.counters.duplicates == 1
     assert len(guard.opened) == 2  # reassembled and opened before it was found a duplicate
     assert link.a.pending_count == 0
+
+
+def test_without_an_authenticating_guard_a_resent_chunk_is_acknowledged_at_once() -> None:
+    small = SessionConfig(seed=1, frame_bytes=16 * 1024)
+    link = Link(small, SessionConfig(seed=2, frame_bytes=16 * 1024))
+    link.send(7, size=100_000)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    link.deliver(frames, "b")
+    assert link.step("b")  # the ack is lost
+    again = link.step("a")  # the first frames of the retransmission
+    first = envelopes_of(again)[0]
+    assert first.chunk is not None and first.chunk.index == 0
+    link.deliver(again[:1], "b")  # its first chunk alone is enough to acknowledge again
+    ack = link.step("b")
+    assert [env.kind for env in envelopes_of(ack)] == ["Ack"]
+    link.deliver(ack, "a")
+    assert link.a.pending_count == 0 and link.delivered["b"] == [7]
+
+
+def test_an_authenticating_guard_leaves_unknown_destinations_unanswered() -> None:
+    for guard, answered in ((NullGuard(), True), (HmacGuard(), False)):
+        link = Link(guard_a=HmacGuard() if guard.authenticates else None, guard_b=guard)
+        link.a.send(source="a", destination="nobody", kind="PropertyValueUpdate", body=body(1),
+                    now=0, priority=Priority.STATE)
+        link.now = 10 * MS
+        link.deliver(link.frames("a"), "b")
+        rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+        assert [(e.code, e.answered) for e in rejected] == [(ErrorCode.UNKNOWN_ACTOR, answered)]
 
 
 def test_the_null_guard_changes_nothing_on_the_wire() -> None:
