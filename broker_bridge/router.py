@@ -15,7 +15,7 @@ endpoint its address routes to, since that is where broadcasts to it travel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
 
 from broker_bridge.endpoint import Endpoint, EnvelopeHandler, EventHandler
@@ -69,10 +69,17 @@ class Router:
                        on_event: EventHandler | None = None) -> None:
         """Host ``address`` on every endpoint (see ``Endpoint.register``); if one refuses, the
         others are undone and the error raised."""
+        await self.register_each(address, lambda endpoint: on_envelope, on_event)
+
+    async def register_each(self, address: str,
+                            handler_for: Callable[[Endpoint], EnvelopeHandler],
+                            on_event: EventHandler | None = None) -> None:
+        """``register``, with a handler of its own for each endpoint (``handler_for``), so
+        that what arrives knows the link it came by (and answers go back by it)."""
         done: list[Endpoint] = []
         try:
             for endpoint in self._endpoints:
-                await endpoint.register(address, on_envelope, on_event)
+                await endpoint.register(address, handler_for(endpoint), on_event)
                 done.append(endpoint)
         except BaseException:
             for endpoint in done:

@@ -104,11 +104,13 @@ def _is_pattern(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a handler knows about the message it handles."""
+    """What a handler knows about the message it handles: its envelope, who sent it (and the
+    role that gives it here), and the link it came by (answers go back by it)."""
 
     envelope: Envelope
     sender: str
     role: Role | None
+    link: Endpoint | None = None
 
     @property
     def message_id(self) -> bytes:
@@ -180,7 +182,7 @@ class Actor:
         self.roles = roles or RoleDirectory()
         self.clock: Clock = clock or WALL_CLOCK
         self.rng = rng or random.Random()  # jitter of the actor's retries; seed it in tests
-        self._inbox: asyncio.Queue[Envelope] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[Envelope, Endpoint | None]] = asyncio.Queue()
         self._pending: dict[bytes, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
@@ -203,7 +205,7 @@ class Actor:
         inbox: no handler sees an actor whose state is not loaded yet. Answers to requests
         ``on_start`` makes are delivered directly, so it may talk to peers.
         """
-        await self.links.register(self.address, self._arrived, self._session_event)
+        await self.links.register_each(self.address, self._arrival_on, self._session_event)
         self._running = True
         try:
             await self.on_start()
@@ -303,7 +305,10 @@ class Actor:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def _arrived(self, env: Envelope) -> None:
+    def _arrival_on(self, link: Endpoint) -> Callable[[Envelope], None]:
+        return lambda env: self._arrived(env, link)
+
+    def _arrived(self, env: Envelope, link: Endpoint | None = None) -> None:
         if env.correlation is not None:
             pending = self._pending.get(env.correlation)
             if pending is not None:
@@ -322,18 +327,18 @@ class Actor:
                 return
         if not self._running:
             return
-        self._inbox.put_nowait(env)
+        self._inbox.put_nowait((env, link))
 
     async def _serve(self) -> None:
         while True:
-            env = await self._inbox.get()
-            await self._handle(env)
+            env, link = await self._inbox.get()
+            await self._handle(env, link)
 
-    async def _handle(self, env: Envelope) -> None:
+    async def _handle(self, env: Envelope, link: Endpoint | None = None) -> None:
         # the broker vouches for the source of direct envelopes, not for that of broadcasts
         # (anyone in a room may pick any nickname): a broadcast carries no rights
         role = None if is_group(env.destination) else self.roles.role_of(env.source)
-        ctx = Context(env, env.source, role)
+        ctx = Context(env, env.source, role, link)
         try:
             message = decode_body(env.kind, env.body)
             method = self._routes.get(env.kind)
@@ -349,14 +354,15 @@ class Actor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._refuse(env, exc)
+            self._refuse(ctx, exc)
             return
         if answer is not None:
-            self._answer(env, answer, env.priority)
+            self._answer(ctx, answer, env.priority)
 
-    def _refuse(self, env: Envelope, exc: Exception) -> None:
+    def _refuse(self, ctx: Context, exc: Exception) -> None:
         """Count and log a failed handling, and answer it with its ErrorReport (not to an
         ErrorReport or Ack: that would start a ping-pong of errors)."""
+        env = ctx.envelope
         self.rejected += 1
         if not isinstance(exc, ModelError):
             log.exception("%s: handling %s from %s failed", self.address, env.kind, env.source,
@@ -364,7 +370,7 @@ class Actor:
         else:
             log.info("%s: rejected %s from %s: %s", self.address, env.kind, env.source, exc)
         if env.kind not in ("ErrorReport", "Ack"):
-            self._answer(env, error_report(exc, answers=env.id),
+            self._answer(ctx, error_report(exc, answers=env.id),
                          min(env.priority, Priority.CONTROL))
 
     def defer(self, ctx: Context, work: Awaitable[MessageBase], name: str) -> None:
@@ -373,23 +379,27 @@ class Actor:
         another peer that may, in turn, be waiting on this actor (return ``None`` after)."""
 
         async def run() -> None:
-            env = ctx.envelope
             try:
                 answer = await work
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._refuse(env, exc)
+                self._refuse(ctx, exc)
                 return
-            self._answer(env, answer, env.priority)
+            self._answer(ctx, answer, ctx.envelope.priority)
 
         self.spawn(run(), name)
 
-    def _answer(self, env: Envelope, answer: MessageBase, priority: Priority) -> None:
-        """Send ``answer`` to ``env``'s sender; a failure to send (the endpoint is stopping,
-        the answer cannot be encoded) is logged, and the inbox goes on."""
+    def _answer(self, ctx: Context, answer: MessageBase, priority: Priority) -> None:
+        """Send ``answer`` to the sender of ``ctx``'s message, by the link it came by (a peer
+        on the cloud broker is answered there, whatever the routes say); a failure to send
+        (the endpoint is stopping, the answer cannot be encoded) is logged, and the inbox
+        goes on."""
+        env = ctx.envelope
         try:
-            self.send(env.source, answer, correlation=env.id, priority=priority)
+            links = self.links if ctx.link is None else ctx.link
+            links.send(source=self.address, destination=env.source, message=answer,
+                       correlation=env.id, priority=priority)
         except Exception:
             log.exception("%s: could not answer %s from %s", self.address, env.kind,
                           env.source)

@@ -75,3 +75,30 @@ async def test_an_actor_on_two_links_asks_and_answers_over_each() -> None:
         for endpoint in endpoints:
             await endpoint.stop(flush_timeout=1.0)
     assert all("local" not in e.session.local_addresses for e in (site, cloud))
+
+
+async def test_answers_go_back_by_the_link_the_request_came_by() -> None:
+    """An operator on the cloud's broker that no route names (routes say where to *send*) is
+    answered on the cloud link it asked by, not on the default site link, where it is not."""
+    site_net, cloud_net = MemoryNetwork(), MemoryNetwork()
+    site, cloud = Endpoint(site_net.transport(), name="site"), Endpoint(cloud_net.transport(),
+                                                                         name="cloud")
+    operator_link = Endpoint(cloud_net.transport(), name="operator")
+    for endpoint in (site, cloud, operator_link):
+        await endpoint.start()
+    local = Named("local", Router(site, [("cloud", cloud)]))
+    operator = Named("operator", operator_link)
+    try:
+        for actor in (local, operator):
+            await actor.start()
+        answer = await operator.request("local", read(), timeout=5)
+        assert isinstance(answer, PropertyValueReadResponse)
+        assert answer.values[0][2] == "operator"
+        site_transport = site.transport
+        assert isinstance(site_transport, MemoryTransport)
+        assert "operator" not in site_transport.frames_by_destination
+    finally:
+        for actor in (local, operator):
+            await actor.stop()
+        for endpoint in (site, cloud, operator_link):
+            await endpoint.stop(flush_timeout=1.0)
