@@ -29,6 +29,11 @@ class Clock(Protocol):
         """Wait ``seconds`` of this clock's time."""
         ...
 
+    async def wait(self, event: asyncio.Event, seconds: float | None) -> bool:
+        """Wait until ``event`` is set or ``seconds`` of this clock's time passed (``None``:
+        no limit); whether it was set."""
+        ...
+
 
 class WallClock:
     """The machine's clocks."""
@@ -41,6 +46,16 @@ class WallClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    async def wait(self, event: asyncio.Event, seconds: float | None) -> bool:
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation
+        # that coincides with the wake-up, and a loop waiting here would outlive its stop
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 WALL_CLOCK = WallClock()

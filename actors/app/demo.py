@@ -18,7 +18,6 @@ import json
 import shutil
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -67,6 +66,9 @@ class SiteTime:
 
     async def sleep(self, seconds: float) -> None:
         await self._clock.sleep(seconds)
+
+    async def wait(self, event: asyncio.Event, seconds: float | None) -> bool:
+        return await self._clock.wait(event, seconds)
 
 
 @dataclass
@@ -136,7 +138,7 @@ class Demo:
             "errors": self.errors(),
             "cloud_copies": len(self.cloud_actor.copies.replicas),
             "sites_energy": self.energy(),
-            "seconds": round(time.monotonic() - self.started, 1),
+            "seconds": round(WALL_CLOCK.monotonic() - self.started, 1),
         }
 
     def energy(self) -> list[dict[str, Any]]:
@@ -192,7 +194,7 @@ async def start_demo(settings: DemoSettings, say: Say) -> Demo:
                    "muc_domain": ep.muc_domain, "routes": [list(r) for r in ep.routes]},
         "account": "operator", "password": h.passwords["operator"], "actors": actors,
     }, indent=2))
-    return Demo(h, time.monotonic())
+    return Demo(h, WALL_CLOCK.monotonic())
 
 
 async def settle(demo: Demo, timeout: float = 10.0) -> bool:
@@ -224,7 +226,7 @@ def render(demo: Demo, rates: dict[Priority, float], out: TextIO, tty: bool) -> 
                      "-" if limit is None else f"{limit:.1f}",
                      sum(s.energy_wh for s in stations) / 1000))
     lines = [f"csms demo: {len(demo.hierarchy.sites)} sites, {len(demo.stations())} stations, "
-             f"{time.monotonic() - demo.started:5.0f} s  (Ctrl-C to stop)",
+             f"{WALL_CLOCK.monotonic() - demo.started:5.0f} s  (Ctrl-C to stop)",
              f"{'site':<8}{'online':>8}{'charging':>10}{'power kW':>10}{'limit kW':>10}"
              f"{'energy kWh':>12}"]
     lines += [f"{site:<8}{online:>8}{charging:>10}{power:>10.1f}{limit:>10}{energy:>12.1f}"
@@ -257,13 +259,13 @@ async def run_demo(settings: DemoSettings, out: TextIO = sys.stdout,
                 f"site's grid limit live: .venv/bin/csms set rm-site1 grid/fuse_limit_w 40000")
         tty = out.isatty() and not settings.json
         last = demo.messages_by_priority()
-        last_t = time.monotonic()
+        last_t = WALL_CLOCK.monotonic()
         ticks = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await stop.wait()
-            now = time.monotonic()
+            now = WALL_CLOCK.monotonic()
             if settings.duration is not None and now - demo.started >= settings.duration:
                 break
             current = demo.messages_by_priority()

@@ -257,7 +257,8 @@ class Hierarchy:
                          clock: Clock | None = None) -> Site:
         """Site ``number``'s local CSMS (joined to the cloud unless ``cloud`` is false,
         knowing its resource manager when ``resource_manager``), then its ``stations`` (a
-        count, or their addresses) on one host; ``paused`` stations do not tick."""
+        count, or their addresses) on one host; ``paused`` stations do not tick. ``clock``
+        is the site's time: the stations live in it and the local CSMS plans energy in it."""
         name = f"local-site{number}"
         local = await start_local(self.config, LocalConfig(
             address=name, password=self.passwords[name], state_dir=str(self.root / name),
@@ -265,7 +266,7 @@ class Hierarchy:
             cloud="cloud" if cloud else None, upstream_secret=self.site_secrets[name],
             resource_manager=f"rm-site{number}" if resource_manager else None,
             energy=energy or EnergySettings()),
-            clock=clock)
+            site_clock=clock)
         site = self._site(number)
         site.local = local
         ids = ([f"cs-site{number}-{i}" for i in range(1, stations + 1)]

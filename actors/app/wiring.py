@@ -101,10 +101,11 @@ async def start_cloud(broker: BrokerConfig, cfg: CloudConfig,
 
 
 async def start_local(broker: BrokerConfig, cfg: LocalConfig,
-                      clock: Clock | None = None) -> Running:
-    """A site's local CSMS on its own account; ``cfg`` is its settings."""
+                      site_clock: Clock | None = None) -> Running:
+    """A site's local CSMS on its own account; ``cfg`` is its settings, ``site_clock`` the
+    time its energy is planned in (the demo's runs faster than the wall clock)."""
     endpoint, store = await _account(broker, cfg)
-    actor = LocalCsms(cfg.address, endpoint, store=store, settings=cfg, clock=clock)
+    actor = LocalCsms(cfg.address, endpoint, store=store, settings=cfg, site_clock=site_clock)
     return await _start_then_connect(Running(endpoint, [actor], [store]))
 
 

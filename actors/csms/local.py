@@ -55,11 +55,14 @@ class LocalCsms(TreeActor):
 
     def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
                  settings: LocalSettings | None = None, roles: RoleDirectory | None = None,
-                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
-        super().__init__(address, links, roles=roles, clock=clock, rng=rng)
-        self.settings = settings = settings or LocalSettings()
-        for operator in settings.operators:
-            self.roles.add(operator, Role.OPERATOR)
+                 clock: Clock | None = None, site_clock: Clock | None = None,
+                 rng: random.Random | None = None) -> None:
+        """``site_clock`` is the time the site's energy is planned in (default: ``clock``;
+        the demo runs it faster); everything else runs on ``clock``, the wall time that
+        envelopes' timestamps and expiry are compared with."""
+        settings = settings or LocalSettings()
+        super().__init__(address, links, roles=settings.roles(roles), clock=clock, rng=rng)
+        self.settings = settings
         if settings.cloud:
             self.roles.add(settings.cloud, Role.CLOUD_CSMS)
         if settings.resource_manager:
@@ -75,6 +78,7 @@ class LocalCsms(TreeActor):
             self, settings.cloud, self.join_request, backoff=UPSTREAM_BACKOFF,
             on_joined=self._joined_cloud)
         self.energy = SiteEnergy(self, own=self.own, copies=self.copies,
+                                 clock=site_clock or self.clock,
                                  settings=settings.energy, site=settings.site,
                                  resource_manager=settings.resource_manager,
                                  cloud=settings.cloud, upstream_joined=self.upstream_joined)

@@ -34,6 +34,7 @@ from actors.logic.energy.allocation import (
 from actors.runtime.actor import Messenger
 from actors.runtime.replication.replica import station_key
 from broker_bridge import Priority
+from broker_bridge.clock import Clock
 from keypath import KeyPath
 from object_model import ModelError
 from object_model.energy_messages import AlertEvse, EnergyAlert
@@ -62,14 +63,15 @@ class _Parsed:
 
 
 class SiteEnergy:
-    """The local CSMS's site energy management (see the module docstring): ``site`` names
+    """The local CSMS's site energy management (see the module docstring), planned in
+    ``clock``'s time (the site's: the stations' and the resource manager's): ``site`` names
     the site in alerts, ``resource_manager`` gets the site's plan and alerts, ``cloud`` the
     alerts while ``upstream_joined()``."""
 
-    def __init__(self, actor: Messenger, *, own: OwnTree, copies: ReplicaSet,
+    def __init__(self, actor: Messenger, *, own: OwnTree, copies: ReplicaSet, clock: Clock,
                  settings: EnergySettings, site: str, resource_manager: str | None,
                  cloud: str | None, upstream_joined: Callable[[], bool]) -> None:
-        self.actor, self.address, self.clock = actor, actor.address, actor.clock
+        self.actor, self.address, self.clock = actor, actor.address, clock
         self.own, self.copies, self.site = own, copies, site
         self.energy_settings = settings
         self.allocator = SiteAllocator(settings.allocator)
@@ -113,11 +115,7 @@ class SiteEnergy:
     async def _energy_loop(self) -> None:
         interval = self.energy_settings.interval_s
         while True:
-            try:
-                async with asyncio.timeout(interval):
-                    await self._energy_wake.wait()
-            except TimeoutError:
-                pass
+            await self.clock.wait(self._energy_wake, interval)
             self._energy_wake.clear()
             try:
                 self.allocate_site()

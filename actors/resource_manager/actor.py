@@ -30,7 +30,6 @@ of its own, latest plan first. ``EnergyAlert``s are kept in ``site/alerts/<n>`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from typing import Any
@@ -139,7 +138,8 @@ class ResourceManager(TreeActor):
         super().__init__(address, links, roles=settings.roles(), clock=clock, rng=rng)
         self.store = store
         self.settings = settings
-        self.push_backoff = Backoff(base_s=0.2, cap_s=settings.max_backoff_s, floor=0.5)
+        self.push_backoff = Backoff(base_s=min(0.2, settings.max_backoff_s),
+                                    cap_s=settings.max_backoff_s, floor=0.5)
         self.tree: ObjectTree = ObjectTree(resource_manager_schema())
         self.access = TreeAccess(self.tree, resource_manager_access_policy())
         self.trees = OneTree(address, self.access, self._commit)
@@ -224,9 +224,7 @@ class ResourceManager(TreeActor):
 
     async def _envelope_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.envelope_refresh_s):
-                    await self._recompute.wait()
+            await self.clock.wait(self._recompute, self.settings.envelope_refresh_s)
             self._recompute.clear()
             try:
                 self.refresh_envelope()
@@ -254,9 +252,7 @@ class ResourceManager(TreeActor):
             if self.push_failures:
                 await self.clock.sleep(self.push_backoff.delay(self.push_failures, self.rng))
             else:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.push_refresh_s):
-                        await self._push_wanted.wait()
+                await self.clock.wait(self._push_wanted, self.settings.push_refresh_s)
             self._push_wanted.clear()
             try:
                 await self.request(csms, self.push_message(), priority=Priority.CONTROL,

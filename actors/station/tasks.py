@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -129,7 +128,7 @@ class StationTasks:
                     seq, samples = msgpack.unpackb(raw)
                     task.seq = seq
                     for path, at, value in samples:
-                        task._keep((KeyPath.parse(path), at, value))
+                        task.keep((KeyPath.parse(path), at, value))
 
     async def stop(self) -> None:
         self._unsubscribe()
@@ -263,12 +262,7 @@ class StationTasks:
                 timeout = 1.0  # the link may come back: look again
             self._report_deadline = None if timeout is None else now + int(timeout * 1e6)
             self._monitor_wake.clear()
-            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a
-            # cancellation that coincides with the wake-up, and this loop would then outlive
-            # stop(), which waits for it (an intermittent hang at shutdown)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._monitor_wake.wait()
+            await self.clock.wait(self._monitor_wake, timeout)
 
     def _send_report(self, out: Outgoing, now: int) -> None:
         self._logs_dirty = True

@@ -12,8 +12,8 @@ T0_US = 1_748_779_200_000_000  # 2025-06-01 12:00 UTC: a fixed, realistic wall t
 class FakeClock:
     """A ``Clock`` whose wall and monotonic time move together, only by ``advance``.
 
-    ``sleep`` waits until ``advance`` has moved the clock past its deadline (``sleep(0)``
-    only yields to the loop), so a retry loop with a 30 s backoff runs in microseconds of test
+    ``sleep`` (and the time limit of ``wait``) waits until ``advance`` has moved the clock
+    past its deadline (``sleep(0)`` only yields to the loop), so a retry loop with a 30 s backoff runs in microseconds of test
     time, and a test can see that nothing happens before the deadline."""
 
     def __init__(self, now_us: int = T0_US) -> None:
@@ -36,6 +36,20 @@ class FakeClock:
         heapq.heappush(self._sleepers,
                        (self._now_us + round(seconds * 1e6), next(self._order), future))
         await future
+
+    async def wait(self, event: asyncio.Event, seconds: float | None) -> bool:
+        if event.is_set():
+            return True
+        waiter = asyncio.ensure_future(event.wait())
+        sleeper = asyncio.ensure_future(self.sleep(seconds)) if seconds is not None else None
+        try:
+            await asyncio.wait([f for f in (waiter, sleeper) if f is not None],
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (waiter, sleeper):
+                if future is not None and not future.done():
+                    future.cancel()
+        return event.is_set()
 
     @property
     def sleeping(self) -> int:

@@ -17,18 +17,20 @@ visible root digest at its ``to_revision``, so a copy checks what it holds after
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from actors.runtime.actor import Messenger
 from broker_bridge import Priority
+from broker_bridge.backoff import Backoff
 from keypath import KeyPath
 from object_model import ModelError, ObjectTree, PropertyValueUpdate
 from object_model.messages import MAX_ITEMS
 
 _ROOT = KeyPath.root()
+RETRY = Backoff(base_s=0.5, cap_s=5.0, floor=0.5)
+"""After a round that failed (the store could not write): again within 0.5 s to 5 s."""
 log = logging.getLogger("csms.publisher")
 
 
@@ -75,18 +77,21 @@ class Publisher:
         """Publish until cancelled (run it as one of the actor's tracked tasks). A round that
         fails (the store cannot write) is logged and tried again: a station that stops
         publishing would look dead to its CSMS while it charges on."""
+        clock, failures = self.actor.clock, 0
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.heartbeat):
-                    await self._changed.wait()
+            await clock.wait(self._changed, self.heartbeat)
             self._changed.clear()
-            await self.actor.clock.sleep(self.interval)  # let more commits join this one
+            await clock.sleep(self.interval)  # let more commits join this notification
             try:
                 await self._round()
             except Exception:
-                log.exception("%s: publishing failed; trying again", self.actor.address)
+                failures += 1
+                log.exception("%s: publishing failed (%d in a row); trying again",
+                              self.actor.address, failures)
                 self._changed.set()
-                await self.actor.clock.sleep(min(5.0, self.heartbeat))
+                await clock.sleep(RETRY.delay(failures, self.actor.rng))
+            else:
+                failures = 0
 
     async def _round(self) -> None:
         # what each subscriber is told is fixed here, at one revision R; only once R is

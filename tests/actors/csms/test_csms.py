@@ -18,8 +18,9 @@ from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation, StationSettings
 from actors.station.simulated import SimulatedStation
-from actors.testing import World, until
-from keypath import KeyPath
+from actors.testing import FakeClock, World, until
+from broker_bridge.clock import WALL_CLOCK, Clock
+from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, ModelError, PermissiveSchema, Role
 from object_model.messages import (
     JoinNetworkRequest,
@@ -29,6 +30,7 @@ from object_model.messages import (
     TreeInfo,
     WriteItem,
 )
+from object_model.monitoring import MonitoringReport, MonitoringTaskSetup, ReporterConfig
 
 
 class Peer(Actor):
@@ -108,7 +110,8 @@ async def test_station_ids_that_cannot_be_addresses_are_refused(world: World) ->
     assert list(cloud.copies.replicas) == ["stations/cs-9"]
 
 
-async def site(world: World, *, stations: int = 2, policy_check_s: float = 30.0
+async def site(world: World, *, stations: int = 2, policy_check_s: float = 30.0,
+               site_clock: Clock | None = None
                ) -> tuple[LocalCsms, Upstream, list[ChargingStation]]:
     """A local CSMS whose 'cloud' is a bare peer recording what is relayed to it, and its
     stations (not ticking: only what a test writes changes)."""
@@ -116,8 +119,10 @@ async def site(world: World, *, stations: int = 2, policy_check_s: float = 30.0
                                        roles=RoleDirectory({"local": Role.LOCAL_CSMS})))
     local = await world.actor(LocalCsms(
         "local", await world.endpoint("local"), store=await world.store("local"),
+        site_clock=site_clock,
         settings=LocalSettings(site="s", provisioning_secret="p", cloud="cloud",
-                               upstream_secret="u", policy_check_s=policy_check_s)))
+                               upstream_secret="u", policy_check_s=policy_check_s,
+                               operators=("operator",))))
     host = await world.endpoint("host")
     store = await world.store("stations")
     built = []
@@ -205,3 +210,34 @@ async def test_a_csms_whose_stored_copy_is_corrupt_starts_and_fetches_it_afresh(
                     == s.tree.digest(visible=True), f"{s.address}'s copy")  # type: ignore[union-attr]
     assert again.copies.replicas["stations/cs-1"].tree.epoch == other.tree.epoch  # type: ignore[union-attr]
     assert "'stations/cs-0' is corrupt" in caplog.text
+
+
+class Watcher(Peer):
+    """An operator that watches a task and keeps its reports."""
+
+    role = Role.OPERATOR
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reports: list[MonitoringReport] = []
+
+    @handles(MonitoringReport)
+    async def on_report(self, report: MonitoringReport, ctx: Context) -> None:
+        self.reports.append(report)
+
+
+async def test_a_site_planning_in_its_own_time_still_relays_in_wall_time(world: World) -> None:
+    """The demo runs a site's energy planning faster than the wall clock; what the local CSMS
+    relays must still expire by the wall clock, or reports die on the way."""
+    ahead = FakeClock(WALL_CLOCK.now_us() + 86_400_000_000)  # a day ahead of the wall
+    local, _, (station, _) = await site(world, site_clock=ahead)
+    assert local.energy.clock is ahead and local.clock is not ahead
+    watcher = await world.actor(Watcher("operator", await world.endpoint("operator")))
+    power = "evse/1/meter/obis:1-0:16.7.0"
+    await watcher.request("local", MonitoringTaskSetup(
+        tree=KeyPath("stations", "cs-0"), task="power", selectors=[KeyPattern.parse(power)],
+        reporter=ReporterConfig(interval_s=1, priority=2)))
+    assert station.tree is not None
+    station.tree.write(power, 3_700.0)
+    await until(lambda: any(s[2] == 3_700.0 for r in watcher.reports for s in r.samples),
+                "the report relayed to the operator")

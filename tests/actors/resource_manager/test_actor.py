@@ -299,7 +299,8 @@ async def test_a_failing_push_is_retried(world: World) -> None:
     clock = FakeClock()
     rm = await start_rm(world, clock, site_csms="site", max_backoff_s=0.2)
     for failures in (1, 2, 3):  # each refusal is followed by a backoff of at most 0.2 s
-        await until(lambda f=failures: rm.push_failures == f and clock.sleeping == 1,
+        # two sleep on the clock then: the envelope's minute refresh, and the backoff
+        await until(lambda f=failures: rm.push_failures == f and clock.sleeping == 2,
                     f"the push backs off after failure {failures}")
         clock.advance(0.2)
     await until(lambda: rm.tree.get("grid/pushes") == 1, "the push gets through in the end")
