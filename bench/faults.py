@@ -43,13 +43,6 @@ STREAM = "bench"
 PASSWORD = "bench-secret"
 
 
-def settings_for(broker: ManagedProsody) -> XmppSettings:
-    ep = broker.endpoint
-    return XmppSettings(host=ep.host, c2s_port=ep.c2s_port, component_port=ep.component_port,
-                        domain=ep.domain, muc_domain=ep.muc_domain,
-                        routes=tuple(("cs-*", d) for d in ep.component_domains[:1]))
-
-
 # -- one peer (a child process) -------------------------------------------------------------
 
 
@@ -179,7 +172,7 @@ async def run_faults(count: int = 10_000, broker_kills: int = 2, kill_sender: bo
         broker = ManagedProsody(base / "broker")
         await broker.start()
         broker.create_accounts({p.name: PASSWORD for p in peers})
-        settings = settings_for(broker)
+        settings = broker.xmpp_settings()
         started = time.monotonic()
         kills = sender_kills = 0
         try:

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.faults import settings_for
 from broker_bridge.codec import encode_body, encode_envelope, encode_frame
 from broker_bridge.endpoint import Endpoint
 from broker_bridge.envelope import Envelope, Priority
@@ -257,7 +256,7 @@ async def measure(quick: bool = False, progress: Any = print) -> dict[str, Any]:
         try:
             broker.create_accounts({RX: PASSWORD} | {f"bench-tx-{i}": PASSWORD
                                                      for i in range(500)})
-            settings = settings_for(broker)
+            settings = broker.xmpp_settings()
             out: dict[str, Any] = {}
             progress("raw ceiling (slixmpp frames, no session)")
             raw = await _phase(settings, "raw", 1, int(40_000 * scale))

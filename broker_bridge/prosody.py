@@ -41,6 +41,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
+
+from broker_bridge.xmpp.addresses import XmppSettings
 
 INSTALL_HINT = (
     "Prosody is not installed: run `make setup` (as root it installs the Debian package "
@@ -152,6 +155,16 @@ class ManagedProsody:
             component_domains=self._component_domains, component_secret=self._component_secret(),
             config_path=self.config_path,
         )
+
+    def xmpp_settings(self, **overrides: Any) -> XmppSettings:
+        """How the XMPP adapter reaches this broker: host, ports and domains, with station
+        addresses (``cs-*``) on its first component domain; ``overrides`` change the rest
+        (a short ``reconnect_cap_s`` for a test waiting on a link to come back, say)."""
+        ep = self.endpoint
+        routes = tuple(("cs-*", d) for d in ep.component_domains[:1])
+        return XmppSettings(**{"host": ep.host, "c2s_port": ep.c2s_port,
+                               "component_port": ep.component_port, "domain": ep.domain,
+                               "muc_domain": ep.muc_domain, "routes": routes, **overrides})
 
     @property
     def pid(self) -> int | None:

@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from actors.csms.settings import CloudSettings, LocalSettings
@@ -73,7 +73,7 @@ class _Account(Settings):
     directory of its state."""
 
     address: Address
-    password: str = ""
+    password: str = Field("", repr=False)
     state_dir: str
 
 
@@ -110,7 +110,7 @@ class StationsConfig(StationSettings):
     with ``seed + i`` (default: from its address)."""
 
     component: str = "stations.csms.local"
-    component_secret: str = ""
+    component_secret: str = Field("", repr=False)
     ids: tuple[str, ...] = ()
     csms: Address = "local-site1"
     state_dir: str = "state/stations"
@@ -224,8 +224,11 @@ def _problems(path: Path, section: str, exc: ValidationError,
     where = f"{path} [{section}]"
     errors = exc.errors()
     unknown = [_key(e["loc"], moved) for e in errors if e["type"] == "extra_forbidden"]
-    lines = [f"{where}: unknown key(s) {', '.join(unknown)}; known: "
-             f"{', '.join(sorted(SECTIONS[section].model_fields))}"] if unknown else []
+    # the keys the section knows, when the unknown ones are the section's own
+    known = ("; known: " + ", ".join(sorted(SECTIONS[section].model_fields))
+             if any(len(e["loc"]) == 1 for e in errors if e["type"] == "extra_forbidden")
+             else "")
+    lines = [f"{where}: unknown key(s) {', '.join(unknown)}{known}"] if unknown else []
     for error in errors:
         if error["type"] == "extra_forbidden":
             continue

@@ -50,10 +50,9 @@ class CloudCsms(TreeActor):
     def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
                  settings: CloudSettings | None = None, roles: RoleDirectory | None = None,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
-        super().__init__(address, links, roles=roles, clock=clock, rng=rng)
-        self.settings = settings = settings or CloudSettings()
-        for operator in settings.operators:
-            self.roles.add(operator, Role.OPERATOR)
+        settings = settings or CloudSettings()
+        super().__init__(address, links, roles=settings.roles(roles), clock=clock, rng=rng)
+        self.settings = settings
         self.store = store
         self.management = parts = Management(self, self.role, store, self.settings)
         self.own, self.copies, self.trees = parts.own, parts.copies, parts.view

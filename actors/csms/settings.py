@@ -7,7 +7,9 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from actors.logic.energy.allocation import AllocatorSettings
+from actors.runtime.actor import RoleDirectory
 from actors.runtime.settings import Address, Settings, addresses, positive
+from object_model import Role
 
 
 class CsmsSettings(Settings):
@@ -25,6 +27,14 @@ class CsmsSettings(Settings):
 
     _positive = field_validator("heartbeat_s", "offline_after_s", "publish_interval_s",
                                 "counters_every_s")(positive)
+
+    def roles(self, known: RoleDirectory | None = None) -> RoleDirectory:
+        """Who plays which role for the CSMS from the start (admission adds the rest):
+        ``known`` (a new directory if none) with the operators added."""
+        roles = known or RoleDirectory()
+        for operator in self.operators:
+            roles.add(operator, Role.OPERATOR)
+        return roles
 
 
 class EnergySettings(Settings):
@@ -49,9 +59,9 @@ class LocalSettings(CsmsSettings):
     a new own tree, operators change it live)."""
 
     site: str = "site1"
-    provisioning_secret: str = ""
+    provisioning_secret: str = Field("", repr=False)
     cloud: Address | None = None
-    upstream_secret: str = ""
+    upstream_secret: str = Field("", repr=False)
     policy_check_s: float = 30.0
     resource_manager: Address | None = None
     fallback_limit_w: float = 0.0
@@ -70,8 +80,8 @@ class LocalSettings(CsmsSettings):
 class CloudSettings(CsmsSettings):
     """Secrets: one per site (its local CSMS presents it), and one for direct stations."""
 
-    site_secrets: dict[str, str] = {}
-    station_secret: str = ""
+    site_secrets: dict[str, str] = Field(default_factory=dict, repr=False)
+    station_secret: str = Field("", repr=False)
 
     @field_validator("site_secrets")
     @classmethod

@@ -213,7 +213,7 @@ class MonitoringTask:
         self.last_logged[path] = value
         interval = self.setup.logger.sampling_interval_s
         if not interval:
-            return self._keep((path, now_us, value))
+            return self.keep((path, now_us, value))
         period = int(interval * SECOND)
         dropped = 0
         bucket = self.buckets.get(path)
@@ -233,9 +233,11 @@ class MonitoringTask:
 
     def _close(self, path: KeyPath) -> int:
         bucket = self.buckets.pop(path)
-        return self._keep((path, bucket.start_us, bucket.summary(self.setup.logger.aggregations)))
+        return self.keep((path, bucket.start_us, bucket.summary(self.setup.logger.aggregations)))
 
-    def _keep(self, sample: Sample) -> int:
+    def keep(self, sample: Sample) -> int:
+        """Put an entry in the buffer (dropping what the policy says when it is full); how
+        many entries were dropped. A restarted station puts back its saved log with it."""
         size = entry_size(sample)
         limit = self.setup.logger.buffer_bytes
         if size > limit:

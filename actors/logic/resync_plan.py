@@ -77,9 +77,13 @@ class ResyncPlan:
         self.deletes = 0
         self._steps = self._run()
         self._next: PropertyTreeDiscoveryRequest | None = next(self._steps)
+        self._failure: BaseException | None = None
 
     def next_request(self) -> PropertyTreeDiscoveryRequest | None:
-        """What to ask the source next (``None``: the copy is consistent)."""
+        """What to ask the source next (``None``: the copy is consistent); raises again what
+        made the plan fail, if it did."""
+        if self._failure is not None:
+            raise self._failure
         return self._next
 
     def take(self, answer: PropertyTreeDiscoveryResponse) -> None:
@@ -90,6 +94,9 @@ class ResyncPlan:
             self._next = self._steps.send(answer)
         except StopIteration:
             self._next = None
+        except BaseException as exc:
+            self._next, self._failure = None, exc
+            raise
 
     # -- the steps ---------------------------------------------------------------------------------
 

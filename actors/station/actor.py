@@ -21,7 +21,7 @@ import logging
 import random
 from collections.abc import Sequence
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from actors.logic.monitoring import Monitors
 from actors.logic.tree_access import TreeAccess
@@ -68,7 +68,7 @@ class StationSettings(Settings):
 
     csms: Address
     csms_role: Role = Role.LOCAL_CSMS
-    provisioning_secret: str = ""
+    provisioning_secret: str = Field("", repr=False)
     publish_interval_s: float = 0.25
     trusted: dict[str, Role] = {}
     operators: tuple[Address, ...] = ()

@@ -60,7 +60,8 @@ class XmppTransport:
             raise ValueError("give either an account (client) or a component domain")
         self.settings = settings
         self.clock: Clock = clock or WALL_CLOCK
-        self.backoff = Backoff(settings.reconnect_base_s, settings.reconnect_cap_s)
+        self.backoff = Backoff(min(settings.reconnect_base_s, settings.reconnect_cap_s),
+                               settings.reconnect_cap_s)
         self._rng = rng or random.Random()
         self.book = AddressBook(settings)
         self.account = account

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from actors.testing import Inbox, until
-from bench.faults import run_faults, settings_for
+from bench.faults import run_faults
 from broker_bridge.backoff import Backoff
 from broker_bridge.clock import WALL_CLOCK
 from broker_bridge.codec import (
@@ -39,7 +39,7 @@ def update(n: int, blob: bytes | None = None) -> PropertyValueUpdate:
 
 @pytest.fixture
 def settings(managed_prosody: ManagedProsody) -> XmppSettings:
-    return settings_for(managed_prosody)
+    return managed_prosody.xmpp_settings()
 
 
 def client(managed_prosody: ManagedProsody, settings: XmppSettings, name: str,

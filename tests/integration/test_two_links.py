@@ -21,7 +21,7 @@ from actors.testing import until
 from broker_bridge import Endpoint, Priority, Router
 from broker_bridge.prosody import ManagedProsody
 from broker_bridge.session import SECOND, SessionConfig
-from broker_bridge.xmpp import XmppSettings, XmppTransport
+from broker_bridge.xmpp import XmppTransport
 from keypath import KeyPath
 from object_model import MessageBase, Role
 from object_model.messages import (
@@ -58,16 +58,11 @@ class Probe(Actor):
         self.latencies_s.append((self.clock.now_us() - ctx.envelope.timestamp_us) / 1e6)
 
 
-def settings(broker: ManagedProsody) -> XmppSettings:
-    ep = broker.endpoint
-    # a short reconnect cap: the test waits for links to come back, not for a long backoff
-    return XmppSettings(host=ep.host, c2s_port=ep.c2s_port, component_port=ep.component_port,
-                        domain=ep.domain, muc_domain=ep.muc_domain, reconnect_cap_s=0.5)
-
-
 def link(broker: ManagedProsody, account: str) -> Endpoint:
     broker.create_accounts({account: PASSWORD})
-    transport = XmppTransport.client(settings(broker), account, PASSWORD,
+    # a short reconnect cap: the test waits for links to come back, not for a long backoff
+    transport = XmppTransport.client(broker.xmpp_settings(reconnect_cap_s=0.5), account,
+                                     PASSWORD,
                                      name=f"{account}@{broker.endpoint.domain}")
     return Endpoint(transport, config=FAST, name=f"{account}@{broker.endpoint.domain}")
 

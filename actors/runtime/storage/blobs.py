@@ -64,6 +64,10 @@ class BlobStore(SqliteFile):
             ref = BlobRef.model_validate(msgpack.unpackb(raw[0]))
             self._refs[ref.hash] = ref
 
+    def _used_ns(self) -> int:
+        """When a blob is used, in the unit ``used`` has always been stored in (ns)."""
+        return self.clock.now_us() * 1000
+
     def ref(self, blob: bytes) -> BlobRef | None:
         return self._refs.get(blob)
 
@@ -87,7 +91,7 @@ class BlobStore(SqliteFile):
         self._refs[ref.hash] = ref
         await self.db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, 0, ?)",
                               (ref.hash, msgpack.packb(ref.model_dump()), ref.size,
-                               self.clock.now_us()))
+                               self._used_ns()))
 
     async def missing(self, blob: bytes) -> list[int]:
         """The chunk indexes not held yet (all of them for an unknown blob)."""
@@ -150,7 +154,7 @@ class BlobStore(SqliteFile):
                 "hash; the offer is inconsistent, so the blob was discarded",
                 details={"hash": blob.hex()})
         await self.db.execute("UPDATE blobs SET complete = 1, used = ? WHERE hash = ?",
-                              (self.clock.now_us(), blob))
+                              (self._used_ns(), blob))
         await self._evict(keep=blob)
         return True
 
@@ -175,7 +179,7 @@ class BlobStore(SqliteFile):
         await self.db.execute("DELETE FROM blobs WHERE hash = ?", (blob,))
 
     async def _touch(self, blob: bytes) -> None:
-        await self.db.execute("UPDATE blobs SET used = ? WHERE hash = ?", (self.clock.now_us(), blob))
+        await self.db.execute("UPDATE blobs SET used = ? WHERE hash = ?", (self._used_ns(), blob))
 
     async def _evict(self, keep: bytes) -> None:
         rows = await self.db.execute_fetchall(

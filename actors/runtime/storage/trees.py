@@ -286,18 +286,18 @@ class TreeStore:
         exact = tree is not None and (tree.epoch, tree.revision) == (changes.epoch,
                                                                      changes.to_revision)
         horizon = tree.horizon if exact and tree is not None else None
-        await asyncio.shield(self._submit(
+        await asyncio.shield(self.submit(
             _Op("record", key, changes=changes, tree=tree, horizon=horizon)))
 
     async def save_snapshot(self, key: str, tree: ObjectTree) -> None:
         """Store ``tree`` as it is now as ``key``'s snapshot and drop the key's log (after
         ``adopt``, i.e. a resync, and on clean shutdown). On return it is on disk."""
         snapshot = (tree.epoch, tree.revision, pack_tree(tree))
-        await asyncio.shield(self._submit(_Op("snapshot", key, snapshot=snapshot)))
+        await asyncio.shield(self.submit(_Op("snapshot", key, snapshot=snapshot)))
 
     async def delete(self, key: str) -> None:
         """Forget ``key`` (snapshot and log)."""
-        await asyncio.shield(self._submit(_Op("delete", key)))
+        await asyncio.shield(self.submit(_Op("delete", key)))
 
     async def flushed(self, key: str, revision: int, *, epoch: int | None = None) -> None:
         """Return once ``revision`` of ``key`` (in ``epoch``, if given) is durable.
@@ -326,11 +326,16 @@ class TreeStore:
         self._attached[key] = attached
         return attached
 
+    def release(self, attached: PersistentTree) -> None:
+        """``attached`` no longer records its tree here (another tree may be attached)."""
+        if self._attached.get(attached.key) is attached:
+            del self._attached[attached.key]
+
     def _durable(self, key: str, revision: int, epoch: int | None) -> bool:
         head = self._heads.get(key)
         return head is not None and head.revision >= revision and epoch in (None, head.epoch)
 
-    def _submit(self, op: _Op) -> asyncio.Future[None]:
+    def submit(self, op: _Op) -> asyncio.Future[None]:
         """Queue ``op``; its future resolves once it is on disk (callers await it shielded,
         so a cancelled caller does not cancel the write)."""
         if self._db is None or self._closing:
@@ -632,7 +637,7 @@ class PersistentTree:
                      horizon=tree.horizon)
         else:
             return None
-        self._pending = future = self.store._submit(op)
+        self._pending = future = self.store.submit(op)
         future.add_done_callback(self._written)
         self._needs_snapshot = False
         self._epoch, self._revision, self._seen = tree.epoch, tree.revision, tree.revision
@@ -654,8 +659,7 @@ class PersistentTree:
         """Stop recording after making everything durable: as a fresh snapshot by default (the
         clean-shutdown path, leaving no log to replay), else by flushing the log."""
         self._unsubscribe()
-        if self.store._attached.get(self.key) is self:
-            del self.store._attached[self.key]
+        self.store.release(self)
         await (self.store.save_snapshot(self.key, self.tree) if snapshot else self.durable())
 
 
