@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
-from broker_bridge import Endpoint
+from broker_bridge import Endpoint, Router
 from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTransport
 from keypath import GLOBSTAR, KeyPath, KeyPathError, KeyPattern
 from object_model import ErrorCode, ModelError, Role
@@ -80,8 +80,9 @@ class OperatorClient(Actor):
 
     role = Role.OPERATOR
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, address: str, links: Router | Endpoint, *,
+                 roles: RoleDirectory | None = None) -> None:
+        super().__init__(address, links, roles=roles)
         self.reports: asyncio.Queue[MonitoringReport] = asyncio.Queue()
 
     @handles(MonitoringReport)
