@@ -242,13 +242,26 @@ class ForecastValue(ComplexValue):
     def band(self, percent: int) -> tuple[float, float]:
         """``(lower, upper)`` of the ``percent`` band (68, 95 or 100), widening missing ones
         to the next band inside."""
-        order = {68: 0, 95: 1, 100: 2}[percent]
-        lows = (self.lower_68_w, self.lower_95_w, self.lower_limit_w)
-        highs = (self.upper_68_w, self.upper_95_w, self.upper_limit_w)
+        # the allocation asks this millions of times a day: plain branches, no loop
         low = high = self.expected_w
-        for lower, upper in zip(lows[: order + 1], highs[: order + 1], strict=True):
-            low = lower if lower is not None else low
-            high = upper if upper is not None else high
+        if (v := self.lower_68_w) is not None:
+            low = v
+        if (v := self.upper_68_w) is not None:
+            high = v
+        if percent == 68:
+            return low, high
+        if (v := self.lower_95_w) is not None:
+            low = v
+        if (v := self.upper_95_w) is not None:
+            high = v
+        if percent == 95:
+            return low, high
+        if percent != 100:
+            raise KeyError(percent)
+        if (v := self.lower_limit_w) is not None:
+            low = v
+        if (v := self.upper_limit_w) is not None:
+            high = v
         return low, high
 
 
