@@ -133,12 +133,12 @@ class Delivery:
     @property
     def broker(self) -> ManagedProsody:
         assert self.hierarchy is not None
-        return self.hierarchy.broker
+        return self.hierarchy.site_broker(1)
 
     async def start(self, count: int) -> None:
         self.hierarchy = h = await Hierarchy.start(self.root, say=self.say)
         endpoint = await Endpoint(XmppTransport.client(
-            xmpp_settings(h.config), SINK, h.passwords[SINK]), name=SINK).start()
+            xmpp_settings(h.site_config(1)), SINK, h.passwords[SINK]), name=SINK).start()
         self.sink = Sink(SINK, endpoint, roles=RoleDirectory({"cs-*": Role.STATION}))
         await self.sink.start()
         started = time.monotonic()

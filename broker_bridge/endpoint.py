@@ -91,11 +91,13 @@ class Endpoint:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> Endpoint:
-        """``open`` (if not done yet), connect, start pumping."""
+    async def start(self, *, wait: bool = True) -> Endpoint:
+        """``open`` (if not done yet), connect, start pumping; ``wait=False`` returns before
+        the link is up (what is sent meanwhile waits in the session, reliable envelopes in
+        the outbox), for a link that may be down when the process starts."""
         await self.open()
         self.session.link_is_up = False
-        await self.transport.start()
+        await self.transport.start(wait=wait)
         self._pump_task = asyncio.create_task(self._pump(), name=f"{self.name}-pump")
         return self
 

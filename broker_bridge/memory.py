@@ -79,7 +79,7 @@ class MemoryTransport:
         registered (like a broker that authenticated each connection)."""
         return Origin(self.first_address, self._addresses.__contains__, broadcast)
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = True) -> None:
         self.set_link(True)
 
     async def stop(self) -> None:

@@ -45,8 +45,10 @@ class Transport(Protocol):
     on_link: LinkCallback
     on_writable: WritableCallback
 
-    async def start(self) -> None:
-        """Connect (and keep reconnecting when the link drops, reporting it via ``on_link``)."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Connect (and keep reconnecting when the link drops, reporting it via ``on_link``);
+        with ``wait``, return once the first connection is up (or raise if it cannot be
+        made), otherwise at once (a link that may well be down when its process starts)."""
 
     async def stop(self) -> None:
         """Disconnect cleanly (flushing what the transport already accepted)."""

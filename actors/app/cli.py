@@ -138,7 +138,7 @@ def _run_actor(args: argparse.Namespace) -> int:
         if isinstance(part, CloudConfig):
             return [await start_cloud(broker, part)]
         if isinstance(part, LocalConfig):
-            return [await start_local(broker, part)]
+            return [await start_local(broker, part, uplink=config.uplink)]
         if isinstance(part, ResourceManagerConfig):
             return [await start_resource_manager(broker, part)]
         return [await start_stations(broker, part)]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,12 +50,31 @@ class ClientError(RuntimeError):
     """Something the user can fix; the message says how."""
 
 
+def _broker_settings(broker: dict[str, Any]) -> XmppSettings:
+    return XmppSettings(host=broker["host"], c2s_port=broker["c2s_port"],
+                        domain=broker["domain"], muc_domain=broker["muc_domain"],
+                        routes=tuple(tuple(r) for r in broker.get("routes", ())),
+                        connect_timeout_s=5.0)
+
+
 @dataclass(frozen=True)
 class Connection:
+    """How an operator reaches a running system: its account, the broker(s), and (when
+    known) the actors and the broker each is on.
+
+    ``connect.json`` names one ``broker``, or several ``brokers`` by name with ``actors``
+    mapping each actor to its broker's name (the demo: the cloud's and one per site, so that
+    ``csms get cs-site1-1 ...`` talks to the station on its site's broker)."""
+
     settings: XmppSettings
     account: str
     password: str
     actors: tuple[str, ...] = ()
+    homes: Mapping[str, XmppSettings] = field(default_factory=dict)
+
+    def settings_for(self, actor: str) -> XmppSettings:
+        """The broker ``actor`` is on (the first one, if unknown)."""
+        return self.homes.get(actor, self.settings)
 
     @classmethod
     def load(cls, path: Path) -> Connection:
@@ -66,12 +85,17 @@ class Connection:
                               f"`csms demo`, or give --connect FILE") from None
         except json.JSONDecodeError as exc:
             raise ClientError(f"{path} is not valid JSON: {exc}") from None
-        broker = raw["broker"]
-        settings = XmppSettings(host=broker["host"], c2s_port=broker["c2s_port"],
-                                domain=broker["domain"], muc_domain=broker["muc_domain"],
-                                routes=tuple(tuple(r) for r in broker.get("routes", ())),
-                                connect_timeout_s=5.0)
-        return cls(settings, raw["account"], raw["password"], tuple(raw.get("actors", ())))
+        try:
+            if "brokers" not in raw:
+                return cls(_broker_settings(raw["broker"]), raw["account"], raw["password"],
+                           tuple(raw.get("actors", ())))
+            brokers = {name: _broker_settings(b) for name, b in raw["brokers"].items()}
+            actors: dict[str, str] = raw.get("actors", {})
+            return cls(next(iter(brokers.values())), raw["account"], raw["password"],
+                       tuple(actors), {a: brokers[b] for a, b in actors.items()})
+        except (KeyError, TypeError, StopIteration, AttributeError) as exc:
+            raise ClientError(f"{path} does not describe a system ({exc!r} is missing or "
+                              f"wrong): write it as `csms demo` does") from None
 
 
 class OperatorClient(Actor):
@@ -96,7 +120,7 @@ async def with_client(conn: Connection, actor: str,
     if conn.actors and actor not in conn.actors:
         shown = ", ".join(conn.actors[:12]) + (" ..." if len(conn.actors) > 12 else "")
         raise ClientError(f"unknown actor {actor!r}; this system has: {shown}")
-    transport = XmppTransport.client(conn.settings, conn.account, conn.password)
+    transport = XmppTransport.client(conn.settings_for(actor), conn.account, conn.password)
     endpoint = Endpoint(transport, name=conn.account)
     try:
         await endpoint.start()

@@ -3,6 +3,8 @@
 Sections (see docs/deployment.md for a full example):
 
 ``[broker]``            how to reach the XMPP broker, and which domain each address lives on
+``[uplink]``            a local CSMS's second link: the cloud's broker, across the site's
+                        uplink (absent: the cloud is on the site's broker)
 ``[cloud]``             a cloud CSMS
 ``[local]``             a site's local CSMS
 ``[stations]``          a host of simulated stations (one component connection for all of them)
@@ -23,11 +25,12 @@ is not an integer), and every mistake names the file, the section and the key.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from actors.csms.settings import CloudSettings, LocalSettings
@@ -66,6 +69,17 @@ class BrokerConfig(Settings):
                 raise ValueError(f"routes[{i}]: a route is [address pattern, domain], got "
                                  f"{list(route)}")
         return routes
+
+
+class UplinkConfig(BrokerConfig):
+    """``[uplink]``: the cloud's broker, as a local CSMS reaches it across its site's uplink
+    on one connection of its own (DESIGN.md section 5). It carries everything for the cloud
+    (the ``[local]`` section's ``cloud`` address); the site's stations and resource manager
+    stay on ``[broker]``. The account is the local CSMS's address on the cloud broker's
+    ``domain``; ``password`` is its password there (absent: the same as on the site broker).
+    """
+
+    password: str | None = Field(None, repr=False)
 
 
 class _Account(Settings):
@@ -156,15 +170,23 @@ class MetricsConfig(Settings):
 
 class Config(Settings):
     broker: BrokerConfig = BrokerConfig()
+    uplink: UplinkConfig | None = None
     cloud: CloudConfig | None = None
     local: LocalConfig | None = None
     stations: StationsConfig | None = None
     resource_manager: ResourceManagerConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
 
+    @model_validator(mode="after")
+    def _uplink_of_a_site(self) -> Config:
+        if self.uplink is not None and (self.local is None or self.local.cloud is None):
+            raise ValueError("[uplink] is the link of a local CSMS to its cloud: it needs a "
+                             "[local] section that names its `cloud`")
+        return self
+
 
 SECTIONS: dict[str, type[BaseModel]] = {
-    "broker": BrokerConfig, "cloud": CloudConfig, "local": LocalConfig,
+    "broker": BrokerConfig, "uplink": UplinkConfig, "cloud": CloudConfig, "local": LocalConfig,
     "stations": StationsConfig, "resource_manager": ResourceManagerConfig,
     "metrics": MetricsConfig}
 
@@ -240,6 +262,54 @@ def _problems(path: Path, section: str, exc: ValidationError,
     return "; ".join(lines)
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_table(name: str, data: dict[str, Any], out: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if v is not None and not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    out.append(f"[{name}]")
+    out.extend(f"{_toml_key(key)} = {_toml_value(value)}" for key, value in scalars.items())
+    out.append("")
+    for key, table in tables.items():
+        _toml_table(f"{name}.{_toml_key(key)}", table, out)
+
+
+def render_config(config: Config) -> str:
+    """``config`` as a deployment file that ``load_config`` reads back equal (the values
+    that differ from the defaults; secrets included, so write it with mode 0600)."""
+    out: list[str] = []
+    for name in SECTIONS:
+        part = getattr(config, name)
+        if part is None:
+            continue
+        data = part.model_dump(mode="json", exclude_defaults=True)
+        if data or name == "broker":
+            _toml_table(name, data, out)
+    return "\n".join(out)
+
+
+def write_config(config: Config, path: Path) -> Path:
+    """Write ``config`` to ``path`` (mode 0600: it holds passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(render_config(config))
+    return path
+
+
 def load_config(path: Path | str) -> Config:
     """Read and check a TOML deployment file."""
     path = Path(path)
@@ -267,8 +337,12 @@ def load_config(path: Path | str) -> Config:
                               "takes") from None
         except ValidationError as exc:
             raise ConfigError(_problems(path, name, exc, moved)) from None
-    return Config.model_validate(parts)
+    try:
+        return Config.model_validate(parts)
+    except ValidationError as exc:  # a rule across sections
+        raise ConfigError(f"{path}: " + "; ".join(_message(e) for e in exc.errors())) from None
 
 
 __all__ = ["BrokerConfig", "CloudConfig", "Config", "ConfigError", "LocalConfig",
-           "MetricsConfig", "ResourceManagerConfig", "StationsConfig", "load_config"]
+           "MetricsConfig", "ResourceManagerConfig", "StationsConfig", "UplinkConfig", "load_config",
+           "render_config", "write_config"]

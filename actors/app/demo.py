@@ -1,7 +1,8 @@
-"""``csms demo``: a whole local-plus-cloud hierarchy on the managed broker, in one process.
+"""``csms demo``: a whole local-plus-cloud hierarchy on managed brokers, in one process.
 
-It starts a private Prosody, a cloud CSMS, and per site a resource manager, a local CSMS and
-a host of simulated stations (one component connection each), shows a live table (each
+It starts a private Prosody for the cloud and one per site, a cloud CSMS, and per site a
+resource manager, a local CSMS (on its site's broker, and on the cloud's by its uplink) and a
+host of simulated stations (one component connection each), shows a live table (each
 site's power against the limit its resource manager gives), and writes ``connect.json`` in
 its state directory so that ``csms get|set|discover`` can reach it: ``csms set rm-site1
 grid/fuse_limit_w 40000`` changes a site's grid limit live. Time at the sites runs
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from actors.app.config import BrokerConfig
 from actors.app.hierarchy import Hierarchy, Say
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
@@ -91,7 +93,7 @@ class Demo:
     def endpoints(self) -> list[Endpoint]:
         h = self.hierarchy
         running = [h.cloud] + [r for site in h.sites for r in (site.local, site.rm, *site.hosts)]
-        return [r.endpoint for r in running if r is not None]
+        return [e for r in running if r is not None for e in r.links.endpoints]
 
     def messages_by_priority(self) -> dict[Priority, int]:
         totals = dict.fromkeys(Priority, 0)
@@ -185,16 +187,28 @@ async def start_demo(settings: DemoSettings, say: Say) -> Demo:
     except BaseException:
         await h.close()
         raise
-    actors = ["cloud", *(site.name for site in h.sites),
-              *(f"rm-site{site.number}" for site in h.sites),
-              *(s.address for s in h.stations())]
-    ep = h.config
-    (state / "connect.json").write_text(json.dumps({
-        "broker": {"host": ep.host, "c2s_port": ep.c2s_port, "domain": ep.domain,
-                   "muc_domain": ep.muc_domain, "routes": [list(r) for r in ep.routes]},
-        "account": "operator", "password": h.passwords["operator"], "actors": actors,
-    }, indent=2))
+    write_connect(h, state / "connect.json")
     return Demo(h, WALL_CLOCK.monotonic())
+
+
+def write_connect(h: Hierarchy, path: Path) -> None:
+    """``connect.json``: how ``csms get|set|discover|monitor`` reach the demo's actors, each
+    on its own broker (the cloud and the local CSMSs on the cloud's; resource managers and
+    stations on their site's), as the operator (mode 0600: it holds the password)."""
+
+    def broker(cfg: BrokerConfig) -> dict[str, Any]:
+        return {"host": cfg.host, "c2s_port": cfg.c2s_port, "domain": cfg.domain,
+                "muc_domain": cfg.muc_domain, "routes": [list(r) for r in cfg.routes]}
+
+    brokers = {"cloud": broker(h.config)} | {
+        f"site{site.number}": broker(h.site_config(site.number)) for site in h.sites}
+    actors = {"cloud": "cloud"} | {site.name: "cloud" for site in h.sites} | {
+        f"rm-site{site.number}": f"site{site.number}" for site in h.sites} | {
+        s.address: f"site{site.number}" for site in h.sites for s in site.stations}
+    path.touch(mode=0o600)
+    path.write_text(json.dumps({"brokers": brokers, "account": "operator",
+                                "password": h.passwords["operator"], "actors": actors},
+                               indent=2))
 
 
 async def settle(demo: Demo, timeout: float = 10.0) -> bool:

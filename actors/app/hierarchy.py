@@ -1,8 +1,11 @@
-"""A whole local-plus-cloud hierarchy on the managed broker: the one harness that the demo,
-the tests and the benchmarks build on.
+"""A whole local-plus-cloud hierarchy on managed brokers: the one harness that the demo, the
+tests and the benchmarks build on.
 
-``Hierarchy.start`` starts a private Prosody with one component domain per site and the
-accounts of the cloud, the operator and each site's local CSMS and resource manager. Then:
+``Hierarchy.start`` starts the deployment of DESIGN.md section 5 on private Prosody brokers:
+the cloud's broker (accounts of the cloud, the operator and each site's local CSMS) and one
+broker per site (its local CSMS, its resource manager, the operator, and the component domain
+of its stations). Each local CSMS holds two links: its site's broker, and one connection to the
+cloud's broker that carries everything for the cloud. Then:
 
 * the cloud CSMS runs in this process (``start_cloud``, the demo) or in its own
   (``spawn_cloud``: ``csms cloud`` on the cloud's deployment file, so a test or a benchmark
@@ -12,14 +15,13 @@ accounts of the cloud, the operator and each site's local CSMS and resource mana
 * an operator client (``operator()``) reads what the cloud holds, as ``csms get`` would;
   ``cloud_digests``/``local_consistent`` compare every copy with its station.
 
-Everything it starts, it stops in ``close`` (stations, sites, cloud, broker), in that order.
+Everything it starts, it stops in ``close`` (stations, sites, cloud, brokers), in that order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 import os
 import secrets
 import signal
@@ -32,9 +34,12 @@ from actors.app.client import OperatorClient
 from actors.app.config import (
     BrokerConfig,
     CloudConfig,
+    Config,
     LocalConfig,
     ResourceManagerConfig,
     StationsConfig,
+    UplinkConfig,
+    write_config,
 )
 from actors.app.wiring import (
     Running,
@@ -50,7 +55,7 @@ from actors.csms.settings import EnergySettings
 from actors.resource_manager.actor import ResourceManager
 from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatedStation, SimulatorSettings
-from broker_bridge import Endpoint
+from broker_bridge import Endpoint, Router
 from broker_bridge.clock import Clock
 from broker_bridge.prosody import ManagedProsody
 from broker_bridge.xmpp import XmppTransport
@@ -125,12 +130,34 @@ class Site:
                 if isinstance(actor, ChargingStation)]
 
 
+def broker_config(broker: ManagedProsody, routes: Sequence[tuple[str, str]] = ()
+                  ) -> BrokerConfig:
+    """How actors reach ``broker`` (a ``[broker]`` section)."""
+    ep = broker.endpoint
+    return BrokerConfig(host=ep.host, c2s_port=ep.c2s_port, component_port=ep.component_port,
+                        domain=ep.domain, muc_domain=ep.muc_domain, routes=tuple(routes))
+
+
+def cloud_domain() -> str:
+    return "csms.local"
+
+
+def site_domain(number: int) -> str:
+    return f"site{number}.csms.local"
+
+
+def stations_domain(number: int) -> str:
+    return f"stations.site{number}.csms.local"
+
+
 class Hierarchy:
     """See the module docstring. ``say`` hears what it does (for long runs)."""
 
-    def __init__(self, root: Path, broker: ManagedProsody, config: BrokerConfig,
-                 passwords: dict[str, str], *, say: Say = _quiet) -> None:
-        self.root, self.broker, self.config = root, broker, config
+    def __init__(self, root: Path, broker: ManagedProsody,
+                 site_brokers: dict[int, ManagedProsody], passwords: dict[str, str], *,
+                 say: Say = _quiet) -> None:
+        self.root, self.broker, self.site_brokers = root, broker, site_brokers
+        self.config = broker_config(broker)
         self.passwords, self.say = passwords, say
         self.site_secrets = {name: f"{name}-up-{secrets.token_hex(4)}" for name in passwords
                              if name.startswith("local-site")}
@@ -138,24 +165,52 @@ class Hierarchy:
         self.cloud: Running | None = None
         self.cloud_process: asyncio.subprocess.Process | None = None
         self._operator: OperatorClient | None = None
-        self._operator_endpoint: Endpoint | None = None
+        self._operator_links: Router | None = None
 
     @classmethod
     async def start(cls, root: Path, *, sites: int = 1, say: Say = _quiet) -> Hierarchy:
-        """The broker of ``sites`` sites, with every account, in ``root``."""
-        domains = tuple(f"site{k}.stations.csms.local" for k in range(1, sites + 1))
-        broker = ManagedProsody(root / "broker", component_domains=domains)
-        say("starting the managed Prosody broker...")
-        ep = await broker.start()
-        names = ["cloud", "operator", *(f"{kind}-site{k}" for k in range(1, sites + 1)
+        """The cloud's broker and one broker per site (``sites`` of them), with every
+        account, in ``root``."""
+        numbers = range(1, sites + 1)
+        cloud = ManagedProsody(root / "broker-cloud", domain=cloud_domain(), component_domains=())
+        site_brokers = {k: ManagedProsody(root / f"broker-site{k}", domain=site_domain(k),
+                                          component_domains=(stations_domain(k),))
+                        for k in numbers}
+        say(f"starting {1 + sites} managed Prosody brokers (the cloud's, one per site)...")
+        brokers = [cloud, *site_brokers.values()]
+        try:
+            await asyncio.gather(*(broker.start() for broker in brokers))
+        except BaseException:
+            await asyncio.gather(*(broker.stop() for broker in brokers),
+                                 return_exceptions=True)
+            raise
+        names = ["cloud", "operator", *(f"{kind}-site{k}" for k in numbers
                                         for kind in ("local", "rm"))]
         passwords = {name: secrets.token_urlsafe(12) for name in names}
-        broker.create_accounts(passwords)
-        config = BrokerConfig(host=ep.host, c2s_port=ep.c2s_port,
-                              component_port=ep.component_port, domain=ep.domain,
-                              muc_domain=ep.muc_domain,
-                              routes=tuple((f"cs-site{k}-*", d) for k, d in enumerate(domains, 1)))
-        return cls(root, broker, config, passwords, say=say)
+        cloud.create_accounts({n: p for n, p in passwords.items()
+                               if n in ("cloud", "operator") or n.startswith("local-")})
+        for k, broker in site_brokers.items():
+            broker.create_accounts({n: passwords[n]
+                                    for n in ("operator", f"local-site{k}", f"rm-site{k}")})
+        return cls(root, cloud, site_brokers, passwords, say=say)
+
+    def site_broker(self, number: int) -> ManagedProsody:
+        """Site ``number``'s broker."""
+        return self.site_brokers[number]
+
+    def site_config(self, number: int) -> BrokerConfig:
+        """How the actors of site ``number`` reach its broker (a ``[broker]`` section)."""
+        return broker_config(self.site_brokers[number],
+                             [(f"cs-site{number}-*", stations_domain(number))])
+
+    def uplink_config(self) -> UplinkConfig:
+        """How a local CSMS reaches the cloud's broker (an ``[uplink]`` section)."""
+        return UplinkConfig(**self.config.model_dump())
+
+    @property
+    def brokers(self) -> list[ManagedProsody]:
+        """Every broker, the cloud's first."""
+        return [self.broker, *self.site_brokers.values()]
 
     # -- the cloud ------------------------------------------------------------------------------
 
@@ -169,16 +224,8 @@ class Hierarchy:
         return self.root / "cloud.toml"
 
     def write_cloud_config(self) -> Path:
-        cfg, cloud, q = self.config, self.cloud_config(), json.dumps
-        routes = ", ".join(f"[{q(a)}, {q(b)}]" for a, b in cfg.routes)
-        sites = "\n".join(f"{q(k)} = {q(v)}" for k, v in cloud.site_secrets.items())
-        self.cloud_config_path.write_text(
-            f"[broker]\nhost = {q(cfg.host)}\nc2s_port = {cfg.c2s_port}\n"
-            f"component_port = {cfg.component_port}\ndomain = {q(cfg.domain)}\n"
-            f"muc_domain = {q(cfg.muc_domain)}\nroutes = [{routes}]\n\n"
-            f"[cloud]\naddress = {q(cloud.address)}\npassword = {q(cloud.password)}\n"
-            f"state_dir = {q(cloud.state_dir)}\n\n[cloud.site_secrets]\n{sites}\n")
-        return self.cloud_config_path
+        return write_config(Config(broker=self.config, cloud=self.cloud_config()),
+                            self.cloud_config_path)
 
     async def start_cloud(self, clock: Clock | None = None) -> CloudCsms:
         """The cloud CSMS, in this process."""
@@ -241,7 +288,7 @@ class Hierarchy:
                                      clock: Clock | None = None) -> ResourceManager:
         """Site ``number``'s resource manager, on its own account."""
         name = f"rm-site{number}"
-        running = await start_resource_manager(self.config, ResourceManagerConfig(
+        running = await start_resource_manager(self.site_config(number), ResourceManagerConfig(
             address=name, password=self.passwords[name], state_dir=str(self.root / name),
             site_csms=f"local-site{number}", fuse_limit_w=fuse_limit_w), clock=clock)
         self._site(number).rm = running
@@ -260,13 +307,13 @@ class Hierarchy:
         count, or their addresses) on one host; ``paused`` stations do not tick. ``clock``
         is the site's time: the stations live in it and the local CSMS plans energy in it."""
         name = f"local-site{number}"
-        local = await start_local(self.config, LocalConfig(
+        local = await start_local(self.site_config(number), LocalConfig(
             address=name, password=self.passwords[name], state_dir=str(self.root / name),
             site=f"site{number}", provisioning_secret=self.provisioning(number),
             cloud="cloud" if cloud else None, upstream_secret=self.site_secrets[name],
             resource_manager=f"rm-site{number}" if resource_manager else None,
             energy=energy or EnergySettings()),
-            site_clock=clock)
+            site_clock=clock, uplink=self.uplink_config() if cloud else None)
         site = self._site(number)
         site.local = local
         ids = ([f"cs-site{number}-{i}" for i in range(1, stations + 1)]
@@ -288,15 +335,15 @@ class Hierarchy:
         site domain: the broker refuses a second, so a site has one host; ``add_station``
         adds to it)."""
         site = self._site(number)
-        ep = self.broker.endpoint
+        ep = self.site_brokers[number].endpoint
         progress_from = len(self.stations())
 
         def progress(message: str) -> None:
             done = int(message.split("/", 1)[0])
             self.say(f"{progress_from + done} stations started")
 
-        host = await start_stations(self.config, StationsConfig(
-            component=ep.component_domains[number - 1], component_secret=ep.component_secret,
+        host = await start_stations(self.site_config(number), StationsConfig(
+            component=ep.component_domains[0], component_secret=ep.component_secret,
             ids=tuple(ids), csms=site.name, provisioning_secret=self.provisioning(number),
             state_dir=str(self.root / f"stations-site{number}-{len(site.hosts)}"),
             simulator=simulator or SimulatorSettings(), seed=seed), progress=progress,
@@ -341,26 +388,37 @@ class Hierarchy:
     # -- looking at the copies ----------------------------------------------------------------
 
     async def operator(self) -> OperatorClient:
-        """The operator's client, logged in to the cloud's broker (made once)."""
+        """The operator's client (made once), logged in to every broker: the cloud's, and
+        each site's for that site's resource manager and stations."""
         if self._operator is None:
-            transport = XmppTransport.client(xmpp_settings(self.config), "operator",
-                                             self.passwords["operator"])
-            self._operator_endpoint = await Endpoint(transport, name="operator").start()
-            self._operator = OperatorClient("operator", self._operator_endpoint)
+            async def link(cfg: BrokerConfig, name: str) -> Endpoint:
+                transport = XmppTransport.client(xmpp_settings(cfg), "operator",
+                                                 self.passwords["operator"], name=name)
+                return await Endpoint(transport, name=name).start()
+
+            cloud = await link(self.config, "operator")
+            routes = []
+            for k in self.site_brokers:
+                site = await link(self.site_config(k), f"operator-site{k}")
+                routes += [(f"rm-site{k}", site), (f"cs-site{k}-*", site)]
+            self._operator_links = Router(cloud, routes)
+            self._operator = OperatorClient("operator", self._operator_links)
             await self._operator.start()
         return self._operator
 
     @property
     def operator_endpoint(self) -> Endpoint | None:
-        return self._operator_endpoint
+        """The operator's link to the cloud's broker."""
+        return None if self._operator_links is None else self._operator_links.default
 
     async def disconnect_operator(self) -> None:
         """Hang up the operator (so that ``csms`` commands may log in as it)."""
         if self._operator is not None:
             await self._operator.stop()
-        if self._operator_endpoint is not None:
-            await self._operator_endpoint.stop(flush_timeout=0.5)
-        self._operator = self._operator_endpoint = None
+        if self._operator_links is not None:
+            for endpoint in self._operator_links.endpoints:
+                await endpoint.stop(flush_timeout=0.5)
+        self._operator = self._operator_links = None
 
     async def cloud_digests(self, ids: Sequence[str] | None = None
                             ) -> dict[str, bytes | None]:
@@ -448,7 +506,7 @@ class Hierarchy:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        await self.broker.stop()
+        await asyncio.gather(*(broker.stop() for broker in self.brokers))
 
 
 __all__ = ["Hierarchy", "Site", "die_with_parent", "simulated"]

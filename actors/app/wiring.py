@@ -1,6 +1,6 @@
 """Starting and stopping actors from configuration: what ``csms cloud|local|station`` and the
-demo run. Each running actor owns its endpoint (one broker connection), its tree store and its
-outbox, all under its ``state_dir``."""
+demo run. Each running actor owns its links (one broker connection each: a local CSMS with an
+``[uplink]`` holds two), its tree store and an outbox per link, all under its ``state_dir``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from actors.app.config import (
     MetricsConfig,
     ResourceManagerConfig,
     StationsConfig,
+    UplinkConfig,
 )
 from actors.app.metrics import ActorCollector, MetricsServer, serve_metrics
 from actors.csms.cloud import CloudCsms
@@ -30,7 +31,7 @@ from actors.runtime.actor import Actor
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatedStation, SimulatorSettings
-from broker_bridge import Endpoint, SessionConfig
+from broker_bridge import Endpoint, Router, SessionConfig
 from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.xmpp import XmppSettings, XmppTransport
 
@@ -47,24 +48,30 @@ def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
 
 @dataclass
 class Running:
-    """Actors sharing one endpoint, and what must be closed with them."""
+    """Actors sharing their links, and what must be closed with them."""
 
-    endpoint: Endpoint
+    links: Router
     actors: list[Actor]
     stores: list[TreeStore] = field(default_factory=list)
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """The default link: the only one, but for a local CSMS with an uplink."""
+        return self.links.default
+
     async def stop(self) -> None:
-        """Stop every actor, then the endpoint, then the stores; a failure is logged and the
+        """Stop every actor, then the links, then the stores; a failure is logged and the
         rest still stop (state already durable stays so)."""
         for actor in self.actors:
             try:
                 await actor.stop()
             except Exception:
                 log.exception("stopping %s failed", actor.address)
-        try:
-            await self.endpoint.stop(flush_timeout=2.0)
-        except Exception:
-            log.exception("stopping the endpoint %s failed", self.endpoint.name)
+        for endpoint in self.links.endpoints:
+            try:
+                await endpoint.stop(flush_timeout=2.0)
+            except Exception:
+                log.exception("stopping the endpoint %s failed", endpoint.name)
         for store in self.stores:
             try:
                 await store.close()
@@ -82,39 +89,52 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+async def _link(broker: BrokerConfig, account: str, password: str, outbox: Path,
+                name: str) -> Endpoint:
+    """One account connection to ``broker`` (opened, not yet connected), with its outbox."""
+    transport = XmppTransport.client(xmpp_settings(broker), account, password, name=name)
+    return await Endpoint(transport, outbox_path=outbox, name=name).open()
+
+
 async def _account(broker: BrokerConfig, account: CloudConfig | LocalConfig
-                   | ResourceManagerConfig) -> tuple[Endpoint, TreeStore]:
-    """An actor's own account connection (opened, not yet connected) and its tree store."""
+                   | ResourceManagerConfig) -> tuple[Router, TreeStore]:
+    """An actor's own account connection and its tree store."""
     state = Path(account.state_dir)
-    transport = XmppTransport.client(xmpp_settings(broker), account.address, account.password)
-    endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
-                              name=account.address).open()
-    return endpoint, await TreeStore(state / "trees.db", compact_every=64).open()
+    endpoint = await _link(broker, account.address, account.password, state / "outbox.db",
+                           account.address)
+    return Router(endpoint), await TreeStore(state / "trees.db", compact_every=64).open()
 
 
 async def start_cloud(broker: BrokerConfig, cfg: CloudConfig,
                       clock: Clock | None = None) -> Running:
     """A cloud CSMS on its own account; ``cfg`` is its settings."""
-    endpoint, store = await _account(broker, cfg)
-    actor = CloudCsms(cfg.address, endpoint, store=store, settings=cfg, clock=clock)
-    return await _start_then_connect(Running(endpoint, [actor], [store]))
+    links, store = await _account(broker, cfg)
+    actor = CloudCsms(cfg.address, links, store=store, settings=cfg, clock=clock)
+    return await _start_then_connect(Running(links, [actor], [store]))
 
 
 async def start_local(broker: BrokerConfig, cfg: LocalConfig,
-                      site_clock: Clock | None = None) -> Running:
+                      site_clock: Clock | None = None,
+                      uplink: UplinkConfig | None = None) -> Running:
     """A site's local CSMS on its own account; ``cfg`` is its settings, ``site_clock`` the
-    time its energy is planned in (the demo's runs faster than the wall clock)."""
-    endpoint, store = await _account(broker, cfg)
-    actor = LocalCsms(cfg.address, endpoint, store=store, settings=cfg, site_clock=site_clock)
-    return await _start_then_connect(Running(endpoint, [actor], [store]))
+    time its energy is planned in (the demo's runs faster than the wall clock). With an
+    ``uplink``, everything for ``cfg.cloud`` takes a second connection, to the cloud's broker
+    (its own outbox, link state and budget: an uplink outage holds nothing of the site's)."""
+    links, store = await _account(broker, cfg)
+    if uplink is not None and cfg.cloud is not None:
+        up = await _link(uplink, cfg.address, uplink.password or cfg.password,
+                         Path(cfg.state_dir) / "outbox-uplink.db", f"{cfg.address}-uplink")
+        links = Router(links.default, [(cfg.cloud, up)])
+    actor = LocalCsms(cfg.address, links, store=store, settings=cfg, site_clock=site_clock)
+    return await _start_then_connect(Running(links, [actor], [store]))
 
 
 async def start_resource_manager(broker: BrokerConfig, cfg: ResourceManagerConfig,
                                  clock: Clock | None = None) -> Running:
     """A site's resource manager on its own account; ``cfg`` is its settings."""
-    endpoint, store = await _account(broker, cfg)
-    actor = ResourceManager(cfg.address, endpoint, store=store, settings=cfg, clock=clock)
-    return await _start_then_connect(Running(endpoint, [actor], [store]))
+    links, store = await _account(broker, cfg)
+    actor = ResourceManager(cfg.address, links, store=store, settings=cfg, clock=clock)
+    return await _start_then_connect(Running(links, [actor], [store]))
 
 
 async def _start_then_connect(running: Running) -> Running:
@@ -127,9 +147,12 @@ async def _start_then_connect(running: Running) -> Running:
         for actor in running.actors:
             await actor.start()
             started.append(actor)
-        await running.endpoint.start()
+        default = running.links.default
+        for endpoint in running.links.endpoints:
+            # only the default link must be up to start: a site works while its uplink is down
+            await endpoint.start(wait=endpoint is default)
     except BaseException:
-        await Running(running.endpoint, started, running.stores).stop()
+        await Running(running.links, started, running.stores).stop()
         raise
     settle_heap()
     return running
@@ -153,7 +176,7 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
                                         cfg.component_secret, name=f"host-{state.name}")
     endpoint = await Endpoint(transport, config=SessionConfig(), name=cfg.component).start()
     store = await TreeStore(state / "trees.db", compact_every=128).open()
-    running = Running(endpoint, [], [store])
+    running = Running(Router(endpoint), [], [store])
     for i, station in enumerate(cfg.ids):
         hardware = SimulatedStation(simulator_for(cfg, i, station), clock=clock or WALL_CLOCK)
         actor = ChargingStation(station, endpoint, store=store, settings=cfg,

@@ -119,10 +119,13 @@ class XmppTransport:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Connect; raise ``BrokerUnreachableError`` if the first connection fails within the
-        timeout (afterwards, link losses are retried for ever and reported via ``on_link``)."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Connect; with ``wait``, raise ``BrokerUnreachableError`` if the first connection
+        fails within the timeout (afterwards, and always without ``wait``, link losses are
+        retried for ever and reported via ``on_link``)."""
         self._loop_task = asyncio.create_task(self._keep_connected(), name=f"{self.name}-link")
+        if not wait:
+            return
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
                 await self._first_up.wait()

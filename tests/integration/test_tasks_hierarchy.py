@@ -157,12 +157,12 @@ async def test_a_firmware_image_crosses_the_uplink_once_survives_a_broker_kill_a
         return sum(s.tree.get("tasks/fw/progress_percent") for s in stations[1:]
                    if "tasks/fw/progress_percent" in s.tree) / (90 * len(stations[1:]))
 
-    # the broker dies once the site holds the image again (the rotten chunk refetched) and
+    # the site's broker dies once the site holds the image again (the rotten chunk refetched) and
     # the stations are a fifth of the way through
     await until(lambda: downloaded() >= 0.2 and local.blobs.upstream_chunks > ref.chunks, "a fifth of the downloads", 120, every=0.2)
     assert downloaded() < 1.0  # mid-transfer
-    h.broker.kill()
-    await h.broker.restart()
+    h.site_broker(1).kill()  # the broker between the site's CSMS and its stations
+    await h.site_broker(1).restart()
     try:
         await until(lambda: all(state(s) == "succeeded" for s in stations), "every station updated after the broker came back", 180, every=0.2)
     except AssertionError:
