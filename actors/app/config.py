@@ -46,6 +46,11 @@ class ConfigError(ValueError):
 
 
 class BrokerConfig(Settings):
+    """``[broker]``: where the broker is and how addresses map onto it, and how the link to
+    it keeps its queue in our session (``send_window_bytes``, ``notsent_lowat``: see
+    ``XmppSettings``; ``rate_kbit``: pace what leaves at 90 % of the link's known rate, so no
+    queue forms below us at all; all off by default, for a LAN)."""
+
     host: str = "127.0.0.1"
     c2s_port: int = 5222
     component_port: int = 5347
@@ -53,6 +58,23 @@ class BrokerConfig(Settings):
     muc_domain: str = "rooms.csms.local"
     routes: tuple[tuple[str, ...], ...] = ()
     tls: bool = False
+    send_window_bytes: int | None = None
+    notsent_lowat: int | None = None
+    rate_kbit: float | None = None
+
+    @field_validator("send_window_bytes")
+    @classmethod
+    def _window(cls, window: int | None) -> int | None:
+        if window is not None and window < 4096:
+            raise ValueError(f"{window} bytes is too small a window (at least 4096)")
+        return window
+
+    @field_validator("rate_kbit")
+    @classmethod
+    def _rate(cls, rate: float | None) -> float | None:
+        if rate is not None and rate <= 0:
+            raise ValueError("a link rate is positive (leave it out: no pacing)")
+        return rate
 
     @field_validator("c2s_port", "component_port")
     @classmethod
@@ -80,6 +102,10 @@ class UplinkConfig(BrokerConfig):
     """
 
     password: str | None = Field(None, repr=False)
+    # an uplink is slow and shared: keep what waits in the kernel to a round trip's worth
+    # (NETWORK-FACTS.md section 2 measured these against the alternatives)
+    send_window_bytes: int | None = 32 * 1024
+    notsent_lowat: int | None = 16 * 1024
 
 
 class _Account(Settings):

@@ -205,7 +205,7 @@ class Hierarchy:
 
     def uplink_config(self) -> UplinkConfig:
         """How a local CSMS reaches the cloud's broker (an ``[uplink]`` section)."""
-        return UplinkConfig(**self.config.model_dump())
+        return UplinkConfig(**self.config.model_dump(exclude_defaults=True))
 
     @property
     def brokers(self) -> list[ManagedProsody]:

@@ -43,7 +43,15 @@ def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
                         component_port=broker.component_port, domain=broker.domain,
                         muc_domain=broker.muc_domain,
                         routes=tuple((pattern, domain) for pattern, domain in broker.routes),
-                        tls=broker.tls)
+                        tls=broker.tls, send_window_bytes=broker.send_window_bytes,
+                        notsent_lowat=broker.notsent_lowat)
+
+
+def session_config(broker: BrokerConfig) -> SessionConfig:
+    """The session of a link to ``broker``: paced at 90 % of its known rate, if any."""
+    if broker.rate_kbit is None:
+        return SessionConfig()
+    return SessionConfig(rate_bytes_per_s=broker.rate_kbit * 1000 / 8 * 0.9)
 
 
 @dataclass
@@ -93,7 +101,8 @@ async def _link(broker: BrokerConfig, account: str, password: str, outbox: Path,
                 name: str) -> Endpoint:
     """One account connection to ``broker`` (opened, not yet connected), with its outbox."""
     transport = XmppTransport.client(xmpp_settings(broker), account, password, name=name)
-    return await Endpoint(transport, outbox_path=outbox, name=name).open()
+    return await Endpoint(transport, config=session_config(broker), outbox_path=outbox,
+                          name=name).open()
 
 
 async def _account(broker: BrokerConfig, account: CloudConfig | LocalConfig
@@ -174,7 +183,8 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
     state = Path(cfg.state_dir)
     transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
                                         cfg.component_secret, name=f"host-{state.name}")
-    endpoint = await Endpoint(transport, config=SessionConfig(), name=cfg.component).start()
+    endpoint = await Endpoint(transport, config=session_config(broker),
+                              name=cfg.component).start()
     store = await TreeStore(state / "trees.db", compact_every=128).open()
     running = Running(Router(endpoint), [], [store])
     for i, station in enumerate(cfg.ids):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -182,7 +183,12 @@ class Actor:
         self.roles = roles or RoleDirectory()
         self.clock: Clock = clock or WALL_CLOCK
         self.rng = rng or random.Random()  # jitter of the actor's retries; seed it in tests
-        self._inbox: asyncio.Queue[tuple[Envelope, Endpoint | None]] = asyncio.Queue()
+        # highest priority first, in arrival order within a priority: when the handlers fall
+        # behind (a busy CPU), a critical envelope overtakes the backlog here as it does in
+        # the sender's queues
+        self._inbox: asyncio.PriorityQueue[tuple[int, int, Envelope, Endpoint | None]] = (
+            asyncio.PriorityQueue())
+        self._arrivals = itertools.count()
         self._pending: dict[bytes, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
@@ -327,11 +333,11 @@ class Actor:
                 return
         if not self._running:
             return
-        self._inbox.put_nowait((env, link))
+        self._inbox.put_nowait((env.priority, next(self._arrivals), env, link))
 
     async def _serve(self) -> None:
         while True:
-            env, link = await self._inbox.get()
+            _, _, env, link = await self._inbox.get()
             await self._handle(env, link)
 
     async def _handle(self, env: Envelope, link: Endpoint | None = None) -> None:

@@ -25,6 +25,16 @@ class XmppSettings:
     many stanzas pass between stream-management ack requests (100 to 1,000 keeps the broker's cost
     low); ``write_buffer_high`` is the socket buffer level above which the transport reports no
     budget, so queued envelopes wait in the session's priority queues, not in the kernel.
+
+    On a slow link the kernel is the queue to keep short (NETWORK-FACTS.md section 2): bytes
+    handed to a TCP socket leave in order, behind everything already there, and the kernel's
+    send buffer grows to megabytes. ``send_window_bytes`` bounds what may be in the kernel,
+    not yet sent or sent and not yet acknowledged by the peer (``SIOCOUTQ``), plus asyncio's
+    buffer: beyond it the transport reports no budget and looks again every
+    ``window_poll_s``. Bytes sent and unacknowledged are in the bottleneck's queue or on the
+    way, so this bounds the modem's queue too. ``notsent_lowat`` sets ``TCP_NOTSENT_LOWAT``
+    (the kernel takes no more while more than that is unsent). Both off (``None``) by default;
+    an uplink turns them on.
     """
 
     host: str = "127.0.0.1"
@@ -36,6 +46,9 @@ class XmppSettings:
     tls: bool = False
     sm_window: int = 256
     write_buffer_high: int = 64 * 1024
+    send_window_bytes: int | None = None
+    notsent_lowat: int | None = None
+    window_poll_s: float = 0.005
     resource: str = "bridge"
     reconnect_base_s: float = 0.05
     reconnect_cap_s: float = 5.0
@@ -47,6 +60,8 @@ class XmppSettings:
     def __post_init__(self) -> None:
         if self.sm_window < 1:
             raise ValueError("sm_window must be at least 1")
+        if self.send_window_bytes is not None and self.send_window_bytes < 4096:
+            raise ValueError("send_window_bytes must be at least 4096 (or None: no window)")
 
 
 class AddressBook:

@@ -20,11 +20,15 @@ so a session that hibernates on the broker after a crash is taken over, not orph
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import contextlib
+import fcntl
 import logging
 import random
+import socket
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +98,9 @@ class XmppTransport:
         self._lost = asyncio.Event()
         self._first_up = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._fd: int | None = None  # the TCP socket, for the send window
+        self._outq = array.array("i", [0])
+        self._poll: asyncio.TimerHandle | None = None
         self.frames_sent = 0
         self.bytes_sent = 0
         self.frames_received = 0
@@ -162,11 +169,41 @@ class XmppTransport:
         return self._up
 
     def budget(self) -> int | None:
-        """Room in the socket buffer; zero exactly while asyncio has paused writing (so a
-        ``resume_writing``, hence ``on_writable``, always follows a zero)."""
+        """Room below our limits: zero while asyncio has paused writing (a
+        ``resume_writing``, hence ``on_writable``, follows) or while the kernel holds a
+        whole ``send_window_bytes`` (then ``on_writable`` follows within ``window_poll_s``)."""
         if not self._up or self._stream.write_paused:
             return 0
-        return max(1, self.settings.write_buffer_high - self._stream.write_buffer_size())
+        buffered = self._stream.write_buffer_size()
+        room = self.settings.write_buffer_high - buffered
+        window = self.settings.send_window_bytes
+        if window is not None:
+            room = min(room, window - buffered - self._in_kernel())
+            if room <= 0:
+                self._look_again()
+                return 0
+        return max(1, room)
+
+    def _in_kernel(self) -> int:
+        """Bytes in the socket not yet acknowledged by the peer (sent or not)."""
+        fd = self._fd
+        if fd is None:
+            return 0
+        try:
+            fcntl.ioctl(fd, termios.TIOCOUTQ, self._outq)  # SIOCOUTQ on a TCP socket
+        except OSError:
+            return 0
+        return self._outq[0]
+
+    def _look_again(self) -> None:
+        if self._poll is None or self._poll.cancelled():
+            loop = asyncio.get_running_loop()
+            self._poll = loop.call_later(self.settings.window_poll_s, self._window_moved)
+
+    def _window_moved(self) -> None:
+        self._poll = None
+        if self._up:
+            self.on_writable()
 
     def send_frame(self, destination: str, data: bytes) -> None:
         if not self._up:
@@ -287,6 +324,7 @@ class XmppTransport:
         if transport is not None:  # pause at our high-water mark, resume at a quarter of it
             high = self.settings.write_buffer_high
             transport.set_write_buffer_limits(high=high, low=high // 4)
+            self._tune_socket(transport.get_extra_info("socket"))
         if self.account is not None:
             self._stream.send_tracked("<presence/>")  # the broker delivers stored messages now
         for room in self._rooms.values():
@@ -294,9 +332,24 @@ class XmppTransport:
         self._set_up(True)
 
     def _session_resumed(self, _: Any) -> None:
+        transport = self._stream.transport
+        if transport is not None:
+            self._tune_socket(transport.get_extra_info("socket"))
         self._set_up(True)
 
+    def _tune_socket(self, sock: socket.socket | None) -> None:
+        """Keep the kernel's queue short (see ``XmppSettings``) on a TCP socket."""
+        self._fd = None
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        self._fd = sock.fileno()
+        lowat = self.settings.notsent_lowat
+        if lowat is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, lowat)
+
     def _disconnected(self, _: Any) -> None:
+        self._fd = None
         for event in self._joined.values():
             event.clear()  # rooms must confirm us again after the next connect
         if self._up:

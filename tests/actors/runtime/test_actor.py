@@ -9,7 +9,7 @@ import pytest
 
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.testing import until
-from broker_bridge import Endpoint
+from broker_bridge import Endpoint, Priority
 from broker_bridge.codec import encode_body
 from broker_bridge.memory import MemoryNetwork
 from keypath import KeyPath
@@ -248,3 +248,33 @@ def test_roles_are_found_exactly_or_by_pattern_and_strangers_cost_bounded_memory
     for i in range(1000):
         assert roles.role_of(f"stranger-{i}") is None
     assert len(roles._cache) <= 100
+
+
+async def test_a_busy_actor_takes_critical_envelopes_before_its_backlog(pair) -> None:  # type: ignore[no-untyped-def]
+    # the handlers fall behind (a slow one holds the inbox) while bulk piles up; a critical
+    # envelope that arrives last is handled next, before the bulk that waited for longer
+    a, b = pair
+    gate, holding = asyncio.Event(), asyncio.Event()
+    original = b.read
+
+    async def held(message: PropertyValueRead, ctx: Context) -> MessageBase:
+        if str(message.paths[0]) == "first":
+            holding.set()
+            await gate.wait()
+        return await original(message, ctx)
+
+    b.read = held  # type: ignore[method-assign]
+    a.endpoint.send(source="a", destination="b", message=read("first"), priority=Priority.BULK)
+    await until(holding.is_set, "the first read in its handler")
+    for i in range(20):
+        a.endpoint.send(source="a", destination="b", message=read(f"bulk{i}"),
+                        priority=Priority.BULK)
+    a.endpoint.send(source="a", destination="b", message=read("state"), priority=Priority.STATE)
+    await until(lambda: b.inbox_depth == 21, "the backlog in the inbox")
+    a.endpoint.send(source="a", destination="b", message=read("safety"),
+                    priority=Priority.CRITICAL)
+    await until(lambda: b.inbox_depth == 22, "the critical read behind it")
+    gate.set()
+    await until(lambda: len(b.order) == 23, "everything handled")
+    assert b.order[:3] == ["first", "safety", "state"]
+    assert b.order[3:] == [f"bulk{i}" for i in range(20)]  # in arrival order within a class
