@@ -113,6 +113,7 @@ class ManagedProsody:
         c2s_port: int | None = None,
         component_port: int | None = None,
         log_level: str = "warn",
+        component_secret: str | None = None,
     ) -> None:
         if log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {log_level!r}")
@@ -128,7 +129,7 @@ class ManagedProsody:
         while self._component_port == self._c2s_port:
             self._component_port = _bind(host)
         self._log_level = log_level
-        self._secret: str | None = None
+        self._secret: str | None = component_secret  # None: made once, kept in state_dir
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

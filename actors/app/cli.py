@@ -47,10 +47,20 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
+    accounts = {}
+    for item in args.account:
+        name, sep, password = item.partition("=")
+        if not sep or not name or not password:
+            print(f"csms broker: --account {item!r}: write it as NAME=PASSWORD", file=sys.stderr)
+            return 2
+        accounts[name] = password
     try:
         broker = ManagedProsody(Path(args.state_dir), domain=args.domain,
-                                component_domains=(f"stations.{args.domain}",),
-                                c2s_port=args.c2s_port, component_port=args.component_port)
+                                component_domains=tuple(args.component_domain)
+                                or (f"stations.{args.domain}",),
+                                c2s_port=args.c2s_port, component_port=args.component_port,
+                                host=args.host, component_secret=args.component_secret)
+        broker.create_accounts(accounts)
         return asyncio.run(_run_broker(broker))
     except (BrokerNotInstalledError, BrokerStartError, ValueError) as exc:
         print(f"csms broker: {exc}", file=sys.stderr)
@@ -189,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="client port (default: a free loopback port)")
     broker.add_argument("--component-port", type=int, default=None,
                         help="XEP-0114 component port (default: a free loopback port)")
+    broker.add_argument("--host", default="127.0.0.1",
+                        help="the address to listen on (default: 127.0.0.1)")
+    broker.add_argument("--component-domain", action="append", default=[],
+                        help="a component domain (repeat for several; default: "
+                             "stations.DOMAIN)")
+    broker.add_argument("--component-secret", default=None,
+                        help="the components' secret (default: made once, kept in the "
+                             "state directory)")
+    broker.add_argument("--account", action="append", default=[], metavar="NAME=PASSWORD",
+                        help="create (or reset) an account on DOMAIN; repeat for several")
     broker.set_defaults(func=_broker)
     for name, what in (("cloud", "a cloud CSMS"), ("local", "a site's local CSMS"),
                        ("station", "a host of simulated stations"),
