@@ -12,6 +12,8 @@ STAMP=$VENV/.setup-stamp
 
 # Debian packages, by the command that proves each one is present.
 declare -A APT_FOR_COMMAND=([prosody]=prosody)
+# The cloud broker at scale (broker_bridge.ejabberd runs a private cluster of it).
+APT_FOR_COMMAND[ejabberdctl]=ejabberd
 
 log() { printf 'setup: %s\n' "$*"; }
 
@@ -29,6 +31,21 @@ quiet_system_prosody() {
         fi
     fi
     log "system Prosody service stopped and disabled (the project runs its own)"
+}
+
+# Likewise for ejabberd: the package starts a system node (epmd, ports 5222/5269/5280) that would
+# hold the ports and the node name; the project only runs its own (broker_bridge.ejabberd).
+quiet_system_ejabberd() {
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now ejabberd.service >/dev/null 2>&1 || true
+    fi
+    if [ -x /etc/init.d/ejabberd ]; then
+        /etc/init.d/ejabberd stop >/dev/null 2>&1 || true
+        if command -v update-rc.d >/dev/null 2>&1; then
+            update-rc.d ejabberd disable >/dev/null 2>&1 || true
+        fi
+    fi
+    log "system ejabberd service stopped and disabled (the project runs its own)"
 }
 
 need_apt=()
@@ -49,6 +66,9 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
     if [[ " ${need_apt[*]} " == *" prosody "* ]]; then
         quiet_system_prosody
+    fi
+    if [[ " ${need_apt[*]} " == *" ejabberd "* ]]; then
+        quiet_system_ejabberd
     fi
 fi
 
