@@ -17,35 +17,21 @@ APT_FOR_COMMAND[ejabberdctl]=ejabberd
 
 log() { printf 'setup: %s\n' "$*"; }
 
-# The Debian package may start a system-wide Prosody on port 5222. The project only ever runs its
-# own (csms broker, broker_bridge.prosody), so stop and disable the system one; every step may
-# fail harmlessly (containers have no systemd and often no running init scripts).
-quiet_system_prosody() {
+# The Debian packages start system-wide servers (Prosody on port 5222; ejabberd with epmd and
+# ports 5222/5269/5280). The project only ever runs its own (csms broker, broker_bridge.prosody,
+# broker_bridge.ejabberd), so stop and disable the system ones; every step may fail harmlessly
+# (containers have no systemd and often no running init scripts).
+quiet_system_service() {  # SERVICE LABEL
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        systemctl disable --now prosody.service >/dev/null 2>&1 || true
+        systemctl disable --now "$1.service" >/dev/null 2>&1 || true
     fi
-    if [ -x /etc/init.d/prosody ]; then
-        /etc/init.d/prosody stop >/dev/null 2>&1 || true
+    if [ -x "/etc/init.d/$1" ]; then
+        "/etc/init.d/$1" stop >/dev/null 2>&1 || true
         if command -v update-rc.d >/dev/null 2>&1; then
-            update-rc.d prosody disable >/dev/null 2>&1 || true
+            update-rc.d "$1" disable >/dev/null 2>&1 || true
         fi
     fi
-    log "system Prosody service stopped and disabled (the project runs its own)"
-}
-
-# Likewise for ejabberd: the package starts a system node (epmd, ports 5222/5269/5280) that would
-# hold the ports and the node name; the project only runs its own (broker_bridge.ejabberd).
-quiet_system_ejabberd() {
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        systemctl disable --now ejabberd.service >/dev/null 2>&1 || true
-    fi
-    if [ -x /etc/init.d/ejabberd ]; then
-        /etc/init.d/ejabberd stop >/dev/null 2>&1 || true
-        if command -v update-rc.d >/dev/null 2>&1; then
-            update-rc.d ejabberd disable >/dev/null 2>&1 || true
-        fi
-    fi
-    log "system ejabberd service stopped and disabled (the project runs its own)"
+    log "system $2 service stopped and disabled (the project runs its own)"
 }
 
 need_apt=()
@@ -65,10 +51,10 @@ if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
     if [[ " ${need_apt[*]} " == *" prosody "* ]]; then
-        quiet_system_prosody
+        quiet_system_service prosody Prosody
     fi
     if [[ " ${need_apt[*]} " == *" ejabberd "* ]]; then
-        quiet_system_ejabberd
+        quiet_system_service ejabberd ejabberd
     fi
 fi
 
