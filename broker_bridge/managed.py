@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import ctypes
 import os
 import re
@@ -156,6 +157,24 @@ def _die_with_parent(raise_open_files: bool = False) -> Callable[[], None] | Non
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     return preexec
+
+
+async def serve_until_signalled(alive: Callable[[], bool]) -> bool:
+    """Run a managed broker in the foreground: return True on Ctrl-C or SIGTERM, False as soon
+    as ``alive()`` turns false (the broker died on its own)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        while alive() and not stop.is_set():
+            # Wakes up now and then to notice a broker that died on its own.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return stop.is_set()
 
 
 # -- readiness and ports --------------------------------------------------------------------------
