@@ -55,6 +55,11 @@ if ((${#need_apt[@]})); then
     fi
     if [[ " ${need_apt[*]} " == *" ejabberd "* ]]; then
         quiet_system_service ejabberd ejabberd
+        # The system node's epmd (Erlang's name daemon, listening on every interface) outlives
+        # it; our nodes use none. Stop it unless some Erlang node still relies on it.
+        if command -v epmd >/dev/null 2>&1 && ! epmd -names 2>/dev/null | grep -q '^name '; then
+            epmd -kill >/dev/null 2>&1 || true
+        fi
     fi
 fi
 
