@@ -50,6 +50,8 @@ class BrokerConfig(Settings):
     muc_domain: str = "rooms.csms.local"
     routes: tuple[tuple[str, ...], ...] = ()
     tls: bool = False
+    # more nodes of a clustered broker: [host, c2s_port, component_port], tried in turn
+    alternates: tuple[tuple[str, int, int], ...] = ()
 
     @field_validator("c2s_port", "component_port")
     @classmethod
@@ -57,6 +59,16 @@ class BrokerConfig(Settings):
         if not 0 < port < 65536:
             raise ValueError(f"{port} is not a TCP port")
         return port
+
+    @field_validator("alternates")
+    @classmethod
+    def _alternates(cls, nodes: tuple[tuple[str, int, int], ...]
+                    ) -> tuple[tuple[str, int, int], ...]:
+        for i, (_, c2s, component) in enumerate(nodes):
+            for port in (c2s, component):
+                if not 0 < port < 65536:
+                    raise ValueError(f"alternates[{i}]: {port} is not a TCP port")
+        return nodes
 
     @field_validator("routes")
     @classmethod

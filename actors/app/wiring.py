@@ -42,7 +42,7 @@ def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
                         component_port=broker.component_port, domain=broker.domain,
                         muc_domain=broker.muc_domain,
                         routes=tuple((pattern, domain) for pattern, domain in broker.routes),
-                        tls=broker.tls)
+                        tls=broker.tls, alternates=broker.alternates)
 
 
 @dataclass
