@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from broker_bridge import ejabberd
 from broker_bridge.ejabberd import EjabberdCommandError, EjabberdInstall, ManagedEjabberdCluster
+from broker_bridge.ejabberd import cluster as ejabberd_cluster
 from broker_bridge.managed import BrokerEndpoint, BrokerNotInstalledError
 from tests.broker_bridge.test_prosody import alive, login, wait_gone
 
@@ -81,7 +81,7 @@ def test_accounts_are_checked_and_need_a_running_node(tmp_path: Path) -> None:
 def test_missing_ejabberd_explains_how_to_install(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(ejabberd, "_SBIN", ())
+    monkeypatch.setattr(ejabberd_cluster, "_SBIN", ())
     with pytest.raises(BrokerNotInstalledError, match="make setup"):
         asyncio.run(ManagedEjabberdCluster(tmp_path / "c").start())
     assert not (tmp_path / "c" / "node1").exists()
