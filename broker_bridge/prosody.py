@@ -18,80 +18,40 @@ then rename). ``mod_storage_internal`` reads that file at every lookup, with no 
 works with the server up or down, in milliseconds for thousands of accounts (``prosodyctl
 register`` costs about 26 ms each).
 
-Process hygiene: the child has its own process group, so a terminal's Ctrl-C reaches only us and
-we stop Prosody gracefully; on Linux ``PR_SET_PDEATHSIG(SIGTERM)`` makes it die with us even when
-we are SIGKILLed (it follows the *thread* that spawned it: start the broker from one that outlives
-it, like the event loop's); an ``atexit`` hook stops a child that ``stop()`` never did.
+Process hygiene (its own process group, death with its parent, the ``atexit`` hook) is what every
+managed broker shares: see ``broker_bridge.managed``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import ctypes
 import os
-import re
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from string import Template
 from typing import Any
 
+from broker_bridge import managed
+from broker_bridge.managed import (
+    BrokerEndpoint,
+    BrokerNotInstalledError,
+    BrokerStartError,
+    bind_port,
+    check_account,
+    check_domains,
+    stored_secret,
+)
 from broker_bridge.xmpp.addresses import XmppSettings
+
+__all__ = ["BrokerEndpoint", "BrokerNotInstalledError", "BrokerStartError", "ManagedProsody"]
 
 INSTALL_HINT = (
     "Prosody is not installed: run `make setup` (as root it installs the Debian package "
     "`prosody`), or `apt-get install prosody`"
 )
 LOG_LEVELS = ("debug", "info", "warn", "error")
-POLL_INTERVAL = 0.02  # seconds between readiness and exit checks
-_PR_SET_PDEATHSIG = 1
-_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
-# ASCII localparts without the characters RFC 6122 forbids; upper case is folded first.
-_LOCALPART = re.compile(r"[^\x00-\x20\"&'/:<>@A-Z\x7f]{1,1023}")
-
-
-class BrokerNotInstalledError(RuntimeError):
-    """The ``prosody`` executable is not on PATH; the message says how to install it."""
-
-
-class BrokerStartError(RuntimeError):
-    """Prosody exited or did not serve in time; the message holds the tail of its log."""
-
-
-@dataclass(frozen=True)
-class BrokerEndpoint:
-    """Where and how to reach a broker: what ``csms broker`` prints and actors connect to."""
-
-    host: str
-    c2s_port: int
-    component_port: int
-    domain: str
-    muc_domain: str
-    component_domains: tuple[str, ...]
-    component_secret: str
-    config_path: Path | None = None  # a managed broker's config, for the prosodyctl hint
-
-    def describe(self) -> str:
-        """Human text: addresses, domains, how to create an account, the component secret."""
-        register = (f"prosodyctl --config {self.config_path} register USER {self.domain} PASSWORD"
-                    if self.config_path else "with the broker's own admin tool")
-        return "\n".join([
-            f"XMPP broker on {self.host}",
-            f"  clients (c2s):     {self.host}:{self.c2s_port}, domain {self.domain}, "
-            "SASL PLAIN without TLS (loopback only)",
-            f"  components:        {self.host}:{self.component_port} (XEP-0114), "
-            f"domains {', '.join(self.component_domains) or '(none)'}",
-            f"  component secret:  {self.component_secret}",
-            f"  chat rooms (MUC):  {self.muc_domain}",
-            f"  create an account: {register}",
-        ])
 
 
 class ManagedProsody:
@@ -117,17 +77,15 @@ class ManagedProsody:
     ) -> None:
         if log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {log_level!r}")
-        for name in (domain, *component_domains):
-            if not _DOMAIN.fullmatch(name):
-                raise ValueError(f"not a lower-case DNS-style domain: {name!r}")
+        check_domains((domain, *component_domains))
         self._state_dir = Path(state_dir).resolve()
         self._domain = domain
         self._component_domains = tuple(component_domains)
         self._host = host
-        self._c2s_port = c2s_port or _bind(host)
-        self._component_port = component_port or _bind(host)
+        self._c2s_port = c2s_port or bind_port(host)
+        self._component_port = component_port or bind_port(host)
         while self._component_port == self._c2s_port:
-            self._component_port = _bind(host)
+            self._component_port = bind_port(host)
         self._log_level = log_level
         self._secret: str | None = component_secret  # None: made once, kept in state_dir
         self._proc: subprocess.Popen[bytes] | None = None
@@ -199,20 +157,10 @@ class ManagedProsody:
         for sub in ("data", "certs"):  # an empty certs/ keeps certmanager from logging errors
             (self._state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._render_config(), encoding="utf-8")
-        for port in (self._c2s_port, self._component_port):
-            # Checked first: Prosody only logs a bind failure, and our readiness probe would
-            # then talk to whoever holds the port.
-            if not _bind(self._host, port):
-                raise BrokerStartError(f"port {port} on {self._host} is already in use "
-                                       "(another broker still running?)")
+        managed.check_ports_free(self._host, (self._c2s_port, self._component_port))
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as console:
-            self._proc = subprocess.Popen(
-                [binary, "--config", str(self.config_path), "-F"],
-                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                cwd=self._state_dir, process_group=0, preexec_fn=_die_with_parent(),
-            )
-        _LIVE[self._proc.pid] = self._proc
+        self._proc = managed.spawn([binary, "--config", str(self.config_path), "-F"],
+                                   cwd=self._state_dir, log_path=self.log_path)
         try:
             await self._wait_ready(timeout, log_offset)
         except BaseException:  # failed or cancelled: leave no half-started broker behind
@@ -225,20 +173,22 @@ class ManagedProsody:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            if not await _wait_exit(proc, timeout, self._state_dir / "prosody.pid"):
-                proc.send_signal(signal.SIGKILL)
-                await _wait_exit(proc, timeout)
-        _LIVE.pop(proc.pid, None)
+        pidfile = self._state_dir / "prosody.pid"
+
+        def poke() -> None:
+            if not pidfile.exists():
+                # The shutdown is complete (mod_posix removes the pidfile on "server-stopped"),
+                # but with clients connected the event loop then sleeps up to 1 s on its quit
+                # timer before exiting. Any handled signal interrupts that sleep; SIGUSR1 does
+                # nothing else.
+                proc.send_signal(signal.SIGUSR1)
+
+        await managed.terminate(proc, timeout, poke)
 
     def kill(self) -> None:
         """SIGKILL the child and wait for it (a broker crash, for tests)."""
-        proc = self._proc
-        if proc is not None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            _LIVE.pop(proc.pid, None)
+        if self._proc is not None:
+            managed.kill(self._proc)
 
     async def restart(self, timeout: float = 15.0) -> BrokerEndpoint:
         """Stop if running, then start again on the same ports and data (accounts survive)."""
@@ -251,7 +201,7 @@ class ManagedProsody:
         Works with the server up or down. Localparts are case-folded and must be ASCII without
         ``"&'/:<>@``, spaces or control characters (others need nodeprep: use prosodyctl).
         """
-        entries = [_account(user, pw) for user, pw in accounts.items()]
+        entries = [check_account(user, pw) for user, pw in accounts.items()]
         folder = self._accounts_dir()
         folder.mkdir(parents=True, exist_ok=True)
         for user, password in entries:
@@ -263,21 +213,14 @@ class ManagedProsody:
 
     def has_account(self, user: str) -> bool:
         """Whether the account ``user@domain`` exists."""
-        return (self._accounts_dir() / f"{_path_encode(_account(user)[0])}.dat").is_file()
+        return (self._accounts_dir() / f"{_path_encode(check_account(user)[0])}.dat").is_file()
 
     def _accounts_dir(self) -> Path:
         return self._state_dir / "data" / _path_encode(self._domain) / "accounts"
 
     def _component_secret(self) -> str:
-        # Kept in the state directory so a restarted broker accepts already-configured components.
-        path = self._state_dir / "component.secret"
-        if self._secret is None and path.is_file():
-            self._secret = path.read_text(encoding="ascii").strip()
-        elif self._secret is None:
-            self._state_dir.mkdir(parents=True, exist_ok=True)
-            self._secret = secrets.token_urlsafe(24)
-            path.touch(mode=0o600)
-            path.write_text(self._secret + "\n", encoding="ascii")
+        if self._secret is None:
+            self._secret = stored_secret(self._state_dir / "component.secret")
         return self._secret
 
     def _render_config(self) -> str:
@@ -299,27 +242,14 @@ class ManagedProsody:
         # modules but installs its SIGTERM handler, and serves anyone, only once its main loop
         # runs. An answered c2s stream therefore also means every other listener is open.
         assert self._proc is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not await _answers_stream(self._host, self._c2s_port, self._domain):
-            if (code := self._proc.poll()) is not None:
-                raise BrokerStartError(f"Prosody exited with status {code} while starting; "
-                                       f"{self._log_tail(log_offset)}")
-            if loop.time() >= deadline:
-                raise BrokerStartError(f"Prosody did not serve {self._host}:{self._c2s_port} "
-                                       f"within {timeout:g} s; {self._log_tail(log_offset)}")
-            await asyncio.sleep(POLL_INTERVAL)
-        if "Failed to open server port" in self._log_tail(log_offset):
-            raise BrokerStartError(f"Prosody could not open its ports; {self._log_tail(log_offset)}")
 
-    def _log_tail(self, offset: int = 0, lines: int = 30) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(offset)
-                tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
-        except OSError as exc:
-            return f"no log ({exc})"
-        return f"log {self.log_path}:\n" + ("\n".join(tail) or "(empty)")
+        def tail() -> str:
+            return managed.log_tail(self.log_path, log_offset)
+
+        await managed.wait_serving(self._proc, self._host, self._c2s_port, self._domain,
+                                   timeout, "Prosody", tail)
+        if "Failed to open server port" in tail():
+            raise BrokerStartError(f"Prosody could not open its ports; {tail()}")
 
 
 _CONFIG = Template("""\
@@ -356,96 +286,6 @@ Component $muc "muc"
 \t-- frames carry no <body/> and are never stored, but keep history off for anything else
 \tmuc_room_default_history_length = 0
 $components""")
-
-# Children still running, for the atexit hook (by pid: a forgotten ManagedProsody may be gone).
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
-
-
-@atexit.register
-def _stop_children_at_exit() -> None:
-    for proc in _LIVE.values():
-        proc.send_signal(signal.SIGTERM)
-    for proc in _LIVE.values():
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-    _LIVE.clear()
-
-
-async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float,
-                     pidfile: Path | None = None) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while proc.poll() is None:
-        if loop.time() >= deadline:
-            return False
-        if pidfile is not None and not pidfile.exists():
-            # The shutdown is complete (mod_posix removes the pidfile on "server-stopped"), but
-            # with clients connected the event loop then sleeps up to 1 s on its quit timer
-            # before exiting. Any handled signal interrupts that sleep; SIGUSR1 does nothing else.
-            proc.send_signal(signal.SIGUSR1)
-        await asyncio.sleep(POLL_INTERVAL / 2)
-    return True
-
-
-async def _answers_stream(host: str, port: int, domain: str) -> bool:
-    """Whether a client stream to ``domain`` gets its features, i.e. the server is serving."""
-    try:
-        reader, writer = await asyncio.open_connection(host, port)
-    except OSError:
-        return False
-    try:
-        writer.write(f"<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' "
-                     "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
-                     .encode())
-        reply = await asyncio.wait_for(reader.readuntil(b"</stream:features>"), 2.0)
-        writer.write(b"</stream:stream>")
-        await asyncio.wait_for(reader.read(), 2.0)  # until the server closes: nothing lingers
-        return b"<stream:error" not in reply
-    except (OSError, EOFError, asyncio.LimitOverrunError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the child SIGTERMed when its parent dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-def _bind(host: str, port: int = 0) -> int:
-    """Bind ``host:port`` (0: any) as Prosody's listeners do, and close: the port, 0 if taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            if port == 0:
-                raise
-            return 0
-        return int(s.getsockname()[1])
-
-
-def _account(user: str, password: str = "x") -> tuple[str, str]:
-    folded = user.lower()  # ASCII nodeprep
-    if not (folded.isascii() and _LOCALPART.fullmatch(folded)):
-        raise ValueError(f"unsupported XMPP localpart {user!r} (ASCII, no space or \"&'/:<>@)")
-    if not password or any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
-        raise ValueError(f"the password of {user!r} is empty or holds control characters")
-    return folded, password
-
 
 def _path_encode(name: str) -> str:
     """``util/datamanager.lua``'s ``encode``: every byte but ASCII letters and digits as %xx."""

@@ -12,23 +12,26 @@ STAMP=$VENV/.setup-stamp
 
 # Debian packages, by the command that proves each one is present.
 declare -A APT_FOR_COMMAND=([prosody]=prosody)
+# The cloud broker at scale (broker_bridge.ejabberd runs a private cluster of it).
+APT_FOR_COMMAND[ejabberdctl]=ejabberd
 
 log() { printf 'setup: %s\n' "$*"; }
 
-# The Debian package may start a system-wide Prosody on port 5222. The project only ever runs its
-# own (csms broker, broker_bridge.prosody), so stop and disable the system one; every step may
-# fail harmlessly (containers have no systemd and often no running init scripts).
-quiet_system_prosody() {
+# The Debian packages start system-wide servers (Prosody on port 5222; ejabberd with epmd and
+# ports 5222/5269/5280). The project only ever runs its own (csms broker, broker_bridge.prosody,
+# broker_bridge.ejabberd), so stop and disable the system ones; every step may fail harmlessly
+# (containers have no systemd and often no running init scripts).
+quiet_system_service() {  # SERVICE LABEL
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        systemctl disable --now prosody.service >/dev/null 2>&1 || true
+        systemctl disable --now "$1.service" >/dev/null 2>&1 || true
     fi
-    if [ -x /etc/init.d/prosody ]; then
-        /etc/init.d/prosody stop >/dev/null 2>&1 || true
+    if [ -x "/etc/init.d/$1" ]; then
+        "/etc/init.d/$1" stop >/dev/null 2>&1 || true
         if command -v update-rc.d >/dev/null 2>&1; then
-            update-rc.d prosody disable >/dev/null 2>&1 || true
+            update-rc.d "$1" disable >/dev/null 2>&1 || true
         fi
     fi
-    log "system Prosody service stopped and disabled (the project runs its own)"
+    log "system $2 service stopped and disabled (the project runs its own)"
 }
 
 need_apt=()
@@ -48,7 +51,15 @@ if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
     if [[ " ${need_apt[*]} " == *" prosody "* ]]; then
-        quiet_system_prosody
+        quiet_system_service prosody Prosody
+    fi
+    if [[ " ${need_apt[*]} " == *" ejabberd "* ]]; then
+        quiet_system_service ejabberd ejabberd
+        # The system node's epmd (Erlang's name daemon, listening on every interface) outlives
+        # it; our nodes use none. Stop it unless some Erlang node still relies on it.
+        if command -v epmd >/dev/null 2>&1 && ! epmd -names 2>/dev/null | grep -q '^name '; then
+            epmd -kill >/dev/null 2>&1 || true
+        fi
     fi
 fi
 

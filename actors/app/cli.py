@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
+from broker_bridge.managed import serve_until_signalled
 from broker_bridge.prosody import BrokerNotInstalledError, BrokerStartError, ManagedProsody
 
 BENCHMARKS = {
@@ -69,18 +68,10 @@ def _broker(args: argparse.Namespace) -> int:
 
 async def _run_broker(broker: ManagedProsody) -> int:
     # Prosody runs in its own process group: a Ctrl-C reaches only us, and we stop it cleanly.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     async with broker:
         print(broker.endpoint.describe())
         print(f"state and log in {broker.state_dir}\nCtrl-C to stop", flush=True)
-        while broker.running and not stop.is_set():
-            # Wakes up now and then to notice a broker that died on its own.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-        crashed = not broker.running
+        crashed = not await serve_until_signalled(lambda: broker.running)
     if crashed:
         print(f"csms broker: Prosody exited unexpectedly; see {broker.log_path}", file=sys.stderr)
         return 1

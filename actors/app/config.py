@@ -75,6 +75,8 @@ class BrokerConfig(Settings):
         if rate is not None and rate <= 0:
             raise ValueError("a link rate is positive (leave it out: no pacing)")
         return rate
+    # more nodes of a clustered broker: [host, c2s_port, component_port], tried in turn
+    alternates: tuple[tuple[str, int, int], ...] = ()
 
     @field_validator("c2s_port", "component_port")
     @classmethod
@@ -82,6 +84,16 @@ class BrokerConfig(Settings):
         if not 0 < port < 65536:
             raise ValueError(f"{port} is not a TCP port")
         return port
+
+    @field_validator("alternates")
+    @classmethod
+    def _alternates(cls, nodes: tuple[tuple[str, int, int], ...]
+                    ) -> tuple[tuple[str, int, int], ...]:
+        for i, (_, c2s, component) in enumerate(nodes):
+            for port in (c2s, component):
+                if not 0 < port < 65536:
+                    raise ValueError(f"alternates[{i}]: {port} is not a TCP port")
+        return nodes
 
     @field_validator("routes")
     @classmethod

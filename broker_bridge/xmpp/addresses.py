@@ -35,6 +35,11 @@ class XmppSettings:
     way, so this bounds the modem's queue too. ``notsent_lowat`` sets ``TCP_NOTSENT_LOWAT``
     (the kernel takes no more while more than that is unsent). Both off (``None``) by default;
     an uplink turns them on.
+
+    ``alternates`` are more nodes of the same broker (a cluster), as ``(host, c2s_port,
+    component_port)``: ``servers`` is ``host`` and its ports followed by them, and a transport
+    that loses its node, or cannot reach it, moves to the next one in that ring. With none, it
+    always comes back to ``host``.
     """
 
     host: str = "127.0.0.1"
@@ -56,12 +61,22 @@ class XmppSettings:
     close_timeout_s: float = 3.0
     max_stanza_bytes: int = 250 * 1024
     extra_domains: tuple[str, ...] = field(default=())
+    alternates: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.sm_window < 1:
             raise ValueError("sm_window must be at least 1")
         if self.send_window_bytes is not None and self.send_window_bytes < 4096:
             raise ValueError("send_window_bytes must be at least 4096 (or None: no window)")
+        # settings that crossed JSON arrive with lists: keep them hashable and comparable
+        object.__setattr__(self, "alternates", tuple(
+            (str(host), int(c2s), int(component)) for host, c2s, component in self.alternates))
+
+    @property
+    def servers(self) -> tuple[tuple[str, int, int], ...]:
+        """Every node to try, in order: ``(host, c2s_port, component_port)``, then the
+        ``alternates``."""
+        return ((self.host, self.c2s_port, self.component_port), *self.alternates)
 
 
 class AddressBook:

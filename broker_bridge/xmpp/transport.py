@@ -15,7 +15,10 @@ its local members; the sender's own echo is dropped here.
 The link is kept up by a reconnect loop with full-jitter exponential backoff (the cure for
 reconnect storms; ``broker_bridge.backoff``, waiting on the transport's clock with its own
 random generator); slixmpp's own unjittered retries are cancelled. Clients use a fixed resource,
-so a session that hibernates on the broker after a crash is taken over, not orphaned.
+so a session that hibernates on the broker after a crash is taken over, not orphaned. Given
+several nodes of a clustered broker (``XmppSettings.alternates``), each lost connection or failed
+attempt moves the next attempt to the next node: a transport stays on a node while it works and
+leaves a dead one after one backoff delay.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class XmppTransport:
         self._fd: int | None = None  # the TCP socket, for the send window
         self._outq = array.array("i", [0])
         self._poll: asyncio.TimerHandle | None = None
+        self._server = 0  # index in settings.servers of the node to connect to
         self.frames_sent = 0
         self.bytes_sent = 0
         self.frames_received = 0
@@ -138,9 +142,10 @@ class XmppTransport:
                 await self._first_up.wait()
         except TimeoutError:
             await self.stop()
-            port = self.settings.c2s_port if self.account else self.settings.component_port
+            where = ", ".join(f"{host}:{c2s if self.account else component}"
+                              for host, c2s, component in self.settings.servers)
             raise BrokerUnreachableError(
-                f"{self.name}: no XMPP session with {self.settings.host}:{port} after "
+                f"{self.name}: no XMPP session with {where} after "
                 f"{self.settings.connect_timeout_s:g} s; is the broker running and are the "
                 f"credentials right? (`csms broker` runs one)") from None
 
@@ -375,6 +380,8 @@ class XmppTransport:
                 log.warning("%s: lost the broker connection; reconnecting", self.name)
             else:
                 failed_attempts += 1
+            # a node we lost or could not reach: try the next one of the cluster, if any
+            self._server = (self._server + 1) % len(self.settings.servers)
             # the lost connection counts as a failure too: the first retry after a loss waits
             # up to reconnect_base_s, each failed attempt doubles that, up to reconnect_cap_s
             # (full jitter: no synchronised storms)
@@ -399,10 +406,8 @@ class XmppTransport:
         for event, handler in handlers:
             stream.add_event_handler(event, handler)
         try:
-            if self.account is not None:
-                stream.connect(self.settings.host, self.settings.c2s_port)
-            else:
-                stream.connect()
+            host, c2s_port, component_port = self.settings.servers[self._server]
+            stream.connect(host, c2s_port if self.account is not None else component_port)
             try:
                 async with asyncio.timeout(self.settings.connect_timeout_s):
                     return await done

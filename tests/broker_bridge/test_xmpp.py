@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import json
 import os
 import random
+from dataclasses import replace
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -24,6 +28,7 @@ from broker_bridge.codec import (
 )
 from broker_bridge.endpoint import Endpoint
 from broker_bridge.envelope import Envelope, Priority
+from broker_bridge.managed import bind_port
 from broker_bridge.prosody import ManagedProsody
 from broker_bridge.session import SECOND, SessionConfig
 from broker_bridge.xmpp import XmppSettings, XmppTransport
@@ -241,6 +246,61 @@ async def test_the_link_comes_back_after_a_broker_restart(
         await inbox.wait_for(20)
         assert inbox.numbers() == list(range(20))
         assert a.transport.reconnects >= 1  # type: ignore[attr-defined]
+
+
+async def test_a_client_given_two_brokers_moves_to_the_other_when_its_own_dies(
+    tmp_path: Path,
+) -> None:
+    """Failover by ``alternates``, on two independent Prosodys (a cluster's nodes share
+    accounts and routes; these two share accounts only): envelopes sent on the first broker,
+    which cannot reach the peer, arrive once the sender moved to the second."""
+    fast = SessionConfig(retransmit_initial_us=SECOND // 4, retransmit_max_us=SECOND)
+    first, second = ManagedProsody(tmp_path / "first"), ManagedProsody(tmp_path / "second")
+    async with first, second:
+        for broker in (first, second):
+            broker.create_accounts({"mover": "pw", "stay": "pw"})
+        both = first.xmpp_settings(alternates=second.xmpp_settings().servers,
+                                   reconnect_cap_s=0.2)
+        inbox = Inbox()
+        async with Endpoint(XmppTransport.client(both, "mover", "pw"), config=fast) as mover, \
+                Endpoint(XmppTransport.client(second.xmpp_settings(), "stay", "pw")) as stay:
+            await mover.register("mover", lambda env: None)
+            await stay.register("stay", inbox)
+            for i in range(10):
+                mover.send(source="mover", destination="stay", message=update(i), reliable=True)
+            first.kill()
+            await inbox.wait_for(10, timeout=10)
+            assert inbox.numbers() == list(range(10))
+            assert mover.transport.connected and mover.reconnects == 1
+            # and it stays on the node that works
+            await until(lambda: mover.session.idle, "the acks", timeout=5)
+            assert mover.transport.reconnects == 1  # type: ignore[attr-defined]
+
+
+async def test_a_transport_whose_first_node_is_down_starts_on_the_next(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    managed_prosody.create_accounts({"late": "pw"})
+    dead = bind_port(settings.host)  # free, so nothing answers there
+    skewed = replace(settings, c2s_port=dead, component_port=dead,
+                     alternates=settings.servers, reconnect_cap_s=0.2)
+    client_link = XmppTransport.client(skewed, "late", "pw")
+    component_link = XmppTransport.component(skewed, "stations.csms.local",
+                                             managed_prosody.endpoint.component_secret)
+    for link in (client_link, component_link):
+        await link.start()
+        try:
+            assert link.connected
+        finally:
+            await link.stop()
+
+
+def test_alternates_survive_a_json_round_trip() -> None:
+    settings = XmppSettings(alternates=(("127.0.0.1", 5223, 5348),))
+    raw = json.loads(json.dumps(dataclasses.asdict(settings)))
+    assert XmppSettings(**{**raw, "routes": (), "extra_domains": ()}) == settings
+    assert settings.servers == (("127.0.0.1", 5222, 5347), ("127.0.0.1", 5223, 5348))
+    assert XmppSettings().servers == (("127.0.0.1", 5222, 5347),)
 
 
 class SkippingClock:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from actors.app.config import ConfigError, load_config
+from actors.app.wiring import xmpp_settings
 from object_model import Role
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "examples"
@@ -22,6 +23,10 @@ def test_the_documented_examples_load() -> None:
     stations = load_config(EXAMPLES / "stations.toml")
     assert stations.stations is not None and stations.stations.role is Role.LOCAL_CSMS
     assert stations.stations.ids == ("cs-site1-1", "cs-site1-2", "cs-site1-3")
+    cluster = load_config(EXAMPLES / "cloud-cluster.toml")
+    assert cluster.cloud is not None
+    settings = xmpp_settings(cluster.broker)
+    assert settings.servers == (("127.0.0.1", 5222, 5347), ("127.0.0.1", 5223, 5348))
 
 
 @pytest.mark.parametrize(
@@ -35,6 +40,10 @@ def test_the_documented_examples_load() -> None:
         ("[local\n", "not valid TOML"),
         ("[broker]\nroutes = [['cs-*']]\n", "routes[0]: a route is [address pattern, domain]"),
         ("[broker]\ncomponent_port = 70000\n", "component_port: 70000 is not a TCP port"),
+        ("[broker]\nalternates = [['127.0.0.1', 5223, 0]]\n",
+         "alternates[0]: 0 is not a TCP port"),
+        ("[broker]\nalternates = [['127.0.0.1', '5223', 5348]]\n",
+         "[broker].alternates[0][1]: expected int"),
         ("[stations]\nids = ['cs-1', 'cs-2', 'cs-1']\n", "ids: cs-1 given more than once"),
         ("[stations]\nids = ['cs 1']\n", "ids: 'cs 1' is not an actor address"),
         ("[stations]\nspeed = 0\n", "speed: must be more than 0"),
