@@ -85,6 +85,7 @@ class Endpoint:
         self.bytes_sent = 0
         self.reconnects = 0  # times the link came back after it was lost
         self._link_up: bool | None = None  # None: never up yet
+        self._link_listeners: list[Callable[[bool], None]] = []
         transport.on_frame = self._on_frame
         transport.on_link = self._on_link
         transport.on_writable = self._wake.set
@@ -209,6 +210,16 @@ class Endpoint:
         self._wake.set()
         return env
 
+    @property
+    def link_up(self) -> bool:
+        """Whether the link to the broker is up now."""
+        return bool(self._link_up)
+
+    def on_link_change(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``listener(up)`` each time the link goes up or down; returns the undo."""
+        self._link_listeners.append(listener)
+        return lambda: self._link_listeners.remove(listener)
+
     # -- transport callbacks -------------------------------------------------------------------
 
     def _on_frame(self, origin: Origin, data: bytes) -> None:
@@ -231,6 +242,11 @@ class Endpoint:
                 self._link_up = False
             self.session.link_down(now)
         self._wake.set()
+        for listener in list(self._link_listeners):
+            try:
+                listener(up)
+            except Exception:
+                log.exception("%s: a link listener failed", self.name)
 
     # -- the pump -------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 
 from actors.csms.management import Management
 from actors.csms.replicas import CopyEvents
@@ -68,6 +69,7 @@ class LocalCsms(TreeActor):
         if settings.resource_manager:
             self.roles.add(settings.resource_manager, Role.RESOURCE_MANAGER)
         self.store = store
+        self._unwatch_uplink: Callable[[], None] = lambda: None
         self.management = parts = Management(self, self.role, store, settings, CopyEvents(
             changed=self._copy_changed, heartbeat=self._heartbeat, resynced=self._resynced))
         self.own, self.copies, self.trees = parts.own, parts.copies, parts.view
@@ -91,11 +93,16 @@ class LocalCsms(TreeActor):
         for station in self.copies.stations:  # stations we already knew keep their rights
             self.roles.add(station, Role.STATION)
         self.site_policy.start()
-        if self.upstream is not None:
+        if self.upstream is not None and self.settings.cloud:
+            uplink = self.links.endpoint_for(self.settings.cloud)
+            if uplink is not self.links.default:  # the cloud is across an uplink of its own
+                self.upstream.link_changed(uplink.link_up)
+                self._unwatch_uplink = uplink.on_link_change(self.upstream.link_changed)
             self.spawn(self.upstream.run(), "join-cloud")
         self.energy.start()
 
     async def on_stop(self) -> None:
+        self._unwatch_uplink()
         await self.management.close()
 
     def upstream_joined(self) -> bool:

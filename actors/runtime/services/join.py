@@ -6,6 +6,12 @@ come back in step: reconnect storms are a known failure of OCPP deployments). On
 waits; when the upstream says it does not know us any more (an ``ErrorReport`` with
 ``NOT_ADMITTED``: it lost its storage, or our admission) the actor calls ``lost`` and it joins
 again, after a random pause, since every member of that upstream hears the same at once.
+
+A member told about its link (``link_changed``: a local CSMS's uplink) treats a link that went
+down as a membership to renew: it stops counting itself joined at once (so that nothing is
+queued for an upstream it cannot reach), waits for the link, and joins again as soon as the
+link is back, announcing what its trees hold, so the upstream resynchronises only what
+changed meanwhile.
 """
 
 from __future__ import annotations
@@ -41,16 +47,27 @@ class Membership:
         self.joined = False
         self.joins = 0
         self._lost = asyncio.Event()
+        self._link = asyncio.Event()
+        self._link.set()  # unless told otherwise, the link is assumed up
 
     def lost(self) -> None:
         """The upstream does not know us (any more): join again."""
         self.joined = False
         self._lost.set()
 
+    def link_changed(self, up: bool) -> None:
+        """The link to the upstream went up or down (see the module docstring)."""
+        if up:
+            self._link.set()
+        else:
+            self._link.clear()
+            self.lost()
+
     async def run(self) -> None:
         """Join, and join again whenever ``lost`` is called, until cancelled."""
         actor, failures = self.actor, 0
         while True:
+            await self._link.wait()
             request = self.announce()
             try:
                 answer = await actor.request(self.upstream, request, timeout=self.timeout_s)
