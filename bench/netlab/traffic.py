@@ -2,9 +2,11 @@
 probes that measure them from the other side.
 
     python -m bench.netlab.traffic serve --bind 198.19.1.2 --port 7000    # TCP and UDP echo
+    python -m bench.netlab.traffic echo-to --to 198.18.0.1:9000     # echo on a connection it opens
     python -m bench.netlab.traffic upload --to 198.18.0.1:9000 --bytes 500000
 
-``serve`` prints ``ready`` once both sockets listen. ``upload`` sends its bytes, half-closes and
+``serve`` prints ``ready`` once both sockets listen. ``echo-to`` opens the connection, as a
+site's local CSMS opens its uplink, and echoes what comes back on it until it closes. ``upload`` sends its bytes, half-closes and
 waits for the receiver to close (so every byte arrived), then prints one JSON line.
 In-process, `udp_echo_probe` measures round trips and order against an echo server, and
 `TcpSink` receives a bulk transfer and measures its rate.
@@ -54,6 +56,12 @@ async def serve(bind: str, port: int) -> None:
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
+
+
+async def echo_to(host: str, port: int) -> None:
+    """Connect to ``host``:``port`` and echo what arrives until the peer closes."""
+    reader, writer = await asyncio.open_connection(host, port)
+    await _echo_stream(reader, writer)
 
 
 def upload(host: str, port: int, size: int) -> dict[str, float]:
@@ -192,12 +200,17 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser = commands.add_parser("serve", help="TCP and UDP echo")
     serve_parser.add_argument("--bind", required=True)
     serve_parser.add_argument("--port", type=int, default=7000)
+    echo_to_parser = commands.add_parser("echo-to", help="TCP echo on an outgoing connection")
+    echo_to_parser.add_argument("--to", type=_address, required=True, metavar="HOST:PORT")
     upload_parser = commands.add_parser("upload", help="send bytes to a TCP sink")
     upload_parser.add_argument("--to", type=_address, required=True, metavar="HOST:PORT")
     upload_parser.add_argument("--bytes", type=int, required=True)
     args = parser.parse_args(argv)
     if args.command == "serve":
         asyncio.run(serve(args.bind, args.port))
+    elif args.command == "echo-to":
+        host, port = args.to
+        asyncio.run(echo_to(host, port))
     else:
         host, port = args.to
         print(json.dumps(upload(host, port, args.bytes)), flush=True)
