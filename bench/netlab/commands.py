@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -64,6 +65,8 @@ def _missing_tool_message(tool: str) -> str:
 
 
 def _hint(stderr: str) -> str:
+    if missing := re.search(r'exec of "([^"]+)" failed: No such file', stderr):
+        return f" -- {_missing_tool_message(missing.group(1))}"
     text = stderr.lower()
     if "operation not permitted" in text or "permission denied" in text:
         return " -- needs CAP_NET_ADMIN and CAP_SYS_ADMIN (run as root)"

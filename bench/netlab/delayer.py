@@ -59,7 +59,10 @@ class Delayer:
 
     def __init__(self, queues: list[tuple[str, int]], delay_ms: float, jitter_ms: float,
                  seed: str) -> None:
-        from netfilterqueue import COPY_META, NetfilterQueue  # only the delayer needs the C part
+        try:  # only the delayer needs the compiled part
+            from netfilterqueue import COPY_META, NetfilterQueue
+        except ImportError as error:
+            sys.exit(f"delayer: PyPI NetfilterQueue is missing ({error}); make setup installs it")
 
         self.lines: dict[str, DelayLine[Any]] = {}
         self.schedules: list[JitteredDelay] = []

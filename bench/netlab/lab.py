@@ -243,7 +243,7 @@ class Lab:
 
     def _add_namespace(self, name: str) -> None:
         run(["ip", "netns", "add", name])
-        run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+        run(["sysctl", "-q", "-e", "-w", "net.ipv6.conf.all.disable_ipv6=1",
              "net.ipv6.conf.default.disable_ipv6=1"], netns=name)
         run(["ip", "link", "set", "lo", "up"], netns=name)
 
@@ -319,7 +319,13 @@ def _configure_interface(netns: str | None, device: str, address: str) -> None:
 
 def _disable_ipv6_on(device: str) -> None:
     """For a root-namespace device (namespaces have IPv6 off as a whole)."""
-    Path(f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6").write_text("1")
+    setting = Path(f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6")
+    if not setting.exists():  # a kernel without IPv6
+        return
+    try:
+        setting.write_text("1")
+    except PermissionError:
+        raise NetlabError(f"cannot write {setting}: needs CAP_NET_ADMIN (run as root)") from None
 
 
 def _take_lock(prefix: str, timeout: float) -> TextIO:

@@ -114,10 +114,8 @@ class Router:
         # The bucket holds 16 ms at the rate, at least two full frames: enough for the kernel's
         # timer granularity, small enough that the link never bursts much above its rate.
         burst = max(2 * _MTU_FRAME, rate_bps // 8 * 16 // 1000)
-        buffer = (["latency", f"{profile.buffer_ms}ms"] if profile.buffer_ms is not None
-                  else ["limit", str(profile.buffer_bytes)])
         run(["tc", "qdisc", "replace", "dev", device, "root", "tbf", "rate", f"{rate_bps}bit",
-             "burst", str(burst), *buffer], netns=self.netns)
+             "burst", str(burst), *profile.tbf_buffer], netns=self.netns)
 
     def _set_loss(self, loss: float) -> None:
         rules = ["flush chain inet netlab loss"]
