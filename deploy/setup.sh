@@ -15,6 +15,14 @@ declare -A APT_FOR_COMMAND=([prosody]=prosody)
 # The cloud broker at scale (broker_bridge.ejabberd runs a private cluster of it).
 APT_FOR_COMMAND[ejabberdctl]=ejabberd
 
+# bench/netlab: namespaces, tbf, nftables loss, outages and counters; the delayer needs PyPI's
+# NetfilterQueue, which compiles against libnetfilter-queue (no command: checked by a file).
+APT_FOR_COMMAND+=([ip]=iproute2 [nft]=nftables [iptables]=iptables [ethtool]=ethtool
+                  [conntrack]=conntrack)
+declare -A APT_FOR_FILE=([/usr/include/libnetfilter_queue/libnetfilter_queue.h]=libnetfilter-queue-dev
+                         [/usr/share/build-essential/list]=build-essential
+                         [/usr/bin/python3-config]=python3-dev)
+
 log() { printf 'setup: %s\n' "$*"; }
 
 # The Debian packages start system-wide servers (Prosody on port 5222; ejabberd with epmd and
@@ -37,6 +45,9 @@ quiet_system_service() {  # SERVICE LABEL
 need_apt=()
 for cmd in "${!APT_FOR_COMMAND[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${APT_FOR_COMMAND[$cmd]}")
+done
+for file in "${!APT_FOR_FILE[@]}"; do
+    [ -e "$file" ] || need_apt+=("${APT_FOR_FILE[$file]}")
 done
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     need_apt+=("python3-venv")
