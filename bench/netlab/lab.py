@@ -126,7 +126,7 @@ class Site:
     def _build(self, profile: LinkProfile) -> None:
         prefix_len = 30
         for name in (self.router_namespace, self.namespace):
-            self.lab._add_namespace(name)
+            _add_namespace(name)
         run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=self.router_namespace)
         run(["ip", "link", "add", "name", self.uplink_device, "type", "veth", "peer", "name", WAN,
              "netns", self.router_namespace])
@@ -244,12 +244,6 @@ class Lab:
         for lock in self._locks:
             lock.release()
 
-    def _add_namespace(self, name: str) -> None:
-        run(["ip", "netns", "add", name])
-        run(["sysctl", "-q", "-e", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-             "net.ipv6.conf.default.disable_ipv6=1"], netns=name)
-        run(["ip", "link", "set", "lo", "up"], netns=name)
-
     def _add_cloud(self) -> None:
         device, peer = _cloud_devices(self.prefix)
         run(["ip", "link", "add", "name", device, "type", "veth", "peer", "name", peer])
@@ -296,6 +290,13 @@ def _root_links(prefix: str) -> list[str]:
 
 def _cloud_devices(prefix: str) -> tuple[str, str]:
     return f"{prefix}cloud", f"{prefix}cloudp"
+
+
+def _add_namespace(name: str) -> None:
+    run(["ip", "netns", "add", name])
+    run(["sysctl", "-q", "-e", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+         "net.ipv6.conf.default.disable_ipv6=1"], netns=name)
+    run(["ip", "link", "set", "lo", "up"], netns=name)
 
 
 def _configure_interface(netns: str | None, device: str, address: str) -> None:
