@@ -12,7 +12,7 @@ Rules:
   ``random.random()``, ``uuid.uuid4()``...: an ``rng`` is passed in);
 * slixmpp is imported only by broker_bridge's XMPP adapter, prometheus_client only by the
   app's metrics module, s2python only by the S2 mapping, aiosqlite only by the storage of
-  the bridge (its outbox) and of the actors.
+  the bridge (its outbox) and of the actors, netfilterqueue only by the network lab's delayer.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ THIRD_PARTY: dict[str, set[str]] = {  # by top-level package
                       "aiosqlite", "typing_extensions"},
     "actors": {"pydantic", "pydantic_core", "msgpack", "cryptography", "aiosqlite",
                "prometheus_client", "typing_extensions", "ocpp", "s2python", "websockets"},
-    "bench": {"pydantic", "msgpack", "slixmpp", "ocpp", "s2python", "websockets"},
+    "bench": {"pydantic", "msgpack", "slixmpp", "ocpp", "s2python", "websockets",
+              "netfilterqueue"},
 }
 
 IO_OR_CLOCK = {
@@ -68,7 +69,8 @@ PURE = {"keypath", "object_model", "broker_bridge.session", "broker_bridge.codec
 NO_OWN_RANDOMNESS = {"actors.logic"}
 ONLY_IN = {"slixmpp": {"broker_bridge.xmpp"}, "prometheus_client": {"actors.app.metrics"},
            "s2python": {"actors.logic.energy.s2"},
-           "aiosqlite": {"broker_bridge.outbox", "actors.runtime.storage"}}
+           "aiosqlite": {"broker_bridge.outbox", "actors.runtime.storage"},
+           "netfilterqueue": {"bench.netlab.delayer"}}
 
 
 @dataclass(frozen=True)

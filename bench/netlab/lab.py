@@ -4,12 +4,11 @@
     <prefix>cloud 198.18.0.1 ... <prefix>c<k> 198.18.k.1 == up0 198.18.k.2
                                                             lan0 198.19.k.1 == wan0 198.19.k.2
 
-Addresses come only from 198.18.0.0/15 (reserved for benchmarks), checked unused before the
-lab starts: the cloud block 198.18.0.0/24, uplink k 198.18.k.0/30, site LAN k 198.19.k.0/24.
-The cloud's address sits on a veth of its own in the root namespace, so cloud servers bind to
-it whatever sites exist. A site reaches the cloud block through its router and nothing else (no
-default route); only the router forwards; IPv6 is off in the namespaces so that router
-solicitations stay out of the counters. One lab runs on a machine at a time (a lock file).
+(addresses of the first lab; `addressing` gives each running lab its own block of
+198.18.0.0/15). The cloud's address sits on a veth of its own in the root namespace, so cloud
+servers bind to it whatever sites exist. A site reaches the cloud block through its router and
+nothing else (no default route); only the router forwards; IPv6 is off in the namespaces so that
+router solicitations stay out of the counters.
 
 Teardown stops the lab's processes by their recorded PIDs, kills anything still inside its
 namespaces, deletes the namespaces (the root ends of their veths and the routes through them
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import ipaddress
 import os
 import re
@@ -33,18 +31,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
 
+from bench.netlab.addressing import Lock, claim_block, lock_prefix
 from bench.netlab.commands import NetlabError, run
 from bench.netlab.processes import Process, ProcessTable
 from bench.netlab.profile import LinkProfile
 from bench.netlab.router import LAN, WAN, Outage, Router, UplinkCounters
 
-LAB_NET = ipaddress.ip_network("198.18.0.0/15")
-CLOUD_NET = "198.18.0.0/24"
-CLOUD_ADDRESS = "198.18.0.1"
 SITE_SIDE = "wan0"
-LOCK_PATH = Path("/run/lock/bench-netlab.lock")
 _PREFIX = re.compile(r"[a-z][a-z0-9]{0,7}")
 _TEARDOWN_S = 10.0
 
@@ -66,12 +60,13 @@ class Site:
         self.namespace = f"{lab.prefix}s{index}"
         self.router_namespace = f"{lab.prefix}r{index}"
         self.uplink_device = f"{lab.prefix}c{index}"  # the root namespace's end of the uplink
-        self.lan = ipaddress.ip_network(f"198.19.{index}.0/24")
-        self.address = f"198.19.{index}.2"  # where the site's servers bind
-        self.router_lan_address = f"198.19.{index}.1"
-        self.uplink_cloud_address = f"198.18.{index}.1"
-        self.uplink_router_address = f"198.18.{index}.2"
-        self.router = Router(self.router_namespace, cloud_net=CLOUD_NET,
+        addresses = lab.block.site(index)
+        self.lan = addresses.lan
+        self.address = addresses.site  # where the site's servers bind
+        self.router_lan_address = addresses.router_lan
+        self.uplink_cloud_address = addresses.uplink_cloud
+        self.uplink_router_address = addresses.uplink_router
+        self.router = Router(self.router_namespace, cloud_net=lab.block.cloud_net,
                              gateway=self.uplink_cloud_address, processes=lab.processes,
                              seed=f"{lab.seed}:site{index}", delayer_cpu=lab.delayer_cpu)
 
@@ -131,7 +126,7 @@ class Site:
     def _build(self, profile: LinkProfile) -> None:
         prefix_len = 30
         for name in (self.router_namespace, self.namespace):
-            self.lab._add_namespace(name)
+            _add_namespace(name)
         run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=self.router_namespace)
         run(["ip", "link", "add", "name", self.uplink_device, "type", "veth", "peer", "name", WAN,
              "netns", self.router_namespace])
@@ -150,8 +145,8 @@ class Site:
         # cloud block back), not from the uplink's own.
         run(["ip", "route", "add", str(self.lan), "via", self.uplink_router_address, "dev",
              self.uplink_device, "src", self.lab.cloud_address])
-        run(["ip", "route", "add", CLOUD_NET, "via", self.router_lan_address, "dev", SITE_SIDE],
-            netns=self.namespace)
+        run(["ip", "route", "add", self.lab.block.cloud_net, "via", self.router_lan_address,
+             "dev", SITE_SIDE], netns=self.namespace)
         self.router.install()
         self.router.apply(profile)
 
@@ -159,12 +154,13 @@ class Site:
 class Lab:
     """Sites with impaired uplinks to a cloud in the root namespace; a context manager.
 
-    ``Lab("nl")`` takes the machine's lab lock (waiting up to ``lock_timeout`` s for another
-    lab to finish), removes what an earlier run with the same prefix left, checks that nothing
-    else uses 198.18.0.0/15 and gives the cloud its address. `close` (or leaving the ``with``
-    block, by an exception or Ctrl-C too) tears everything down. ``seed`` seeds the delayers'
-    jitter; ``delayer_cpu`` pins every delayer to that CPU; ``log_dir`` keeps every process's
-    output (a temporary directory removed at close when not given).
+    ``Lab("nl")`` waits (up to ``lock_timeout`` s) until no other live lab has its prefix,
+    removes what an earlier run with that prefix left, claims a block of 198.18.0.0/15 that
+    nothing else uses (`addressing`: up to four labs run at once) and gives the cloud its
+    address. `close` (or leaving the ``with`` block, by an exception or Ctrl-C too) tears
+    everything down. ``seed`` seeds the delayers' jitter; ``delayer_cpu`` pins every delayer to
+    that CPU; ``log_dir`` keeps every process's output (a temporary directory removed at close
+    when not given).
     """
 
     def __init__(self, prefix: str = "nl", *, seed: int = 0, log_dir: Path | None = None,
@@ -175,7 +171,6 @@ class Lab:
         self.prefix = prefix
         self.seed = seed
         self.delayer_cpu = delayer_cpu
-        self.cloud_address = CLOUD_ADDRESS
         self.sites: dict[int, Site] = {}
         self._own_log_dir = log_dir is None
         self.log_dir = Path(tempfile.mkdtemp(prefix=f"netlab-{prefix}-")) if log_dir is None \
@@ -183,15 +178,21 @@ class Lab:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes = ProcessTable(self.log_dir)
         self._closed = False
-        self._lock = _take_lock(prefix, lock_timeout)
+        self._locks: list[Lock] = [lock_prefix(prefix, lock_timeout)]
         atexit.register(self.close)
         try:
             sweep(prefix)
-            _check_range_unused()
+            self.block, block_lock = claim_block(prefix, lock_timeout)
+            self._locks.append(block_lock)
             self._add_cloud()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def cloud_address(self) -> str:
+        """Where cloud servers bind, in the root namespace; every site routes to it."""
+        return self.block.cloud_address
 
     def __enter__(self) -> Lab:
         return self
@@ -201,9 +202,7 @@ class Lab:
         self.close()
 
     def add_site(self, index: int, profile: LinkProfile | None = None) -> Site:
-        """Build site ``index`` (1 to 255) with its router and uplink, impaired by ``profile``."""
-        if not 1 <= index <= 255:
-            raise ValueError(f"site index is 1 to 255, not {index}")
+        """Build site ``index`` (1 to 63) with its router and uplink, impaired by ``profile``."""
         if index in self.sites:
             raise NetlabError(f"site {index} exists already")
         site = Site(self, index)
@@ -231,7 +230,7 @@ class Lab:
                 self.processes.stop_all()
                 sweep(self.prefix)
             finally:
-                self._lock.close()
+                self._release_locks()
                 if self._own_log_dir:
                     shutil.rmtree(self.log_dir, ignore_errors=True)
 
@@ -239,13 +238,11 @@ class Lab:
         """Leave everything running and let go of it (the CLI's ``up``); `sweep` removes it."""
         self._closed = True
         atexit.unregister(self.close)
-        self._lock.close()
+        self._release_locks()
 
-    def _add_namespace(self, name: str) -> None:
-        run(["ip", "netns", "add", name])
-        run(["sysctl", "-q", "-e", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-             "net.ipv6.conf.default.disable_ipv6=1"], netns=name)
-        run(["ip", "link", "set", "lo", "up"], netns=name)
+    def _release_locks(self) -> None:
+        for lock in self._locks:
+            lock.release()
 
     def _add_cloud(self) -> None:
         device, peer = _cloud_devices(self.prefix)
@@ -295,17 +292,11 @@ def _cloud_devices(prefix: str) -> tuple[str, str]:
     return f"{prefix}cloud", f"{prefix}cloudp"
 
 
-def _check_range_unused() -> None:
-    """Refuse to start when anything in the root namespace uses 198.18.0.0/15."""
-    used = [line for line in run(["ip", "-o", "-4", "addr", "show"]).splitlines()
-            if any(ipaddress.ip_interface(word).ip in LAB_NET
-                   for word in line.split() if re.fullmatch(r"[\d.]+/\d+", word))]
-    # "ip route show PREFIX" lists only that exact prefix; "root PREFIX" lists all inside it.
-    used += run(["ip", "route", "show", "table", "all", "root", str(LAB_NET)]).splitlines()
-    if used:
-        raise NetlabError(f"{LAB_NET} is in use on this machine (another lab? "
-                          "`python -m bench.netlab down --prefix P` removes one):\n"
-                          + "\n".join(used))
+def _add_namespace(name: str) -> None:
+    run(["ip", "netns", "add", name])
+    run(["sysctl", "-q", "-e", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+         "net.ipv6.conf.default.disable_ipv6=1"], netns=name)
+    run(["ip", "link", "set", "lo", "up"], netns=name)
 
 
 def _configure_interface(netns: str | None, device: str, address: str) -> None:
@@ -326,30 +317,6 @@ def _disable_ipv6_on(device: str) -> None:
         setting.write_text("1")
     except PermissionError:
         raise NetlabError(f"cannot write {setting}: needs CAP_NET_ADMIN (run as root)") from None
-
-
-def _take_lock(prefix: str, timeout: float) -> TextIO:
-    """The machine's lab lock, held while the returned file stays open."""
-    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(LOCK_PATH, "a+")  # noqa: SIM115 -- held open for the lab's lifetime
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
-                handle.close()
-                raise NetlabError(f"another lab holds {LOCK_PATH} ({holder}) after {timeout} s "
-                                  "of waiting") from None
-            time.sleep(0.1)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} prefix {prefix}\n")
-    handle.flush()
-    return handle
 
 
 @contextlib.contextmanager

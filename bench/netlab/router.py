@@ -85,6 +85,7 @@ class Router:
         self.profile = LinkProfile()
         self.delayer: Process | None = None
         self.outage_kind: Outage | None = None
+        self._queueing = False  # forwarded packets go to the delayer's queues
 
     def install(self) -> None:
         """Route to the cloud and create the (empty) netfilter tables; once, after addressing."""
@@ -127,20 +128,25 @@ class Router:
         self._nft("\n".join(rules))
 
     def _set_delay(self, profile: LinkProfile) -> None:
-        self._iptables("-F", _IPTABLES_CHAIN)
         if not profile.delays:
+            self._iptables("-F", _IPTABLES_CHAIN)
+            self._queueing = False
             if self.delayer is not None:
-                self.delayer.stop()
+                self.delayer.stop()  # it lets go of what it holds first
                 self.delayer = None
             return
         if self.delayer is not None and self.delayer.alive():
+            # A running delayer changes in place: no moment without the queue, so no packet
+            # overtakes those it holds.
             self.delayer.send(json.dumps({"delay_ms": profile.delay_ms,
                                           "jitter_ms": profile.jitter_ms}))
         else:
             self.delayer = self._start_delayer(profile)
-        for in_dev, out_dev, queue in _DIRECTIONS.values():
-            self._iptables("-A", _IPTABLES_CHAIN, "-i", in_dev, "-o", out_dev, "-j", "NFQUEUE",
-                           "--queue-num", str(queue), "--queue-bypass")
+        if not self._queueing:
+            for in_dev, out_dev, queue in _DIRECTIONS.values():
+                self._iptables("-A", _IPTABLES_CHAIN, "-i", in_dev, "-o", out_dev, "-j",
+                               "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+            self._queueing = True
 
     def _start_delayer(self, profile: LinkProfile) -> Process:
         pin = ["taskset", "-c", str(self._delayer_cpu)] if self._delayer_cpu is not None else []

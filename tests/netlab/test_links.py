@@ -113,6 +113,24 @@ def test_delay_and_jitter_keep_order(lab: Lab) -> None:
     assert tcp_rtt_s >= 2 * (delay_ms - jitter_ms) / 1000
 
 
+def test_set_profile_changes_a_running_link(lab: Lab) -> None:
+    site = _site_with_echo(lab, LinkProfile(delay_ms=40))
+    slow = udp_echo_probe(site.address, ECHO_PORT, count=20, interval_s=0.005)
+    delayer = site.delayer
+    site.set_profile(LinkProfile(delay_ms=5))
+    assert site.delayer is delayer  # changed in place, not restarted
+    fast = udp_echo_probe(site.address, ECHO_PORT, count=20, interval_s=0.005)
+    site.set_profile(LinkProfile())
+    assert site.delayer is None and delayer is not None and not delayer.alive()
+    plain = udp_echo_probe(site.address, ECHO_PORT, count=20, interval_s=0.005)
+    print(f"\nUDP echo p50 at 40 ms each way {slow.rtt_percentile_s(50) * 1000:.1f} ms, "
+          f"at 5 ms {fast.rtt_percentile_s(50) * 1000:.1f} ms, "
+          f"undelayed {plain.rtt_percentile_s(50) * 1000:.2f} ms")
+    assert slow.loss == fast.loss == plain.loss == 0
+    assert min(slow.rtts_s.values()) >= 0.080 > max(fast.rtts_s.values())
+    assert min(fast.rtts_s.values()) >= 0.010 > plain.rtt_percentile_s(50)
+
+
 def test_random_loss_each_way(lab: Lab) -> None:
     site = _site_with_echo(lab, LinkProfile(loss=0.10))
     count = 1000
@@ -175,6 +193,7 @@ def test_teardown_leaves_no_namespace_process_or_route(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt), Lab(PREFIX, log_dir=tmp_path) as lab:
         site = lab.add_site(1, LinkProfile(delay_ms=5))
         lab.add_site(2, LinkProfile(up_bps=1_000_000, loss=0.01))
+        networks = lab.block.networks
         processes = [site.spawn(["sleep", "600"]), lab.spawn(["sleep", "600"])]
         assert site.delayer is not None
         processes.append(site.delayer)
@@ -186,10 +205,11 @@ def test_teardown_leaves_no_namespace_process_or_route(tmp_path: Path) -> None:
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                 check=True).stdout
     assert not [line for line in namespaces.splitlines() if line.startswith(PREFIX)]
-    # Not "ip route show 198.18.0.0/15": that lists only a route to exactly that prefix.
-    routes = subprocess.run(["ip", "route", "show", "table", "all", "root", "198.18.0.0/15"],
-                            capture_output=True, text=True, check=True).stdout
-    assert routes == ""
+    for network in networks:  # the lab's share of 198.18.0.0/15: other labs may be running
+        # Not "ip route show PREFIX": that lists only a route to exactly that prefix.
+        routes = subprocess.run(["ip", "route", "show", "table", "all", "root", str(network)],
+                                capture_output=True, text=True, check=True).stdout
+        assert routes == ""
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
                            check=True).stdout
     assert f" {PREFIX}" not in links
