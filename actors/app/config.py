@@ -61,6 +61,7 @@ class BrokerConfig(Settings):
     send_window_bytes: int | None = None
     notsent_lowat: int | None = None
     rate_kbit: float | None = None
+    dead_after_s: float | None = None
 
     @field_validator("send_window_bytes")
     @classmethod
@@ -118,6 +119,7 @@ class UplinkConfig(BrokerConfig):
     # (NETWORK-FACTS.md section 2 measured these against the alternatives)
     send_window_bytes: int | None = 32 * 1024
     notsent_lowat: int | None = 16 * 1024
+    dead_after_s: float | None = 20.0  # a cut uplink is noticed within this, not in 15 min
 
 
 class _Account(Settings):

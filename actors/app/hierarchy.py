@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import os
 import secrets
 import signal
@@ -153,14 +154,20 @@ def stations_domain(number: int) -> str:
 class Hierarchy:
     """See the module docstring. ``say`` hears what it does (for long runs)."""
 
-    def __init__(self, root: Path, broker: ManagedProsody,
+    def __init__(self, root: Path, broker: ManagedProsody | None,
                  site_brokers: dict[int, ManagedProsody], passwords: dict[str, str], *,
-                 say: Say = _quiet) -> None:
-        self.root, self.broker, self.site_brokers = root, broker, site_brokers
-        self.config = broker_config(broker)
+                 cloud: BrokerConfig | None = None, say: Say = _quiet) -> None:
+        self.root, self._broker, self.site_brokers = root, broker, site_brokers
+        if cloud is None:
+            assert broker is not None, "give the cloud's broker, or how to reach it"
+            cloud = broker_config(broker)
+        self.config = cloud
         self.passwords, self.say = passwords, say
-        self.site_secrets = {name: f"{name}-up-{secrets.token_hex(4)}" for name in passwords
-                             if name.startswith("local-site")}
+        # what each site presents to the cloud: derived from its password, so that a site
+        # started in another process (given the same passwords) presents the same
+        self.site_secrets = {name: f"{name}-up-" + hashlib.sha256(
+            f"upstream:{password}".encode()).hexdigest()[:16]
+            for name, password in passwords.items() if name.startswith("local-site")}
         self.sites: list[Site] = []
         self.cloud: Running | None = None
         self.cloud_process: asyncio.subprocess.Process | None = None
@@ -194,6 +201,28 @@ class Hierarchy:
                                     for n in ("operator", f"local-site{k}", f"rm-site{k}")})
         return cls(root, cloud, site_brokers, passwords, say=say)
 
+    @classmethod
+    async def start_site_broker(cls, root: Path, number: int, *, cloud: BrokerConfig,
+                                passwords: dict[str, str], host: str = "127.0.0.1",
+                                say: Say = _quiet) -> Hierarchy:
+        """Site ``number`` alone: its broker (listening on ``host``) with the accounts of its
+        local CSMS, resource manager and operator (``passwords``), its local CSMS's uplink
+        to the cloud's broker ``cloud`` (run elsewhere: another process, another network
+        namespace). The site's actors start with ``start_resource_manager``/``start_site``."""
+        broker = ManagedProsody(root / f"broker-site{number}", domain=site_domain(number),
+                                component_domains=(stations_domain(number),), host=host)
+        say(f"starting site {number}'s broker on {host}...")
+        await broker.start()
+        broker.create_accounts({n: passwords[n]
+                                for n in ("operator", f"local-site{number}", f"rm-site{number}")})
+        return cls(root, None, {number: broker}, passwords, cloud=cloud, say=say)
+
+    @property
+    def broker(self) -> ManagedProsody:
+        """The cloud's broker (when this hierarchy runs it)."""
+        assert self._broker is not None, "the cloud's broker runs elsewhere"
+        return self._broker
+
     def site_broker(self, number: int) -> ManagedProsody:
         """Site ``number``'s broker."""
         return self.site_brokers[number]
@@ -209,8 +238,9 @@ class Hierarchy:
 
     @property
     def brokers(self) -> list[ManagedProsody]:
-        """Every broker, the cloud's first."""
-        return [self.broker, *self.site_brokers.values()]
+        """Every broker this hierarchy runs, the cloud's first."""
+        cloud = [] if self._broker is None else [self._broker]
+        return [*cloud, *self.site_brokers.values()]
 
     # -- the cloud ------------------------------------------------------------------------------
 

@@ -44,7 +44,8 @@ def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
                         muc_domain=broker.muc_domain,
                         routes=tuple((pattern, domain) for pattern, domain in broker.routes),
                         tls=broker.tls, send_window_bytes=broker.send_window_bytes,
-                        notsent_lowat=broker.notsent_lowat, alternates=broker.alternates)
+                        notsent_lowat=broker.notsent_lowat, alternates=broker.alternates,
+                        dead_after_s=broker.dead_after_s)
 
 
 def session_config(broker: BrokerConfig) -> SessionConfig:

@@ -336,9 +336,15 @@ class Actor:
         self._inbox.put_nowait((env.priority, next(self._arrivals), env, link))
 
     async def _serve(self) -> None:
+        inbox = self._inbox
         while True:
-            _, _, env, link = await self._inbox.get()
+            _, _, env, link = await inbox.get()
             await self._handle(env, link)
+            if not inbox.empty():
+                # a get() from a queue that holds something does not yield: without this,
+                # a backlog of slow handlers would keep the loop from reading the sockets,
+                # and a critical envelope would wait outside, behind the rest, for all of it
+                await asyncio.sleep(0)
 
     async def _handle(self, env: Envelope, link: Endpoint | None = None) -> None:
         # the broker vouches for the source of direct envelopes, not for that of broadcasts

@@ -36,6 +36,11 @@ class XmppSettings:
     (the kernel takes no more while more than that is unsent). Both off (``None``) by default;
     an uplink turns them on.
 
+    ``dead_after_s`` notices a dead path (a cut uplink drops everything: no reset, no error)
+    within that many seconds: TCP gives up on data unacknowledged for that long
+    (``TCP_USER_TIMEOUT``) and probes an idle connection (keep-alive) often enough, where
+    the kernel's defaults wait some 15 minutes. Off (``None``) by default.
+
     ``alternates`` are more nodes of the same broker (a cluster), as ``(host, c2s_port,
     component_port)``: ``servers`` is ``host`` and its ports followed by them, and a transport
     that loses its node, or cannot reach it, moves to the next one in that ring. With none, it
@@ -54,6 +59,7 @@ class XmppSettings:
     send_window_bytes: int | None = None
     notsent_lowat: int | None = None
     window_poll_s: float = 0.005
+    dead_after_s: float | None = None
     resource: str = "bridge"
     reconnect_base_s: float = 0.05
     reconnect_cap_s: float = 5.0
