@@ -159,13 +159,16 @@ def _die_with_parent(raise_open_files: bool = False) -> Callable[[], None] | Non
     return preexec
 
 
-async def serve_until_signalled(alive: Callable[[], bool]) -> bool:
+async def serve_until_signalled(alive: Callable[[], bool],
+                                ready: Callable[[], None] = lambda: None) -> bool:
     """Run a managed broker in the foreground: return True on Ctrl-C or SIGTERM, False as soon
-    as ``alive()`` turns false (the broker died on its own)."""
+    as ``alive()`` turns false (the broker died on its own). ``ready`` is called once the
+    signals are ours (say "Ctrl-C to stop" there: a signal sent when it is read is handled)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    ready()
     try:
         while alive() and not stop.is_set():
             # Wakes up now and then to notice a broker that died on its own.

@@ -69,10 +69,12 @@ def _broker(args: argparse.Namespace) -> int:
 
 async def _run_broker(broker: ManagedProsody) -> int:
     # Prosody runs in its own process group: a Ctrl-C reaches only us, and we stop it cleanly.
-    async with broker:
+    def ready() -> None:
         print(broker.endpoint.describe())
         print(f"state and log in {broker.state_dir}\nCtrl-C to stop", flush=True)
-        crashed = not await serve_until_signalled(lambda: broker.running)
+
+    async with broker:
+        crashed = not await serve_until_signalled(lambda: broker.running, ready)
     if crashed:
         print(f"csms broker: Prosody exited unexpectedly; see {broker.log_path}", file=sys.stderr)
         return 1

@@ -20,13 +20,19 @@ from broker_bridge.managed import BrokerNotInstalledError, BrokerStartError
 async def _serve(cluster: ManagedEjabberdCluster, accounts: Mapping[str, str]) -> int:
     async with cluster:
         await cluster.create_accounts(accounts)
-        print(cluster.describe())
-        print(f"  accounts created:  {', '.join(accounts) or '(none)'}")
-        print(f"state and logs in {cluster.state_dir}\nCtrl-C to stop", flush=True)
+        told: list[bool] = []
+
+        def ready() -> None:  # once, when the signals are ours
+            if not told:
+                told.append(True)
+                print(cluster.describe())
+                print(f"  accounts created:  {', '.join(accounts) or '(none)'}")
+                print(f"state and logs in {cluster.state_dir}\nCtrl-C to stop", flush=True)
+
         alive = set(range(1, cluster.node_count + 1))
         # a node that dies is reported and the others carry on: that is what a cluster is for
         while not await managed.serve_until_signalled(
-                lambda: all(cluster.running(n) for n in alive)):
+                lambda: all(cluster.running(n) for n in alive), ready):
             for n in sorted(alive):
                 if not cluster.running(n):
                     alive.discard(n)
