@@ -49,10 +49,10 @@ def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
 
 
 def session_config(broker: BrokerConfig) -> SessionConfig:
-    """The session of a link to ``broker``: paced at 90 % of its known rate, if any."""
-    if broker.rate_kbit is None:
-        return SessionConfig()
-    return SessionConfig(rate_bytes_per_s=broker.rate_kbit * 1000 / 8 * 0.9)
+    """The session of a link to ``broker``: paced at 90 % of its known rate, if any, with
+    state and bulk frames of at most ``bulk_frame_bytes``."""
+    rate = None if broker.rate_kbit is None else broker.rate_kbit * 1000 / 8 * 0.9
+    return SessionConfig(rate_bytes_per_s=rate, bulk_frame_bytes=broker.bulk_frame_bytes)
 
 
 @dataclass
