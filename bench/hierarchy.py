@@ -310,6 +310,7 @@ class Run:
     outage_s: float
     samples: int
     say: Callable[[str], None]
+    prefix: str = "hb"  # the lab's: runs with different prefixes may overlap
 
 
 async def measure(run: Run) -> dict[str, Any]:
@@ -320,7 +321,7 @@ async def measure(run: Run) -> dict[str, Any]:
     out: dict[str, Any] = {"sites": run.sites, "stations": run.stations * run.sites,
                            "outage_s": run.outage_s}
     root = Path(tempfile.mkdtemp(prefix="bench-hierarchy-"))
-    with Lab("hb", seed=1, log_dir=root / "lab") as lab:
+    with Lab(run.prefix, seed=1, log_dir=root / "lab") as lab:
         lab_sites = {k: lab.add_site(k, CLEAN) for k in range(1, run.sites + 1)}
         names = ["cloud", "operator", "probe",
                  *(f"{kind}-site{k}" for k in lab_sites for kind in ("local", "rm", "probe"))]
