@@ -174,7 +174,7 @@ async def run_site(spec: dict[str, Any]) -> int:
                 start = site_time.now_us()
                 entry = "grid/curtailments/dso-1"
                 rm.tree.apply([Write(f"{entry}/start_at", start),
-                               Write(f"{entry}/end_at", start + 3_600_000_000),
+                               Write(f"{entry}/end_at", start + 24 * 3_600_000_000),
                                Write(f"{entry}/limit_w", float(cmd["limit_w"])),
                                Write(f"{entry}/reason", "bench curtailment")])
             elif name == "floor":
@@ -426,7 +426,7 @@ async def measure(run: Run) -> dict[str, Any]:
             limit = max(11_000.0, 0.5 * before["power_w"])
             await one.ask("curtail", limit_w=limit)
             try:
-                await poll("the curtailment obeyed", _async_site(
+                curtailed_after = await poll("the curtailment obeyed", _async_site(
                     one, lambda s: s["limit_w"] <= limit and s["power_w"] <= limit + 1), 60)
             except RuntimeError as exc:
                 raise RuntimeError(f"{exc}: limit {limit}, {await one.ask('status')}") from None
@@ -438,9 +438,10 @@ async def measure(run: Run) -> dict[str, Any]:
             kept = {"charged": during["energy_wh"] > before["energy_wh"],
                     "allocated": during["allocations"] != before["allocations"],
                     "admitted": during["admitted"] == run.stations + 1,
-                    "curtailed": during["limit_w"] <= limit + 1e-6}
+                    "curtailed": curtailed_after >= 0}  # the poll raises if it never was
             out["site_kept_charging"] = all(kept.values())
             out["site_during_outage"] = kept
+            out["curtailment_obeyed_s"] = round(curtailed_after, 2)
             await one.ask("pause")
             revisions = {key.split("/", 1)[1]: r.tree.revision
                          for key, r in cloud.copies.replicas.items()
