@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.resource_manager.actor import ResourceManager
 from actors.runtime.actor import Actor
+from actors.runtime.shutdown import StopRequested, StopSignals, halt_when_stopping, shut_down
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatedStation, SimulatorSettings
@@ -53,23 +53,22 @@ class Running:
     actors: list[Actor]
     stores: list[TreeStore] = field(default_factory=list)
 
-    async def stop(self) -> None:
-        """Stop every actor, then the endpoint, then the stores; a failure is logged and the
-        rest still stop (state already durable stays so)."""
+    def halt(self) -> None:
+        """Stop every actor's intake and periodic work now (``Actor.halt``)."""
         for actor in self.actors:
-            try:
-                await actor.stop()
-            except Exception:
-                log.exception("stopping %s failed", actor.address)
-        try:
-            await self.endpoint.stop(flush_timeout=2.0)
-        except Exception:
-            log.exception("stopping the endpoint %s failed", self.endpoint.name)
-        for store in self.stores:
-            try:
-                await store.close()
-            except Exception:
-                log.exception("closing the store %s failed", store.path)
+            actor.halt()
+
+    async def stop(self) -> None:
+        """Stop every actor, then the endpoint, then the stores (``stop_all``)."""
+        await stop_all([self])
+
+
+async def stop_all(running: Sequence[Running]) -> None:
+    """Stop everything in ``running`` together: every actor halts before any flushes, and
+    the stores close last, within seconds (``actors.runtime.shutdown.shut_down``); a failure
+    is logged and the rest still stop (state already durable stays so)."""
+    await shut_down([a for r in running for a in r.actors], [r.endpoint for r in running],
+                    [s for r in running for s in r.stores])
 
 
 def settle_heap() -> None:
@@ -89,7 +88,11 @@ async def _account(broker: BrokerConfig, account: CloudConfig | LocalConfig
     transport = XmppTransport.client(xmpp_settings(broker), account.address, account.password)
     endpoint = await Endpoint(transport, outbox_path=state / "outbox.db",
                               name=account.address).open()
-    return endpoint, await TreeStore(state / "trees.db", compact_every=64).open()
+    try:
+        return endpoint, await TreeStore(state / "trees.db", compact_every=64).open()
+    except BaseException:  # failed or cancelled: an open outbox would outlive us
+        await endpoint.stop()
+        raise
 
 
 async def start_cloud(broker: BrokerConfig, cfg: CloudConfig,
@@ -122,6 +125,7 @@ async def _start_then_connect(running: Running) -> Running:
     kept for an account while it was away as soon as it is back, and that must find its actor
     registered (its inbox holds it until the actor serves), not be refused as unknown. What
     the actors send meanwhile waits in the session's queues."""
+    halt_when_stopping(running.halt)  # a signal during the start halts it at once
     started: list[Actor] = []
     try:
         for actor in running.actors:
@@ -152,16 +156,22 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
     transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
                                         cfg.component_secret, name=f"host-{state.name}")
     endpoint = await Endpoint(transport, config=SessionConfig(), name=cfg.component).start()
-    store = await TreeStore(state / "trees.db", compact_every=128).open()
-    running = Running(endpoint, [], [store])
-    for i, station in enumerate(cfg.ids):
-        hardware = SimulatedStation(simulator_for(cfg, i, station), clock=clock or WALL_CLOCK)
-        actor = ChargingStation(station, endpoint, store=store, settings=cfg,
-                                hardware=hardware, clock=clock)
-        await actor.start()
-        running.actors.append(actor)
-        if progress is not None and (i + 1) % 100 == 0:
-            progress(f"{i + 1}/{len(cfg.ids)} stations started")
+    running = Running(endpoint, [])
+    halt_when_stopping(running.halt)  # a signal during the start halts it at once
+    try:
+        running.stores.append(await TreeStore(state / "trees.db", compact_every=128).open())
+        for i, station in enumerate(cfg.ids):
+            hardware = SimulatedStation(simulator_for(cfg, i, station),
+                                        clock=clock or WALL_CLOCK)
+            actor = ChargingStation(station, endpoint, store=running.stores[0], settings=cfg,
+                                    hardware=hardware, clock=clock)
+            running.actors.append(actor)  # stopped with the rest if its start is cut short
+            await actor.start()
+            if progress is not None and (i + 1) % 100 == 0:
+                progress(f"{i + 1}/{len(cfg.ids)} stations started")
+    except BaseException:  # failed or cancelled (a stop requested): undo what started
+        await running.stop()
+        raise
     settle_heap()
     return running
 
@@ -180,21 +190,21 @@ async def run_until_signalled(start: Callable[[], Awaitable[list[Running]]],
                               describe: Callable[[list[Running]], Any] | None = None,
                               metrics: MetricsConfig | None = None) -> int:
     """Start, serve metrics (if ``metrics`` has a port), then wait for Ctrl-C or SIGTERM, then
-    stop everything cleanly, the metrics server last."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    running = await start()
-    server = None
-    try:
-        server = start_metrics(running, metrics)
-        if describe is not None:
-            describe(running)
-        await stop.wait()
-    finally:
-        for item in reversed(running):
-            await item.stop()
-        if server is not None:
-            await server.stop()
+    stop everything cleanly, the metrics server last. A signal during the start cuts it
+    short (``StopSignals``); a second one exits at once."""
+    async with StopSignals() as signals:
+        try:
+            running = await signals.guard(start())
+        except StopRequested:
+            return 0
+        server = None
+        try:
+            server = start_metrics(running, metrics)
+            if describe is not None:
+                describe(running)
+            await signals.wait()
+        finally:
+            await stop_all(running)
+            if server is not None:
+                await server.stop()
     return 0

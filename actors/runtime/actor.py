@@ -186,6 +186,7 @@ class Actor:
         self._pending: dict[bytes, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
+        self._started = self._stopped = False
         self.handled = 0
         self.rejected = 0
         self.late_answers = 0
@@ -206,26 +207,38 @@ class Actor:
         ``on_start`` makes are delivered directly, so it may talk to peers.
         """
         await self.links.register_each(self.address, self._arrival_on, self._session_event)
-        self._running = True
+        self._running = self._started = True
         try:
             await self.on_start()
         except BaseException:
             await self.stop()
             raise
-        self.spawn(self._serve(), "inbox")
+        if self._running:  # not halted meanwhile
+            self.spawn(self._serve(), "inbox")
         return self
 
-    async def stop(self) -> None:
-        """Run ``on_stop``, then stop taking envelopes and cancel the actor's tasks and pending
-        requests."""
-        if not self._running:
-            return
+    def halt(self) -> None:
+        """Stop intake now: no more envelopes are handled, and the actor's tasks (its inbox,
+        ticks, publishing, loops) are cancelled. ``stop`` finishes the job. A process that
+        stops many actors halts them all first, so that none keeps working (and loading the
+        event loop) while the others flush their state."""
         self._running = False
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def stop(self) -> None:
+        """Halt, wait for the actor's tasks to end, run ``on_stop`` (flush state), then stop
+        taking envelopes at all and cancel pending requests."""
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        self.halt()
         try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.on_stop()
         finally:
             self.links.unregister(self.address)
-            for task in list(self._tasks):
+            for task in list(self._tasks):  # spawned by on_stop, if anything was
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for future, _ in self._pending.values():
@@ -236,7 +249,8 @@ class Actor:
         """Override: start background work."""
 
     async def on_stop(self) -> None:
-        """Override: flush state before the tasks are cancelled."""
+        """Override: make state durable (the actor's tasks have ended; its links still
+        carry what it sends)."""
 
     async def __aenter__(self) -> Self:
         return await self.start()
