@@ -46,7 +46,9 @@ Per actor, labelled ``actor`` (its address):
 * ``csms_actor_handled_total``, ``csms_actor_rejected_total``: messages its handlers took, and
   refused with an ErrorReport;
 * ``csms_actor_late_answers_total``: answers that came after the request gave up waiting;
-* ``csms_actor_inbox_envelopes`` (gauge): envelopes waiting for its handlers.
+* ``csms_actor_inbox_envelopes`` (gauge): envelopes waiting for its handlers;
+* ``csms_actor_shed_envelopes_total``: unreliable bulk envelopes it dropped on arrival
+  because its inbox was too deep (it could not keep up).
 
 Per actor that keeps a ``ResyncEngine`` as ``resync`` (the local and cloud CSMS):
 
@@ -154,6 +156,8 @@ FAMILIES: tuple[tuple[str, type[Family], str, str, tuple[str, ...]], ...] = (
      "Answers that came after the request gave up waiting", _A),
     ("inbox", _G, "csms_actor_inbox_envelopes", "Envelopes waiting for the actor's handlers",
      _A),
+    ("actor_shed", _C, "csms_actor_shed_envelopes",
+     "Unreliable bulk envelopes dropped on arrival because the inbox was too deep", _A),
     ("resyncs", _C, "csms_resyncs", "Resynchronisations completed", ("actor", "mode")),
     ("resync_failures", _C, "csms_resync_failures", "Resynchronisation runs that failed", _A),
     ("resync_duration", _S, "csms_resync_duration_seconds",
@@ -214,6 +218,7 @@ class _Families:
         add("rejected", [address], actor.rejected)
         add("late", [address], actor.late_answers)
         add("inbox", [address], actor.inbox_depth)
+        add("actor_shed", [address], actor.shed)
         engine = getattr(getattr(actor, "copies", None), "resync", None)  # a CSMS's copies
         if isinstance(engine, ResyncEngine):
             stats = engine.stats

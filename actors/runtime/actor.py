@@ -16,6 +16,11 @@ Whatever a handler returns goes back to the sender as the answer (correlated wit
 request's id); whatever it raises goes back as a detailed ``ErrorReport``. Incoming messages
 are handled one at a time, in arrival order, by the actor's inbox task; answers to the actor's
 own requests bypass the inbox (so a handler may await a request without deadlock).
+
+An actor that cannot keep up sheds what the design lets it shed, and counts it: while
+``INBOX_BULK_LIMIT`` envelopes wait in its inbox, unreliable bulk envelopes (telemetry nobody
+was promised) are dropped on arrival (``shed``). Critical, control and state envelopes, and
+anything reliable, always wait their turn.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from object_model.errors import (
 from object_model.messages import ErrorReport, MessageBase, error_report
 
 log = logging.getLogger("csms.actor")
+
+INBOX_BULK_LIMIT = 1_000
+SHED_LOG_EVERY_S = 10.0  # at most one log line per actor this often about what it shed
 
 M = TypeVar("M", bound=MessageBase)
 Handler = Callable[[Any, MessageBase, "Context"], Awaitable[MessageBase | None]]
@@ -190,6 +198,8 @@ class Actor:
         self.handled = 0
         self.rejected = 0
         self.late_answers = 0
+        self.shed = 0  # unreliable bulk envelopes dropped because the inbox was too deep
+        self._shed_said_at: float | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -341,7 +351,20 @@ class Actor:
                 return
         if not self._running:
             return
+        if (env.priority is Priority.BULK and not env.reliable
+                and self._inbox.qsize() >= INBOX_BULK_LIMIT):
+            self._shed(env)
+            return
         self._inbox.put_nowait((env, link))
+
+    def _shed(self, env: Envelope) -> None:
+        self.shed += 1
+        now = self.clock.monotonic()
+        if self._shed_said_at is None or now - self._shed_said_at >= SHED_LOG_EVERY_S:
+            self._shed_said_at = now
+            log.warning("%s: cannot keep up (%d envelopes waiting): shedding unreliable bulk "
+                        "envelopes, %d so far (the last a %s from %s)", self.address,
+                        self._inbox.qsize(), self.shed, env.kind, env.source)
 
     async def _serve(self) -> None:
         while True:

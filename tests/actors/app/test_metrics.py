@@ -165,6 +165,7 @@ async def test_messages_are_counted_by_kind_and_priority_on_both_ends(pair: Pair
     assert value(table, "csms_actor_handled_total", actor="b") == 7
     assert value(table, "csms_actor_rejected_total", actor="b") == 0
     assert value(table, "csms_actor_inbox_envelopes", actor="b") == 0
+    assert value(table, "csms_actor_shed_envelopes_total", actor="b") == 0
     assert value(table, "csms_actor_handled_total", actor="a") == 0
 
 
