@@ -8,7 +8,9 @@ grid/fuse_limit_w 40000`` changes a site's grid limit live. Time at the sites ru
 ``--speed`` times faster than real time (one ``SiteTime`` for stations, local CSMS and
 resource manager), so that EVs come and go while you watch. Ctrl-C or SIGTERM (or
 ``--duration``) stops everything cleanly within seconds, even while starting (a second one
-exits at once); the broker dies with the process in any case.
+exits at once); the broker dies with the process in any case. When one process cannot keep up
+with all it hosts, the stations coarsen their ticks and publications (``broker_bridge.pace``),
+and the progress line says how far behind it is and what was coarsened or shed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from actors.app.hierarchy import Hierarchy, Say
+from actors.app.hierarchy import Hierarchy, Say, simulated
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.csms.settings import EnergySettings
@@ -139,7 +141,27 @@ class Demo:
             "errors": self.errors(),
             "cloud_copies": len(self.cloud_actor.copies.replicas),
             "sites_energy": self.energy(),
+            "load": self.load(),
             "seconds": round(WALL_CLOCK.monotonic() - self.started, 1),
+        }
+
+    def load(self) -> dict[str, Any]:
+        """How far behind the process runs, and what it coarsened or shed to keep up."""
+        paces = [e.pace for e in self.endpoints()]
+        stations = self.stations()
+        actors = [self.cloud_actor, *self.locals(), *stations]
+        return {
+            "loop_lag_s": round(max((p.lag_s for p in paces), default=0.0), 2),
+            "loop_lag_max_s": round(max((p.max_lag_s for p in paces), default=0.0), 2),
+            "pace": max((p.stretch for p in paces), default=1),
+            "inbox_max": max((a.inbox_depth for a in actors), default=0),
+            "ticks_coarsened": sum(simulated(s).ticks_coarsened for s in stations),
+            "updates_coalesced": sum(s.publisher.coalesced for s in stations
+                                     if s.publisher is not None),
+            "allocations_deferred": sum(local.energy.deferred for local in self.locals()),
+            "shed": sum(a.shed for a in actors) + sum(
+                e.session.queue_counters.dropped_overflow
+                + sum(e.session.queue_counters.expired.values()) for e in self.endpoints()),
         }
 
     def energy(self) -> list[dict[str, Any]]:
@@ -236,10 +258,15 @@ def render(demo: Demo, rates: dict[Priority, float], out: TextIO, tty: bool) -> 
                                             for p in Priority))
     lines.append(f"resyncs {demo.resyncs()}   errors {demo.errors()}   cloud copies "
                  f"{len(demo.cloud_actor.copies.replicas)}")
+    load = demo.load()
+    lines.append(f"loop lag {load['loop_lag_s']:.2f} s (max {load['loop_lag_max_s']:.2f})  "
+                 f"pace x{load['pace']}  inbox max {load['inbox_max']}  coarsened: ticks "
+                 f"{load['ticks_coarsened']} updates {load['updates_coalesced']} allocations "
+                 f"{load['allocations_deferred']}  shed {load['shed']}")
     if tty:
         out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
     else:
-        out.write(" | ".join(lines[2:2 + len(rows)]) + " | " + lines[-2] + "\n")
+        out.write(" | ".join([*lines[2:2 + len(rows)], lines[-3], lines[-1]]) + "\n")
     out.flush()
 
 
