@@ -289,7 +289,9 @@ async def _run_demo(settings: DemoSettings, signals: StopSignals, say: Say,
         say(f"{stopped} while starting")
         return {"started": False, "stopped_by": signals.signal and signals.signal.name}
     try:
-        if not settings.json:
+        if settings.json:
+            say(f"running: {len(demo.stations())} stations")
+        else:
             say(f"running. In another terminal: .venv/bin/csms get cs-site1-1 evse/1/status "
                 f"(connection details in {settings.state_dir / 'connect.json'}); change a "
                 f"site's grid limit live: .venv/bin/csms set rm-site1 grid/fuse_limit_w 40000")

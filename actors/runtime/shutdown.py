@@ -118,7 +118,7 @@ class StopSignals:
             self._loop.remove_signal_handler(sig)
             if self.signal is not None:  # what is left of the exit: a signal still forces it
                 signal.signal(sig, lambda number, _: self._force(
-                    f"{signal.Signals(number).name} again"))
+                    f"a second signal ({signal.Signals(number).name})"))
         # the watchdog stays armed: the process has yet to exit, and it must within grace_s
 
     def disarm(self) -> None:
@@ -164,11 +164,11 @@ class StopSignals:
 
     def _received(self, sig: signal.Signals) -> None:
         if self.signal is not None:
-            self._force(f"{sig.name} again")
+            self._force(f"a second signal ({sig.name})")
             return
         self.signal = sig
-        self.say(f"csms: {sig.name}: stopping cleanly (at most {self.grace_s:g} s; "
-                 f"{sig.name} or Ctrl-C again exits at once)")
+        self.say(f"csms: {sig.name}: stopping cleanly (at most {self.grace_s:g} s; a second "
+                 "Ctrl-C or SIGTERM exits at once)")
         self.requested.set()
         halts, self._halts = self._halts, []
         for halt in halts:
