@@ -21,6 +21,7 @@ BENCHMARKS = {
     "resync": "a cloud CSMS of N stations killed and restarted: time and bytes to consistency",
     "monitoring": "monitoring tasks: CPU per watched write, reports/s via Prosody, bytes/sample vs OCPP",
     "energy": "a simulated site day: our allocation vs equal sharing and FCFS, ms/cycle, energy",
+    "stopping": "a loaded `csms demo` stopped by a signal: seconds to exit, lag, what it shed",
 }
 
 

@@ -159,9 +159,13 @@ class Demo:
             "updates_coalesced": sum(s.publisher.coalesced for s in stations
                                      if s.publisher is not None),
             "allocations_deferred": sum(local.energy.deferred for local in self.locals()),
+            # dropped by policy: unreliable bulk (then state, from a full send queue), never
+            # critical or control
             "shed": sum(a.shed for a in actors) + sum(
-                e.session.queue_counters.dropped_overflow
-                + sum(e.session.queue_counters.expired.values()) for e in self.endpoints()),
+                e.session.queue_counters.dropped_overflow for e in self.endpoints()),
+            # dropped because their sender's deadline passed while they waited to leave
+            "expired": sum(sum(e.session.queue_counters.expired.values())
+                           for e in self.endpoints()),
         }
 
     def energy(self) -> list[dict[str, Any]]:
@@ -262,7 +266,8 @@ def render(demo: Demo, rates: dict[Priority, float], out: TextIO, tty: bool) -> 
     lines.append(f"loop lag {load['loop_lag_s']:.2f} s (max {load['loop_lag_max_s']:.2f})  "
                  f"pace x{load['pace']}  inbox max {load['inbox_max']}  coarsened: ticks "
                  f"{load['ticks_coarsened']} updates {load['updates_coalesced']} allocations "
-                 f"{load['allocations_deferred']}  shed {load['shed']}")
+                 f"{load['allocations_deferred']}  shed {load['shed']} expired "
+                 f"{load['expired']}")
     if tty:
         out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
     else:
