@@ -1,6 +1,7 @@
 """``csms demo`` as a real process, loaded until its event loop lags, stops within 10 s of
 SIGTERM or Ctrl-C with status 0 and leaves no broker behind; a signal during its start cuts
-the start short; a second signal exits at once and says so.
+the start short; a second signal exits at once and says so. ``csms cloud`` applying a site's
+updates stops as fast.
 
 The load: two sites of 150 stations in one process saturate this machine's core within
 seconds of the start (the demo says so itself: "the event loop lags"). The 10 s is what the
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.app.hierarchy import Hierarchy
 from actors.testing import until
+from tests.integration.conftest import site_simulator
 
 pytestmark = pytest.mark.broker
 
@@ -146,3 +149,28 @@ async def test_a_second_signal_exits_at_once_and_says_so(demo: Demo) -> None:
     # the broker dies with the process (PR_SET_PDEATHSIG), even without a clean stop
     await until(lambda: brokers_of(demo.state) == [], "the broker gone", 10)
     assert os.path.exists(demo.state / "stations-site1-0" / "trees.db")
+
+
+async def test_a_cloud_process_applying_a_sites_updates_stops_within_10_s(tmp_path: Path
+                                                                         ) -> None:
+    h = await Hierarchy.start(tmp_path)
+    try:
+        await h.spawn_cloud()  # `csms cloud --config cloud.toml`
+        await h.start_site(1, 150, simulator=site_simulator(), seed=3)
+
+        async def busy() -> bool:
+            return await h.cloud_counter("updates") > 1000
+
+        await until(busy, "the cloud applying the site's updates", 120, every=0.5)
+        process = h.cloud_process
+        assert process is not None
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        process.send_signal(signal.SIGTERM)
+        status = await asyncio.wait_for(process.wait(), 60)
+        seconds = loop.time() - sent
+        h.cloud_process = None
+        assert status == 0, h.cloud_err()
+        assert seconds < STOP_DEADLINE_S, f"{seconds:.1f} s to stop: {h.cloud_err()}"
+    finally:
+        await h.close()
