@@ -84,7 +84,8 @@ class LocalCsms(TreeActor):
                                  clock=site_clock or self.clock,
                                  settings=settings.energy, site=settings.site,
                                  resource_manager=settings.resource_manager,
-                                 cloud=settings.cloud, upstream_joined=self.upstream_joined)
+                                 cloud=settings.cloud, upstream_joined=self.upstream_joined,
+                                 pace=self.endpoint.pace)
 
     async def on_start(self) -> None:
         await self.management.open()
