@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -100,10 +101,10 @@ def brokers_of(state: Path) -> list[int]:
 
 
 @pytest.fixture
-async def demo(tmp_path: Path) -> Demo:
+async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
     running = await Demo(tmp_path / "demo").start()
     try:
-        yield running  # type: ignore[misc]
+        yield running
     finally:
         await running.close()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -68,7 +68,7 @@ class Flusher(Actor):
 
     role = Role.STATION
     seen: list[tuple[str, list[str]]] = []
-    everyone: list[Actor] = []
+    everyone: Sequence[Actor] = ()
     hang = False
 
     async def on_stop(self) -> None:
