@@ -28,7 +28,9 @@ from tests.integration.conftest import site_simulator
 pytestmark = pytest.mark.broker
 
 STOP_DEADLINE_S = 10.0
-LOAD = ("--sites", "2", "--stations", "150")
+# more than this machine keeps up with: 300 stations living ten minutes a second (a fresh CI
+# machine with nothing else running saturated only sometimes at 120 times real time)
+LOAD = ("--sites", "2", "--stations", "150", "--speed", "600")
 
 
 class Demo:
@@ -114,7 +116,7 @@ async def test_a_saturated_demo_stops_cleanly_within_10_s(demo: Demo, sig: signa
                                                           ) -> None:
     await until(lambda: demo.said("running: 300 stations"), "the demo started", 120,
                 every=0.1)
-    await until(lambda: demo.said("the event loop lags"), "the demo saturated its loop", 120,
+    await until(lambda: demo.said("the event loop lags"), "the demo saturated its loop", 180,
                 every=0.1)
     assert brokers_of(demo.state), "the demo's broker runs"
     status, seconds = await demo.stop_with(sig)
