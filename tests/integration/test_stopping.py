@@ -23,6 +23,7 @@ import pytest
 
 from actors.app.hierarchy import Hierarchy
 from actors.testing import until
+from bench.stopping import brokers_of
 from tests.integration.conftest import site_simulator
 
 pytestmark = pytest.mark.broker
@@ -85,21 +86,6 @@ class Demo:
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-
-
-def brokers_of(state: Path) -> list[int]:
-    """Prosody processes whose command line names a file under ``state``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue  # gone meanwhile
-        if "prosody" in cmdline and str(state) in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture
