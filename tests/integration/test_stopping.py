@@ -3,10 +3,13 @@ SIGTERM or Ctrl-C with status 0 and leaves no broker behind; a signal during its
 the start short; a second signal exits at once and says so. ``csms cloud`` applying a site's
 updates stops as fast.
 
-The load: two sites of 150 stations in one process saturate this machine's core within
-seconds of the start (the demo says so itself: "the event loop lags"). The 10 s is what the
-issue asks of an operator's Ctrl-C, measured from the signal to the process's exit: a
-deadline, not a benchmark."""
+The load: two sites of 150 stations in one process, at 600 times real time, and a machine
+busier than the demo can keep up with: the demo's event loop is pinned to one core beside a
+busy process of higher priority until the demo says so itself ("the event loop lags"). A fast
+machine with nothing else running keeps up with the demo alone only sometimes, so the
+contention makes the saturation sure rather than hoped for; it ends before the signal, leaving
+the demo's own backlog. The 10 s is what the issue asks of an operator's Ctrl-C, measured from
+the signal to the process's exit: a deadline, not a benchmark."""
 
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,6 +92,25 @@ class Demo:
                 await self._reader
 
 
+@contextlib.contextmanager
+def contended(pid: int) -> Iterator[None]:
+    """Pin every thread of process ``pid`` to one core, lower its priority (nice 5), and run
+    a busy process of normal priority on that core, for the duration; the busy process is
+    killed on leaving. The demo's brokers, its children, keep the whole machine."""
+    core = min(os.sched_getaffinity(pid))
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(thread), {core})
+            os.setpriority(os.PRIO_PROCESS, int(thread), 5)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {core})
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 @pytest.fixture
 async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
     running = await Demo(tmp_path / "demo").start()
@@ -102,8 +125,10 @@ async def test_a_saturated_demo_stops_cleanly_within_10_s(demo: Demo, sig: signa
                                                           ) -> None:
     await until(lambda: demo.said("running: 300 stations"), "the demo started", 120,
                 every=0.1)
-    await until(lambda: demo.said("the event loop lags"), "the demo saturated its loop", 180,
-                every=0.1)
+    assert demo.process is not None
+    with contended(demo.process.pid):
+        await until(lambda: demo.said("the event loop lags"), "the demo saturated its loop",
+                    120, every=0.1)
     assert brokers_of(demo.state), "the demo's broker runs"
     status, seconds = await demo.stop_with(sig)
     assert status == 0, demo.tail()
