@@ -12,8 +12,7 @@ holds (or relays). Paths inside a message are relative to that tree.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -53,6 +52,7 @@ from object_model.monitoring import (
     TaskControl,
     TaskStatus,
 )
+from object_model.node_digests import SHAPE_BYTES, NodeDigests
 from object_model.tree import (
     ChangeSet,
     Delete,
@@ -61,66 +61,10 @@ from object_model.tree import (
     Write,
 )
 
-NodeDigests = tuple[list[str], bytes, bytes]
-"""The children of one node (the one at the same position of the request's ``digests_of``),
-in name order, compactly: ``(names, leaf bitmap, digests)`` where bit ``i`` of the bitmap
-(little-endian bytes) says whether child ``i`` is a leaf and ``digests`` is the children's
-digests, each truncated to the requested length, concatenated. When the requester's shape of
-the node (``children_shape``) matched, names and bitmap are left out (``[]``, ``b""``): its own
-children are the source's, and only the digests come."""
-
-SHAPE_BYTES = 4
-
 LeafItem = tuple[Path, Revision, Any]
 """``(path, revision of last change, value)``."""
 DeleteItem = tuple[Path, Revision]
 """``(path, revision of the deletion)``."""
-ChildDigest = tuple[str, bool, bytes]
-"""``(child name, is a leaf, digest)``: one entry of ``NodeDigests``, unpacked."""
-
-
-def children_shape(children: list[tuple[str, bool, bytes]]) -> bytes:
-    """A node's shape: a ``SHAPE_BYTES`` hash of its children's names and leaf flags (not their
-    values), the same whichever order ``children`` come in."""
-    h = hashlib.blake2b(digest_size=SHAPE_BYTES)
-    for name, leaf, _ in sorted(children):
-        h.update(name.encode())
-        h.update(b"\x01" if leaf else b"\x00")
-    return h.digest()
-
-
-def pack_children(children: list[tuple[str, bool, bytes]], size: int,
-                  shape: bytes | None = None) -> NodeDigests:
-    """``NodeDigests`` for ``children`` (``(name, is_leaf, digest)``), digests cut to ``size``;
-    without names if ``shape`` (the requester's) is theirs."""
-    ordered = sorted(children)
-    digests = b"".join(digest[:size] for _, _, digest in ordered)
-    if shape is not None and ordered and shape == children_shape(ordered):
-        return ([], b"", digests)
-    bitmap = bytearray((len(ordered) + 7) // 8)
-    for i, (_, leaf, _) in enumerate(ordered):
-        if leaf:
-            bitmap[i // 8] |= 1 << (i % 8)
-    return ([name for name, _, _ in ordered], bytes(bitmap), digests)
-
-
-def unpack_children(node: NodeDigests, size: int,
-                    mine: Sequence[tuple[str, bool, bytes]] = ()) -> list[ChildDigest]:
-    """The ``(name, is_leaf, digest)`` entries of ``NodeDigests``, names and leaf flags taken
-    from ``mine`` (the requester's children) when the node came without them;
-    ``InvalidMessageError`` if the parts do not fit together."""
-    names, bitmap, digests = node
-    if not names and digests:
-        ordered = sorted(mine)
-        if len(digests) != len(ordered) * size:
-            raise InvalidMessageError(f"node digests do not fit the {len(ordered)} children of "
-                                      "the shape they were answered for")
-        return [(name, leaf, digests[i * size:(i + 1) * size])
-                for i, (name, leaf, _) in enumerate(ordered)]
-    if len(bitmap) != (len(names) + 7) // 8 or len(digests) != len(names) * size:
-        raise InvalidMessageError(f"node digests do not fit {len(names)} children")
-    return [(name, bool(bitmap[i // 8] >> (i % 8) & 1), digests[i * size:(i + 1) * size])
-            for i, name in enumerate(names)]
 
 
 # -- generic access -------------------------------------------------------------------------------

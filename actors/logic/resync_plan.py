@@ -38,13 +38,10 @@ from typing import Any
 from keypath import GLOBSTAR, KeyPath, KeyPattern
 from object_model import ChangeSet, ObjectTree
 from object_model.messages import (
-    ChildDigest,
-    NodeDigests,
     PropertyTreeDiscoveryRequest,
     PropertyTreeDiscoveryResponse,
-    children_shape,
-    unpack_children,
 )
+from object_model.node_digests import ChildDigest, NodeDigests, children_shape, unpack_children
 
 DIGEST_BYTES = 16
 DIGEST_SCHEDULE = (1, 4, DIGEST_BYTES)

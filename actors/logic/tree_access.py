@@ -21,8 +21,8 @@ from object_model.messages import (
     PropertyValueReadResponse,
     PropertyValueWrite,
     ReadFailure,
-    pack_children,
 )
+from object_model.node_digests import pack_children
 from object_model.tree import Delete, HorizonPassedError, Operation, TransactionCommitted, Write
 
 MAX_DISCOVERED = 100_000

@@ -34,9 +34,6 @@ from object_model.errors import UnknownPathError
 from object_model.messages import (
     MESSAGE_TYPES,
     ReadFailure,
-    children_shape,
-    pack_children,
-    unpack_children,
 )
 from object_model.monitoring import (
     Aggregation,
@@ -52,6 +49,7 @@ from object_model.monitoring import (
     TaskStatus,
     Threshold,
 )
+from object_model.node_digests import children_shape, pack_children, unpack_children
 from object_model.station import new_station_tree
 
 MID = bytes(range(16))
