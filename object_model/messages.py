@@ -366,6 +366,55 @@ class Batch(MessageBase):
         return ops
 
 
+FanOutItem = Annotated[
+    PropertyValueWrite | MonitoringTaskSetup | TaskControl | FirmwareUpdate,
+    Field(discriminator="kind"),
+]
+
+MAX_FAN_OUT = 10_000
+
+
+class FanOutRequest(MessageBase):
+    """One request for many stations, sent down the hierarchy once per link: ``item`` (a
+    write, a monitoring setup, a task control or a firmware update, addressed to no tree) is
+    handled by the receiver as if it had come once for each of its stations that ``stations``
+    names (all of them when empty) and, at a cloud, that ``site`` answers for. Stations behind
+    a site's local CSMS are reached through it with one ``FanOutRequest`` for the lot; the
+    answer gathers one ``FanOutResult`` per station, so one operator's command to a site's
+    thousand stations crosses the uplink once each way."""
+
+    kind: Literal["FanOutRequest"] = "FanOutRequest"
+    wire_id: ClassVar[int] = 24
+    site: str | None = Field(None, min_length=1, max_length=256)
+    stations: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=MAX_FAN_OUT)
+    item: FanOutItem
+
+    @model_validator(mode="after")
+    def _item_has_no_tree(self) -> FanOutRequest:
+        if self.item.tree.segments:
+            raise ValueError(f"the item of a fan-out addresses each station's own tree, "
+                             f"not {self.item.tree}")
+        return self
+
+
+class FanOutResult(MessageBase):
+    """What one station (or whoever answers for it) said to a fan-out's item: ``error`` is
+    ``None`` when it was done, and ``text`` says what came of it either way."""
+
+    station: str = Field(min_length=1, max_length=256)
+    error: ErrorCode | None = None
+    text: str = Field("", max_length=500)
+
+
+class FanOutResponse(MessageBase):
+    """The answers of every station a ``FanOutRequest`` reached, in station order."""
+
+    kind: Literal["FanOutResponse"] = "FanOutResponse"
+    wire_id: ClassVar[int] = 25
+    results: list[FanOutResult] = Field(default_factory=list, max_length=MAX_FAN_OUT)
+
+
 Message = Annotated[
     Batch
     | JoinNetworkRequest
@@ -389,7 +438,9 @@ Message = Annotated[
     | FirmwareUpdate
     | TaskStatus
     | EnergyAlert
-    | S2Message,
+    | S2Message
+    | FanOutRequest
+    | FanOutResponse,
     Field(discriminator="kind"),
 ]
 """Any message of the catalogue."""

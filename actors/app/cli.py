@@ -98,7 +98,8 @@ def _client(args: argparse.Namespace) -> int:
         if args.command == "get":
             lines = client.run(client.get(conn, args.actor, args.keypath))
         elif args.command == "set":
-            lines = [client.run(client.set_value(conn, args.actor, args.keypath, args.value))]
+            lines = client.run(client.set_value(conn, args.actor, args.keypath, args.value,
+                                                site=args.site))
         else:
             lines = client.run(client.discover(conn, args.actor, args.pattern, args.types))
     except client.ClientError as exc:
@@ -225,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     get.set_defaults(func=_client)
     put = sub.add_parser("set", parents=[connect], help="write a value (typed by the actor)")
     put.add_argument("actor")
-    put.add_argument("keypath")
+    put.add_argument("keypath", help="e.g. evse/1/permissions/max_power_w at a station, or "
+                     "stations/*/evse/1/permissions/max_power_w at a CSMS for all its stations "
+                     "at once")
+    put.add_argument("--site", metavar="LOCAL_CSMS",
+                     help="with stations/*/...: only the stations of this site (local-site1)")
     put.add_argument("value", help="as text; the actor parses it by the type it declares")
     put.set_defaults(func=_client)
     find = sub.add_parser("discover", parents=[connect],

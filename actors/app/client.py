@@ -22,6 +22,8 @@ from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTranspo
 from keypath import GLOBSTAR, KeyPath, KeyPathError, KeyPattern
 from object_model import ErrorCode, ModelError, Role
 from object_model.messages import (
+    FanOutRequest,
+    FanOutResponse,
     PropertyTreeDiscoveryRequest,
     PropertyTreeDiscoveryResponse,
     PropertyValueRead,
@@ -191,15 +193,50 @@ async def _types(client: OperatorClient, actor: str, path: KeyPath) -> dict[KeyP
     return dict(answer.types)
 
 
-async def set_value(conn: Connection, actor: str, path_text: str, text: str) -> str:
+EVERY_STATION = "stations/*/"
+"""How a ``csms set`` path at a CSMS names all its stations at once (a fan-out)."""
+
+
+async def set_value(conn: Connection, actor: str, path_text: str, text: str, *,
+                    site: str | None = None) -> list[str]:
+    """Write ``text`` at ``path_text`` of ``actor``; at a CSMS, ``stations/*/<path>`` writes
+    it to every station (of ``site`` only, if given) with one fan-out request."""
+    if path_text.startswith(EVERY_STATION):
+        return await set_everywhere(conn, actor, path_text[len(EVERY_STATION):], text,
+                                    site=site)
+    if site is not None:
+        raise ClientError("--site picks the stations of a stations/*/... write; "
+                          f"{path_text} names one value")
     path = _path(path_text)
 
-    async def work(client: OperatorClient) -> str:
+    async def work(client: OperatorClient) -> list[str]:
         answer = await client.request(actor, PropertyValueWrite(
             writes=[WriteItem(path=path, value=text, text=True)]), timeout=10)
         assert isinstance(answer, PropertyValueWriteResponse)
         state = "changed" if answer.changed else "unchanged (it already held that value)"
-        return f"{actor}: {path} {state}; revision {answer.revision}"
+        return [f"{actor}: {path} {state}; revision {answer.revision}"]
+
+    return await with_client(conn, actor, work)
+
+
+async def set_everywhere(conn: Connection, actor: str, path_text: str, text: str, *,
+                         site: str | None = None) -> list[str]:
+    """One ``FanOutRequest`` writing ``text`` at ``path_text`` of every station ``actor``
+    (a CSMS) manages: a line per station that failed, then the count of those that did not."""
+    path = _path(path_text)
+
+    async def work(client: OperatorClient) -> list[str]:
+        answer = await client.request(actor, FanOutRequest(site=site, item=PropertyValueWrite(
+            writes=[WriteItem(path=path, value=text, text=True)])), timeout=60)
+        assert isinstance(answer, FanOutResponse)
+        failed = [r for r in answer.results if r.error is not None]
+        lines = [f"{r.station}: {r.error.value}: {r.text}" for r in failed if r.error]
+        changed = sum(r.error is None and r.text.startswith("changed") for r in answer.results)
+        done = len(answer.results) - len(failed)
+        where = f" of {site}" if site else ""
+        lines.append(f"{actor}: {path} written to {done} of {len(answer.results)} "
+                     f"stations{where} ({changed} changed), {len(failed)} failed")
+        return lines
 
     return await with_client(conn, actor, work)
 

@@ -19,7 +19,7 @@ from actors.runtime.replication.replica import STATIONS, Replica, station_key
 from actors.runtime.tree_actor import written
 from broker_bridge import Priority
 from keypath import GLOBSTAR, STAR, KeyPath, KeyPattern
-from object_model import MessageBase, ModelError, PropertyAccessKind
+from object_model import MessageBase, ModelError, PropertyAccessKind, Role
 from object_model.errors import InvalidMessageError, UnknownPathError
 from object_model.messages import (
     Batch,
@@ -152,17 +152,22 @@ class AggregateView:
         writes = [w.model_copy(update={"path": split(w.path)[1]}) for w in message.writes]
         return message.model_copy(update={"tree": tree, "writes": writes})
 
-    async def forward_write(self, replica: Replica, message: PropertyValueWrite | Batch,
-                            ctx: Context) -> MessageBase:
-        """Check ``ctx``'s grants here, then pass the write on to whoever answers for the
-        station; its answer (or its ErrorReport) goes back to the requester."""
-        role = ctx.require_role()
-        mount = KeyPath.parse(replica.key)
+    def check_forward(self, role: Role, mount: KeyPath,
+                      message: PropertyValueWrite | Batch) -> None:
+        """Whether ``role`` may write what ``message`` writes to the copy at ``mount``, checked
+        here before the write goes on (``ACCESS_DENIED`` if not)."""
         writes = message.writes if isinstance(message, PropertyValueWrite) else [
             w for item in message.items if isinstance(item, PropertyValueWrite)
             for w in item.writes]
         for item in writes:
             self.policy.check_write(role, mount / item.path, PropertyAccessKind.READ_WRITE)
+
+    async def forward_write(self, replica: Replica, message: PropertyValueWrite | Batch,
+                            ctx: Context) -> MessageBase:
+        """Check ``ctx``'s grants here, then pass the write on to whoever answers for the
+        station; its answer (or its ErrorReport) goes back to the requester."""
+        mount = KeyPath.parse(replica.key)
+        self.check_forward(ctx.require_role(), mount, message)
         forwarded = message.model_copy(update={"tree": replica.remote_tree})
         answer = await self.actor.request(replica.source, forwarded,
                                           timeout=ctx.time_left(self.actor.clock.now_us(), 10.0),

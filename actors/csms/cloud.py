@@ -30,6 +30,7 @@ from object_model.blobs import BlobChunkRequest
 from object_model.energy_messages import EnergyAlert
 from object_model.errors import AccessDeniedError, InvalidMessageError, NotAdmittedError
 from object_model.messages import (
+    FanOutRequest,
     JoinNetworkRequest,
     JoinNetworkResponse,
     PropertyTreeDiscoveryRequest,
@@ -180,6 +181,10 @@ class CloudCsms(TreeActor):
         (log.warning if alert.active else log.info)(
             "%s: energy alert from %s: %s (%d EVSEs)", self.address, ctx.sender, alert.text,
             len(alert.evses))
+
+    @handles(FanOutRequest)
+    async def on_fan_out(self, message: FanOutRequest, ctx: Context) -> MessageBase:
+        return await self.management.fan_out.handle(message, ctx)
 
     @handles(*TASK_MESSAGES)
     async def on_task(self, message: MessageBase, ctx: Context) -> MessageBase | None:

@@ -38,6 +38,7 @@ from object_model.blobs import BlobChunkRequest
 from object_model.errors import NotAdmittedError
 from object_model.messages import (
     ErrorReport,
+    FanOutRequest,
     JoinNetworkRequest,
     JoinNetworkResponse,
     PropertyValueUpdate,
@@ -139,6 +140,10 @@ class LocalCsms(TreeActor):
     @handles(PropertyValueUpdate)
     async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> None:
         self.copies.take(message, ctx.sender)
+
+    @handles(FanOutRequest)
+    async def on_fan_out(self, message: FanOutRequest, ctx: Context) -> MessageBase:
+        return await self.management.fan_out.handle(message, ctx)
 
     @handles(*TASK_MESSAGES)
     async def on_task(self, message: MessageBase, ctx: Context) -> MessageBase | None:

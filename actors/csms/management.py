@@ -1,7 +1,8 @@
 """What every CSMS manages stations with, local or cloud: its own tree, the copies of its
-stations' trees, the aggregate view it serves of both, the task relay and the blob cache, with
-the sample and blob stores they keep beside the CSMS's tree store. Built, opened and closed
-together; each actor holds the parts as its own attributes and adds what is its alone.
+stations' trees, the aggregate view it serves of both, the task relay, the fan-out of one
+command to many stations and the blob cache, with the sample and blob stores they keep beside
+the CSMS's tree store. Built, opened and closed together; each actor holds the parts as its
+own attributes and adds what is its alone.
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.csms.aggregate_view import AggregateView
+from actors.csms.fan_out import FanOut
 from actors.csms.own_tree import OwnTree
 from actors.csms.replicas import CopyEvents, ReplicaSet
 from actors.csms.settings import CsmsSettings
 from actors.csms.task_relay import TaskRelay
-from actors.runtime.actor import Messenger
+from actors.runtime.actor import Context, Messenger
 from actors.runtime.services.blob_service import BlobService
 from actors.runtime.storage.blobs import BlobStore
 from actors.runtime.storage.samples import SampleStore
 from actors.runtime.storage.trees import TreeStore
-from object_model import Role
+from keypath import KeyPath
+from object_model import MessageBase, Role
+from object_model.messages import PropertyValueWrite
 
 
 def beside(store: TreeStore, what: str) -> Path:
@@ -39,6 +43,22 @@ class Management:
         self.tasks = TaskRelay(actor, own=self.own, copies=self.copies, policy=self.own.policy,
                                blobs=self.blobs,
                                samples=SampleStore(beside(store, "samples"), clock=actor.clock))
+        self.fan_out = FanOut(actor, self.copies, handle=self._for_one_station,
+                              check=self._may_for_one_station)
+
+    async def _for_one_station(self, message: MessageBase, ctx: Context) -> MessageBase | None:
+        """A fan-out's item for one station, handled as if it had come alone."""
+        if isinstance(message, PropertyValueWrite):
+            return await self.view.write(message, ctx)
+        return await self.tasks.handle(message, ctx)
+
+    def _may_for_one_station(self, message: MessageBase, role: Role, tree: KeyPath) -> None:
+        """The rights a fan-out's item needs of ``role`` on the station at ``tree``, checked
+        here before it goes on to a site (which sees only our role, not the requester's)."""
+        if isinstance(message, PropertyValueWrite):
+            self.view.check_forward(role, tree, message)
+        else:
+            self.tasks.check(role, tree)
 
     async def open(self) -> None:
         """Open the stores, load the own tree and the copies, start resynchronising them all."""

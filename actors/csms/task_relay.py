@@ -29,7 +29,7 @@ from actors.runtime.services.blob_service import BlobService
 from actors.runtime.storage.samples import SampleStore
 from broker_bridge import Priority
 from keypath import KeyPath
-from object_model import MessageBase
+from object_model import MessageBase, Role
 from object_model.access import AccessPolicy
 from object_model.blobs import FirmwareUpdate
 from object_model.errors import (
@@ -84,11 +84,15 @@ class TaskRelay:
             raise UnknownPathError(
                 f"tasks run on stations: address one as stations/<id>, not {tree or 'the CSMS'}",
                 path=tree)
-        role = ctx.require_role()
+        self.check(ctx.require_role(), tree)
+        return segs[1], self.copies.replica_for(segs[1])
+
+    def check(self, role: Role, tree: KeyPath) -> None:
+        """Whether ``role`` may set up, control or update tasks on the station at ``tree``
+        (``ACCESS_DENIED`` if not)."""
         if not self.policy.may_read_below(role, tree):
             raise AccessDeniedError(
                 f"role {role.value} may not watch or control {tree}", path=tree)
-        return segs[1], self.copies.replica_for(segs[1])
 
     async def _forward(self, replica: Replica, message: MessageBase, ctx: Context) -> MessageBase:
         forwarded = message.model_copy(update={"tree": replica.remote_tree})

@@ -33,6 +33,9 @@ from object_model.energy_messages import AlertCode, AlertEvse, EnergyAlert, S2Me
 from object_model.errors import UnknownPathError
 from object_model.messages import (
     MESSAGE_TYPES,
+    FanOutRequest,
+    FanOutResponse,
+    FanOutResult,
     ReadFailure,
 )
 from object_model.monitoring import (
@@ -111,7 +114,21 @@ EXAMPLES = [
                 evses=[AlertEvse(station="cs-3", evse=2, reason=AlertCode.LOWER_LIMITS_EXCEED_SITE,
                                  needed_w=4140.0, shortfall_wh=1200.0)]),
     S2Message(payload='{"message_type": "PEBC.Instruction"}'),
+    FanOutRequest(site="local-site1", stations=["cs-site1-1", "cs-site1-2"],
+                  item=PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("config/x"),
+                                                            value=5)])),
+    FanOutResponse(results=[FanOutResult(station="cs-site1-1", text="changed"),
+                            FanOutResult(station="cs-site1-2", error=ErrorCode.TIMEOUT,
+                                         text="no answer within 10 s")]),
 ]
+
+
+def test_a_fan_out_item_addresses_each_stations_own_tree() -> None:
+    item = TaskControl(tree=KeyPath.parse("stations/cs-1"), task="t", action=TaskAction.CANCEL)
+    with pytest.raises(ValidationError, match="each station's own tree, not stations/cs-1"):
+        FanOutRequest(item=item)
+    with pytest.raises(ValidationError):  # only what a station handles rides in a fan-out
+        FanOutRequest(item=PropertyValueRead(paths=[KeyPath.parse("a")]))  # type: ignore[arg-type]
 
 
 def test_a_blob_ref_must_hash_every_chunk() -> None:

@@ -23,6 +23,9 @@ from broker_bridge.clock import WALL_CLOCK, Clock
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, ModelError, PermissiveSchema, Role
 from object_model.messages import (
+    FanOutRequest,
+    FanOutResponse,
+    FanOutResult,
     JoinNetworkRequest,
     JoinNetworkResponse,
     PropertyValueUpdate,
@@ -241,3 +244,64 @@ async def test_a_site_planning_in_its_own_time_still_relays_in_wall_time(world: 
     station.tree.write(power, 3_700.0)
     await until(lambda: any(s[2] == 3_700.0 for r in watcher.reports for s in r.samples),
                 "the report relayed to the operator")
+
+
+class FanOutSite(Peer):
+    """A site that answers a fan-out for the stations it is asked about (all it ``has`` when
+    none are named), and also claims an answer for ``forges`` (another site's station)."""
+
+    def __init__(self, *args: Any, has: tuple[str, ...], forges: str = "",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.has, self.forges = has, forges
+        self.asked: list[FanOutRequest] = []
+
+    @handles(FanOutRequest)
+    async def on_fan_out(self, message: FanOutRequest, ctx: Context) -> FanOutResponse:
+        self.asked.append(message)
+        stations = [*(message.stations or self.has), *([self.forges] if self.forges else [])]
+        return FanOutResponse(results=[FanOutResult(station=s, text=f"by {self.address}")
+                                       for s in stations])
+
+
+async def test_a_fan_out_reaches_each_site_once_and_no_site_answers_for_anothers(
+        world: World) -> None:
+    await world.actor(CloudCsms(
+        "cloud", await world.endpoint("cloud"), store=await world.store("cloud"),
+        settings=CloudSettings(site_secrets={"site-a": "a", "site-b": "b"},
+                               operators=["op"])))
+    directory = RoleDirectory({"cloud": Role.CLOUD_CSMS})
+    site_a = await world.actor(FanOutSite("site-a", await world.endpoint("a"), roles=directory,
+                                          has=("cs-1", "cs-2"), forges="cs-3"))
+    site_b = await world.actor(FanOutSite("site-b", await world.endpoint("b"), roles=directory,
+                                          has=("cs-3",)))
+    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="a",
+                                                     trees=[info("cs-1"), info("cs-2")]))
+    await site_b.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="b",
+                                                     trees=[info("cs-3")]))
+    op = await world.actor(Peer("op", await world.endpoint("op")))
+    item = PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse(
+        "evse/1/permissions/max_power_w"), value=1.0)])
+
+    answer = await op.request("cloud", FanOutRequest(stations=["cs-3", "cs-1", "cs-9", "cs-1"],
+                                                     item=item))
+    assert isinstance(answer, FanOutResponse)
+    assert [(r.station, r.error, r.text) for r in answer.results] == [
+        ("cs-1", None, "by site-a"),
+        ("cs-3", None, "by site-b"),  # not site-a's forged answer for it
+        ("cs-9", ErrorCode.UNKNOWN_PATH, "cloud manages no such station")]
+    assert [m.stations for m in site_a.asked] == [["cs-1"]]
+    assert [m.stations for m in site_b.asked] == [["cs-3"]]
+
+    # a whole site: its local CSMS is asked once, for all it has
+    answer = await op.request("cloud", FanOutRequest(site="site-a", item=item))
+    assert isinstance(answer, FanOutResponse)
+    assert [r.station for r in answer.results] == ["cs-1", "cs-2"]
+    assert site_a.asked[-1].stations == [] and len(site_b.asked) == 1
+
+    # a stranger is refused outright, and no site hears of it
+    stranger = await world.actor(Peer("stranger", await world.endpoint("x")))
+    with pytest.raises(ModelError) as refused:
+        await stranger.request("cloud", FanOutRequest(item=item))
+    assert refused.value.code is ErrorCode.ACCESS_DENIED
+    assert len(site_a.asked) == 2 and len(site_b.asked) == 1
