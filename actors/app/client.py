@@ -195,6 +195,8 @@ async def _types(client: OperatorClient, actor: str, path: KeyPath) -> dict[KeyP
 
 EVERY_STATION = "stations/*/"
 """How a ``csms set`` path at a CSMS names all its stations at once (a fan-out)."""
+SHOWN_FAILURES = 3
+"""Stations shown per kind of failure of a fan-out; the rest are counted."""
 
 
 async def set_value(conn: Connection, actor: str, path_text: str, text: str, *,
@@ -230,12 +232,19 @@ async def set_everywhere(conn: Connection, actor: str, path_text: str, text: str
             writes=[WriteItem(path=path, value=text, text=True)])), timeout=60)
         assert isinstance(answer, FanOutResponse)
         failed = [r for r in answer.results if r.error is not None]
-        lines = [f"{r.station}: {r.error.value}: {r.text}" for r in failed if r.error]
+        lines: list[str] = []
+        for code in sorted({r.error for r in failed if r.error}, key=lambda c: c.value):
+            alike = [r for r in failed if r.error is code]
+            lines += [f"{r.station}: {code.value}: {r.text}" for r in alike[:SHOWN_FAILURES]]
+            if len(alike) > SHOWN_FAILURES:
+                lines.append(f"... and {len(alike) - SHOWN_FAILURES} more {code.value}")
         changed = sum(r.error is None and r.text.startswith("changed") for r in answer.results)
         done = len(answer.results) - len(failed)
         where = f" of {site}" if site else ""
         lines.append(f"{actor}: {path} written to {done} of {len(answer.results)} "
                      f"stations{where} ({changed} changed), {len(failed)} failed")
+        if failed:  # a script must see it in the exit status
+            raise ClientError("\n".join(lines))
         return lines
 
     return await with_client(conn, actor, work)
