@@ -223,6 +223,14 @@ class Endpoint:
         self._wake.set()
         return env
 
+    def pause_sender(self, local: str, peer: str, hold_s: float) -> None:
+        """Ask ``peer`` to hold its state and bulk envelopes for ``local`` for ``hold_s``
+        seconds (``0``: to send them again now); nothing once the endpoint is stopping."""
+        if self._closing:
+            return
+        self.session.pause_sender(local, peer, int(hold_s * 1e6), self.clock.now_us())
+        self._wake.set()
+
     @property
     def link_up(self) -> bool:
         """Whether the link to the broker is up now."""

@@ -314,6 +314,18 @@ class Ack(MessageBase):
     message_ids: list[MessageId] = Field(min_length=1, max_length=4096)
 
 
+class Pause(MessageBase):
+    """Flow control from a receiver whose handlers cannot keep up: hold the state and bulk
+    envelopes for it for ``hold_ms`` (``0``: send them again now), so that they wait in the
+    sender's priority queues rather than in the broker's and the sockets' FIFO buffers, where
+    a critical envelope would queue behind them. Critical and control envelopes are never
+    held. Sessions exchange it; no actor sees it."""
+
+    kind: Literal["Pause"] = "Pause"
+    wire_id: ClassVar[int] = 26
+    hold_ms: int = Field(ge=0, le=10_000)
+
+
 class ErrorReport(MessageBase):
     """Why a message was rejected: a stable code, the message answered, the key-path concerned,
     a human-readable text and structured details for programs."""
@@ -427,6 +439,7 @@ Message = Annotated[
     | PropertyValueWriteResponse
     | PropertyValueUpdate
     | Ack
+    | Pause
     | ErrorReport
     | MonitoringTaskSetup
     | TaskControl

@@ -20,7 +20,9 @@ own requests bypass the inbox (so a handler may await a request without deadlock
 An actor that cannot keep up sheds what the design lets it shed, and counts it: while
 ``INBOX_BULK_LIMIT`` envelopes wait in its inbox, unreliable bulk envelopes (telemetry nobody
 was promised) are dropped on arrival (``shed``). Critical, control and state envelopes, and
-anything reliable, always wait their turn.
+anything reliable, always wait their turn. Long before that, its senders are asked to hold
+their state and bulk envelopes for it (``Backpressure``), so that a flood waits in their
+priority queues rather than in the FIFO buffers in between.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
+from actors.runtime.backpressure import Backpressure
 from broker_bridge import Endpoint, Envelope, Priority, Router
 from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.codec import decode_body
@@ -205,6 +208,7 @@ class Actor:
         self.rejected = 0
         self.late_answers = 0
         self.shed = 0  # unreliable bulk envelopes dropped because the inbox was too deep
+        self.backpressure = Backpressure(address, self.clock)
         self._shed_said_at: float | None = None
 
     @property
@@ -362,6 +366,7 @@ class Actor:
             self._shed(env)
             return
         self._inbox.put_nowait((env.priority, next(self._arrivals), env, link))
+        self.backpressure.arrived(env, link)
 
     def _shed(self, env: Envelope) -> None:
         self.shed += 1
@@ -376,6 +381,7 @@ class Actor:
         inbox = self._inbox
         while True:
             _, _, env, link = await inbox.get()
+            self.backpressure.taken(env.priority)
             await self._handle(env, link)
             if not inbox.empty():
                 # a get() from a queue that holds something does not yield: without this,

@@ -53,7 +53,7 @@ from broker_bridge.codec import (
 )
 from broker_bridge.envelope import ChunkInfo, Envelope, Priority, is_group, valid_address
 from broker_bridge.ids import MessageIds
-from broker_bridge.session.config import SessionConfig
+from broker_bridge.session.config import MS, SessionConfig
 from broker_bridge.session.events import (
     EnvelopeAbandoned,
     EnvelopeReceived,
@@ -82,9 +82,9 @@ from object_model.errors import (
     UnknownActorError,
     from_exception,
 )
-from object_model.messages import Ack, error_report
+from object_model.messages import Ack, Pause, error_report
 
-_SESSION_KINDS = ("Ack", "ErrorReport")  # never answered with an ErrorReport
+_SESSION_KINDS = ("Ack", "Pause", "ErrorReport")  # never answered with an ErrorReport
 
 
 @dataclass
@@ -141,6 +141,7 @@ class SessionCounters:
     rejected: int = 0
     forged: int = 0  # envelopes whose source the sending connection may not claim
     refused_by_guard: int = 0  # envelopes the guard would not open (bad signature, replay...)
+    paused: int = 0  # times a receiver asked us to hold what we send it
     error_reports_sent: int = 0
     error_reports_suppressed: int = 0
     gaps: int = 0
@@ -411,6 +412,10 @@ class Session:
             self.traffic.received["Ack", env.priority] += 1
             self._receive_ack(env)
             return
+        if env.kind == "Pause":
+            self.traffic.received["Pause", env.priority] += 1
+            self._receive_pause(env, now)
+            return
         if env.kind == "ErrorReport" and env.correlation in self._pending:
             self._acknowledged([env.correlation])  # a final answer: stop retransmitting
         if env.reliable and env.stream is not None:
@@ -462,6 +467,33 @@ class Session:
             return
         assert isinstance(ack, Ack)
         self._acknowledged(ack.message_ids)
+
+    def _receive_pause(self, env: Envelope, now: int) -> None:
+        """A receiver asks us to hold what we send it (only what we send *it*: the broker
+        vouches for the source of a direct envelope; a broadcast's is nobody's)."""
+        if is_group(env.destination):
+            return
+        try:
+            pause = decode_body("Pause", env.body)
+        except ModelError as exc:
+            self._reject(exc, env.source, env.id, env.destination, env.kind, now)
+            return
+        assert isinstance(pause, Pause)
+        self.counters.paused += pause.hold_ms > 0
+        self._queue.hold(env.source, now + pause.hold_ms * MS, now)
+
+    def pause_sender(self, local: str, peer: str, hold_us: int, now: int) -> None:
+        """Ask ``peer`` to hold its state and bulk envelopes for ``local`` for ``hold_us``
+        (``0``: to send them again now); sent as critical, ahead of anything queued."""
+        if local not in self._local or is_group(peer) or not valid_address(peer):
+            return
+        body = encode_body(Pause(hold_ms=min(10_000, max(0, hold_us // MS))))
+        self.send(source=local, destination=peer, kind="Pause", body=body, now=now,
+                  priority=Priority.CRITICAL)
+
+    def held(self, destination: str) -> bool:
+        """Whether a ``Pause`` from ``destination`` holds what we send it now."""
+        return self._queue.held(destination)
 
     def _acknowledged(self, ids: Iterable[bytes | None]) -> None:
         done = []

@@ -9,6 +9,11 @@ frame already on the wire, never behind queued bulk telemetry.
 Within a class, envelopes for the same destination share a *batch* that stays open for the
 class's batching window (zero for critical) or until it fills a frame; a closed batch leaves as
 one frame. Expired envelopes are dropped when they reach the head, and counted.
+
+A receiver that cannot keep up asks its senders to *hold* (``Pause``): the state and bulk
+batches for it are set aside, in order, until the hold ends or it lifts it, so its backlog
+waits here, where a critical envelope overtakes it, and not in the broker's or the sockets'
+FIFO buffers. Other destinations' batches and every critical and control envelope go on.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from broker_bridge.session.config import SessionConfig
 from broker_bridge.session.events import Frame
 
 PRIORITIES = tuple(Priority)
+HELD = frozenset({Priority.STATE, Priority.BULK})
+"""The classes a receiver's ``Pause`` holds back."""
 
 
 class _Batch:
@@ -92,6 +99,8 @@ class OutQueue:
         self._bytes = 0
         self._count = dict.fromkeys(PRIORITIES, 0)
         self.bucket = TokenBucket(config.rate_bytes_per_s, config.burst_bytes)
+        self._holds: dict[str, int] = {}  # destination -> held until
+        self._aside: dict[str, list[_Batch]] = {}  # its held batches, oldest first
         self._limits = {p: config.frame_limit(p) for p in PRIORITIES}
         self.counters = QueueCounters()
 
@@ -125,30 +134,65 @@ class OutQueue:
         if self._bytes > self.config.max_queued_bytes:
             self._shed()
 
+    def hold(self, destination: str, until: int, now: int) -> None:
+        """Hold the state and bulk batches for ``destination`` until ``until`` (at or before
+        ``now``: release them now)."""
+        if until > now:
+            self._holds[destination] = until
+        elif self._holds.pop(destination, None) is not None:
+            self._release(destination)
+
+    def held(self, destination: str) -> bool:
+        return destination in self._holds
+
+    def _release(self, destination: str) -> None:
+        """Put ``destination``'s held batches back at the head of their queues, in order."""
+        batches = self._aside.pop(destination, [])
+        for batch in reversed(batches):
+            self._queues[batch.key[0]].appendleft(batch)
+
+    def _release_due(self, now: int) -> None:
+        for destination, until in list(self._holds.items()):
+            if until <= now:
+                del self._holds[destination]
+                self._release(destination)
+
     def _shed(self) -> None:
         """Over the memory bound: drop the oldest unreliable bulk, then state, envelopes.
         Dropping starts at the head and emptied batches leave the queue, so a producer that
         keeps pushing over the bound costs O(1) per push, not a rescan."""
         limit = self.config.max_queued_bytes
         for cls in (Priority.BULK, Priority.STATE):
+            for destination, held in list(self._aside.items()):  # the held go first
+                while self._bytes > limit and held:
+                    if self._drop_unreliable(held[0], cls, limit):
+                        break
+                    held.pop(0)
+                if not held:
+                    del self._aside[destination]
             queue = self._queues[self._class(cls)]
             while self._bytes > limit and queue:
                 batch = queue[0]
-                kept = []
-                for env, enc in batch.items:
-                    if self._bytes > limit and not env.reliable and env.priority == cls:
-                        self._bytes -= len(enc) + 3
-                        batch.size -= len(enc) + 3
-                        self._count[env.priority] -= 1
-                        self.counters.dropped_overflow += 1
-                    else:
-                        kept.append((env, enc))
-                batch.items = kept
-                if kept:
+                if self._drop_unreliable(batch, cls, limit):
                     return  # the head holds envelopes we may not drop: stop here
                 queue.popleft()
                 if self._open.get(batch.key) is batch:
                     del self._open[batch.key]
+
+    def _drop_unreliable(self, batch: _Batch, cls: Priority, limit: int) -> bool:
+        """Drop ``batch``'s unreliable ``cls`` envelopes while over ``limit``; whether any
+        envelope is left in it."""
+        kept = []
+        for env, enc in batch.items:
+            if self._bytes > limit and not env.reliable and env.priority == cls:
+                self._bytes -= len(enc) + 3
+                batch.size -= len(enc) + 3
+                self._count[env.priority] -= 1
+                self.counters.dropped_overflow += 1
+            else:
+                kept.append((env, enc))
+        batch.items = kept
+        return bool(kept)
 
     def pop_frames(self, now: int, budget: int | None = None) -> list[Frame]:
         """Frames that may leave now, highest priority first, within ``budget`` bytes (at least
@@ -156,6 +200,8 @@ class OutQueue:
         out: list[Frame] = []
         spent = 0
         self.bucket.refill(now)
+        if self._holds:
+            self._release_due(now)
         for cls in PRIORITIES:
             queue = self._queues[cls]
             while queue:
@@ -175,15 +221,21 @@ class OutQueue:
         return out
 
     def _ready_batch(self, queue: deque[_Batch], now: int) -> _Batch | None:
-        for i, batch in enumerate(queue):
+        i = 0
+        while i < len(queue):
+            batch = queue[i]
             if batch.closed or batch.ready_at <= now:
                 del queue[i]
                 batch.closed = True
                 if self._open.get(batch.key) is batch:
                     del self._open[batch.key]
+                if batch.destination in self._holds and batch.key[0] in HELD:
+                    self._aside.setdefault(batch.destination, []).append(batch)
+                    continue  # set aside: look at the next
                 return batch
             if i >= 64:  # only closed batches may overtake; look a little way ahead
                 break
+            i += 1
         return None
 
     def _build(self, batch: _Batch, now: int) -> Frame | None:
@@ -214,6 +266,9 @@ class OutQueue:
             for batch in queue:
                 earliest = batch.ready_at if earliest is None else min(earliest, batch.ready_at)
                 break
+        for destination in self._aside:
+            until = self._holds[destination]
+            earliest = until if earliest is None else min(earliest, until)
         if earliest is None:
             return None
         return max(earliest, self.bucket.ready_at())

@@ -37,6 +37,7 @@ from broker_bridge.session.inbound import RETIRED_EPOCHS, InboundStreams, Verdic
 from broker_bridge.transport import Origin
 from object_model import ErrorCode, ErrorReport, ModelError, PropertyValueUpdate
 from object_model.errors import error_class
+from object_model.messages import Pause
 
 
 def body(n: int = 0, size: int = 0) -> bytes:
@@ -866,3 +867,75 @@ def test_a_failing_guard_costs_one_envelope_not_its_frame() -> None:
     rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
     assert [(e.code, e.answered) for e in rejected] == [(ErrorCode.INTERNAL_ERROR, False)]
     assert link.b.counters.refused_by_guard == 1
+
+
+# -- a receiver's Pause -------------------------------------------------------------------------
+
+
+def pause_from_b(link: Link, hold_ms: int, *, to: str = "a") -> None:
+    """``b`` asks its peer to hold what it sends ``b`` (or sends it to the group ``to``)."""
+    if to == "a":
+        link.b.pause_sender("b", "a", hold_ms * MS, link.now)
+    else:
+        link.b.send(source="b", destination=to, kind="Pause",
+                    body=encode_body(Pause(hold_ms=hold_ms)), now=link.now,
+                    priority=Priority.CRITICAL)
+    frames = link.frames("b")
+    assert [e.kind for e in envelopes_of(frames)] == ["Pause"]
+    assert frames[0].priority is Priority.CRITICAL
+    link.a.join_group("group:site1")
+    link.deliver(frames, "a")
+
+
+def test_a_pause_holds_state_and_bulk_for_its_sender_only_and_ends_by_itself() -> None:
+    link = Link(SessionConfig(seed=1))
+    link.a.add_local("a2")
+    pause_from_b(link, 300)
+    assert link.a.held("b") and link.a.counters.paused == 1
+    link.send(1, reliable=False, priority=Priority.BULK)
+    link.send(2, reliable=True, priority=Priority.STATE)
+    link.a.send(source="a2", destination="c", kind="PropertyValueUpdate", body=body(3),
+                now=link.now, priority=Priority.BULK)
+    link.send(4, reliable=False, priority=Priority.CRITICAL)
+    link.send(5, reliable=True, priority=Priority.CONTROL)
+    link.now += 100 * MS  # past every batching window, within the hold
+    left = envelopes_of(link.frames("a"))
+    assert sorted((e.destination, payload_of(e)) for e in left) == [("b", 4), ("b", 5),
+                                                                     ("c", 3)]
+    assert link.a.next_deadline() == 300 * MS  # the pump wakes when the hold ends
+    link.now = 300 * MS
+    assert [payload_of(e) for e in envelopes_of(link.frames("a"))] == [2, 1]  # in class order
+    assert not link.a.held("b")
+
+
+def test_a_pause_of_zero_lifts_the_hold_at_once_in_order() -> None:
+    link = Link(SessionConfig(seed=1))
+    pause_from_b(link, 10_000)
+    for i in range(5):
+        link.send(i, reliable=False, priority=Priority.BULK)
+    link.now += 100 * MS
+    assert link.frames("a") == []
+    pause_from_b(link, 0)
+    assert [payload_of(e) for e in envelopes_of(link.frames("a"))] == [0, 1, 2, 3, 4]
+
+
+def test_a_pause_in_a_broadcast_holds_nothing() -> None:
+    link = Link(SessionConfig(seed=1))
+    pause_from_b(link, 5_000, to="group:site1")  # anyone in a room may claim to be b
+    assert not link.a.held("b") and link.a.counters.paused == 0
+
+
+def test_held_bulk_is_shed_first_over_the_memory_bound() -> None:
+    link = Link(SessionConfig(seed=1, max_queued_bytes=20_000))
+    pause_from_b(link, 10_000)
+    for i in range(40):  # ~12 kB for b, set aside once its batches close
+        link.send(i, reliable=False, priority=Priority.BULK, size=300)
+    link.now += 100 * MS
+    assert link.frames("a") == []
+    for i in range(40):  # and as much for c: over the bound
+        link.a.send(source="a", destination="c", kind="PropertyValueUpdate",
+                    body=body(100 + i, 300), now=link.now, priority=Priority.BULK)
+    assert link.a.queued_bytes <= 20_000
+    link.now += 100 * MS
+    to_c = [e for e in envelopes_of(link.frames("a")) if e.destination == "c"]
+    assert len(to_c) == 40  # what was shed was b's, held, older

@@ -36,6 +36,7 @@ from object_model.messages import (
     FanOutRequest,
     FanOutResponse,
     FanOutResult,
+    Pause,
     ReadFailure,
 )
 from object_model.monitoring import (
@@ -117,6 +118,7 @@ EXAMPLES = [
     FanOutRequest(site="local-site1", stations=["cs-site1-1", "cs-site1-2"],
                   item=PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("config/x"),
                                                             value=5)])),
+    Pause(hold_ms=250),
     FanOutResponse(results=[FanOutResult(station="cs-site1-1", text="changed"),
                             FanOutResult(station="cs-site1-2", error=ErrorCode.TIMEOUT,
                                          text="no answer within 10 s")]),

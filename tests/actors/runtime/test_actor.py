@@ -281,6 +281,43 @@ async def test_a_busy_actor_takes_critical_envelopes_before_its_backlog(pair) ->
     assert b.order[3:] == [f"bulk{i}" for i in range(20)]  # in arrival order within a class
 
 
+async def test_a_busy_actor_holds_its_senders_bulk_at_them_and_lets_it_go_when_caught_up(
+        pair) -> None:  # type: ignore[no-untyped-def]
+    # the flood waits in the sender's priority queues, not in the buffers in between, and
+    # a critical envelope still goes through; nothing is lost
+    a, b = pair
+    gate, holding = asyncio.Event(), asyncio.Event()
+    original = b.read
+
+    async def held(message: PropertyValueRead, ctx: Context) -> MessageBase:
+        if str(message.paths[0]) == "first":
+            holding.set()
+            await gate.wait()
+        return await original(message, ctx)
+
+    b.read = held  # type: ignore[method-assign]
+    a.endpoint.send(source="a", destination="b", message=read("first"), priority=Priority.BULK)
+    await until(holding.is_set, "the first read in its handler")
+    pause_at = b.backpressure.settings.pause_at
+    for i in range(pause_at):
+        a.endpoint.send(source="a", destination="b", message=read(f"bulk{i}"),
+                        priority=Priority.BULK)
+    await until(lambda: a.endpoint.session.held("b"), "the sender held by the receiver")
+    assert b.backpressure.pauses == 1 and b.inbox_depth == pause_at
+    for i in range(pause_at, pause_at + 50):  # more of the flood: it stays at the sender
+        a.endpoint.send(source="a", destination="b", message=read(f"bulk{i}"),
+                        priority=Priority.BULK)
+    a.endpoint.send(source="a", destination="b", message=read("safety"),
+                    priority=Priority.CRITICAL)
+    await until(lambda: b.inbox_depth == pause_at + 1, "the critical read through the hold")
+    assert a.endpoint.session.queue_depth()[Priority.BULK] == 50
+    gate.set()
+    await until(lambda: len(b.order) == pause_at + 52, "everything handled", 10)
+    assert b.order[:2] == ["first", "safety"]
+    assert b.order[2:] == [f"bulk{i}" for i in range(pause_at + 50)]  # in order, none lost
+    assert not a.endpoint.session.held("b") and b.backpressure.backlog == 0
+
+
 def envelope(n: int, priority: Priority, *, reliable: bool = False) -> Envelope:
     return Envelope(id=n.to_bytes(16, "big"), source="client", destination="slow",
                     kind="PropertyValueRead", body=encode_body(read(f"p{n}")),
