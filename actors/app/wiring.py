@@ -178,9 +178,10 @@ def simulator_for(cfg: StationsConfig, index: int, station: str) -> SimulatorSet
 
 async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
                          progress: Callable[[str], None] | None = None,
-                         clock: Clock | None = None) -> Running:
+                         clock: Clock | None = None, paused: bool = False) -> Running:
     """Host ``cfg.ids`` on one component connection, each with its own address and tree;
-    ``cfg`` is every station's settings."""
+    ``cfg`` is every station's settings; ``paused`` stations do not tick from the start
+    (not even while the rest of the host starts)."""
     state = Path(cfg.state_dir)
     transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
                                         cfg.component_secret, name=f"host-{state.name}")
@@ -190,6 +191,7 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
     running = Running(Router(endpoint), [], [store])
     for i, station in enumerate(cfg.ids):
         hardware = SimulatedStation(simulator_for(cfg, i, station), clock=clock or WALL_CLOCK)
+        hardware.paused = paused
         actor = ChargingStation(station, endpoint, store=store, settings=cfg,
                                 hardware=hardware, clock=clock)
         await actor.start()
