@@ -26,7 +26,8 @@ what they hold over their standard input and output, never over a broker.
    ``connect_all_s``: from starting the site processes until every station is admitted at its
    local CSMS (``online``), every site is joined to the cloud, and every cloud copy's root
    digest equals its station's (``cached_at_cloud``); ``sites_started_s`` of it until every
-   site process had started its broker, local CSMS and stations.
+   site process had started its broker, local CSMS and stations; ``connect_cpu_s`` the CPU
+   seconds each process kind spent meanwhile.
 2. *Steady.* Stations tick (``--tick-s``); after ``--warmup-s``, for ``--steady-s``:
    ``updates_per_s_sustained`` (PropertyValueUpdates the cloud CSMS applied per second, its
    ``updates`` counter) beside ``updates_per_s_offered`` (revisions the stations made per
@@ -334,12 +335,15 @@ async def _phases(lab: Lab, run: Run) -> dict[str, Any]:
 
     # -- 1. connect -----------------------------------------------------------------------
     say(f"starting {run.sites} site processes of {run.stations_per_site} stations each...")
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), lab.cpu()
     await start_sites(lab, run)
     out["sites_started_s"] = round(time.monotonic() - t0, 2)
     say(f"every site process started after {out['sites_started_s']} s")
     connect_s, census = await wait_complete(lab, run, "connect", t0)
     out["connect_all_s"] = round(connect_s, 2)
+    # the site processes and their brokers did not exist at t0: all they used is the connect's
+    cpu1 = lab.cpu()
+    out["connect_cpu_s"] = {kind: round(cpu1[kind] - cpu0.get(kind, 0.0), 1) for kind in KINDS}
     out["online"], out["cached_at_cloud"] = census.online, census.cached
     out["rss_mb_connected"] = {k: round(v, 1) for k, v in lab.rss_mb().items()}
 
@@ -404,17 +408,32 @@ def render(f: dict[str, Any]) -> str:
                 "storm_resyncs", "join_rate_per_s", "join_burst"):
         lines.append(f"{key:<32}{f[key]}")
     lines.append(f"{'':<32}" + "".join(f"{kind:>14}" for kind in KINDS))
-    for key in ("cpu_share", "rss_mb_connected", "rss_mb", "rss_mb_per_1000_stations"):
+    for key in ("connect_cpu_s", "cpu_share", "rss_mb_connected", "rss_mb",
+                "rss_mb_per_1000_stations"):
         lines.append(f"{key:<32}" + "".join(f"{f[key][kind]:>14}" for kind in KINDS))
     return "\n".join(lines)
 
 
+def _child(kind: str, spec: dict[str, Any]) -> int:
+    """Run a site's or the cloud's process; with ``CSMS_BENCH_PROFILE`` set to a directory,
+    under cProfile, its statistics written there as ``<kind><n>.prof`` when it stops."""
+    run = (run_site(spec, site_commands) if kind == "site" else run_cloud(spec))
+    folder = os.environ.get("CSMS_BENCH_PROFILE")
+    if not folder:
+        return asyncio.run(run)
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(asyncio.run, run)
+    finally:
+        profile.dump_stats(Path(folder) / f"{kind}{spec.get('site', '')}.prof")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["site"]:
-        return asyncio.run(run_site(json.loads(argv[1]), site_commands))
-    if argv[:1] == ["cloud"]:
-        return asyncio.run(run_cloud(json.loads(argv[1])))
+    if argv[:1] in (["site"], ["cloud"]):
+        return _child(argv[0], json.loads(argv[1]))
     parser = argparse.ArgumentParser(prog="csms bench scale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, default=None, help="default 10 (quick: 2)")
