@@ -98,6 +98,8 @@ class Run:
     outage_s: float = 5.0
     join_rate_per_s: float | None = 1000.0
     join_burst: float = 2000.0
+    accounts: bool = False
+    restart: bool = True
     timeout_s: float = 300.0
     say: Callable[[str], None] = field(default=_quiet, compare=False)
 
@@ -225,8 +227,14 @@ class Lab:
     def rss_mb(self) -> dict[str, float]:
         return {kind: total_rss_bytes(pids) / MB for kind, pids in self.pids().items()}
 
+    async def stop_sites(self) -> None:
+        """Stop every site process (each stops its actors, then its broker)."""
+        await asyncio.gather(*(site.stop(timeout=60) for site in self.sites),
+                             return_exceptions=True)
+        self.sites, self.broker_pids = [], []
+
     async def close(self) -> None:
-        await asyncio.gather(*(site.stop() for site in self.sites), return_exceptions=True)
+        await self.stop_sites()
         with contextlib.suppress(Exception):
             await self.cloud.stop()
         await self.broker.stop()
@@ -300,7 +308,7 @@ async def start_sites(lab: Lab, run: Run) -> None:
         return await SiteProcess.start_site({
             "site": k, "stations": run.stations_per_site, "cloud": uplink,
             "passwords": lab.passwords, "root": str(lab.root / f"site{k}"), "paused": True,
-            "seed": k, "tick_s": run.tick_s,
+            "seed": k, "tick_s": run.tick_s, "accounts": run.accounts,
         }, lab.root / f"site{k}.err", module="bench.scale", ready_timeout=run.timeout_s)
 
     started = await asyncio.gather(*(one(k) for k in range(1, run.sites + 1)),
@@ -330,26 +338,37 @@ async def measure(run: Run, root: Path | None = None) -> dict[str, Any]:
 
 
 async def _phases(lab: Lab, run: Run) -> dict[str, Any]:
-    say = run.say
-    out: dict[str, Any] = {"sites": run.sites, "stations": run.stations}
+    out: dict[str, Any] = {"sites": run.sites, "stations": run.stations,
+                           "station_links": "accounts" if run.accounts else "component"}
+    out |= await connect(lab, run)
+    out |= await steady(lab, run)
+    out |= await storm(lab, run)
+    if run.restart:
+        out |= await restart(lab, run)
+    out["join_rate_per_s"], out["join_burst"] = run.join_rate_per_s, run.join_burst
+    return out
 
-    # -- 1. connect -----------------------------------------------------------------------
-    say(f"starting {run.sites} site processes of {run.stations_per_site} stations each...")
+
+async def connect(lab: Lab, run: Run) -> dict[str, Any]:
+    """Phase 1: every site process started together, until all is joined and cached."""
+    run.say(f"starting {run.sites} site processes of {run.stations_per_site} stations each...")
     t0, cpu0 = time.monotonic(), lab.cpu()
     await start_sites(lab, run)
-    out["sites_started_s"] = round(time.monotonic() - t0, 2)
-    say(f"every site process started after {out['sites_started_s']} s")
+    out: dict[str, Any] = {"sites_started_s": round(time.monotonic() - t0, 2)}
+    run.say(f"every site process started after {out['sites_started_s']} s")
     connect_s, census = await wait_complete(lab, run, "connect", t0)
     out["connect_all_s"] = round(connect_s, 2)
     # the site processes and their brokers did not exist at t0: all they used is the connect's
-    cpu1 = lab.cpu()
-    out["connect_cpu_s"] = {kind: round(cpu1[kind] - cpu0.get(kind, 0.0), 1) for kind in KINDS}
+    out["connect_cpu_s"] = _cpu_since(lab, cpu0)
     out["online"], out["cached_at_cloud"] = census.online, census.cached
     out["rss_mb_connected"] = {k: round(v, 1) for k, v in lab.rss_mb().items()}
+    return out
 
-    # -- 2. steady ------------------------------------------------------------------------
-    say(f"stations ticking every {run.tick_s:g} s; {run.warmup_s:g} s warm-up, then "
-        f"{run.steady_s:g} s measured...")
+
+async def steady(lab: Lab, run: Run) -> dict[str, Any]:
+    """Phase 2: stations ticking; what the cloud applies, CPU and memory."""
+    run.say(f"stations ticking every {run.tick_s:g} s; {run.warmup_s:g} s warm-up, then "
+            f"{run.steady_s:g} s measured...")
     await lab.pause(False)
     await asyncio.sleep(run.warmup_s)  # the wall time the phase is made of
     before, counts0, cpu0 = await lab.cloud.ask("stats"), await lab.counts(), lab.cpu()
@@ -357,60 +376,91 @@ async def _phases(lab: Lab, run: Run) -> dict[str, Any]:
     await asyncio.sleep(run.steady_s)
     after, counts1, cpu1 = await lab.cloud.ask("stats"), await lab.counts(), lab.cpu()
     busy1, wall = machine_busy_seconds(), time.monotonic() - wall0
-    out["updates_per_s_sustained"] = round(
-        (after["counters"]["updates"] - before["counters"]["updates"]) / wall, 1)
-    out["updates_per_s_offered"] = round((counts1["revisions"] - counts0["revisions"]) / wall, 1)
-    out["frames_per_s_at_cloud"] = round(
-        (after["frames_received"] - before["frames_received"]) / wall, 1)
+    updates = after["counters"]["updates"] - before["counters"]["updates"]
     cpu = {kind: round((cpu1[kind] - cpu0[kind]) / wall, 3) for kind in KINDS}
-    out["cpu_share"] = cpu
-    out["broker_cpu_share"] = round(cpu["site_broker"] + cpu["cloud_broker"], 3)
-    out["machine_cpu_share"] = round((busy1 - busy0) / wall, 3)
     rss = lab.rss_mb()
-    out["rss_mb"] = {k: round(v, 1) for k, v in rss.items()}
-    out["rss_mb_per_1000_stations"] = _per_1000(rss, run.stations)
+    return {
+        "updates_per_s_sustained": round(updates / wall, 1),
+        "updates_per_s_offered": round((counts1["revisions"] - counts0["revisions"]) / wall, 1),
+        "frames_per_s_at_cloud": round(
+            (after["frames_received"] - before["frames_received"]) / wall, 1),
+        "cloud_cpu_ms_per_update": round((cpu1["cloud_csms"] - cpu0["cloud_csms"]) * 1000
+                                         / updates, 3) if updates else None,
+        "cpu_share": cpu,
+        "broker_cpu_share": round(cpu["site_broker"] + cpu["cloud_broker"], 3),
+        "machine_cpu_share": round((busy1 - busy0) / wall, 3),
+        "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+        "rss_mb_per_1000_stations": _per_1000(rss, run.stations),
+    }
 
-    # -- 3. storm -------------------------------------------------------------------------
-    say(f"SIGKILLing the cloud's broker; starting it again in {run.outage_s:g} s...")
+
+async def storm(lab: Lab, run: Run) -> dict[str, Any]:
+    """Phase 3: the cloud's broker SIGKILLed while stations tick, then started again."""
+    run.say(f"SIGKILLing the cloud's broker; starting it again in {run.outage_s:g} s...")
     lab.broker.kill()
     await asyncio.sleep(run.outage_s)  # the outage: stations tick, the cloud's copies fall behind
     await lab.pause(True)
-    before = await lab.cloud.ask("stats")
-    t_storm = time.monotonic()
+    before, cpu0 = await lab.cloud.ask("stats"), lab.cpu()
+    t0 = time.monotonic()
     await lab.broker.start()
-    out["cloud_broker_start_s"] = round(time.monotonic() - t_storm, 2)
-    storm_s, census = await wait_complete(lab, run, "storm", t_storm)
-    after = await lab.cloud.ask("stats")
-    out["reconnect_storm_s"] = round(storm_s, 2)
-    admitted = [(at, cost) for at, cost in after["admission"]["recent"] if at >= before["now"]]
-    out["storm_joins"] = len(admitted)
-    out["storm_peak_joins_per_s"] = peak_per_second(admitted, weighted=False)
-    out["storm_peak_join_cost_per_s"] = peak_per_second(admitted, weighted=True)
-    out["storm_join_cost"] = sum(cost for _, cost in admitted)
-    out["storm_refused"] = after["admission"]["refused"] - before["admission"]["refused"]
-    out["storm_resyncs"] = after["resync"]["runs"] - before["resync"]["runs"]
-    out["join_rate_per_s"], out["join_burst"] = run.join_rate_per_s, run.join_burst
+    out: dict[str, Any] = {"cloud_broker_start_s": round(time.monotonic() - t0, 2)}
+    seconds, census = await wait_complete(lab, run, "storm", t0)
+    out["reconnect_storm_s"] = round(seconds, 2)
+    out |= _joins("storm", before, await lab.cloud.ask("stats"))
+    out["storm_cpu_s"] = _cpu_since(lab, cpu0)
     out["online"], out["cached_at_cloud"] = census.online, census.cached
     return out
+
+
+async def restart(lab: Lab, run: Run) -> dict[str, Any]:
+    """Phase 4: every site process stopped and started again on its state (stations paused):
+    the whole fleet reconnecting, with nothing to catch up but what their start changed."""
+    run.say("stopping every site process, then starting them again on their state...")
+    await lab.stop_sites()
+    before = await lab.cloud.ask("stats")
+    t0, cpu0 = time.monotonic(), lab.cpu()
+    await start_sites(lab, run)
+    seconds, census = await wait_complete(lab, run, "restart", t0)
+    out: dict[str, Any] = {"restart_all_s": round(seconds, 2)}
+    out |= _joins("restart", before, await lab.cloud.ask("stats"))
+    out["restart_cpu_s"] = _cpu_since(lab, cpu0)
+    out["online"], out["cached_at_cloud"] = census.online, census.cached
+    return out
+
+
+def _joins(phase: str, before: Answer, after: Answer) -> dict[str, Any]:
+    """What the cloud admitted and refused between two of its stats, and resynchronised."""
+    admitted = [(at, cost) for at, cost in after["admission"]["recent"] if at >= before["now"]]
+    return {
+        f"{phase}_joins": len(admitted),
+        f"{phase}_peak_joins_per_s": peak_per_second(admitted, weighted=False),
+        f"{phase}_peak_join_cost_per_s": peak_per_second(admitted, weighted=True),
+        f"{phase}_join_cost": sum(cost for _, cost in admitted),
+        f"{phase}_refused": after["admission"]["refused"] - before["admission"]["refused"],
+        f"{phase}_resyncs": after["resync"]["runs"] - before["resync"]["runs"],
+    }
+
+
+def _cpu_since(lab: Lab, before: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds per process kind since ``before`` (processes started since count whole;
+    those stopped since are not counted)."""
+    now = lab.cpu()
+    return {kind: round(max(0.0, now[kind] - before.get(kind, 0.0)), 1) for kind in KINDS}
 
 
 # -- the command line -----------------------------------------------------------------------
 
 
 def render(f: dict[str, Any]) -> str:
-    lines = [f"{f['stations']} stations on {f['sites']} sites (a process and a Prosody each), "
-             f"one cloud CSMS process, one cloud Prosody"]
-    for key in ("online", "cached_at_cloud", "sites_started_s", "connect_all_s",
-                "updates_per_s_sustained", "updates_per_s_offered", "frames_per_s_at_cloud",
-                "broker_cpu_share", "machine_cpu_share", "cloud_broker_start_s",
-                "reconnect_storm_s", "storm_joins", "storm_peak_joins_per_s",
-                "storm_peak_join_cost_per_s", "storm_join_cost", "storm_refused",
-                "storm_resyncs", "join_rate_per_s", "join_burst"):
-        lines.append(f"{key:<32}{f[key]}")
+    """The figures as a table: one line each, then those per process kind in columns."""
+    lines = [f"{f['stations']} stations on {f['sites']} sites (a process and a Prosody each; "
+             f"stations on {f['station_links']} connections), one cloud CSMS process, one "
+             f"cloud Prosody"]
+    lines += [f"{key:<32}{value}" for key, value in f.items()
+              if not isinstance(value, dict) and key not in ("stations", "sites")]
     lines.append(f"{'':<32}" + "".join(f"{kind:>14}" for kind in KINDS))
-    for key in ("connect_cpu_s", "cpu_share", "rss_mb_connected", "rss_mb",
-                "rss_mb_per_1000_stations"):
-        lines.append(f"{key:<32}" + "".join(f"{f[key][kind]:>14}" for kind in KINDS))
+    lines += [f"{key:<32}" + "".join(f"{value[kind]:>14}" for kind in KINDS)
+              for key, value in f.items() if isinstance(value, dict)]
     return "\n".join(lines)
 
 
@@ -448,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the cloud's admission limit, in join cost per second (a join "
                              "costs 1 plus 1 per copy to resynchronise; 0: no limit)")
     parser.add_argument("--join-burst", type=float, default=2000.0)
+    parser.add_argument("--accounts", action="store_true",
+                        help="each station on an account and connection of its own, not on "
+                             "its site's component connection")
+    parser.add_argument("--no-restart", action="store_true",
+                        help="skip the last phase (every site process restarted on its state)")
     parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--state-dir", default=None,
                         help="keep every process's state and log here (default: a temporary "
@@ -463,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
               steady_s=args.steady_s if args.steady_s is not None else (10.0 if quick else 30.0),
               outage_s=args.outage_s if args.outage_s is not None else (2.0 if quick else 5.0),
               join_rate_per_s=args.join_rate or None, join_burst=args.join_burst,
-              timeout_s=args.timeout_s,
+              accounts=args.accounts, restart=not args.no_restart, timeout_s=args.timeout_s,
               say=lambda message: print(f"  {message}", file=sys.stderr, flush=True))
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     figures = asyncio.run(_main(run, Path(args.state_dir) if args.state_dir else None))

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -31,17 +32,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from actors.app.config import BrokerConfig
+from actors.app.config import BrokerConfig, StationsConfig
 from actors.app.demo import SiteTime, fast_site
-from actors.app.hierarchy import Hierarchy, Site, die_with_parent, simulated
+from actors.app.hierarchy import Hierarchy, Site, broker_config, die_with_parent, simulated
+from actors.app.wiring import (
+    Running,
+    session_config,
+    settle_heap,
+    simulator_for,
+    xmpp_settings,
+)
 from actors.csms.local import LocalCsms
 from actors.csms.settings import EnergySettings
 from actors.logic.station.simulation import SimulationConfig
 from actors.resource_manager.actor import ResourceManager
-from actors.station.simulated import SimulatorSettings
+from actors.runtime.storage.trees import TreeStore
+from actors.station.actor import ChargingStation
+from actors.station.simulated import SimulatedStation, SimulatorSettings
 from bench.netlab.commands import in_netns
-from broker_bridge import Endpoint
-from broker_bridge.clock import Clock
+from broker_bridge import Endpoint, Router
+from broker_bridge.clock import WALL_CLOCK, Clock
+from broker_bridge.xmpp import XmppTransport
 
 Answer = dict[str, Any]
 Handler = Callable[[dict[str, Any]], Awaitable[Answer | None]]
@@ -257,29 +268,96 @@ def site_settings(spec: Mapping[str, Any]
     return SiteTime(speed), energy, simulator.model_copy(update={"tick_s": tick_s})
 
 
+class AccountSites(Hierarchy):
+    """Sites whose stations log in to their site's broker on accounts of their own (one
+    client connection each), not as JIDs of the site's component: the site's actors find
+    them on the site's main domain."""
+
+    def site_config(self, number: int) -> BrokerConfig:
+        return broker_config(self.site_brokers[number])
+
+    async def add_account_stations(self, number: int, count: int, *, simulator: SimulatorSettings,
+                                   seed: int, paused: bool, clock: Clock | None,
+                                   together: int = 50) -> Running:
+        """``count`` stations of site ``number``, each on an account of its own (made here)
+        and its own connection, sharing one store; ``together`` connect at a time."""
+        site = self.site(number)
+        ids = [f"cs-site{number}-{i}" for i in range(1, count + 1)]
+        passwords = {i: secrets.token_urlsafe(9) for i in ids}
+        self.site_brokers[number].create_accounts(passwords)
+        broker = self.site_config(number)
+        cfg = StationsConfig(ids=tuple(ids), csms=site.name,
+                             provisioning_secret=self.provisioning(number),
+                             state_dir=str(self.root / f"stations-site{number}-accounts"),
+                             simulator=simulator, seed=seed)
+        store = await TreeStore(Path(cfg.state_dir) / "trees.db", compact_every=128).open()
+        endpoints: list[Endpoint] = []
+        stations: list[ChargingStation] = []
+        try:
+            for first in range(0, count, together):
+                batch = ids[first:first + together]
+                started = await asyncio.gather(*(Endpoint(XmppTransport.client(
+                    xmpp_settings(broker), i, passwords[i], name=i),
+                    config=session_config(broker), name=i).start() for i in batch),
+                    return_exceptions=True)
+                endpoints += [e for e in started if isinstance(e, Endpoint)]
+                for outcome in started:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                for index, address in enumerate(batch, first):
+                    hardware = SimulatedStation(simulator_for(cfg, index, address),
+                                                clock=clock or WALL_CLOCK)
+                    hardware.paused = paused
+                    station = ChargingStation(address, endpoints[index], store=store,
+                                              settings=cfg, hardware=hardware, clock=clock)
+                    await station.start()
+                    stations.append(station)
+        except BaseException:  # undo what started, then say why
+            for station in stations:
+                with contextlib.suppress(Exception):
+                    await station.stop()
+            for endpoint in endpoints:
+                with contextlib.suppress(Exception):
+                    await endpoint.stop(flush_timeout=0.2)
+            await store.close()
+            raise
+        settle_heap()
+        # one Running holds them all: its router lists every station's endpoint (the routes
+        # are never used to send: each station sends on its own endpoint)
+        host = Running(Router(endpoints[0], list(zip(ids[1:], endpoints[1:], strict=True))),
+                       list(stations), [store])
+        site.hosts.append(host)
+        return host
+
+
 async def run_site(spec: dict[str, Any], extend: Extension | None = None) -> int:
     """The site process (see the module docstring). ``spec``: ``site`` (its number),
     ``stations`` (how many), ``cloud`` (how to reach the cloud's broker: a ``[broker]``
     section as JSON), ``passwords``, ``root`` (its state directory); optionally ``host`` (its
     broker's address, default loopback), ``fuse_limit_w`` (start its resource manager with
-    that fuse), ``seed``, ``paused`` (stations start without ticking) and what
+    that fuse), ``seed``, ``paused`` (stations start without ticking), ``accounts`` (each
+    station on an account and connection of its own: ``AccountSites``) and what
     ``site_settings`` reads. Commands: ``status``, ``pause`` (``paused``: false resumes),
     ``add_station`` (``name``), ``pids`` (this process and its broker), ``stop``, and those of
     ``extend``."""
-    k = spec["site"]
-    h = await Hierarchy.start_site_broker(Path(spec["root"]), k,
-                                          cloud=BrokerConfig(**spec["cloud"]),
-                                          passwords=spec["passwords"],
-                                          host=spec.get("host", "127.0.0.1"))
+    k, accounts = spec["site"], bool(spec.get("accounts"))
+    kind = AccountSites if accounts else Hierarchy
+    h = await kind.start_site_broker(Path(spec["root"]), k, cloud=BrokerConfig(**spec["cloud"]),
+                                     passwords=spec["passwords"],
+                                     host=spec.get("host", "127.0.0.1"))
     running: RunningSite | None = None
     try:
         site_time, energy, simulator = site_settings(spec)
         fuse = spec.get("fuse_limit_w")
         rm = None if fuse is None else await h.start_resource_manager(
             k, fuse_limit_w=fuse, clock=site_time)
-        await h.start_site(k, spec["stations"], resource_manager=rm is not None,
-                           seed=spec.get("seed", k), energy=energy, simulator=simulator,
-                           clock=site_time, paused=spec.get("paused", False))
+        seed, paused = spec.get("seed", k), spec.get("paused", False)
+        await h.start_site(k, 0 if accounts else spec["stations"],
+                           resource_manager=rm is not None, seed=seed, energy=energy,
+                           simulator=simulator, clock=site_time, paused=paused)
+        if isinstance(h, AccountSites):
+            await h.add_account_stations(k, spec["stations"], simulator=simulator, seed=seed,
+                                         paused=paused, clock=site_time)
         running = RunningSite(spec, h, h.site(k), site_time, rm)
         site = running
 
@@ -310,5 +388,5 @@ async def run_site(spec: dict[str, Any], extend: Extension | None = None) -> int
     return 0
 
 
-__all__ = ["ChildProcess", "Extension", "Handler", "RunningSite", "SiteProcess", "poll",
+__all__ = ["AccountSites", "ChildProcess", "Extension", "Handler", "RunningSite", "SiteProcess", "poll",
            "run_site", "serve", "site_settings"]

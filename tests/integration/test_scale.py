@@ -47,3 +47,11 @@ def test_after_the_cloud_broker_restarts_every_site_rejoins_through_the_limit(
     assert figures["storm_refused"] >= 1
     # within any second, never more admitted than the burst, one join's cost and the rate
     assert figures["storm_peak_join_cost_per_s"] <= 20 + 101 + 20
+
+
+def test_every_site_restarted_on_its_state_comes_back_with_nothing_to_resynchronise(
+        figures: dict[str, Any]) -> None:
+    # the stations were paused: every copy at the cloud already is what its site announces
+    assert figures["restart_joins"] >= 2
+    assert figures["restart_resyncs"] == 0
+    assert figures["online"] == figures["cached_at_cloud"] == 200
