@@ -16,9 +16,10 @@ number of processes matters, not their addresses)::
 
 Each site process runs the site's Prosody, its local CSMS (its site link and **one** uplink
 connection to the cloud's broker) and its stations on one component connection
-(``bench.sites``). The cloud CSMS runs in a process of its own on the cloud's Prosody, which
-this process runs, SIGKILLs and starts again. This process asks every site and the cloud
-what they hold over their standard input and output, never over a broker.
+(``bench.sites``; ``--accounts``: each station on an account and connection of its own).
+The cloud CSMS runs in a process of its own on the cloud's Prosody, which this process
+runs, SIGKILLs and starts again. This process asks every site and the cloud what they hold
+over their standard input and output, never over a broker.
 
 *Phases and figures.*
 
@@ -27,14 +28,18 @@ what they hold over their standard input and output, never over a broker.
    local CSMS (``online``), every site is joined to the cloud, and every cloud copy's root
    digest equals its station's (``cached_at_cloud``); ``sites_started_s`` of it until every
    site process had started its broker, local CSMS and stations; ``connect_cpu_s`` the CPU
-   seconds each process kind spent meanwhile.
-2. *Steady.* Stations tick (``--tick-s``); after ``--warmup-s``, for ``--steady-s``:
-   ``updates_per_s_sustained`` (PropertyValueUpdates the cloud CSMS applied per second, its
-   ``updates`` counter) beside ``updates_per_s_offered`` (revisions the stations made per
-   second); ``cpu_share`` per process kind and ``broker_cpu_share`` (CPU seconds of every
-   Prosody over the wall time; 2.0 is both cores), ``machine_cpu_share`` (everything the
-   machine ran, other people's work included); ``rss_mb`` and ``rss_mb_per_1000_stations``
-   per process kind at the end of it (site process, site Prosody, cloud CSMS, cloud Prosody).
+   seconds each process kind spent meanwhile. Every tree is built, and copied twice.
+2. *Steady.* Stations tick every ``--tick-s`` (default 10 s: 5,000 stations offer 500
+   updates/s; at 1 s the simulated stations alone need more than this machine's two cores);
+   after ``--warmup-s``, for ``--steady-s``: ``updates_per_s_sustained`` (PropertyValueUpdates
+   the cloud CSMS applied per second, its ``updates`` counter) beside
+   ``updates_per_s_offered`` (revisions the stations made per second) and
+   ``cloud_cpu_ms_per_update``; ``cpu_share`` per process kind and ``broker_cpu_share`` (CPU
+   seconds of every Prosody over the wall time; 2.0 is both cores), ``machine_cpu_share``
+   (everything the machine ran, other people's work included); ``rss_mb`` and
+   ``rss_mb_per_1000_stations`` per process kind at the end of it (site process, site
+   Prosody, cloud CSMS, cloud Prosody); ``steady_backlog``: what waits in the sites then
+   (a local CSMS's inbox that grows is a site that does not keep up).
 3. *Storm.* With the stations still ticking, the cloud's Prosody is SIGKILLed; after
    ``--outage-s`` (the sites' copies move on, the cloud's cannot) the stations are paused and
    the broker is started again on the same state. Every local CSMS's uplink reconnects (its
@@ -45,7 +50,10 @@ what they hold over their standard input and output, never over a broker.
    cloud copy is consistent. ``storm_peak_joins_per_s`` and
    ``storm_peak_join_cost_per_s``: the most joins (and their cost: stations taken on for
    resynchronisation) the cloud admitted within one second; ``storm_refused`` the joins
-   told to wait, ``storm_resyncs`` the resynchronisations the cloud ran.
+   told to wait, ``storm_resyncs`` the resynchronisations the cloud ran (those a join
+   announced, and those the cloud found later from a gap in what a site relays).
+4. *Restart.* Every site process is stopped and started again on its state (``restart_all_s``
+   and the same join figures): the fleet coming back with (almost) nothing to catch up.
 
 Needs Prosody (``make setup``). Benchmarks are not pass/fail; the exit status is 0 when every
 station ended online and cached.
@@ -73,6 +81,7 @@ from actors.app.config import BrokerConfig, CloudConfig
 from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain
 from actors.app.wiring import start_cloud
 from actors.csms.cloud import CloudCsms
+from actors.csms.settings import CloudSettings
 from bench.procfs import machine_busy_seconds, total_cpu_seconds, total_rss_bytes
 from bench.sites import Answer, ChildProcess, Handler, RunningSite, SiteProcess, run_site, serve
 from broker_bridge.prosody import ManagedProsody
@@ -92,12 +101,12 @@ class Run:
 
     sites: int = 10
     stations_per_site: int = 500
-    tick_s: float = 1.0
+    tick_s: float = 10.0
     warmup_s: float = 5.0
     steady_s: float = 30.0
-    outage_s: float = 5.0
-    join_rate_per_s: float | None = 1000.0
-    join_burst: float = 2000.0
+    outage_s: float = 10.0
+    join_rate_per_s: float | None = CloudSettings().join_rate_per_s
+    join_burst: float = CloudSettings().join_burst
     accounts: bool = False
     restart: bool = True
     timeout_s: float = 300.0
@@ -121,7 +130,20 @@ def site_commands(running: RunningSite) -> dict[str, Handler]:
                 "revisions": sum(s.tree.revision for s in stations if s.tree is not None),
                 "joined": running.local.upstream_joined()}
 
-    return {"census": census}
+    async def backlog(cmd: dict[str, Any]) -> Answer:
+        local, stations = running.local, running.site.stations
+        copies = local.copies
+        return {"local_inbox": local.inbox_depth,
+                "local_relays_waiting": len(copies._relays),
+                "local_resyncs_busy": copies.resync.busy,
+                "local_copies_synced": sum(r.synced for r in copies.replicas.values()),
+                "uplink_queued": sum(running.uplink.session.queue_depth().values()),
+                "site_link_queued": sum(local.links.default.session.queue_depth().values()),
+                "station_inboxes": sum(s.inbox_depth for s in stations),
+                "host_queued": sum(sum(host.endpoint.session.queue_depth().values())
+                                   for host in running.site.hosts)}
+
+    return {"census": census, "backlog": backlog}
 
 
 async def run_cloud(spec: dict[str, Any]) -> int:
@@ -376,6 +398,7 @@ async def steady(lab: Lab, run: Run) -> dict[str, Any]:
     await asyncio.sleep(run.steady_s)
     after, counts1, cpu1 = await lab.cloud.ask("stats"), await lab.counts(), lab.cpu()
     busy1, wall = machine_busy_seconds(), time.monotonic() - wall0
+    backlogs = await asyncio.gather(*(site.ask("backlog") for site in lab.sites))
     updates = after["counters"]["updates"] - before["counters"]["updates"]
     cpu = {kind: round((cpu1[kind] - cpu0[kind]) / wall, 3) for kind in KINDS}
     rss = lab.rss_mb()
@@ -391,6 +414,8 @@ async def steady(lab: Lab, run: Run) -> dict[str, Any]:
         "machine_cpu_share": round((busy1 - busy0) / wall, 3),
         "rss_mb": {k: round(v, 1) for k, v in rss.items()},
         "rss_mb_per_1000_stations": _per_1000(rss, run.stations),
+        # what waits in the sites at the end of it (summed over the sites)
+        "steady_backlog": {key: sum(b[key] for b in backlogs) for key in backlogs[0]},
     }
 
 
@@ -460,7 +485,9 @@ def render(f: dict[str, Any]) -> str:
               if not isinstance(value, dict) and key not in ("stations", "sites")]
     lines.append(f"{'':<32}" + "".join(f"{kind:>14}" for kind in KINDS))
     lines += [f"{key:<32}" + "".join(f"{value[kind]:>14}" for kind in KINDS)
-              for key, value in f.items() if isinstance(value, dict)]
+              for key, value in f.items() if isinstance(value, dict) and KINDS[0] in value]
+    lines += [f"{key:<32}{json.dumps(value)}" for key, value in f.items()
+              if isinstance(value, dict) and KINDS[0] not in value]
     return "\n".join(lines)
 
 
@@ -489,15 +516,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, default=None, help="default 10 (quick: 2)")
     parser.add_argument("--stations-per-site", type=int, default=None,
                         help="default 500 (quick: 100)")
-    parser.add_argument("--tick-s", type=float, default=1.0,
-                        help="each station's simulated tick (default 1 s)")
+    parser.add_argument("--tick-s", type=float, default=None,
+                        help="each station ticks (and publishes) this often (default 10 s: "
+                             "5,000 stations offer 500 updates/s; quick: 1 s)")
     parser.add_argument("--steady-s", type=float, default=None, help="default 30 (quick: 10)")
     parser.add_argument("--warmup-s", type=float, default=5.0)
-    parser.add_argument("--outage-s", type=float, default=None, help="default 5 (quick: 2)")
-    parser.add_argument("--join-rate", type=float, default=1000.0,
+    parser.add_argument("--outage-s", type=float, default=None,
+                        help="how long the cloud's broker is down (default 10 s: every station "
+                             "ticks meanwhile; quick: 2)")
+    parser.add_argument("--join-rate", type=float, default=Run.join_rate_per_s,
                         help="the cloud's admission limit, in join cost per second (a join "
-                             "costs 1 plus 1 per copy to resynchronise; 0: no limit)")
-    parser.add_argument("--join-burst", type=float, default=2000.0)
+                             "costs 1 plus 1 per copy to resynchronise; 0: no limit; default "
+                             "%(default)s, the cloud's)")
+    parser.add_argument("--join-burst", type=float, default=Run.join_burst)
     parser.add_argument("--accounts", action="store_true",
                         help="each station on an account and connection of its own, not on "
                              "its site's component connection")
@@ -508,15 +539,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep every process's state and log here (default: a temporary "
                              "directory)")
     parser.add_argument("--quick", action="store_true",
-                        help="2 sites of 100 stations, 10 s steady, 2 s outage")
+                        help="2 sites of 100 stations ticking every second, 10 s steady, 2 s "
+                             "outage")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     quick = args.quick
     run = Run(sites=args.sites or (2 if quick else 10),
               stations_per_site=args.stations_per_site or (100 if quick else 500),
-              tick_s=args.tick_s, warmup_s=args.warmup_s,
+              tick_s=args.tick_s or (1.0 if quick else 10.0), warmup_s=args.warmup_s,
               steady_s=args.steady_s if args.steady_s is not None else (10.0 if quick else 30.0),
-              outage_s=args.outage_s if args.outage_s is not None else (2.0 if quick else 5.0),
+              outage_s=args.outage_s if args.outage_s is not None else (2.0 if quick else 10.0),
               join_rate_per_s=args.join_rate or None, join_burst=args.join_burst,
               accounts=args.accounts, restart=not args.no_restart, timeout_s=args.timeout_s,
               say=lambda message: print(f"  {message}", file=sys.stderr, flush=True))

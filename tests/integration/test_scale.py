@@ -21,9 +21,9 @@ def figures() -> dict[str, Any]:
     # an admission limit low enough to pace two sites: each comes back with its 100 ticking
     # stations changed (a join costing 101); the first runs the bucket 80 into debt, so the
     # second, arriving within the 4 s that takes to pay back, is told to wait
-    return asyncio.run(measure(Run(sites=2, stations_per_site=100, warmup_s=1.0, steady_s=3.0,
-                                   outage_s=2.0, join_rate_per_s=20.0, join_burst=20.0,
-                                   timeout_s=120.0)))
+    return asyncio.run(measure(Run(sites=2, stations_per_site=100, tick_s=1.0, warmup_s=1.0,
+                                   steady_s=3.0, outage_s=2.0, join_rate_per_s=20.0,
+                                   join_burst=20.0, timeout_s=120.0)))
 
 
 def test_every_station_is_online_and_cached_at_the_cloud(figures: dict[str, Any]) -> None:
