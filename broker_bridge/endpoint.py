@@ -7,6 +7,10 @@ before they leave, receipts before acks go out, in one commit each, so persisten
 itself under load), hand frames to the transport within its budget, then dispatch events. It
 sleeps until the session's next deadline or until something wakes it (a send, a frame, a link
 change, the transport draining).
+
+A second task watches how late the event loop runs the endpoint's timers and keeps ``pace``
+(``broker_bridge.pace``): the actors on the endpoint read it to coarsen their periodic work
+while the process cannot keep up.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.codec import encode_body
 from broker_bridge.envelope import Envelope, Priority, is_group
 from broker_bridge.outbox import Outbox
+from broker_bridge.pace import Pace
 from broker_bridge.session import (
     EnvelopeAbandoned,
     EnvelopeGuard,
@@ -40,6 +45,8 @@ from broker_bridge.transport import Origin, Transport
 from object_model.messages import MessageBase
 
 log = logging.getLogger("csms.bridge")
+
+LAG_PROBE_S = 0.25  # how often the endpoint measures the event loop's lag
 
 EnvelopeHandler = Callable[[Envelope], None]
 EventHandler = Callable[[SessionEvent], None]
@@ -60,11 +67,13 @@ class Endpoint:
     """Actors' access to the broker: ``register`` an address, ``send`` messages.
 
     ``guard`` seals what the session sends and opens what it receives (``session.guard``);
-    by default nothing is signed or checked."""
+    by default nothing is signed or checked. ``pace`` follows the event loop's lag while the
+    endpoint runs (see the module docstring)."""
 
     def __init__(self, transport: Transport, *, config: SessionConfig | None = None,
                  outbox_path: Path | str | None = None, clock: Clock | None = None,
-                 name: str = "endpoint", guard: EnvelopeGuard | None = None) -> None:
+                 name: str = "endpoint", guard: EnvelopeGuard | None = None,
+                 pace: Pace | None = None) -> None:
         config = config or SessionConfig()
         if outbox_path is not None and not config.durable:
             config = replace(config, durable=True)
@@ -78,6 +87,8 @@ class Endpoint:
         self._groups: dict[str, set[str]] = defaultdict(set)
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self.pace = pace or Pace()
         self._closing = False
         self._opened = False
         self._idle = asyncio.Event()
@@ -100,6 +111,7 @@ class Endpoint:
         self.session.link_is_up = False
         await self.transport.start(wait=wait)
         self._pump_task = asyncio.create_task(self._pump(), name=f"{self.name}-pump")
+        self._lag_task = asyncio.create_task(self._watch_lag(), name=f"{self.name}-lag")
         return self
 
     async def open(self) -> Endpoint:
@@ -135,10 +147,11 @@ class Endpoint:
             return
         with contextlib.suppress(TimeoutError):
             await self.flush(flush_timeout)
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
+        for task in (self._pump_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.transport.stop()
         if self.outbox is not None:
             await self._persist()
@@ -247,6 +260,29 @@ class Endpoint:
                 listener(up)
             except Exception:
                 log.exception("%s: a link listener failed", self.name)
+
+    # -- the loop's lag ---------------------------------------------------------------------------
+
+    async def _watch_lag(self) -> None:
+        """Measure how late a timer of ``LAG_PROBE_S`` fires, for ever, into ``pace``; say
+        when the process falls behind and when it has caught up. In the event loop's own
+        time, not the endpoint's clock: lag is how late the loop runs what is due, which a
+        fake clock moved by hand (or the demo's faster site time) says nothing about."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)  # the probe itself: how late does it wake?
+            now = loop.time()
+            change = self.pace.observe(now - started - LAG_PROBE_S, now)
+            if change is None:
+                continue
+            if change.after > change.before:
+                log.warning("%s: the event loop lags %.2f s behind: periodic work (ticks, "
+                            "publishing, allocations) now runs %dx coarser", self.name,
+                            change.lag_s, change.after)
+            else:
+                log.info("%s: the event loop lags %.2f s: periodic work back to %dx", self.name,
+                         change.lag_s, change.after)
 
     # -- the pump -------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ RANDOM_CALLS = {("random", name) for name in (
 
 # modules that must be free of I/O and clocks (package or package.module)
 PURE = {"keypath", "object_model", "broker_bridge.session", "broker_bridge.codec",
-        "broker_bridge.envelope", "broker_bridge.ids", "broker_bridge.backoff",
+        "broker_bridge.envelope", "broker_bridge.ids", "broker_bridge.backoff", "broker_bridge.pace",
         "actors.logic"}
 NO_OWN_RANDOMNESS = {"actors.logic"}
 ONLY_IN = {"slixmpp": {"broker_bridge.xmpp"}, "prometheus_client": {"actors.app.metrics"},

@@ -62,6 +62,7 @@ class BrokerConfig(Settings):
     notsent_lowat: int | None = None
     rate_kbit: float | None = None
     dead_after_s: float | None = None
+    bulk_frame_bytes: int | None = None
 
     @field_validator("send_window_bytes")
     @classmethod
@@ -120,6 +121,7 @@ class UplinkConfig(BrokerConfig):
     send_window_bytes: int | None = 32 * 1024
     notsent_lowat: int | None = 16 * 1024
     dead_after_s: float | None = 20.0  # a cut uplink is noticed within this, not in 15 min
+    bulk_frame_bytes: int | None = 8 * 1024  # the frame a critical envelope may wait behind
 
 
 class _Account(Settings):

@@ -7,8 +7,11 @@ site's power against the limit its resource manager gives), and writes ``connect
 its state directory so that ``csms get|set|discover`` can reach it: ``csms set rm-site1
 grid/fuse_limit_w 40000`` changes a site's grid limit live. Time at the sites runs
 ``--speed`` times faster than real time (one ``SiteTime`` for stations, local CSMS and
-resource manager), so that EVs come and go while you watch. Ctrl-C (or ``--duration``) stops everything cleanly; the broker dies with the process
-in any case.
+resource manager), so that EVs come and go while you watch. Ctrl-C or SIGTERM (or
+``--duration``) stops everything cleanly within seconds, even while starting (a second one
+exits at once); the broker dies with the process in any case. When one process cannot keep up
+with all it hosts, the stations coarsen their ticks and publications (``broker_bridge.pace``),
+and the progress line says how far behind it is and what was coarsened or shed.
 """
 
 from __future__ import annotations
@@ -17,19 +20,19 @@ import asyncio
 import contextlib
 import json
 import shutil
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from actors.app.config import BrokerConfig
-from actors.app.hierarchy import Hierarchy, Say
+from actors.app.hierarchy import Hierarchy, Say, simulated
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.csms.settings import EnergySettings
 from actors.logic.energy.allocation import AllocatorSettings
 from actors.logic.station.simulation import SimulationConfig
+from actors.runtime.shutdown import StopRequested, StopSignals
 from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatorSettings
 from actors.testing import until
@@ -152,7 +155,31 @@ class Demo:
             "errors": self.errors(),
             "cloud_copies": len(self.cloud_actor.copies.replicas),
             "sites_energy": self.energy(),
+            "load": self.load(),
             "seconds": round(WALL_CLOCK.monotonic() - self.started, 1),
+        }
+
+    def load(self) -> dict[str, Any]:
+        """How far behind the process runs, and what it coarsened or shed to keep up."""
+        paces = [e.pace for e in self.endpoints()]
+        stations = self.stations()
+        actors = [self.cloud_actor, *self.locals(), *stations]
+        return {
+            "loop_lag_s": round(max((p.lag_s for p in paces), default=0.0), 2),
+            "loop_lag_max_s": round(max((p.max_lag_s for p in paces), default=0.0), 2),
+            "pace": max((p.stretch for p in paces), default=1),
+            "inbox_max": max((a.inbox_depth for a in actors), default=0),
+            "ticks_coarsened": sum(simulated(s).ticks_coarsened for s in stations),
+            "updates_coalesced": sum(s.publisher.coalesced for s in stations
+                                     if s.publisher is not None),
+            "allocations_deferred": sum(local.energy.deferred for local in self.locals()),
+            # dropped by policy: unreliable bulk (then state, from a full send queue), never
+            # critical or control
+            "shed": sum(a.shed for a in actors) + sum(
+                e.session.queue_counters.dropped_overflow for e in self.endpoints()),
+            # dropped because their sender's deadline passed while they waited to leave
+            "expired": sum(sum(e.session.queue_counters.expired.values())
+                           for e in self.endpoints()),
         }
 
     def energy(self) -> list[dict[str, Any]]:
@@ -257,25 +284,41 @@ def render(demo: Demo, rates: dict[Priority, float], out: TextIO, tty: bool) -> 
                                             for p in Priority))
     lines.append(f"resyncs {demo.resyncs()}   errors {demo.errors()}   cloud copies "
                  f"{len(demo.cloud_actor.copies.replicas)}")
+    load = demo.load()
+    lines.append(f"loop lag {load['loop_lag_s']:.2f} s (max {load['loop_lag_max_s']:.2f})  "
+                 f"pace x{load['pace']}  inbox max {load['inbox_max']}  coarsened: ticks "
+                 f"{load['ticks_coarsened']} updates {load['updates_coalesced']} allocations "
+                 f"{load['allocations_deferred']}  shed {load['shed']} expired "
+                 f"{load['expired']}")
     if tty:
         out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
     else:
-        out.write(" | ".join(lines[2:2 + len(rows)]) + " | " + lines[-2] + "\n")
+        out.write(" | ".join([*lines[2:2 + len(rows)], lines[-3], lines[-1]]) + "\n")
     out.flush()
 
 
 async def run_demo(settings: DemoSettings, out: TextIO = sys.stdout,
                    err: TextIO = sys.stderr) -> dict[str, Any]:
+    """Run the demo until ``settings.duration`` is over or a signal asks it to stop (during
+    the start too: see ``StopSignals``); its summary."""
     def say(message: str) -> None:
         print(message, file=err, flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    demo = await start_demo(settings, say)
+    async with StopSignals() as signals:
+        return await _run_demo(settings, signals, say, out)
+
+
+async def _run_demo(settings: DemoSettings, signals: StopSignals, say: Say,
+                    out: TextIO) -> dict[str, Any]:
     try:
-        if not settings.json:
+        demo = await signals.guard(start_demo(settings, say))
+    except StopRequested as stopped:
+        say(f"{stopped} while starting")
+        return {"started": False, "stopped_by": signals.signal and signals.signal.name}
+    try:
+        if settings.json:
+            say(f"running: {len(demo.stations())} stations")
+        else:
             say(f"running. In another terminal: .venv/bin/csms get cs-site1-1 evse/1/status "
                 f"(connection details in {settings.state_dir / 'connect.json'}); change a "
                 f"site's grid limit live: .venv/bin/csms set rm-site1 grid/fuse_limit_w 40000")
@@ -283,10 +326,10 @@ async def run_demo(settings: DemoSettings, out: TextIO = sys.stdout,
         last = demo.messages_by_priority()
         last_t = WALL_CLOCK.monotonic()
         ticks = 0
-        while not stop.is_set():
+        while not signals.requested.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await stop.wait()
+                    await signals.requested.wait()
             now = WALL_CLOCK.monotonic()
             if settings.duration is not None and now - demo.started >= settings.duration:
                 break
@@ -297,8 +340,15 @@ async def run_demo(settings: DemoSettings, out: TextIO = sys.stdout,
             if not settings.json and (tty or ticks % 5 == 0):
                 render(demo, rates, out, tty)
         summary = demo.summary()
-        summary["cloud_consistent"] = await settle(demo)
+        summary["cloud_consistent"] = None  # the proof takes seconds: not if asked to stop
+        with contextlib.suppress(StopRequested):
+            if not signals.requested.is_set():
+                summary["cloud_consistent"] = await signals.guard(settle(demo))
+        if signals.signal is not None:
+            summary["stopped_by"] = signals.signal.name
         return summary
     finally:
         say("stopping...")
+        began = WALL_CLOCK.monotonic()
         await stop_demo(demo)
+        say(f"stopped in {WALL_CLOCK.monotonic() - began:.1f} s")

@@ -15,7 +15,8 @@ cloud's broker that carries everything for the cloud. Then:
 * an operator client (``operator()``) reads what the cloud holds, as ``csms get`` would;
   ``cloud_digests``/``local_consistent`` compare every copy with its station.
 
-Everything it starts, it stops in ``close`` (stations, sites, cloud, brokers), in that order.
+Everything it starts, it stops in ``close``: the actors together (``wiring.stop_all``), then the
+brokers.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from actors.app.wiring import (
     start_local,
     start_resource_manager,
     start_stations,
+    stop_all,
     xmpp_settings,
 )
 from actors.csms.cloud import CloudCsms
@@ -513,17 +515,14 @@ class Hierarchy:
     # -- the end ------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop everything this hierarchy started, stations first, the broker last."""
+        """Stop everything this hierarchy started, together, then the broker."""
         await self.disconnect_operator()
-        for site in reversed(self.sites):
-            for host in reversed(site.hosts):
-                await host.stop()
-            if site.local is not None:
-                await site.local.stop()
-            if site.rm is not None:
-                await site.rm.stop()
-        if self.cloud is not None:
-            await self.cloud.stop()
+        # all at once: every actor halts before any flushes (a loaded hierarchy stopped one
+        # part at a time kept the rest ticking and applying updates meanwhile)
+        await stop_all([*(host for site in self.sites for host in site.hosts),
+                        *(r for site in self.sites for r in (site.local, site.rm)
+                          if r is not None),
+                        *([self.cloud] if self.cloud is not None else [])])
         process = self.cloud_process
         if process is not None and process.returncode is None:
             process.send_signal(signal.SIGTERM)

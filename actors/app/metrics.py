@@ -39,14 +39,22 @@ station host's component); priorities are labelled ``critical``, ``control``, ``
 * ``csms_session_events_total{event}``: retransmits, duplicates, acked, abandoned, rejected,
   forged, error_reports_sent, error_reports_suppressed, gaps, resets;
 * ``csms_broker_reconnects_total``: times the link came back after it was lost;
-* ``csms_broker_connected`` (gauge): 1 while the link is up.
+* ``csms_broker_connected`` (gauge): 1 while the link is up;
+* ``csms_loop_lag_seconds`` (gauge): how late the event loop runs the endpoint's timers
+  (smoothed), and ``csms_pace_stretch`` (gauge): how many times coarser the periodic work of
+  its actors runs because of it (``broker_bridge.pace``; 1: on time).
 
 Per actor, labelled ``actor`` (its address):
 
 * ``csms_actor_handled_total``, ``csms_actor_rejected_total``: messages its handlers took, and
   refused with an ErrorReport;
 * ``csms_actor_late_answers_total``: answers that came after the request gave up waiting;
-* ``csms_actor_inbox_envelopes`` (gauge): envelopes waiting for its handlers.
+* ``csms_actor_inbox_envelopes`` (gauge): envelopes waiting for its handlers;
+* ``csms_actor_shed_envelopes_total``: unreliable bulk envelopes it dropped on arrival
+  because its inbox was too deep (it could not keep up);
+* ``csms_coarsened_total{work}``: periodic work folded while the loop lagged: ``ticks`` of a
+  simulated station, ``updates`` (commits that went out in another's notification),
+  ``allocations`` (copy changes a local CSMS left to its next periodic allocation).
 
 Per actor that keeps a ``ResyncEngine`` as ``resync`` (the local and cloud CSMS):
 
@@ -85,8 +93,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from actors.csms.local import LocalCsms
 from actors.runtime.actor import Actor
 from actors.runtime.replication.resync import ResyncEngine
+from actors.station.actor import ChargingStation
+from actors.station.simulated import SimulatedStation
 from broker_bridge import Endpoint, Priority
 from broker_bridge.session import LatencyHistogram, SessionCounters
 
@@ -147,6 +158,10 @@ FAMILIES: tuple[tuple[str, type[Family], str, str, tuple[str, ...]], ...] = (
     ("reconnects", _C, "csms_broker_reconnects",
      "Times the broker link came back after it was lost", _E),
     ("connected", _G, "csms_broker_connected", "1 while the broker link is up", _E),
+    ("loop_lag", _G, "csms_loop_lag_seconds", "How late the event loop runs timers, smoothed",
+     _E),
+    ("pace", _G, "csms_pace_stretch",
+     "How many times coarser periodic work runs because the event loop lags", _E),
     ("handled", _C, "csms_actor_handled", "Messages the actor's handlers took", _A),
     ("rejected", _C, "csms_actor_rejected", "Messages the actor refused with an ErrorReport",
      _A),
@@ -154,6 +169,10 @@ FAMILIES: tuple[tuple[str, type[Family], str, str, tuple[str, ...]], ...] = (
      "Answers that came after the request gave up waiting", _A),
     ("inbox", _G, "csms_actor_inbox_envelopes", "Envelopes waiting for the actor's handlers",
      _A),
+    ("actor_shed", _C, "csms_actor_shed_envelopes",
+     "Unreliable bulk envelopes dropped on arrival because the inbox was too deep", _A),
+    ("coarsened", _C, "csms_coarsened", "Periodic work folded because the event loop lagged",
+     ("actor", "work")),
     ("resyncs", _C, "csms_resyncs", "Resynchronisations completed", ("actor", "mode")),
     ("resync_failures", _C, "csms_resync_failures", "Resynchronisation runs that failed", _A),
     ("resync_duration", _S, "csms_resync_duration_seconds",
@@ -207,6 +226,8 @@ class _Families:
             add("session_events", [name, event], getattr(counters, event))
         add("reconnects", [name], endpoint.reconnects)
         add("connected", [name], 1 if endpoint.transport.connected else 0)
+        add("loop_lag", [name], endpoint.pace.lag_s)
+        add("pace", [name], endpoint.pace.stretch)
 
     def add_actor(self, actor: Actor) -> None:
         add, address = self.add, actor.address
@@ -214,6 +235,9 @@ class _Families:
         add("rejected", [address], actor.rejected)
         add("late", [address], actor.late_answers)
         add("inbox", [address], actor.inbox_depth)
+        add("actor_shed", [address], actor.shed)
+        for work, count in _coarsened(actor):
+            add("coarsened", [address, work], count)
         engine = getattr(getattr(actor, "copies", None), "resync", None)  # a CSMS's copies
         if isinstance(engine, ResyncEngine):
             stats = engine.stats
@@ -233,6 +257,20 @@ class _Families:
     def all(self) -> list[Metric]:
         """The families that have samples."""
         return [f for f in self._families.values() if f.samples]
+
+
+def _coarsened(actor: Actor) -> list[tuple[str, int]]:
+    """What ``actor`` folded while the loop lagged: a station's ticks and updates, a local
+    CSMS's allocations."""
+    out = []
+    if isinstance(actor, ChargingStation):
+        if isinstance(actor.hardware, SimulatedStation):
+            out.append(("ticks", actor.hardware.ticks_coarsened))
+        if actor.publisher is not None:
+            out.append(("updates", actor.publisher.coalesced))
+    elif isinstance(actor, LocalCsms):
+        out.append(("allocations", actor.energy.deferred))
+    return out
 
 
 class ActorCollector(Collector):

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.resource_manager.actor import ResourceManager
 from actors.runtime.actor import Actor
+from actors.runtime.shutdown import StopRequested, StopSignals, halt_when_stopping, shut_down
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatedStation, SimulatorSettings
@@ -49,10 +49,10 @@ def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
 
 
 def session_config(broker: BrokerConfig) -> SessionConfig:
-    """The session of a link to ``broker``: paced at 90 % of its known rate, if any."""
-    if broker.rate_kbit is None:
-        return SessionConfig()
-    return SessionConfig(rate_bytes_per_s=broker.rate_kbit * 1000 / 8 * 0.9)
+    """The session of a link to ``broker``: paced at 90 % of its known rate, if any, with
+    state and bulk frames of at most ``bulk_frame_bytes``."""
+    rate = None if broker.rate_kbit is None else broker.rate_kbit * 1000 / 8 * 0.9
+    return SessionConfig(rate_bytes_per_s=rate, bulk_frame_bytes=broker.bulk_frame_bytes)
 
 
 @dataclass
@@ -68,24 +68,23 @@ class Running:
         """The default link: the only one, but for a local CSMS with an uplink."""
         return self.links.default
 
-    async def stop(self) -> None:
-        """Stop every actor, then the links, then the stores; a failure is logged and the
-        rest still stop (state already durable stays so)."""
+    def halt(self) -> None:
+        """Stop every actor's intake and periodic work now (``Actor.halt``)."""
         for actor in self.actors:
-            try:
-                await actor.stop()
-            except Exception:
-                log.exception("stopping %s failed", actor.address)
-        for endpoint in self.links.endpoints:
-            try:
-                await endpoint.stop(flush_timeout=2.0)
-            except Exception:
-                log.exception("stopping the endpoint %s failed", endpoint.name)
-        for store in self.stores:
-            try:
-                await store.close()
-            except Exception:
-                log.exception("closing the store %s failed", store.path)
+            actor.halt()
+
+    async def stop(self) -> None:
+        """Stop every actor, then the links, then the stores (``stop_all``)."""
+        await stop_all([self])
+
+
+async def stop_all(running: Sequence[Running]) -> None:
+    """Stop everything in ``running`` together: every actor halts before any flushes, and
+    the stores close last, within seconds (``actors.runtime.shutdown.shut_down``); a failure
+    is logged and the rest still stop (state already durable stays so)."""
+    await shut_down([a for r in running for a in r.actors],
+                    [e for r in running for e in r.links.endpoints],
+                    [s for r in running for s in r.stores])
 
 
 def settle_heap() -> None:
@@ -112,7 +111,11 @@ async def _account(broker: BrokerConfig, account: CloudConfig | LocalConfig
     state = Path(account.state_dir)
     endpoint = await _link(broker, account.address, account.password, state / "outbox.db",
                            account.address)
-    return Router(endpoint), await TreeStore(state / "trees.db", compact_every=64).open()
+    try:
+        return Router(endpoint), await TreeStore(state / "trees.db", compact_every=64).open()
+    except BaseException:  # failed or cancelled: an open outbox would outlive us
+        await endpoint.stop()
+        raise
 
 
 async def start_cloud(broker: BrokerConfig, cfg: CloudConfig,
@@ -152,6 +155,7 @@ async def _start_then_connect(running: Running) -> Running:
     kept for an account while it was away as soon as it is back, and that must find its actor
     registered (its inbox holds it until the actor serves), not be refused as unknown. What
     the actors send meanwhile waits in the session's queues."""
+    halt_when_stopping(running.halt)  # a signal during the start halts it at once
     started: list[Actor] = []
     try:
         for actor in running.actors:
@@ -166,6 +170,12 @@ async def _start_then_connect(running: Running) -> Running:
         raise
     settle_heap()
     return running
+
+
+START_TOGETHER = 50
+"""Stations of a host started concurrently: their loads and first snapshots share the store's
+transactions (one at a time, a start waited for a transaction of its own behind the ticks of
+those already running, and 300 stations took 70 s to start)."""
 
 
 def simulator_for(cfg: StationsConfig, index: int, station: str) -> SimulatorSettings:
@@ -187,17 +197,28 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
                                         cfg.component_secret, name=f"host-{state.name}")
     endpoint = await Endpoint(transport, config=session_config(broker),
                               name=cfg.component).start()
-    store = await TreeStore(state / "trees.db", compact_every=128).open()
-    running = Running(Router(endpoint), [], [store])
-    for i, station in enumerate(cfg.ids):
-        hardware = SimulatedStation(simulator_for(cfg, i, station), clock=clock or WALL_CLOCK)
-        hardware.paused = paused
-        actor = ChargingStation(station, endpoint, store=store, settings=cfg,
-                                hardware=hardware, clock=clock)
-        await actor.start()
-        running.actors.append(actor)
-        if progress is not None and (i + 1) % 100 == 0:
-            progress(f"{i + 1}/{len(cfg.ids)} stations started")
+    running = Running(Router(endpoint), [])
+    halt_when_stopping(running.halt)  # a signal during the start halts it at once
+    try:
+        running.stores.append(await TreeStore(state / "trees.db", compact_every=128).open())
+        for first in range(0, len(cfg.ids), START_TOGETHER):
+            batch = []
+            for i, station in enumerate(cfg.ids[first:first + START_TOGETHER], first):
+                hardware = SimulatedStation(simulator_for(cfg, i, station),
+                                            clock=clock or WALL_CLOCK)
+                hardware.paused = paused  # before its start: a paused station never ticks
+                batch.append(ChargingStation(station, endpoint, store=running.stores[0],
+                                             settings=cfg, hardware=hardware, clock=clock))
+            running.actors.extend(batch)  # stopped with the rest if their start is cut short
+            async with asyncio.TaskGroup() as group:
+                for actor in batch:
+                    group.create_task(actor.start())
+            done = first + len(batch)
+            if progress is not None and done // 100 > first // 100:
+                progress(f"{done}/{len(cfg.ids)} stations started")
+    except BaseException:  # failed or cancelled (a stop requested): undo what started
+        await running.stop()
+        raise
     settle_heap()
     return running
 
@@ -216,21 +237,21 @@ async def run_until_signalled(start: Callable[[], Awaitable[list[Running]]],
                               describe: Callable[[list[Running]], Any] | None = None,
                               metrics: MetricsConfig | None = None) -> int:
     """Start, serve metrics (if ``metrics`` has a port), then wait for Ctrl-C or SIGTERM, then
-    stop everything cleanly, the metrics server last."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    running = await start()
-    server = None
-    try:
-        server = start_metrics(running, metrics)
-        if describe is not None:
-            describe(running)
-        await stop.wait()
-    finally:
-        for item in reversed(running):
-            await item.stop()
-        if server is not None:
-            await server.stop()
+    stop everything cleanly, the metrics server last. A signal during the start cuts it
+    short (``StopSignals``); a second one exits at once."""
+    async with StopSignals() as signals:
+        try:
+            running = await signals.guard(start())
+        except StopRequested:
+            return 0
+        server = None
+        try:
+            server = start_metrics(running, metrics)
+            if describe is not None:
+                describe(running)
+            await signals.wait()
+        finally:
+            await stop_all(running)
+            if server is not None:
+                await server.stop()
     return 0

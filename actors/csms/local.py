@@ -44,6 +44,7 @@ from object_model.messages import (
     TreeInfo,
 )
 
+RELAY_EXPIRY_US = 5_000_000
 log = logging.getLogger("csms.local")
 
 UPSTREAM_BACKOFF = Backoff(base_s=1.0, cap_s=30.0)
@@ -83,7 +84,8 @@ class LocalCsms(TreeActor):
                                  clock=site_clock or self.clock,
                                  settings=settings.energy, site=settings.site,
                                  resource_manager=settings.resource_manager,
-                                 cloud=settings.cloud, upstream_joined=self.upstream_joined)
+                                 cloud=settings.cloud, upstream_joined=self.upstream_joined,
+                                 pace=self.endpoint.pace)
 
     async def on_start(self) -> None:
         await self.management.open()
@@ -167,7 +169,10 @@ class LocalCsms(TreeActor):
 
     def _relay(self, update: PropertyValueUpdate) -> None:
         if self.upstream_joined() and self.settings.cloud:
-            self.send(self.settings.cloud, update, priority=Priority.STATE)
+            # a relay that could not leave within seconds is stale: by then the uplink is
+            # down, and the cloud relearns what changed by resynchronising when we rejoin
+            self.send(self.settings.cloud, update, priority=Priority.STATE,
+                      expires_in_us=RELAY_EXPIRY_US)
 
     # -- the cloud -------------------------------------------------------------------------
 

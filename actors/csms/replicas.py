@@ -168,7 +168,10 @@ class ReplicaSet:
         replica = self.replicas.get(key)
         if replica is None:
             replica = Replica(key, source, remote_tree, ObjectTree(PermissiveSchema(), epoch=0))
-            await self._track(replica)
+            # empty until resynchronised, and made durable then: a handler admitting a site's
+            # stations (or learning of one from an update) waits for no transaction per copy
+            self.replicas[key] = replica
+            self._persisted[key] = self.store.attach_soon(key, replica.tree)
         else:
             replica.source, replica.remote_tree = source, remote_tree
         return replica

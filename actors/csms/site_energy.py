@@ -11,6 +11,11 @@ manager; what cannot be done goes to the resource manager and the cloud as an
 ``EnergyAlert``, and again (``active=False``) when it is over.
 
 Nothing here involves the cloud: during a cloud outage the allocation goes on unchanged.
+
+While the process cannot keep up (``pace`` stretched), changes of the copies no longer set
+off an allocation each: they wait for the next periodic one (``deferred`` counts them), since
+with hundreds of stations they come faster than allocations can follow. Changes of the site's
+own energy inputs (a grid envelope, the fallback limit) still allocate at once.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from actors.runtime.actor import Messenger
 from actors.runtime.replication.replica import station_key
 from broker_bridge import Priority
 from broker_bridge.clock import Clock
+from broker_bridge.pace import Pace
 from keypath import KeyPath
 from object_model import ModelError
 from object_model.energy_messages import AlertEvse, EnergyAlert
@@ -70,8 +76,11 @@ class SiteEnergy:
 
     def __init__(self, actor: Messenger, *, own: OwnTree, copies: ReplicaSet, clock: Clock,
                  settings: EnergySettings, site: str, resource_manager: str | None,
-                 cloud: str | None, upstream_joined: Callable[[], bool]) -> None:
+                 cloud: str | None, upstream_joined: Callable[[], bool],
+                 pace: Pace | None = None) -> None:
         self.actor, self.address, self.clock = actor, actor.address, clock
+        self.pace = pace or Pace()
+        self.deferred = 0  # copy changes left to the periodic allocation (the loop lagged)
         self.own, self.copies, self.site = own, copies, site
         self.energy_settings = settings
         self.allocator = SiteAllocator(settings.allocator)
@@ -107,10 +116,14 @@ class SiteEnergy:
             self._energy_wake.set()
 
     def copy_energy_changed(self, paths: list[str]) -> None:
-        """A copy changed: allocate again if a PEBC value or an EVSE's status moved."""
+        """A copy changed: allocate again if a PEBC value or an EVSE's status moved (at the
+        next periodic allocation while the process lags)."""
         if any(("/energy/" in p and not p.endswith(("/envelope", "/limit_w"))) or
                p.endswith("/status") for p in paths):
-            self._energy_wake.set()
+            if self.pace.behind:
+                self.deferred += 1
+            else:
+                self._energy_wake.set()
 
     async def _energy_loop(self) -> None:
         interval = self.energy_settings.interval_s

@@ -16,6 +16,11 @@ Whatever a handler returns goes back to the sender as the answer (correlated wit
 request's id); whatever it raises goes back as a detailed ``ErrorReport``. Incoming messages
 are handled one at a time, in arrival order, by the actor's inbox task; answers to the actor's
 own requests bypass the inbox (so a handler may await a request without deadlock).
+
+An actor that cannot keep up sheds what the design lets it shed, and counts it: while
+``INBOX_BULK_LIMIT`` envelopes wait in its inbox, unreliable bulk envelopes (telemetry nobody
+was promised) are dropped on arrival (``shed``). Critical, control and state envelopes, and
+anything reliable, always wait their turn.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ from object_model.errors import (
 from object_model.messages import ErrorReport, MessageBase, error_report
 
 log = logging.getLogger("csms.actor")
+
+INBOX_BULK_LIMIT = 1_000
+SHED_LOG_EVERY_S = 10.0  # at most one log line per actor this often about what it shed
 
 M = TypeVar("M", bound=MessageBase)
 Handler = Callable[[Any, MessageBase, "Context"], Awaitable[MessageBase | None]]
@@ -192,9 +200,12 @@ class Actor:
         self._pending: dict[bytes, tuple[asyncio.Future[Any], str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
+        self._started = self._stopped = False
         self.handled = 0
         self.rejected = 0
         self.late_answers = 0
+        self.shed = 0  # unreliable bulk envelopes dropped because the inbox was too deep
+        self._shed_said_at: float | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -212,26 +223,38 @@ class Actor:
         ``on_start`` makes are delivered directly, so it may talk to peers.
         """
         await self.links.register_each(self.address, self._arrival_on, self._session_event)
-        self._running = True
+        self._running = self._started = True
         try:
             await self.on_start()
         except BaseException:
             await self.stop()
             raise
-        self.spawn(self._serve(), "inbox")
+        if self._running:  # not halted meanwhile
+            self.spawn(self._serve(), "inbox")
         return self
 
-    async def stop(self) -> None:
-        """Run ``on_stop``, then stop taking envelopes and cancel the actor's tasks and pending
-        requests."""
-        if not self._running:
-            return
+    def halt(self) -> None:
+        """Stop intake now: no more envelopes are handled, and the actor's tasks (its inbox,
+        ticks, publishing, loops) are cancelled. ``stop`` finishes the job. A process that
+        stops many actors halts them all first, so that none keeps working (and loading the
+        event loop) while the others flush their state."""
         self._running = False
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def stop(self) -> None:
+        """Halt, wait for the actor's tasks to end, run ``on_stop`` (flush state), then stop
+        taking envelopes at all and cancel pending requests."""
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        self.halt()
         try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.on_stop()
         finally:
             self.links.unregister(self.address)
-            for task in list(self._tasks):
+            for task in list(self._tasks):  # spawned by on_stop, if anything was
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for future, _ in self._pending.values():
@@ -242,7 +265,8 @@ class Actor:
         """Override: start background work."""
 
     async def on_stop(self) -> None:
-        """Override: flush state before the tasks are cancelled."""
+        """Override: make state durable (the actor's tasks have ended; its links still
+        carry what it sends)."""
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -333,7 +357,20 @@ class Actor:
                 return
         if not self._running:
             return
+        if (env.priority is Priority.BULK and not env.reliable
+                and self._inbox.qsize() >= INBOX_BULK_LIMIT):
+            self._shed(env)
+            return
         self._inbox.put_nowait((env.priority, next(self._arrivals), env, link))
+
+    def _shed(self, env: Envelope) -> None:
+        self.shed += 1
+        now = self.clock.monotonic()
+        if self._shed_said_at is None or now - self._shed_said_at >= SHED_LOG_EVERY_S:
+            self._shed_said_at = now
+            log.warning("%s: cannot keep up (%d envelopes waiting): shedding unreliable bulk "
+                        "envelopes, %d so far (the last a %s from %s)", self.address,
+                        self._inbox.qsize(), self.shed, env.kind, env.source)
 
     async def _serve(self) -> None:
         inbox = self._inbox

@@ -123,14 +123,15 @@ class ChargingStation(TreeActor):
         self.trees = OneTree(self.address, access, self._commit)
         self.hardware.attach(tree, self._report, now)
         self.publisher = Publisher(self, tree, durable=persisted.durable,
-                                   interval=self.settings.publish_interval_s)
+                                   interval=self.settings.publish_interval_s,
+                                   pace=self.endpoint.pace)
         self.tasks = StationTasks(self, tree=tree, access=access, persisted=persisted,
                                   store=self.store,
                                   link=self.links.endpoint_for(self.settings.csms),
                                   joined=lambda: self.membership.joined,
                                   limits=self.settings.tasks)
         await self.tasks.start()
-        self.spawn(self.hardware.run(), "hardware")
+        self.spawn(self.hardware.run(self.endpoint.pace), "hardware")
         self.spawn(self.publisher.run(), "publish")
         self.spawn(self.membership.run(), "join")
 

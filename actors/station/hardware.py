@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from broker_bridge.pace import Pace
 from object_model.tree import ObjectTree, Operation, TransactionCommitted
 
 Report = Callable[[Sequence[Operation]], TransactionCommitted | None]
@@ -44,8 +45,10 @@ class StationHardware(Protocol):
         report through ``report``. Called once, before ``run`` and ``obey``."""
         ...
 
-    async def run(self) -> None:
-        """Report what the hardware does until cancelled (the actor runs it as a task)."""
+    async def run(self, pace: Pace) -> None:
+        """Report what the hardware does until cancelled (the actor runs it as a task).
+        ``pace`` is the process's: hardware that reports on a timer of its own (a simulator)
+        reports ``pace.stretch`` times less often while the process cannot keep up."""
         ...
 
     def obey(self, event: TransactionCommitted) -> None:

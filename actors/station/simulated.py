@@ -6,6 +6,11 @@ speed`` simulated seconds (never behind the clock's wall time: when that is the 
 as in the demo, an envelope made for "now" finds the station there too) and reports the tick
 as one transaction. A CSMS's write that changes what an EVSE may draw (permissions, an
 envelope) is obeyed at once: the simulation ticks again at the same simulated time.
+
+While the process cannot keep up (its ``Pace`` is stretched), a tick covers ``stretch``
+ticks' worth of time, once every ``stretch`` ticks: the simulation is coarser, the station's
+state still follows the clock, and the work (and the commits, publications and copies that
+follow from each tick) falls by as much. ``ticks_coarsened`` counts the ticks folded so.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from actors.logic.station.simulation import SimulationConfig, StationSimulator
 from actors.runtime.settings import Settings, positive
 from actors.station.hardware import HardwareFigures, Report
 from broker_bridge.clock import WALL_CLOCK, Clock
+from broker_bridge.pace import Pace
 from object_model.station import new_station_tree
 from object_model.tree import ObjectTree, TransactionCommitted
 
@@ -65,6 +71,7 @@ class SimulatedStation:
         self.simulator: StationSimulator | None = None
         self._report: Report | None = None
         self._now_us = 0
+        self.ticks_coarsened = 0
 
     def initial_tree(self, address: str, now_us: int) -> ObjectTree:
         return new_station_tree(address, evse_count=self.settings.evse_count,
@@ -74,13 +81,15 @@ class SimulatedStation:
         self.simulator = StationSimulator(tree, self.settings.simulation, now_us=now_us)
         self._report, self._now_us = report, now_us
 
-    async def run(self) -> None:
+    async def run(self, pace: Pace) -> None:
         tick_s = self.settings.tick_s
         step_us = int(tick_s * self.settings.speed * 1e6)
         while True:
-            await self.clock.sleep(tick_s)
+            stretch = pace.stretch
+            await self.clock.sleep(tick_s * stretch)
             if not self.paused:
-                self.tick(max(self._now_us + step_us, self.clock.now_us()))
+                self.ticks_coarsened += stretch - 1
+                self.tick(max(self._now_us + step_us * stretch, self.clock.now_us()))
 
     @property
     def simulated_us(self) -> int:

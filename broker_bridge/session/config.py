@@ -26,6 +26,9 @@ class SessionConfig:
     limits sending. On a rate-limited link, state and bulk frames are kept to
     ``max_frame_delay_us`` of link time (at least 1 kB), because a critical envelope can never
     overtake the frame already on the wire: a 32 kB bulk frame is 64 ms at 500 kB/s.
+    ``bulk_frame_bytes`` caps state and bulk frames whatever the rate (at least 1 kB): on a
+    slow link without a known rate, a critical envelope still waits for the frame already
+    handed to the kernel (32 kB is 128 ms at 2 Mbit/s).
     ``priorities=False`` makes the queue plain FIFO (for comparisons). ``compress`` deflates
     frames when that saves a tenth or more (see ``codec``).
     ``durable``: reliable envelopes wait for ``mark_persisted`` before they may leave, and acks
@@ -36,6 +39,7 @@ class SessionConfig:
     rate_bytes_per_s: float | None = None
     burst_bytes: int = 64 * 1024
     max_frame_delay_us: int = 2 * MS
+    bulk_frame_bytes: int | None = None
     priorities: bool = True
     compress: bool = True
     batch_windows_us: dict[Priority, int] = field(default_factory=_default_windows)
@@ -57,10 +61,15 @@ class SessionConfig:
 
     def frame_limit(self, priority: Priority) -> int:
         """The largest frame for envelopes of ``priority`` (see ``max_frame_delay_us``)."""
-        if self.rate_bytes_per_s is None or priority <= Priority.CONTROL:
+        if priority <= Priority.CONTROL:
             return self.frame_bytes
-        by_rate = int(self.rate_bytes_per_s * self.max_frame_delay_us / 1e6)
-        return max(1024, min(self.frame_bytes, by_rate))
+        limit = self.frame_bytes
+        if self.bulk_frame_bytes is not None:
+            limit = min(limit, max(1024, self.bulk_frame_bytes))
+        if self.rate_bytes_per_s is not None:
+            by_rate = int(self.rate_bytes_per_s * self.max_frame_delay_us / 1e6)
+            limit = max(1024, min(limit, by_rate))
+        return limit
 
     def __post_init__(self) -> None:
         if not 10 * 1024 <= self.frame_bytes <= 64 * 1024:

@@ -150,14 +150,25 @@ class XmppTransport:
                 f"credentials right? (`csms broker` runs one)") from None
 
     async def stop(self) -> None:
-        """Leave rooms, close cleanly (nothing lost, nothing duplicated), stop reconnecting."""
+        """Leave rooms, close cleanly (nothing lost, nothing duplicated), stop reconnecting.
+
+        The clean close (goodbye, ping barrier, last ack, stream close) gets
+        ``close_timeout_s`` in all; past that the connection is aborted, as a crash would
+        (the broker then keeps what it could not hand over, and the outbox what was not
+        acknowledged)."""
         self._stopping = True
         self._lost.set()
         if self._up:
             goodbye = [self._presence(room, unavailable=True) for room in self._rooms.values()]
             if self.account is not None:
                 goodbye.append("<presence type='unavailable'/>")
-            await self._stream.close_cleanly(goodbye, self.settings.close_timeout_s)
+            timeout = self.settings.close_timeout_s
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._stream.close_cleanly(goodbye, timeout)
+            except TimeoutError:
+                log.warning("%s: no clean close within %g s; aborting the connection",
+                            self.name, timeout)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

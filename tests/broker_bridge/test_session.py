@@ -160,6 +160,19 @@ def test_on_a_slow_link_bulk_frames_are_small_so_critical_waits_little() -> None
     assert all(len(f.data) <= 1024 for f in link.frames("a") if f.priority is Priority.BULK)
 
 
+def test_without_a_known_rate_state_and_bulk_frames_are_capped() -> None:
+    # an uplink of unknown rate: a critical envelope waits for at most one capped frame
+    cfg = SessionConfig(seed=1, bulk_frame_bytes=8192, compress=False)
+    assert cfg.frame_limit(Priority.CRITICAL) == cfg.frame_limit(Priority.CONTROL) == 32 * 1024
+    assert cfg.frame_limit(Priority.STATE) == cfg.frame_limit(Priority.BULK) == 8192
+    link = Link(cfg)
+    for i in range(400):
+        link.send(i, reliable=False, priority=Priority.BULK, size=300)
+    link.now = 10 * MS
+    frames = link.frames("a")
+    assert len(frames) > 10 and all(len(f.data) <= 8192 for f in frames)
+
+
 def test_over_the_memory_bound_the_oldest_bulk_is_shed_cheaply() -> None:
     cfg = SessionConfig(seed=1, max_queued_bytes=50_000, compress=False)
     link = Link(cfg)

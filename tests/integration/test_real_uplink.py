@@ -22,7 +22,7 @@ def figures() -> dict[str, object]:
         pytest.skip(f"needs network namespaces: {reason}")
     import asyncio
     return asyncio.run(measure(Run(sites=1, stations=4, outage_s=30.0, samples=100,
-                                   say=lambda message: None)))
+                                   say=lambda message: None, prefix="ht")))
 
 
 def test_one_connection_crosses_each_uplink(figures: dict[str, object]) -> None:

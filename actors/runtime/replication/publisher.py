@@ -12,6 +12,11 @@ subscriber, publishes only revisions that are durable (a crash must never make a
 a revision number its CSMS has seen), and sends an empty notification after ``heartbeat``
 seconds of silence so that subscribers know it is alive. Every notification carries the
 visible root digest at its ``to_revision``, so a copy checks what it holds after applying it.
+
+While the process cannot keep up (``pace`` stretched), the interval stretches with it: each
+notification then covers more commits (a value changed twice travels once), and the work of
+every copy downstream falls by as much. ``coalesced`` counts the commits that went out
+folded into another's notification.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from actors.runtime.actor import Messenger
 from broker_bridge import Priority
 from broker_bridge.backoff import Backoff
+from broker_bridge.pace import Pace
 from keypath import KeyPath
 from object_model import ModelError, ObjectTree, PropertyValueUpdate
 from object_model.messages import MAX_ITEMS
@@ -48,17 +54,19 @@ class Publisher:
     def __init__(self, actor: Messenger, tree: ObjectTree, *,
                  durable: Callable[[int], Awaitable[None]] | None = None,
                  interval: float = 0.25, heartbeat: float = 30.0,
-                 priority: Priority = Priority.STATE) -> None:
+                 priority: Priority = Priority.STATE, pace: Pace | None = None) -> None:
         self.actor = actor
         self.tree = tree
         self.durable = durable
         self.interval = interval
+        self.pace = pace or Pace()
         self.heartbeat = heartbeat
         self.priority = priority
         self._subscribers: dict[str, _Subscriber] = {}
         self._changed = asyncio.Event()
         self._unsubscribe = tree.subscribe(lambda event: self._changed.set())
         self.sent = 0
+        self.coalesced = 0
 
     def subscribe(self, address: str, *, from_revision: int,
                   tree_path: KeyPath = _ROOT) -> None:
@@ -81,7 +89,8 @@ class Publisher:
         while True:
             await clock.wait(self._changed, self.heartbeat)
             self._changed.clear()
-            await clock.sleep(self.interval)  # let more commits join this notification
+            # let more commits join this notification (more of them while the loop lags)
+            await clock.sleep(self.interval * self.pace.stretch)
             try:
                 await self._round()
             except Exception:
@@ -107,6 +116,7 @@ class Publisher:
             if self._subscribers.get(sub.address) is not sub:
                 continue  # unsubscribed, or subscribed afresh, while we waited
             self.actor.send(sub.address, update, priority=self.priority)
+            self.coalesced += max(0, revision - sub.published - 1)
             sub.published, sub.last_sent = revision, now
             self.sent += 1
 

@@ -317,11 +317,32 @@ class TreeStore:
 
         One tree per key: attaching a second one would interleave two histories in one log.
         """
+        self._check_detached(key)
+        if self._needs_snapshot(key, tree):
+            await self.save_snapshot(key, tree)
+        return self._attach(key, tree)
+
+    def attach_soon(self, key: str, tree: ObjectTree) -> PersistentTree:
+        """``attach`` without waiting for the first snapshot: it is queued, and durable with
+        the store's next transaction (``PersistentTree.durable`` waits for it, as for any
+        later change). For a tree that holds nothing worth waiting for yet, such as a new,
+        empty copy that a resynchronisation is about to fill: a CSMS admitting a site's
+        thousand stations must not wait for a thousand transactions in a row."""
+        self._check_detached(key)
+        if self._needs_snapshot(key, tree):
+            self.submit(_Op("snapshot", key, snapshot=(tree.epoch, tree.revision,
+                                                       pack_tree(tree))))
+        return self._attach(key, tree)
+
+    def _check_detached(self, key: str) -> None:
         if key in self._attached:
             raise ValueError(f"tree {key!r} is already attached to {self.path}; detach it first")
+
+    def _needs_snapshot(self, key: str, tree: ObjectTree) -> bool:
         head = self._heads.get(key)
-        if head is None or (head.epoch, head.revision) != (tree.epoch, tree.revision):
-            await self.save_snapshot(key, tree)
+        return head is None or (head.epoch, head.revision) != (tree.epoch, tree.revision)
+
+    def _attach(self, key: str, tree: ObjectTree) -> PersistentTree:
         attached = PersistentTree(self, key, tree)
         self._attached[key] = attached
         return attached

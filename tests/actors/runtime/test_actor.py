@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from actors.runtime import actor as actor_module
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.testing import until
-from broker_bridge import Endpoint, Priority
+from broker_bridge import Endpoint, Envelope, Priority
 from broker_bridge.codec import encode_body
 from broker_bridge.memory import MemoryNetwork
 from keypath import KeyPath
@@ -278,3 +279,65 @@ async def test_a_busy_actor_takes_critical_envelopes_before_its_backlog(pair) ->
     await until(lambda: len(b.order) == 23, "everything handled")
     assert b.order[:3] == ["first", "safety", "state"]
     assert b.order[3:] == [f"bulk{i}" for i in range(20)]  # in arrival order within a class
+
+
+def envelope(n: int, priority: Priority, *, reliable: bool = False) -> Envelope:
+    return Envelope(id=n.to_bytes(16, "big"), source="client", destination="slow",
+                    kind="PropertyValueRead", body=encode_body(read(f"p{n}")),
+                    priority=priority, reliable=reliable)
+
+
+async def test_a_deep_inbox_sheds_unreliable_bulk_and_nothing_else(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(actor_module, "INBOX_BULK_LIMIT", 3)
+    loaded = asyncio.Event()
+
+    class Busy(Echo):
+        async def on_start(self) -> None:
+            await loaded.wait()  # the inbox fills meanwhile, as behind a saturated loop
+
+    endpoint = await Endpoint(MemoryNetwork().transport()).start()
+    busy = Busy("slow", endpoint, roles=RoleDirectory({"*": Role.LOCAL_CSMS}))
+    starting = asyncio.create_task(busy.start())
+    await until(lambda: busy._running, "the actor registered and loading")
+    for n in range(3):
+        busy._arrived(envelope(n, Priority.STATE))
+    busy._arrived(envelope(3, Priority.BULK))  # over the limit: shed
+    busy._arrived(envelope(4, Priority.BULK, reliable=True))  # promised: waits
+    busy._arrived(envelope(5, Priority.CONTROL))
+    busy._arrived(envelope(6, Priority.CRITICAL))
+    assert busy.shed == 1 and busy.inbox_depth == 6
+    assert any("shedding unreliable bulk" in r.message for r in caplog.records)
+    loaded.set()
+    await starting
+    await until(lambda: busy.inbox_depth == 0, "the rest handled")
+    # nothing else lost, and the highest priority first
+    assert busy.order == ["p6", "p5", "p0", "p1", "p2", "p4"]
+    await busy.stop()
+    await endpoint.stop()
+
+
+async def test_halt_stops_intake_and_work_at_once_and_stop_flushes_after_the_tasks(
+        pair) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair
+    seen: list[str] = []
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            seen.append("task ended")
+
+    async def on_stop() -> None:
+        seen.append("on_stop")
+
+    a.on_stop = on_stop
+    task = a.spawn(forever(), "forever")
+    await started.wait()
+    a.halt()
+    a._arrived(envelope(1, Priority.CONTROL)._replace(destination="a"))
+    assert a.inbox_depth == 0  # halted: nothing more is taken
+    await a.stop()
+    assert task.cancelled() and seen == ["task ended", "on_stop"]

@@ -172,6 +172,23 @@ async def test_one_tree_per_key(tmp_path: Path) -> None:
         await store.attach(KEY, station())  # once detached, another may take its place
 
 
+async def test_attach_soon_queues_the_first_snapshot_and_durable_waits_for_it(
+        tmp_path: Path) -> None:
+    db = tmp_path / "t.sqlite"
+    copies = [ObjectTree(PermissiveSchema(), epoch=0) for _ in range(100)]
+    async with TreeStore(db) as store:
+        attached = [store.attach_soon(f"copy{i}", tree) for i, tree in enumerate(copies)]
+        assert store.transactions == 0  # nothing waited for a write
+        with pytest.raises(ValueError, match="already attached"):
+            store.attach_soon("copy0", copies[0])
+        copies[7].apply([Write("a", 1)])
+        await asyncio.gather(*(a.durable() for a in attached))
+        assert store.transactions <= 2  # the hundred snapshots went in one or two
+        assert await store.keys() == sorted(f"copy{i}" for i in range(100))
+    async with TreeStore(db) as store:
+        assert state(await store.load("copy7", PermissiveSchema())) == state(copies[7])
+
+
 async def test_closing_the_store_writes_what_attached_trees_committed(tmp_path: Path) -> None:
     db = tmp_path / "t.sqlite"
     tree = station()

@@ -18,6 +18,7 @@ from actors.csms.settings import EnergySettings, LocalSettings
 from actors.station.actor import ChargingStation, StationSettings
 from actors.station.hardware import HardwareFigures, Report, StationHardware
 from actors.testing import World, until
+from broker_bridge.pace import Pace
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError, ObjectTree, Write
 from object_model.messages import PropertyValueWrite, WriteItem
@@ -55,7 +56,7 @@ class Wallbox:
         report([Write("evse/1/energy/power_constraints", constraints.model_dump()),
                 Write(POWER, self.demand_w)])
 
-    async def run(self) -> None:
+    async def run(self, pace: Pace) -> None:
         await self._stop.wait()  # it reports only when something changes
 
     def obey(self, event: TransactionCommitted) -> None:
