@@ -55,14 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.app.config import BrokerConfig, UplinkConfig
-from actors.app.demo import SiteTime, fast_site
-from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain, die_with_parent, simulated
+from actors.app.config import UplinkConfig
+from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain
 from actors.app.wiring import session_config, xmpp_settings
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from bench.netlab import Lab, LinkProfile, netns_available
-from bench.netlab.commands import in_netns
 from bench.resync import floor_since
+from bench.sites import Handler, RunningSite, SiteProcess, poll, run_site
 from broker_bridge import Endpoint, Priority, SessionConfig
 from broker_bridge.prosody import ManagedProsody
 from broker_bridge.xmpp import XmppTransport
@@ -124,85 +123,55 @@ class Sink(Actor):
 # -- a site, in its namespace (the child process) -----------------------------------------------
 
 
-async def run_site(spec: dict[str, Any]) -> int:
-    """The site process: broker, resource manager, local CSMS and stations; commands on
-    stdin, one JSON answer per line on stdout."""
-    k = spec["site"]
-    cloud = BrokerConfig(**spec["cloud"])
-    h = await Hierarchy.start_site_broker(Path(spec["root"]), k, cloud=cloud,
-                                          passwords=spec["passwords"], host=spec["host"])
+def site_commands(running: RunningSite) -> dict[str, Handler]:
+    """What this benchmark asks a site process besides ``bench.sites``'s own commands."""
+    k, spec = running.number, running.spec
+    site, local, uplink = running.site, running.local, running.uplink
+    rm, site_time = running.resource_manager, running.site_time
+    assert rm is not None and site_time is not None, "a hierarchy site has a fast RM"
     probes: list[Endpoint] = []
-    try:
-        site_time = SiteTime(SPEED)  # the demo's: EVs come and go while the bench watches
-        energy, simulator = fast_site(SPEED, arrivals_per_evse_hour=2.0)
-        rm = await h.start_resource_manager(k, fuse_limit_w=spec["fuse_limit_w"],
-                                            clock=site_time)
-        await h.start_site(k, spec["stations"], resource_manager=True, seed=k, energy=energy,
-                           simulator=simulator, clock=site_time)
-        site = h.site(k)
-        local = site.local_csms
-        uplink = local.links.endpoint_for("cloud")
-        print(json.dumps({"ready": True}), flush=True)
-        reader = asyncio.StreamReader()
-        loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        reliable_task: asyncio.Task[None] | None = None
-        while line := await reader.readline():
-            cmd = json.loads(line)
-            name = cmd["cmd"]
-            answer: dict[str, Any] = {}
-            if name == "status":
-                stations = site.stations
-                answer = {
-                    "digests": {s.address: s.tree.digest(visible=True).hex()
-                                for s in stations if s.tree is not None},
-                    "admitted": sum(s.admitted for s in stations),
-                    "energy_wh": sum(s.energy_wh for s in stations),
-                    "power_w": sum(s.power_w for s in stations),
-                    "charging": sum(s.charging for s in stations),
-                    "allocations": local.own.tree.get("energy/allocations"),
-                    "limit_w": local.own.tree.get("energy/limit_w"),
-                    "local_consistent": h.local_consistent(),
-                    "uplink_up": uplink.link_up, "joined": local.upstream_joined(),
-                }
-            elif name == "pause":
-                h.pause(cmd.get("paused", True))
-            elif name == "add_station":
-                station = await h.add_station(k, cmd["name"])
-                simulated(station).paused = False
-            elif name == "curtail":
-                start = site_time.now_us()
-                entry = "grid/curtailments/dso-1"
-                rm.tree.apply([Write(f"{entry}/start_at", start),
-                               Write(f"{entry}/end_at", start + 24 * 3_600_000_000),
-                               Write(f"{entry}/limit_w", float(cmd["limit_w"])),
-                               Write(f"{entry}/reason", "bench curtailment")])
-            elif name == "floor":
-                answer = {"floor": sum(floor_since(s.tree, cmd["revisions"][s.address])
-                                       for s in site.stations
-                                       if s.tree is not None and s.address in cmd["revisions"])}
-            elif name == "reliable":
-                async def stream(count: int, rate: float) -> None:
-                    for i in range(1, count + 1):
-                        uplink.send(source=local.address, destination="probe", message=(
-                            PropertyValueUpdate(tree=KeyPath("rel", f"site{k}"), epoch=1,
-                                                from_revision=i - 1, to_revision=i)),
-                                    priority=Priority.STATE, reliable=True, stream="bench")
-                        await asyncio.sleep(1 / rate)  # the stream's pace
-                reliable_task = asyncio.create_task(stream(cmd["count"], cmd["rate"]))
-            elif name == "reliable_done":
-                answer = {"sent": bool(reliable_task and reliable_task.done()),
-                          "pending": uplink.session.pending_count}
-            elif name == "probe":
-                answer = await probe(cmd, spec, probes)
-            elif name == "stop":
-                break
-            print(json.dumps(answer), flush=True)
-    finally:
+    reliable_task: asyncio.Task[None] | None = None
+
+    async def close() -> None:
         for endpoint in probes:
             await endpoint.stop(flush_timeout=0.2)
-        await h.close()
-    return 0
+
+    running.closing.append(close)
+
+    async def curtail(cmd: dict[str, Any]) -> None:
+        start = site_time.now_us()
+        entry = "grid/curtailments/dso-1"
+        rm.tree.apply([Write(f"{entry}/start_at", start),
+                       Write(f"{entry}/end_at", start + 24 * 3_600_000_000),
+                       Write(f"{entry}/limit_w", float(cmd["limit_w"])),
+                       Write(f"{entry}/reason", "bench curtailment")])
+
+    async def floor(cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"floor": sum(floor_since(s.tree, cmd["revisions"][s.address])
+                             for s in site.stations
+                             if s.tree is not None and s.address in cmd["revisions"])}
+
+    async def reliable(cmd: dict[str, Any]) -> None:
+        nonlocal reliable_task
+
+        async def stream(count: int, rate: float) -> None:
+            for i in range(1, count + 1):
+                uplink.send(source=local.address, destination="probe", message=(
+                    PropertyValueUpdate(tree=KeyPath("rel", f"site{k}"), epoch=1,
+                                        from_revision=i - 1, to_revision=i)),
+                            priority=Priority.STATE, reliable=True, stream="bench")
+                await asyncio.sleep(1 / rate)  # the stream's pace
+        reliable_task = asyncio.create_task(stream(cmd["count"], cmd["rate"]))
+
+    async def reliable_done(cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"sent": bool(reliable_task and reliable_task.done()),
+                "pending": uplink.session.pending_count}
+
+    async def run_probe(cmd: dict[str, Any]) -> dict[str, Any]:
+        return await probe(cmd, spec, probes)
+
+    return {"curtail": curtail, "floor": floor, "reliable": reliable,
+            "reliable_done": reliable_done, "probe": run_probe}
 
 
 async def probe(cmd: dict[str, Any], spec: dict[str, Any], probes: list[Endpoint]
@@ -246,63 +215,6 @@ async def probe(cmd: dict[str, Any], spec: dict[str, Any], probes: list[Endpoint
 # -- the lab (this process) -------------------------------------------------------------------
 
 
-class SiteProcess:
-    """A site's process in its namespace, asked over its standard input and output."""
-
-    def __init__(self, number: int, process: asyncio.subprocess.Process) -> None:
-        self.number, self.process = number, process
-
-    @classmethod
-    async def start(cls, lab_site: Any, spec: dict[str, Any], log: Path) -> SiteProcess:
-        process = await asyncio.create_subprocess_exec(
-            *in_netns(lab_site.namespace, [sys.executable, "-m", "bench.hierarchy", "site",
-                                           json.dumps(spec)]),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=log.open("ab"), preexec_fn=die_with_parent(),
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-        site = cls(spec["site"], process)
-        ready = await site._line(180)
-        if not ready.get("ready"):
-            raise RuntimeError(f"site {spec['site']} did not start; see {log}")
-        return site
-
-    async def _line(self, timeout: float) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"site {self.number}'s process exited "
-                               f"({await self.process.wait()})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    async def ask(self, cmd: str, timeout: float = 120, **args: Any) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
-        await self.process.stdin.drain()
-        return await self._line(timeout)
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.ask("stop", timeout=20)
-            try:
-                await asyncio.wait_for(self.process.wait(), 20)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-
-
-async def poll(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> float:
-    """Seconds until the coroutine function ``check`` returns true (polled: it asks other
-    processes); raises with ``what`` after ``timeout``."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            raise RuntimeError(f"{what}: not within {timeout:g} s")
-        await asyncio.sleep(every)  # a poll of other processes, not a wait on our own state
-    return time.monotonic() - start
-
-
 @dataclass
 class Run:
     sites: int
@@ -343,11 +255,13 @@ async def measure(run: Run) -> dict[str, Any]:
             cloud_cfg = broker_config(broker).model_dump(mode="json", exclude_defaults=True)
             for k, lab_site in lab_sites.items():
                 say(f"starting site {k} in its namespace ({run.stations} stations)...")
-                sites[k] = await SiteProcess.start(lab_site, {
+                sites[k] = await SiteProcess.start_site({
                     "site": k, "stations": run.stations, "cloud": cloud_cfg,
                     "passwords": passwords, "host": lab_site.address,
                     "root": str(root / f"site{k}"), "fuse_limit_w": 11_000.0 * run.stations,
-                }, root / f"site{k}.err")
+                    "speed": SPEED, "arrivals_per_evse_hour": 2.0,
+                }, root / f"site{k}.err", module="bench.hierarchy",
+                    namespace=lab_site.namespace)
 
             async def digests() -> dict[str, str]:
                 out: dict[str, str] = {}
@@ -497,7 +411,7 @@ def _async_site(site: SiteProcess, check: Callable[[dict[str, Any]], bool],
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["site"]:
-        return asyncio.run(run_site(json.loads(argv[1])))
+        return asyncio.run(run_site(json.loads(argv[1]), site_commands))
     parser = argparse.ArgumentParser(prog="csms bench hierarchy", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, default=2)

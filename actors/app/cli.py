@@ -21,6 +21,7 @@ BENCHMARKS = {
     "monitoring": "monitoring tasks: CPU per watched write, reports/s via Prosody, bytes/sample vs OCPP",
     "energy": "a simulated site day: our allocation vs equal sharing and FCFS, ms/cycle, energy",
     "hierarchy": "sites in network namespaces behind real uplinks: priority, outages, catch-up",
+    "scale": "thousands of stations on site processes: connect-all, a cloud broker restart storm, memory, CPU",
     "stopping": "a loaded `csms demo` stopped by a signal: seconds to exit, lag, what it shed",
 }
 

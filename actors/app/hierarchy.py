@@ -379,12 +379,8 @@ class Hierarchy:
             ids=tuple(ids), csms=site.name, provisioning_secret=self.provisioning(number),
             state_dir=str(self.root / f"stations-site{number}-{len(site.hosts)}"),
             simulator=simulator or SimulatorSettings(), seed=seed), progress=progress,
-            clock=clock)
+            clock=clock, paused=paused)
         site.hosts.append(host)
-        if paused:
-            for station in host.actors:
-                assert isinstance(station, ChargingStation)
-                simulated(station).paused = True
         return host
 
     async def add_station(self, number: int, name: str) -> ChargingStation:

@@ -188,9 +188,10 @@ def simulator_for(cfg: StationsConfig, index: int, station: str) -> SimulatorSet
 
 async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
                          progress: Callable[[str], None] | None = None,
-                         clock: Clock | None = None) -> Running:
+                         clock: Clock | None = None, paused: bool = False) -> Running:
     """Host ``cfg.ids`` on one component connection, each with its own address and tree;
-    ``cfg`` is every station's settings."""
+    ``cfg`` is every station's settings; ``paused`` stations do not tick from the start
+    (not even while the rest of the host starts)."""
     state = Path(cfg.state_dir)
     transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
                                         cfg.component_secret, name=f"host-{state.name}")
@@ -205,6 +206,7 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
             for i, station in enumerate(cfg.ids[first:first + START_TOGETHER], first):
                 hardware = SimulatedStation(simulator_for(cfg, i, station),
                                             clock=clock or WALL_CLOCK)
+                hardware.paused = paused  # before its start: a paused station never ticks
                 batch.append(ChargingStation(station, endpoint, store=running.stores[0],
                                              settings=cfg, hardware=hardware, clock=clock))
             running.actors.extend(batch)  # stopped with the rest if their start is cut short

@@ -18,6 +18,7 @@ from actors.csms.settings import CloudSettings
 from actors.csms.task_relay import TASK_MESSAGES
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.replica import STATIONS, station_key
+from actors.runtime.services.admission import AdmissionLimiter
 from actors.runtime.storage.trees import TreeStore
 from actors.runtime.tree_actor import TreeActor
 from broker_bridge import Endpoint
@@ -36,6 +37,7 @@ from object_model.messages import (
     PropertyTreeDiscoveryRequest,
     PropertyTreeDiscoveryResponse,
     PropertyValueUpdate,
+    TreeInfo,
 )
 
 log = logging.getLogger("csms.cloud")
@@ -58,6 +60,8 @@ class CloudCsms(TreeActor):
         self.management = parts = Management(self, self.role, store, self.settings)
         self.own, self.copies, self.trees = parts.own, parts.copies, parts.view
         self.blobs, self.tasks = parts.blobs, parts.tasks
+        self.admission = AdmissionLimiter(settings.join_rate_per_s, settings.join_burst,
+                                          now=self.clock.monotonic())
 
     async def on_start(self) -> None:
         await self.management.open()
@@ -91,8 +95,11 @@ class CloudCsms(TreeActor):
             self.own.count("rejected_joins")
             raise NotAdmittedError(
                 f"{ctx.sender}: unknown site or wrong secret", details={"site": ctx.sender})
-        self.roles.add(ctx.sender, Role.LOCAL_CSMS)
         stations = [info for info in message.trees if _station_of(info.tree)]
+        # what admitting it costs: itself, and each copy it would have us resynchronise
+        self.admission.admit(1 + sum(not self._copy_at(info) for info in stations),
+                             self.clock.monotonic(), ctx.sender)
+        self.roles.add(ctx.sender, Role.LOCAL_CSMS)
         self.own.tree.apply([Write(f"sites/{ctx.sender}", {
             "admitted_at": self.clock.now_us(), "online": True, "stations": len(stations)})])
         self.own.count("joins")
@@ -111,12 +118,21 @@ class CloudCsms(TreeActor):
         if not self.settings.station_secret or message.secret != self.settings.station_secret:
             self.own.count("rejected_joins")
             raise NotAdmittedError(f"{ctx.sender}: wrong provisioning secret for direct stations")
+        info = next((t for t in message.trees if not t.tree.segments), None)
+        replica = self.copies.replicas.get(station_key(ctx.sender))
+        self.admission.admit(1 + (replica is None or not replica.is_at(info)),
+                             self.clock.monotonic(), ctx.sender)
         self.roles.add(ctx.sender, Role.STATION)
         replica = await self.copies.manage(ctx.sender, ctx.sender, KeyPath.root())
         self.own.count("joins")
-        if not replica.is_at(next((t for t in message.trees if not t.tree.segments), None)):
+        if not replica.is_at(info):
             self.copies.resync.schedule(replica)
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
+
+    def _copy_at(self, info: TreeInfo) -> bool:
+        """Whether our copy of the station ``info`` announces already is what it says."""
+        replica = self.copies.replicas.get(station_key(_station_of(info.tree)))
+        return replica is not None and replica.is_at(info)
 
     async def _learn_stations(self, site: str) -> None:
         """Ask ``site`` which stations it answers for (its registry, ``managed/*``; again and

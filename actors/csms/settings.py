@@ -78,10 +78,19 @@ class LocalSettings(CsmsSettings):
 
 
 class CloudSettings(CsmsSettings):
-    """Secrets: one per site (its local CSMS presents it), and one for direct stations."""
+    """Secrets: one per site (its local CSMS presents it), and one for direct stations.
+
+    ``join_rate_per_s`` and ``join_burst`` bound a reconnect storm: joins are admitted as
+    a token bucket allows, each costing 1 plus 1 per copy it makes the cloud resynchronise
+    (``actors.runtime.services.admission``); the rest are told to come back later (``BUSY``).
+    ``None`` admits every join at once. The default is about what one core resynchronises per
+    second (``csms bench scale``: 1.7 ms of cloud CPU per changed station after a broker
+    restart), so a storm is admitted about as fast as the cloud can catch up with it."""
 
     site_secrets: dict[str, str] = Field(default_factory=dict, repr=False)
     station_secret: str = Field("", repr=False)
+    join_rate_per_s: float | None = Field(500.0, gt=0)
+    join_burst: float = Field(1000.0, ge=1)
 
     @field_validator("site_secrets")
     @classmethod

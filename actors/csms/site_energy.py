@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from actors.csms.own_tree import OwnTree
@@ -142,10 +142,11 @@ class SiteEnergy:
         (None while the site has no limit at all: no envelope and no fallback limit, so
         the stations keep their permissions)."""
         now = self.clock.now_us()
-        needs, power_w, unmanaged_w, offline = self._site_needs()
-        inputs = self._site_inputs(unmanaged_w + self._reserved_w(now, offline))
-        if inputs.fallback_limit_w <= 0 and (
-                inputs.envelope is None or inputs.envelope.at(now) is None):
+        limits = self._site_inputs(0.0)
+        # no limit, nothing to allocate: say so before reading every copy (with hundreds of
+        # stations that read is most of a site's CPU, and every status change asks for it)
+        if limits.fallback_limit_w <= 0 and (
+                limits.envelope is None or limits.envelope.at(now) is None):
             if not self._unmanaged_said:
                 self._unmanaged_said = True
                 log.info("%s: no grid envelope from a resource manager and no fallback limit "
@@ -153,6 +154,8 @@ class SiteEnergy:
                          self.address)
             return None
         self._unmanaged_said = False
+        needs, power_w, unmanaged_w, offline = self._site_needs()
+        inputs = replace(limits, unmanaged_w=unmanaged_w + self._reserved_w(now, offline))
         result = self.allocator.allocate(now, needs, inputs)
         self.last_allocation = result
         self._send_envelopes(result)

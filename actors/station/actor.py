@@ -53,7 +53,7 @@ from object_model.messages import (
 from object_model.monitoring import MonitoringTaskSetup, TaskControl
 from object_model.pebc import PowerConstraints, PowerRangeEnvelope, envelope_problems
 from object_model.schema import LeafSchema
-from object_model.station import station_access_policy, station_schema
+from object_model.station import shared_station_schema, station_access_policy
 from object_model.tree import Operation, TransactionCommitted, Write
 
 log = logging.getLogger("csms.station")
@@ -112,7 +112,7 @@ class ChargingStation(TreeActor):
 
     async def on_start(self) -> None:
         now = self.clock.now_us()
-        tree = await self.store.load(self.address, station_schema())
+        tree = await self.store.load(self.address, shared_station_schema())
         if tree is None:
             tree = self.hardware.initial_tree(self.address, now)
             self.fresh = True

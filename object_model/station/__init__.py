@@ -14,6 +14,7 @@ from object_model.station.components import (
 from object_model.station.model import (
     new_station,
     new_station_tree,
+    shared_station_schema,
     station_access_policy,
     station_schema,
     station_writes,
@@ -31,6 +32,7 @@ __all__ = [
     "Station",
     "new_station",
     "new_station_tree",
+    "shared_station_schema",
     "station_access_policy",
     "station_schema",
     "station_writes",

@@ -12,6 +12,11 @@ down as a membership to renew: it stops counting itself joined at once (so that 
 queued for an upstream it cannot reach), waits for the link, and joins again as soon as the
 link is back, announcing what its trees hold, so the upstream resynchronises only what
 changed meanwhile.
+
+An upstream that takes no more joins just now (a reconnect storm: ``BUSY``, see
+``actors.runtime.services.admission``) says when to come back (``retry_after_s``); the member
+waits that long and up to as long again at random, so that the members it refused together
+do not come back together.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Membership:
         self.timeout_s, self.rejoin_spread_s = timeout_s, rejoin_spread_s
         self.joined = False
         self.joins = 0
+        self.refusals = 0  # BUSY answers: the upstream admits joins at its own pace
         self._lost = asyncio.Event()
         self._link = asyncio.Event()
         self._link.set()  # unless told otherwise, the link is assumed up
@@ -78,7 +84,13 @@ class Membership:
                 self.joined = False
                 failures += 1
                 delay = self.backoff.delay(failures, actor.rng)
-                if not isinstance(exc, ModelError):
+                if isinstance(exc, ModelError) and exc.code is ErrorCode.BUSY:
+                    failures -= 1  # a full upstream: its pace, not a failure of ours
+                    delay = _retry_after(exc, delay) * actor.rng.uniform(1.0, 2.0)
+                    self.refusals += 1
+                    log.info("%s: %s is busy; joining again in %.1f s", actor.address,
+                             self.upstream, delay)
+                elif not isinstance(exc, ModelError):
                     log.exception("%s: joining %s failed", actor.address, self.upstream)
                 elif exc.code in (ErrorCode.NOT_ADMITTED, ErrorCode.ACCESS_DENIED):
                     log.warning("%s: %s refused us: %s; again in %.1f s", actor.address,
@@ -98,6 +110,14 @@ class Membership:
             # every member of the upstream hears that it lost us at once: do not all come back
             # at once
             await actor.clock.sleep(actor.rng.uniform(0, self.rejoin_spread_s))
+
+
+def _retry_after(exc: ModelError, default: float) -> float:
+    """The ``retry_after_s`` a ``BUSY`` refusal names (within reason), else ``default``."""
+    value = exc.details.get("retry_after_s")
+    if isinstance(value, (int, float)) and 0 <= value <= 600:
+        return float(value)
+    return default
 
 
 __all__ = ["JoinedCallback", "Membership"]
