@@ -52,6 +52,9 @@ Per actor, labelled ``actor`` (its address):
 * ``csms_actor_inbox_envelopes`` (gauge): envelopes waiting for its handlers;
 * ``csms_actor_shed_envelopes_total``: unreliable bulk envelopes it dropped on arrival
   because its inbox was too deep (it could not keep up);
+* ``csms_actor_pauses_total``: times it asked a sender to hold its state and bulk envelopes
+  because its handlers fell behind (``actors.runtime.backpressure``; the senders count the
+  holds they honoured as the session event ``paused``);
 * ``csms_coarsened_total{work}``: periodic work folded while the loop lagged: ``ticks`` of a
   simulated station, ``updates`` (commits that went out in another's notification),
   ``allocations`` (copy changes a local CSMS left to its next periodic allocation).
@@ -171,6 +174,8 @@ FAMILIES: tuple[tuple[str, type[Family], str, str, tuple[str, ...]], ...] = (
      _A),
     ("actor_shed", _C, "csms_actor_shed_envelopes",
      "Unreliable bulk envelopes dropped on arrival because the inbox was too deep", _A),
+    ("actor_pauses", _C, "csms_actor_pauses",
+     "Times the actor asked a sender to hold its state and bulk envelopes", _A),
     ("coarsened", _C, "csms_coarsened", "Periodic work folded because the event loop lagged",
      ("actor", "work")),
     ("resyncs", _C, "csms_resyncs", "Resynchronisations completed", ("actor", "mode")),
@@ -236,6 +241,7 @@ class _Families:
         add("late", [address], actor.late_answers)
         add("inbox", [address], actor.inbox_depth)
         add("actor_shed", [address], actor.shed)
+        add("actor_pauses", [address], actor.backpressure.pauses)
         for work, count in _coarsened(actor):
             add("coarsened", [address, work], count)
         engine = getattr(getattr(actor, "copies", None), "resync", None)  # a CSMS's copies
