@@ -223,12 +223,15 @@ class Endpoint:
         self._wake.set()
         return env
 
-    def pause_sender(self, local: str, peer: str, hold_s: float) -> None:
+    def pause_sender(self, local: str, peer: str, hold_s: float, *,
+                     credit_bytes: int = 0) -> None:
         """Ask ``peer`` to hold its state and bulk envelopes for ``local`` for ``hold_s``
-        seconds (``0``: to send them again now); nothing once the endpoint is stopping."""
+        seconds (``0``: to send them again now) but for ``credit_bytes`` of them; nothing once
+        the endpoint is stopping."""
         if self._closing:
             return
-        self.session.pause_sender(local, peer, int(hold_s * 1e6), self.clock.now_us())
+        self.session.pause_sender(local, peer, int(hold_s * 1e6), self.clock.now_us(),
+                                  credit_bytes=credit_bytes)
         self._wake.set()
 
     @property

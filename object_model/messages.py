@@ -316,14 +316,16 @@ class Ack(MessageBase):
 
 class Pause(MessageBase):
     """Flow control from a receiver whose handlers cannot keep up: hold the state and bulk
-    envelopes for it for ``hold_ms`` (``0``: send them again now), so that they wait in the
-    sender's priority queues rather than in the broker's and the sockets' FIFO buffers, where
-    a critical envelope would queue behind them. Critical and control envelopes are never
-    held. Sessions exchange it; no actor sees it."""
+    envelopes for it for ``hold_ms`` (``0``: send them again now), except ``credit_bytes`` of
+    them, which may go now; so that the rest wait in the sender's priority queues rather than
+    in the broker's and the sockets' FIFO buffers, where a critical envelope would queue
+    behind them. Critical and control envelopes are never held. Sessions exchange it; no
+    actor sees it."""
 
     kind: Literal["Pause"] = "Pause"
     wire_id: ClassVar[int] = 26
     hold_ms: int = Field(ge=0, le=10_000)
+    credit_bytes: int = Field(0, ge=0, le=16 * 1024 * 1024)
 
 
 class ErrorReport(MessageBase):

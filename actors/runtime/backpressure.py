@@ -9,10 +9,13 @@ queues behind every bulk byte before it (a busy receiver made a critical p99 of 
 milliseconds). Holding the flood at its senders keeps those buffers short.
 
 The rule: when ``pause_at`` state or bulk envelopes wait in the inbox, each sender whose
-envelope arrives is asked to hold for ``hold_s`` (again when half of that has passed and the
-backlog is still there); when the backlog is down to ``resume_at``, every sender held is told
-to go on. A ``Pause`` lost on the way costs only a little more backlog: the next envelope from
-that sender asks again, and a hold ends by itself.
+envelope arrives is asked to hold for ``hold_s``. Once the backlog is down to ``resume_at``,
+each sender held gets a *credit* of ``credit_bytes`` with its hold renewed (at most once per
+``regrant_s``, and whenever the inbox is empty): it sends that much and waits again. So a receiver that can take only part of
+a flood takes it batch by batch, its backlog between ``resume_at`` and ``pause_at``, instead
+of the whole of each sender's queue at once whenever a hold ends. When the flood stops, the
+holds end by themselves. A ``Pause`` lost on the way costs only a little more backlog: the
+next envelope from that sender asks again, and every hold ends by itself.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ class BackpressureSettings:
     pause_at: int = 64
     resume_at: int = 16
     hold_s: float = 0.5
+    credit_bytes: int = 32_768
+    regrant_s: float = 0.02
 
     def __post_init__(self) -> None:
-        if not (0 <= self.resume_at < self.pause_at and self.hold_s > 0):
+        if not (0 <= self.resume_at < self.pause_at and self.hold_s > 0
+                and self.credit_bytes > 0 and 0 <= self.regrant_s < self.hold_s):
             raise ValueError(f"not back-pressure settings: {self}")
 
 
@@ -47,8 +53,10 @@ class Backpressure:
         self.address, self.clock = address, clock
         self.settings = settings or BackpressureSettings()
         self.backlog = 0
-        self.pauses = 0  # Pause requests sent (renewals included)
-        self._held: dict[tuple[Endpoint, str], float] = {}  # (link, sender) -> hold ends at
+        self.pauses = 0  # holds asked of a sender (renewals included)
+        self.credits = 0  # credits granted to senders held
+        # (link, sender) -> (when its hold ends, when it was last given a credit)
+        self._held: dict[tuple[Endpoint, str], tuple[float, float]] = {}
 
     def arrived(self, env: Envelope, link: Endpoint | None) -> None:
         """``env`` was put in the inbox."""
@@ -60,9 +68,9 @@ class Backpressure:
         key = (link, env.source)
         now = self.clock.monotonic()
         hold = self.settings.hold_s
-        ends = self._held.get(key)
-        if ends is None or ends - now < hold / 2:
-            self._held[key] = now + hold
+        held = self._held.get(key)
+        if held is None or held[0] - now < hold / 2:
+            self._held[key] = (now + hold, now)
             self.pauses += 1
             link.pause_sender(self.address, env.source, hold)
 
@@ -71,10 +79,19 @@ class Backpressure:
         if priority not in HELD:
             return
         self.backlog -= 1
-        if self.backlog <= self.settings.resume_at and self._held:
-            for link, sender in self._held:
-                link.pause_sender(self.address, sender, 0.0)
-            self._held.clear()
+        if self.backlog > self.settings.resume_at or not self._held:
+            return
+        s = self.settings
+        now = self.clock.monotonic()
+        for key, (ends, granted) in list(self._held.items()):
+            if ends <= now:  # it ended by itself: the sender sends freely again
+                del self._held[key]
+            elif now - granted >= s.regrant_s or self.backlog == 0:
+                link, sender = key
+                self._held[key] = (now + s.hold_s, now)
+                self.credits += 1
+                link.pause_sender(self.address, sender, s.hold_s,
+                                  credit_bytes=s.credit_bytes)
 
     @property
     def holding(self) -> Counter[str]:

@@ -480,20 +480,23 @@ class Session:
             return
         assert isinstance(pause, Pause)
         self.counters.paused += pause.hold_ms > 0
-        self._queue.hold(env.source, now + pause.hold_ms * MS, now)
+        self._queue.hold(env.source, now + pause.hold_ms * MS, now, pause.credit_bytes)
 
-    def pause_sender(self, local: str, peer: str, hold_us: int, now: int) -> None:
+    def pause_sender(self, local: str, peer: str, hold_us: int, now: int, *,
+                     credit_bytes: int = 0) -> None:
         """Ask ``peer`` to hold its state and bulk envelopes for ``local`` for ``hold_us``
-        (``0``: to send them again now); sent as critical, ahead of anything queued."""
+        (``0``: to send them again now) but for ``credit_bytes`` of them; sent as critical,
+        ahead of anything queued."""
         if local not in self._local or is_group(peer) or not valid_address(peer):
             return
-        body = encode_body(Pause(hold_ms=min(10_000, max(0, hold_us // MS))))
+        body = encode_body(Pause(hold_ms=min(10_000, max(0, hold_us // MS)),
+                                 credit_bytes=credit_bytes))
         self.send(source=local, destination=peer, kind="Pause", body=body, now=now,
                   priority=Priority.CRITICAL)
 
-    def held(self, destination: str) -> bool:
-        """Whether a ``Pause`` from ``destination`` holds what we send it now."""
-        return self._queue.held(destination)
+    def held(self, destination: str, now: int) -> bool:
+        """Whether a ``Pause`` from ``destination`` holds what we send it at ``now``."""
+        return self._queue.held(destination, now)
 
     def _acknowledged(self, ids: Iterable[bytes | None]) -> None:
         done = []

@@ -13,7 +13,9 @@ one frame. Expired envelopes are dropped when they reach the head, and counted.
 A receiver that cannot keep up asks its senders to *hold* (``Pause``): the state and bulk
 batches for it are set aside, in order, until the hold ends or it lifts it, so its backlog
 waits here, where a critical envelope overtakes it, and not in the broker's or the sockets'
-FIFO buffers. Other destinations' batches and every critical and control envelope go on.
+FIFO buffers. A hold may come with a *credit*: that many bytes may go before the rest wait
+again (a receiver that keeps up with some of the flow grants it, batch by batch). Other
+destinations' batches and every critical and control envelope go on.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class OutQueue:
         self._count = dict.fromkeys(PRIORITIES, 0)
         self.bucket = TokenBucket(config.rate_bytes_per_s, config.burst_bytes)
         self._holds: dict[str, int] = {}  # destination -> held until
+        self._credits: dict[str, int] = {}  # destination -> bytes it may still take meanwhile
         self._aside: dict[str, list[_Batch]] = {}  # its held batches, oldest first
         self._limits = {p: config.frame_limit(p) for p in PRIORITIES}
         self.counters = QueueCounters()
@@ -134,16 +137,22 @@ class OutQueue:
         if self._bytes > self.config.max_queued_bytes:
             self._shed()
 
-    def hold(self, destination: str, until: int, now: int) -> None:
+    def hold(self, destination: str, until: int, now: int, credit: int = 0) -> None:
         """Hold the state and bulk batches for ``destination`` until ``until`` (at or before
-        ``now``: release them now)."""
-        if until > now:
-            self._holds[destination] = until
-        elif self._holds.pop(destination, None) is not None:
-            self._release(destination)
+        ``now``: release them now), but for ``credit`` bytes of them, which may go first."""
+        if until <= now:
+            self._credits.pop(destination, None)
+            if self._holds.pop(destination, None) is not None:
+                self._release(destination)
+            return
+        self._holds[destination] = until
+        self._credits[destination] = credit
+        if credit > 0:
+            self._release(destination)  # looked at again, in order, against the credit
 
-    def held(self, destination: str) -> bool:
-        return destination in self._holds
+    def held(self, destination: str, now: int) -> bool:
+        """Whether a hold on ``destination`` is in force at ``now``."""
+        return self._holds.get(destination, now) > now
 
     def _release(self, destination: str) -> None:
         """Put ``destination``'s held batches back at the head of their queues, in order."""
@@ -155,6 +164,7 @@ class OutQueue:
         for destination, until in list(self._holds.items()):
             if until <= now:
                 del self._holds[destination]
+                self._credits.pop(destination, None)
                 self._release(destination)
 
     def _shed(self) -> None:
@@ -229,9 +239,13 @@ class OutQueue:
                 batch.closed = True
                 if self._open.get(batch.key) is batch:
                     del self._open[batch.key]
-                if batch.destination in self._holds and batch.key[0] in HELD:
-                    self._aside.setdefault(batch.destination, []).append(batch)
-                    continue  # set aside: look at the next
+                destination = batch.destination
+                if destination in self._holds and batch.key[0] in HELD:
+                    credit = self._credits.get(destination, 0)
+                    if credit <= 0:
+                        self._aside.setdefault(destination, []).append(batch)
+                        continue  # set aside: look at the next
+                    self._credits[destination] = credit - batch.size
                 return batch
             if i >= 64:  # only closed batches may overtake; look a little way ahead
                 break

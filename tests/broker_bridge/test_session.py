@@ -891,7 +891,7 @@ def test_a_pause_holds_state_and_bulk_for_its_sender_only_and_ends_by_itself() -
     link = Link(SessionConfig(seed=1))
     link.a.add_local("a2")
     pause_from_b(link, 300)
-    assert link.a.held("b") and link.a.counters.paused == 1
+    assert link.a.held("b", link.now) and link.a.counters.paused == 1
     link.send(1, reliable=False, priority=Priority.BULK)
     link.send(2, reliable=True, priority=Priority.STATE)
     link.a.send(source="a2", destination="c", kind="PropertyValueUpdate", body=body(3),
@@ -905,7 +905,7 @@ def test_a_pause_holds_state_and_bulk_for_its_sender_only_and_ends_by_itself() -
     assert link.a.next_deadline() == 300 * MS  # the pump wakes when the hold ends
     link.now = 300 * MS
     assert [payload_of(e) for e in envelopes_of(link.frames("a"))] == [2, 1]  # in class order
-    assert not link.a.held("b")
+    assert not link.a.held("b", link.now)
 
 
 def test_a_pause_of_zero_lifts_the_hold_at_once_in_order() -> None:
@@ -919,10 +919,28 @@ def test_a_pause_of_zero_lifts_the_hold_at_once_in_order() -> None:
     assert [payload_of(e) for e in envelopes_of(link.frames("a"))] == [0, 1, 2, 3, 4]
 
 
+def test_a_credit_lets_that_many_bytes_go_in_order_and_holds_the_rest() -> None:
+    link = Link(SessionConfig(seed=1, batch_max_envelopes=1))  # a batch per envelope
+    pause_from_b(link, 10_000)
+    for i in range(10):
+        link.send(i, reliable=False, priority=Priority.BULK, size=1000)
+    link.now += 100 * MS
+    assert link.frames("a") == []
+    link.b.pause_sender("b", "a", 10_000 * MS, link.now, credit_bytes=2500)
+    link.deliver(link.frames("b"), "a")
+    # a batch leaves while any credit is left: three of ~1 kB for 2.5 kB of credit
+    assert [payload_of(e) for e in envelopes_of(link.frames("a"))] == [0, 1, 2]
+    link.now += 100 * MS
+    assert link.frames("a") == [] and link.a.held("b", link.now)
+    link.b.pause_sender("b", "a", 10_000 * MS, link.now, credit_bytes=1)
+    link.deliver(link.frames("b"), "a")
+    assert [payload_of(e) for e in envelopes_of(link.frames("a"))] == [3]
+
+
 def test_a_pause_in_a_broadcast_holds_nothing() -> None:
     link = Link(SessionConfig(seed=1))
     pause_from_b(link, 5_000, to="group:site1")  # anyone in a room may claim to be b
-    assert not link.a.held("b") and link.a.counters.paused == 0
+    assert not link.a.held("b", link.now) and link.a.counters.paused == 0
 
 
 def test_held_bulk_is_shed_first_over_the_memory_bound() -> None:
