@@ -98,17 +98,17 @@ def _unpack(data: bytes, *, max_bytes: int, what: str) -> Any:
 
 
 def _check_depth(value: Any, what: str) -> None:
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, list):
-            if depth >= MAX_DEPTH:
-                raise LimitExceededError(f"{what} nested deeper than {MAX_DEPTH} levels")
-            stack.extend((x, depth + 1) for x in item)
-        elif isinstance(item, dict):
-            if depth >= MAX_DEPTH:
-                raise LimitExceededError(f"{what} nested deeper than {MAX_DEPTH} levels")
-            stack.extend((x, depth + 1) for x in item.values())
+    """Refuse arrays and maps nested ``MAX_DEPTH`` deep. Level by level, keeping only the
+    containers (a discovery answer is thousands of scalars in small arrays: each is looked
+    at once, by a comprehension, never put on a stack)."""
+    level = [value] if isinstance(value, (list, dict)) else []
+    depth = 0
+    while level:
+        if depth >= MAX_DEPTH:
+            raise LimitExceededError(f"{what} nested deeper than {MAX_DEPTH} levels")
+        level = [x for item in level for x in (item if isinstance(item, list) else item.values())
+                 if isinstance(x, (list, dict))]
+        depth += 1
 
 
 # -- frames ---------------------------------------------------------------------------------------

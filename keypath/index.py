@@ -153,6 +153,27 @@ class PatternIndex(Generic[P]):
         """True when at least one registered pattern matches ``path`` (cheaper than ``match``)."""
         return next(self._final_nodes(path), None) is not None
 
+    def matches_all_below(self, path: KeyPath) -> bool:
+        """True when some registered pattern ending in ``**`` matches ``path`` and therefore
+        every path below it (``any_match`` is then true for all of them: one check answers
+        for a whole subtree). False says nothing: ask ``any_match`` path by path."""
+        root = self._root
+        active: list[_Node[P]] = [root] if root.glob is None else [root, root.glob]
+        for seg in path.segments:
+            nxt: dict[int, _Node[P]] = {}
+            for node in active:
+                for child in (node.literal.get(seg), node.star):
+                    if child is not None:
+                        nxt[id(child)] = child
+                        if child.glob is not None:
+                            nxt[id(child.glob)] = child.glob
+                if node.loops:
+                    nxt[id(node)] = node
+            if not nxt:
+                return False
+            active = list(nxt.values())
+        return any(node.loops and node.payloads for node in active)
+
 
 def _as_pattern(pattern: KeyPattern | str) -> KeyPattern:
     return pattern if isinstance(pattern, KeyPattern) else KeyPattern.parse(pattern)

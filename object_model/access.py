@@ -30,11 +30,12 @@ class PropertyAccessKind(StrEnum):
 
     @property
     def readable(self) -> bool:
-        return self in (PropertyAccessKind.READ, PropertyAccessKind.READ_WRITE)
+        # by identity: members are singletons, and this runs for every leaf a reader touches
+        return self is PropertyAccessKind.READ or self is PropertyAccessKind.READ_WRITE
 
     @property
     def writable(self) -> bool:
-        return self in (PropertyAccessKind.WRITE, PropertyAccessKind.READ_WRITE)
+        return self is PropertyAccessKind.WRITE or self is PropertyAccessKind.READ_WRITE
 
 
 class Role(StrEnum):
@@ -76,6 +77,13 @@ class AccessPolicy:
     def may_write(self, role: Role, path: KeyPath) -> bool:
         index = self._write.get(role)
         return index is not None and index.any_match(path)
+
+    def may_read_all_below(self, role: Role, path: KeyPath) -> bool:
+        """True when the role may read ``path`` and everything below it (a grant ending in
+        ``**`` covers it), so that a walk of that subtree need not ask ``may_read`` leaf by
+        leaf. False says nothing: ask ``may_read``."""
+        index = self._read.get(role)
+        return index is not None and index.matches_all_below(path)
 
     def may_read_below(self, role: Role, path: KeyPath) -> bool:
         """True when the role may read ``path`` or something below it (prunes discovery)."""

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
-from keypath import KeyPath, KeyPattern
+from keypath import GLOBSTAR, KeyPath, KeyPattern
 from object_model import canonical
 from object_model.errors import (
     EpochMismatchError,
@@ -227,6 +227,8 @@ class _Leaf:
         return public
 
 
+_EVERYTHING = (GLOBSTAR,)  # the rest of a pattern that matches every leaf below its start
+
 _make_leaf = tuple.__new__  # a NamedTuple without its Python-level __new__: twice as fast
 
 
@@ -362,6 +364,10 @@ class ObjectTree:
             if pattern.matches(node.path):
                 yield node.public or node.leaf()
             return
+        if pattern.segments[len(start):] == _EVERYTHING:  # every leaf below matches
+            for leaf in _iter_leaves(node):
+                yield leaf.public or leaf.leaf()
+            return
         stack: list[tuple[_Interior | _Leaf, KeyPath]] = [(node, start)]
         while stack:
             current, path = stack.pop()
@@ -371,8 +377,11 @@ class ObjectTree:
                 continue
             if not pattern.may_match_below(path):
                 continue
+            segments = path.segments
             for name, child in reversed(current.children.items()):
-                stack.append((child, path / name))
+                # a leaf knows its path; an interior node's is made of names already checked
+                stack.append((child, path if isinstance(child, _Leaf)
+                              else KeyPath._trusted((*segments, name))))
 
     def children(self, path: KeyPath | str = "", *, visible: bool = False
                  ) -> list[tuple[str, bool, bytes]]:

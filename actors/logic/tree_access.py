@@ -43,6 +43,12 @@ class TreeAccess:
     def _access(self, path: KeyPath) -> Any:
         return self.tree.leaf_schema(path).access
 
+    def _readable(self, path: KeyPath) -> bool:
+        try:
+            return bool(self._access(path).readable)
+        except ModelError:
+            return False
+
     def may_read(self, role: Role, path: KeyPath) -> bool:
         try:
             return self._access(path).readable and self.policy.may_read(role, self.mount / path)
@@ -137,8 +143,11 @@ class TreeAccess:
                                          shape))
         types: list[tuple[KeyPath, dict[str, Any]]] = []
         for pattern in req.patterns:
+            # a grant covering the whole subtree the pattern walks leaves only each leaf's
+            # own access kind to check (a resynchronisation fetches whole trees)
+            granted = self.policy.may_read_all_below(role, self.mount / pattern.literal_prefix)
             for path, revision, value in tree.find(pattern):
-                if not self.may_read(role, path):
+                if not (self._readable(path) if granted else self.may_read(role, path)):
                     continue
                 if req.include_values:
                     leaves.append((path, revision, value))

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from broker_bridge.codec import (
     FIELDS,
+    MAX_DEPTH,
+    _check_depth,
     decode_body,
     decode_envelope,
     decode_frame,
@@ -232,3 +234,18 @@ def test_compressed_frames_are_bounded() -> None:
         with pytest.raises(ModelError) as info:
             decode_frame(data)
         assert info.value.code is ErrorCode.MALFORMED_MESSAGE
+
+
+
+@pytest.mark.parametrize("container", ["list", "map"])
+def test_bodies_nested_up_to_the_limit_pass_and_deeper_ones_are_refused(container: str) -> None:
+    def nest(levels: int) -> object:
+        value: object = [1, "a", b"b"]
+        for _ in range(levels - 1):
+            value = [2, value, "x"] if container == "list" else {"x": 3, "y": value}
+        return value
+
+    _check_depth(nest(MAX_DEPTH), "body")
+    with pytest.raises(ModelError) as exc:
+        _check_depth([4, nest(MAX_DEPTH)], "body")
+    assert exc.value.code is ErrorCode.LIMIT_EXCEEDED

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keypath import KeyPath, KeyPattern, PatternIndex
+from keypath import GLOBSTAR, KeyPath, KeyPattern, PatternIndex
 from tests.keypath.strategies import small_paths, small_patterns
 
 
@@ -21,6 +21,22 @@ def test_match_equals_brute_force(patterns: list[KeyPattern], probes: list[KeyPa
         expected = Counter(i for i, p in enumerate(patterns) if p.matches(path))
         assert Counter(index.match(path)) == expected
         assert index.any_match(path) == bool(expected)
+
+
+@given(st.lists(small_patterns, max_size=30), small_paths,
+       st.lists(small_paths, min_size=1, max_size=10))
+def test_matches_all_below_promises_a_match_for_every_path_below(
+        patterns: list[KeyPattern], path: KeyPath, tails: list[KeyPath]) -> None:
+    index: PatternIndex[int] = PatternIndex()
+    for i, p in enumerate(patterns):
+        index.add(p, i)
+    if index.matches_all_below(path):
+        assert index.any_match(path)
+        for tail in tails:
+            assert index.any_match(path / tail)
+    # and it is said whenever a pattern ending in ``**`` matches the path itself
+    assert index.matches_all_below(path) == any(
+        p.segments[-1:] == (GLOBSTAR,) and p.matches(path) for p in patterns)
 
 
 @given(
