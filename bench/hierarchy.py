@@ -18,8 +18,9 @@ the oracle must work while the uplink is cut).
    (root digests equal). ``upstream_connections_per_site``: established TCP connections from
    the site to beyond its LAN (``ss`` in the site's namespace), the largest over the sites.
 2. *Priority.* From site 1, a probe connection configured like an uplink (``ours``: priority
-   queues, a 32 kB send window and ``TCP_NOTSENT_LOWAT``; ``paced``: the same, told the
-   link's rate, paced at 90 % of it; ``fifo``: one queue, no window)
+   queues, a 24 kB send window, 4 kB state and bulk frames and ``TCP_NOTSENT_LOWAT``;
+   ``paced``: the same, told the link's rate, paced at 90 % of it; ``fifo``: one queue, no
+   window)
    sends a 100-byte critical envelope every 20 ms to the sink, alone (``idle``) or while bulk
    telemetry saturates the uplink (2 Mbit/s, 50 ms each way, a 300 ms tbf buffer); then over
    a clean uplink to a sink whose CPU is saturated (every bulk envelope costs it 2 ms of

@@ -118,10 +118,10 @@ class UplinkConfig(BrokerConfig):
     password: str | None = Field(None, repr=False)
     # an uplink is slow and shared: keep what waits in the kernel to a round trip's worth
     # (NETWORK-FACTS.md section 2 measured these against the alternatives)
-    send_window_bytes: int | None = 32 * 1024
+    send_window_bytes: int | None = 24 * 1024
     notsent_lowat: int | None = 16 * 1024
     dead_after_s: float | None = 20.0  # a cut uplink is noticed within this, not in 15 min
-    bulk_frame_bytes: int | None = 8 * 1024  # the frame a critical envelope may wait behind
+    bulk_frame_bytes: int | None = 4 * 1024  # the frame a critical envelope may wait behind
 
 
 class _Account(Settings):
