@@ -30,10 +30,13 @@ the oracle must work while the uplink is cut).
    ``--outage-s`` while its stations charge and a reliable stream of 5 envelopes/s runs from
    its local CSMS's uplink to the sink. Meanwhile the site must admit a new station, go on
    charging and allocating energy, and obey a curtailment from its resource manager
-   (``site_kept_charging``: all four seen). Then the stations are paused, the uplink restored,
-   and ``catch_up_s`` is the time until every cloud copy equals its station again
-   (``consistent``); ``resync_bytes_over_floor`` is what the cloud's resync engine exchanged
-   (deflated frames) over the floor (each changed leaf once, ``bench.resync.floor_since``);
+   (``site_kept_charging``: all four seen). Then every site's stations are paused, the uplink
+   restored, and ``catch_up_s`` is the time until every cloud copy equals its station again
+   (``consistent``; it includes waiting for the uplink's next reconnect attempt, up to the 5 s
+   cap of its jittered backoff); ``resync_bytes_over_floor`` is everything the cloud received
+   meanwhile (``catch_up_bytes``, deflated frames: the resynchronisation, the rejoin, relays
+   and heartbeats) over the floor (each changed leaf once, ``bench.resync.floor_since``);
+   ``resync_bytes`` is the resync engine's share of it;
    ``lost`` and ``duplicates`` count the reliable stream's envelopes the sink never got or
    got twice (after every one was sent and acknowledged).
 
@@ -357,7 +360,8 @@ async def measure(run: Run) -> dict[str, Any]:
             out["site_kept_charging"] = all(kept.values())
             out["site_during_outage"] = kept
             out["curtailment_obeyed_s"] = round(curtailed_after, 2)
-            await one.ask("pause")
+            for site in sites.values():  # what the cloud receives now is site 1's catch-up
+                await site.ask("pause")
             revisions = {key.split("/", 1)[1]: r.tree.revision
                          for key, r in cloud.copies.replicas.items()
                          if key.startswith("stations/cs-site1-")}
@@ -374,7 +378,8 @@ async def measure(run: Run) -> dict[str, Any]:
             out["floor_bytes"] = floor
             out["resync_bytes"] = int(resync)
             # everything the cloud received to catch up (resynchronisation, and relayed
-            # updates that TCP kept through a short cut), as deflated frames
+            # updates that TCP kept through a short cut; the other sites' stations are paused
+            # too, and send only heartbeats), as deflated frames
             out["catch_up_bytes"] = received
             out["resync_bytes_over_floor"] = round(received / floor, 2) if floor else None
             await poll("the reliable stream sent and acknowledged", _async_site(
