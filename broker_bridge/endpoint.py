@@ -334,7 +334,9 @@ class Endpoint:
             await self._persist()
         sent = 0
         if self.transport.connected:
-            for frame in session.pop_frames(self.clock.now_us(), self.transport.budget()):
+            transport = self.transport
+            for frame in session.pop_frames(self.clock.now_us(), transport.budget(),
+                                            urgent=transport.budget(urgent=True)):
                 self.transport.send_frame(frame.destination, frame.data)
                 sent += 1
                 self.bytes_sent += len(frame.data)

@@ -105,7 +105,7 @@ class MemoryTransport:
         self.frames_by_destination[destination] += 1
         self.network._route(self, destination, data)
 
-    def budget(self) -> int | None:
+    def budget(self, *, urgent: bool = False) -> int | None:
         return None
 
     async def add_address(self, address: str) -> None:

@@ -56,8 +56,11 @@ class Transport(Protocol):
     def send_frame(self, destination: str, data: bytes) -> None:
         """Hand one frame to the link; never blocks (see ``budget``)."""
 
-    def budget(self) -> int | None:
-        """Bytes the link can take now without queueing (back-pressure); ``None``: unlimited."""
+    def budget(self, *, urgent: bool = False) -> int | None:
+        """Bytes the link can take now without queueing (back-pressure); ``None``: unlimited.
+        ``urgent``: the room for critical and control frames, which a send window does not
+        hold back (they are few and small; the window bounds what *they* would wait behind,
+        so it applies to state and bulk)."""
 
     async def add_address(self, address: str) -> None:
         """Make a local actor reachable at ``address``."""

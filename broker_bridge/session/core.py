@@ -284,11 +284,13 @@ class Session:
             out.append((piece, data))
         return out
 
-    def pop_frames(self, now: int, budget: int | None = None) -> list[Frame]:
-        """Frames the transport may write now (none while the link is down)."""
+    def pop_frames(self, now: int, budget: int | None = None, *,
+                   urgent: int | None = None) -> list[Frame]:
+        """Frames the transport may write now (none while the link is down): critical and
+        control within ``urgent`` (default ``budget``), state and bulk within ``budget``."""
         if not self.link_is_up:
             return []
-        return self._queue.pop_frames(now, budget)
+        return self._queue.pop_frames(now, budget, urgent=urgent)
 
     def _left_in_frame(self, env: Envelope, now: int) -> None:
         if not env.reliable:

@@ -32,6 +32,8 @@ from broker_bridge.session.events import Frame
 PRIORITIES = tuple(Priority)
 HELD = frozenset({Priority.STATE, Priority.BULK})
 """The classes a receiver's ``Pause`` holds back."""
+URGENT = frozenset({Priority.CRITICAL, Priority.CONTROL})
+"""The classes a send window does not hold back (``pop_frames``'s ``urgent`` budget)."""
 
 
 class _Batch:
@@ -204,9 +206,11 @@ class OutQueue:
         batch.items = kept
         return bool(kept)
 
-    def pop_frames(self, now: int, budget: int | None = None) -> list[Frame]:
+    def pop_frames(self, now: int, budget: int | None = None, *,
+                   urgent: int | None = None) -> list[Frame]:
         """Frames that may leave now, highest priority first, within ``budget`` bytes (at least
-        one frame when ``budget`` is positive) and the rate limit."""
+        one frame when ``budget`` is positive; critical and control frames within ``urgent``
+        instead, if given) and the rate limit."""
         out: list[Frame] = []
         spent = 0
         self.bucket.refill(now)
@@ -214,9 +218,14 @@ class OutQueue:
             self._release_due(now)
         for cls in PRIORITIES:
             queue = self._queues[cls]
+            # one queue for all (priorities off) is not urgent: the window governs it
+            own = urgent is not None and cls in URGENT and self.config.priorities
+            limit = urgent if own else budget
             while queue:
-                if budget is not None and (spent >= budget or budget <= 0):
-                    return out
+                if limit is not None and (spent >= limit or limit <= 0):
+                    if not own:
+                        return out
+                    break  # on to the classes the plain budget governs
                 if not self.bucket.allows():
                     return out
                 batch = self._ready_batch(queue, now)

@@ -184,16 +184,17 @@ class XmppTransport:
     def connected(self) -> bool:
         return self._up
 
-    def budget(self) -> int | None:
+    def budget(self, *, urgent: bool = False) -> int | None:
         """Room below our limits: zero while asyncio has paused writing (a
-        ``resume_writing``, hence ``on_writable``, follows) or while the kernel holds a
-        whole ``send_window_bytes`` (then ``on_writable`` follows within ``window_poll_s``)."""
+        ``resume_writing``, hence ``on_writable``, follows) or, but for ``urgent`` frames,
+        while the kernel holds a whole ``send_window_bytes`` (then ``on_writable`` follows
+        within ``window_poll_s``)."""
         if not self._up or self._stream.write_paused:
             return 0
         buffered = self._stream.write_buffer_size()
         room = self.settings.write_buffer_high - buffered
         window = self.settings.send_window_bytes
-        if window is not None:
+        if window is not None and not urgent:
             room = min(room, window - buffered - self._in_kernel())
             if room <= 0:
                 self._look_again()

@@ -957,3 +957,26 @@ def test_held_bulk_is_shed_first_over_the_memory_bound() -> None:
     link.now += 100 * MS
     to_c = [e for e in envelopes_of(link.frames("a")) if e.destination == "c"]
     assert len(to_c) == 40  # what was shed was b's, held, older
+
+
+def test_a_full_send_window_holds_back_state_and_bulk_not_critical_or_control() -> None:
+    link = Link(SessionConfig(seed=1))
+    link.send(1, reliable=False, priority=Priority.BULK)
+    link.send(2, reliable=True, priority=Priority.STATE)
+    link.send(3, reliable=False, priority=Priority.CRITICAL)
+    link.send(4, reliable=True, priority=Priority.CONTROL)
+    link.now += 100 * MS
+    link.a.handle_timer(link.now)
+    # the kernel holds a whole window (budget 0); the write buffer has room (urgent)
+    left = link.a.pop_frames(link.now, 0, urgent=64 * 1024)
+    assert sorted(payload_of(e) for e in envelopes_of(left)) == [3, 4]
+    assert link.a.pop_frames(link.now, 0, urgent=64 * 1024) == []
+    assert [payload_of(e) for e in envelopes_of(link.a.pop_frames(link.now, 10_000))] == [2, 1]
+
+
+def test_without_priorities_the_window_holds_back_everything() -> None:
+    link = Link(SessionConfig(seed=1, priorities=False))
+    link.send(3, reliable=False, priority=Priority.CRITICAL)
+    link.now += 100 * MS
+    assert link.a.pop_frames(link.now, 0, urgent=64 * 1024) == []
+    assert [payload_of(e) for e in envelopes_of(link.a.pop_frames(link.now, 1))] == [3]
