@@ -31,6 +31,8 @@ over their standard input and output, never over a broker.
    seconds each process kind spent meanwhile. Every tree is built, and copied twice.
 2. *Steady.* Stations tick every ``--tick-s`` (default 10 s: 5,000 stations offer 500
    updates/s; at 1 s the simulated stations alone need more than this machine's two cores);
+   once every site's periodic work is back on pace (a site that lagged while it connected
+   ticks coarser until it has been calm a while; ``pace_at_steady``: 1 when it is) and
    after ``--warmup-s``, for ``--steady-s``: ``updates_per_s_sustained`` (PropertyValueUpdates
    the cloud CSMS applied per second, its ``updates`` counter) beside
    ``updates_per_s_offered`` (revisions the stations made per second) and
@@ -103,6 +105,7 @@ class Run:
     stations_per_site: int = 500
     tick_s: float = 10.0
     warmup_s: float = 5.0
+    pace_timeout_s: float = 180.0  # the longest the steady phase waits for the sites' pace
     steady_s: float = 30.0
     outage_s: float = 10.0
     join_rate_per_s: float | None = CloudSettings().join_rate_per_s
@@ -392,6 +395,20 @@ async def steady(lab: Lab, run: Run) -> dict[str, Any]:
     run.say(f"stations ticking every {run.tick_s:g} s; {run.warmup_s:g} s warm-up, then "
             f"{run.steady_s:g} s measured...")
     await lab.pause(False)
+    # a site that lagged while it connected runs its periodic work coarser until it has
+    # been calm for a while (broker_bridge.pace): measure the fleet ticking as planned
+    paces: list[int] = []
+
+    async def on_time() -> bool:
+        paces[:] = [(await site.ask("status"))["pace"] for site in lab.sites]
+        return max(paces) == 1
+
+    waited = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(run.pace_timeout_s):
+            while not await on_time():
+                await asyncio.sleep(1.0)  # the sites' pace relaxes in steps of seconds
+    run.say(f"  sites on pace after {time.monotonic() - waited:.0f} s (stretch {max(paces)})")
     await asyncio.sleep(run.warmup_s)  # the wall time the phase is made of
     before, counts0, cpu0 = await lab.cloud.ask("stats"), await lab.counts(), lab.cpu()
     busy0, wall0 = machine_busy_seconds(), time.monotonic()
@@ -403,6 +420,7 @@ async def steady(lab: Lab, run: Run) -> dict[str, Any]:
     cpu = {kind: round((cpu1[kind] - cpu0[kind]) / wall, 3) for kind in KINDS}
     rss = lab.rss_mb()
     return {
+        "pace_at_steady": max(paces),  # 1: every site's periodic work on time
         "updates_per_s_sustained": round(updates / wall, 1),
         "updates_per_s_offered": round((counts1["revisions"] - counts0["revisions"]) / wall, 1),
         "frames_per_s_at_cloud": round(

@@ -244,7 +244,15 @@ class RunningSite:
             "limit_w": local.own.tree.get("energy/limit_w"),
             "local_consistent": self.hierarchy.local_consistent(),
             "uplink_up": uplink.link_up, "joined": local.upstream_joined(),
+            "pace": self.pace(),
         }
+
+    def pace(self) -> int:
+        """How many times coarser this process's periodic work runs now (the largest stretch
+        over its links; 1: on time, ``broker_bridge.pace``)."""
+        site = self.site
+        running = [r for r in (site.local, site.rm, *site.hosts) if r is not None]
+        return max((e.pace.stretch for r in running for e in r.links.endpoints), default=1)
 
 
 Extension = Callable[[RunningSite], Mapping[str, Handler]]
