@@ -113,7 +113,9 @@ class PatternIndex(Generic[P]):
                         break
             node = parent
 
-    def _final_nodes(self, path: KeyPath) -> Iterator[_Node[P]]:
+    def _reached(self, path: KeyPath) -> list[_Node[P]]:
+        """The nodes the patterns' automaton is in after reading ``path`` (none: no pattern
+        can match it or anything below it)."""
         root = self._root
         active: list[_Node[P]] = [root] if root.glob is None else [root, root.glob]
         for seg in path.segments:
@@ -132,11 +134,12 @@ class PatternIndex(Generic[P]):
                 if node.loops:
                     nxt[id(node)] = node
             if not nxt:
-                return
+                return []
             active = list(nxt.values())
-        for node in active:
-            if node.payloads:
-                yield node
+        return active
+
+    def _final_nodes(self, path: KeyPath) -> Iterator[_Node[P]]:
+        return (node for node in self._reached(path) if node.payloads)
 
     def match(self, path: KeyPath) -> list[P]:
         """Payloads of every registration whose pattern matches ``path``."""
@@ -157,22 +160,7 @@ class PatternIndex(Generic[P]):
         """True when some registered pattern ending in ``**`` matches ``path`` and therefore
         every path below it (``any_match`` is then true for all of them: one check answers
         for a whole subtree). False says nothing: ask ``any_match`` path by path."""
-        root = self._root
-        active: list[_Node[P]] = [root] if root.glob is None else [root, root.glob]
-        for seg in path.segments:
-            nxt: dict[int, _Node[P]] = {}
-            for node in active:
-                for child in (node.literal.get(seg), node.star):
-                    if child is not None:
-                        nxt[id(child)] = child
-                        if child.glob is not None:
-                            nxt[id(child.glob)] = child.glob
-                if node.loops:
-                    nxt[id(node)] = node
-            if not nxt:
-                return False
-            active = list(nxt.values())
-        return any(node.loops and node.payloads for node in active)
+        return any(node.loops and node.payloads for node in self._reached(path))
 
 
 def _as_pattern(pattern: KeyPattern | str) -> KeyPattern:
