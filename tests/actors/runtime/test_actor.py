@@ -251,10 +251,9 @@ def test_roles_are_found_exactly_or_by_pattern_and_strangers_cost_bounded_memory
     assert len(roles._cache) <= 100
 
 
-async def test_a_busy_actor_takes_critical_envelopes_before_its_backlog(pair) -> None:  # type: ignore[no-untyped-def]
-    # the handlers fall behind (a slow one holds the inbox) while bulk piles up; a critical
-    # envelope that arrives last is handled next, before the bulk that waited for longer
-    a, b = pair
+async def hold_the_inbox(a: Echo, b: Echo) -> asyncio.Event:
+    """Send ``b`` a bulk read ("first") whose handler waits until the returned event is set:
+    everything sent after it waits in ``b``'s inbox meanwhile."""
     gate, holding = asyncio.Event(), asyncio.Event()
     original = b.read
 
@@ -267,6 +266,14 @@ async def test_a_busy_actor_takes_critical_envelopes_before_its_backlog(pair) ->
     b.read = held  # type: ignore[method-assign]
     a.endpoint.send(source="a", destination="b", message=read("first"), priority=Priority.BULK)
     await until(holding.is_set, "the first read in its handler")
+    return gate
+
+
+async def test_a_busy_actor_takes_critical_envelopes_before_its_backlog(pair) -> None:  # type: ignore[no-untyped-def]
+    # the handlers fall behind (a slow one holds the inbox) while bulk piles up; a critical
+    # envelope that arrives last is handled next, before the bulk that waited for longer
+    a, b = pair
+    gate = await hold_the_inbox(a, b)
     for i in range(20):
         a.endpoint.send(source="a", destination="b", message=read(f"bulk{i}"),
                         priority=Priority.BULK)
@@ -286,18 +293,7 @@ async def test_a_busy_actor_holds_its_senders_bulk_at_them_and_takes_it_as_it_ca
     # the flood waits in the sender's priority queues, not in the buffers in between, and
     # a critical envelope still goes through; nothing is lost
     a, b = pair
-    gate, holding = asyncio.Event(), asyncio.Event()
-    original = b.read
-
-    async def held(message: PropertyValueRead, ctx: Context) -> MessageBase:
-        if str(message.paths[0]) == "first":
-            holding.set()
-            await gate.wait()
-        return await original(message, ctx)
-
-    b.read = held  # type: ignore[method-assign]
-    a.endpoint.send(source="a", destination="b", message=read("first"), priority=Priority.BULK)
-    await until(holding.is_set, "the first read in its handler")
+    gate = await hold_the_inbox(a, b)
     pause_at = b.backpressure.settings.pause_at
     for i in range(pause_at):
         a.endpoint.send(source="a", destination="b", message=read(f"bulk{i}"),
