@@ -57,6 +57,7 @@ class Backpressure:
         self.credits = 0  # credits granted to senders held
         # (link, sender) -> (when its hold ends, when it was last given a credit)
         self._held: dict[tuple[Endpoint, str], tuple[float, float]] = {}
+        self._looked_at = float("-inf")  # when ``taken`` last went over the senders held
 
     def arrived(self, env: Envelope, link: Endpoint | None) -> None:
         """``env`` was put in the inbox."""
@@ -83,6 +84,9 @@ class Backpressure:
             return
         s = self.settings
         now = self.clock.monotonic()
+        if self.backlog and now - self._looked_at < s.regrant_s:
+            return  # the senders held were looked at just now: not once per envelope taken
+        self._looked_at = now
         for key, (ends, granted) in list(self._held.items()):
             if ends <= now:  # it ended by itself: the sender sends freely again
                 del self._held[key]
