@@ -81,7 +81,7 @@ from typing import Any
 
 from actors.app.config import BrokerConfig, CloudConfig
 from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain
-from actors.app.wiring import start_cloud
+from actors.app.wiring import start_cloud, tune_gc
 from actors.csms.cloud import CloudCsms
 from actors.csms.settings import CloudSettings
 from bench.procfs import machine_busy_seconds, total_cpu_seconds, total_rss_bytes
@@ -154,6 +154,7 @@ async def run_cloud(spec: dict[str, Any]) -> int:
     answering ``digests`` (every copy's root digest), ``stats`` and ``stop``."""
     logging.basicConfig(level=os.environ.get("CSMS_BENCH_LOG", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    tune_gc()
     running = await start_cloud(BrokerConfig(**spec["broker"]), CloudConfig(**spec["cloud"]))
     cloud = running.actors[0]
     assert isinstance(cloud, CloudCsms)

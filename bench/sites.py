@@ -40,6 +40,7 @@ from actors.app.wiring import (
     session_config,
     settle_heap,
     simulator_for,
+    tune_gc,
     xmpp_settings,
 )
 from actors.csms.local import LocalCsms
@@ -348,6 +349,7 @@ async def run_site(spec: dict[str, Any], extend: Extension | None = None) -> int
     ``site_settings`` reads. Commands: ``status``, ``pause`` (``paused``: false resumes),
     ``add_station`` (``name``), ``pids`` (this process and its broker), ``stop``, and those of
     ``extend``."""
+    tune_gc()
     k, accounts = spec["site"], bool(spec.get("accounts"))
     kind = AccountSites if accounts else Hierarchy
     h = await kind.start_site_broker(Path(spec["root"]), k, cloud=BrokerConfig(**spec["cloud"]),

@@ -26,6 +26,7 @@ from keypath.errors import KeyPathError
 MAX_DEPTH = 64
 MAX_SEGMENT_CHARS = 256
 MAX_TEXT_CHARS = 8192
+PARSED_CACHE = 16384
 
 SEPARATOR = "/"
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -159,9 +160,27 @@ class KeyPath:
 
     @classmethod
     def parse(cls, text: str) -> KeyPath:
-        """Parse the text form; raises ``KeyPathError`` naming the position and the reason."""
-        if not isinstance(text, str):
+        """Parse the text form; raises ``KeyPathError`` naming the position and the reason.
+
+        Paths are immutable, so a text parsed before gives the same instance back: the same
+        few hundred relative paths arrive in every station's tree, and sharing them saves
+        both the parsing and the memory of a copy per replica (at most ``PARSED_CACHE``
+        texts are kept; when full, the cache starts again)."""
+        if type(text) is str:
+            known = _PARSED.get(text)
+            if known is not None:
+                return known
+        elif not isinstance(text, str):
             raise KeyPathError(f"expected text, got {type(text).__name__}")
+        path = cls._parse(text)
+        if len(text) <= MAX_SEGMENT_CHARS:  # bounds the cache's memory: 16384 x 256 chars
+            if len(_PARSED) >= PARSED_CACHE:
+                _PARSED.clear()
+            _PARSED[text] = path
+        return path
+
+    @classmethod
+    def _parse(cls, text: str) -> KeyPath:
         if not text:
             return _ROOT
         # the common case in one pass of C-level checks; anything doubtful takes the exact
@@ -310,3 +329,4 @@ class KeyPath:
 
 _ROOT = KeyPath._trusted(())
 _ROOT._text = ""
+_PARSED: dict[str, KeyPath] = {}

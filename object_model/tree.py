@@ -352,8 +352,8 @@ class ObjectTree:
         for leaf in _iter_leaves(node):
             yield leaf.public or leaf.leaf()
 
-    def find(self, pattern: KeyPattern | str) -> Iterator[Leaf]:
-        """Every leaf matching ``pattern``."""
+    def find(self, pattern: KeyPattern | str, *, visible: bool = False) -> Iterator[Leaf]:
+        """Every leaf matching ``pattern`` (with ``visible``, readable leaves only)."""
         if not isinstance(pattern, KeyPattern):
             pattern = KeyPattern.parse(pattern)
         start = pattern.literal_prefix
@@ -361,18 +361,19 @@ class ObjectTree:
         if node is None:
             return
         if isinstance(node, _Leaf):
-            if pattern.matches(node.path):
+            if pattern.matches(node.path) and (node.readable or not visible):
                 yield node.public or node.leaf()
             return
         if pattern.segments[len(start):] == _EVERYTHING:  # every leaf below matches
             for leaf in _iter_leaves(node):
-                yield leaf.public or leaf.leaf()
+                if leaf.readable or not visible:
+                    yield leaf.public or leaf.leaf()
             return
         stack: list[tuple[_Interior | _Leaf, KeyPath]] = [(node, start)]
         while stack:
             current, path = stack.pop()
             if isinstance(current, _Leaf):
-                if pattern.matches(current.path):
+                if pattern.matches(current.path) and (current.readable or not visible):
                     yield current.public or current.leaf()
                 continue
             if not pattern.may_match_below(path):
@@ -441,6 +442,7 @@ class ObjectTree:
         created: dict[KeyPath, set[str]] = {}
         new_leaves = 0
         leaves = self._leaves
+        collections = not isinstance(self.schema, PermissiveSchema)  # which declares none
         for index, op in enumerate(operations):
             try:
                 if type(op) is Write:
@@ -456,7 +458,8 @@ class ObjectTree:
                         if leaf is None:
                             if not isinstance(node, (LeafSchema, AnySchema)):
                                 raise WrongTypeError(f"{lpath} is a {node.kind}, not a value")
-                            self._check_capacity(lpath, created)
+                            if collections:
+                                self._check_capacity(lpath, created)
                             new_leaves += 1
                         else:
                             node = leaf.schema
@@ -516,14 +519,17 @@ class ObjectTree:
         revision = self.revision + 1
         upserts: dict[KeyPath, Any] = {}
         deletes: list[KeyPath] = []
+        fresh = not self._leaves
         for path, value, schema, _ in plan:
             if value is _DELETE:
                 if self._delete(path, revision):
                     deletes.append(path)
                     for p in [p for p in upserts if path.is_prefix_of(p)]:
                         del upserts[p]
-            elif self._set_leaf(path, value, schema, revision):
+            elif self._set_leaf(path, value, schema, revision, sum_later=fresh):
                 upserts[path] = value
+        if fresh:
+            _sum_digests(self._root)
         if not upserts and not deletes:
             return TransactionCommitted(
                 epoch=self.epoch, revision=self.revision, upserts=(), deletes=()
@@ -554,10 +560,12 @@ class ObjectTree:
 
     def _set_leaf(
         self, path: KeyPath, value: Any, schema: LeafSchema | AnySchema, revision: int,
-        stamp: bool = False,
+        stamp: bool = False, sum_later: bool = False,
     ) -> bool:
         """Set one leaf; True when its value changed. ``stamp`` records ``revision`` on the
-        leaf even when the value is unchanged (replicas mirror their source's revisions)."""
+        leaf even when the value is unchanged (replicas mirror their source's revisions).
+        ``sum_later`` leaves the ancestors' digests alone: a transaction filling an empty
+        tree sums them once at its end (``_sum_digests``)."""
         leaf = self._leaves.get(path)
         new = leaf is None
         if leaf is None:
@@ -571,7 +579,7 @@ class ObjectTree:
                 self._leaves[path] = leaf
             return False
         delta = h - leaf.hash
-        node: _Interior | None = leaf.parent
+        node: _Interior | None = None if sum_later else leaf.parent
         if leaf.readable:
             while node is not None:
                 node.digest = (node.digest + delta) & MASK
@@ -795,14 +803,17 @@ class ObjectTree:
     ) -> TransactionCommitted:
         upserts: dict[KeyPath, Any] = {}
         deletes: list[KeyPath] = []
+        fresh = not self._leaves
         for rev, _, path, value, schema in steps:
             if value is _DELETE:
                 if self._delete(path, delete_revision or rev):
                     deletes.append(path)
                     for p in [p for p in upserts if path.is_prefix_of(p)]:
                         del upserts[p]
-            elif self._set_leaf(path, value, schema, rev, stamp=True):
+            elif self._set_leaf(path, value, schema, rev, stamp=True, sum_later=fresh):
                 upserts[path] = value
+        if fresh:
+            _sum_digests(self._root)
         self.revision = to_revision
         event = TransactionCommitted(epoch=self.epoch, revision=self.revision,
                                      upserts=tuple(upserts.items()), deletes=tuple(deletes))

@@ -36,8 +36,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from actors.app.demo import DemoSettings, run_demo
+    from actors.app.wiring import tune_gc
     from actors.runtime.shutdown import exit_process
 
+    tune_gc()
     settings = DemoSettings(sites=args.sites, stations=args.stations, duration=args.duration,
                             json=args.json, state_dir=Path(args.state_dir), speed=args.speed,
                             keep_state=args.keep_state)
@@ -125,9 +127,11 @@ def _run_actor(args: argparse.Namespace) -> int:
         start_local,
         start_resource_manager,
         start_stations,
+        tune_gc,
     )
     from actors.runtime.shutdown import exit_process
 
+    tune_gc()
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -87,6 +87,19 @@ async def stop_all(running: Sequence[Running]) -> None:
                     [s for r in running for s in r.stores])
 
 
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Collect the youngest generation every 10,000 allocations, not every 700 (Python's
+    default). A process that builds and keeps hundreds of thousands of objects (a station
+    host's trees, a CSMS's copies) otherwise spends a quarter of its time moving survivors
+    between generations; cyclic garbage lives a few thousand allocations longer. Call it
+    once, when a process that hosts actors starts."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def settle_heap() -> None:
     """Leave what exists now (the actors' trees, caches and copies: hundreds of thousands
     of objects that live as long as the process) out of the garbage collector's full

@@ -43,12 +43,6 @@ class TreeAccess:
     def _access(self, path: KeyPath) -> Any:
         return self.tree.leaf_schema(path).access
 
-    def _readable(self, path: KeyPath) -> bool:
-        try:
-            return bool(self._access(path).readable)
-        except ModelError:
-            return False
-
     def may_read(self, role: Role, path: KeyPath) -> bool:
         try:
             return self._access(path).readable and self.policy.may_read(role, self.mount / path)
@@ -146,8 +140,8 @@ class TreeAccess:
             # a grant covering the whole subtree the pattern walks leaves only each leaf's
             # own access kind to check (a resynchronisation fetches whole trees)
             granted = self.policy.may_read_all_below(role, self.mount / pattern.literal_prefix)
-            for path, revision, value in tree.find(pattern):
-                if not (self._readable(path) if granted else self.may_read(role, path)):
+            for path, revision, value in tree.find(pattern, visible=True):
+                if not granted and not self.policy.may_read(role, self.mount / path):
                     continue
                 if req.include_values:
                     leaves.append((path, revision, value))

@@ -56,8 +56,10 @@ def shared_station_schema(*, vendor_extensions: bool = True) -> SchemaRegistry:
     return station_schema(vendor_extensions=vendor_extensions)
 
 
+@functools.cache
 def station_access_policy() -> AccessPolicy:
-    """Who may read and write what in a station's tree (the nodes' access kinds apply too).
+    """Who may read and write what in a station's tree (the nodes' access kinds apply too);
+    one instance, shared by every station of a process.
 
     The local and cloud CSMS manage the station: they read everything readable and write
     everything writable. An operator reads everything but only writes names, locations and
