@@ -289,6 +289,7 @@ class SchemaRegistry:
             self.register_namespace(ns)
         self.root = root if isinstance(root, RecordSchema) else compile_component(root, root_access)
         self._cache: dict[KeyPath, SchemaNode] = {}
+        self._children: dict[tuple[KeyPath, str], KeyPath] = {}  # of ``expand``'s maps
         for where, node in self.walk():
             if isinstance(node, RecordSchema):
                 for name in node.fields:
@@ -503,13 +504,19 @@ class SchemaRegistry:
                 f"or write its leaves, not {type(value).__name__}",
                 path=path,
             )
+        children = self._children
         for key, sub in value.items():
             if sub is None:
                 continue
-            try:
-                child = path / key
-            except KeyPathError as exc:
-                raise InvalidKeyPathError(str(exc), path=path) from None
+            child = children.get((path, key)) if type(key) is str else None
+            if child is None:
+                try:
+                    child = path / key
+                except KeyPathError as exc:
+                    raise InvalidKeyPathError(str(exc), path=path) from None
+                if len(children) >= self._CACHE_LIMIT:
+                    children.clear()
+                children[(path, key)] = child  # every station's tree spreads the same maps
             yield from self.expand(child, sub)
 
 

@@ -777,9 +777,14 @@ class ObjectTree:
         and the removal of the given paths, making this copy equal to the source at
         ``revision``. History before it is unknown, so the horizon moves to ``revision``."""
         ups = list(upserts)
+        dels = list(deletes)
+        if not self._leaves and not dels:
+            adopted = self._adopt_into_empty(epoch, revision, ups)
+            if adopted is not None:
+                return adopted
         plan = self._validate([Write(p, v) for p, _, v in ups])
         steps: list[tuple[int, int, KeyPath, Any, Any]] = [
-            (0, 0, p, _DELETE, None) for p in deletes
+            (0, 0, p, _DELETE, None) for p in dels
         ]
         steps += [(ups[i][1], 1, path, value, schema) for path, value, schema, i in plan]
         self.epoch = epoch
@@ -795,6 +800,32 @@ class ObjectTree:
         self._tombstones.clear()
         self.horizon = self.revision = revision
         self._notify(event)  # only now is the tree in its final state
+        return event
+
+    def _adopt_into_empty(self, epoch: int, revision: int, ups: list[tuple[KeyPath, int, Any]]
+                          ) -> TransactionCommitted | None:
+        """``adopt`` into a copy that holds nothing (a CSMS learning a station for the first
+        time), its leaves built in one pass (``_fill``). ``None``, with nothing changed, when
+        a leaf does not fit that pass (a path given twice, a value or a path the schema
+        refuses): ``adopt``'s general way then applies it or names the error."""
+        try:
+            self._fill(ups)
+        except ModelError:
+            self._root = _Interior("", None)
+            self._leaves = {}
+            return None
+        for leaf in self._leaves.values():
+            if leaf.revision > revision:  # as ``adopt`` caps them
+                leaf.revision = revision
+        leaves = self._leaves
+        self._leaves = dict(sorted(leaves.items(), key=lambda kv: kv[1].revision))
+        self.epoch = epoch
+        self._tombstones.clear()
+        self.horizon = self.revision = revision
+        event = TransactionCommitted(epoch=epoch, revision=revision,
+                                     upserts=tuple((p, leaves[p].value) for p, _, _ in ups),
+                                     deletes=())
+        self._notify(event)
         return event
 
     def _replay(
@@ -889,16 +920,21 @@ class ObjectTree:
 
     def _restore_leaves(self, leaves: list[list[Any]]) -> None:
         """Build the leaves of a snapshot (``[path text, revision, value]`` in last-change
-        order) into an empty tree: each path resolved and each value validated once, as a
-        write would, without a transaction's bookkeeping (a cloud CSMS restores a thousand
-        copies when it starts)."""
+        order) into an empty tree (a cloud CSMS restores a thousand copies when it starts)."""
+        self._fill((parse_path(text), revision, value) for text, revision, value in leaves)
+
+    def _fill(self, leaves: Iterable[tuple[KeyPath, int, Any]]) -> None:
+        """Build ``(path, revision, value)`` leaves into an empty tree: each path resolved and
+        each value validated once, as a write would, without a transaction's bookkeeping,
+        and the digests summed once at the end. Raises a ``ModelError`` on the first bad
+        leaf, leaving the tree half built: callers start again from an empty tree."""
         interiors: dict[tuple[str, ...], _Interior] = {(): self._root}
-        for text, revision, value in leaves:
-            path = parse_path(text)
+        resolve = self.schema.resolve
+        for path, revision, value in leaves:
             segs = path.segments
             if not segs:
                 raise WrongTypeError("the root of a tree cannot hold a value", path=path)
-            node = self.schema.resolve(path)
+            node = resolve(path)
             if not isinstance(node, (LeafSchema, AnySchema)):
                 raise WrongTypeError(f"{path} is a {node.kind}, not a value", path=path)
             if type(revision) is not int:
@@ -926,6 +962,9 @@ class ObjectTree:
             leaf = parent.children[segs[-1]] = _Leaf(path, parent, node)
             leaf.value, leaf.hash, leaf.revision = value, _leaf_hash(leaf.key, value), revision
             self._leaves[path] = leaf
+        if len(self._leaves) > self.max_leaves:
+            raise LimitExceededError(f"the tree would hold {len(self._leaves)} leaves; the "
+                                     f"limit is {self.max_leaves}")
         _sum_digests(self._root)
         if not isinstance(self.schema, PermissiveSchema):  # which declares no collections
             self._check_members(self._root, KeyPath.root())

@@ -117,3 +117,23 @@ def test_limits_are_enforced() -> None:
         KeyPath.parse(123)  # type: ignore[arg-type]
     with pytest.raises(KeyPathError, match="root has no parent"):
         _ = KeyPath.root().parent
+
+
+def test_a_text_parsed_again_gives_the_same_path_and_bad_input_still_fails() -> None:
+    first = KeyPath.parse("evse/1/meter/obis:1-0:1.8.0")
+    again = KeyPath.parse("evse/1/meter/obis:1-0:1.8.0")
+    assert again is first and str(again) == "evse/1/meter/obis:1-0:1.8.0"
+
+    class Sly(str):
+        def __hash__(self) -> int:
+            return hash("evse/1/meter/obis:1-0:1.8.0")
+
+    sly = KeyPath.parse(Sly("evse/2"))  # a str subclass is parsed, never looked up
+    assert sly.segments == ("evse", "2")
+    for bad in (["evse"], {"a": 1}, b"evse", 5, None):
+        with pytest.raises(KeyPathError):
+            KeyPath.parse(bad)  # type: ignore[arg-type]
+    for bad_text in ("a//b", "a/*", "x\x00"):
+        for _ in range(2):  # a refused text is not remembered
+            with pytest.raises(KeyPathError):
+                KeyPath.parse(bad_text)

@@ -436,6 +436,50 @@ def test_adopt_installs_a_digest_descent_result() -> None:
         source.revision - 1).upserts
 
 
+def _adopt_both_ways(upserts: list[tuple[KeyPath, int, object]], revision: int
+                     ) -> tuple[ObjectTree, ObjectTree, TransactionCommitted]:
+    """Adopt ``upserts`` into an empty copy (one pass) and into a copy holding one leaf
+    that the adoption deletes (the general way): both must end the same."""
+    empty = ObjectTree(PermissiveSchema(), epoch=1)
+    events: list[TransactionCommitted] = []
+    empty.subscribe(events.append)
+    event = empty.adopt(epoch=9, revision=revision, upserts=upserts)
+    general = ObjectTree(PermissiveSchema(), epoch=1)
+    general.write("zz/old", 1)
+    general.adopt(epoch=9, revision=revision, upserts=upserts,
+                  deletes=[KeyPath.parse("zz")])
+    assert events == [event]
+    return empty, general, event
+
+
+def test_adopt_into_an_empty_copy_ends_as_the_general_way_does() -> None:
+    source = new_station_tree("cs-1", epoch=5)
+    for i in range(5):
+        source.write("evse/1/session/energy_wh", float(i))
+    upserts = [(p, r, v) for p, r, v in source.leaves()]
+    empty, general, event = _adopt_both_ways(upserts, source.revision)
+    for copy in (empty, general):
+        assert copy.digest() == source.digest(visible=True) == general.digest()
+        assert (copy.epoch, copy.revision, copy.horizon) == (9, source.revision,
+                                                            source.revision)
+    assert list(empty.leaves()) == list(general.leaves())
+    for copy in (empty, general):
+        copy.write("evse/2/session/energy_wh", 99.0)
+    assert empty.changes_since(source.revision).upserts == \
+        general.changes_since(source.revision).upserts
+    assert dict(event.upserts) == leaf_map(source)
+    # a path given twice: the later value wins, as in a transaction
+    twice = [(KeyPath.parse("a/b"), 1, 1), (KeyPath.parse("a/b"), 2, 2)]
+    empty, general, _ = _adopt_both_ways(twice, 2)
+    assert leaf_map(empty) == leaf_map(general) == {KeyPath.parse("a/b"): 2}
+    # a value the schema refuses: nothing changes, and the error names it
+    copy = ObjectTree(PermissiveSchema(max_value_bytes=8), epoch=1)
+    with pytest.raises(ModelError):
+        copy.adopt(epoch=9, revision=3, upserts=[(KeyPath.parse("a"), 1, 1),
+                                                 (KeyPath.parse("b"), 1, "x" * 64)])
+    assert len(copy) == 0 and copy.epoch == 1 and copy.digest() == bytes(16)
+
+
 def test_permissive_trees_replace_leaves_by_subtrees_and_back() -> None:
     tree = ObjectTree(PermissiveSchema(), epoch=1)
     tree.write("a/b", 1)
