@@ -211,6 +211,19 @@ def test_message_ids_are_unique_and_time_ordered() -> None:
     assert other.new(1_700_000_000_000_000) != MessageIds().new(1_700_000_000_000_000)
 
 
+def test_the_random_part_of_every_id_is_fresh() -> None:
+    """An id quoted in an ErrorReport or an Ack must not give away the next one (a forged
+    acknowledgement would then be cheap): the last 64 bits are new for every id, also
+    within one millisecond and across the generator's refills of random bytes."""
+    gen = MessageIds()
+    ids = [gen.new(1_700_000_000_000_000) for _ in range(5_000)]
+    tails = [message_id[8:] for message_id in ids]
+    assert len(set(tails)) == len(tails)
+    assert ids == sorted(ids)  # still in creation order, by the time and counter
+    bits = sum(bin(int.from_bytes(t, "big")).count("1") for t in tails) / (64 * len(tails))
+    assert 0.45 < bits < 0.55
+
+
 def test_compressed_frames_shrink_repetitive_batches_and_round_trip() -> None:
     env = Envelope(id=bytes(16), source="cs-17", destination="local-site1",
                    kind="PropertyValueUpdate", body=b"\x94\xa0\x01\x00\x01" * 10)
@@ -249,3 +262,52 @@ def test_bodies_nested_up_to_the_limit_pass_and_deeper_ones_are_refused(containe
     with pytest.raises(ModelError) as exc:
         _check_depth([4, nest(MAX_DEPTH)], "body")
     assert exc.value.code is ErrorCode.LIMIT_EXCEEDED
+
+
+# -- decoders raise only our own errors (issue 14, hole 1) -------------------------------------
+
+_plain = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=True) | st.text(max_size=40) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=6)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30)
+
+
+def _only_model_errors(decode, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    try:
+        decode(data)
+    except ModelError:
+        pass  # anything else escaping is the bug: hypothesis reports it
+
+
+@given(_plain)
+def test_any_msgpack_value_decodes_or_raises_a_model_error(value: object) -> None:
+    data = msgpack.packb(value, use_bin_type=True)
+    _only_model_errors(decode_frame, data)
+    _only_model_errors(decode_envelope, data)
+    for kind in ("Ack", "Batch", "PropertyTreeDiscoveryResponse", "PropertyValueWrite"):
+        _only_model_errors(lambda d, k=kind: decode_body(k, d), data)
+
+
+_VALID_FIELDS = [1, bytes(16), "a", "b", 2, 1, 3, msgpack.packb([1]), 1, None, bytes(16), "s",
+                 0, 0, 0, [0, 2, 10], None, None]
+
+
+@given(st.integers(min_value=0, max_value=len(_VALID_FIELDS) - 1), _plain,
+       st.integers(min_value=8, max_value=len(_VALID_FIELDS)))
+def test_any_field_of_an_envelope_may_hold_anything(index: int, value: object, length: int
+                                                    ) -> None:
+    fields = list(_VALID_FIELDS[:length])
+    if index < length:
+        fields[index] = value
+    data = msgpack.packb(fields, use_bin_type=True)
+    _only_model_errors(decode_envelope, data)
+    _only_model_errors(decode_frame, msgpack.packb([1, data], use_bin_type=True))
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_a_model_error(data: bytes) -> None:
+    _only_model_errors(decode_frame, data)
+    _only_model_errors(decode_envelope, data)
+    _only_model_errors(lambda d: decode_body("Batch", d), data)
