@@ -40,9 +40,11 @@ def valid_address(address: str) -> bool:
     """Actor and group addresses: letters, digits, ``. _ -``; at most 128 characters.
 
     Addresses repeat endlessly on the wire, so valid ones are remembered (up to a bound)."""
+    if type(address) is not str:  # before the set: a list or a map is not even hashable
+        return False
     if address in _VALID:
         return True
-    if type(address) is not str or not _ADDRESS.fullmatch(address):
+    if not _ADDRESS.fullmatch(address):
         return False
     if len(_VALID) < 100_000:
         _VALID.add(address)

@@ -24,7 +24,7 @@ import aiosqlite
 from broker_bridge.codec import decode_envelope, encode_envelope
 from broker_bridge.envelope import Envelope
 from broker_bridge.session import Receipts
-from broker_bridge.session.inbound import StreamKey
+from broker_bridge.session.inbound import StreamKey, seen_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -123,7 +123,7 @@ class Outbox:
         """Persist delivered ids (bounded window) and stream positions (one commit)."""
         db = self.db
         await db.executemany("INSERT OR IGNORE INTO seen (id) VALUES (?)",
-                             [(i,) for i, _, _ in receipts.ids])
+                             [(seen_key(source, i),) for i, source, _ in receipts.ids])
         await db.executemany(
             "INSERT OR REPLACE INTO in_streams VALUES (?, ?, ?, ?, ?)",
             [(*key, epoch, expected) for key, (epoch, expected) in receipts.positions.items()])

@@ -77,6 +77,7 @@ from broker_bridge.session.traffic import TrafficCounters
 from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
 from object_model.errors import (
     AccessDeniedError,
+    MalformedMessageError,
     ModelError,
     ReassemblyTimeoutError,
     UnknownActorError,
@@ -157,7 +158,7 @@ class Session:
         self.guard: EnvelopeGuard = guard if guard is not None else NULL_GUARD
         seed = self.config.seed if self.config.seed is not None else secrets.randbits(64)
         self._rng = random.Random(seed)
-        self._ids = ids or MessageIds(self._rng.getrandbits(64))
+        self._ids = ids or MessageIds()
         self._local: set[str] = set()
         for address in local:
             self.add_local(address)
@@ -354,12 +355,19 @@ class Session:
             try:
                 env = decode_envelope(raw)
             except ModelError as exc:
-                source = exc.details.get("source", origin.address)
-                self._reject(exc, source, exc.details.get("id"), None, None, now)
+                # answer the connection it came from, never the sender it claims (who may be a
+                # victim the garbage was made to reflect at); a room's frame: nobody (every
+                # member would answer)
+                self._reject(exc, None if origin.broadcast else origin.address,
+                             exc.details.get("id"), None, None, now)
                 continue
-            if origin is not UNKNOWN_ORIGIN and not self._authentic(env, origin, now):
-                continue
-            self._receive(env, now)
+            try:
+                if origin is not UNKNOWN_ORIGIN and not self._authentic(env, origin, now):
+                    continue
+                self._receive(env, now)
+            except Exception as exc:  # a bug of ours: it costs this envelope, not its frame
+                self._reject(from_exception(exc), None, env.id, env.destination, env.kind,
+                             now, answer=False)
 
     def _authentic(self, env: Envelope, origin: Origin, now: int) -> bool:
         if origin.broadcast and not is_group(env.destination):
@@ -387,8 +395,14 @@ class Session:
             self._reject(exc, None if authenticates else env.source, env.id, None, env.kind,
                          now)
             return
+        if env.reliable and is_group(dest):
+            # no session sends one (a broadcast has no single receiver to acknowledge it), so
+            # it can only be forged, and each would open a stream state: silence
+            self._reject(MalformedMessageError("a broadcast cannot be reliable"), None, env.id,
+                         dest, env.kind, now)
+            return
         if env.chunk is not None:
-            if not authenticates and env.id in self._dedupe:
+            if not authenticates and self._dedupe.seen(env.source, env.id):
                 self._duplicate(env, now)  # its first ack may have been lost: at once again
                 return
             # with a guard that proves senders, even the chunks of a message delivered
@@ -412,14 +426,15 @@ class Session:
             return
         if env.kind == "Ack":
             self.traffic.received["Ack", env.priority] += 1
-            self._receive_ack(env)
+            self._receive_ack(env, now)
             return
         if env.kind == "Pause":
             self.traffic.received["Pause", env.priority] += 1
             self._receive_pause(env, now)
             return
         if env.kind == "ErrorReport" and env.correlation in self._pending:
-            self._acknowledged([env.correlation])  # a final answer: stop retransmitting
+            # a final answer (stop retransmitting), if it comes from where the envelope went
+            self._acknowledged([env.correlation], env.source, now)
         if env.reliable and env.stream is not None:
             deliverable, verdict = self._in_streams.accept(env, now, self._events)
             self._touched.add((env.source, env.destination, env.stream))
@@ -430,7 +445,7 @@ class Session:
             for item in deliverable:
                 self._deliver(item, now)
             return
-        if env.id in self._dedupe:
+        if self._dedupe.seen(env.source, env.id):
             self.counters.duplicates += 1
             return
         self._deliver(env, now)
@@ -444,7 +459,7 @@ class Session:
         self._reject(refusal, env.source, env.id, env.destination, env.kind, now, answer=answer)
 
     def _deliver(self, env: Envelope, now: int) -> None:
-        self._dedupe.add(env.id)
+        self._dedupe.add(env.source, env.id)
         self.counters.delivered += 1
         traffic = self.traffic
         traffic.received[env.kind, env.priority] += 1
@@ -461,14 +476,14 @@ class Session:
         if env.reliable:  # the first ack may have been lost: acknowledge again
             self._queue_ack(env.destination, env.source, env.id, now)
 
-    def _receive_ack(self, env: Envelope) -> None:
+    def _receive_ack(self, env: Envelope, now: int) -> None:
         try:
             ack = decode_body("Ack", env.body)
         except ModelError as exc:
-            self._reject(exc, env.source, env.id, env.destination, env.kind, 0)
+            self._reject(exc, env.source, env.id, env.destination, env.kind, now)
             return
         assert isinstance(ack, Ack)
-        self._acknowledged(ack.message_ids)
+        self._acknowledged(ack.message_ids, env.source, now)
 
     def _receive_pause(self, env: Envelope, now: int) -> None:
         """A receiver asks us to hold what we send it (only what we send *it*: the broker
@@ -500,14 +515,28 @@ class Session:
         """Whether a ``Pause`` from ``destination`` holds what we send it at ``now``."""
         return self._queue.held(destination, now)
 
-    def _acknowledged(self, ids: Iterable[bytes | None]) -> None:
+    def _acknowledged(self, ids: Iterable[bytes | None], by: str, now: int) -> None:
+        """``by`` settles the pending envelopes of ``ids`` that it was sent to. Only the
+        destination may: anyone else (another account, a room occupant) who learnt an id
+        would otherwise cancel a reliable envelope before it arrived."""
         done = []
+        foreign = 0
         for message_id in ids:
-            pending = self._pending.pop(message_id, None) if message_id else None
+            pending = self._pending.get(message_id) if message_id else None
             if pending is None:
                 continue
+            if pending.envelope.destination != by:
+                foreign += 1
+                continue
+            del self._pending[message_id]
             self._out_streams[pending.key].close(pending.envelope.seq)
             done.append(pending.envelope.id)
+        if foreign:
+            self.counters.forged += foreign
+            exc = AccessDeniedError(
+                f"{by!r} acknowledged {foreign} envelope(s) sent to another actor: ignored",
+                details={"source": by})
+            self._reject(exc, None, None, None, None, now, answer=False)
         if done:
             self.counters.acked += len(done)
             self._events.append(EnvelopesAcked(tuple(done)))
@@ -564,11 +593,11 @@ class Session:
         """After a restart: stream positions and the dedupe window from the outbox."""
         for key, (epoch, expected) in positions.items():
             self._in_streams.restore(key, epoch, expected)
-        for message_id in seen:
-            self._dedupe.add(message_id)
+        self._dedupe.restore(seen)
 
     def seen_ids(self) -> list[bytes]:
-        return self._dedupe.ids()
+        """The dedupe window as the outbox keeps it (``seen_key`` of each)."""
+        return self._dedupe.keys()
 
     # -- timers -------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ The transitions of one stream, for an envelope numbered ``seq``:
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -52,30 +53,51 @@ class Verdict(Enum):
     WAITING = "waiting"  # a copy of something not deliverable yet (so not acknowledged)
 
 
-class DedupeWindow:
-    """The last ``size`` message ids seen, in arrival order.
+def seen_key(source: str, message_id: bytes) -> bytes:
+    """How the dedupe window (and the outbox that keeps it) names a delivered envelope: its
+    id with its sender, since an id is unique only per sender."""
+    return message_id + source.encode("utf-8")
 
-    An ``OrderedDict``: evicting the oldest of a plain dict with ``next(iter(d))`` scans the
-    slots freed by earlier evictions, which made every add linear once the window was full."""
+
+class DedupeWindow:
+    """The last ``size`` envelopes delivered, as ``(sender, id)``, in arrival order.
+
+    Keyed by sender, not by id alone: otherwise anyone who learnt (or guessed) the id of a
+    message could send their own envelope with it first and have the genuine one dropped as a
+    duplicate. Only delivered envelopes are added (after the guard opened them), never
+    envelopes merely received. An ``OrderedDict``: evicting the oldest of a plain dict with
+    ``next(iter(d))`` scans the slots freed by earlier evictions, which made every add linear
+    once the window was full."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
 
-    def __contains__(self, message_id: bytes) -> bool:
-        return message_id in self._ids
+    def seen(self, source: str, message_id: bytes) -> bool:
+        return seen_key(source, message_id) in self._keys
 
-    def add(self, message_id: bytes) -> None:
-        ids = self._ids
-        ids[message_id] = None
-        if len(ids) > self.size:
-            ids.popitem(last=False)
+    def add(self, source: str, message_id: bytes) -> None:
+        self._remember(seen_key(source, message_id))
 
-    def ids(self) -> list[bytes]:
-        return list(self._ids)
+    def _remember(self, key: bytes) -> None:
+        keys = self._keys
+        keys[key] = None
+        if len(keys) > self.size:
+            keys.popitem(last=False)
+
+    def keys(self) -> list[bytes]:
+        """Every ``seen_key`` in the window, oldest first (what the outbox persists)."""
+        return list(self._keys)
+
+    def restore(self, keys: Iterable[bytes]) -> None:
+        """The window as ``keys`` saved it. Keys of 16 bytes or less (an outbox written
+        before ids were keyed by sender) name no sender and are left out."""
+        for key in keys:
+            if type(key) is bytes and len(key) > 16:
+                self._remember(key)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._keys)
 
 
 @dataclass
@@ -265,4 +287,4 @@ class InboundStreams:
         return {k: (st.epoch, st.expected) for k, st in self._streams.items()}
 
 
-__all__ = ["DedupeWindow", "InboundStreams", "Reassembler", "Verdict"]
+__all__ = ["DedupeWindow", "InboundStreams", "Reassembler", "Verdict", "seen_key"]

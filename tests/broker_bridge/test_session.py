@@ -33,7 +33,7 @@ from broker_bridge.session import (
     SessionEvent,
     StreamReset,
 )
-from broker_bridge.session.inbound import RETIRED_EPOCHS, InboundStreams, Verdict
+from broker_bridge.session.inbound import RETIRED_EPOCHS, InboundStreams, Verdict, seen_key
 from broker_bridge.transport import Origin
 from object_model import ErrorCode, ErrorReport, ModelError, PropertyValueUpdate
 from object_model.errors import error_class
@@ -485,7 +485,8 @@ def test_durable_receivers_ack_only_after_persisting_and_dedupe_across_restarts(
     receipts = link.b.take_receipts()
     assert len(receipts.ids) == 1 and len(receipts.positions) == 1
     restarted = Session(SessionConfig(seed=5, durable=True), ["b"])
-    restarted.restore_incoming(receipts.positions, [i for i, _, _ in receipts.ids])
+    restarted.restore_incoming(receipts.positions,
+                               [seen_key(source, i) for i, source, _ in receipts.ids])
     link.b = restarted  # crashed before acking; the sender retransmits
     link.run(link.now + 5 * SECOND)
     assert link.delivered["b"] == [1]
@@ -584,16 +585,20 @@ def test_configuration_is_validated() -> None:
                                              body=b"", now=0, reliable=True)
 
 
-def test_the_dedupe_window_keeps_the_newest_ids() -> None:
+def test_the_dedupe_window_keeps_the_newest_ids_per_sender() -> None:
     from broker_bridge.session.inbound import DedupeWindow
 
     window = DedupeWindow(1000)
     ids = [i.to_bytes(16, "big") for i in range(40_000)]
     for message_id in ids:
-        window.add(message_id)
+        window.add("a", message_id)
     assert len(window) == 1000
-    assert ids[38_999] not in window and ids[39_000] in window and ids[-1] in window
-    assert window.ids() == ids[-1000:]
+    assert not window.seen("a", ids[38_999]) and window.seen("a", ids[39_000])
+    assert window.seen("a", ids[-1]) and not window.seen("b", ids[-1])
+    assert window.keys() == [seen_key("a", i) for i in ids[-1000:]]
+    restored = DedupeWindow(1000)
+    restored.restore([*window.keys(), ids[0]])  # a bare id (an old outbox) names no sender
+    assert restored.keys() == window.keys()
 
 
 def test_stragglers_of_the_last_16_retired_epochs_are_ignored() -> None:
@@ -980,3 +985,130 @@ def test_without_priorities_the_window_holds_back_everything() -> None:
     link.now += 100 * MS
     assert link.a.pop_frames(link.now, 0, urgent=64 * 1024) == []
     assert [payload_of(e) for e in envelopes_of(link.a.pop_frames(link.now, 1))] == [3]
+
+
+# -- holes found by attacking the running system (issue 14) -------------------------------------
+
+
+def _raw_envelope(source: object, destination: object = "b", *, message_id: bytes | None = None,
+                  kind: int = 3, payload: bytes | None = None) -> bytes:
+    """An envelope's bytes built field by field, so a test can put anything anywhere."""
+    import msgpack
+
+    from broker_bridge.codec import _WIRE_IDS
+
+    wire = _WIRE_IDS["PropertyValueUpdate"] if kind == 3 else kind
+    return msgpack.packb([1, message_id or bytes(range(16)), source, destination, 2, 1, wire,
+                          payload if payload is not None else body(7)], use_bin_type=True)
+
+
+def test_a_type_confused_envelope_costs_only_itself_and_is_answered_to_its_connection() -> None:
+    """Hole 1: a list or a map where an address belongs raised TypeError out of the session,
+    and the good envelopes after it in the same frame were lost. Hole 5: a malformed envelope
+    was answered to the source it claims, which made the session reflect errors at a
+    victim."""
+    link = Link()
+    good = link.a.send(source="a", destination="b", kind="PropertyValueUpdate", body=body(5),
+                       now=0, priority=Priority.CRITICAL)
+    bad = [_raw_envelope(["a"]), _raw_envelope({"x": 1}), _raw_envelope("a", ["b"]),
+           _raw_envelope("victim", 7)]
+    frame = encode_frame([*bad, encode_envelope(good)])
+    link.b.receive_frame(frame, 0, Origin("a", {"a"}.__contains__))
+    link.collect()
+    assert link.delivered["b"] == [5]
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert [e.code for e in rejected] == [ErrorCode.MALFORMED_MESSAGE] * 4
+    link.now = 10 * MS
+    answers = [decode_envelope(raw) for f in link.frames("b") for raw in decode_frame(f.data)]
+    # every answer went to the connection ("a"), none to the "victim" the garbage named
+    assert answers and {env.destination for env in answers} == {"a"}
+
+
+def test_garbage_through_a_room_is_never_answered() -> None:
+    link = Link()
+    link.b.join_group("group:site1")
+    frame = encode_frame([_raw_envelope("victim", ["group:site1"])])
+    link.b.receive_frame(frame, 0, Origin("room-member", broadcast=True))
+    link.collect()
+    rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
+    assert [e.code for e in rejected] == [ErrorCode.MALFORMED_MESSAGE]
+    assert not rejected[0].answered and link.b.counters.error_reports_sent == 0
+
+
+def test_a_bug_handling_one_envelope_spares_the_others_in_its_frame() -> None:
+    class Fragile(NullGuard):
+        def open(self, envelope: Envelope, now: int) -> Envelope:
+            if payload_of(envelope) == 13:
+                raise RuntimeError("a bug")
+            return envelope
+
+    link = Link(guard_b=Fragile())
+    for n in (12, 13, 14):
+        link.send(n, reliable=False, priority=Priority.CRITICAL)
+    link.now = 10 * MS
+    link.deliver(link.frames("a"), "b")
+    assert link.delivered["b"] == [12, 14]
+
+
+def _forged_ack(sender: str, ids: list[bytes]) -> bytes:
+    from object_model.messages import Ack
+
+    env = Envelope(id=bytes([9] * 16), source=sender, destination="a", kind="Ack",
+                   body=encode_body(Ack(message_ids=ids)), priority=Priority.CRITICAL,
+                   timestamp_us=1)
+    return encode_frame([encode_envelope(env)])
+
+
+def test_only_the_destination_settles_a_reliable_envelope() -> None:
+    """Hole 2: an Ack, or an ErrorReport correlated to a pending id, from anyone (any room
+    occupant) cancelled that reliable envelope."""
+    link = Link()
+    link.a.add_local("a")
+    message_id = link.send(1)
+    link.now = 10 * MS
+    lost = link.frames("a")  # the broker loses it
+    assert lost
+    link.a.receive_frame(_forged_ack("mallory", [message_id]), link.now)
+    report = Envelope(id=bytes([8] * 16), source="mallory", destination="a",
+                      kind="ErrorReport", body=encode_body(ErrorReport(code="internal_error",
+                                                                       text="no")),
+                      correlation=message_id, priority=Priority.CRITICAL, timestamp_us=1)
+    link.a.receive_frame(encode_frame([encode_envelope(report)]), link.now)
+    link.collect()
+    assert link.a.pending_count == 1  # still waiting for "b"
+    assert link.a.counters.forged == 2  # the ack and the report
+    assert not [e for e in link.events["a"] if isinstance(e, EnvelopesAcked)]
+    link.run(link.now + 5 * SECOND)  # the retransmission arrives and "b" acknowledges it
+    assert link.delivered["b"] == [1] and link.a.pending_count == 0
+
+
+def test_another_sender_cannot_preempt_a_message_by_sending_its_id_first() -> None:
+    """Hole 4: the dedupe window was keyed by id alone."""
+    link = Link()
+    link.b.add_local("b")
+    message_id = bytes(range(16))
+    mallory = _raw_envelope("mallory", message_id=message_id, payload=body(66))
+    genuine = _raw_envelope("a", message_id=message_id, payload=body(1))
+    link.b.receive_frame(encode_frame([mallory]), 0)
+    link.b.receive_frame(encode_frame([genuine]), 0)
+    link.b.receive_frame(encode_frame([genuine]), 0)  # a true duplicate is still dropped
+    link.collect()
+    assert sorted(link.delivered["b"]) == [1, 66]
+    assert link.b.counters.duplicates == 1
+
+
+def test_reliable_broadcasts_are_refused_without_a_trace() -> None:
+    """Part of hole 6: no session sends a reliable broadcast, and each forged one opened a
+    stream state."""
+    link = Link()
+    link.b.join_group("group:site1")
+    for n in range(50):
+        env = Envelope(id=n.to_bytes(16, "big"), source=f"claimed-{n}",
+                       destination="group:site1", kind="PropertyValueUpdate", body=body(n),
+                       reliable=True, stream="s", seq=n, timestamp_us=1)
+        link.b.receive_frame(encode_frame([encode_envelope(env)]), 0,
+                             Origin(None, broadcast=True))
+    link.collect()
+    assert link.delivered["b"] == []
+    assert link.b._in_streams.positions() == {}
+    assert link.b.counters.error_reports_sent == 0

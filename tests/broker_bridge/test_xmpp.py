@@ -145,6 +145,32 @@ async def test_garbage_is_answered_and_legitimate_traffic_is_untouched(
     assert vandal.transport.reconnects >= 1  # type: ignore[attr-defined]
 
 
+async def test_a_type_confused_envelope_drops_no_connection_and_no_neighbour(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    """Issue 14, hole 1: a list where an address belongs raised out of the decoder into
+    slixmpp and cut the receiver's connection, losing the envelopes beside it in the frame."""
+    inbox, reports = Inbox(), Inbox()
+    async with client(managed_prosody, settings, "victim") as victim, \
+            client(managed_prosody, settings, "vandal") as vandal:
+        await victim.register("victim", inbox)
+        await vandal.register("vandal", reports)
+        good = encode_envelope(Envelope(id=os.urandom(16), source="vandal",
+                                        destination="victim", kind="PropertyValueUpdate",
+                                        body=encode_body(update(7))))
+        fields = msgpack.unpackb(good)
+        confused = [msgpack.packb([*fields[:2], ["vandal"], *fields[3:]]),
+                    msgpack.packb([*fields[:3], {"to": "victim"}, *fields[4:]])]
+        vandal.transport.send_frame("victim", encode_frame([*confused, good]))
+        await inbox.wait_for(1)
+        await reports.wait_for(2, kind="ErrorReport")
+    assert inbox.numbers() == [7]
+    codes = [decode_body("ErrorReport", e.body).code for e in reports.envelopes]  # type: ignore[attr-defined]
+    assert codes == [ErrorCode.MALFORMED_MESSAGE] * 2
+    assert victim.transport.reconnects == 0  # type: ignore[attr-defined]
+    assert victim.session.counters.rejected == 2
+
+
 def _claiming(source: str, destination: str, n: int) -> bytes:
     """A well-formed frame holding one envelope that claims to come from ``source``."""
     return encode_frame([encode_envelope(Envelope(
