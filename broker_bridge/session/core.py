@@ -528,7 +528,7 @@ class Session:
             if pending.envelope.destination != by:
                 foreign += 1
                 continue
-            del self._pending[message_id]
+            del self._pending[pending.envelope.id]
             self._out_streams[pending.key].close(pending.envelope.seq)
             done.append(pending.envelope.id)
         if foreign:
