@@ -50,10 +50,15 @@ class SessionConfig:
     retransmit_max_us: int = 30 * SECOND
     ack_delay_us: int = 2 * MS
     ack_batch: int = 256
-    reorder_max_envelopes: int = 4096
+    reorder_max_envelopes: int = 4096  # waiting in one stream's reorder buffer
+    reorder_max_bytes: int = 64 * 1024 * 1024  # waiting in every stream's, together
+    max_in_streams: int = 200_000  # reliable streams received, from every sender together
+    max_in_streams_per_pair: int = 256  # from one sender to one local actor
     gap_timeout_us: int = 60 * SECOND
     reassembly_timeout_us: int = 30 * SECOND
     reassembly_max_bytes_per_peer: int = 32 * 1024 * 1024
+    reassembly_max_bytes: int = 128 * 1024 * 1024  # every peer's partial messages together
+    reassembly_max_messages: int = 4096  # partial messages held, from every peer together
     max_message_bytes: int = 16 * 1024 * 1024
     dedupe_window: int = 100_000
     error_reports_per_s: float = 20.0

@@ -77,6 +77,7 @@ from broker_bridge.session.traffic import TrafficCounters
 from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
 from object_model.errors import (
     AccessDeniedError,
+    LimitExceededError,
     MalformedMessageError,
     ModelError,
     ReassemblyTimeoutError,
@@ -436,7 +437,14 @@ class Session:
             # a final answer (stop retransmitting), if it comes from where the envelope went
             self._acknowledged([env.correlation], env.source, now)
         if env.reliable and env.stream is not None:
-            deliverable, verdict = self._in_streams.accept(env, now, self._events)
+            try:
+                deliverable, verdict = self._in_streams.accept(env, now, self._events)
+            except LimitExceededError as exc:
+                # a sender opening too many streams is told; when all senders together
+                # have, nobody is (the sender sends again later, unacknowledged)
+                self._reject(exc, env.source, env.id, dest, env.kind, now,
+                             answer=exc.details.get("scope") == "pair")
+                return
             self._touched.add((env.source, env.destination, env.stream))
             if verdict is Verdict.DELIVERED:
                 self._duplicate(env, now)

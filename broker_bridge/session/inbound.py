@@ -39,7 +39,13 @@ from enum import Enum
 from broker_bridge.envelope import Envelope
 from broker_bridge.session.config import SessionConfig
 from broker_bridge.session.events import GapDetected, SessionEvent, StreamReset
-from object_model.errors import ErrorCode, MessageTooLargeError, ModelError, error_class
+from object_model.errors import (
+    ErrorCode,
+    LimitExceededError,
+    MessageTooLargeError,
+    ModelError,
+    error_class,
+)
 
 StreamKey = tuple[str, str, str]  # (source, destination, stream)
 RETIRED_EPOCHS = 16  # per stream: stragglers of this many lost stream states are recognised
@@ -111,12 +117,15 @@ class _Partial:
 
 
 class Reassembler:
-    """Collects chunks per (sender, id) within a memory bound per sender and a timeout."""
+    """Collects chunks per (sender, id) within a timeout and memory bounds: per sender, and
+    for every sender together (bytes and messages), so that many senders, or one claiming
+    many sources, cannot add up to unbounded memory."""
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self._partials: dict[tuple[str, bytes], _Partial] = {}
         self._bytes_by_peer: dict[str, int] = {}
+        self._bytes = 0
 
     def add(self, env: Envelope, now: int) -> Envelope | None:
         """The whole envelope once its last chunk is in, else ``None``; raises a
@@ -135,10 +144,16 @@ class Reassembler:
                 raise _refuse(ErrorCode.REASSEMBLY_OVERFLOW,
                               f"reassembly buffer for {env.source} would exceed "
                               f"{self.config.reassembly_max_bytes_per_peer} bytes", env)
+            if (self._bytes + chunk.total_size > self.config.reassembly_max_bytes
+                    or len(self._partials) >= self.config.reassembly_max_messages):
+                raise _refuse(ErrorCode.REASSEMBLY_OVERFLOW,
+                              "the reassembly buffers of all senders are full: try again "
+                              "later", env)
             if chunk.count > chunk.total_size + 1:
                 raise _refuse(ErrorCode.MALFORMED_MESSAGE, "more chunks than bytes", env)
             partial = self._partials[key] = _Partial(env, chunk.count, chunk.total_size, now)
             self._bytes_by_peer[env.source] = used + chunk.total_size
+            self._bytes += chunk.total_size
         if chunk.count != partial.count or chunk.total_size != partial.total:
             self._drop(key)
             raise _refuse(ErrorCode.MALFORMED_MESSAGE, "chunks disagree on count or size", env)
@@ -160,6 +175,7 @@ class Reassembler:
     def _drop(self, key: tuple[str, bytes]) -> None:
         partial = self._partials.pop(key, None)
         if partial is not None:
+            self._bytes -= partial.total
             left = self._bytes_by_peer.get(key[0], 0) - partial.total
             if left > 0:
                 self._bytes_by_peer[key[0]] = left
@@ -183,7 +199,7 @@ class Reassembler:
 
     @property
     def buffered_bytes(self) -> int:
-        return sum(self._bytes_by_peer.values())
+        return self._bytes
 
 
 def _refuse(code: ErrorCode, text: str, env: Envelope) -> ModelError:
@@ -199,16 +215,23 @@ class _InStream:
 
 
 class InboundStreams:
-    """Ordering state of every reliable stream this endpoint receives."""
+    """Ordering state of every reliable stream this endpoint receives, within bounds: streams
+    from one sender to one local actor, and in all (a new stream beyond them is refused with ``LIMIT_EXCEEDED``), and
+    the bytes waiting in every reorder buffer together (beyond it an early envelope is
+    dropped unacknowledged, so its sender sends it again)."""
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self._streams: dict[StreamKey, _InStream] = {}
+        self._per_pair: dict[tuple[str, str], int] = {}
+        self._waiting_bytes = 0
         # oldest first, so the bound evicts the oldest: evicting an arbitrary one (set.pop)
         # could drop the epoch just retired, whose stragglers would then reset the stream
         self._retired: dict[StreamKey, deque[int]] = {}
 
     def restore(self, key: StreamKey, epoch: int, expected: int) -> None:
+        if key not in self._streams:
+            self._per_pair[key[:2]] = self._per_pair.get(key[:2], 0) + 1
         self._streams[key] = _InStream(epoch, expected)
 
     def position(self, key: StreamKey) -> tuple[int, int] | None:
@@ -218,13 +241,17 @@ class InboundStreams:
     def accept(self, env: Envelope, now: int, events: list[SessionEvent]
                ) -> tuple[list[Envelope], Verdict]:
         """Deliverable envelopes in order, and what ``env`` was (see ``Verdict``; a straggler of
-        a retired epoch counts as ``WAITING``: never delivered, never acknowledged)."""
+        a retired epoch counts as ``WAITING``: never delivered, never acknowledged).
+        ``LimitExceededError`` when ``env`` would open a stream beyond the bounds (its
+        ``details["scope"]`` says which: ``pair`` or ``all``)."""
         key = (env.source, env.destination, env.stream or "")
         st = self._streams.get(key)
         if st is None or st.epoch != env.stream_epoch:
             if env.stream_epoch in self._retired.get(key, ()):
                 return [], Verdict.WAITING  # a straggler from a stream state the sender lost
-            if st is not None:
+            if st is None:
+                self._admit(key[0], key[1])
+            else:
                 events.append(StreamReset(source=env.source, destination=env.destination,
                                           stream=key[2], old_epoch=st.epoch,
                                           new_epoch=env.stream_epoch))
@@ -232,6 +259,7 @@ class InboundStreams:
                 if retired is None:
                     retired = self._retired[key] = deque(maxlen=RETIRED_EPOCHS)
                 retired.append(st.epoch)  # a full deque drops its oldest
+                self._waiting_bytes -= sum(len(e.body) for e in st.waiting.values())
             st = self._streams[key] = _InStream(env.stream_epoch, env.base)
         out: list[Envelope] = []
         if env.base > st.expected:
@@ -239,7 +267,7 @@ class InboundStreams:
                                       stream=key[2], first_missing=st.expected,
                                       resumed_at=env.base))
             for seq in sorted(s for s in st.waiting if s < env.base):
-                out.append(st.waiting.pop(seq))
+                out.append(self._unwait(st, seq))
             st.expected = env.base
             self._drain(st, out)  # what waited at the new position can go now
         if env.seq < st.expected:
@@ -250,18 +278,38 @@ class InboundStreams:
             out.append(env)
             st.expected += 1
             self._drain(st, out)
-        elif len(st.waiting) < self.config.reorder_max_envelopes:
+        elif (len(st.waiting) < self.config.reorder_max_envelopes and self._waiting_bytes
+              + len(env.body) <= self.config.reorder_max_bytes):
             st.waiting[env.seq] = env
+            self._waiting_bytes += len(env.body)
         if not st.waiting:
             st.stuck_since = None
         elif out or st.stuck_since is None:
             st.stuck_since = now  # the clock for a gap restarts whenever the stream moves
         return out, Verdict.NEW
 
-    @staticmethod
-    def _drain(st: _InStream, out: list[Envelope]) -> None:
+    def _admit(self, source: str, destination: str) -> None:
+        """Make room for one more stream from ``source`` to ``destination``, or refuse it."""
+        have = self._per_pair.get((source, destination), 0)
+        limit = self.config.max_in_streams_per_pair
+        if have >= limit:
+            raise LimitExceededError(
+                f"{source} has {have} reliable streams open to {destination}; at most "
+                f"{limit} are allowed", details={"scope": "pair", "limit": limit})
+        if len(self._streams) >= self.config.max_in_streams:
+            raise LimitExceededError(
+                f"{len(self._streams)} reliable streams are open here, the limit",
+                details={"scope": "all", "limit": self.config.max_in_streams})
+        self._per_pair[(source, destination)] = have + 1
+
+    def _unwait(self, st: _InStream, seq: int) -> Envelope:
+        env = st.waiting.pop(seq)
+        self._waiting_bytes -= len(env.body)
+        return env
+
+    def _drain(self, st: _InStream, out: list[Envelope]) -> None:
         while st.expected in st.waiting:
-            out.append(st.waiting.pop(st.expected))
+            out.append(self._unwait(st, st.expected))
             st.expected += 1
 
     def expire(self, now: int, events: list[SessionEvent]) -> list[Envelope]:

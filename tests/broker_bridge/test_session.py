@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import os
 import random
 
 import pytest
@@ -1112,3 +1113,51 @@ def test_reliable_broadcasts_are_refused_without_a_trace() -> None:
     assert link.delivered["b"] == []
     assert link.b._in_streams.positions() == {}
     assert link.b.counters.error_reports_sent == 0
+
+
+def _reliable(source: str, n: int, *, stream: str = "s", seq: int = 0, chunk=None,  # type: ignore[no-untyped-def]
+              size: int = 0) -> bytes:
+    env = Envelope(id=os.urandom(16), source=source, destination="b",
+                   kind="PropertyValueUpdate", body=body(n, size), reliable=True, stream=stream,
+                   seq=seq, chunk=chunk, timestamp_us=1)
+    return encode_frame([encode_envelope(env)])
+
+
+def _codes(session: Session) -> list[ErrorCode]:
+    return [e.code for e in session.drain_events() if isinstance(e, InputRejected)]
+
+
+def test_memory_has_a_bound_for_every_sender_together() -> None:
+    """Hole 6: reassembly had a budget per peer only, and streams were unbounded."""
+    from broker_bridge.envelope import ChunkInfo
+
+    config = SessionConfig(seed=2, reassembly_max_bytes_per_peer=10_000,
+                           reassembly_max_bytes=25_000, reassembly_max_messages=1_000,
+                           max_in_streams=50, max_in_streams_per_pair=20,
+                           reorder_max_bytes=3_000)
+    b = Session(config, ["b"])
+    # partial messages: each peer within its own budget, all of them together not
+    for peer in range(4):
+        b.receive_frame(_reliable(f"p{peer}", 0, chunk=ChunkInfo(0, 2, 8_000)), 0)
+    assert _codes(b) == [ErrorCode.REASSEMBLY_OVERFLOW]  # the fourth: 32,000 > 25,000
+    assert b._reassembler.buffered_bytes == 24_000
+    # streams: one sender may open 20 to one actor; everyone together 50
+    for n in range(25):
+        b.receive_frame(_reliable("greedy", n, stream=f"s{n}"), 0)
+    assert _codes(b) == [ErrorCode.LIMIT_EXCEEDED] * 5
+    for n in range(40):
+        b.receive_frame(_reliable(f"claimed-{n}", n), 0)
+    refused = _codes(b)
+    assert refused == [ErrorCode.LIMIT_EXCEEDED] * 10 and len(b._in_streams.positions()) == 50
+    sent = b.counters.error_reports_sent
+    # an open stream goes on; early envelopes wait within the bytes bound, the rest are
+    # dropped unacknowledged (their senders send them again)
+    for seq in range(2, 12):
+        b.receive_frame(_reliable("greedy", 100 + seq, stream="s0", seq=seq, size=500), 0)
+    assert b._in_streams._waiting_bytes <= 3_000
+    b.receive_frame(_reliable("greedy", 101, stream="s0", seq=1), 0)
+    delivered = [payload_of(e.envelope) for e in b.drain_events()
+                 if isinstance(e, EnvelopeReceived)]
+    assert delivered[0] == 101 and len(delivered) == 1 + 3_000 // len(body(0, 500))
+    assert b._in_streams._waiting_bytes == 0
+    assert b.counters.error_reports_sent == sent  # the global bound answers nobody
