@@ -11,7 +11,7 @@ forged acknowledgement. The time is passed in: this module never reads the clock
 
 from __future__ import annotations
 
-import os
+import secrets
 
 ID_BYTES = 16
 _POOL_BYTES = 8 * 512  # random bytes drawn from the system at a time, 8 per id
@@ -42,7 +42,7 @@ class MessageIds:
         self._last_ms = ms
         taken = self._taken
         if taken >= len(self._pool):
-            self._pool, taken = os.urandom(_POOL_BYTES), 0
+            self._pool, taken = secrets.token_bytes(_POOL_BYTES), 0
         self._taken = taken + 8
         head = ((ms & (2**48 - 1)) << 16) | self._counter
         return head.to_bytes(8, "big") + self._pool[taken:taken + 8]

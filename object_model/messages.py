@@ -281,16 +281,20 @@ class TreeInfo(MessageBase):
 
 
 class JoinNetworkRequest(MessageBase):
-    """An actor asks to join (a station its CSMS, a local CSMS the cloud). ``secret`` is the
-    provisioning secret it was given; ``trees`` where its trees (a station: its own; a local
-    CSMS: its stations') stand, so the CSMS can resynchronise at once."""
+    """An actor asks to join (a station its CSMS, a local CSMS the cloud). ``proof`` shows that
+    it holds the provisioning secret it was given, without the secret
+    (``actors.logic.join_proof``); ``trees`` where its trees (a station: its own; a local
+    CSMS: its stations') stand, so the CSMS can resynchronise at once. ``secret`` is retired
+    (it carried the secret in clear): it stays empty, and a CSMS refuses a request that fills
+    it."""
 
     kind: Literal["JoinNetworkRequest"] = "JoinNetworkRequest"
     wire_id: ClassVar[int] = 11
     role: Role
     identity: dict[str, str] = Field(default_factory=dict, max_length=64)
-    secret: str = Field(max_length=256)
+    secret: str = Field("", max_length=256)
     trees: list[TreeInfo] = Field(default_factory=list, max_length=100_000)
+    proof: bytes = Field(b"", max_length=64)
 
 
 class JoinNetworkResponse(MessageBase):

@@ -94,7 +94,7 @@ PURE_LOGIC = ["actors.logic.monitoring", "actors.logic.tasks", "actors.logic.tre
               "actors.logic.resync_plan", "actors.logic.energy.allocation",
               "actors.logic.energy.day", "actors.logic.energy.s2",
               "actors.logic.energy.site_envelope", "actors.logic.station.simulation",
-              "actors.logic.station.pebc", "broker_bridge.backoff"]
+              "actors.logic.station.pebc", "actors.logic.join_proof", "broker_bridge.backoff"]
 
 
 @pytest.mark.parametrize("module", PURE_LOGIC)

@@ -16,6 +16,7 @@ import random
 from actors.csms.management import Management
 from actors.csms.settings import CloudSettings
 from actors.csms.task_relay import TASK_MESSAGES
+from actors.logic.join_proof import check_join
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.replica import STATIONS, station_key
 from actors.runtime.services.admission import AdmissionLimiter
@@ -90,11 +91,12 @@ class CloudCsms(TreeActor):
             f"{self.address} admits sites and stations, not {message.role.value}s")
 
     async def _admit_site(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
-        expected = self.settings.site_secrets.get(ctx.sender)
-        if expected is None or message.secret != expected:
+        try:
+            check_join(self.settings.site_secrets.get(ctx.sender, ""), message, ctx.sender,
+                       self.address)
+        except NotAdmittedError:
             self.own.count("rejected_joins")
-            raise NotAdmittedError(
-                f"{ctx.sender}: unknown site or wrong secret", details={"site": ctx.sender})
+            raise
         stations = [info for info in message.trees if _station_of(info.tree)]
         # what admitting it costs: itself, and each copy it would have us resynchronise
         self.admission.admit(1 + sum(not self._copy_at(info) for info in stations),
@@ -115,9 +117,11 @@ class CloudCsms(TreeActor):
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
 
     async def _admit_station(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
-        if not self.settings.station_secret or message.secret != self.settings.station_secret:
+        try:
+            check_join(self.settings.station_secret, message, ctx.sender, self.address)
+        except NotAdmittedError:
             self.own.count("rejected_joins")
-            raise NotAdmittedError(f"{ctx.sender}: wrong provisioning secret for direct stations")
+            raise
         info = next((t for t in message.trees if not t.tree.segments), None)
         replica = self.copies.replicas.get(station_key(ctx.sender))
         self.admission.admit(1 + (replica is None or not replica.is_at(info)),

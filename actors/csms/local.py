@@ -22,6 +22,7 @@ from actors.csms.settings import LocalSettings
 from actors.csms.site_energy import SiteEnergy
 from actors.csms.site_policy import SitePolicy
 from actors.csms.task_relay import TASK_MESSAGES
+from actors.logic.join_proof import check_join, join_proof
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.replica import Replica
 from actors.runtime.replication.resync import ResyncOutcome
@@ -89,6 +90,9 @@ class LocalCsms(TreeActor):
                                  pace=self.endpoint.pace)
 
     async def on_start(self) -> None:
+        if not self.settings.provisioning_secret:
+            log.warning("%s: no provisioning_secret is set, so no station can join site %s: "
+                        "set one in [local]", self.address, self.settings.site)
         await self.management.open()
         own = self.own.tree
         if self.settings.fallback_limit_w and own.get("energy/fallback_limit_w") == 0:
@@ -120,11 +124,11 @@ class LocalCsms(TreeActor):
             self.own.count("rejected_joins")
             raise NotAdmittedError(
                 f"{self.address} admits stations, not {message.role.value}s")
-        if message.secret != self.settings.provisioning_secret:
+        try:
+            check_join(self.settings.provisioning_secret, message, ctx.sender, self.address)
+        except NotAdmittedError:
             self.own.count("rejected_joins")
-            raise NotAdmittedError(
-                f"{ctx.sender}: wrong provisioning secret for site {self.settings.site}",
-                details={"site": self.settings.site})
+            raise
         self.roles.add(ctx.sender, Role.STATION)
         replica = await self.copies.manage(ctx.sender, ctx.sender, KeyPath.root(),
                                            site=self.settings.site)
@@ -185,8 +189,9 @@ class LocalCsms(TreeActor):
         trees = [TreeInfo(tree=KeyPath.parse(key), epoch=r.tree.epoch, revision=r.tree.revision,
                           root_digest=r.tree.digest())
                  for key, r in self.copies.replicas.items() if r.synced]
-        return JoinNetworkRequest(role=Role.LOCAL_CSMS, identity={"site": self.settings.site},
-                                  secret=self.settings.upstream_secret, trees=trees)
+        return JoinNetworkRequest(
+            role=Role.LOCAL_CSMS, identity={"site": self.settings.site}, trees=trees,
+            proof=join_proof(self.settings.upstream_secret, self.address, self.settings.cloud or ""))
 
     def _joined_cloud(self, request: JoinNetworkRequest, answer: JoinNetworkResponse) -> None:
         alert = self.energy.current_alert

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, field_validator
 
+from actors.logic.join_proof import join_proof
 from actors.logic.monitoring import Monitors
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory, handles
@@ -172,7 +173,8 @@ class ChargingStation(TreeActor):
                     ("vendor_name", "model", "serial_number")}
         identity["firmware"] = str(tree.get("firmware/version"))
         return JoinNetworkRequest(
-            role=Role.STATION, identity=identity, secret=self.settings.provisioning_secret,
+            role=Role.STATION, identity=identity,
+            proof=join_proof(self.settings.provisioning_secret, self.address, self.settings.csms),
             trees=[TreeInfo(epoch=tree.epoch, revision=tree.revision,
                             root_digest=tree.digest(visible=True))])
 

@@ -14,6 +14,7 @@ import pytest
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.csms.settings import CloudSettings, LocalSettings
+from actors.logic.join_proof import join_proof
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation, StationSettings
@@ -73,10 +74,12 @@ async def test_a_station_stays_bound_to_the_site_that_brought_it(world: World) -
                                     roles=RoleDirectory({"cloud": Role.CLOUD_CSMS})))
     site_b = await world.actor(Peer("site-b", await world.endpoint("b"),
                                     roles=RoleDirectory({"cloud": Role.CLOUD_CSMS})))
-    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="a",
+    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS,
+                                                     proof=join_proof("a", "site-a", "cloud"),
                                                      trees=[info("cs-1")]))
     # site b claims a's station: its join goes through, the claim does not
-    await site_b.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="b",
+    await site_b.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS,
+                                                     proof=join_proof("b", "site-b", "cloud"),
                                                      trees=[info("cs-1"), info("cs-2")]))
     assert cloud.copies.replicas["stations/cs-1"].source == "site-a"
     assert cloud.copies.replicas["stations/cs-2"].source == "site-b"
@@ -108,7 +111,8 @@ async def test_station_ids_that_cannot_be_addresses_are_refused(world: World) ->
     site_a = await world.actor(Peer("site-a", await world.endpoint("a")))
     bad = TreeInfo(tree=KeyPath("stations", "x/../y"), epoch=1, revision=1,
                    root_digest=bytes(16))
-    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="a",
+    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS,
+                                                     proof=join_proof("a", "site-a", "cloud"),
                                                      trees=[bad, info("cs-9")]))
     assert list(cloud.copies.replicas) == ["stations/cs-9"]
 
@@ -275,9 +279,11 @@ async def test_a_fan_out_reaches_each_site_once_and_no_site_answers_for_anothers
                                           has=("cs-1", "cs-2"), forges="cs-3"))
     site_b = await world.actor(FanOutSite("site-b", await world.endpoint("b"), roles=directory,
                                           has=("cs-3",)))
-    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="a",
+    await site_a.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS,
+                                                     proof=join_proof("a", "site-a", "cloud"),
                                                      trees=[info("cs-1"), info("cs-2")]))
-    await site_b.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS, secret="b",
+    await site_b.request("cloud", JoinNetworkRequest(role=Role.LOCAL_CSMS,
+                                                     proof=join_proof("b", "site-b", "cloud"),
                                                      trees=[info("cs-3")]))
     op = await world.actor(Peer("op", await world.endpoint("op")))
     item = PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse(
@@ -305,3 +311,62 @@ async def test_a_fan_out_reaches_each_site_once_and_no_site_answers_for_anothers
         await stranger.request("cloud", FanOutRequest(item=item))
     assert refused.value.code is ErrorCode.ACCESS_DENIED
     assert len(site_a.asked) == 2 and len(site_b.asked) == 1
+
+
+# -- joining with a proof of the provisioning secret (issue 14, hole 7) -------------------------
+
+
+class Joiner(Peer):
+    role = Role.STATION
+
+
+async def test_a_site_admits_only_a_proof_of_its_secret_and_never_without_one(
+        world: World) -> None:
+    """Hole 7: a local CSMS with no provisioning_secret admitted a station presenting an
+    empty one; the secret travelled in clear and was compared in non-constant time."""
+    open_site = await world.actor(LocalCsms(
+        "open", await world.endpoint("open"), store=await world.store("open"),
+        settings=LocalSettings(site="o")))
+    local = await world.actor(LocalCsms(
+        "local", await world.endpoint("local"), store=await world.store("local"),
+        settings=LocalSettings(site="s", provisioning_secret="p")))
+    station = await world.actor(Joiner("cs-1", await world.endpoint("cs-1")))
+    thief = await world.actor(Joiner("cs-2", await world.endpoint("cs-2")))
+
+    async def join(who: Joiner, csms: str, **fields: Any) -> ErrorCode | None:
+        try:
+            await who.request(csms, JoinNetworkRequest(role=Role.STATION, **fields))
+        except ModelError as exc:
+            return exc.code
+        return None
+
+    # a CSMS given no secret admits nobody, whatever is presented
+    for fields in ({}, {"proof": join_proof("", "cs-1", "open")}, {"secret": ""}):
+        assert await join(station, "open", **fields) is ErrorCode.NOT_ADMITTED
+    # the secret in clear is refused even when it is right: it must never travel
+    assert await join(station, "local", secret="p") is ErrorCode.NOT_ADMITTED
+    # a proof made for another station, another CSMS or with another secret does not admit
+    assert await join(thief, "local", proof=join_proof("p", "cs-1", "local")) \
+        is ErrorCode.NOT_ADMITTED
+    assert await join(station, "local", proof=join_proof("p", "cs-1", "open")) \
+        is ErrorCode.NOT_ADMITTED
+    assert await join(station, "local", proof=join_proof("q", "cs-1", "local")) \
+        is ErrorCode.NOT_ADMITTED
+    assert local.own.counters["rejected_joins"] == 4  # a metric, published as counters/...
+    assert "cs-1" not in local.copies.stations
+    assert await join(station, "local", proof=join_proof("p", "cs-1", "local")) is None
+    assert "cs-1" in local.copies.stations and open_site.copies.stations == []
+
+
+def test_a_join_proof_binds_the_secret_to_both_ends_and_hides_it() -> None:
+    from actors.logic.join_proof import proves
+
+    proof = join_proof("s3cret", "cs-1", "local")
+    assert len(proof) == 32 and b"s3cret" not in proof
+    assert proves("s3cret", proof, "cs-1", "local")
+    assert not proves("s3cret", proof, "cs-1", "locals")
+    assert not proves("s3cret", proof, "cs-10", "local")
+    assert not proves("", join_proof("", "cs-1", "local"), "cs-1", "local")
+    assert not proves("s3cret", b"", "cs-1", "local")
+    # the fields are separated: moving a character across the boundary changes the proof
+    assert join_proof("s", "cs-1a", "b") != join_proof("s", "cs-1", "ab")

@@ -10,6 +10,7 @@ import pytest
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.csms.settings import CloudSettings, LocalSettings
+from actors.logic.join_proof import join_proof
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.runtime.services.admission import AdmissionLimiter
 from actors.testing import FakeClock, World, until
@@ -94,7 +95,8 @@ async def test_the_cloud_admits_rejoining_sites_at_its_pace(world: World) -> Non
     async def join(name: str, count: int) -> JoinNetworkResponse | ModelError:
         try:
             answer = await sites[name].request("cloud", JoinNetworkRequest(
-                role=Role.LOCAL_CSMS, secret=name, trees=trees(name, count)))
+                role=Role.LOCAL_CSMS, proof=join_proof(name, name, "cloud"),
+                trees=trees(name, count)))
         except ModelError as exc:
             return exc
         assert isinstance(answer, JoinNetworkResponse)
