@@ -544,7 +544,7 @@ class Session:
             exc = AccessDeniedError(
                 f"{by!r} acknowledged {foreign} envelope(s) sent to another actor: ignored",
                 details={"source": by})
-            self._reject(exc, None, None, None, None, now, answer=False)
+            self._reject(exc, by, None, None, None, now, answer=False)
         if done:
             self.counters.acked += len(done)
             self._events.append(EnvelopesAcked(tuple(done)))

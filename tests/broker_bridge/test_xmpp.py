@@ -150,25 +150,64 @@ async def test_a_type_confused_envelope_drops_no_connection_and_no_neighbour(
 ) -> None:
     """Issue 14, hole 1: a list where an address belongs raised out of the decoder into
     slixmpp and cut the receiver's connection, losing the envelopes beside it in the frame."""
-    inbox, reports = Inbox(), Inbox()
+    inbox, reports, bystanders = Inbox(), Inbox(), Inbox()
     async with client(managed_prosody, settings, "victim") as victim, \
-            client(managed_prosody, settings, "vandal") as vandal:
+            client(managed_prosody, settings, "vandal") as vandal, \
+            client(managed_prosody, settings, "bystander") as bystander:
         await victim.register("victim", inbox)
         await vandal.register("vandal", reports)
+        await bystander.register("bystander", bystanders)
         good = encode_envelope(Envelope(id=os.urandom(16), source="vandal",
                                         destination="victim", kind="PropertyValueUpdate",
                                         body=encode_body(update(7))))
         fields = msgpack.unpackb(good)
         confused = [msgpack.packb([*fields[:2], ["vandal"], *fields[3:]]),
-                    msgpack.packb([*fields[:3], {"to": "victim"}, *fields[4:]])]
+                    msgpack.packb([*fields[:3], {"to": "victim"}, *fields[4:]]),
+                    # hole 5: broken, and claiming a bystander: the answer goes to the vandal
+                    msgpack.packb([*fields[:2], "bystander", "victim", "high", *fields[5:]])]
         vandal.transport.send_frame("victim", encode_frame([*confused, good]))
         await inbox.wait_for(1)
-        await reports.wait_for(2, kind="ErrorReport")
+        await reports.wait_for(3, kind="ErrorReport")
+        await victim.flush(10)
     assert inbox.numbers() == [7]
     codes = [decode_body("ErrorReport", e.body).code for e in reports.envelopes]  # type: ignore[attr-defined]
-    assert codes == [ErrorCode.MALFORMED_MESSAGE] * 2
+    assert codes == [ErrorCode.MALFORMED_MESSAGE] * 3
+    assert bystanders.envelopes == []
     assert victim.transport.reconnects == 0  # type: ignore[attr-defined]
-    assert victim.session.counters.rejected == 2
+    assert victim.session.counters.rejected == 3
+
+
+async def test_a_forged_ack_or_a_stolen_id_cancels_or_preempts_nothing(
+    managed_prosody: ManagedProsody, settings: XmppSettings
+) -> None:
+    """Issue 14, holes 2 and 4 over a real broker: another account acknowledges an envelope
+    still on its way (the ack is counted as forged; the envelope is delivered when its
+    receiver comes), and sends its own envelope with that envelope's id first (both are
+    delivered: ids are unique per sender)."""
+    from object_model.messages import Ack
+
+    inbox = Inbox()
+    async with client(managed_prosody, settings, "ahonest") as honest, \
+            client(managed_prosody, settings, "amallory") as mallory:
+        await honest.register("ahonest", lambda env: None)
+        await mallory.register("amallory", lambda env: None)
+        sent = honest.send(source="ahonest", destination="asleeper", message=update(1),
+                           reliable=True)
+        # the receiver is not connected: the envelope stays pending at the sender
+        mallory.send(source="amallory", destination="ahonest",
+                     message=Ack(message_ids=[sent.id]), priority=Priority.CRITICAL)
+        await until(lambda: honest.session.counters.forged >= 1, "the forged ack to arrive")
+        assert honest.session.pending_count == 1
+        async with client(managed_prosody, settings, "asleeper") as sleeper:
+            await sleeper.register("asleeper", inbox)
+            # mallory's envelope with the genuine one's id: whichever arrives first, both
+            # are delivered (the genuine one comes with the sender's next retransmission)
+            pre_empt = Envelope(id=sent.id, source="amallory", destination="asleeper",
+                                kind="PropertyValueUpdate", body=encode_body(update(66)))
+            mallory.transport.send_frame("asleeper", encode_frame([encode_envelope(pre_empt)]))
+            await inbox.wait_for(2)
+            await until(lambda: honest.session.pending_count == 0, "the genuine ack")
+    assert sorted(inbox.numbers()) == [1, 66]
 
 
 def _claiming(source: str, destination: str, n: int) -> bytes:
