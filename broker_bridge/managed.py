@@ -59,6 +59,7 @@ class BrokerEndpoint:
     component_domains: tuple[str, ...]
     component_secret: str
     config_path: Path | None = None  # a managed Prosody's config, for the prosodyctl hint
+    cafile: Path | None = None  # the CA its clients verify it with; None: plaintext (loopback)
 
     def describe(self) -> str:
         """Human text: addresses, domains, how to create an account, the component secret."""
@@ -67,7 +68,8 @@ class BrokerEndpoint:
         return "\n".join([
             f"XMPP broker on {self.host}",
             f"  clients (c2s):     {self.host}:{self.c2s_port}, domain {self.domain}, "
-            "SASL PLAIN without TLS (loopback only)",
+            + (f"STARTTLS required, verify with {self.cafile}" if self.cafile else
+               "SASL PLAIN without TLS (loopback only)"),
             f"  components:        {self.host}:{self.component_port} (XEP-0114), "
             f"domains {', '.join(self.component_domains) or '(none)'}",
             f"  component secret:  {self.component_secret}",

@@ -43,7 +43,8 @@ from broker_bridge.managed import (
     check_domains,
     stored_secret,
 )
-from broker_bridge.xmpp.addresses import XmppSettings
+from broker_bridge.pki import CertificateAuthority, Issued
+from broker_bridge.xmpp.addresses import XmppSettings, is_loopback
 
 __all__ = ["BrokerEndpoint", "BrokerNotInstalledError", "BrokerStartError", "ManagedProsody"]
 
@@ -74,10 +75,14 @@ class ManagedProsody:
         component_port: int | None = None,
         log_level: str = "warn",
         component_secret: str | None = None,
+        tls: bool = True,
+        ca: CertificateAuthority | None = None,
     ) -> None:
         if log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {log_level!r}")
         check_domains((domain, *component_domains))
+        if not tls and not is_loopback(host):
+            raise ValueError(f"a broker without TLS may listen on loopback only, not {host}")
         self._state_dir = Path(state_dir).resolve()
         self._domain = domain
         self._component_domains = tuple(component_domains)
@@ -89,6 +94,8 @@ class ManagedProsody:
         self._log_level = log_level
         self._secret: str | None = component_secret  # None: made once, kept in state_dir
         self._proc: subprocess.Popen[bytes] | None = None
+        self._tls = tls
+        self._ca = ca  # None: one of its own, made in state_dir/ca on first start
 
     @property
     def state_dir(self) -> Path:
@@ -112,18 +119,42 @@ class ManagedProsody:
             host=self._host, c2s_port=self._c2s_port, component_port=self._component_port,
             domain=self._domain, muc_domain=f"rooms.{self._domain}",
             component_domains=self._component_domains, component_secret=self._component_secret(),
-            config_path=self.config_path,
+            config_path=self.config_path, cafile=self._authority().certificate_path
+            if self._tls else None,
         )
+
+    @property
+    def tls(self) -> bool:
+        """Whether clients must start TLS (components stay on loopback, in plaintext)."""
+        return self._tls
+
+    def _authority(self) -> CertificateAuthority:
+        if self._ca is None:
+            self._ca = CertificateAuthority(self._state_dir / "ca")
+        return self._ca
+
+    def _server_certificate(self) -> Issued:
+        """This broker's certificate (made once, kept in certs/, where Prosody looks for a
+        host's certificate by its name) for its domain, and the address it listens on."""
+        certs = self._state_dir / "certs"
+        issued = Issued(certs / f"{self._domain}.crt", certs / f"{self._domain}.key")
+        if not (issued.certificate.is_file() and issued.key.is_file()):
+            issued = self._authority().issue_server(
+                certs, self._domain, [self._domain, f"rooms.{self._domain}"], [self._host])
+        return issued
 
     def xmpp_settings(self, **overrides: Any) -> XmppSettings:
         """How the XMPP adapter reaches this broker: host, ports and domains, with station
-        addresses (``cs-*``) on its first component domain; ``overrides`` change the rest
-        (a short ``reconnect_cap_s`` for a test waiting on a link to come back, say)."""
+        addresses (``cs-*``) on its first component domain, TLS verified against this
+        broker's CA; ``overrides`` change the rest (a short ``reconnect_cap_s`` for a test
+        waiting on a link to come back, say)."""
         ep = self.endpoint
         routes = tuple(("cs-*", d) for d in ep.component_domains[:1])
+        tls = {"tls": True, "cafile": str(ep.cafile)} if ep.cafile else {}
         return XmppSettings(**{"host": ep.host, "c2s_port": ep.c2s_port,
                                "component_port": ep.component_port, "domain": ep.domain,
-                               "muc_domain": ep.muc_domain, "routes": routes, **overrides})
+                               "muc_domain": ep.muc_domain, "routes": routes, **tls,
+                               **overrides})
 
     @property
     def pid(self) -> int | None:
@@ -156,6 +187,8 @@ class ManagedProsody:
             raise BrokerNotInstalledError(INSTALL_HINT)
         for sub in ("data", "certs"):  # an empty certs/ keeps certmanager from logging errors
             (self._state_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self._tls:
+            self._server_certificate()
         self.config_path.write_text(self._render_config(), encoding="utf-8")
         managed.check_ports_free(self._host, (self._c2s_port, self._component_port))
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -235,7 +268,20 @@ class ManagedProsody:
             level=_lua(self._log_level), host=_lua(self._host), c2s=self._c2s_port,
             component=self._component_port, domain=_lua(self._domain),
             muc=_lua(f"rooms.{self._domain}"), components=components,
+            tls=self._tls_settings(),
         )
+
+    def _tls_settings(self) -> str:
+        if not self._tls:
+            return ('c2s_require_encryption = false\nallow_unencrypted_plain_auth = true\n'
+                    f"modules_enabled = {{ {_ENABLED} }}\n"
+                    'modules_disabled = { "tls", ' + _DISABLED + ' }')
+        issued = self._server_certificate()
+        return (f"ssl = {{ key = {_lua(str(issued.key))}, certificate = "
+                f"{_lua(str(issued.certificate))}, protocol = \"tlsv1_2+\" }}\n"
+                "c2s_require_encryption = true\nallow_unencrypted_plain_auth = false\n"
+                f"modules_enabled = {{ \"tls\", {_ENABLED} }}\n"
+                "modules_disabled = { " + _DISABLED + " }")
 
     async def _wait_ready(self, timeout: float, log_offset: int) -> None:
         # Ready means serving, not merely listening: Prosody opens its ports while loading
@@ -270,12 +316,9 @@ https_ports = {}
 network_settings = { nagle = false, tcp_backlog = 1024 }
 limits = {}
 c2s_direct_tls_ports = {}
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
 storage = "internal"
-modules_enabled = { "roster", "saslauth", "disco", "smacks", "ping", "offline", "posix" }
-modules_disabled = { "tls", "s2s", "s2s_auth_certs", "s2s_bidi", "dialback", "limits" }
+$tls
 
 VirtualHost $domain
 
@@ -286,6 +329,10 @@ Component $muc "muc"
 \t-- frames carry no <body/> and are never stored, but keep history off for anything else
 \tmuc_room_default_history_length = 0
 $components""")
+
+_ENABLED = '"roster", "saslauth", "disco", "smacks", "ping", "offline", "posix"'
+_DISABLED = '"s2s", "s2s_auth_certs", "s2s_bidi", "dialback", "limits"'
+
 
 def _path_encode(name: str) -> str:
     """``util/datamanager.lua``'s ``encode``: every byte but ASCII letters and digits as %xx."""

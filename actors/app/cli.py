@@ -64,7 +64,8 @@ def _broker(args: argparse.Namespace) -> int:
                                 component_domains=tuple(args.component_domain)
                                 or (f"stations.{args.domain}",),
                                 c2s_port=args.c2s_port, component_port=args.component_port,
-                                host=args.host, component_secret=args.component_secret)
+                                host=args.host, component_secret=args.component_secret,
+                                tls=not args.plaintext)
         broker.create_accounts(accounts)
         return asyncio.run(_run_broker(broker))
     except (BrokerNotInstalledError, BrokerStartError, ValueError) as exc:
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--component-secret", default=None,
                         help="the components' secret (default: made once, kept in the "
                              "state directory)")
+    broker.add_argument("--plaintext", action="store_true",
+                        help="clients log in without TLS (loopback only; by default they "
+                             "must STARTTLS, verified with STATE_DIR/ca/ca.crt)")
     broker.add_argument("--account", action="append", default=[], metavar="NAME=PASSWORD",
                         help="create (or reset) an account on DOMAIN; repeat for several")
     broker.set_defaults(func=_broker)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from broker_bridge import Endpoint, Router
-from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTransport
+from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTransport, is_loopback
 from keypath import GLOBSTAR, KeyPath, KeyPathError, KeyPattern
 from object_model import ErrorCode, ModelError, Role
 from object_model.messages import (
@@ -53,10 +53,16 @@ class ClientError(RuntimeError):
 
 
 def _broker_settings(broker: dict[str, Any]) -> XmppSettings:
+    """A broker of ``connect.json``: TLS unless ``"tls": false`` (loopback only), verified
+    against its ``cafile``."""
+    tls = broker.get("tls", True) is not False
+    if not tls and not is_loopback(broker["host"]):
+        raise ClientError(f"\"tls\": false is allowed for a broker on loopback only, not "
+                          f"{broker['host']}")
     return XmppSettings(host=broker["host"], c2s_port=broker["c2s_port"],
                         domain=broker["domain"], muc_domain=broker["muc_domain"],
                         routes=tuple(tuple(r) for r in broker.get("routes", ())),
-                        connect_timeout_s=5.0)
+                        tls=tls, cafile=broker.get("cafile"), connect_timeout_s=5.0)
 
 
 @dataclass(frozen=True)

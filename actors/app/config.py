@@ -28,7 +28,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -38,6 +38,7 @@ from actors.resource_manager.actor import ResourceManagerSettings
 from actors.runtime.settings import Address, Settings, addresses
 from actors.station.actor import StationSettings
 from actors.station.simulated import SimulatorSettings
+from broker_bridge.xmpp import is_loopback
 from object_model import Role
 
 
@@ -49,7 +50,11 @@ class BrokerConfig(Settings):
     """``[broker]``: where the broker is and how addresses map onto it, and how the link to
     it keeps its queue in our session (``send_window_bytes``, ``notsent_lowat``: see
     ``XmppSettings``; ``rate_kbit``: pace what leaves at 90 % of the link's known rate, so no
-    queue forms below us at all; all off by default, for a LAN)."""
+    queue forms below us at all; all off by default, for a LAN).
+
+    ``tls`` (on by default) starts TLS and verifies the broker against ``cafile`` (the CA
+    that issued its certificate: a managed broker's is ``<state_dir>/ca/ca.crt``; without
+    one, the system's store). ``tls = false`` is accepted for a broker on loopback only."""
 
     host: str = "127.0.0.1"
     c2s_port: int = 5222
@@ -57,7 +62,8 @@ class BrokerConfig(Settings):
     domain: str = "csms.local"
     muc_domain: str = "rooms.csms.local"
     routes: tuple[tuple[str, ...], ...] = ()
-    tls: bool = False
+    tls: bool = True
+    cafile: str | None = None
     send_window_bytes: int | None = None
     notsent_lowat: int | None = None
     rate_kbit: float | None = None
@@ -79,6 +85,13 @@ class BrokerConfig(Settings):
         return rate
     # more nodes of a clustered broker: [host, c2s_port, component_port], tried in turn
     alternates: tuple[tuple[str, int, int], ...] = ()
+
+    @model_validator(mode="after")
+    def _plaintext_on_loopback_only(self) -> Self:
+        if not self.tls and not is_loopback(self.host):
+            raise ValueError(f"tls = false is allowed only for a broker on loopback, not "
+                             f"{self.host}: turn TLS on (and give the broker's cafile)")
+        return self
 
     @field_validator("c2s_port", "component_port")
     @classmethod

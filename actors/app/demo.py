@@ -233,7 +233,8 @@ def write_connect(h: Hierarchy, path: Path) -> None:
 
     def broker(cfg: BrokerConfig) -> dict[str, Any]:
         return {"host": cfg.host, "c2s_port": cfg.c2s_port, "domain": cfg.domain,
-                "muc_domain": cfg.muc_domain, "routes": [list(r) for r in cfg.routes]}
+                "muc_domain": cfg.muc_domain, "routes": [list(r) for r in cfg.routes],
+                "tls": cfg.tls, "cafile": cfg.cafile}
 
     brokers = {"cloud": broker(h.config)} | {
         f"site{site.number}": broker(h.site_config(site.number)) for site in h.sites}

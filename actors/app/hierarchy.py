@@ -138,7 +138,9 @@ def broker_config(broker: ManagedProsody, routes: Sequence[tuple[str, str]] = ()
     """How actors reach ``broker`` (a ``[broker]`` section)."""
     ep = broker.endpoint
     return BrokerConfig(host=ep.host, c2s_port=ep.c2s_port, component_port=ep.component_port,
-                        domain=ep.domain, muc_domain=ep.muc_domain, routes=tuple(routes))
+                        domain=ep.domain, muc_domain=ep.muc_domain, routes=tuple(routes),
+                        tls=ep.cafile is not None,
+                        cafile=None if ep.cafile is None else str(ep.cafile))
 
 
 def cloud_domain() -> str:

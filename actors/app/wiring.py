@@ -43,7 +43,8 @@ def xmpp_settings(broker: BrokerConfig) -> XmppSettings:
                         component_port=broker.component_port, domain=broker.domain,
                         muc_domain=broker.muc_domain,
                         routes=tuple((pattern, domain) for pattern, domain in broker.routes),
-                        tls=broker.tls, send_window_bytes=broker.send_window_bytes,
+                        tls=broker.tls, cafile=broker.cafile,
+                        send_window_bytes=broker.send_window_bytes,
                         notsent_lowat=broker.notsent_lowat, alternates=broker.alternates,
                         dead_after_s=broker.dead_after_s)
 

@@ -63,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="XEP-0114 component ports, one per node (default: free ones)")
     parser.add_argument("--account", action="append", default=[], metavar="USER:PASSWORD",
                         help="create this account (repeatable)")
+    parser.add_argument("--plaintext", action="store_true",
+                        help="clients log in without TLS (the cluster listens on loopback "
+                             "only; by default they must STARTTLS, verified with "
+                             "STATE_DIR/ca/ca.crt)")
     args = parser.parse_args(argv)
     try:
         accounts = dict(a.split(":", 1) for a in args.account)
@@ -73,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          domain=args.domain,
                                          component_domains=(f"stations.{args.domain}",),
                                          c2s_ports=args.c2s_ports,
-                                         component_ports=args.component_ports)
+                                         component_ports=args.component_ports,
+                                         tls=not args.plaintext)
         return asyncio.run(_serve(cluster, accounts))
     except (BrokerNotInstalledError, BrokerStartError, EjabberdCommandError, ValueError) as exc:
         print(f"ejabberd cluster: {exc}", file=sys.stderr)

@@ -64,6 +64,7 @@ from broker_bridge.managed import (
     check_domains,
     stored_secret,
 )
+from broker_bridge.pki import CertificateAuthority, Issued
 from broker_bridge.xmpp.addresses import XmppSettings
 
 INSTALL_HINT = (
@@ -152,6 +153,8 @@ class ManagedEjabberdCluster:
         c2s_ports: Sequence[int] | None = None,
         component_ports: Sequence[int] | None = None,
         log_level: str = "warning",
+        tls: bool = True,
+        ca: CertificateAuthority | None = None,
     ) -> None:
         if log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {log_level!r}")
@@ -166,6 +169,8 @@ class ManagedEjabberdCluster:
         self._component_domains = tuple(component_domains)
         self._host = host
         self._log_level = log_level
+        self._tls = tls
+        self._ca = ca  # None: one of its own, in state_dir/ca
         self._secret: str | None = None
         self._install: EjabberdInstall | None = None
         ports: set[int] = {*(c2s_ports or ()), *(component_ports or ())}
@@ -216,7 +221,22 @@ class ManagedEjabberdCluster:
         return BrokerEndpoint(
             host=self._host, c2s_port=n.c2s_port, component_port=n.component_port,
             domain=self._domain, muc_domain=f"rooms.{self._domain}",
-            component_domains=self._component_domains, component_secret=self.component_secret)
+            component_domains=self._component_domains, component_secret=self.component_secret,
+            cafile=self._authority().certificate_path if self._tls else None)
+
+    def _authority(self) -> CertificateAuthority:
+        if self._ca is None:
+            self._ca = CertificateAuthority(self._state_dir / "ca")
+        return self._ca
+
+    def _server_certificate(self) -> Issued:
+        """The cluster's certificate (every node serves the same domain), made once."""
+        certs = self._state_dir / "certs"
+        issued = Issued(certs / f"{self._domain}.crt", certs / f"{self._domain}.key")
+        if not (issued.certificate.is_file() and issued.key.is_file()):
+            issued = self._authority().issue_server(
+                certs, self._domain, [self._domain, f"rooms.{self._domain}"], [self._host])
+        return issued
 
     @property
     def endpoints(self) -> tuple[BrokerEndpoint, ...]:
@@ -237,17 +257,20 @@ class ManagedEjabberdCluster:
         first = self._node(node)
         ring = self._nodes[first.index:] + self._nodes[:first.index - 1]
         routes = tuple(("cs-*", d) for d in self._component_domains[:1])
+        tls = ({"tls": True, "cafile": str(self._authority().certificate_path)}
+               if self._tls else {})
         return XmppSettings(**{
             "host": self._host, "c2s_port": first.c2s_port,
             "component_port": first.component_port, "domain": self._domain,
             "muc_domain": f"rooms.{self._domain}", "routes": routes,
             "alternates": tuple((self._host, n.c2s_port, n.component_port) for n in ring),
-            **overrides})
+            **tls, **overrides})
 
     def describe(self) -> str:
         """Human text: every node's addresses, the domains, the component secret."""
-        lines = [f"ejabberd cluster of {self.node_count} nodes, domain {self._domain}, "
-                 "SASL PLAIN without TLS (loopback only)"]
+        lines = [f"ejabberd cluster of {self.node_count} nodes, domain {self._domain}, " + (
+            f"STARTTLS required, verify with {self._authority().certificate_path}"
+            if self._tls else "SASL PLAIN without TLS (loopback only)")]
         lines += [f"  node {n.index} ({n.name}): clients {self._host}:{n.c2s_port}, "
                   f"components {self._host}:{n.component_port}" for n in self._nodes]
         lines += [f"  component domains: {', '.join(self._component_domains) or '(none)'}",
@@ -469,7 +492,13 @@ class ManagedEjabberdCluster:
         q = json.dumps  # a JSON string is a YAML double-quoted scalar
         components = "".join(f"\n      {q(d)}:\n        password: {q(self.component_secret)}"
                              for d in self._component_domains)
+        if self._tls:
+            issued = self._server_certificate()
+            certfiles = f"[{q(str(issued.certificate))}, {q(str(issued.key))}]"
+        else:
+            certfiles = "[]"
         return CONFIG.substitute(
             domain=q(self._domain), muc=q(f"rooms.{self._domain}"), level=self._log_level,
             host=q(self._host), c2s=n.c2s_port, component=n.component_port,
-            components=components or " {}")
+            components=components or " {}", certfiles=certfiles,
+            starttls="true" if self._tls else "false")

@@ -2,7 +2,8 @@
 Erlang the administration node runs, with literals that need no quoting.
 
 The settings' reasons are in ``broker_bridge.ejabberd.cluster``'s docstring; every listener binds
-loopback only.
+loopback only. Clients must STARTTLS (with the cluster's own CA and certificate) unless the
+cluster is made with ``tls=False``; components (XEP-0114) stay plaintext, on loopback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ hosts: [$domain]
 loglevel: $level
 log_rotate_count: 0
 hide_sensitive_log_data: true
-certfiles: []
+certfiles: $certfiles
 acme:
   auto: false
 auth_method: internal
@@ -30,7 +31,9 @@ listen:
     max_stanza_size: 1048576
     shaper: none
     access: all
-    starttls: false
+    starttls: $starttls
+    starttls_required: $starttls
+    protocol_options: ["no_sslv3", "no_tlsv1", "no_tlsv1_1"]
   - port: $component
     ip: $host
     module: ejabberd_service

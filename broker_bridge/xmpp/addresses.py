@@ -10,6 +10,7 @@ lives on the main domain.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ class XmppSettings:
     muc_domain: str = "rooms.csms.local"
     routes: tuple[tuple[str, str], ...] = ()
     tls: bool = False
+    cafile: str | None = None
     sm_window: int = 256
     write_buffer_high: int = 64 * 1024
     send_window_bytes: int | None = None
@@ -83,6 +85,16 @@ class XmppSettings:
         """Every node to try, in order: ``(host, c2s_port, component_port)``, then the
         ``alternates``."""
         return ((self.host, self.c2s_port, self.component_port), *self.alternates)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine's loopback (the only place plaintext is allowed)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class AddressBook:

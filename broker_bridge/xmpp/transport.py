@@ -81,6 +81,7 @@ class XmppTransport:
         if account is not None:
             jid = f"{account}@{settings.domain}/{settings.resource}"
             self._stream = ClientStream(jid, password or "", tls=settings.tls,
+                                        cafile=settings.cafile,
                                         window=settings.sm_window, sink=self._arrived,
                                         on_resume=self._resumed, presence=self._presence_seen)
             self._own = f"{account}@{settings.domain}"
@@ -144,10 +145,12 @@ class XmppTransport:
             await self.stop()
             where = ", ".join(f"{host}:{c2s if self.account else component}"
                               for host, c2s, component in self.settings.servers)
+            failure = getattr(self._stream, "failure", None)
             raise BrokerUnreachableError(
                 f"{self.name}: no XMPP session with {where} after "
-                f"{self.settings.connect_timeout_s:g} s; is the broker running and are the "
-                f"credentials right? (`csms broker` runs one)") from None
+                f"{self.settings.connect_timeout_s:g} s; " + (
+                    failure if failure else "is the broker running and are the credentials "
+                    "right? (`csms broker` runs one)")) from None
 
     async def stop(self) -> None:
         """Leave rooms, close cleanly (nothing lost, nothing duplicated), stop reconnecting.

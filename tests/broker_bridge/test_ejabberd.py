@@ -95,7 +95,8 @@ async def test_the_foreground_cluster_routes_big_stanzas_and_stops_on_sigterm(
     state = tmp_path / "cloud-broker"
     cli = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker_bridge.ejabberd", "--state-dir", str(state),
-        "--account", "alice:pw-a", "--account", "bob:pw-b", cwd=ROOT, stdout=subprocess.PIPE)
+        "--account", "alice:pw-a", "--account", "bob:pw-b", "--plaintext", cwd=ROOT,
+        stdout=subprocess.PIPE)
     assert cli.stdout is not None
     output = b""
     try:

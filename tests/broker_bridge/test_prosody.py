@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -58,6 +59,14 @@ class RawXmpp:
                   "xmlns:stream='http://etherx.jabber.org/streams'>")
         return self.expect(rb"<stream:stream [^>]*\bid='([^']+)'[^>]*>")
 
+    def starttls(self, domain: str, cafile: Path) -> None:
+        """STARTTLS, verifying the broker against ``cafile`` and ``domain``."""
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.expect(rb"<proceed\b[^>]*/>")
+        context = ssl.create_default_context(cafile=str(cafile))
+        self.sock = context.wrap_socket(self.sock, server_hostname=domain)
+        self.buffer = b""
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.send("</stream:stream>")
@@ -65,10 +74,15 @@ class RawXmpp:
 
 
 def login(ep: BrokerEndpoint, user: str, password: str) -> RawXmpp | None:
-    """A bound client session after SASL PLAIN, or None when the credentials are refused."""
+    """A bound client session after SASL PLAIN (inside TLS when the broker requires it), or
+    None when the credentials are refused."""
     s = RawXmpp(ep.host, ep.c2s_port)
     s.open_stream(ep.domain)
     s.expect(rb"</stream:features>")
+    if ep.cafile is not None:  # a broker requiring TLS offers nothing else before it
+        s.starttls(ep.domain, ep.cafile)
+        s.open_stream(ep.domain)
+        s.expect(rb"</stream:features>")
     token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
     s.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
     if s.expect(rb"<(success|failure)\b").group(1) == b"failure":
@@ -154,12 +168,15 @@ async def test_config_has_no_rate_limits_nagle_off_and_runs_as_root(
     for line in ("run_as_root = true", "limits = {}",
                  "network_settings = { nagle = false, tcp_backlog = 1024 }",
                  "muc_room_default_presence_broadcast = {}",
-                 "s2s_ports = {}", "c2s_require_encryption = false",
+                 "s2s_ports = {}", "c2s_require_encryption = true",
+                 "allow_unencrypted_plain_auth = false",
                  'authentication = "internal_plain"', "muc_room_locking = false",
                  f"c2s_ports = {{ {managed_prosody.endpoint.c2s_port} }}"):
         assert line in [text.strip() for text in config.splitlines()], line
     disabled = re.search(r"modules_disabled = \{(.*)\}", config)
-    assert disabled and all(f'"{m}"' in disabled.group(1) for m in ("limits", "s2s", "tls"))
+    assert disabled and all(f'"{m}"' in disabled.group(1) for m in ("limits", "s2s"))
+    enabled = re.search(r"modules_enabled = \{(.*)\}", config)
+    assert enabled and '"tls"' in enabled.group(1) and '"tls"' not in disabled.group(1)
 
 
 def _pidfd_getfd(pid: int, fd: int) -> int:

@@ -29,6 +29,7 @@ from broker_bridge.codec import (
 from broker_bridge.endpoint import Endpoint
 from broker_bridge.envelope import Envelope, Priority
 from broker_bridge.managed import bind_port
+from broker_bridge.pki import CertificateAuthority
 from broker_bridge.prosody import ManagedProsody
 from broker_bridge.session import SECOND, SessionConfig
 from broker_bridge.xmpp import XmppSettings, XmppTransport
@@ -320,7 +321,9 @@ async def test_a_client_given_two_brokers_moves_to_the_other_when_its_own_dies(
     accounts and routes; these two share accounts only): envelopes sent on the first broker,
     which cannot reach the peer, arrive once the sender moved to the second."""
     fast = SessionConfig(retransmit_initial_us=SECOND // 4, retransmit_max_us=SECOND)
-    first, second = ManagedProsody(tmp_path / "first"), ManagedProsody(tmp_path / "second")
+    ca = CertificateAuthority(tmp_path / "ca")  # two nodes of one broker: one CA
+    first = ManagedProsody(tmp_path / "first", ca=ca)
+    second = ManagedProsody(tmp_path / "second", ca=ca)
     async with first, second:
         for broker in (first, second):
             broker.create_accounts({"mover": "pw", "stay": "pw"})
@@ -389,8 +392,7 @@ async def test_reconnects_back_off_with_full_jitter_on_the_injected_clock(
     managed_prosody: ManagedProsody, settings: XmppSettings
 ) -> None:
     managed_prosody.create_accounts({"jit": "pw"})
-    slow = XmppSettings(host=settings.host, c2s_port=settings.c2s_port, domain=settings.domain,
-                        muc_domain=settings.muc_domain, reconnect_base_s=0.1, reconnect_cap_s=0.8)
+    slow = replace(settings, reconnect_base_s=0.1, reconnect_cap_s=0.8)
     clock = SkippingClock()
     transport = XmppTransport.client(slow, "jit", "pw", clock=clock, rng=random.Random(7))
     await transport.start()

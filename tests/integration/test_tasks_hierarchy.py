@@ -95,7 +95,8 @@ async def test_csms_monitor_prints_samples_live(hierarchy: Hierarchy, tmp_path: 
     c = h.config
     connect.write_text(json.dumps({
         "broker": {"host": c.host, "c2s_port": c.c2s_port, "domain": c.domain,
-                   "muc_domain": c.muc_domain, "routes": [list(r) for r in c.routes]},
+                   "muc_domain": c.muc_domain, "routes": [list(r) for r in c.routes],
+                   "cafile": c.cafile},
         "account": "operator", "password": h.passwords["operator"]}))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "actors.app.cli", "monitor", "--connect", str(connect), "cloud",

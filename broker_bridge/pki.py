@@ -1,0 +1,133 @@
+"""The project's own certificate authority, for TLS on every broker link.
+
+A deployment (or a managed broker, or a test) has one CA: a P-256 key and a self-signed
+certificate kept in one directory (``ca.key`` readable by its owner only, ``ca.crt``). It
+issues each broker a server certificate naming the broker's XMPP domains (clients check the
+domain they log in to, as RFC 6120 asks) and the addresses it listens on. Clients verify the
+broker against ``ca.crt`` alone (``XmppSettings.cafile``), never the system's store, so a
+certificate from any public CA is no use to someone impersonating the broker.
+
+Keys are made with ``cryptography``; files are written atomically (a scratch file renamed
+into place) with mode 0600 for private keys, and an existing CA is loaded, never replaced,
+so certificates issued before stay valid.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_DAYS = 3650
+SERVER_DAYS = 397  # what browsers accept for a server certificate
+_PEM = serialization.Encoding.PEM
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its private key, as files."""
+
+    certificate: Path
+    key: Path
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    scratch = path.with_name(path.name + ".tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.chmod(scratch, mode)  # whatever the umask made of it
+    os.replace(scratch, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+class CertificateAuthority:
+    """The CA in ``directory`` (made there on first use; see the module docstring)."""
+
+    def __init__(self, directory: Path | str, name: str = "csms63110 CA") -> None:
+        self.directory = Path(directory)
+        self.certificate_path = self.directory / "ca.crt"
+        self.key_path = self.directory / "ca.key"
+        if self.certificate_path.exists() and self.key_path.exists():
+            loaded = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{self.key_path} is not an EC key")
+            self._key = loaded
+            self._cert = x509.load_pem_x509_certificate(self.certificate_path.read_bytes())
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                               critical=False)
+                .sign(key, hashes.SHA256()))
+        _write(self.key_path, _key_pem(key), 0o600)
+        _write(self.certificate_path, cert.public_bytes(_PEM), 0o644)
+        self._key, self._cert = key, cert
+
+    def issue_server(self, directory: Path | str, stem: str, names: Sequence[str],
+                     hosts: Sequence[str] = (), days: int = SERVER_DAYS) -> Issued:
+        """A server certificate for ``names`` (DNS names: a broker's XMPP domains) and
+        ``hosts`` (where it listens: IP addresses, or host names), written as ``<stem>.crt``
+        and ``<stem>.key`` in ``directory``."""
+        if not names:
+            raise ValueError("a server certificate names at least one domain")
+        key = ec.generate_private_key(ec.SECP256R1())
+        ips = [h for h in dict.fromkeys(hosts) if _is_ip(h)]
+        dns = dict.fromkeys([*names, *(h for h in hosts if not _is_ip(h))])
+        alt: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+        alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+                .issuer_name(self._cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=days))
+                .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                               critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self._key.public_key()), critical=False)
+                .sign(self._key, hashes.SHA256()))
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        issued = Issued(out / f"{stem}.crt", out / f"{stem}.key")
+        _write(issued.key, _key_pem(key), 0o600)
+        _write(issued.certificate, cert.public_bytes(_PEM), 0o644)
+        return issued
+
+
+__all__ = ["CertificateAuthority", "Issued"]
