@@ -72,10 +72,26 @@ class BlobChunk(MessageBase):
     data: bytes = Field(max_length=MAX_CHUNK)
 
 
+class FirmwareManifest(MessageBase):
+    """What a manufacturer signs about a firmware image: whom it is for (``vendor``,
+    ``model``), what it is (``version``, and ``counter``, which only grows: a station
+    refuses a lower one than it has installed), and which bytes (``hash``, ``size``).
+    ``actors.logic.firmware_trust`` signs and checks it."""
+
+    vendor: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=64)
+    counter: int = Field(ge=0, lt=2**32)
+    hash: Sha256
+    size: int = Field(ge=0)
+
+
 class FirmwareUpdate(MessageBase):
     """Start the firmware-update task ``task`` on the station at ``tree``: fetch ``blob``
     from ``source`` (default: the sender), verify, install ``version``; answered by
-    ``TaskStatus`` once the task exists (its progress is at ``tasks/<task>``)."""
+    ``TaskStatus`` once the task exists (its progress is at ``tasks/<task>``). ``manifest``,
+    ``signer`` and ``signature`` are the manufacturer's signed description of the image,
+    which the station checks before anything else (``actors.logic.firmware_trust``)."""
 
     kind: Literal["FirmwareUpdate"] = "FirmwareUpdate"
     wire_id: ClassVar[int] = 20
@@ -84,3 +100,6 @@ class FirmwareUpdate(MessageBase):
     blob: BlobRef
     version: str = Field(min_length=1, max_length=64)
     source: str | None = Field(None, min_length=1, max_length=256)
+    manifest: FirmwareManifest | None = None
+    signer: bytes = Field(b"", max_length=32)
+    signature: bytes = Field(b"", max_length=128)

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from actors.app.client import OperatorClient
 from actors.app.config import (
     BrokerConfig,
@@ -55,6 +57,7 @@ from actors.app.wiring import (
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.csms.settings import EnergySettings
+from actors.logic.firmware_trust import public_hex
 from actors.resource_manager.actor import ResourceManager
 from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatedStation, SimulatorSettings
@@ -177,6 +180,18 @@ class Hierarchy:
         self.cloud_process: asyncio.subprocess.Process | None = None
         self._operator: OperatorClient | None = None
         self._operator_links: Router | None = None
+
+    @property
+    def manufacturer(self) -> Ed25519PrivateKey:
+        """The key that signs the firmware these stations trust (the harness plays their
+        manufacturer): made once, kept in ``root/manufacturer.key`` (owner only)."""
+        path = self.root / "manufacturer.key"
+        if not path.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(Ed25519PrivateKey.generate().private_bytes_raw())
+        return Ed25519PrivateKey.from_private_bytes(path.read_bytes())
 
     @classmethod
     async def start(cls, root: Path, *, sites: int = 1, say: Say = _quiet) -> Hierarchy:
@@ -379,6 +394,7 @@ class Hierarchy:
         host = await start_stations(self.site_config(number), StationsConfig(
             component=ep.component_domains[0], component_secret=ep.component_secret,
             ids=tuple(ids), csms=site.name, provisioning_secret=self.provisioning(number),
+            firmware_keys=(public_hex(self.manufacturer),),
             state_dir=str(self.root / f"stations-site{number}-{len(site.hosts)}"),
             simulator=simulator or SimulatorSettings(), seed=seed), progress=progress,
             clock=clock, paused=paused)

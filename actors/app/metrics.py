@@ -189,6 +189,9 @@ FAMILIES: tuple[tuple[str, type[Family], str, str, tuple[str, ...]], ...] = (
     ("resyncs_running", _G, "csms_resyncs_running",
      "Resynchronisations going on or waiting for a slot", _A),
     ("csms_events", _C, "csms_csms_events", "A CSMS's own counters", ("actor", "event")),
+    ("firmware_refused", _C, "csms_firmware_refused",
+     "Firmware images a station refused: unsigned, badly signed, not its own, or a rollback",
+     _A),
 )
 
 
@@ -254,6 +257,8 @@ class _Families:
             add("resync_bytes", [address], stats.bytes)
             add("resync_wire_bytes", [address], stats.wire_bytes)
             add("resyncs_running", [address], engine.busy)
+        if isinstance(actor, ChargingStation) and actor.tasks is not None:
+            add("firmware_refused", [address], actor.tasks.firmware_refused)
         counters = getattr(getattr(actor, "own", None), "counters", None)  # a CSMS's own tree
         if isinstance(counters, Counter):
             for event, count in dict(counters).items():

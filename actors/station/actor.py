@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Sequence
 
 from pydantic import Field, field_validator
 
+from actors.logic.firmware_trust import trusted_keys
 from actors.logic.join_proof import join_proof
 from actors.logic.monitoring import Monitors
 from actors.logic.tree_access import TreeAccess
@@ -74,8 +76,18 @@ class StationSettings(Settings):
     trusted: dict[str, Role] = {}
     operators: tuple[Address, ...] = ()
     tasks: TaskLimits = TaskLimits()
+    firmware_keys: tuple[str, ...] = ()  # manufacturers' Ed25519 public keys, 64 hex digits
 
     _positive = field_validator("publish_interval_s")(positive)
+
+    @field_validator("firmware_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+                raise ValueError(f"{key[:16]!r}...: a firmware key is an Ed25519 public key "
+                                 "as 64 hex digits")
+        return value
 
     @field_validator("csms_role")
     @classmethod
@@ -130,7 +142,8 @@ class ChargingStation(TreeActor):
                                   store=self.store,
                                   link=self.links.endpoint_for(self.settings.csms),
                                   joined=lambda: self.membership.joined,
-                                  limits=self.settings.tasks)
+                                  limits=self.settings.tasks,
+                                  firmware_keys=trusted_keys(self.settings.firmware_keys))
         await self.tasks.start()
         self.spawn(self.hardware.run(self.endpoint.pace), "hardware")
         self.spawn(self.publisher.run(), "publish")

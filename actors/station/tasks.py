@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from actors.logic.firmware_trust import check_image
 from actors.logic.monitoring import Monitors, Outgoing, cached_rights, report_budget
 from actors.logic.tasks import TaskBook
 from actors.logic.tree_access import TreeAccess
@@ -86,10 +88,13 @@ class StationTasks:
 
     def __init__(self, actor: Messenger, *, tree: ObjectTree, access: TreeAccess,
                  persisted: PersistentTree, store: TreeStore, link: Endpoint,
-                 joined: Callable[[], bool], limits: TaskLimits) -> None:
+                 joined: Callable[[], bool], limits: TaskLimits,
+                 firmware_keys: dict[bytes, Ed25519PublicKey] | None = None) -> None:
         self.actor, self.address, self.clock = actor, actor.address, actor.clock
         self.tree, self.access, self.persisted, self.store = tree, access, persisted, store
         self.link, self.joined, self.limits = link, joined, limits
+        self.firmware_keys = firmware_keys or {}  # whose signed images it installs
+        self.firmware_refused = 0
         self.book = TaskBook(tree, self.clock.now_us)
         self.monitors = Monitors(self._read_matching)
         self.blobs: BlobStore | None = None
@@ -332,10 +337,21 @@ class StationTasks:
         if running:
             raise _refuse(ErrorCode.BUSY, f"firmware update {running[0]} is still going: "
                           "cancel it or wait", task=running[0])
+        try:
+            manifest = check_image(
+                message, self.firmware_keys, vendor=str(self.tree.get("identity/vendor_name")),
+                model=str(self.tree.get("identity/model")),
+                installed_counter=self._installed_counter())
+        except ModelError as exc:
+            log.warning("%s: refused firmware %s from %s: %s", self.address, message.version,
+                        ctx.sender, exc)
+            self.firmware_refused += 1
+            raise
         blobs = await self._blob_store()
         await blobs.begin(message.blob)  # the station keeps the ref: a restart resumes
         spec = json.dumps({"hash": message.blob.hash.hex(), "version": message.version,
-                           "source": message.source or ctx.sender, "size": message.blob.size})
+                           "source": message.source or ctx.sender, "size": message.blob.size,
+                           "counter": manifest.counter})
         self.book.create(message.task, FIRMWARE, owner=ctx.sender, spec=spec,
                          detail="downloading")
         await self.persisted.durable()
@@ -380,6 +396,7 @@ class StationTasks:
                              f"{spec['version']}")
             await self.clock.sleep(self.limits.install_s)
             self.tree.apply([Write("firmware/version", spec["version"]),
+                             Write("firmware/counter", spec.get("counter", 0)),
                              Write("firmware/update_status", FirmwareStatus.INSTALLED.value),
                              Write("firmware/last_update_at", self.clock.now_us())])
             self.book.update(task_id, state=TaskState.SUCCEEDED,
@@ -392,6 +409,12 @@ class StationTasks:
             self.book.update(task_id, state=TaskState.FAILED, error=exc)
         finally:
             self._jobs.pop(task_id, None)
+
+    def _installed_counter(self) -> int:
+        try:
+            return int(self.tree.get("firmware/counter"))
+        except ModelError:  # a tree from before counters: nothing signed installed yet
+            return 0
 
     def _firmware_status(self, status: FirmwareStatus) -> None:
         self.tree.write("firmware/update_status", status.value)

@@ -159,7 +159,10 @@ class Firmware(Component):
     built_at: Timestamp = 0
     update_status: FirmwareStatus = FirmwareStatus.IDLE
     last_update_at: Timestamp | None = None
-    signature_required: Annotated[bool, BOOL, Access.READ_WRITE] = True
+    # the station refuses unsigned images whatever is written: nobody may turn that off
+    signature_required: Annotated[bool, BOOL, Access.READ] = True
+    # the counter of the installed image's signed manifest: no image below it is installed
+    counter: Annotated[int, uint32()] = 0
 
 
 class NetworkProfile(Component):

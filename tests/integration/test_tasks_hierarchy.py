@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from actors.app.hierarchy import Hierarchy
+from actors.logic.firmware_trust import signed_update
 from actors.runtime.storage.blobs import BlobStore
 from actors.testing import until
 from keypath import KeyPath, KeyPattern
@@ -137,9 +138,10 @@ async def test_a_firmware_image_crosses_the_uplink_once_survives_a_broker_kill_a
     local = h.site(1).local_csms
     stations = h.stations()
 
-    def update(station: str) -> FirmwareUpdate:
-        return FirmwareUpdate(tree=KeyPath("stations", station), task="fw", blob=ref,
-                              version="4.3.0")
+    def update(station: str) -> FirmwareUpdate:  # signed by the stations' manufacturer
+        return signed_update(h.manufacturer, tree=KeyPath("stations", station), task="fw",
+                             blob=ref, version="4.3.0", counter=1, vendor="ACME Charging",
+                             model="Volt AC-22")
 
     def state(station: object) -> str:
         return station.tree.get("tasks/fw/state")  # type: ignore[attr-defined,no-any-return]

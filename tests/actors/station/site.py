@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from actors.logic.firmware_trust import public_hex
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from actors.station.actor import ChargingStation, StationSettings
 from actors.station.simulated import SimulatedStation, SimulatorSettings
@@ -15,6 +18,8 @@ from object_model import Role
 from object_model.messages import JoinNetworkRequest, JoinNetworkResponse, PropertyValueUpdate
 from object_model.monitoring import MonitoringReport
 
+MANUFACTURER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+"""The key that signs the firmware the test station trusts."""
 
 class Csms(Actor):
     """A CSMS that admits the station and records the reports it gets."""
@@ -61,7 +66,8 @@ class Site(World):
         store = await self.store("station")
         settings = StationSettings(csms="csms", publish_interval_s=0.05,
                                    tasks=limits or TaskLimits(install_s=0),
-                                   trusted=trusted or {})
+                                   trusted=trusted or {},
+                                   firmware_keys=(public_hex(MANUFACTURER),))
         station = ChargingStation("cs-1", await self.endpoint("cs-1"), store=store,
                                   settings=settings, hardware=hardware())
         await station.start()

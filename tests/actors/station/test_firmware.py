@@ -9,7 +9,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from actors.logic.firmware_trust import signed_update
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.services.blob_service import BlobService
 from actors.runtime.storage.blobs import BlobStore
@@ -27,7 +29,7 @@ from object_model.monitoring import (
     TaskControl,
     TaskStatus,
 )
-from tests.actors.station.site import Csms, Site
+from tests.actors.station.site import MANUFACTURER, Csms, Site
 
 CHUNK = 16 * 1024
 
@@ -68,8 +70,11 @@ async def origin_with_image(site: Site, size: int = 200_000) -> tuple[Origin, Bl
     return origin, await store.put(image, chunk_size=CHUNK), image
 
 
-def update(ref: BlobRef) -> FirmwareUpdate:
-    return FirmwareUpdate(task="fw", blob=ref, version="9.9.9")
+def update(ref: BlobRef, *, version: str = "9.9.9", counter: int = 7,
+           key: Ed25519PrivateKey = MANUFACTURER, model: str = "Volt AC-22") -> FirmwareUpdate:
+    """The update of ``ref``, its manifest signed by the station's manufacturer."""
+    return signed_update(key, task="fw", blob=ref, version=version, counter=counter,
+                         vendor="ACME Charging", model=model)
 
 
 def state(station: ChargingStation) -> str:
@@ -196,3 +201,56 @@ async def test_the_blob_cache_evicts_the_least_recently_used_and_drops_rotten_ch
         assert await store.put_chunk(refs[0].hash, 1, images[0][CHUNK:2 * CHUNK])
         assert await store.finish(refs[0].hash)
         assert await store.read(refs[0].hash) == images[0]
+
+
+# -- firmware trust (issue 14, item 6) -------------------------------------------------------
+
+
+async def test_a_station_installs_only_what_its_manufacturer_signed_and_never_rolls_back(
+        site: Site) -> None:
+    from object_model.messages import PropertyValueWrite, WriteItem
+
+    origin, ref, _ = await origin_with_image(site)
+    other = await origin.blobs.store.put(os.urandom(50_000), chunk_size=CHUNK)
+    station = await site.station()
+    stranger = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    good = update(ref, counter=7)
+    assert good.manifest is not None
+    refused = {
+        "no signature": (FirmwareUpdate(task="fw", blob=ref, version="9.9.9"),
+                         ErrorCode.BAD_SIGNATURE),
+        "another signer": (update(ref, key=stranger), ErrorCode.BAD_SIGNATURE),
+        "an altered manifest": (good.model_copy(update={"manifest": good.manifest.model_copy(
+            update={"counter": 99})}), ErrorCode.BAD_SIGNATURE),
+        "an altered signature": (good.model_copy(update={"signature": bytes(
+            [good.signature[0] ^ 1]) + good.signature[1:]}), ErrorCode.BAD_SIGNATURE),
+        "another model's image": (update(ref, model="Volt DC-150"), ErrorCode.INVALID_VALUE),
+        "a signed manifest of another image": (good.model_copy(update={"blob": other}),
+                                               ErrorCode.INVALID_VALUE),
+        "a version the manifest does not name": (good.model_copy(update={"version": "6.6.6"}),
+                                                 ErrorCode.INVALID_VALUE),
+    }
+    for case, (message, code) in refused.items():
+        with pytest.raises(ModelError) as info:
+            await origin.request("cs-1", message)
+        assert info.value.code is code, case
+    tree = station.tree
+    assert tree is not None and "tasks/fw" not in tree
+    assert tree.get("firmware/version") != "9.9.9" and tree.get("firmware/counter") == 0
+    assert station.tasks is not None and station.tasks.firmware_refused == len(refused)
+    assert sum(origin.asked.values()) == 0  # nothing was even downloaded
+
+    await origin.request("cs-1", good)
+    await until(lambda: state(station) == "succeeded", "the signed update installed")
+    assert tree.get("firmware/version") == "9.9.9" and tree.get("firmware/counter") == 7
+    # an image the manufacturer once signed, with a lower counter, is a rollback
+    older = update(ref, version="9.9.8", counter=6).model_copy(update={"task": "fw-old"})
+    with pytest.raises(ModelError) as info:
+        await origin.request("cs-1", older)
+    assert info.value.code is ErrorCode.STALE
+    # and no CSMS may turn the check off
+    with pytest.raises(ModelError) as info:
+        await origin.request("cs-1", PropertyValueWrite(writes=[WriteItem(
+            path=KeyPath.parse("firmware/signature_required"), value=False)]))
+    assert info.value.code is ErrorCode.NOT_WRITABLE
+    assert tree.get("firmware/signature_required") is True
