@@ -47,6 +47,7 @@ from object_model.messages import MessageBase
 log = logging.getLogger("csms.bridge")
 
 LAG_PROBE_S = 0.25  # how often the endpoint measures the event loop's lag
+MARKS_EVERY_S = 1.0  # how often the envelope guard's marks may be committed to the outbox
 
 EnvelopeHandler = Callable[[Envelope], None]
 EventHandler = Callable[[SessionEvent], None]
@@ -94,6 +95,7 @@ class Endpoint:
         self._idle = asyncio.Event()
         self.frames_sent = 0
         self.bytes_sent = 0
+        self._marks_saved_at = float("-inf")
         self.reconnects = 0  # times the link came back after it was lost
         self._link_up: bool | None = None  # None: never up yet
         self._link_listeners: list[Callable[[bool], None]] = []
@@ -126,6 +128,7 @@ class Endpoint:
             await self.outbox.open()
             state = await self.outbox.load()
             self.session.restore_incoming(state.in_streams, state.seen)
+            self.session.guard.restore(state.marks)
             for address in {e.source for e in state.unacked} | {k[0] for k in state.out_streams}:
                 self.session.add_local(address)
             self.session.restore_outgoing(state.out_streams, state.unacked, now)
@@ -142,7 +145,7 @@ class Endpoint:
         self._closing = True
         if self._pump_task is None:  # never connected
             if self.outbox is not None and self._opened:
-                await self._persist()  # what the actors queued meanwhile
+                await self._persist(final=True)  # what the actors queued meanwhile
                 await self.outbox.close()
             return
         with contextlib.suppress(TimeoutError):
@@ -154,7 +157,7 @@ class Endpoint:
                     await task
         await self.transport.stop()
         if self.outbox is not None:
-            await self._persist()
+            await self._persist(final=True)
             await self.outbox.close()
 
     async def __aenter__(self) -> Endpoint:
@@ -349,7 +352,7 @@ class Endpoint:
             await self.outbox.forget(forget)
         return bool(sent or events)
 
-    async def _persist(self) -> None:
+    async def _persist(self, final: bool = False) -> None:
         assert self.outbox is not None
         envelopes, streams = self.session.take_unpersisted()
         if envelopes:
@@ -359,6 +362,12 @@ class Endpoint:
         if receipts.ids or receipts.positions:
             await self.outbox.save_receipts(receipts)
             self.session.mark_receipts_persisted(receipts, self.clock.now_us())
+        now = self.clock.monotonic()
+        if final or now - self._marks_saved_at >= MARKS_EVERY_S:  # a commit a second at most
+            marks = self.session.guard.marks()
+            if marks is not None:
+                self._marks_saved_at = now
+                await self.outbox.save_marks(marks)
 
     def _dispatch(self, event: SessionEvent, forget: list[bytes]) -> None:
         if isinstance(event, EnvelopeReceived):

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS in_streams (
     PRIMARY KEY (source, destination, stream)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (n INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS guard_marks (sender TEXT PRIMARY KEY, stamp INTEGER NOT NULL)
+    WITHOUT ROWID;
 """
 
 
@@ -50,6 +52,7 @@ class OutboxState:
     unacked: list[Envelope]
     in_streams: dict[StreamKey, tuple[int, int]]
     seen: list[bytes]
+    marks: dict[str, int]  # the envelope guard's (``EnvelopeGuard.marks``)
 
 
 class Outbox:
@@ -98,7 +101,15 @@ class Outbox:
         in_streams = {(s, d, n): (e, x) async for s, d, n, e, x in await db.execute(
             "SELECT source, destination, stream, epoch, expected FROM in_streams")}
         seen = [row[0] async for row in await db.execute("SELECT id FROM seen ORDER BY n")]
-        return OutboxState(out_streams, unacked, in_streams, seen)
+        marks = {s: t async for s, t in await db.execute("SELECT sender, stamp FROM guard_marks")}
+        return OutboxState(out_streams, unacked, in_streams, seen, marks)
+
+    async def save_marks(self, marks: dict[str, int]) -> None:
+        """The envelope guard's marks (one commit)."""
+        await self.db.executemany("INSERT OR REPLACE INTO guard_marks VALUES (?, ?)",
+                                  list(marks.items()))
+        await self.db.commit()
+        self.writes += 1
 
     async def save_outgoing(self, envelopes: Iterable[Envelope],
                             streams: dict[StreamKey, tuple[int, int]]) -> None:

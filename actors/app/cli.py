@@ -15,6 +15,7 @@ from broker_bridge.prosody import BrokerNotInstalledError, BrokerStartError, Man
 
 BENCHMARKS = {
     "tree": "object trees: validated writes, history, snapshots, pattern matching",
+    "security": "end-to-end signing: sign and verify times, a session pair signed and unsigned",
     "transport": "envelopes/s, latency and priorities through the managed Prosody",
     "faults": "exactly-once delivery while the broker (and a sender) are SIGKILLed",
     "resync": "a cloud CSMS of N stations killed and restarted: time and bytes to consistency",
@@ -121,6 +122,7 @@ def _run_actor(args: argparse.Namespace) -> int:
         ResourceManagerConfig,
         load_config,
     )
+    from actors.app.signing import Signing
     from actors.app.wiring import (
         Running,
         run_until_signalled,
@@ -148,14 +150,14 @@ def _run_actor(args: argparse.Namespace) -> int:
         return 2
 
     async def start() -> list[Running]:
-        broker = config.broker
+        broker, signing = config.broker, Signing.of(config.signing)
         if isinstance(part, CloudConfig):
-            return [await start_cloud(broker, part)]
+            return [await start_cloud(broker, part, signing=signing)]
         if isinstance(part, LocalConfig):
-            return [await start_local(broker, part, uplink=config.uplink)]
+            return [await start_local(broker, part, uplink=config.uplink, signing=signing)]
         if isinstance(part, ResourceManagerConfig):
-            return [await start_resource_manager(broker, part)]
-        return [await start_stations(broker, part)]
+            return [await start_resource_manager(broker, part, signing=signing)]
+        return [await start_stations(broker, part, signing=signing)]
 
     def ready(running: list[Running]) -> None:
         actors = ", ".join(a.address for r in running for a in r.actors[:5])

@@ -79,6 +79,7 @@ class Connection:
     password: str
     actors: tuple[str, ...] = ()
     homes: Mapping[str, XmppSettings] = field(default_factory=dict)
+    signing: Mapping[str, Any] | None = None  # ``key_dir`` of the account's key, ``keys``
 
     def settings_for(self, actor: str) -> XmppSettings:
         """The broker ``actor`` is on (the first one, if unknown)."""
@@ -94,13 +95,15 @@ class Connection:
         except json.JSONDecodeError as exc:
             raise ClientError(f"{path} is not valid JSON: {exc}") from None
         try:
+            signing = raw.get("signing")
             if "brokers" not in raw:
                 return cls(_broker_settings(raw["broker"]), raw["account"], raw["password"],
-                           tuple(raw.get("actors", ())))
+                           tuple(raw.get("actors", ())), signing=signing)
             brokers = {name: _broker_settings(b) for name, b in raw["brokers"].items()}
             actors: dict[str, str] = raw.get("actors", {})
             return cls(next(iter(brokers.values())), raw["account"], raw["password"],
-                       tuple(actors), {a: brokers[b] for a, b in actors.items()})
+                       tuple(actors), {a: brokers[b] for a, b in actors.items()},
+                       signing=signing)
         except (KeyError, TypeError, StopIteration, AttributeError) as exc:
             raise ClientError(f"{path} does not describe a system ({exc!r} is missing or "
                               f"wrong): write it as `csms demo` does") from None
@@ -129,7 +132,13 @@ async def with_client(conn: Connection, actor: str,
         shown = ", ".join(conn.actors[:12]) + (" ..." if len(conn.actors) > 12 else "")
         raise ClientError(f"unknown actor {actor!r}; this system has: {shown}")
     transport = XmppTransport.client(conn.settings_for(actor), conn.account, conn.password)
-    endpoint = Endpoint(transport, name=conn.account)
+    guard = None
+    if conn.signing is not None:  # the system signs: so does the operator, with its key
+        from actors.app.signing import Signing
+
+        guard = Signing(conn.signing["key_dir"], conn.signing.get("keys", {})).guard(
+            [conn.account])
+    endpoint = Endpoint(transport, name=conn.account, guard=guard)
     try:
         await endpoint.start()
     except BrokerUnreachableError as exc:

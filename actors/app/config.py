@@ -223,6 +223,28 @@ class MetricsConfig(Settings):
         return port
 
 
+class SigningConfig(Settings):
+    """``[signing]``: envelopes signed end to end (``broker_bridge.session.signing``). Each
+    actor of the process signs with its own key, kept in ``key_dir`` (made on first start);
+    ``keys`` is the directory of the others: actor address -> Ed25519 public key (64 hex
+    digits; until enrollment hands out certificates, the operator lists them). An actor in
+    ``keys`` is never accepted unsigned; with ``require``, nobody is."""
+
+    key_dir: str = "state/keys"
+    keys: dict[str, str] = {}
+    require: bool = False
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        addresses(value)
+        for address, key in value.items():
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+                raise ValueError(f"{address}: a signing key is an Ed25519 public key as 64 "
+                                 "hex digits")
+        return value
+
+
 class Config(Settings):
     broker: BrokerConfig = BrokerConfig()
     uplink: UplinkConfig | None = None
@@ -231,6 +253,7 @@ class Config(Settings):
     stations: StationsConfig | None = None
     resource_manager: ResourceManagerConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
+    signing: SigningConfig | None = None
 
     @model_validator(mode="after")
     def _uplink_of_a_site(self) -> Config:
@@ -243,7 +266,7 @@ class Config(Settings):
 SECTIONS: dict[str, type[BaseModel]] = {
     "broker": BrokerConfig, "uplink": UplinkConfig, "cloud": CloudConfig, "local": LocalConfig,
     "stations": StationsConfig, "resource_manager": ResourceManagerConfig,
-    "metrics": MetricsConfig}
+    "metrics": MetricsConfig, "signing": SigningConfig}
 
 
 def _fold(data: dict[str, Any], keys: dict[str, tuple[str, ...]]

@@ -122,6 +122,14 @@ class Demo:
         return (sum(a.rejected for a in actors)
                 + sum(e.session.counters.rejected for e in self.endpoints()))
 
+    def signed(self) -> dict[str, int]:
+        """Envelopes signed and verified end to end, and refused by a guard (signing)."""
+        signing = self.hierarchy.signing
+        guards = [] if signing is None else signing.guards
+        return {"signed": sum(g.signed for g in guards),
+                "verified": sum(g.verified for g in guards),
+                "refused": sum(e.session.counters.refused_by_guard for e in self.endpoints())}
+
     def resyncs(self) -> int:
         return self.cloud_actor.copies.resync.stats.runs + sum(
             local.copies.resync.stats.runs for local in self.locals())
@@ -153,6 +161,7 @@ class Demo:
             "messages_by_priority": {p.name.lower(): n for p, n in by_prio.items()},
             "resyncs": self.resyncs(),
             "errors": self.errors(),
+            "signed": self.signed(),
             "cloud_copies": len(self.cloud_actor.copies.replicas),
             "sites_energy": self.energy(),
             "load": self.load(),
@@ -207,7 +216,7 @@ async def start_demo(settings: DemoSettings, say: Say) -> Demo:
     if state.exists() and not settings.keep_state:
         shutil.rmtree(state)
     state.mkdir(parents=True, exist_ok=True)
-    h = await Hierarchy.start(state, sites=settings.sites, say=say)
+    h = await Hierarchy.start(state, sites=settings.sites, say=say, signing=True)
     try:
         await h.start_cloud()
         site_time = SiteTime(settings.speed)
@@ -241,10 +250,12 @@ def write_connect(h: Hierarchy, path: Path) -> None:
     actors = {"cloud": "cloud"} | {site.name: "cloud" for site in h.sites} | {
         f"rm-site{site.number}": f"site{site.number}" for site in h.sites} | {
         s.address: f"site{site.number}" for site in h.sites for s in site.stations}
+    signing = None if h.signing is None else {
+        "key_dir": str(h.signing.store.directory), "keys": h.signing.public_keys()}
     path.touch(mode=0o600)
     path.write_text(json.dumps({"brokers": brokers, "account": "operator",
-                                "password": h.passwords["operator"], "actors": actors},
-                               indent=2))
+                                "password": h.passwords["operator"], "actors": actors,
+                                "signing": signing}, indent=2))
 
 
 async def settle(demo: Demo, timeout: float = 10.0) -> bool:

@@ -45,6 +45,7 @@ from actors.app.config import (
     UplinkConfig,
     write_config,
 )
+from actors.app.signing import Signing
 from actors.app.wiring import (
     Running,
     start_cloud,
@@ -180,6 +181,7 @@ class Hierarchy:
         self.cloud_process: asyncio.subprocess.Process | None = None
         self._operator: OperatorClient | None = None
         self._operator_links: Router | None = None
+        self.signing: Signing | None = None  # envelopes signed end to end: ``start(signing=)``
 
     @property
     def manufacturer(self) -> Ed25519PrivateKey:
@@ -194,9 +196,11 @@ class Hierarchy:
         return Ed25519PrivateKey.from_private_bytes(path.read_bytes())
 
     @classmethod
-    async def start(cls, root: Path, *, sites: int = 1, say: Say = _quiet) -> Hierarchy:
+    async def start(cls, root: Path, *, sites: int = 1, say: Say = _quiet,
+                    signing: bool = False) -> Hierarchy:
         """The cloud's broker and one broker per site (``sites`` of them), with every
-        account, in ``root``."""
+        account, in ``root``; with ``signing``, every actor started in this process signs
+        its envelopes (keys in ``root/keys``) and refuses unsigned ones."""
         numbers = range(1, sites + 1)
         cloud = ManagedProsody(root / "broker-cloud", domain=cloud_domain(), component_domains=())
         site_brokers = {k: ManagedProsody(root / f"broker-site{k}", domain=site_domain(k),
@@ -218,7 +222,11 @@ class Hierarchy:
         for k, broker in site_brokers.items():
             broker.create_accounts({n: passwords[n]
                                     for n in ("operator", f"local-site{k}", f"rm-site{k}")})
-        return cls(root, cloud, site_brokers, passwords, say=say)
+        h = cls(root, cloud, site_brokers, passwords, say=say)
+        if signing:
+            h.signing = Signing(root / "keys", require=True)
+            h.signing.know(["operator"])  # its command line runs in processes of its own
+        return h
 
     @classmethod
     async def start_site_broker(cls, root: Path, number: int, *, cloud: BrokerConfig,
@@ -279,7 +287,8 @@ class Hierarchy:
     async def start_cloud(self, clock: Clock | None = None) -> CloudCsms:
         """The cloud CSMS, in this process."""
         self.say("starting the cloud CSMS...")
-        self.cloud = await start_cloud(self.config, self.cloud_config(), clock=clock)
+        self.cloud = await start_cloud(self.config, self.cloud_config(), clock=clock,
+                                       signing=self.signing)
         return self.cloud_actor
 
     @property
@@ -339,7 +348,8 @@ class Hierarchy:
         name = f"rm-site{number}"
         running = await start_resource_manager(self.site_config(number), ResourceManagerConfig(
             address=name, password=self.passwords[name], state_dir=str(self.root / name),
-            site_csms=f"local-site{number}", fuse_limit_w=fuse_limit_w), clock=clock)
+            site_csms=f"local-site{number}", fuse_limit_w=fuse_limit_w), clock=clock,
+            signing=self.signing)
         self._site(number).rm = running
         actor = running.actors[0]
         assert isinstance(actor, ResourceManager)
@@ -362,7 +372,8 @@ class Hierarchy:
             cloud="cloud" if cloud else None, upstream_secret=self.site_secrets[name],
             resource_manager=f"rm-site{number}" if resource_manager else None,
             energy=energy or EnergySettings()),
-            site_clock=clock, uplink=self.uplink_config() if cloud else None)
+            site_clock=clock, uplink=self.uplink_config() if cloud else None,
+            signing=self.signing)
         site = self._site(number)
         site.local = local
         ids = ([f"cs-site{number}-{i}" for i in range(1, stations + 1)]
@@ -397,7 +408,7 @@ class Hierarchy:
             firmware_keys=(public_hex(self.manufacturer),),
             state_dir=str(self.root / f"stations-site{number}-{len(site.hosts)}"),
             simulator=simulator or SimulatorSettings(), seed=seed), progress=progress,
-            clock=clock, paused=paused)
+            clock=clock, paused=paused, signing=self.signing)
         site.hosts.append(host)
         return host
 
@@ -440,7 +451,8 @@ class Hierarchy:
             async def link(cfg: BrokerConfig, name: str) -> Endpoint:
                 transport = XmppTransport.client(xmpp_settings(cfg), "operator",
                                                  self.passwords["operator"], name=name)
-                return await Endpoint(transport, name=name).start()
+                guard = None if self.signing is None else self.signing.guard(["operator"])
+                return await Endpoint(transport, name=name, guard=guard).start()
 
             cloud = await link(self.config, "operator")
             routes = []

@@ -23,6 +23,7 @@ from actors.app.config import (
     UplinkConfig,
 )
 from actors.app.metrics import ActorCollector, MetricsServer, serve_metrics
+from actors.app.signing import Signing
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.resource_manager.actor import ResourceManager
@@ -112,19 +113,21 @@ def settle_heap() -> None:
 
 
 async def _link(broker: BrokerConfig, account: str, password: str, outbox: Path,
-                name: str) -> Endpoint:
+                name: str, signing: Signing | None = None) -> Endpoint:
     """One account connection to ``broker`` (opened, not yet connected), with its outbox."""
     transport = XmppTransport.client(xmpp_settings(broker), account, password, name=name)
+    guard = None if signing is None else signing.guard([account])
     return await Endpoint(transport, config=session_config(broker), outbox_path=outbox,
-                          name=name).open()
+                          name=name, guard=guard).open()
 
 
 async def _account(broker: BrokerConfig, account: CloudConfig | LocalConfig
-                   | ResourceManagerConfig) -> tuple[Router, TreeStore]:
+                   | ResourceManagerConfig, signing: Signing | None = None
+                   ) -> tuple[Router, TreeStore]:
     """An actor's own account connection and its tree store."""
     state = Path(account.state_dir)
     endpoint = await _link(broker, account.address, account.password, state / "outbox.db",
-                           account.address)
+                           account.address, signing)
     try:
         return Router(endpoint), await TreeStore(state / "trees.db", compact_every=64).open()
     except BaseException:  # failed or cancelled: an open outbox would outlive us
@@ -133,33 +136,36 @@ async def _account(broker: BrokerConfig, account: CloudConfig | LocalConfig
 
 
 async def start_cloud(broker: BrokerConfig, cfg: CloudConfig,
-                      clock: Clock | None = None) -> Running:
+                      clock: Clock | None = None, signing: Signing | None = None) -> Running:
     """A cloud CSMS on its own account; ``cfg`` is its settings."""
-    links, store = await _account(broker, cfg)
+    links, store = await _account(broker, cfg, signing)
     actor = CloudCsms(cfg.address, links, store=store, settings=cfg, clock=clock)
     return await _start_then_connect(Running(links, [actor], [store]))
 
 
 async def start_local(broker: BrokerConfig, cfg: LocalConfig,
                       site_clock: Clock | None = None,
-                      uplink: UplinkConfig | None = None) -> Running:
+                      uplink: UplinkConfig | None = None,
+                      signing: Signing | None = None) -> Running:
     """A site's local CSMS on its own account; ``cfg`` is its settings, ``site_clock`` the
     time its energy is planned in (the demo's runs faster than the wall clock). With an
     ``uplink``, everything for ``cfg.cloud`` takes a second connection, to the cloud's broker
     (its own outbox, link state and budget: an uplink outage holds nothing of the site's)."""
-    links, store = await _account(broker, cfg)
+    links, store = await _account(broker, cfg, signing)
     if uplink is not None and cfg.cloud is not None:
         up = await _link(uplink, cfg.address, uplink.password or cfg.password,
-                         Path(cfg.state_dir) / "outbox-uplink.db", f"{cfg.address}-uplink")
+                         Path(cfg.state_dir) / "outbox-uplink.db", f"{cfg.address}-uplink",
+                         signing)
         links = Router(links.default, [(cfg.cloud, up)])
     actor = LocalCsms(cfg.address, links, store=store, settings=cfg, site_clock=site_clock)
     return await _start_then_connect(Running(links, [actor], [store]))
 
 
 async def start_resource_manager(broker: BrokerConfig, cfg: ResourceManagerConfig,
-                                 clock: Clock | None = None) -> Running:
+                                 clock: Clock | None = None,
+                                 signing: Signing | None = None) -> Running:
     """A site's resource manager on its own account; ``cfg`` is its settings."""
-    links, store = await _account(broker, cfg)
+    links, store = await _account(broker, cfg, signing)
     actor = ResourceManager(cfg.address, links, store=store, settings=cfg, clock=clock)
     return await _start_then_connect(Running(links, [actor], [store]))
 
@@ -202,15 +208,17 @@ def simulator_for(cfg: StationsConfig, index: int, station: str) -> SimulatorSet
 
 async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
                          progress: Callable[[str], None] | None = None,
-                         clock: Clock | None = None, paused: bool = False) -> Running:
+                         clock: Clock | None = None, paused: bool = False,
+                         signing: Signing | None = None) -> Running:
     """Host ``cfg.ids`` on one component connection, each with its own address and tree;
     ``cfg`` is every station's settings; ``paused`` stations do not tick from the start
     (not even while the rest of the host starts)."""
     state = Path(cfg.state_dir)
     transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
                                         cfg.component_secret, name=f"host-{state.name}")
+    guard = None if signing is None else signing.guard(cfg.ids)
     endpoint = await Endpoint(transport, config=session_config(broker),
-                              name=cfg.component).start()
+                              name=cfg.component, guard=guard).start()
     running = Running(Router(endpoint), [])
     halt_when_stopping(running.halt)  # a signal during the start halts it at once
     try:

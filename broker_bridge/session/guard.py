@@ -65,6 +65,16 @@ class EnvelopeGuard(Protocol):
         (rate-limited) or must be met with silence."""
         ...
 
+    def marks(self) -> dict[str, int] | None:
+        """What the guard must find again after a restart (per sender: the newest timestamp
+        it accepted), when it changed since the last call; ``None`` when it did not. The
+        endpoint keeps it in its outbox."""
+        ...
+
+    def restore(self, marks: dict[str, int]) -> None:
+        """``marks`` as the guard gave them before a restart."""
+        ...
+
 
 class NullGuard:
     """The default guard: envelopes pass unchanged both ways, nothing is refused."""
@@ -79,6 +89,12 @@ class NullGuard:
 
     def answers(self, refusal: ModelError, envelope: Envelope) -> bool:
         return True  # never asked: it refuses nothing
+
+    def marks(self) -> dict[str, int] | None:
+        return None
+
+    def restore(self, marks: dict[str, int]) -> None:
+        pass
 
 
 NULL_GUARD = NullGuard()

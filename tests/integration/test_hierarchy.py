@@ -180,5 +180,57 @@ def test_the_demo_runs_and_charges(tmp_path: Path) -> None:
     assert summary["stations_charging"] > 0 and summary["energy_wh"] > 0
     assert summary["messages"] > 0 and summary["errors"] == 0
     assert summary["cloud_consistent"] is True
+    # every envelope signed by its sender and verified by its receiver, none refused
+    signed = summary["signed"]
+    assert signed["verified"] > summary["stations"] and signed["refused"] == 0
+    assert signed["signed"] >= signed["verified"]
     for site in summary["sites_energy"]:  # each site's resource manager limits it
         assert site["limit_kw"] is not None and site["power_kw"] <= site["limit_kw"] + 0.05
+
+
+async def test_the_operators_command_line_signs_and_a_stranger_key_is_refused(
+        tmp_path: Path) -> None:
+    """The demo signs every envelope end to end; ``csms get`` signs as the operator with the
+    key the demo made for it, and the same command with a key nobody vouched for gets no
+    answer (refused in silence: an attacker learns nothing)."""
+    import asyncio
+    import signal
+
+    state = tmp_path / "demo"
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors.app.cli", "demo", "--duration", "120", "--json",
+        "--state-dir", str(state), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    connect = state / "connect.json"
+    try:
+        await until(lambda: connect.is_file() and connect.stat().st_size > 0,
+                    "the demo's connect.json", 90)
+
+        async def get(conn: Path, *args: str) -> subprocess.CompletedProcess[str]:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "actors.app.cli", "get", "--connect", str(conn), *args,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode is not None
+            return subprocess.CompletedProcess(args, process.returncode, out.decode(),
+                                               err.decode())
+
+        ok = await get(connect, "cloud", "stations/cs-site1-1/evse/1/status")
+        assert ok.returncode == 0, ok.stderr
+        assert "stations/cs-site1-1/evse/1/status" in ok.stdout
+        assert stat_mode(connect) == 0o600
+        # the same operator account with a key of its own making: the cloud does not answer
+        raw = json.loads(connect.read_text())
+        raw["signing"]["key_dir"] = str(tmp_path / "stolen-password-own-key")
+        forged = tmp_path / "forged.json"
+        forged.write_text(json.dumps(raw))
+        refused = await get(forged, "cloud", "stations/cs-site1-1/evse/1/status")
+        assert refused.returncode == 1 and "no answer" in refused.stderr
+    finally:
+        if demo.returncode is None:
+            demo.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(demo.wait(), 30)
+    assert demo.returncode == 0  # it stopped cleanly on SIGTERM
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

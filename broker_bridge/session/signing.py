@@ -1,0 +1,220 @@
+"""Signed envelopes: an ``EnvelopeGuard`` that signs what its actors send and verifies what
+they receive, end to end, whatever brokers and relays an envelope crossed.
+
+Theory of operation
+-------------------
+*Signing.* Each local actor that has a key (Ed25519) signs every envelope it sends, its
+session's acknowledgements and error reports too, over
+``msgpack([CONTEXT, kid, envelope bytes without the signature])``: every header field
+(version, id, source, destination, priority, timestamp, kind, flags, expiry, correlation,
+stream, epoch, seq, base, encryption) and the body, under a context string of its own, so a
+signature is good for this envelope only and for nothing else the project signs. ``kid`` is
+the first 8 bytes of SHA-256 of the raw public key; the envelope's ``signature`` field holds
+``kid || signature`` (72 bytes). The session seals before it splits an envelope into chunks
+and opens after it has put them together, so a chunk is not signed alone; a retransmission
+is sealed again (its ``base`` may have moved).
+
+*Verifying.* The receiver looks the ``kid`` up in its ``KeyDirectory``, which says whose key it
+is: an envelope is refused (``BAD_SIGNATURE``) when its key is unknown, when the key belongs
+to another actor than the ``source`` the envelope claims, when the signature does not verify,
+and when it carries no signature although its source is known to sign (no downgrade). With
+``require_signatures``, unsigned envelopes of unknown senders are refused as well.
+
+*Replay.* Reliable envelopes are protected by their stream position (a replayed one is a
+duplicate the session acknowledges again and never delivers twice). An unreliable envelope
+must be fresh: its timestamp no more than ``max_age_us`` old nor ``max_skew_us`` ahead
+(``STALE``), and its (sender, id) not seen within ``max_age_us`` (``REPLAYED``). The window of
+ids is lost with the process, so the guard also keeps, per sender, the newest timestamp it
+accepted (``marks``, which the endpoint persists in its outbox): after a restart, an
+unreliable envelope stamped at or before its sender's mark is refused as ``REPLAYED`` (it, or
+something newer, was taken before the restart). The endpoint commits the marks at most once a
+second: a crash forgets at most the last second's.
+
+*Answers.* A refused envelope's source is unproven, so a refusal is answered only for
+``STALE`` (a genuine sender with a skewed clock learns why); ``BAD_SIGNATURE`` and
+``REPLAYED`` are met with silence (an answer would tell an attacker which keys are known).
+
+The guard is sans-IO like the session: keys and the directory are given, time is ``now``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Protocol
+
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from broker_bridge.codec import encode_envelope
+from broker_bridge.envelope import Envelope
+from object_model.errors import (
+    BadSignatureError,
+    ErrorCode,
+    LimitExceededError,
+    ModelError,
+    ReplayedError,
+    StaleError,
+)
+
+CONTEXT = b"csms63110/env-sig/1"
+KID_BYTES = 8
+SIGNATURE_BYTES = KID_BYTES + 64
+SECOND_US = 1_000_000
+
+
+def key_id(key: Ed25519PublicKey) -> bytes:
+    """The id a signature names its key by."""
+    return hashlib.sha256(key.public_bytes_raw()).digest()[:KID_BYTES]
+
+
+class KeyDirectory(Protocol):
+    """Whose keys are whose: what a receiver knows about the senders it hears."""
+
+    def owner(self, kid: bytes) -> tuple[str, Ed25519PublicKey] | None:
+        """The actor a key belongs to, and the key; ``None`` for a key nobody vouched for."""
+        ...
+
+    def signs(self, address: str) -> bool:
+        """Whether ``address`` signs what it sends (so it is never accepted unsigned)."""
+        ...
+
+
+class StaticKeys:
+    """A ``KeyDirectory`` of public keys given by address (from configuration, or learnt at
+    enrollment)."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+        self._by_kid: dict[bytes, tuple[str, Ed25519PublicKey]] = {}
+        self._signers: set[str] = set()
+        for address, key in (keys or {}).items():
+            self.add(address, key)
+
+    def add(self, address: str, key: Ed25519PublicKey) -> None:
+        self._by_kid[key_id(key)] = (address, key)
+        self._signers.add(address)
+
+    def owner(self, kid: bytes) -> tuple[str, Ed25519PublicKey] | None:
+        return self._by_kid.get(kid)
+
+    def signs(self, address: str) -> bool:
+        return address in self._signers
+
+    def public_hex(self) -> dict[str, str]:
+        """Every key, by address: raw public keys in hex."""
+        return {address: key.public_bytes_raw().hex() for address, key in self._by_kid.values()}
+
+
+def _signed_bytes(kid: bytes, env: Envelope) -> bytes:
+    return msgpack.packb([CONTEXT, kid, encode_envelope(env._replace(signature=None))],
+                         use_bin_type=True)
+
+
+class SigningGuard:
+    """See the module docstring. ``keys``: the private key of each local actor that signs."""
+
+    authenticates = True
+    _SILENT = frozenset({ErrorCode.BAD_SIGNATURE, ErrorCode.REPLAYED,
+                         ErrorCode.LIMIT_EXCEEDED})
+
+    def __init__(self, keys: Mapping[str, Ed25519PrivateKey], directory: KeyDirectory, *,
+                 require_signatures: bool = False,
+                 max_age_us: int = 120 * SECOND_US, max_skew_us: int = 30 * SECOND_US,
+                 max_seen_per_sender: int = 100_000) -> None:
+        self._keys = {address: (key, key_id(key.public_key())) for address, key in keys.items()}
+        self.directory = directory
+        self.require_signatures = require_signatures
+        self.max_age_us, self.max_skew_us = max_age_us, max_skew_us
+        self.max_seen_per_sender = max_seen_per_sender
+        self._seen: dict[str, OrderedDict[bytes, int]] = {}  # sender -> id -> timestamp
+        self._marks: dict[str, int] = {}  # sender -> newest timestamp accepted
+        self._restored: dict[str, int] = {}  # the marks of before the last restart
+        self._marks_changed = False
+        self.signed = self.verified = 0
+
+    # -- the guard ---------------------------------------------------------------------------
+
+    def seal(self, envelope: Envelope, now: int) -> Envelope:
+        own = self._keys.get(envelope.source)
+        if own is None:
+            return envelope
+        key, kid = own
+        self.signed += 1
+        signature = kid + key.sign(_signed_bytes(kid, envelope.with_changes(signature=None)))
+        return envelope.with_changes(signature=signature)
+
+    def open(self, envelope: Envelope, now: int) -> Envelope:
+        signature = envelope.signature
+        if signature is None:
+            if self.require_signatures or self.directory.signs(envelope.source):
+                raise BadSignatureError(f"an unsigned envelope claiming {envelope.source!r}, "
+                                        "who signs: refused")
+            return envelope
+        if len(signature) != SIGNATURE_BYTES:
+            raise BadSignatureError("a signature is a key id and an Ed25519 signature")
+        kid = signature[:KID_BYTES]
+        known = self.directory.owner(kid)
+        if known is None:
+            raise BadSignatureError(f"signed by key {kid.hex()}, which nobody vouched for")
+        owner, key = known
+        if owner != envelope.source:
+            raise BadSignatureError(f"signed with {owner!r}'s key, claiming {envelope.source!r}")
+        try:
+            key.verify(signature[KID_BYTES:], _signed_bytes(kid, envelope))
+        except InvalidSignature:
+            raise BadSignatureError(f"the signature of {envelope.source!r} does not verify: "
+                                    "the envelope was altered") from None
+        if not envelope.reliable:
+            self._fresh(envelope, now)
+        self.verified += 1
+        return envelope
+
+    def answers(self, refusal: ModelError, envelope: Envelope) -> bool:
+        return refusal.code not in self._SILENT
+
+    def marks(self) -> dict[str, int] | None:
+        if not self._marks_changed:
+            return None
+        self._marks_changed = False
+        return dict(self._marks)
+
+    def restore(self, marks: dict[str, int]) -> None:
+        self._restored = dict(marks)
+        for sender, stamp in marks.items():
+            self._marks[sender] = max(stamp, self._marks.get(sender, 0))
+
+    # -- replay --------------------------------------------------------------------------------
+
+    def _fresh(self, envelope: Envelope, now: int) -> None:
+        stamp = envelope.timestamp_us
+        if stamp > now + self.max_skew_us:
+            raise StaleError(f"timestamped {(stamp - now) / 1e6:.1f} s in the future: check "
+                             "the sender's clock", details={"timestamp_us": stamp})
+        if stamp < now - self.max_age_us:
+            raise StaleError(f"timestamped {(now - stamp) / 1e6:.1f} s ago, more than "
+                             f"{self.max_age_us / 1e6:g} s", details={"timestamp_us": stamp})
+        if stamp <= self._restored.get(envelope.source, -1):
+            raise ReplayedError(f"envelope {envelope.id.hex()[:12]} from {envelope.source!r} "
+                                "is no newer than what was taken before a restart")
+        seen = self._seen.get(envelope.source)
+        if seen is None:
+            seen = self._seen[envelope.source] = OrderedDict()
+        horizon = now - self.max_age_us
+        while seen and next(iter(seen.values())) < horizon:
+            seen.popitem(last=False)  # too old to be accepted again anyway
+        if envelope.id in seen:
+            raise ReplayedError(f"envelope {envelope.id.hex()[:12]} from "
+                                f"{envelope.source!r} was seen before")
+        if len(seen) >= self.max_seen_per_sender:
+            raise LimitExceededError(f"{envelope.source!r} sent more than "
+                                     f"{self.max_seen_per_sender} envelopes within "
+                                     f"{self.max_age_us / 1e6:g} s")
+        seen[envelope.id] = max(stamp, next(reversed(seen.values()), stamp))
+        if stamp > self._marks.get(envelope.source, -1):
+            self._marks[envelope.source] = stamp
+            self._marks_changed = True
+
+
+__all__ = ["CONTEXT", "KeyDirectory", "SigningGuard", "StaticKeys", "key_id"]

@@ -1,0 +1,17 @@
+"""bench.security's short version: the figures exist, are plausible, and signing costs
+throughput (the ratio is below 1) without stopping it."""
+
+from __future__ import annotations
+
+import json
+
+from bench import security
+
+
+def test_the_quick_run_measures_signing_and_its_cost(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert security.main(["--json", "--quick"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert 1 < figures["sign_us"] < 5_000 and 1 < figures["verify_us"] < 5_000
+    assert figures["verified_envelopes_per_s_per_core"] > 100
+    assert figures["session_envelopes_per_s_signed"] > 100
+    assert 0 < figures["transport_throughput_signed_over_unsigned"] < 1
