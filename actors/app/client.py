@@ -136,7 +136,8 @@ async def with_client(conn: Connection, actor: str,
     if conn.signing is not None:  # the system signs: so does the operator, with its key
         from actors.app.signing import Signing
 
-        guard = Signing(conn.signing["key_dir"], conn.signing.get("keys", {})).guard(
+        guard = Signing(conn.signing["key_dir"], conn.signing.get("keys", {}),
+                        encryption_keys=conn.signing.get("encryption_keys", {})).guard(
             [conn.account])
     endpoint = Endpoint(transport, name=conn.account, guard=guard)
     try:

@@ -223,18 +223,27 @@ class MetricsConfig(Settings):
         return port
 
 
+ENCRYPTED_KINDS = ("PropertyValueWrite", "Batch", "PropertyValueReadResponse",
+                   "JoinNetworkRequest", "JoinNetworkResponse", "FirmwareUpdate")
+"""What carries credentials, tariffs and secrets: encrypted by default when signing is on."""
+
+
 class SigningConfig(Settings):
     """``[signing]``: envelopes signed end to end (``broker_bridge.session.signing``). Each
     actor of the process signs with its own key, kept in ``key_dir`` (made on first start);
     ``keys`` is the directory of the others: actor address -> Ed25519 public key (64 hex
     digits; until enrollment hands out certificates, the operator lists them). An actor in
-    ``keys`` is never accepted unsigned; with ``require``, nobody is."""
+    ``keys`` is never accepted unsigned; with ``require``, nobody is. The message kinds in
+    ``encrypt`` are sealed to their receiver's X25519 key (``encryption_keys``, likewise)
+    when it has one; with ``require``, those kinds are refused in clear."""
 
     key_dir: str = "state/keys"
     keys: dict[str, str] = {}
+    encryption_keys: dict[str, str] = {}
+    encrypt: tuple[str, ...] = ENCRYPTED_KINDS
     require: bool = False
 
-    @field_validator("keys")
+    @field_validator("keys", "encryption_keys")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:
         addresses(value)

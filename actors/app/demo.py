@@ -123,11 +123,14 @@ class Demo:
                 + sum(e.session.counters.rejected for e in self.endpoints()))
 
     def signed(self) -> dict[str, int]:
-        """Envelopes signed and verified end to end, and refused by a guard (signing)."""
+        """Envelopes signed and verified end to end, bodies encrypted and decrypted, and
+        envelopes refused by a guard."""
         signing = self.hierarchy.signing
         guards = [] if signing is None else signing.guards
         return {"signed": sum(g.signed for g in guards),
                 "verified": sum(g.verified for g in guards),
+                "encrypted": sum(g.encrypted for g in guards),
+                "decrypted": sum(g.decrypted for g in guards),
                 "refused": sum(e.session.counters.refused_by_guard for e in self.endpoints())}
 
     def resyncs(self) -> int:
@@ -251,7 +254,8 @@ def write_connect(h: Hierarchy, path: Path) -> None:
         f"rm-site{site.number}": f"site{site.number}" for site in h.sites} | {
         s.address: f"site{site.number}" for site in h.sites for s in site.stations}
     signing = None if h.signing is None else {
-        "key_dir": str(h.signing.store.directory), "keys": h.signing.public_keys()}
+        "key_dir": str(h.signing.store.directory), "keys": h.signing.public_keys(),
+        "encryption_keys": h.signing.encryption_keys()}
     path.touch(mode=0o600)
     path.write_text(json.dumps({"brokers": brokers, "account": "operator",
                                 "password": h.passwords["operator"], "actors": actors,

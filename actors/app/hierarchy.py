@@ -225,7 +225,10 @@ class Hierarchy:
         h = cls(root, cloud, site_brokers, passwords, say=say)
         if signing:
             h.signing = Signing(root / "keys", require=True)
-            h.signing.know(["operator"])  # its command line runs in processes of its own
+            # every account's keys known before anyone sends (a resource manager starts before
+            # its local CSMS, and seals its first write to it); the operator's command line
+            # runs in processes of its own
+            h.signing.know(names)
         return h
 
     @classmethod

@@ -47,11 +47,14 @@ from typing import Protocol
 import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from broker_bridge.codec import encode_envelope
-from broker_bridge.envelope import Envelope
+from broker_bridge.envelope import Envelope, is_group
+from broker_bridge.session.encryption import decrypt_body, encrypt_body
 from object_model.errors import (
     BadSignatureError,
+    DecryptionFailedError,
     ErrorCode,
     LimitExceededError,
     ModelError,
@@ -81,20 +84,37 @@ class KeyDirectory(Protocol):
         """Whether ``address`` signs what it sends (so it is never accepted unsigned)."""
         ...
 
+    def recipient(self, address: str) -> X25519PublicKey | None:
+        """The key bodies for ``address`` are sealed to, if it has one."""
+        ...
+
 
 class StaticKeys:
     """A ``KeyDirectory`` of public keys given by address (from configuration, or learnt at
     enrollment)."""
 
-    def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None,
+                 recipients: Mapping[str, X25519PublicKey] | None = None) -> None:
         self._by_kid: dict[bytes, tuple[str, Ed25519PublicKey]] = {}
         self._signers: set[str] = set()
+        self._recipients: dict[str, X25519PublicKey] = dict(recipients or {})
         for address, key in (keys or {}).items():
             self.add(address, key)
 
-    def add(self, address: str, key: Ed25519PublicKey) -> None:
+    def add(self, address: str, key: Ed25519PublicKey,
+            recipient: X25519PublicKey | None = None) -> None:
         self._by_kid[key_id(key)] = (address, key)
         self._signers.add(address)
+        if recipient is not None:
+            self._recipients[address] = recipient
+
+    def recipient(self, address: str) -> X25519PublicKey | None:
+        return self._recipients.get(address)
+
+    def recipients_hex(self) -> dict[str, str]:
+        """Every encryption key, by address: raw public keys in hex."""
+        return {address: key.public_bytes_raw().hex()
+                for address, key in self._recipients.items()}
 
     def owner(self, kid: bytes) -> tuple[str, Ed25519PublicKey] | None:
         return self._by_kid.get(kid)
@@ -117,14 +137,20 @@ class SigningGuard:
 
     authenticates = True
     _SILENT = frozenset({ErrorCode.BAD_SIGNATURE, ErrorCode.REPLAYED,
-                         ErrorCode.LIMIT_EXCEEDED})
+                         ErrorCode.LIMIT_EXCEEDED, ErrorCode.DECRYPTION_FAILED})
 
     def __init__(self, keys: Mapping[str, Ed25519PrivateKey], directory: KeyDirectory, *,
+                 decryption_keys: Mapping[str, X25519PrivateKey] | None = None,
+                 encrypt_kinds: frozenset[str] = frozenset(),
+                 require_encryption: bool = False,
                  require_signatures: bool = False,
                  max_age_us: int = 120 * SECOND_US, max_skew_us: int = 30 * SECOND_US,
                  max_seen_per_sender: int = 100_000) -> None:
         self._keys = {address: (key, key_id(key.public_key())) for address, key in keys.items()}
         self.directory = directory
+        self._decryption_keys = dict(decryption_keys or {})
+        self.encrypt_kinds = encrypt_kinds
+        self.require_encryption = require_encryption
         self.require_signatures = require_signatures
         self.max_age_us, self.max_skew_us = max_age_us, max_skew_us
         self.max_seen_per_sender = max_seen_per_sender
@@ -132,7 +158,7 @@ class SigningGuard:
         self._marks: dict[str, int] = {}  # sender -> newest timestamp accepted
         self._restored: dict[str, int] = {}  # the marks of before the last restart
         self._marks_changed = False
-        self.signed = self.verified = 0
+        self.signed = self.verified = self.encrypted = self.decrypted = 0
 
     # -- the guard ---------------------------------------------------------------------------
 
@@ -140,6 +166,11 @@ class SigningGuard:
         own = self._keys.get(envelope.source)
         if own is None:
             return envelope
+        if envelope.kind in self.encrypt_kinds and not is_group(envelope.destination):
+            recipient = self.directory.recipient(envelope.destination)
+            if recipient is not None:
+                envelope = encrypt_body(envelope.with_changes(encryption=None), recipient)
+                self.encrypted += 1
         key, kid = own
         self.signed += 1
         signature = kid + key.sign(_signed_bytes(kid, envelope.with_changes(signature=None)))
@@ -151,7 +182,7 @@ class SigningGuard:
             if self.require_signatures or self.directory.signs(envelope.source):
                 raise BadSignatureError(f"an unsigned envelope claiming {envelope.source!r}, "
                                         "who signs: refused")
-            return envelope
+            return self._opened(envelope)
         if len(signature) != SIGNATURE_BYTES:
             raise BadSignatureError("a signature is a key id and an Ed25519 signature")
         kid = signature[:KID_BYTES]
@@ -169,6 +200,17 @@ class SigningGuard:
         if not envelope.reliable:
             self._fresh(envelope, now)
         self.verified += 1
+        return self._opened(envelope)
+
+    def _opened(self, envelope: Envelope) -> Envelope:
+        """The envelope with its body decrypted (it was signed: its sender is proven)."""
+        if envelope.encryption is not None:
+            envelope = decrypt_body(envelope, self._decryption_keys.get(envelope.destination))
+            self.decrypted += 1
+        elif (self.require_encryption and envelope.kind in self.encrypt_kinds
+              and envelope.destination in self._decryption_keys):
+            raise DecryptionFailedError(f"a {envelope.kind} for {envelope.destination!r} "
+                                        "arrived in clear: refused (it must be encrypted)")
         return envelope
 
     def answers(self, refusal: ModelError, envelope: Envelope) -> bool:

@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from broker_bridge.codec import decode_envelope, decode_frame, encode_envelope, encode_frame
+from broker_bridge.codec import (
+    decode_envelope,
+    decode_frame,
+    encode_body,
+    encode_envelope,
+    encode_frame,
+)
 from broker_bridge.envelope import Envelope, Priority
 from broker_bridge.session import MS, SECOND, EnvelopeReceived, InputRejected, SessionConfig
 from broker_bridge.session.core import Session
 from broker_bridge.session.signing import SIGNATURE_BYTES, SigningGuard, StaticKeys
+from keypath import KeyPath
 from object_model import ErrorCode
+from object_model.messages import PropertyValueWrite, WriteItem
 from tests.broker_bridge.test_session import Link, body, payload_of
 
 START = 1_700_000_000 * SECOND
@@ -216,3 +225,73 @@ async def test_the_marks_survive_a_restart_in_the_outbox(tmp_path) -> None:  # t
     assert [payload_of(e) for e in inbox.envelopes] == [6]
     await again.stop()
     await sender.stop()
+
+
+# -- encrypted bodies (issue 14, item 5) -------------------------------------------------------
+
+RECIPIENTS = {name: X25519PrivateKey.from_private_bytes(bytes([n + 16]) * 32)
+              for n, name in enumerate(("a", "b", "mallory"), 1)}
+SEALING = StaticKeys({name: key.public_key() for name, key in KEYS.items()},
+                     {name: key.public_key() for name, key in RECIPIENTS.items()})
+WRITE = PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse("network/profiles/1/password"),
+                                             value="hunter2")])
+
+
+def sealing_guard(name: str, **options: object) -> SigningGuard:
+    return SigningGuard({name: KEYS[name]}, SEALING,
+                        decryption_keys={name: RECIPIENTS[name]},
+                        encrypt_kinds=frozenset({"PropertyValueWrite"}),
+                        **options)  # type: ignore[arg-type]
+
+
+def write_envelope(n: int = 1, *, destination: str = "b") -> Envelope:
+    return Envelope(id=n.to_bytes(16, "big"), source="a", destination=destination,
+                    kind="PropertyValueWrite", body=encode_body(WRITE), reliable=False,
+                    priority=Priority.CONTROL, timestamp_us=START)
+
+
+def test_chosen_kinds_cross_encrypted_and_only_their_receiver_reads_them() -> None:
+    sender, receiver = sealing_guard("a"), sealing_guard("b", require_encryption=True)
+    sealed = sender.seal(write_envelope(), START)
+    wire = encode_envelope(sealed)
+    assert b"hunter2" not in wire and sealed.encryption is not None
+    assert len(sealed.body) == len(encode_body(WRITE)) + 48
+    opened = receiver.open(decode_envelope(wire), START)
+    assert opened.body == encode_body(WRITE) and opened.encryption is None
+    assert (sender.encrypted, receiver.decrypted) == (1, 1)
+    # an update (not a chosen kind) goes in clear, still signed
+    plain = sender.seal(envelope(2), START)
+    assert plain.encryption is None and receiver.open(plain, START).body == body(2)
+
+
+def test_a_sealed_body_opens_nowhere_else_and_clear_text_is_refused_where_required() -> None:
+    from object_model.errors import ModelError
+
+    sender = sealing_guard("a")
+    # a receiver that knows no signer, so what decryption alone proves shows
+    lenient_b = SigningGuard({}, StaticKeys(), decryption_keys={"b": RECIPIENTS["b"]})
+    unsigned = sender.seal(write_envelope(), START).with_changes(signature=None)
+    cases = {
+        # lifted into another envelope: HPKE's info binds it to its id
+        "moved": unsigned.with_changes(id=bytes([7]) * 16),
+        "altered": unsigned.with_changes(body=unsigned.body[:-1] + bytes([unsigned.body[-1] ^ 1])),
+        "sealed to someone else": SigningGuard({"a": KEYS["a"]}, SEALING,
+                                               encrypt_kinds=frozenset({"PropertyValueWrite"}))
+        .seal(write_envelope(destination="mallory"), START)
+        .with_changes(destination="b", signature=None),
+    }
+    for case, env in cases.items():
+        with pytest.raises(ModelError) as info:
+            lenient_b.open(env, START)
+        assert info.value.code is ErrorCode.DECRYPTION_FAILED, case
+    strict = sealing_guard("b", require_encryption=True)
+    clear = SigningGuard({"a": KEYS["a"]}, SEALING).seal(write_envelope(), START)
+    with pytest.raises(ModelError) as info:
+        strict.open(clear, START)
+    assert info.value.code is ErrorCode.DECRYPTION_FAILED
+    assert strict.answers(info.value, clear) is False  # in silence
+
+
+def test_broadcasts_are_not_encrypted() -> None:
+    sealed = sealing_guard("a").seal(write_envelope(destination="group:site1"), START)
+    assert sealed.encryption is None and sealed.signature is not None

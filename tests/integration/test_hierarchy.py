@@ -184,6 +184,9 @@ def test_the_demo_runs_and_charges(tmp_path: Path) -> None:
     signed = summary["signed"]
     assert signed["verified"] > summary["stations"] and signed["refused"] == 0
     assert signed["signed"] >= signed["verified"]
+    # the joins (and writes) crossed encrypted to their receivers
+    assert signed["decrypted"] >= 2 * summary["stations"]
+    assert signed["encrypted"] >= signed["decrypted"]
     for site in summary["sites_energy"]:  # each site's resource manager limits it
         assert site["limit_kw"] is not None and site["power_kw"] <= site["limit_kw"] + 0.05
 
@@ -205,25 +208,30 @@ async def test_the_operators_command_line_signs_and_a_stranger_key_is_refused(
         await until(lambda: connect.is_file() and connect.stat().st_size > 0,
                     "the demo's connect.json", 90)
 
-        async def get(conn: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        async def cli(command: str, conn: Path, *args: str) -> subprocess.CompletedProcess[str]:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "actors.app.cli", "get", "--connect", str(conn), *args,
+                sys.executable, "-m", "actors.app.cli", command, "--connect", str(conn), *args,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await asyncio.wait_for(process.communicate(), 60)
             assert process.returncode is not None
             return subprocess.CompletedProcess(args, process.returncode, out.decode(),
                                                err.decode())
 
-        ok = await get(connect, "cloud", "stations/cs-site1-1/evse/1/status")
+        ok = await cli("get", connect, "cloud", "stations/cs-site1-1/evse/1/status")
         assert ok.returncode == 0, ok.stderr
         assert "stations/cs-site1-1/evse/1/status" in ok.stdout
+        # a write crosses encrypted (a chosen kind), and its answer comes back
+        written = await cli("set", connect, "cs-site1-2", "identity/display_name", "Bay 2")
+        assert written.returncode == 0, written.stderr
+        read = await cli("get", connect, "cs-site1-2", "identity/display_name")
+        assert '"Bay 2"' in read.stdout, read
         assert stat_mode(connect) == 0o600
         # the same operator account with a key of its own making: the cloud does not answer
         raw = json.loads(connect.read_text())
         raw["signing"]["key_dir"] = str(tmp_path / "stolen-password-own-key")
         forged = tmp_path / "forged.json"
         forged.write_text(json.dumps(raw))
-        refused = await get(forged, "cloud", "stations/cs-site1-1/evse/1/status")
+        refused = await cli("get", forged, "cloud", "stations/cs-site1-1/evse/1/status")
         assert refused.returncode == 1 and "no answer" in refused.stderr
     finally:
         if demo.returncode is None:
