@@ -334,6 +334,8 @@ class StationTasks:
                           f"role {role.value} may not update this station's firmware",
                           role=role.value)
         running = [t for t, e in self.book.unfinished(FIRMWARE) if t != message.task]
+        if message.task in self._jobs:  # its download runs: a second image may not replace it
+            running.insert(0, message.task)
         if running:
             raise _refuse(ErrorCode.BUSY, f"firmware update {running[0]} is still going: "
                           "cancel it or wait", task=running[0])
@@ -391,6 +393,11 @@ class StationTasks:
 
             await fetch_blob(self.actor, blobs, ref, spec["source"], window=self.limits.blob_window,
                              on_progress=progress)
+            installed = self._installed_counter()
+            if spec.get("counter", 0) < installed:  # another image went in meanwhile
+                raise _refuse(ErrorCode.STALE, f"image {spec['version']} (counter "
+                              f"{spec.get('counter', 0)}) is older than what was installed "
+                              f"meanwhile (counter {installed}): no rollback")
             self._firmware_status(FirmwareStatus.INSTALLING)
             self.book.update(task_id, progress=95, detail=f"verified; installing "
                              f"{spec['version']}")

@@ -59,6 +59,7 @@ class SessionConfig:
     reassembly_max_bytes_per_peer: int = 32 * 1024 * 1024
     reassembly_max_bytes: int = 128 * 1024 * 1024  # every peer's partial messages together
     reassembly_max_messages: int = 4096  # partial messages held, from every peer together
+    reassembly_max_messages_per_peer: int = 64  # from one sender (a room counts as one)
     max_message_bytes: int = 16 * 1024 * 1024
     dedupe_window: int = 100_000
     error_reports_per_s: float = 20.0

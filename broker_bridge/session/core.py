@@ -77,6 +77,7 @@ from broker_bridge.session.traffic import TrafficCounters
 from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
 from object_model.errors import (
     AccessDeniedError,
+    ExpiredError,
     LimitExceededError,
     MalformedMessageError,
     ModelError,
@@ -412,7 +413,10 @@ class Session:
             try:
                 whole = self._reassembler.add(env, now)
             except ModelError as exc:
-                self._reject(exc, env.source, env.id, dest, env.kind, now)
+                # a broadcast's claimed source is nobody's word: never answer it (each member
+                # of the room would, at whoever it names)
+                self._reject(exc, env.source, env.id, dest, env.kind, now,
+                             answer=not is_group(dest))
                 return
             if whole is None:
                 return
@@ -425,7 +429,15 @@ class Session:
         except Exception as exc:  # a guard's bug: refuse this envelope, not the whole frame
             self._refused(from_exception(exc), env, now, answer=False)
             return
-        if env.kind == "Ack":
+        if env.expired(now):  # a replay of something long gone, or too late to matter
+            self._reject(ExpiredError("the envelope expired before it arrived"), None, env.id,
+                         dest, env.kind, now, answer=False)
+            return
+        if env.kind in ("Ack", "ErrorReport") and is_group(dest):
+            # nobody vouches for a broadcast's source: it settles nothing
+            if env.kind == "Ack":
+                return
+        elif env.kind == "Ack":
             self.traffic.received["Ack", env.priority] += 1
             self._receive_ack(env, now)
             return
@@ -433,10 +445,14 @@ class Session:
             self.traffic.received["Pause", env.priority] += 1
             self._receive_pause(env, now)
             return
-        if env.kind == "ErrorReport" and env.correlation in self._pending:
+        if (env.kind == "ErrorReport" and env.correlation in self._pending
+                and not is_group(dest)):
             # a final answer (stop retransmitting), if it comes from where the envelope went
             self._acknowledged([env.correlation], env.source, now)
         if env.reliable and env.stream is not None:
+            if self._dedupe.seen(env.source, env.id):  # delivered before, in any epoch
+                self._duplicate(env, now)
+                return
             try:
                 deliverable, verdict = self._in_streams.accept(env, now, self._events)
             except LimitExceededError as exc:
@@ -632,7 +648,8 @@ class Session:
             exc = ReassemblyTimeoutError(
                 f"message {first.id.hex()} was not complete after "
                 f"{self.config.reassembly_timeout_us / 1e6:g} s")
-            self._reject(exc, first.source, first.id, first.destination, first.kind, now)
+            self._reject(exc, first.source, first.id, first.destination, first.kind, now,
+                         answer=not is_group(first.destination))
         for env in self._in_streams.expire(now, self._events):
             self._deliver(env, now)
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from broker_bridge.envelope import Envelope
+from broker_bridge.envelope import Envelope, is_group
 from broker_bridge.session.config import SessionConfig
 from broker_bridge.session.events import GapDetected, SessionEvent, StreamReset
 from object_model.errors import (
@@ -112,19 +112,29 @@ class _Partial:
     count: int
     total: int
     started: int
+    peer: str  # whose budget it is charged to (``_budget``)
     pieces: dict[int, bytes] = field(default_factory=dict)
     size: int = 0
 
 
+def _budget(env: Envelope) -> str:
+    """Whose reassembly budget a chunk is charged to: its sender's for a direct message, the
+    room's for a broadcast (whose claimed source nobody vouches for: a room member must not
+    spend another actor's budget)."""
+    return env.destination if is_group(env.destination) else env.source
+
+
 class Reassembler:
-    """Collects chunks per (sender, id) within a timeout and memory bounds: per sender, and
-    for every sender together (bytes and messages), so that many senders, or one claiming
-    many sources, cannot add up to unbounded memory."""
+    """Collects chunks per (destination, sender, id) within a timeout and memory bounds: per
+    sender (bytes and messages; a room is one sender), and for every sender together, so that
+    many senders, or one claiming many sources, cannot add up to unbounded memory, and one
+    cannot take every slot."""
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
-        self._partials: dict[tuple[str, bytes], _Partial] = {}
+        self._partials: dict[tuple[str, str, bytes], _Partial] = {}
         self._bytes_by_peer: dict[str, int] = {}
+        self._count_by_peer: dict[str, int] = {}
         self._bytes = 0
 
     def add(self, env: Envelope, now: int) -> Envelope | None:
@@ -132,18 +142,23 @@ class Reassembler:
         ``ModelError`` (its ErrorCode says why) when the message must be refused."""
         chunk = env.chunk
         assert chunk is not None
-        key = (env.source, env.id)
+        key = (env.destination, env.source, env.id)
         partial = self._partials.get(key)
         if partial is None:
             if chunk.total_size > self.config.max_message_bytes:
                 raise _refuse(MessageTooLargeError.code,
                               f"message of {chunk.total_size} bytes exceeds the limit of "
                               f"{self.config.max_message_bytes}", env)
-            used = self._bytes_by_peer.get(env.source, 0)
+            peer = _budget(env)
+            used = self._bytes_by_peer.get(peer, 0)
             if used + chunk.total_size > self.config.reassembly_max_bytes_per_peer:
                 raise _refuse(ErrorCode.REASSEMBLY_OVERFLOW,
-                              f"reassembly buffer for {env.source} would exceed "
+                              f"reassembly buffer for {peer} would exceed "
                               f"{self.config.reassembly_max_bytes_per_peer} bytes", env)
+            if self._count_by_peer.get(peer, 0) >= self.config.reassembly_max_messages_per_peer:
+                raise _refuse(ErrorCode.REASSEMBLY_OVERFLOW,
+                              f"{peer} has {self.config.reassembly_max_messages_per_peer} "
+                              "messages being put together here already", env)
             if (self._bytes + chunk.total_size > self.config.reassembly_max_bytes
                     or len(self._partials) >= self.config.reassembly_max_messages):
                 raise _refuse(ErrorCode.REASSEMBLY_OVERFLOW,
@@ -151,8 +166,10 @@ class Reassembler:
                               "later", env)
             if chunk.count > chunk.total_size + 1:
                 raise _refuse(ErrorCode.MALFORMED_MESSAGE, "more chunks than bytes", env)
-            partial = self._partials[key] = _Partial(env, chunk.count, chunk.total_size, now)
-            self._bytes_by_peer[env.source] = used + chunk.total_size
+            partial = self._partials[key] = _Partial(env, chunk.count, chunk.total_size, now,
+                                                     peer)
+            self._bytes_by_peer[peer] = used + chunk.total_size
+            self._count_by_peer[peer] = self._count_by_peer.get(peer, 0) + 1
             self._bytes += chunk.total_size
         if chunk.count != partial.count or chunk.total_size != partial.total:
             self._drop(key)
@@ -172,15 +189,21 @@ class Reassembler:
             raise _refuse(ErrorCode.MALFORMED_MESSAGE, "reassembled size is wrong", env)
         return partial.first.with_changes(body=body, chunk=None)
 
-    def _drop(self, key: tuple[str, bytes]) -> None:
+    def _drop(self, key: tuple[str, str, bytes]) -> None:
         partial = self._partials.pop(key, None)
         if partial is not None:
             self._bytes -= partial.total
-            left = self._bytes_by_peer.get(key[0], 0) - partial.total
+            peer = partial.peer
+            left = self._bytes_by_peer.get(peer, 0) - partial.total
             if left > 0:
-                self._bytes_by_peer[key[0]] = left
+                self._bytes_by_peer[peer] = left
             else:
-                self._bytes_by_peer.pop(key[0], None)
+                self._bytes_by_peer.pop(peer, None)
+            count = self._count_by_peer.get(peer, 0) - 1
+            if count > 0:
+                self._count_by_peer[peer] = count
+            else:
+                self._count_by_peer.pop(peer, None)
 
     def expire(self, now: int) -> list[Envelope]:
         """Drop partial messages older than the timeout; returns their first chunks."""

@@ -1161,3 +1161,90 @@ def test_memory_has_a_bound_for_every_sender_together() -> None:
     assert delivered[0] == 101 and len(delivered) == 1 + 3_000 // len(body(0, 500))
     assert b._in_streams._waiting_bytes == 0
     assert b.counters.error_reports_sent == sent  # the global bound answers nobody
+
+
+# -- found by attacking the signing guard's session (this stop) -------------------------------
+
+
+def _chunk(source: str, destination: str, n: int, *, message_id: bytes, total: int,
+           count: int = 2, index: int = 0) -> bytes:
+    from broker_bridge.envelope import ChunkInfo
+
+    env = Envelope(id=message_id, source=source, destination=destination,
+                   kind="PropertyValueUpdate", body=b"x", timestamp_us=1,
+                   chunk=ChunkInfo(index, count, total))
+    return encode_frame([encode_envelope(env)])
+
+
+def test_room_chunks_spend_the_rooms_budget_and_are_never_answered() -> None:
+    """A room member claiming "a" filled a's reassembly budget at b (a's genuine large
+    message was then refused, and the refusal settled it: lost), and each chunk error of a
+    broadcast was answered by every member at whoever it named."""
+    link = Link(config_b=SessionConfig(seed=2, reassembly_max_bytes_per_peer=100_000))
+    link.b.join_group("group:site1")
+    for n in range(3):  # three huge partials claiming a, through the room
+        link.b.receive_frame(_chunk("a", "group:site1", n, message_id=bytes([n]) * 16,
+                                    total=60_000), 0, Origin("mallory", broadcast=True))
+    link.collect()
+    assert link.b.counters.error_reports_sent == 0  # the third overflowed: unanswered
+    link.send(7, size=80_000)  # a's genuine large message, in chunks, direct
+    link.run(link.now + 5 * SECOND)
+    assert link.delivered["b"] == [7]
+
+
+def test_one_sender_cannot_take_every_reassembly_slot() -> None:
+    config = SessionConfig(seed=2, reassembly_max_messages=100,
+                           reassembly_max_messages_per_peer=10)
+    b = Session(config, ["b"])
+    for n in range(50):
+        b.receive_frame(_chunk("mallory", "b", n, message_id=n.to_bytes(16, "big"),
+                               total=2), 0, Origin("mallory", {"mallory"}.__contains__))
+    assert len(b._reassembler._partials) == 10
+    b.receive_frame(_chunk("a", "b", 0, message_id=bytes(16), total=2), 0,
+                    Origin("a", {"a"}.__contains__))
+    assert len(b._reassembler._partials) == 11  # another sender still has room
+
+
+def test_acks_and_error_reports_through_a_room_settle_nothing() -> None:
+    from object_model.messages import Ack
+
+    link = Link()
+    link.a.join_group("group:site1")
+    message_id = link.send(1)
+    link.now = 10 * MS
+    link.frames("a")  # lost on the way
+    for kind, body_bytes, correlation in (
+            ("Ack", encode_body(Ack(message_ids=[message_id])), None),
+            ("ErrorReport", encode_body(ErrorReport(code="internal_error", text="no")),
+             message_id)):
+        env = Envelope(id=os.urandom(16), source="b", destination="group:site1", kind=kind,
+                       body=body_bytes, correlation=correlation, timestamp_us=1)
+        link.a.receive_frame(encode_frame([encode_envelope(env)]), link.now,
+                             Origin(None, broadcast=True))
+    assert link.a.pending_count == 1
+
+
+def test_a_reliable_envelope_delivered_before_is_not_delivered_again_in_a_new_epoch() -> None:
+    """A captured reliable envelope replayed after its sender lost its stream state (a new
+    epoch resets the stream) was delivered a second time; and an envelope past its expiry
+    was delivered at all."""
+    link = Link()
+    link.send(1)
+    link.now = 10 * MS
+    captured = list(link.frames("a"))
+    link.deliver(captured, "b")
+    assert link.delivered["b"] == [1]
+    reset = Envelope(id=os.urandom(16), source="a", destination="b",
+                     kind="PropertyValueUpdate", body=body(2), reliable=True, stream="other",
+                     stream_epoch=99, seq=0, timestamp_us=1)
+    link.b.receive_frame(encode_frame([encode_envelope(reset)]), link.now)
+    first = decode_envelope(decode_frame(captured[0].data)[0])
+    replay = first._replace(stream_epoch=first.stream_epoch + 1)  # as a new epoch would carry
+    link.b.receive_frame(encode_frame([encode_envelope(replay)]), link.now)
+    late = Envelope(id=os.urandom(16), source="a", destination="b", kind="PropertyValueUpdate",
+                    body=body(3), expires_us=5, timestamp_us=1)
+    link.b.receive_frame(encode_frame([encode_envelope(late)]), link.now)
+    link.collect()
+    assert link.delivered["b"] == [1, 2]
+    assert ErrorCode.EXPIRED in [e.code for e in link.events["b"]
+                                 if isinstance(e, InputRejected)]

@@ -254,3 +254,23 @@ async def test_a_station_installs_only_what_its_manufacturer_signed_and_never_ro
             path=KeyPath.parse("firmware/signature_required"), value=False)]))
     assert info.value.code is ErrorCode.NOT_WRITABLE
     assert tree.get("firmware/signature_required") is True
+
+
+async def test_a_second_image_under_the_same_task_cannot_overtake_the_first(site: Site) -> None:
+    """Found by attacking it: the same task id sent again while the first download ran made a
+    second job beside the first; the newer image installed, then the orphaned older one (a
+    rollback past the counter). Now the second is refused BUSY while the first runs."""
+    origin, ref, _ = await origin_with_image(site)
+    newer = await origin.blobs.store.put(os.urandom(50_000), chunk_size=CHUNK)
+    origin.gate.clear()
+    origin.hold_from = 2  # the first image's download stalls
+    station = await site.station()
+    await origin.request("cs-1", update(ref, version="2.0", counter=2))
+    with pytest.raises(ModelError) as info:
+        await origin.request("cs-1", update(newer, version="5.0", counter=5))
+    assert info.value.code is ErrorCode.BUSY
+    origin.gate.set()
+    await until(lambda: state(station) == "succeeded", "the first update done")
+    tree = station.tree
+    assert tree is not None and tree.get("firmware/counter") == 2
+    assert tree.get("firmware/version") == "2.0"
