@@ -47,7 +47,9 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically (a scratch file renamed into place) with
+    ``mode``, whatever the umask: keys are written this way."""
     scratch = path.with_name(path.name + ".tmp")
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as out:
@@ -92,8 +94,8 @@ class CertificateAuthority:
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                                critical=False)
                 .sign(key, hashes.SHA256()))
-        _write(self.key_path, _key_pem(key), 0o600)
-        _write(self.certificate_path, cert.public_bytes(_PEM), 0o644)
+        write_file(self.key_path, _key_pem(key), 0o600)
+        write_file(self.certificate_path, cert.public_bytes(_PEM), 0o644)
         self._key, self._cert = key, cert
 
     def issue_server(self, directory: Path | str, stem: str, names: Sequence[str],
@@ -125,9 +127,21 @@ class CertificateAuthority:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         issued = Issued(out / f"{stem}.crt", out / f"{stem}.key")
-        _write(issued.key, _key_pem(key), 0o600)
-        _write(issued.certificate, cert.public_bytes(_PEM), 0o644)
+        write_file(issued.key, _key_pem(key), 0o600)
+        write_file(issued.certificate, cert.public_bytes(_PEM), 0o644)
         return issued
 
 
-__all__ = ["CertificateAuthority", "Issued"]
+def broker_certificate(ca: CertificateAuthority, state_dir: Path, domain: str,
+                       host: str) -> Issued:
+    """A managed broker's certificate, in ``state_dir/certs`` (where Prosody looks for a
+    host's certificate by its name), for its domain, its rooms and the address it listens
+    on: made once, then kept (every node of a cluster serves the same one)."""
+    certs = state_dir / "certs"
+    issued = Issued(certs / f"{domain}.crt", certs / f"{domain}.key")
+    if issued.certificate.is_file() and issued.key.is_file():
+        return issued
+    return ca.issue_server(certs, domain, [domain, f"rooms.{domain}"], [host])
+
+
+__all__ = ["CertificateAuthority", "Issued", "broker_certificate", "write_file"]

@@ -43,7 +43,7 @@ from broker_bridge.managed import (
     check_domains,
     stored_secret,
 )
-from broker_bridge.pki import CertificateAuthority, Issued
+from broker_bridge.pki import CertificateAuthority, Issued, broker_certificate
 from broker_bridge.xmpp.addresses import XmppSettings, is_loopback
 
 __all__ = ["BrokerEndpoint", "BrokerNotInstalledError", "BrokerStartError", "ManagedProsody"]
@@ -134,14 +134,7 @@ class ManagedProsody:
         return self._ca
 
     def _server_certificate(self) -> Issued:
-        """This broker's certificate (made once, kept in certs/, where Prosody looks for a
-        host's certificate by its name) for its domain, and the address it listens on."""
-        certs = self._state_dir / "certs"
-        issued = Issued(certs / f"{self._domain}.crt", certs / f"{self._domain}.key")
-        if not (issued.certificate.is_file() and issued.key.is_file()):
-            issued = self._authority().issue_server(
-                certs, self._domain, [self._domain, f"rooms.{self._domain}"], [self._host])
-        return issued
+        return broker_certificate(self._authority(), self._state_dir, self._domain, self._host)
 
     def xmpp_settings(self, **overrides: Any) -> XmppSettings:
         """How the XMPP adapter reaches this broker: host, ports and domains, with station

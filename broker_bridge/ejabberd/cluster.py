@@ -64,7 +64,7 @@ from broker_bridge.managed import (
     check_domains,
     stored_secret,
 )
-from broker_bridge.pki import CertificateAuthority, Issued
+from broker_bridge.pki import CertificateAuthority, Issued, broker_certificate
 from broker_bridge.xmpp.addresses import XmppSettings
 
 INSTALL_HINT = (
@@ -230,13 +230,7 @@ class ManagedEjabberdCluster:
         return self._ca
 
     def _server_certificate(self) -> Issued:
-        """The cluster's certificate (every node serves the same domain), made once."""
-        certs = self._state_dir / "certs"
-        issued = Issued(certs / f"{self._domain}.crt", certs / f"{self._domain}.key")
-        if not (issued.certificate.is_file() and issued.key.is_file()):
-            issued = self._authority().issue_server(
-                certs, self._domain, [self._domain, f"rooms.{self._domain}"], [self._host])
-        return issued
+        return broker_certificate(self._authority(), self._state_dir, self._domain, self._host)
 
     @property
     def endpoints(self) -> tuple[BrokerEndpoint, ...]:

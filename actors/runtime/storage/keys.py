@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker_bridge.envelope import valid_address
+from broker_bridge.pki import write_file
 
 
 class KeyStore:
@@ -52,11 +53,7 @@ class KeyStore:
         if not path.is_file():
             self.directory.mkdir(parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)
-            scratch = path.with_name(path.name + ".tmp")
-            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(make())
-            os.replace(scratch, path)
+            write_file(path, make(), 0o600)
         data = path.read_bytes()
         if len(data) != 32:
             raise ValueError(f"{path} is not a key (32 bytes): remove it to make one")
