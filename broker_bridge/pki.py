@@ -1,4 +1,6 @@
-"""The project's own certificate authority, for TLS on every broker link.
+"""The project's own certificate authorities: for TLS on every broker link, and the
+operator's root and site CAs that certify actors (``issue_actor``; the certificates' format
+and checks are ``broker_bridge.session.certificates``).
 
 A deployment (or a managed broker, or a test) has one CA: a P-256 key and a self-signed
 certificate kept in one directory (``ca.key`` readable by its owner only, ``ca.crt``). It
@@ -24,11 +26,25 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from broker_bridge.session.certificates import (
+    ACTOR_URI,
+    ISSUES_OID,
+    RECIPIENT_OID,
+    ROLE_OID,
+    SITE_ROLES,
+    CertificateRequest,
+    make_request,
+    read_request,
+)
 
 CA_DAYS = 3650
 SERVER_DAYS = 397  # what browsers accept for a server certificate
 _PEM = serialization.Encoding.PEM
+_DER = serialization.Encoding.DER
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,12 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 class CertificateAuthority:
     """The CA in ``directory`` (made there on first use; see the module docstring)."""
 
-    def __init__(self, directory: Path | str, name: str = "csms63110 CA") -> None:
+    def __init__(self, directory: Path | str, name: str = "csms63110 CA", *,
+                 parent: CertificateAuthority | None = None, path_length: int = 0,
+                 extensions: Sequence[x509.ExtensionType] = (), days: int = CA_DAYS) -> None:
+        """``parent``: the CA that signs this one's certificate (it is self-signed without
+        one); ``path_length``: how many CAs may stand below it; ``extensions``: more of
+        them in its certificate (what it may issue, see ``certificates``)."""
         self.directory = Path(directory)
         self.certificate_path = self.directory / "ca.crt"
         self.key_path = self.directory / "ca.key"
@@ -82,21 +103,85 @@ class CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        issuer = subject if parent is None else parent.certificate.subject
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=days)))
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        cert = (builder
+                .add_extension(x509.BasicConstraints(ca=True, path_length=path_length),
+                               critical=True)
                 .add_extension(x509.KeyUsage(
                     digital_signature=False, content_commitment=False, key_encipherment=False,
                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                                critical=False)
-                .sign(key, hashes.SHA256()))
+                .sign(key if parent is None else parent._key, hashes.SHA256()))
         write_file(self.key_path, _key_pem(key), 0o600)
         write_file(self.certificate_path, cert.public_bytes(_PEM), 0o644)
         self._key, self._cert = key, cert
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._cert
+
+    def sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        """``builder``'s certificate, issued by this CA (issuer name and key identifier
+        filled in)."""
+        return (builder.issuer_name(self._cert.subject)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self._key.public_key()), critical=False)
+                .sign(self._key, hashes.SHA256()))
+
+    def sign_bytes(self, data: bytes) -> bytes:
+        """An ECDSA signature of ``data`` by this CA's key (what it publishes besides
+        certificates: revocation lists)."""
+        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    def issue_actor(self, request: CertificateRequest, role: str, *, lifetime_s: float,
+                    now_us: int) -> bytes:
+        """``request``'s actor certificate (DER; ``broker_bridge.session.certificates``),
+        naming its address and ``role``, valid from now for ``lifetime_s`` (and from a little
+        before: a tenth of that, at most five minutes, for clocks that lag)."""
+        now = datetime.datetime.fromtimestamp(now_us / 1e6, datetime.UTC)
+        lag = datetime.timedelta(seconds=min(300.0, lifetime_s / 10))
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                              request.address)]))
+                   .public_key(request.key).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - lag)
+                   .not_valid_after(now + datetime.timedelta(seconds=lifetime_s))
+                   .add_extension(x509.SubjectAlternativeName(
+                       [x509.UniformResourceIdentifier(ACTOR_URI + request.address)]),
+                       critical=False)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                                  critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                  critical=False)
+                   .add_extension(x509.UnrecognizedExtension(ROLE_OID, role.encode()),
+                                  critical=False))
+        if request.recipient is not None:
+            builder = builder.add_extension(x509.UnrecognizedExtension(
+                RECIPIENT_OID, request.recipient.public_bytes_raw()), critical=False)
+        return self.sign(builder).public_bytes(_DER)
+
+    def certify(self, address: str, role: str, key: Ed25519PrivateKey,
+                recipient: X25519PublicKey | None, *, lifetime_s: float,
+                now_us: int) -> bytes:
+        """A certificate for an actor this CA's holder commissions itself (a CSMS, an
+        operator: its request never travels)."""
+        return self.issue_actor(read_request(make_request(key, address, recipient)), role,
+                                lifetime_s=lifetime_s, now_us=now_us)
+
+    def chain(self, leaf: bytes, root: x509.Certificate) -> list[bytes]:
+        """What an actor this CA certified shows: its certificate, then this CA's unless it
+        is the ``root``."""
+        if self._cert.subject == root.subject:
+            return [leaf]
+        return [leaf, self._cert.public_bytes(_DER)]
 
     def issue_server(self, directory: Path | str, stem: str, names: Sequence[str],
                      hosts: Sequence[str] = (), days: int = SERVER_DAYS) -> Issued:
@@ -111,25 +196,34 @@ class CertificateAuthority:
         alt: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
         alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
         now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-                .issuer_name(self._cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=days))
-                .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                               critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self._key.public_key()), critical=False)
-                .sign(self._key, hashes.SHA256()))
+        cert = self.sign(
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False))
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         issued = Issued(out / f"{stem}.crt", out / f"{stem}.key")
         write_file(issued.key, _key_pem(key), 0o600)
         write_file(issued.certificate, cert.public_bytes(_PEM), 0o644)
         return issued
+
+
+def site_authority(directory: Path | str, root: CertificateAuthority,
+                   site_csms: str) -> CertificateAuthority:
+    """The CA of the site whose local CSMS is ``site_csms`` (made under ``root`` on first
+    use), which issues stations and resource managers only."""
+    return CertificateAuthority(
+        directory, f"site CA of {site_csms}", parent=root, path_length=0,
+        extensions=[x509.UnrecognizedExtension(ISSUES_OID, ",".join(SITE_ROLES).encode()),
+                    x509.SubjectAlternativeName(
+                        [x509.UniformResourceIdentifier(ACTOR_URI + site_csms)])],
+        days=3 * 365)
 
 
 def broker_certificate(ca: CertificateAuthority, state_dir: Path, domain: str,
@@ -144,4 +238,5 @@ def broker_certificate(ca: CertificateAuthority, state_dir: Path, domain: str,
     return ca.issue_server(certs, domain, [domain, f"rooms.{domain}"], [host])
 
 
-__all__ = ["CertificateAuthority", "Issued", "broker_certificate", "write_file"]
+__all__ = ["CertificateAuthority", "Issued", "broker_certificate", "site_authority",
+           "write_file"]

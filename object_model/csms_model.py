@@ -107,6 +107,15 @@ class Counters(Component):
     resync_wire_bytes: Counter = 0
 
 
+class Security(Component):
+    """The revocation list the CSMS holds (signed by the operator's root, numbered: only a
+    newer one replaces it; ``actors.csms.revocations``) and its number."""
+
+    revocations: Annotated[bytes, Access.READ_WRITE] = b""
+    revocation_number: Counter = 0
+    revoked: Annotated[int, uint32()] = 0
+
+
 class CsmsState(Component):
     """A CSMS's whole own state."""
 
@@ -117,6 +126,7 @@ class CsmsState(Component):
     policy: Annotated[SitePolicy, Access.READ_WRITE] = SitePolicy()
     energy: SiteEnergy = SiteEnergy()
     counters: Counters = Counters()
+    security: Security = Security()
 
 
 def csms_schema() -> SchemaRegistry:
@@ -135,12 +145,14 @@ def csms_access_policy() -> AccessPolicy:
     )
     return AccessPolicy(
         {
-            Role.CLOUD_CSMS: Grant(read=("**",), write=("stations/**", "policy/**")),
+            Role.CLOUD_CSMS: Grant(read=("**",), write=("stations/**", "policy/**",
+                                                         "security/revocations")),
             # a site reads the policy its cloud sets; it writes nothing at the cloud (a
             # site's writes to its own stations go to the stations through the site itself)
             Role.LOCAL_CSMS: Grant(read=("policy/**",)),
             Role.OPERATOR: Grant(read=("**",), write=(*station_settings, "policy/**",
-                                                      "energy/fallback_limit_w")),
+                                                      "energy/fallback_limit_w",
+                                                      "security/revocations")),
             # the site's resource manager tells the grid's limits and reads the site's energy
             Role.RESOURCE_MANAGER: Grant(
                 read=("stations/*/evse/*/meter/**", "stations/*/evse/*/energy/**",

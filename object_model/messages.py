@@ -283,7 +283,9 @@ class TreeInfo(MessageBase):
 class JoinNetworkRequest(MessageBase):
     """An actor asks to join (a station its CSMS, a local CSMS the cloud). ``proof`` shows that
     it holds the provisioning secret it was given, without the secret
-    (``actors.logic.join_proof``); ``trees`` where its trees (a station: its own; a local
+    (``actors.logic.join_proof``); with certificates, ``csr`` asks for one (``proof`` then
+    made with a one-time enrollment token, or with the key of the certificate it renews) and
+    ``certificate`` shows the one it holds (its chain, leaf first, DER); ``trees`` where its trees (a station: its own; a local
     CSMS: its stations') stand, so the CSMS can resynchronise at once. ``secret`` is retired
     (it carried the secret in clear): it stays empty, and a CSMS refuses a request that fills
     it."""
@@ -295,16 +297,22 @@ class JoinNetworkRequest(MessageBase):
     secret: str = Field("", max_length=256)
     trees: list[TreeInfo] = Field(default_factory=list, max_length=100_000)
     proof: bytes = Field(b"", max_length=64)
+    csr: bytes = Field(b"", max_length=2048)
+    certificate: list[Annotated[bytes, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=2)
 
 
 class JoinNetworkResponse(MessageBase):
     """Admitted (a refusal is an ``ErrorReport`` with ``not_admitted``). ``heartbeat_s`` is how
-    often the actor should show life when it has nothing else to say."""
+    often the actor should show life when it has nothing else to say; ``certificate`` the
+    chain issued for the request's ``csr``."""
 
     kind: Literal["JoinNetworkResponse"] = "JoinNetworkResponse"
     wire_id: ClassVar[int] = 12
     csms: str
     heartbeat_s: float = Field(30.0, gt=0, le=3600)
+    certificate: list[Annotated[bytes, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=2)
 
 
 # -- acknowledgement and errors -------------------------------------------------------------------

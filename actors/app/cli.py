@@ -114,6 +114,63 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _commission(args: argparse.Namespace) -> int:
+    from actors.app.commission import Commissioning
+
+    trust = Commissioning(args.trust)
+    chain = trust.certify(args.key_dir, args.address, args.role, days=args.days)
+    print(f"{args.address}: certificate ({args.role}, {args.days:g} days) in {chain}")
+    print(f"anchor (every actor's [signing] anchor): {trust.anchor}")
+    if args.role == "local_csms":
+        print(f"site CA ({args.address}'s [signing] site_ca): {trust.site_ca(args.address)}")
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from actors.app.commission import add_token
+    from actors.app.config import ConfigError, load_config
+    from broker_bridge.pki import write_file
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        print(f"csms enroll: {exc}", file=sys.stderr)
+        return 2
+    if config.local is None:
+        print("csms enroll: the config has no [local]: tokens are kept by the local CSMS "
+              "that issues the station's certificate", file=sys.stderr)
+        return 2
+    try:
+        token = asyncio.run(add_token(config.local.state_dir, args.station,
+                                      ttl_s=args.ttl_days * 86_400))
+    except ValueError as exc:
+        print(f"csms enroll: {exc}", file=sys.stderr)
+        return 2
+    if args.token_dir is None:
+        print(token)
+        return 0
+    folder = Path(args.token_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_file(folder / f"{args.station}.token", token.encode(), 0o600)
+    print(f"{args.station}: one-time token in {folder / (args.station + '.token')} "
+          f"(valid {args.ttl_days:g} days): put it in the station's [signing] key_dir")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from actors.app import client
+    from actors.app.commission import Commissioning, publish_revocations
+
+    data = Commissioning(args.trust).revocation_list(args.number, args.address)
+    try:
+        conn = client.Connection.load(Path(args.connect))
+        print(client.run(publish_revocations(conn, data)))
+    except client.ClientError as exc:
+        print(f"csms revoke: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run_actor(args: argparse.Namespace) -> int:
     from actors.app.config import (
         CloudConfig,
@@ -261,6 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--for", dest="duration", type=float, metavar="S",
                        help="stop after S seconds (default: Ctrl-C)")
     watch.set_defaults(func=_client)
+    roles = ("cloud_csms", "local_csms", "resource_manager", "operator")
+    commission = sub.add_parser("commission", help="certify an actor with the operator's root "
+                                "(made in --trust on first use)")
+    commission.add_argument("--trust", required=True, help="the operator's root directory")
+    commission.add_argument("--key-dir", required=True,
+                            help="the actor's [signing] key_dir (its keys are made there)")
+    commission.add_argument("--role", required=True, choices=roles)
+    commission.add_argument("--days", type=float, default=30.0)
+    commission.add_argument("address")
+    commission.set_defaults(func=_commission)
+    enroll = sub.add_parser("enroll", help="a one-time token a station enrolls with at its "
+                            "local CSMS")
+    enroll.add_argument("--config", required=True, help="the local CSMS's TOML")
+    enroll.add_argument("--ttl-days", type=float, default=7.0)
+    enroll.add_argument("--token-dir", help="write <station>.token here (mode 0600) instead "
+                        "of printing it")
+    enroll.add_argument("station")
+    enroll.set_defaults(func=_enroll)
+    revoke = sub.add_parser("revoke", parents=[connect], help="publish a revocation list at "
+                            "the cloud, which passes it to every site")
+    revoke.add_argument("--trust", required=True, help="the operator's root directory")
+    revoke.add_argument("--number", type=int, required=True,
+                        help="higher than the last list's (a lower one is refused: stale)")
+    revoke.add_argument("address", nargs="*", help="the actors revoked (all of them: the list "
+                        "replaces the last)")
+    revoke.set_defaults(func=_revoke)
     return parser
 
 

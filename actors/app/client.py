@@ -137,8 +137,8 @@ async def with_client(conn: Connection, actor: str,
         from actors.app.signing import Signing
 
         guard = Signing(conn.signing["key_dir"], conn.signing.get("keys", {}),
-                        encryption_keys=conn.signing.get("encryption_keys", {})).guard(
-            [conn.account])
+                        encryption_keys=conn.signing.get("encryption_keys", {}),
+                        anchor=conn.signing.get("anchor")).guard([conn.account])
     endpoint = Endpoint(transport, name=conn.account, guard=guard)
     try:
         await endpoint.start()

@@ -235,13 +235,23 @@ class SigningConfig(Settings):
     digits; until enrollment hands out certificates, the operator lists them). An actor in
     ``keys`` is never accepted unsigned; with ``require``, nobody is. The message kinds in
     ``encrypt`` are sealed to their receiver's X25519 key (``encryption_keys``, likewise)
-    when it has one; with ``require``, those kinds are refused in clear."""
+    when it has one; with ``require``, those kinds are refused in clear.
+
+    Certificates: ``anchor`` is the operator's root certificate (PEM); the directory then
+    trusts every actor whose certificate leads to it, and learns the ``*.chain`` files in
+    ``key_dir`` at start (the actor's own and those of its peers, written at commissioning:
+    ``csms commission``). Stations without a certificate enroll at JoinNetwork with the
+    one-time token in ``<key_dir>/<address>.token``; a local CSMS with ``site_ca`` (its site
+    CA's directory) issues them certificates of ``certificate_days``."""
 
     key_dir: str = "state/keys"
     keys: dict[str, str] = {}
     encryption_keys: dict[str, str] = {}
     encrypt: tuple[str, ...] = ENCRYPTED_KINDS
     require: bool = False
+    anchor: str | None = None
+    site_ca: str | None = None
+    certificate_days: float = Field(7.0, gt=0, le=397)
 
     @field_validator("keys", "encryption_keys")
     @classmethod

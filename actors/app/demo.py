@@ -133,6 +133,14 @@ class Demo:
                 "decrypted": sum(g.decrypted for g in guards),
                 "refused": sum(e.session.counters.refused_by_guard for e in self.endpoints())}
 
+    def certificates(self) -> dict[str, int]:
+        """Stations enrolled at JoinNetwork (certificates issued for one-time tokens),
+        certificates renewed, and joins refused by the sites' enrollment."""
+        enrollers = [local.enroller for local in self.locals() if local.enroller is not None]
+        return {"enrolled": sum(e.enrolled for e in enrollers),
+                "renewed": sum(e.renewed for e in enrollers),
+                "refused": sum(e.refused for e in enrollers)}
+
     def resyncs(self) -> int:
         return self.cloud_actor.copies.resync.stats.runs + sum(
             local.copies.resync.stats.runs for local in self.locals())
@@ -165,6 +173,7 @@ class Demo:
             "resyncs": self.resyncs(),
             "errors": self.errors(),
             "signed": self.signed(),
+            "certificates": self.certificates(),
             "cloud_copies": len(self.cloud_actor.copies.replicas),
             "sites_energy": self.energy(),
             "load": self.load(),
@@ -219,7 +228,8 @@ async def start_demo(settings: DemoSettings, say: Say) -> Demo:
     if state.exists() and not settings.keep_state:
         shutil.rmtree(state)
     state.mkdir(parents=True, exist_ok=True)
-    h = await Hierarchy.start(state, sites=settings.sites, say=say, signing=True)
+    h = await Hierarchy.start(state, sites=settings.sites, say=say, signing=True,
+                              certificates=True)
     try:
         await h.start_cloud()
         site_time = SiteTime(settings.speed)
@@ -255,7 +265,8 @@ def write_connect(h: Hierarchy, path: Path) -> None:
         s.address: f"site{site.number}" for site in h.sites for s in site.stations}
     signing = None if h.signing is None else {
         "key_dir": str(h.signing.store.directory), "keys": h.signing.public_keys(),
-        "encryption_keys": h.signing.encryption_keys()}
+        "encryption_keys": h.signing.encryption_keys(),
+        "anchor": None if h.commissioning is None else str(h.commissioning.anchor)}
     path.touch(mode=0o600)
     path.write_text(json.dumps({"brokers": brokers, "account": "operator",
                                 "password": h.passwords["operator"], "actors": actors,

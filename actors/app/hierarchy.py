@@ -35,6 +35,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actors.app.client import OperatorClient
+from actors.app.commission import Commissioning
 from actors.app.config import (
     BrokerConfig,
     CloudConfig,
@@ -64,6 +65,7 @@ from actors.station.actor import ChargingStation
 from actors.station.simulated import SimulatedStation, SimulatorSettings
 from broker_bridge import Endpoint, Router
 from broker_bridge.clock import Clock
+from broker_bridge.pki import write_file
 from broker_bridge.prosody import ManagedProsody
 from broker_bridge.xmpp import XmppTransport
 from keypath import KeyPath
@@ -77,6 +79,11 @@ from object_model.messages import (
 
 Say = Callable[[str], None]
 POLL_CHUNK = 256  # copies one operator request compares
+
+
+_ROLES = {"cloud": "cloud_csms", "operator": "operator", "local": "local_csms",
+          "rm": "resource_manager"}
+"""The role of each account the harness commissions, by the first part of its name."""
 
 
 def _quiet(message: str) -> None:
@@ -182,6 +189,7 @@ class Hierarchy:
         self._operator: OperatorClient | None = None
         self._operator_links: Router | None = None
         self.signing: Signing | None = None  # envelopes signed end to end: ``start(signing=)``
+        self.commissioning: Commissioning | None = None  # the operator's root: ``certificates``
 
     @property
     def manufacturer(self) -> Ed25519PrivateKey:
@@ -197,10 +205,13 @@ class Hierarchy:
 
     @classmethod
     async def start(cls, root: Path, *, sites: int = 1, say: Say = _quiet,
-                    signing: bool = False) -> Hierarchy:
+                    signing: bool = False, certificates: bool = False) -> Hierarchy:
         """The cloud's broker and one broker per site (``sites`` of them), with every
         account, in ``root``; with ``signing``, every actor started in this process signs
-        its envelopes (keys in ``root/keys``) and refuses unsigned ones."""
+        its envelopes (keys in ``root/keys``) and refuses unsigned ones; with
+        ``certificates`` too, the harness plays the operator (``root/trust``): it
+        commissions every account with a certificate and a CA per site, and the stations
+        enroll at their first join with one-time tokens."""
         numbers = range(1, sites + 1)
         cloud = ManagedProsody(root / "broker-cloud", domain=cloud_domain(), component_domains=())
         site_brokers = {k: ManagedProsody(root / f"broker-site{k}", domain=site_domain(k),
@@ -223,7 +234,14 @@ class Hierarchy:
             broker.create_accounts({n: passwords[n]
                                     for n in ("operator", f"local-site{k}", f"rm-site{k}")})
         h = cls(root, cloud, site_brokers, passwords, say=say)
-        if signing:
+        if signing and certificates:
+            h.commissioning = trust = Commissioning(root / "trust")
+            for name in names:
+                trust.certify(root / "keys", name, _ROLES[name.split("-", 1)[0]])
+            h.signing = Signing(root / "keys", require=True, anchor=trust.anchor)
+            h.signing.site_cas = {f"local-site{k}": trust.site_ca(f"local-site{k}")
+                                  for k in numbers}
+        elif signing:
             h.signing = Signing(root / "keys", require=True)
             # every account's keys known before anyone sends (a resource manager starts before
             # its local CSMS, and seals its first write to it); the operator's command line
@@ -400,6 +418,7 @@ class Hierarchy:
         site = self._site(number)
         ep = self.site_brokers[number].endpoint
         progress_from = len(self.stations())
+        await self.give_tokens(number, ids)
 
         def progress(message: str) -> None:
             done = int(message.split("/", 1)[0])
@@ -415,16 +434,32 @@ class Hierarchy:
         site.hosts.append(host)
         return host
 
+    async def give_tokens(self, number: int, ids: Sequence[str]) -> None:
+        """With certificates: a one-time enrollment token for each of ``ids`` from site
+        ``number``'s local CSMS, in the station's key directory (as an operator would
+        commission a station)."""
+        if self.signing is None or self.commissioning is None:
+            return
+        enroller = self._site(number).local_csms.enroller
+        assert enroller is not None, "the site's CSMS issues no certificates"
+        for station in ids:
+            token = await enroller.book.add_token(station)
+            write_file(self.signing.store.directory / f"{station}.token", token.encode(),
+                       0o600)
+
     async def add_station(self, number: int, name: str) -> ChargingStation:
         """One more station on site ``number``'s first host, built like its first station."""
         host = self._site(number).hosts[0]
         model = host.actors[0]
         assert isinstance(model, ChargingStation)
+        await self.give_tokens(number, [name])
         station = ChargingStation(name, host.endpoint, store=model.store,
                                   settings=model.settings,
                                   hardware=SimulatedStation(simulated(model).settings,
                                                             clock=model.clock),
-                                  clock=model.clock)
+                                  clock=model.clock,
+                                  credentials=None if self.signing is None
+                                  else self.signing.credentials(name))
         await station.start()
         host.actors.append(station)
         return station

@@ -139,7 +139,8 @@ async def start_cloud(broker: BrokerConfig, cfg: CloudConfig,
                       clock: Clock | None = None, signing: Signing | None = None) -> Running:
     """A cloud CSMS on its own account; ``cfg`` is its settings."""
     links, store = await _account(broker, cfg, signing)
-    actor = CloudCsms(cfg.address, links, store=store, settings=cfg, clock=clock)
+    actor = CloudCsms(cfg.address, links, store=store, settings=cfg, clock=clock,
+                      certificates=None if signing is None else signing.certificates)
     return await _start_then_connect(Running(links, [actor], [store]))
 
 
@@ -157,7 +158,13 @@ async def start_local(broker: BrokerConfig, cfg: LocalConfig,
                          Path(cfg.state_dir) / "outbox-uplink.db", f"{cfg.address}-uplink",
                          signing)
         links = Router(links.default, [(cfg.cloud, up)])
-    actor = LocalCsms(cfg.address, links, store=store, settings=cfg, site_clock=site_clock)
+    trust: dict[str, Any] = {}
+    if signing is not None and signing.certificates is not None:
+        trust = {"certificates": signing.certificates,
+                 "credentials": signing.credentials(cfg.address),
+                 "enroller": signing.enroller(cfg.address, cfg.state_dir)}
+    actor = LocalCsms(cfg.address, links, store=store, settings=cfg, site_clock=site_clock,
+                      **trust)
     return await _start_then_connect(Running(links, [actor], [store]))
 
 
@@ -229,8 +236,10 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
                 hardware = SimulatedStation(simulator_for(cfg, i, station),
                                             clock=clock or WALL_CLOCK)
                 hardware.paused = paused  # before its start: a paused station never ticks
-                batch.append(ChargingStation(station, endpoint, store=running.stores[0],
-                                             settings=cfg, hardware=hardware, clock=clock))
+                batch.append(ChargingStation(
+                    station, endpoint, store=running.stores[0], settings=cfg,
+                    hardware=hardware, clock=clock,
+                    credentials=signing.credentials(station) if signing else None))
             running.actors.extend(batch)  # stopped with the rest if their start is cut short
             async with asyncio.TaskGroup() as group:
                 for actor in batch:

@@ -135,6 +135,9 @@ class AggregateView:
         if segs[:1] == (STATIONS,) and len(segs) == 2:
             return await self.forward_write(self.copies.replica_for(segs[1]), message, ctx)
         access = self.access_for(message.tree)
+        if access is self.own.access:  # the writer's rights first, then what it writes
+            access.operations(ctx.require_role(), message)
+            self.own.vet(message)
         event = access.write(ctx.require_role(), message)
         await self.own.durable(event.revision)  # answer only what survives a crash
         return written(message.tree, access, event)

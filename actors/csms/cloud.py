@@ -14,18 +14,21 @@ import logging
 import random
 
 from actors.csms.management import Management
+from actors.csms.revocations import Revocations
 from actors.csms.settings import CloudSettings
 from actors.csms.task_relay import TASK_MESSAGES
 from actors.logic.join_proof import check_join
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.replica import STATIONS, station_key
 from actors.runtime.services.admission import AdmissionLimiter
+from actors.runtime.services.enrollment import admit_certificate
 from actors.runtime.storage.trees import TreeStore
 from actors.runtime.tree_actor import TreeActor
 from broker_bridge import Endpoint
 from broker_bridge.backoff import Backoff
 from broker_bridge.clock import Clock
 from broker_bridge.router import Router
+from broker_bridge.session.certificates import CertificateDirectory
 from keypath import KeyPath, KeyPattern
 from object_model import MessageBase, ModelError, Role, Write
 from object_model.blobs import BlobChunkRequest
@@ -53,19 +56,26 @@ class CloudCsms(TreeActor):
 
     def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
                  settings: CloudSettings | None = None, roles: RoleDirectory | None = None,
-                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+                 clock: Clock | None = None, rng: random.Random | None = None,
+                 certificates: CertificateDirectory | None = None) -> None:
+        """``certificates``: the directory its guard trusts (sites then join by the
+        certificates the operator's root gave them, and it holds a revocation list)."""
         settings = settings or CloudSettings()
         super().__init__(address, links, roles=settings.roles(roles), clock=clock, rng=rng)
         self.settings = settings
         self.store = store
+        self.certificates = certificates
         self.management = parts = Management(self, self.role, store, self.settings)
         self.own, self.copies, self.trees = parts.own, parts.copies, parts.view
         self.blobs, self.tasks = parts.blobs, parts.tasks
+        self.revocations = Revocations(self, self.own, certificates,
+                                       downstream=lambda: list(self.own.tree.read("sites")))
         self.admission = AdmissionLimiter(settings.join_rate_per_s, settings.join_burst,
                                           now=self.clock.monotonic())
 
     async def on_start(self) -> None:
         await self.management.open()
+        self.revocations.start()
         own = self.own.tree
         for name in own.read("sites") if "sites" in own else {}:
             self.roles.add(name, Role.LOCAL_CSMS)
@@ -92,8 +102,12 @@ class CloudCsms(TreeActor):
 
     async def _admit_site(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:
         try:
-            check_join(self.settings.site_secrets.get(ctx.sender, ""), message, ctx.sender,
-                       self.address)
+            if self.certificates is not None and message.certificate:
+                admit_certificate(self.certificates, message, ctx.sender, Role.LOCAL_CSMS,
+                                  self.clock.now_us())
+            else:
+                check_join(self.settings.site_secrets.get(ctx.sender, ""), message,
+                           ctx.sender, self.address)
         except NotAdmittedError:
             self.own.count("rejected_joins")
             raise
@@ -114,6 +128,7 @@ class CloudCsms(TreeActor):
             if not replica.is_at(info):
                 self.copies.resync.schedule(replica)
         log.info("%s: site %s joined with %d stations", self.address, ctx.sender, len(stations))
+        self.revocations.push(ctx.sender)  # a site that was away catches up
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
 
     async def _admit_station(self, message: JoinNetworkRequest, ctx: Context) -> MessageBase:

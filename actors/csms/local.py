@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from actors.csms.management import Management
 from actors.csms.replicas import CopyEvents
+from actors.csms.revocations import Revocations
 from actors.csms.settings import LocalSettings
 from actors.csms.site_energy import SiteEnergy
 from actors.csms.site_policy import SitePolicy
@@ -26,6 +27,7 @@ from actors.logic.join_proof import check_join, join_proof
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.replica import Replica
 from actors.runtime.replication.resync import ResyncOutcome
+from actors.runtime.services.enrollment import Credentials, Enroller
 from actors.runtime.services.join import Membership
 from actors.runtime.storage.trees import TreeStore
 from actors.runtime.tree_actor import TreeActor
@@ -33,6 +35,7 @@ from broker_bridge import Endpoint, Priority
 from broker_bridge.backoff import Backoff
 from broker_bridge.clock import Clock
 from broker_bridge.router import Router
+from broker_bridge.session.certificates import CertificateDirectory
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, Role
 from object_model.blobs import BlobChunkRequest
@@ -60,13 +63,19 @@ class LocalCsms(TreeActor):
     def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
                  settings: LocalSettings | None = None, roles: RoleDirectory | None = None,
                  clock: Clock | None = None, site_clock: Clock | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, enroller: Enroller | None = None,
+                 credentials: Credentials | None = None,
+                 certificates: CertificateDirectory | None = None) -> None:
         """``site_clock`` is the time the site's energy is planned in (default: ``clock``;
         the demo runs it faster); everything else runs on ``clock``, the wall time that
-        envelopes' timestamps and expiry are compared with."""
+        envelopes' timestamps and expiry are compared with. With an ``enroller`` (the site
+        CA), stations join by certificates it issues them, not by the provisioning secret;
+        ``credentials`` is the certificate it shows the cloud; ``certificates`` the directory
+        its guard trusts (it then holds a revocation list)."""
         settings = settings or LocalSettings()
         super().__init__(address, links, roles=settings.roles(roles), clock=clock, rng=rng)
         self.settings = settings
+        self.enroller, self.credentials = enroller, credentials
         if settings.cloud:
             self.roles.add(settings.cloud, Role.CLOUD_CSMS)
         if settings.resource_manager:
@@ -82,6 +91,8 @@ class LocalCsms(TreeActor):
         self.upstream = None if not settings.cloud else Membership(
             self, settings.cloud, self.join_request, backoff=UPSTREAM_BACKOFF,
             on_joined=self._joined_cloud)
+        self.revocations = Revocations(
+            self, self.own, certificates or (None if enroller is None else enroller.directory))
         self.energy = SiteEnergy(self, own=self.own, copies=self.copies,
                                  clock=site_clock or self.clock,
                                  settings=settings.energy, site=settings.site,
@@ -90,10 +101,13 @@ class LocalCsms(TreeActor):
                                  pace=self.endpoint.pace)
 
     async def on_start(self) -> None:
-        if not self.settings.provisioning_secret:
+        if self.enroller is not None:
+            await self.enroller.open()
+        elif not self.settings.provisioning_secret:
             log.warning("%s: no provisioning_secret is set, so no station can join site %s: "
                         "set one in [local]", self.address, self.settings.site)
         await self.management.open()
+        self.revocations.start()
         own = self.own.tree
         if self.settings.fallback_limit_w and own.get("energy/fallback_limit_w") == 0:
             own.write("energy/fallback_limit_w", self.settings.fallback_limit_w)
@@ -111,6 +125,8 @@ class LocalCsms(TreeActor):
     async def on_stop(self) -> None:
         self._unwatch_uplink()
         await self.management.close()
+        if self.enroller is not None:
+            await self.enroller.close()
 
     def upstream_joined(self) -> bool:
         """Whether the cloud has admitted this site (now)."""
@@ -124,8 +140,13 @@ class LocalCsms(TreeActor):
             self.own.count("rejected_joins")
             raise NotAdmittedError(
                 f"{self.address} admits stations, not {message.role.value}s")
+        chain: list[bytes] = []
         try:
-            check_join(self.settings.provisioning_secret, message, ctx.sender, self.address)
+            if self.enroller is not None:
+                chain = await self.enroller.admit(message, ctx.sender, Role.STATION,
+                                                  ctx.message_id)
+            else:
+                check_join(self.settings.provisioning_secret, message, ctx.sender, self.address)
         except NotAdmittedError:
             self.own.count("rejected_joins")
             raise
@@ -139,7 +160,8 @@ class LocalCsms(TreeActor):
         else:
             self.site_policy.apply_soon(replica)
         log.info("%s: admitted %s", self.address, ctx.sender)
-        return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s)
+        return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s,
+                                   certificate=chain)
 
     @handles(PropertyValueUpdate)
     async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> None:
@@ -189,6 +211,9 @@ class LocalCsms(TreeActor):
         trees = [TreeInfo(tree=KeyPath.parse(key), epoch=r.tree.epoch, revision=r.tree.revision,
                           root_digest=r.tree.digest())
                  for key, r in self.copies.replicas.items() if r.synced]
+        if self.credentials is not None and self.credentials.chain:
+            return JoinNetworkRequest(role=Role.LOCAL_CSMS, identity={"site": self.settings.site},
+                                      trees=trees, certificate=self.credentials.chain)
         return JoinNetworkRequest(
             role=Role.LOCAL_CSMS, identity={"site": self.settings.site}, trees=trees,
             proof=join_proof(self.settings.upstream_secret, self.address, self.settings.cloud or ""))

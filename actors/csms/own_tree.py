@@ -9,12 +9,14 @@ and every ``every_s`` seconds, so they persist and are read like any other key-p
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Messenger
 from actors.runtime.storage.trees import PersistentTree, TreeStore
 from object_model import ObjectTree, Role, Write
 from object_model.csms_model import CsmsState, csms_access_policy, csms_schema
+from object_model.messages import Batch, PropertyValueWrite
 
 OWN_KEY = "self"
 
@@ -29,6 +31,16 @@ class OwnTree:
         self.access = TreeAccess(self.tree, self.policy)
         self.counters: Counter[str] = Counter()
         self._persisted: PersistentTree | None = None
+        self._vetters: list[Callable[[PropertyValueWrite | Batch], None]] = []
+
+    def vetted_by(self, vet: Callable[[PropertyValueWrite | Batch], None]) -> None:
+        """Have ``vet`` judge every write to this tree from another actor before it commits
+        (it raises a ``ModelError`` to refuse it: what the schema cannot say of a value)."""
+        self._vetters.append(vet)
+
+    def vet(self, message: PropertyValueWrite | Batch) -> None:
+        for vet in self._vetters:
+            vet(message)
 
     async def open(self) -> None:
         """Load the tree (or create it) and record its changes from now on."""

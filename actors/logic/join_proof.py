@@ -1,4 +1,5 @@
-"""The proof that a joining actor holds its provisioning secret, given without sending it.
+"""The proofs a joining actor gives without sending what it holds: a provisioning secret,
+or a one-time enrollment token.
 
 A station joins its local CSMS, and a local CSMS the cloud, by showing that it was given the
 secret its CSMS expects (until certificates issued at enrollment replace secrets; DESIGN.md
@@ -19,6 +20,7 @@ from object_model.errors import NotAdmittedError
 from object_model.messages import JoinNetworkRequest
 
 CONTEXT = b"csms63110/join-proof/1"
+TOKEN_CONTEXT = b"csms63110/enrollment-token/1"
 
 
 def join_proof(secret: str, sender: str, csms: str) -> bytes:
@@ -46,4 +48,23 @@ def check_join(secret: str, request: JoinNetworkRequest, sender: str, csms: str)
         raise NotAdmittedError(f"{sender}: wrong provisioning secret for {csms}")
 
 
-__all__ = ["CONTEXT", "check_join", "join_proof", "proves"]
+def token_key(token: str) -> bytes:
+    """What a CSMS keeps of an enrollment token: a key derived from it, good for checking
+    proofs made with the token and for nothing else (the token itself is not stored)."""
+    return hashlib.sha256(TOKEN_CONTEXT + b"\x00" + token.encode("utf-8")).digest()
+
+
+def _bound(context: bytes, sender: str, csms: str, request_digest: bytes) -> bytes:
+    return b"\x00".join((context, sender.encode("utf-8"), csms.encode("utf-8"),
+                         request_digest))
+
+
+def token_proof(key: bytes, sender: str, csms: str, request_digest: bytes) -> bytes:
+    """What ``sender`` presents to ``csms`` with its certificate signing request (named by
+    ``request_digest``) to show it holds the enrollment token whose ``token_key`` is ``key``:
+    the proof admits that request only, at that CSMS only."""
+    return hmac.new(key, _bound(TOKEN_CONTEXT, sender, csms, request_digest),
+                    hashlib.sha256).digest()
+
+
+__all__ = ["CONTEXT", "check_join", "join_proof", "proves", "token_key", "token_proof"]

@@ -30,6 +30,7 @@ from actors.logic.monitoring import Monitors
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.publisher import Publisher
+from actors.runtime.services.enrollment import Credentials
 from actors.runtime.services.join import Membership
 from actors.runtime.settings import Address, Settings, positive
 from actors.runtime.storage.blobs import BlobStore
@@ -109,14 +110,20 @@ class ChargingStation(TreeActor):
 
     def __init__(self, address: str, links: Router | Endpoint, *, store: TreeStore,
                  settings: StationSettings, hardware: StationHardware,
-                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+                 clock: Clock | None = None, rng: random.Random | None = None,
+                 credentials: Credentials | None = None) -> None:
+        """``credentials``: the certificate it joins with (enrolled at its first join);
+        without, it proves its provisioning secret."""
         super().__init__(address, links, roles=settings.roles(), clock=clock, rng=rng)
         self.store = store
         self.settings = settings
         self.hardware = hardware
+        self.credentials = credentials
         self.fresh = False  # True when this start created a new tree (new epoch)
-        self.membership = Membership(self, settings.csms, self.join_request,
-                                     backoff=JOIN_BACKOFF, on_joined=self._joined)
+        self.membership = Membership(
+            self, settings.csms, self.join_request, backoff=JOIN_BACKOFF,
+            on_joined=self._joined,
+            renew_at=lambda: None if credentials is None else credentials.renew_at_us())
         # made on start, once the tree is loaded
         self.tree: ObjectTree | None = None
         self.persisted: PersistentTree | None = None
@@ -185,14 +192,23 @@ class ChargingStation(TreeActor):
         identity = {key: str(tree.get(f"identity/{key}")) for key in
                     ("vendor_name", "model", "serial_number")}
         identity["firmware"] = str(tree.get("firmware/version"))
+        trees = [TreeInfo(epoch=tree.epoch, revision=tree.revision,
+                          root_digest=tree.digest(visible=True))]
+        if self.credentials is not None:
+            return JoinNetworkRequest(role=Role.STATION, identity=identity, trees=trees,
+                                      **self.credentials.join_fields(self.settings.csms))
         return JoinNetworkRequest(
-            role=Role.STATION, identity=identity,
-            proof=join_proof(self.settings.provisioning_secret, self.address, self.settings.csms),
-            trees=[TreeInfo(epoch=tree.epoch, revision=tree.revision,
-                            root_digest=tree.digest(visible=True))])
+            role=Role.STATION, identity=identity, trees=trees,
+            proof=join_proof(self.settings.provisioning_secret, self.address, self.settings.csms))
 
     def _joined(self, request: JoinNetworkRequest, answer: JoinNetworkResponse) -> None:
         assert self.publisher is not None and self.tasks is not None
+        if self.credentials is not None and answer.certificate:
+            try:
+                self.credentials.take(answer.certificate)
+            except ModelError as exc:  # kept the one it had, if any: renewal asks again
+                log.error("%s: the certificate %s issued is refused: %s", self.address,
+                          answer.csms, exc)
         self.tasks.link_changed()  # a backlog of reports may leave now
         self.publisher.heartbeat = answer.heartbeat_s
         # from what we announced: the CSMS judged its copy against that revision, and

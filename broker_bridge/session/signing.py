@@ -76,8 +76,15 @@ def key_id(key: Ed25519PublicKey) -> bytes:
 class KeyDirectory(Protocol):
     """Whose keys are whose: what a receiver knows about the senders it hears."""
 
-    def owner(self, kid: bytes) -> tuple[str, Ed25519PublicKey] | None:
-        """The actor a key belongs to, and the key; ``None`` for a key nobody vouched for."""
+    def owner(self, kid: bytes, now_us: int) -> tuple[str, Ed25519PublicKey] | None:
+        """The actor a key belongs to, and the key; ``None`` for a key nobody vouched for
+        (``BadSignatureError`` for one vouched for no longer: expired, revoked)."""
+        ...
+
+    def introduce(self, kid: bytes, envelope: Envelope,
+                  now_us: int) -> Ed25519PublicKey | None:
+        """The key an envelope signed by the unknown ``kid`` vouches for itself (its body
+        opened): a join's certificate or signing request; ``None`` if it does not."""
         ...
 
     def signs(self, address: str) -> bool:
@@ -116,8 +123,12 @@ class StaticKeys:
         return {address: key.public_bytes_raw().hex()
                 for address, key in self._recipients.items()}
 
-    def owner(self, kid: bytes) -> tuple[str, Ed25519PublicKey] | None:
+    def owner(self, kid: bytes, now_us: int = 0) -> tuple[str, Ed25519PublicKey] | None:
         return self._by_kid.get(kid)
+
+    def introduce(self, kid: bytes, envelope: Envelope,
+                  now_us: int) -> Ed25519PublicKey | None:
+        return None
 
     def signs(self, address: str) -> bool:
         return address in self._signers
@@ -186,9 +197,13 @@ class SigningGuard:
         if len(signature) != SIGNATURE_BYTES:
             raise BadSignatureError("a signature is a key id and an Ed25519 signature")
         kid = signature[:KID_BYTES]
-        known = self.directory.owner(kid)
+        known = self.directory.owner(kid, now)
         if known is None:
-            raise BadSignatureError(f"signed by key {kid.hex()}, which nobody vouched for")
+            key = self._introduced(kid, envelope, now)
+            if key is None:
+                raise BadSignatureError(f"signed by key {kid.hex()}, which nobody vouched "
+                                        "for", details={"reason": "unknown_key"})
+            known = (envelope.source, key)
         owner, key = known
         if owner != envelope.source:
             raise BadSignatureError(f"signed with {owner!r}'s key, claiming {envelope.source!r}")
@@ -201,6 +216,15 @@ class SigningGuard:
             self._fresh(envelope, now)
         self.verified += 1
         return self._opened(envelope)
+
+    def _introduced(self, kid: bytes, envelope: Envelope, now: int) -> Ed25519PublicKey | None:
+        """The key of an unknown ``kid`` as the envelope vouches for it (a join: see
+        ``KeyDirectory.introduce``); its body is opened to look, for local actors only."""
+        if envelope.destination not in self._keys:
+            return None
+        if envelope.encryption is not None:
+            envelope = decrypt_body(envelope, self._decryption_keys.get(envelope.destination))
+        return self.directory.introduce(kid, envelope, now)
 
     def _opened(self, envelope: Envelope) -> Envelope:
         """The envelope with its body decrypted (it was signed: its sender is proven)."""

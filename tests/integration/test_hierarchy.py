@@ -187,6 +187,9 @@ def test_the_demo_runs_and_charges(tmp_path: Path) -> None:
     # the joins (and writes) crossed encrypted to their receivers
     assert signed["decrypted"] >= 2 * summary["stations"]
     assert signed["encrypted"] >= signed["decrypted"]
+    # every station enrolled at its first join with its one-time token
+    assert summary["certificates"]["enrolled"] == summary["stations"]
+    assert summary["certificates"]["refused"] == 0
     for site in summary["sites_energy"]:  # each site's resource manager limits it
         assert site["limit_kw"] is not None and site["power_kw"] <= site["limit_kw"] + 0.05
 
@@ -233,6 +236,19 @@ async def test_the_operators_command_line_signs_and_a_stranger_key_is_refused(
         forged.write_text(json.dumps(raw))
         refused = await cli("get", forged, "cloud", "stations/cs-site1-1/evse/1/status")
         assert refused.returncode == 1 and "no answer" in refused.stderr
+        # the operator revokes a station at the cloud; the list reaches the site
+        revoked = await cli("revoke", connect, "--trust", str(state / "trust"),
+                            "--number", "1", "cs-site1-3")
+        assert revoked.returncode == 0, revoked.stderr
+        stale = await cli("revoke", connect, "--trust", str(state / "trust"),
+                          "--number", "1", "cs-site1-3")
+        assert stale.returncode == 1 and "stale" in stale.stderr
+
+        async def site_took_it() -> bool:
+            shown = await cli("get", connect, "local-site1", "security/revocation_number")
+            return shown.returncode == 0 and "revocation_number = 1 " in shown.stdout
+
+        await until(site_took_it, "the site's revocation list", 30, every=1.0)
     finally:
         if demo.returncode is None:
             demo.send_signal(signal.SIGTERM)

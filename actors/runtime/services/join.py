@@ -13,6 +13,9 @@ queued for an upstream it cannot reach), waits for the link, and joins again as 
 link is back, announcing what its trees hold, so the upstream resynchronises only what
 changed meanwhile.
 
+A member holding a certificate joins again when it is due for renewal (``renew_at``): the
+join asks for the next one (``actors.runtime.services.enrollment``).
+
 An upstream that takes no more joins just now (a reconnect storm: ``BUSY``, see
 ``actors.runtime.services.admission``) says when to come back (``retry_after_s``); the member
 waits that long and up to as long again at random, so that the members it refused together
@@ -45,12 +48,15 @@ class Membership:
     def __init__(self, actor: Messenger, upstream: str,
                  announce: Callable[[], JoinNetworkRequest], *, backoff: Backoff,
                  on_joined: JoinedCallback, timeout_s: float = 10.0,
-                 rejoin_spread_s: float = 2.0) -> None:
+                 rejoin_spread_s: float = 2.0,
+                 renew_at: Callable[[], int | None] = lambda: None) -> None:
         self.actor, self.upstream, self.announce = actor, upstream, announce
         self.backoff, self.on_joined = backoff, on_joined
         self.timeout_s, self.rejoin_spread_s = timeout_s, rejoin_spread_s
+        self.renew_at = renew_at
         self.joined = False
         self.joins = 0
+        self.renewals = 0  # joins again to renew a certificate
         self.refusals = 0  # BUSY answers: the upstream admits joins at its own pace
         self._lost = asyncio.Event()
         self._link = asyncio.Event()
@@ -106,10 +112,26 @@ class Membership:
             self._lost.clear()
             log.info("%s: joined %s", actor.address, self.upstream)
             self.on_joined(request, answer)
-            await self._lost.wait()
+            await self._until_lost_or_renewal()
             # every member of the upstream hears that it lost us at once: do not all come back
             # at once
             await actor.clock.sleep(actor.rng.uniform(0, self.rejoin_spread_s))
+
+
+    async def _until_lost_or_renewal(self) -> None:
+        """Wait until the upstream lost us, or until the certificate we hold is due for
+        renewal (``renew_at``, wall-clock microseconds): joining again renews it."""
+        clock = self.actor.clock
+        while True:
+            due = self.renew_at()
+            wait = None if due is None else max(0.0, (due - clock.now_us()) / 1e6)
+            if await clock.wait(self._lost, wait):
+                return
+            if due is not None and clock.now_us() >= due:
+                self.renewals += 1
+                log.info("%s: renewing its certificate with %s", self.actor.address,
+                         self.upstream)
+                return
 
 
 def _retry_after(exc: ModelError, default: float) -> float:

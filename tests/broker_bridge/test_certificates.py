@@ -1,0 +1,190 @@
+"""Actor certificates, revocation lists and the certificate directory
+(``broker_bridge.session.certificates``), sans-IO: what a chain vouches for, what it must
+not, and how a guard lets a join introduce its key."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from broker_bridge.codec import encode_body
+from broker_bridge.envelope import Envelope, Priority
+from broker_bridge.pki import CertificateAuthority, site_authority
+from broker_bridge.session import SECOND
+from broker_bridge.session.certificates import (
+    CertificateDirectory,
+    RevocationList,
+    check_chain,
+    make_request,
+    read_request,
+)
+from broker_bridge.session.signing import SigningGuard
+from object_model import ErrorCode
+from object_model.access import Role
+from object_model.errors import ModelError
+from object_model.messages import JoinNetworkRequest
+
+NOW = time.time_ns() // 1000  # the CAs are made now, on the wall clock
+DAY = 86_400
+
+
+@dataclass
+class Pki:
+    root: CertificateAuthority
+    site: CertificateAuthority
+    other_root: CertificateAuthority
+
+    def station(self, address: str, key: Ed25519PrivateKey, *, lifetime_s: float = DAY,
+                now: int = NOW) -> list[bytes]:
+        request = read_request(make_request(key, address,
+                                            X25519PrivateKey.generate().public_key()))
+        return self.site.chain(self.site.issue_actor(request, "station", lifetime_s=lifetime_s,
+                                                     now_us=now), self.root.certificate)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    base: Path = tmp_path_factory.mktemp("pki")
+    root = CertificateAuthority(base / "root", "operator root", path_length=1)
+    return Pki(root, site_authority(base / "site1", root, "local-site1"),
+               CertificateAuthority(base / "other", "someone else's root", path_length=1))
+
+
+def reason(info: pytest.ExceptionInfo[ModelError]) -> str:
+    assert info.value.code is ErrorCode.BAD_SIGNATURE
+    return str(info.value.details.get("reason"))
+
+
+def test_a_chain_names_its_actor_role_and_keys(pki: Pki) -> None:
+    key = Ed25519PrivateKey.generate()
+    credential = check_chain(pki.station("cs-site1-3", key), [pki.root.certificate], NOW)
+    assert (credential.address, credential.role, credential.issuer) == (
+        "cs-site1-3", "station", "local-site1")
+    assert credential.key.public_bytes_raw() == key.public_key().public_bytes_raw()
+    assert credential.recipient is not None
+    assert credential.not_before_us < NOW < credential.renew_at_us < credential.not_after_us
+    # a CSMS commissioned by the root shows its certificate alone
+    csms = pki.root.certify("local-site1", "local_csms", Ed25519PrivateKey.generate(), None,
+                            lifetime_s=DAY, now_us=NOW)
+    assert check_chain(pki.root.chain(csms, pki.root.certificate),
+                       [pki.root.certificate], NOW).role == "local_csms"
+
+
+def test_chains_that_must_not_be_trusted_are_refused_with_their_reason(pki: Pki) -> None:
+    key = Ed25519PrivateKey.generate()
+    good = pki.station("cs-site1-3", key)
+    anchors = [pki.root.certificate]
+    mine = pki.other_root.certify("cs-site1-3", "station", key, None, lifetime_s=DAY,
+                                  now_us=NOW)
+    minted = pki.site.certify("cloud", "cloud_csms", key, None, lifetime_s=DAY, now_us=NOW)
+    altered = bytearray(good[0])
+    altered[-5] ^= 1
+    cases = {
+        "expired": (good, NOW + 2 * DAY * SECOND),
+        "not_yet_valid": (good, NOW - DAY * SECOND),
+        "unknown_issuer": ([mine], NOW),
+        "role_not_allowed": ([minted, good[1]], NOW),  # a site CA minting a cloud CSMS
+        "malformed": ([b"not a certificate"], NOW),
+    }
+    for expected, (chain, when) in cases.items():
+        with pytest.raises(ModelError) as info:
+            check_chain(chain, anchors, when)
+        assert reason(info) == expected
+    with pytest.raises(ModelError) as info:
+        check_chain([bytes(altered), good[1]], anchors, NOW)
+    assert reason(info) in ("unknown_issuer", "malformed")
+    with pytest.raises(ModelError) as info:  # the site CA's own certificate as a leaf
+        check_chain([good[1]], anchors, NOW)
+    assert reason(info) == "malformed"
+
+
+def test_a_request_proves_its_key_and_names_one_address() -> None:
+    key = Ed25519PrivateKey.generate()
+    request = make_request(key, "cs-1", X25519PrivateKey.generate().public_key())
+    assert read_request(request).address == "cs-1"
+    tampered = bytearray(request)
+    tampered[tampered.index(b"cs-1") + 3] = ord("2")  # the name, after it was signed
+    with pytest.raises(ModelError) as info:
+        read_request(bytes(tampered))
+    assert info.value.code in (ErrorCode.BAD_SIGNATURE, ErrorCode.INVALID_VALUE)
+    with pytest.raises(ModelError):
+        read_request(b"\x30\x03garbage")
+
+
+def test_revocation_lists_are_signed_numbered_and_refuse_whom_they_name(pki: Pki) -> None:
+    anchors = [pki.root.certificate]
+    directory = CertificateDirectory(anchors)
+    station_key = Ed25519PrivateKey.generate()
+    station = directory.learn(pki.station("cs-site1-3", station_key), NOW)
+    other = directory.learn(pki.station("cs-site1-4", Ed25519PrivateKey.generate()), NOW)
+    assert directory.owner(station.kid, NOW) == ("cs-site1-3", station.key)
+    wire = RevocationList.make(pki.root, 1, ["cs-site1-3"], NOW).encode()
+    listed = RevocationList.decode(wire, anchors)
+    assert directory.revoke(listed) and not directory.revoke(listed)  # only newer numbers
+    with pytest.raises(ModelError) as info:
+        directory.owner(station.kid, NOW)
+    assert reason(info) == "revoked"
+    assert directory.owner(other.kid, NOW) is not None
+    with pytest.raises(ModelError) as info:  # its certificate shown again changes nothing
+        directory.learn(pki.station("cs-site1-3", station_key), NOW)
+    assert reason(info) == "revoked"
+    # revoking a site takes every certificate its CA issued
+    assert directory.revoke(RevocationList.make(pki.root, 2, ["local-site1"], NOW))
+    with pytest.raises(ModelError):
+        directory.owner(other.kid, NOW)
+    # an older list cannot bring them back; forged and altered lists are refused
+    assert not directory.revoke(RevocationList.make(pki.root, 1, [], NOW))
+    with pytest.raises(ModelError):
+        RevocationList.decode(RevocationList.make(pki.other_root, 9, [], NOW).encode(), anchors)
+    with pytest.raises(ModelError):
+        RevocationList.decode(wire.replace(b"cs-site1-3", b"cs-site1-9"), anchors)
+    with pytest.raises(ModelError):
+        RevocationList.decode(b"\x93\x01", anchors)
+    # and an expired certificate's key is refused though it was learnt
+    fresh = CertificateDirectory(anchors)
+    short = fresh.learn(pki.station("cs-site1-5", Ed25519PrivateKey.generate(),
+                                    lifetime_s=60), NOW)
+    with pytest.raises(ModelError) as info:
+        fresh.owner(short.kid, NOW + 61 * SECOND)
+    assert reason(info) == "expired"
+
+
+def _join(source: str, join: JoinNetworkRequest, n: int = 1) -> Envelope:
+    return Envelope(id=n.to_bytes(16, "big"), source=source, destination="local-site1",
+                    kind="JoinNetworkRequest", body=encode_body(join), reliable=False,
+                    priority=Priority.CONTROL, timestamp_us=NOW)
+
+
+def test_a_join_introduces_its_key_by_its_request_once_and_by_its_chain_for_good(
+        pki: Pki) -> None:
+    anchors = [pki.root.certificate]
+    csms = SigningGuard({"local-site1": Ed25519PrivateKey.generate()},
+                        CertificateDirectory(anchors), require_signatures=True)
+    key = Ed25519PrivateKey.generate()
+    station = SigningGuard({"cs-site1-3": key}, CertificateDirectory(anchors))
+    enrolling = JoinNetworkRequest(role=Role.STATION, csr=make_request(key, "cs-site1-3"))
+    assert csms.open(station.seal(_join("cs-site1-3", enrolling), NOW), NOW).kind == (
+        "JoinNetworkRequest")
+    # the request's key verified that join only: it is not certified
+    update = Envelope(id=bytes(15) + b"\x09", source="cs-site1-3", destination="local-site1",
+                      kind="PropertyTreeDiscoveryRequest", body=b"\x90", timestamp_us=NOW)
+    with pytest.raises(ModelError) as info:
+        csms.open(station.seal(update, NOW), NOW)
+    assert reason(info) == "unknown_key"
+    # a request for another address, or signed by another key, introduces nothing
+    thief = SigningGuard({"cs-site1-3": Ed25519PrivateKey.generate()},
+                         CertificateDirectory(anchors))
+    for forged in (JoinNetworkRequest(role=Role.STATION, csr=make_request(key, "cs-site1-4")),
+                   enrolling):
+        with pytest.raises(ModelError) as info:
+            csms.open(thief.seal(_join("cs-site1-3", forged, 2), NOW), NOW)
+        assert reason(info) == "unknown_key"
+    # a join showing its chain is learnt: what follows is taken
+    rejoin = JoinNetworkRequest(role=Role.STATION, certificate=pki.station("cs-site1-3", key))
+    csms.open(station.seal(_join("cs-site1-3", rejoin, 3), NOW), NOW)
+    assert csms.open(station.seal(update, NOW), NOW).kind == "PropertyTreeDiscoveryRequest"

@@ -1,0 +1,106 @@
+"""Certificates in a running hierarchy, on real TLS brokers: stations enroll at their first
+join with one-time tokens, renew before expiry, and a revocation list written at the cloud
+reaches the site in one push and shuts the revoked station out there. The cloud runs with a
+certificate directory of its own, so what the site learns it learns from the push."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from actors.app.hierarchy import Hierarchy
+from actors.app.signing import Signing
+from actors.app.wiring import start_cloud
+from actors.testing import until
+from keypath import KeyPath
+from object_model import ErrorCode, ModelError
+from object_model.messages import PropertyValueWrite, WriteItem
+from tests.integration.conftest import site_simulator
+
+pytestmark = pytest.mark.broker
+
+LIFETIME_S = 12.0
+
+
+@pytest.fixture
+async def hierarchy(tmp_path: Path) -> AsyncIterator[Hierarchy]:
+    h = await Hierarchy.start(tmp_path, signing=True, certificates=True)
+    try:
+        assert h.signing is not None and h.commissioning is not None
+        cloud_signing = Signing(h.root / "keys", require=True, anchor=h.commissioning.anchor)
+        h.cloud = await start_cloud(h.config, h.cloud_config(), signing=cloud_signing)
+        h.signing.certificate_lifetime_s = LIFETIME_S
+        await h.start_site(1, 3, simulator=site_simulator(), seed=5)
+        yield h
+    finally:
+        await h.close()
+
+
+def revocations(h: Hierarchy, number: int, *addresses: str) -> PropertyValueWrite:
+    assert h.commissioning is not None
+    return PropertyValueWrite(writes=[WriteItem(
+        path=KeyPath.parse("security/revocations"),
+        value=h.commissioning.revocation_list(number, addresses))])
+
+
+async def test_stations_enroll_renew_and_a_revoked_one_is_shut_out_after_one_push(
+        hierarchy: Hierarchy) -> None:
+    h = hierarchy
+    site = h.site(1)
+    local = site.local_csms
+    assert local.enroller is not None and h.signing is not None
+    await until(lambda: all(s.admitted for s in site.stations), "the stations enrolled", 60)
+    assert local.enroller.enrolled == 3 and local.enroller.refused == 0
+    keys = h.signing.store.directory
+    for station in site.stations:
+        assert station.credentials is not None and station.credentials.credential is not None
+        assert station.credentials.credential.issuer == "local-site1"
+        assert (keys / f"{station.address}.chain").is_file()
+        assert not (keys / f"{station.address}.token").exists()  # spent, and gone
+    # each renews two thirds into its short life, without a token, and stays joined
+    await until(lambda: local.enroller is not None and local.enroller.renewed >= 3,
+                "every station renewed", 4 * LIFETIME_S)
+    assert local.enroller.enrolled == 3 and local.enroller.refused == 0
+    await until(h.cloud_consistent, "the cloud's copies", 60, every=0.2)
+
+    # the operator revokes cs-site1-2 at the cloud: refused there at once, and at the site
+    # as soon as the cloud's push arrives (the site's directory is not the cloud's)
+    operator = await h.operator()
+    site_directory = h.signing.certificates
+    assert site_directory is not None and site_directory.revocations.number == 0
+    await operator.request("cloud", revocations(h, 1, "cs-site1-2"), timeout=10)
+    await until(lambda: site_directory.revocations.number == 1,
+                "the site took the pushed list", 20)
+    assert local.own.tree.get("security/revocation_number") == 1
+    cloud = h.cloud_actor
+    await until(lambda: cloud.own.tree.get("security/revocation_number") == 1,
+                "the cloud's tree shows its list", 10)
+    revoked = next(s for s in site.stations if s.address == "cs-site1-2")
+    refused_before = local.endpoint.session.counters.refused_by_guard
+    await until(lambda: local.endpoint.session.counters.refused_by_guard > refused_before,
+                "the revoked station's envelopes refused at its site", 20)
+    copy = local.copies.replicas["stations/cs-site1-2"]
+    frozen = copy.tree.revision
+    others = {r.key: r.tree.revision for r in local.copies.replicas.values()
+              if r.key != copy.key}
+    await until(lambda: all(local.copies.replicas[k].tree.revision > v
+                            for k, v in others.items()), "the others still update", 20)
+    assert copy.tree.revision == frozen and revoked.tree is not None
+    assert revoked.tree.revision > frozen  # it lives on, unheard
+
+    # an old, a repeated or a foreign list changes nothing, with a reason
+    for number, code in ((1, ErrorCode.STALE), (0, ErrorCode.STALE)):
+        with pytest.raises(ModelError) as info:
+            await operator.request("cloud", revocations(h, number), timeout=10)
+        assert info.value.code is code
+    from actors.app.commission import Commissioning
+
+    stranger = Commissioning(h.root / "someone-else").revocation_list(9, [])
+    with pytest.raises(ModelError) as info:
+        await operator.request("cloud", PropertyValueWrite(writes=[WriteItem(
+            path=KeyPath.parse("security/revocations"), value=stranger)]), timeout=10)
+    assert info.value.code is ErrorCode.BAD_SIGNATURE
+    assert cloud.own.tree.get("security/revocation_number") == 1
+    assert site_directory.revocations.number == 1
