@@ -77,6 +77,7 @@ from broker_bridge.session.traffic import TrafficCounters
 from broker_bridge.transport import UNKNOWN_ORIGIN, Origin
 from object_model.errors import (
     AccessDeniedError,
+    ErrorCode,
     ExpiredError,
     LimitExceededError,
     MalformedMessageError,
@@ -149,6 +150,21 @@ class SessionCounters:
     error_reports_suppressed: int = 0
     gaps: int = 0
     resets: int = 0
+
+
+_RETRYABLE = frozenset({ErrorCode.REASSEMBLY_TIMEOUT})
+"""What a receiver's session reports about a message that a retransmission may yet bring
+whole (its chunks came too slowly: some were lost): no final answer. (An overflow is final:
+the message does not fit the receiver's budget.)"""
+
+
+def _retryable(report: Envelope) -> bool:
+    """Whether an ``ErrorReport`` says only that the envelope should come again."""
+    try:
+        message = decode_body(report.kind, report.body)
+    except ModelError:
+        return False
+    return getattr(message, "code", None) in _RETRYABLE
 
 
 class Session:
@@ -446,7 +462,7 @@ class Session:
             self._receive_pause(env, now)
             return
         if (env.kind == "ErrorReport" and env.correlation in self._pending
-                and not is_group(dest)):
+                and not is_group(dest) and not _retryable(env)):
             # a final answer (stop retransmitting), if it comes from where the envelope went
             self._acknowledged([env.correlation], env.source, now)
         if env.reliable and env.stream is not None:
@@ -712,6 +728,11 @@ class Session:
         return True
 
     # -- results ----------------------------------------------------------------------------
+
+    @property
+    def reassembling_bytes(self) -> int:
+        """Bytes of partial messages waiting for their other chunks."""
+        return self._reassembler.held_bytes
 
     def drain_events(self) -> list[SessionEvent]:
         """What happened since the last call, in order."""

@@ -137,6 +137,11 @@ class Reassembler:
         self._count_by_peer: dict[str, int] = {}
         self._bytes = 0
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of partial messages held, every sender's together."""
+        return self._bytes
+
     def add(self, env: Envelope, now: int) -> Envelope | None:
         """The whole envelope once its last chunk is in, else ``None``; raises a
         ``ModelError`` (its ErrorCode says why) when the message must be refused."""

@@ -336,6 +336,12 @@ def test_incomplete_messages_time_out_with_an_error_report() -> None:
     rejected = [e for e in link.events["b"] if isinstance(e, InputRejected)]
     assert [e.code for e in rejected] == [ErrorCode.REASSEMBLY_TIMEOUT]
     assert link.delivered["b"] == []
+    # the report reaches the sender, which keeps the message: a chunk was lost, and a
+    # retransmission brings it whole (found by the stateful test: it was settled, and lost)
+    link.deliver(link.frames("b"), "a")
+    assert link.a.pending_count == 1
+    link.run(until=link.now + 700 * SECOND)
+    assert link.delivered["b"] == [1] and link.a.pending_count == 0
 
 
 # -- reliability ---------------------------------------------------------------------------------
