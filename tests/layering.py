@@ -12,7 +12,8 @@ Rules:
   ``random.random()``, ``uuid.uuid4()``...: an ``rng`` is passed in);
 * slixmpp is imported only by broker_bridge's XMPP adapter, prometheus_client only by the
   app's metrics module, s2python only by the S2 mapping, aiosqlite only by the storage of
-  the bridge (its outbox) and of the actors, netfilterqueue only by the network lab's delayer.
+  the bridge (its outbox) and of the actors, netfilterqueue only by the network lab's delayer,
+  atheris only by the fuzzing harness.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ THIRD_PARTY: dict[str, set[str]] = {  # by top-level package
     "actors": {"pydantic", "pydantic_core", "msgpack", "cryptography", "aiosqlite",
                "prometheus_client", "typing_extensions", "ocpp", "s2python", "websockets"},
     "bench": {"pydantic", "msgpack", "slixmpp", "ocpp", "s2python", "websockets",
-              "netfilterqueue"},
+              "netfilterqueue", "cryptography", "atheris"},
 }
 
 IO_OR_CLOCK = {
@@ -70,7 +71,7 @@ NO_OWN_RANDOMNESS = {"actors.logic"}
 ONLY_IN = {"slixmpp": {"broker_bridge.xmpp"}, "prometheus_client": {"actors.app.metrics"},
            "s2python": {"actors.logic.energy.s2"},
            "aiosqlite": {"broker_bridge.outbox", "actors.runtime.storage"},
-           "netfilterqueue": {"bench.netlab.delayer"}}
+           "netfilterqueue": {"bench.netlab.delayer"}, "atheris": {"bench.fuzz"}}
 
 
 @dataclass(frozen=True)

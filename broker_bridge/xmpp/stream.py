@@ -123,6 +123,13 @@ class FrameStreamMixin(_Stream):
         return plugins["xep_0198"] if "xep_0198" in plugins else None  # noqa: SIM401
 
     def _spawn_event(self, xml: Any) -> None:
+        if not self.take(xml):
+            super()._spawn_event(xml)
+
+    def take(self, xml: Any) -> bool:
+        """Handle what the broker sends us that is ours (frames, presences, stream-management
+        acks and requests, bounces) without slixmpp's stanza objects; ``False`` for the rest,
+        which slixmpp handles."""
         tag = xml.tag
         if tag.endswith("}message"):
             frame = xml.find(FRAME_TAG)
@@ -131,26 +138,30 @@ class FrameStreamMixin(_Stream):
                 if xml.get("type") == "error":
                     self.bounces += 1  # our own frame bounced (destination offline or unknown)
                     log.debug("frame bounced: %s", xml.get("from"))
-                    return
+                    return True
                 self.frames_in += 1
                 self._sink(xml.get("from", ""), xml.get("to", ""), xml.get("type", "normal"),
                            frame.text)
-                return
+                return True
         elif tag.endswith("}presence"):
             self._count_handled()
             self._presence(xml.get("from", ""), xml.get("type", "available"))
-            return  # slixmpp's roster machinery is not needed: skip its cost
+            return True  # slixmpp's roster machinery is not needed: skip its cost
         elif tag == _SM_ACK:
             sm = self._sm
             if sm is not None:
-                self._fast_ack(sm, int(xml.get("h", "0")))
-                return
+                h = xml.get("h", "")
+                if h.isascii() and h.isdigit() and int(h) < MAX_SEQ:
+                    self._fast_ack(sm, int(h))
+                else:  # a broken broker: not worth the connection
+                    log.error("stream management: an ack with h=%r ignored", h[:20])
+                return True
         elif tag == _SM_REQUEST:
             sm = self._sm
             if sm is not None and sm.enabled_in:
                 self.send_raw(f"<a xmlns='{SM_NS}' h='{sm.handled}'/>")
-                return
-        super()._spawn_event(xml)
+                return True
+        return False
 
     def _count_handled(self) -> None:
         sm = self._sm
