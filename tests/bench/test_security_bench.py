@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import security
 
+pytestmark = pytest.mark.broker  # the attacks run on a real broker
 
 def test_the_quick_run_measures_signing_and_its_cost(capsys) -> None:  # type: ignore[no-untyped-def]
     assert security.main(["--json", "--quick"]) == 0
@@ -18,3 +21,6 @@ def test_the_quick_run_measures_signing_and_its_cost(capsys) -> None:  # type: i
     # and the fuzzing ran every target and found nothing
     assert figures["fuzz_inputs"] == 3 * 20_000 and figures["fuzz_crashes"] == 0
     assert set(figures["fuzz_by_target"]) == {"decode", "session", "stanza"}
+    # and every attack on the running site held
+    assert figures["attacks"] == figures["refused"] >= 15 and figures["attacks_failed"] == []
+    assert figures["state_changed"] == 0 and figures["connections_dropped"] == 0
