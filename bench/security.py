@@ -7,12 +7,14 @@ and without it.
   checks it (the envelope encoded without its signature, under the context string), median of
   the batches timed;
 * ``verified_envelopes_per_s_per_core``: envelopes one core verifies in a second;
-* ``session_envelopes_per_s_unsigned`` and ``..._signed``, and their ratio
-  ``transport_throughput_signed_over_unsigned``: two sans-IO sessions on one core (no broker,
-  no sockets), a sender's queue of unreliable critical envelopes popped as frames and handed
-  to the receiver, without a guard and with a ``SigningGuard`` at both ends. This is the upper
-  bound a signed link can carry on one core, before the broker and the XML stream take their
-  share (``csms bench transport`` measures those).
+* ``session_envelopes_per_s_<mode>`` and ``transport_throughput_<mode>_over_unsigned``: two
+  sans-IO sessions on one core (no broker, no sockets), a sender's queue of unreliable state
+  envelopes, batched into frames as a session batches them (500 at a time, up to 512 per
+  frame), handed to the receiver: ``unsigned`` (no guard), ``signed``
+  (a ``SigningGuard`` at both ends, a signature per envelope), ``frame_signed`` (one per frame
+  of up to 512 envelopes, each still proven by its bytes) and ``encrypted`` (writes sealed to
+  the receiver with HPKE, each signed). This is the upper bound a link can carry on one core,
+  before the broker and the XML stream take their share (``csms bench transport``).
 
 * ``fuzz_inputs``, ``fuzz_crashes``, ``fuzz_seconds``, ``fuzz_by_target``: coverage-guided
   fuzzing of the decoders, a receiving session and the stanza path (``bench.fuzz``), 400,000
@@ -53,12 +55,14 @@ FUZZ_RUNS = 400_000  # per target: three targets, 1.2 million inputs a run
 FUZZ_QUICK = 20_000
 
 
-def _guards() -> tuple[SigningGuard, SigningGuard]:
+def _guards(*, frames: bool = False) -> tuple[SigningGuard, SigningGuard]:
     """The guards of "a" and "b", made as a process of the demo makes them (one directory,
-    keys on disk, unsigned envelopes refused)."""
+    keys on disk, unsigned envelopes refused); ``frames``: state traffic signed per frame."""
     with tempfile.TemporaryDirectory() as keys:
         signing = Signing(keys, require=True)
-        return signing.guard(["a"]), signing.guard(["b"])
+        a, b = signing.guard(["a"]), signing.guard(["b"])
+    a.frame_signing = b.frame_signing = frames
+    return a, b
 
 
 def _envelope(n: int) -> Envelope:
@@ -84,23 +88,30 @@ def crypto(batches: int, size: int) -> dict[str, float]:
             "verified_envelopes_per_s_per_core": int(1e6 / verify_us)}
 
 
-def session_rate(count: int, signed: bool) -> float:
+MODES = ("unsigned", "signed", "frame_signed", "encrypted")
+"""How a session pair carries the bench's envelopes: no guard; a signature per envelope;
+one per frame; bodies encrypted to the receiver (and signed, one by one)."""
+
+
+def session_rate(count: int, mode: str) -> float:
     """Envelopes per second through a sender's and a receiver's session on one core."""
-    guard_a, guard_b = _guards() if signed else (None, None)
-    config = SessionConfig(seed=1, batch_windows_us={p: 0 for p in Priority})
+    guard_a, guard_b = (None, None) if mode == "unsigned" else _guards(
+        frames=mode == "frame_signed")
+    kind = "PropertyValueWrite" if mode == "encrypted" else "PropertyValueUpdate"
+    config = SessionConfig(seed=1)  # state envelopes share frames (a 3 ms window)
     a, b = Session(config, ["a"], guard=guard_a), Session(config, ["b"], guard=guard_b)
     began, now, delivered = time.perf_counter(), NOW, 0
     for first in range(0, count, 500):
         for _ in range(first, min(count, first + 500)):
-            a.send(source="a", destination="b", kind="PropertyValueUpdate", body=BODY,
-                   now=now, priority=Priority.CRITICAL)
+            a.send(source="a", destination="b", kind=kind, body=BODY, now=now,
+                   priority=Priority.STATE)
+        now += 5_000  # past the window: the batch leaves
         for frame in a.pop_frames(now):
             b.receive_frame(frame.data, now)
         delivered += sum(1 for _ in b.drain_events())
         a.drain_events()
-        now += 1000
     elapsed = time.perf_counter() - began
-    assert delivered >= count, (delivered, count)
+    assert delivered >= count, (mode, delivered, count)
     return count / elapsed
 
 
@@ -108,17 +119,18 @@ def measure(quick: bool, say: Any) -> dict[str, Any]:
     say("Ed25519 sign and verify")
     out: dict[str, Any] = crypto(3 if quick else 9, 200 if quick else 1000)
     count = 5_000 if quick else 30_000
-    rates: dict[str, list[float]] = {"unsigned": [], "signed": []}
-    for run in range(1 if quick else 3):
+    rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    runs = 1 if quick else 3
+    for run in range(runs):
         say(f"session throughput, run {run + 1}")
-        for kind in ("unsigned", "signed"):  # both in each run: the ratio of one run
-            rates[kind].append(session_rate(count, kind == "signed"))
-    unsigned, signed = (statistics.median(rates[k]) for k in ("unsigned", "signed"))
-    ratios = [s / u for s, u in zip(rates["signed"], rates["unsigned"], strict=True)]
-    out |= {"session_envelopes_per_s_unsigned": int(unsigned),
-            "session_envelopes_per_s_signed": int(signed),
-            "transport_throughput_signed_over_unsigned": round(statistics.median(ratios), 3),
-            "runs": len(ratios)}
+        for mode in MODES:  # every mode in each run: the ratios of one run
+            rates[mode].append(session_rate(count, mode))
+    for mode in MODES:
+        out[f"session_envelopes_per_s_{mode}"] = int(statistics.median(rates[mode]))
+    for mode in MODES[1:]:
+        ratios = [m / u for m, u in zip(rates[mode], rates["unsigned"], strict=True)]
+        out[f"transport_throughput_{mode}_over_unsigned"] = round(statistics.median(ratios), 3)
+    out["runs"] = runs
     say("the attacks on a running site")
     attacked = asyncio.run(attacks.measure(lambda name: say(f"attack: {name}")))
     out |= {k: v for k, v in attacked.items() if k != "attack_cases"}

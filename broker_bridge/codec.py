@@ -114,6 +114,19 @@ def _check_depth(value: Any, what: str) -> None:
 # -- frames ---------------------------------------------------------------------------------------
 
 
+MANIFEST_VERSION = 200
+"""The first field of a frame item that is not an envelope but a frame signature's manifest
+(``broker_bridge.session.signing``): it always comes first in its frame."""
+_MANIFEST_HEAD = msgpack.packb(MANIFEST_VERSION)
+
+
+def is_manifest(item: bytes) -> bool:
+    """Whether a frame item is a manifest (a msgpack array whose first field is
+    ``MANIFEST_VERSION``), told from its first bytes without decoding it."""
+    return (len(item) > 3 and 0x90 <= item[0] <= 0x9F
+            and item[1:1 + len(_MANIFEST_HEAD)] == _MANIFEST_HEAD)
+
+
 def encode_frame(envelopes: list[bytes], *, compress: bool = False) -> bytes:
     """One frame holding already-encoded envelopes (compressed when asked and worth it)."""
     plain = msgpack.packb([FRAME_VERSION, *envelopes], use_bin_type=True)

@@ -50,6 +50,7 @@ from broker_bridge.codec import (
     encode_body,
     encode_envelope,
     frame_overhead,
+    is_manifest,
 )
 from broker_bridge.envelope import ChunkInfo, Envelope, Priority, is_group, valid_address
 from broker_bridge.ids import MessageIds
@@ -88,6 +89,8 @@ from object_model.errors import (
 )
 from object_model.messages import Ack, Pause, error_report
 
+MANIFEST_ROOM = 128
+"""Bytes kept free in every frame for a frame signature's manifest (about 100)."""
 _SESSION_KINDS = ("Ack", "Pause", "ErrorReport")  # never answered with an ErrorReport
 
 
@@ -181,7 +184,13 @@ class Session:
         for address in local:
             self.add_local(address)
         self._groups: set[str] = set()
-        self._queue = OutQueue(self.config, self._expired_in_queue, self._left_in_frame)
+        # room in each frame for a frame signature's manifest, where the guard makes them
+        # (a guard that never does needs no ``sign_frame`` and no ``open_frame``)
+        framing = bool(getattr(self.guard, "frame_signing", False))
+        self._reserve = MANIFEST_ROOM if framing else 0
+        self._queue = OutQueue(self.config, self._expired_in_queue, self._left_in_frame,
+                               finish=self.guard.sign_frame if framing else None,
+                               reserve=self._reserve)
         self._pending: dict[bytes, _Pending] = {}
         self._retry: list[tuple[int, int, bytes]] = []
         self._retry_counter = 0
@@ -282,7 +291,11 @@ class Session:
                 env = env._replace(base=out.base)  # tell the receiver what was abandoned
         env = self.guard.seal(env, now)  # the header is final: what the receiver will open
         encoded = encode_envelope(env)
-        room = self.config.frame_bytes - frame_overhead(1)
+        room = self.config.frame_bytes - frame_overhead(1) - self._reserve
+        if self._reserve and len(encoded) > room and env.signature is None:
+            # left for its frame's signature, but it travels in chunks: a seal of its own
+            env = self.guard.seal(env, now, whole=True)
+            encoded = encode_envelope(env)
         pieces = [(env, encoded)] if len(encoded) <= room else self._chunk(env, encoded, room)
         if pending is not None:
             pending.queued_chunks = len(pieces)
@@ -369,20 +382,34 @@ class Session:
         except ModelError as exc:
             self._reject(exc, origin.address, None, None, None, now)
             return
-        for raw in items:
+        manifests = 0
+        while manifests < len(items) and is_manifest(items[manifests]):
+            manifests += 1  # a frame signature's manifests come first
+        entries: list[tuple[bytes, Envelope | None]] = []
+        for raw in items[manifests:]:
             try:
-                env = decode_envelope(raw)
+                entries.append((raw, decode_envelope(raw)))
             except ModelError as exc:
+                entries.append((raw, None))
                 # answer the connection it came from, never the sender it claims (who may be a
                 # victim the garbage was made to reflect at); a room's frame: nobody (every
                 # member would answer)
                 self._reject(exc, None if origin.broadcast else origin.address,
                              exc.details.get("id"), None, None, now)
+        framed: dict[int, str] = {}
+        open_frame = getattr(self.guard, "open_frame", None)
+        if manifests and open_frame is not None:
+            try:
+                framed = open_frame(items[:manifests], entries, now)
+            except Exception as exc:  # a guard's bug: the envelopes go on unproven
+                self._reject(from_exception(exc), None, None, None, None, now, answer=False)
+        for index, (_, env) in enumerate(entries):
+            if env is None:
                 continue
             try:
                 if origin is not UNKNOWN_ORIGIN and not self._authentic(env, origin, now):
                     continue
-                self._receive(env, now)
+                self._receive(env, now, framed.get(index))
             except Exception as exc:  # a bug of ours: it costs this envelope, not its frame
                 self._reject(from_exception(exc), None, env.id, env.destination, env.kind,
                              now, answer=False)
@@ -403,7 +430,7 @@ class Session:
         self._reject(exc, origin.address, env.id, env.destination, env.kind, now)
         return False
 
-    def _receive(self, env: Envelope, now: int) -> None:
+    def _receive(self, env: Envelope, now: int, framed_by: str | None = None) -> None:
         dest = env.destination
         authenticates = self.guard.authenticates
         if dest not in self._local and dest not in self._groups:
@@ -438,7 +465,8 @@ class Session:
                 return
             env = whole
         try:
-            env = self.guard.open(env, now)
+            env = (self.guard.open(env, now) if framed_by is None
+                   else self.guard.open(env, now, framed_by=framed_by))
         except ModelError as refusal:
             self._refused(refusal, env, now, answer=self.guard.answers(refusal, env))
             return

@@ -9,6 +9,11 @@ The session hands the guard every envelope at its two edges:
   before it is encoded and chunked. A retransmission is sealed again, with its header as it is
   then (``base`` may have moved), so the guard sees exactly what the receiver will. Every chunk
   of a large message carries the seal of the whole.
+* ``sign_frame(destination, items)`` as a frame is built: the guard may cover the envelopes
+  ``seal`` left unsigned with one signature for the frame (a manifest item first in it), so a
+  busy link pays one signature per frame, not per envelope.
+* ``open_frame(manifests, entries, now)`` on the way in, for a frame that carries manifests:
+  which of its items they prove, and by whom.
 * ``open(envelope, now)`` on the way in, once a chunked message is reassembled and before
   anything acts on it: de-duplication, acknowledgements (an ``Ack`` settles nothing until it is
   opened), stream ordering, delivery or an answer. It returns the envelope to act on, or raises
@@ -52,12 +57,25 @@ class EnvelopeGuard(Protocol):
 
     authenticates: bool
 
-    def seal(self, envelope: Envelope, now: int) -> Envelope:
-        """The envelope as it must travel (signed, encrypted...)."""
+    def seal(self, envelope: Envelope, now: int, *, whole: bool = False) -> Envelope:
+        """The envelope as it must travel (signed, encrypted...). It may be left for
+        ``sign_frame`` to cover, unless ``whole``: it will travel in chunks."""
         ...
 
-    def open(self, envelope: Envelope, now: int) -> Envelope:
-        """The envelope to act on; raises a ``ModelError`` to refuse it."""
+    def sign_frame(self, destination: str, items: list[tuple[Envelope, bytes]]) -> list[bytes]:
+        """The items of a frame as they must travel: ``items`` (sealed envelopes and their
+        bytes, in frame order), preceded by what covers those ``seal`` left unsigned."""
+        ...
+
+    def open_frame(self, manifests: list[bytes], entries: list[tuple[bytes, Envelope | None]],
+                   now: int) -> dict[int, str]:
+        """Which ``entries`` (a frame's items after its manifests: their bytes, and the
+        envelope each decoded to) the ``manifests`` prove, by index: the signer of each."""
+        ...
+
+    def open(self, envelope: Envelope, now: int, *, framed_by: str | None = None) -> Envelope:
+        """The envelope to act on; raises a ``ModelError`` to refuse it. ``framed_by``: the
+        signer whose frame manifest covered its exact bytes (``open_frame``)."""
         ...
 
     def answers(self, refusal: ModelError, envelope: Envelope) -> bool:
@@ -81,10 +99,17 @@ class NullGuard:
 
     authenticates = False
 
-    def seal(self, envelope: Envelope, now: int) -> Envelope:
+    def seal(self, envelope: Envelope, now: int, *, whole: bool = False) -> Envelope:
         return envelope
 
-    def open(self, envelope: Envelope, now: int) -> Envelope:
+    def sign_frame(self, destination: str, items: list[tuple[Envelope, bytes]]) -> list[bytes]:
+        return [encoded for _, encoded in items]
+
+    def open_frame(self, manifests: list[bytes], entries: list[tuple[bytes, Envelope | None]],
+                   now: int) -> dict[int, str]:
+        return {}
+
+    def open(self, envelope: Envelope, now: int, *, framed_by: str | None = None) -> Envelope:
         return envelope
 
     def answers(self, refusal: ModelError, envelope: Envelope) -> bool:

@@ -94,10 +94,15 @@ class OutQueue:
     """The sender's queues. ``push`` an encoded envelope; ``pop_frames`` what may leave now."""
 
     def __init__(self, config: SessionConfig, on_expired: Callable[[Envelope], None],
-                 on_sent: Callable[[Envelope, int], None]) -> None:
+                 on_sent: Callable[[Envelope, int], None], *,
+                 finish: Callable[[str, list[tuple[Envelope, bytes]]], list[bytes]] | None = None,
+                 reserve: int = 0) -> None:
+        """``finish``: the items of a frame as they leave (the guard's ``sign_frame``),
+        for which ``reserve`` bytes of each frame are kept free."""
         self.config = config
         self._on_expired = on_expired
         self._on_sent = on_sent
+        self._finish = finish
         self._queues: dict[Priority, deque[_Batch]] = {p: deque() for p in PRIORITIES}
         self._open: dict[tuple[Priority, str], _Batch] = {}
         self._bytes = 0
@@ -106,7 +111,7 @@ class OutQueue:
         self._holds: dict[str, int] = {}  # destination -> held until
         self._credits: dict[str, int] = {}  # destination -> bytes it may still take meanwhile
         self._aside: dict[str, list[_Batch]] = {}  # its held batches, oldest first
-        self._limits = {p: config.frame_limit(p) for p in PRIORITIES}
+        self._limits = {p: config.frame_limit(p) - reserve for p in PRIORITIES}
         self.counters = QueueCounters()
 
     def _class(self, priority: Priority) -> Priority:
@@ -262,7 +267,7 @@ class OutQueue:
         return None
 
     def _build(self, batch: _Batch, now: int) -> Frame | None:
-        encoded: list[bytes] = []
+        leaving: list[tuple[Envelope, bytes]] = []
         priority = Priority.BULK
         for env, enc in batch.items:
             self._bytes -= len(enc) + 3
@@ -271,16 +276,18 @@ class OutQueue:
                 self.counters.expired[env.priority] += 1
                 self._on_expired(env)
                 continue
-            encoded.append(enc)
+            leaving.append((env, enc))
             priority = min(priority, env.priority)
             self.counters.envelopes[env.priority] += 1
             self._on_sent(env, now)
-        if not encoded:
+        if not leaving:
             return None
+        encoded = (self._finish(batch.destination, leaving) if self._finish is not None
+                   else [enc for _, enc in leaving])
         data = encode_frame(encoded, compress=self.config.compress)
         self.counters.frames += 1
         self.counters.bytes += len(data)
-        return Frame(batch.destination, data, len(encoded), priority)
+        return Frame(batch.destination, data, len(leaving), priority)
 
     def next_deadline(self) -> int | None:
         """When ``pop_frames`` could next return something (``None``: nothing queued)."""

@@ -49,8 +49,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from broker_bridge.codec import encode_envelope
-from broker_bridge.envelope import Envelope, is_group
+from broker_bridge.codec import MANIFEST_VERSION, encode_envelope
+from broker_bridge.envelope import Envelope, Priority, is_group
 from broker_bridge.session.encryption import decrypt_body, encrypt_body
 from object_model.errors import (
     BadSignatureError,
@@ -63,6 +63,9 @@ from object_model.errors import (
 )
 
 CONTEXT = b"csms63110/env-sig/1"
+FRAME_CONTEXT = b"csms63110/frame-sig/1"
+FRAME_PRIORITIES = frozenset({Priority.STATE, Priority.BULK})
+"""What a link that speaks for one actor leaves to its frames' signatures."""
 KID_BYTES = 8
 SIGNATURE_BYTES = KID_BYTES + 64
 SECOND_US = 1_000_000
@@ -138,6 +141,14 @@ class StaticKeys:
         return {address: key.public_bytes_raw().hex() for address, key in self._by_kid.values()}
 
 
+def _frame_bytes(kid: bytes, destination: str, items: list[bytes]) -> bytes:
+    """What a frame's manifest signs: the signer's key id, the destination, and the SHA-256
+    of each envelope it covers, exactly as sent, in frame order."""
+    return msgpack.packb([FRAME_CONTEXT, kid, destination,
+                          [hashlib.sha256(item).digest() for item in items]],
+                         use_bin_type=True)
+
+
 def _signed_bytes(kid: bytes, env: Envelope) -> bytes:
     return msgpack.packb([CONTEXT, kid, encode_envelope(env._replace(signature=None))],
                          use_bin_type=True)
@@ -156,8 +167,13 @@ class SigningGuard:
                  require_encryption: bool = False,
                  require_signatures: bool = False,
                  max_age_us: int = 120 * SECOND_US, max_skew_us: int = 30 * SECOND_US,
-                 max_seen_per_sender: int = 100_000) -> None:
+                 max_seen_per_sender: int = 100_000, frame_signing: bool | None = None
+                 ) -> None:
         self._keys = {address: (key, key_id(key.public_key())) for address, key in keys.items()}
+        # one signature per frame where the link speaks for one actor (a host of many
+        # stations would need one per station in each frame: no saving)
+        self.frame_signing = len(self._keys) == 1 if frame_signing is None else frame_signing
+        self.frames_signed = self.frames_verified = 0
         self.directory = directory
         self._decryption_keys = dict(decryption_keys or {})
         self.encrypt_kinds = encrypt_kinds
@@ -173,7 +189,7 @@ class SigningGuard:
 
     # -- the guard ---------------------------------------------------------------------------
 
-    def seal(self, envelope: Envelope, now: int) -> Envelope:
+    def seal(self, envelope: Envelope, now: int, *, whole: bool = False) -> Envelope:
         own = self._keys.get(envelope.source)
         if own is None:
             return envelope
@@ -182,14 +198,71 @@ class SigningGuard:
             if recipient is not None:
                 envelope = encrypt_body(envelope.with_changes(encryption=None), recipient)
                 self.encrypted += 1
+        if not whole and self._framed(envelope):
+            return envelope.with_changes(signature=None)  # the frame's manifest covers it
         key, kid = own
         self.signed += 1
         signature = kid + key.sign(_signed_bytes(kid, envelope.with_changes(signature=None)))
         return envelope.with_changes(signature=signature)
 
-    def open(self, envelope: Envelope, now: int) -> Envelope:
+    def _framed(self, envelope: Envelope) -> bool:
+        """Whether ``envelope`` is left to its frame's signature: state and bulk traffic of
+        a link that speaks for one actor, in clear, to one receiver."""
+        return (self.frame_signing and envelope.priority in FRAME_PRIORITIES
+                and envelope.encryption is None and not is_group(envelope.destination))
+
+    def sign_frame(self, destination: str, items: list[tuple[Envelope, bytes]]) -> list[bytes]:
+        encoded = [data for _, data in items]
+        covered = [data for env, data in items
+                   if env.signature is None and env.source in self._keys]
+        if not covered:
+            return encoded
+        signer = next(env.source for env, _ in items
+                      if env.signature is None and env.source in self._keys)
+        key, kid = self._keys[signer]
+        signature = key.sign(_frame_bytes(kid, destination, covered))
+        self.frames_signed += 1
+        self.signed += 1
+        manifest = msgpack.packb([MANIFEST_VERSION, kid, destination, len(covered), signature],
+                                 use_bin_type=True)
+        return [manifest, *encoded]
+
+    def open_frame(self, manifests: list[bytes], entries: list[tuple[bytes, Envelope | None]],
+                   now: int) -> dict[int, str]:
+        proven: dict[int, str] = {}
+        for raw in manifests:
+            try:
+                _, kid, destination, count, signature = msgpack.unpackb(raw)
+                known = self.directory.owner(bytes(kid), now)
+            except ModelError:
+                continue  # a revoked or expired signer: its envelopes fail as unsigned
+            except Exception:  # not a manifest of ours: it proves nothing
+                continue
+            if known is None or not isinstance(destination, str):
+                continue
+            signer, key = known
+            indices = [i for i, (_, env) in enumerate(entries)
+                       if env is not None and env.signature is None and env.source == signer
+                       and env.destination == destination]
+            if len(indices) != count:
+                continue
+            try:
+                key.verify(bytes(signature), _frame_bytes(
+                    bytes(kid), destination, [entries[i][0] for i in indices]))
+            except (InvalidSignature, TypeError, ValueError):
+                continue
+            self.frames_verified += 1
+            self.verified += 1
+            proven.update(dict.fromkeys(indices, signer))
+        return proven
+
+    def open(self, envelope: Envelope, now: int, *, framed_by: str | None = None) -> Envelope:
         signature = envelope.signature
         if signature is None:
+            if framed_by is not None and framed_by == envelope.source:
+                if not envelope.reliable:
+                    self._fresh(envelope, now)
+                return self._opened(envelope)
             if self.require_signatures or self.directory.signs(envelope.source):
                 raise BadSignatureError(f"an unsigned envelope claiming {envelope.source!r}, "
                                         "who signs: refused")

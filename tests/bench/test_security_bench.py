@@ -18,6 +18,10 @@ def test_the_quick_run_measures_signing_and_its_cost(capsys) -> None:  # type: i
     assert figures["verified_envelopes_per_s_per_core"] > 100
     assert figures["session_envelopes_per_s_signed"] > 100
     assert 0 < figures["transport_throughput_signed_over_unsigned"] < 1
+    assert 0 < figures["transport_throughput_encrypted_over_unsigned"] < 1
+    # a signature per frame costs far less than one per envelope
+    assert (figures["transport_throughput_frame_signed_over_unsigned"]
+            > 2 * figures["transport_throughput_signed_over_unsigned"])
     # and the fuzzing ran every target and found nothing
     assert figures["fuzz_inputs"] == 3 * 20_000 and figures["fuzz_crashes"] == 0
     assert set(figures["fuzz_by_target"]) == {"decode", "session", "stanza"}

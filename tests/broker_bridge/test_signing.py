@@ -14,6 +14,7 @@ from broker_bridge.codec import (
     encode_body,
     encode_envelope,
     encode_frame,
+    is_manifest,
 )
 from broker_bridge.envelope import Envelope, Priority
 from broker_bridge.session import MS, SECOND, EnvelopeReceived, InputRejected, SessionConfig
@@ -63,13 +64,76 @@ def envelope(n: int, *, source: str = "a", reliable: bool = False, stamp: int = 
 def test_signed_envelopes_and_their_acknowledgements_flow_and_settle() -> None:
     link = signed_link()
     for n in range(5):
-        link.send(n)
+        link.send(n, priority=Priority.CONTROL)  # signed one by one
     link.run(link.now + 2 * SECOND)
     assert link.delivered["b"] == [0, 1, 2, 3, 4]
     assert link.a.pending_count == 0  # the acks were signed by b and verified by a
     assert link.a.guard.verified >= 1 and link.b.guard.verified == 5  # type: ignore[attr-defined]
-    sent = [decode_envelope(raw) for f in link.frames("a") for raw in decode_frame(f.data)]
+    for n in range(5, 10):
+        link.send(n, priority=Priority.CONTROL)
+    sent = [decode_envelope(raw) for f in link.step("a") for raw in decode_frame(f.data)]
+    assert len(sent) == 5
     assert all(e.signature is not None and len(e.signature) == SIGNATURE_BYTES for e in sent)
+
+
+def test_state_traffic_is_signed_once_per_frame_and_each_envelope_stays_proven() -> None:
+    link = signed_link()
+    for n in range(300):
+        link.send(n)  # state: one link, one actor, so one signature per frame
+    frames = link.step("a")
+    items = [raw for f in frames for raw in decode_frame(f.data)]
+    manifests = [raw for raw in items if is_manifest(raw)]
+    envelopes = [decode_envelope(raw) for raw in items if not is_manifest(raw)]
+    assert len(manifests) == len(frames) < 10 and len(envelopes) == 300
+    assert all(e.signature is None for e in envelopes)
+    link.deliver(frames, "b")
+    link.run(link.now + 2 * SECOND)
+    assert link.delivered["b"] == list(range(300))
+    assert link.b.guard.frames_verified == len(frames)  # type: ignore[attr-defined]
+    assert link.b.guard.verified == len(frames)  # type: ignore[attr-defined]
+
+
+def _frame_of(guard_a: SigningGuard, envelopes: list[Envelope]) -> list[bytes]:
+    return guard_a.sign_frame("b", [(e, encode_envelope(e)) for e in envelopes])
+
+
+def test_a_frame_signature_proves_exactly_the_bytes_it_names() -> None:
+    from object_model.errors import ModelError
+
+    sender = guard("a")
+    receiver = guard("b", require_signatures=True)
+    batch = [sender.seal(envelope(n)._replace(priority=Priority.STATE), START)
+             for n in range(1, 4)]
+    assert all(e.signature is None for e in batch)
+    items = _frame_of(sender, batch)
+    manifest, rest = items[:1], items[1:]
+
+    def proven(entries: list[bytes], manifests: list[bytes] = manifest) -> dict[int, str]:
+        return receiver.open_frame(manifests, [(raw, decode_envelope(raw)) for raw in entries],
+                                   START)
+
+    assert proven(rest) == {0: "a", 1: "a", 2: "a"}
+    # one envelope altered, one left out, one added, or another frame's manifest: nothing
+    altered = decode_envelope(rest[1])._replace(body=body(99))
+    assert proven([rest[0], encode_envelope(altered), rest[2]]) == {}
+    assert proven(rest[:2]) == {}
+    extra = encode_envelope(envelope(5)._replace(priority=Priority.STATE))
+    assert proven([*rest, extra]) == {}
+    other = _frame_of(sender, [sender.seal(envelope(n)._replace(priority=Priority.STATE), START)
+                               for n in range(7, 10)])
+    assert proven(rest, other[:1]) == {}
+    # a manifest by a key nobody vouched for, or garbage where a manifest belongs
+    stranger = SigningGuard({"a": Ed25519PrivateKey.generate()}, StaticKeys())
+    assert proven(rest, _frame_of(stranger, batch)[:1]) == {}
+    assert proven(rest, [b"\x95\xcc\xc8" + b"junk"]) == {}
+    # an unproven unsigned envelope is refused as before; a proven one opens once
+    with pytest.raises(ModelError):
+        receiver.open(batch[0], START)
+    assert receiver.open(batch[0], START, framed_by="a").id == batch[0].id
+    with pytest.raises(ModelError):  # and its replay, even framed again, is refused
+        receiver.open(batch[0], START, framed_by="a")
+    with pytest.raises(ModelError):  # proven for another signer: not for this source
+        receiver.open(batch[1], START, framed_by="mallory")
 
 
 def test_a_large_message_is_signed_once_and_verified_after_reassembly() -> None:
@@ -190,8 +254,10 @@ async def test_signatures_survive_a_real_broker_and_unsigned_strangers_are_refus
         await until(lambda: b.session.counters.refused_by_guard == 1, "the stranger refused")
         await until(lambda: a.session.pending_count == 0, "the signed acks")
     assert sorted(inbox.numbers()) == list(range(20))
-    assert guards["b"].verified == 20 and guards["a"].verified >= 1
-    assert guards["a"].signed >= 20 and guards["b"].signed >= 1
+    # state traffic: a signature per frame (each proving every envelope in it), not per
+    # envelope; the acks (control) one by one
+    assert 1 <= guards["b"].frames_verified == guards["a"].frames_signed < 20
+    assert guards["a"].verified >= 1 and guards["b"].signed >= 1
 
 
 async def test_the_marks_survive_a_restart_in_the_outbox(tmp_path) -> None:  # type: ignore[no-untyped-def]
