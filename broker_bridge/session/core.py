@@ -82,6 +82,7 @@ from object_model.errors import (
     ExpiredError,
     LimitExceededError,
     MalformedMessageError,
+    MessageTooLargeError,
     ModelError,
     ReassemblyTimeoutError,
     UnknownActorError,
@@ -292,6 +293,10 @@ class Session:
         env = self.guard.seal(env, now)  # the header is final: what the receiver will open
         encoded = encode_envelope(env)
         room = self.config.frame_bytes - frame_overhead(1) - self._reserve
+        if len(encoded) > room and is_group(env.destination):
+            raise MessageTooLargeError(
+                f"a broadcast of {len(encoded)} bytes: broadcasts travel in one frame (at most "
+                f"{room} bytes; a room member could spoil the chunks of a larger one)")
         if self._reserve and len(encoded) > room and env.signature is None:
             # left for its frame's signature, but it travels in chunks: a seal of its own
             env = self.guard.seal(env, now, whole=True)
@@ -445,6 +450,12 @@ class Session:
             # it can only be forged, and each would open a stream state: silence
             self._reject(MalformedMessageError("a broadcast cannot be reliable"), None, env.id,
                          dest, env.kind, now)
+            return
+        if env.chunk is not None and is_group(dest):
+            # no session sends one; through a room, anyone may claim a broadcast's source and
+            # id, and one forged chunk would spoil the genuine message's reassembly: silence
+            self._reject(MalformedMessageError("a broadcast is never chunked"), None, env.id,
+                         dest, env.kind, now, answer=False)
             return
         if env.chunk is not None:
             if not authenticates and self._dedupe.seen(env.source, env.id):

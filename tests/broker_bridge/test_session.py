@@ -1192,10 +1192,32 @@ def test_room_chunks_spend_the_rooms_budget_and_are_never_answered() -> None:
         link.b.receive_frame(_chunk("a", "group:site1", n, message_id=bytes([n]) * 16,
                                     total=60_000), 0, Origin("mallory", broadcast=True))
     link.collect()
-    assert link.b.counters.error_reports_sent == 0  # the third overflowed: unanswered
+    assert link.b.counters.error_reports_sent == 0  # refused (chunked broadcasts): unanswered
+    assert link.b.reassembling_bytes == 0  # and nothing held for them
     link.send(7, size=80_000)  # a's genuine large message, in chunks, direct
     link.run(link.now + 5 * SECOND)
     assert link.delivered["b"] == [7]
+
+
+def test_a_room_member_cannot_spoil_a_broadcast_with_a_forged_chunk() -> None:
+    """Broadcasts travel in one frame and chunks through a room are refused: a member who
+    injects a chunk claiming a genuine broadcast's source and id spoils nothing (it used to
+    join the genuine message's reassembly and fail it whole)."""
+    link = Link()
+    link.b.join_group("group:site1")
+    genuine = link.a.send(source="a", destination="group:site1", kind="PropertyValueUpdate",
+                          body=body(5), now=0)
+    link.b.receive_frame(_chunk("a", "group:site1", 0, message_id=genuine.id, total=2), 0,
+                         Origin("mallory", broadcast=True))
+    link.now = 10 * MS
+    for frame in link.frames("a"):
+        link.b.receive_frame(frame.data, link.now, Origin(None, broadcast=True))
+    link.collect()
+    assert link.delivered["b"] == [5]
+    with pytest.raises(ModelError) as info:  # and no session sends a broadcast in chunks
+        link.a.send(source="a", destination="group:site1", kind="PropertyValueUpdate",
+                    body=body(6, 60_000), now=link.now)
+    assert info.value.code is ErrorCode.MESSAGE_TOO_LARGE
 
 
 def test_one_sender_cannot_take_every_reassembly_slot() -> None:
