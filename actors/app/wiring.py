@@ -177,6 +177,16 @@ async def start_resource_manager(broker: BrokerConfig, cfg: ResourceManagerConfi
     return await _start_then_connect(Running(links, [actor], [store]))
 
 
+async def restore_applied(running: Running) -> None:
+    """Give the guards of ``running``'s links what its stores say was applied (per sender,
+    the newest state-changing message): a replay of it after a crash is refused even if the
+    guards' own marks were not written in time."""
+    for store in running.stores:
+        marks = await store.applied_marks()
+        for endpoint in running.links.endpoints:
+            endpoint.session.guard.restore(marks)
+
+
 async def _start_then_connect(running: Running) -> Running:
     """Start the actors (loading their state), then connect: the broker hands over what it
     kept for an account while it was away as soon as it is back, and that must find its actor
@@ -188,6 +198,7 @@ async def _start_then_connect(running: Running) -> Running:
         for actor in running.actors:
             await actor.start()
             started.append(actor)
+        await restore_applied(running)
         default = running.links.default
         for endpoint in running.links.endpoints:
             # only the default link must be up to start: a site works while its uplink is down
@@ -230,6 +241,7 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
     halt_when_stopping(running.halt)  # a signal during the start halts it at once
     try:
         running.stores.append(await TreeStore(state / "trees.db", compact_every=128).open())
+        await restore_applied(running)  # before the stations serve what the broker kept
         for first in range(0, len(cfg.ids), START_TOGETHER):
             batch = []
             for i, station in enumerate(cfg.ids[first:first + START_TOGETHER], first):

@@ -139,6 +139,8 @@ class AggregateView:
             access.operations(ctx.require_role(), message)
             self.own.vet(message)
         event = access.write(ctx.require_role(), message)
+        if access is self.own.access:  # its id goes to disk with its effect
+            self.own.note_applied(ctx.sender, ctx.message_id, ctx.envelope.timestamp_us)
         await self.own.durable(event.revision)  # answer only what survives a crash
         return written(message.tree, access, event)
 

@@ -60,6 +60,11 @@ class OwnTree:
         if self._persisted is not None:
             await self._persisted.detach(snapshot=False)
 
+    def note_applied(self, sender: str, message_id: bytes, stamp_us: int) -> None:
+        """A message of ``sender`` changed this tree (``PersistentTree.note_applied``)."""
+        assert self._persisted is not None, "open first"
+        self._persisted.note_applied(sender, message_id, stamp_us)
+
     async def durable(self, revision: int | None = None) -> None:
         """Return once ``revision`` (default: the current one) is on disk."""
         assert self._persisted is not None, "open first"

@@ -247,6 +247,8 @@ class ChargingStation(TreeActor):
         expected = message.expected_revision if isinstance(message, PropertyValueWrite) else None
         event = access.tree.apply(ops, expected_revision=expected)
         assert self.persisted is not None
+        # its id goes to disk with its effect: a replay after a crash is refused
+        self.persisted.note_applied(ctx.sender, ctx.message_id, ctx.envelope.timestamp_us)
         await self.persisted.durable(event.revision)  # answer only what survives a crash
         self.hardware.obey(event)
         return event

@@ -320,8 +320,9 @@ class SigningGuard:
         return dict(self._marks)
 
     def restore(self, marks: dict[str, int]) -> None:
-        self._restored = dict(marks)
+        """Take ``marks`` (several sources add up: the outbox's, the actors' stores')."""
         for sender, stamp in marks.items():
+            self._restored[sender] = max(stamp, self._restored.get(sender, -1))
             self._marks[sender] = max(stamp, self._marks.get(sender, 0))
 
     # -- replay --------------------------------------------------------------------------------

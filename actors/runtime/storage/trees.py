@@ -67,7 +67,13 @@ CREATE TABLE IF NOT EXISTS log (
     key TEXT, revision INTEGER, data BLOB NOT NULL, PRIMARY KEY (key, revision)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS side (key TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS applied (
+    sender TEXT, id BLOB, stamp INTEGER NOT NULL, PRIMARY KEY (sender, id)
+) WITHOUT ROWID;
 """
+APPLIED_KEPT_US = 86_400_000_000
+"""How long the ids of applied state-changing messages are kept (far beyond any replay
+window: a replay older than that is refused as stale)."""
 
 
 class CorruptTreeError(Exception):
@@ -144,12 +150,14 @@ def _new_future() -> asyncio.Future[None]:
 
 @dataclass(slots=True)
 class _Op:
-    kind: str  # "record" | "snapshot" | "delete"
+    kind: str  # "record" | "snapshot" | "delete" | "applied" (ids only)
     key: str
     changes: ChangeSet | None = None
     tree: ObjectTree | None = None
     horizon: int | None = None
     snapshot: tuple[int, int, bytes] | None = None  # epoch, revision, data
+    # the state-changing messages whose effect this op carries: (sender, id, timestamp)
+    applied: list[tuple[str, bytes, int]] = field(default_factory=list)
     future: asyncio.Future[None] = field(default_factory=_new_future)
 
 
@@ -168,6 +176,7 @@ class _Plan:
         self.drop: set[str] = set()  # keys whose stored snapshot goes
         self.snapshots: dict[str, tuple[str, int, bytes]] = {}
         self.rows: dict[str, list[tuple[int, bytes]]] = {}
+        self.applied: list[tuple[str, bytes, int]] = []
 
     def head(self, key: str) -> _Head | None:
         return self.heads[key] if key in self.heads else self._durable.get(key)
@@ -393,7 +402,7 @@ class TreeStore:
                 except (ModelError, ValueError, TypeError) as exc:  # a bad record fails alone
                     _settle(op.future, exc)
             try:
-                if plan.heads:
+                if plan.heads or plan.applied:
                     async with self._lock:
                         await self._commit(plan)
                     self.transactions += 1
@@ -420,6 +429,9 @@ class TreeStore:
             log.error("tree store %s: the writer died", self.path, exc_info=task.exception())
 
     def _plan(self, op: _Op, plan: _Plan) -> None:
+        plan.applied += op.applied  # in the transaction that writes the effect
+        if op.kind == "applied":
+            return
         if op.kind == "delete":
             plan.delete(op.key)
             return
@@ -457,6 +469,7 @@ class TreeStore:
             ("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
              [(k, *snap) for k, snap in plan.snapshots.items()]),
             ("INSERT INTO log VALUES (?, ?, ?)", rows),
+            ("INSERT OR IGNORE INTO applied VALUES (?, ?, ?)", plan.applied),
         ]
         await db.execute("BEGIN")
         try:
@@ -468,6 +481,20 @@ class TreeStore:
             with contextlib.suppress(aiosqlite.Error):
                 await db.execute("ROLLBACK")
             raise
+
+    async def applied_marks(self) -> dict[str, int]:
+        """Per sender, the timestamp of the newest state-changing message whose effect is
+        stored here (``PersistentTree.note_applied``): after a crash, a replay of it (or of
+        anything older) is refused even if the guard's own marks had not been written yet.
+        Ids kept longer than ``APPLIED_KEPT_US`` are let go."""
+        db = self.db
+        rows = await db.execute_fetchall("SELECT MAX(stamp) FROM applied")
+        newest = next(iter(rows))[0] if rows else None
+        if newest is not None:
+            await db.execute("DELETE FROM applied WHERE stamp < ?", (newest - APPLIED_KEPT_US,))
+        marks = await db.execute_fetchall("SELECT sender, MAX(stamp) FROM applied "
+                                          "GROUP BY sender")
+        return {sender: int(stamp) for sender, stamp in marks}
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -624,6 +651,7 @@ class PersistentTree:
         self._seen = tree.revision
         self._needs_snapshot = self._scheduled = False
         self._pending: asyncio.Future[None] | None = None  # the last submission
+        self._applied: list[tuple[str, bytes, int]] = []
         self._unsubscribe = tree.subscribe(self._on_commit)
         tree.on_listener_error = self._listener_failed
 
@@ -656,8 +684,11 @@ class PersistentTree:
         elif tree.revision > self._revision:
             op = _Op("record", self.key, changes=tree.changes_since(self._revision), tree=tree,
                      horizon=tree.horizon)
-        else:
+        elif not self._applied:
             return None
+        else:  # ids of messages whose effect was submitted before: record them now
+            op = _Op("applied", self.key)
+        op.applied, self._applied = self._applied, []
         self._pending = future = self.store.submit(op)
         future.add_done_callback(self._written)
         self._needs_snapshot = False
@@ -667,6 +698,14 @@ class PersistentTree:
     def _written(self, future: asyncio.Future[None]) -> None:
         if future.cancelled() or future.exception() is not None:
             self._needs_snapshot = True  # a failed write is retried, whole, by the next flush
+
+    def note_applied(self, sender: str, message_id: bytes, stamp_us: int) -> None:
+        """The message ``message_id`` of ``sender`` (timestamped ``stamp_us``) changed the
+        tree: its id is written in the same transaction as its effect."""
+        self._applied.append((sender, message_id, stamp_us))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_soon)
 
     async def durable(self, revision: int | None = None) -> None:
         """Return once ``revision`` (default: the tree's current one) is on disk."""

@@ -334,3 +334,49 @@ def test_stored_snapshots_round_trip_every_plain_value_exactly() -> None:
         with pytest.raises(ModelError) as info:
             unpack_tree(damaged, PermissiveSchema())
         assert info.value.code is ErrorCode.SNAPSHOT_INVALID
+
+
+async def test_a_writes_id_is_stored_with_its_effect_and_refuses_its_replay_after_a_crash(
+        tmp_path: Path) -> None:
+    """The id of a state-changing message goes to disk in the transaction that writes its
+    effect; after a restart the store's marks make the guard refuse a replay of it (or of
+    anything older from that sender), though the guard's own marks were never written."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from broker_bridge.envelope import Envelope
+    from broker_bridge.session.signing import SigningGuard, StaticKeys
+
+    stamp = 1_750_000_000_000_000
+    store = await TreeStore(tmp_path / "trees.db").open()
+    tree = ObjectTree(PermissiveSchema())
+    persisted = await store.attach("t", tree)
+    await persisted.durable()
+    before = store.transactions
+    tree.apply([Write("policy/max_power_w", 11000.0)])
+    persisted.note_applied("operator", b"\x07" * 16, stamp)
+    await persisted.durable()
+    assert store.transactions == before + 1  # one transaction: the effect and the id
+    with sqlite3.connect(tmp_path / "trees.db") as raw:  # as a crash would leave the file
+        assert raw.execute("SELECT sender, id, stamp FROM applied").fetchall() == [
+            ("operator", b"\x07" * 16, stamp)]
+    await store.close()
+
+    reopened = await TreeStore(tmp_path / "trees.db").open()
+    marks = await reopened.applied_marks()
+    await reopened.close()
+    assert marks == {"operator": stamp}
+    key = Ed25519PrivateKey.generate()
+    sender = SigningGuard({"operator": key}, StaticKeys({"operator": key.public_key()}))
+    receiver = SigningGuard({}, StaticKeys({"operator": key.public_key()}))
+    receiver.restore(marks)
+    receiver.restore({"operator": stamp - 10})  # marks from elsewhere add up, never lower
+
+    def write(at: int, n: int) -> Envelope:
+        return sender.seal(Envelope(id=bytes([n]) * 16, source="operator", destination="t",
+                                    kind="PropertyValueWrite", body=b"\x90", timestamp_us=at),
+                           at)
+
+    with pytest.raises(ModelError) as info:
+        receiver.open(write(stamp, 7), stamp + 1_000)  # the replay
+    assert info.value.code is ErrorCode.REPLAYED
+    assert receiver.open(write(stamp + 1, 8), stamp + 1_000).id == bytes([8]) * 16
