@@ -84,6 +84,7 @@ import msgpack
 
 from actors.app.config import load_config
 from actors.app.hierarchy import Hierarchy, Say, simulated
+from actors.app.signing import Signing
 from actors.app.wiring import Running, settle_heap, start_cloud
 from actors.csms.cloud import CloudCsms
 from actors.logic.station.simulation import SimulationConfig
@@ -117,7 +118,8 @@ async def run_cloud_child(config_path: Path, stats_path: Path) -> int:
     config = load_config(config_path)
     assert config.cloud is not None, f"{config_path} has no [cloud] section"
     started = time.time()
-    running = await start_cloud(config.broker, config.cloud)
+    running = await start_cloud(config.broker, config.cloud,
+                                signing=Signing.of(config.signing))
     ready = time.time()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -406,7 +408,8 @@ class ResyncLab(Hierarchy):
                 hardware.paused = True
                 host = site.hosts[0]
                 station = ChargingStation(old.address, host.endpoint, store=old.store,
-                                          settings=old.settings, hardware=hardware)
+                                          settings=old.settings, hardware=hardware,
+                                          credentials=old.credentials)
                 await station.start()
                 assert station.tree is not None and station.tree.epoch == fresh.epoch
                 host.actors[index] = station
@@ -475,8 +478,10 @@ def ocpp_figures(stations: list[ChargingStation]) -> dict[str, Any]:
 
 async def run_resync(stations: int = 1000, changed: float = 0.01, sites: int = 4,
                      seed: int = 1, state_dir: Path | None = None, progress: Say | None = None,
-                     timeout: float = 600.0) -> dict[str, Any]:
-    """Run the whole scenario (see the module docstring); returns the figures."""
+                     timeout: float = 600.0, signed: bool = False) -> dict[str, Any]:
+    """Run the whole scenario (see the module docstring); returns the figures. ``signed``:
+    every actor signs (state traffic of the sites' uplinks one signature per frame),
+    joins and writes are encrypted, stations enroll with certificates, as in the demo."""
     if stations < 1 or sites < 1 or sites > stations:
         raise ValueError("need at least one station per site")
     if not 0 < changed <= 1:
@@ -487,7 +492,8 @@ async def run_resync(stations: int = 1000, changed: float = 0.01, sites: int = 4
         root = Path(state_dir) if state_dir is not None else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
-        h = await ResyncLab.start(root, sites=sites, say=say)
+        h = await ResyncLab.start(root, sites=sites, say=say, signing=signed,
+                                  certificates=signed)
         try:
             await h.start_cloud_child()
             await h.start_sites(stations, sites)
@@ -530,7 +536,7 @@ async def run_resync(stations: int = 1000, changed: float = 0.01, sites: int = 4
             say("stopping...")
             await h.close()
     figures: dict[str, Any] = {
-        "stations": stations, "sites": sites, "leaves": leaves,
+        "stations": stations, "sites": sites, "leaves": leaves, "signed": signed,
         "changed_fraction": changed, "changed_leaves": n_changed,
         "changed_leaves_digest_descent": n_changed_descent,
         "start_seconds": round(started, 2), "initial_sync_seconds": round(initial, 2),
@@ -616,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="give up waiting for consistency after this many seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--signed", action="store_true",
+                        help="everything signed, encrypted where it matters, certificates")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
 
@@ -624,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
 
     figures = asyncio.run(run_resync(args.stations, args.changed, args.sites, args.seed,
                                      Path(args.state_dir) if args.state_dir else None, say,
-                                     args.timeout))
+                                     args.timeout, args.signed))
     print(json.dumps(figures) if args.json else render(figures))
     return 0 if figures["consistent"] and figures["consistent_digest_descent"] else 1
 

@@ -25,8 +25,10 @@ and without it.
   TLS broker, signing, certificates): each refused with its expected answer (or silence), a
   log line and a metric, nothing changed, no honest connection lost.
 
-Not measured here yet (see docs/security.md): resynchronisation of 1,000 stations signed
-against unsigned.
+* ``resync_seconds_signed_over_unsigned`` (and ``..._digest_descent``): ``bench.resync`` for
+  1,000 stations (40 with ``--quick``), the cloud SIGKILLed and restarted, once unsigned and
+  once with everything signed, encrypted where it matters and enrolled with certificates:
+  the catch-up's seconds, signed over unsigned.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import time
 from typing import Any
 
 from actors.app.signing import Signing
-from bench import attacks, fuzz
+from bench import attacks, fuzz, resync
 from broker_bridge.codec import encode_body
 from broker_bridge.envelope import Envelope, Priority
 from broker_bridge.session import Session, SessionConfig
@@ -53,6 +55,8 @@ BODY = encode_body(PropertyValueUpdate(epoch=1, from_revision=41, to_revision=42
 NOW = 1_700_000_000_000_000
 FUZZ_RUNS = 400_000  # per target: three targets, 1.2 million inputs a run
 FUZZ_QUICK = 20_000
+RESYNC_STATIONS = 1000
+RESYNC_QUICK = 40
 
 
 def _guards(*, frames: bool = False) -> tuple[SigningGuard, SigningGuard]:
@@ -115,6 +119,25 @@ def session_rate(count: int, mode: str) -> float:
     return count / elapsed
 
 
+def resync_cost(stations: int, say: Any) -> dict[str, Any]:
+    """``bench.resync`` unsigned and signed (the cloud killed and restarted, same epoch and
+    new epochs): what signing costs a catch-up."""
+    out: dict[str, Any] = {"resync_stations": stations}
+    figures = {}
+    for signed in (False, True):
+        say(f"resynchronisation of {stations} stations, {'signed' if signed else 'unsigned'}")
+        figures[signed] = asyncio.run(resync.run_resync(stations, sites=max(1, stations // 250),
+                                                        signed=signed))
+        if not (figures[signed]["consistent"] and figures[signed]["consistent_digest_descent"]):
+            raise RuntimeError(f"the {'signed' if signed else 'unsigned'} resync did not "
+                               "reach consistency")
+    for key in ("seconds", "seconds_digest_descent"):
+        unsigned, signed_s = figures[False][key], figures[True][key]
+        out[f"resync_{key}_unsigned"], out[f"resync_{key}_signed"] = unsigned, signed_s
+        out[f"resync_{key}_signed_over_unsigned"] = round(signed_s / unsigned, 2)
+    return out
+
+
 def measure(quick: bool, say: Any) -> dict[str, Any]:
     say("Ed25519 sign and verify")
     out: dict[str, Any] = crypto(3 if quick else 9, 200 if quick else 1000)
@@ -135,6 +158,7 @@ def measure(quick: bool, say: Any) -> dict[str, Any]:
     attacked = asyncio.run(attacks.measure(lambda name: say(f"attack: {name}")))
     out |= {k: v for k, v in attacked.items() if k != "attack_cases"}
     out["attacks_failed"] = [c["attack"] for c in attacked["attack_cases"] if not c["held"]]
+    out |= resync_cost(RESYNC_QUICK if quick else RESYNC_STATIONS, say)
     fuzzed = fuzz.fuzz(list(fuzz.TARGETS), FUZZ_QUICK if quick else FUZZ_RUNS, say)
     out |= {k: v for k, v in fuzzed.items() if k != "fuzz_targets"}
     out["fuzz_by_target"] = {t["target"]: {"inputs": t["inputs"], "crashes": t["crashes"],

@@ -42,6 +42,7 @@ from actors.app.config import (
     Config,
     LocalConfig,
     ResourceManagerConfig,
+    SigningConfig,
     StationsConfig,
     UplinkConfig,
     write_config,
@@ -302,8 +303,14 @@ class Hierarchy:
         return self.root / "cloud.toml"
 
     def write_cloud_config(self) -> Path:
-        return write_config(Config(broker=self.config, cloud=self.cloud_config()),
-                            self.cloud_config_path)
+        signing = None
+        if self.signing is not None:  # the cloud's process signs as this one does
+            signing = SigningConfig(
+                key_dir=str(self.signing.store.directory), require=self.signing.require,
+                keys=self.signing.public_keys(), encryption_keys=self.signing.encryption_keys(),
+                anchor=None if self.commissioning is None else str(self.commissioning.anchor))
+        return write_config(Config(broker=self.config, cloud=self.cloud_config(),
+                                   signing=signing), self.cloud_config_path)
 
     async def start_cloud(self, clock: Clock | None = None) -> CloudCsms:
         """The cloud CSMS, in this process."""

@@ -28,3 +28,5 @@ def test_the_quick_run_measures_signing_and_its_cost(capsys) -> None:  # type: i
     # and every attack on the running site held
     assert figures["attacks"] == figures["refused"] >= 15 and figures["attacks_failed"] == []
     assert figures["state_changed"] == 0 and figures["connections_dropped"] == 0
+    # and a signed resynchronisation reached consistency too (its cost is a ratio)
+    assert figures["resync_stations"] == 40 and figures["resync_seconds_signed_over_unsigned"] > 0
