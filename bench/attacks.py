@@ -381,10 +381,14 @@ async def run_all(r: Range, say: Callable[[str], None] = lambda message: None
     async def reused_token() -> None:  # ...and the owner's own use of it is refused
         await join_with("genuine")
 
-    async def revoked() -> None:
-        assert r.h.commissioning is not None
-        revocation = r.h.commissioning.revocation_list(1, ["cs-site1-2"])
-        r.local.own.tree.write("security/revocations", revocation)
+    # the operator revokes cs-site1-2 (the list reaches the site and its stations)...
+    r.local.own.tree.write("security/revocations",
+                           r.h.commissioning.revocation_list(1, ["cs-site1-2"]))
+    await until(lambda: all(s.tree is not None
+                            and s.tree.get("security/revocation_number") == 1
+                            for s in r.h.stations()), "the stations took the list", 20)
+
+    async def revoked() -> None:  # ...which then speaks up
         victim = next(s for s in r.h.stations() if s.address == "cs-site1-2")
         victim.send(LOCAL, READ)
 

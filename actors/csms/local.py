@@ -24,6 +24,7 @@ from actors.csms.site_energy import SiteEnergy
 from actors.csms.site_policy import SitePolicy
 from actors.csms.task_relay import TASK_MESSAGES
 from actors.logic.join_proof import check_join, join_proof
+from actors.logic.revocations import NUMBER_PATH
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.replica import Replica
 from actors.runtime.replication.resync import ResyncOutcome
@@ -37,7 +38,7 @@ from broker_bridge.clock import Clock
 from broker_bridge.router import Router
 from broker_bridge.session.certificates import CertificateDirectory
 from keypath import KeyPath
-from object_model import ErrorCode, MessageBase, Role
+from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
 from object_model.blobs import BlobChunkRequest
 from object_model.errors import NotAdmittedError
 from object_model.messages import (
@@ -92,7 +93,8 @@ class LocalCsms(TreeActor):
             self, settings.cloud, self.join_request, backoff=UPSTREAM_BACKOFF,
             on_joined=self._joined_cloud)
         self.revocations = Revocations(
-            self, self.own, certificates or (None if enroller is None else enroller.directory))
+            self, self.own, certificates or (None if enroller is None else enroller.directory),
+            downstream=lambda: list(self.copies.stations))
         self.energy = SiteEnergy(self, own=self.own, copies=self.copies,
                                  clock=site_clock or self.clock,
                                  settings=settings.energy, site=settings.site,
@@ -160,6 +162,9 @@ class LocalCsms(TreeActor):
         else:
             self.site_policy.apply_soon(replica)
         log.info("%s: admitted %s", self.address, ctx.sender)
+        # a station that was away (or new) gets the revocation list it lacks
+        self.revocations.push(ctx.sender, holds=_number(replica.tree) if replica.synced
+                              else None)
         return JoinNetworkResponse(csms=self.address, heartbeat_s=self.settings.heartbeat_s,
                                    certificate=chain)
 
@@ -229,6 +234,15 @@ class LocalCsms(TreeActor):
             self.upstream.lost()
             return
         await super().on_error_report(report, ctx)
+
+
+def _number(tree: ObjectTree) -> int:
+    """The revocation list number a copy of a station shows (0: none, or an older station)."""
+    try:
+        value = tree.get(NUMBER_PATH)
+    except ModelError:
+        return 0
+    return value if isinstance(value, int) else 0
 
 
 __all__ = ["LocalCsms", "LocalSettings"]

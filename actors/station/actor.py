@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from actors.logic.firmware_trust import trusted_keys
 from actors.logic.join_proof import join_proof
 from actors.logic.monitoring import Monitors
+from actors.logic.revocations import LIST_PATH, NUMBER_PATH, checked_list, stored_list, written_list
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.publisher import Publisher
@@ -42,6 +43,7 @@ from broker_bridge import Endpoint
 from broker_bridge.backoff import Backoff
 from broker_bridge.clock import Clock
 from broker_bridge.router import Router
+from broker_bridge.session.certificates import RevocationList
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
 from object_model.blobs import FirmwareUpdate
@@ -139,6 +141,15 @@ class ChargingStation(TreeActor):
         self.tree = tree
         self.persisted = persisted = await self.store.attach(self.address, tree)
         await persisted.durable()
+        if self.credentials is not None:  # the revocations it took before a restart
+            try:
+                listed = stored_list(tree.get(LIST_PATH), self.credentials.directory)
+            except ModelError as exc:
+                log.error("%s: the revocation list in its tree is refused (%s)", self.address,
+                          exc)
+            else:
+                if listed is not None:
+                    self.credentials.directory.revoke(listed)
         access = TreeAccess(tree, station_access_policy())
         self.trees = OneTree(self.address, access, self._commit)
         self.hardware.attach(tree, self._report, now)
@@ -209,6 +220,10 @@ class ChargingStation(TreeActor):
             except ModelError as exc:  # kept the one it had, if any: renewal asks again
                 log.error("%s: the certificate %s issued is refused: %s", self.address,
                           answer.csms, exc)
+        held = None if self.credentials is None else self.credentials.credential
+        if held is not None and self.tree is not None:  # what the CSMS sees of it
+            self.tree.apply([Write("security/certificate_serial", held.kid.hex()),
+                             Write("security/certificate_expires_at", held.not_after_us)])
         self.tasks.link_changed()  # a backlog of reports may leave now
         self.publisher.heartbeat = answer.heartbeat_s
         # from what we announced: the CSMS judged its copy against that revision, and
@@ -244,6 +259,9 @@ class ChargingStation(TreeActor):
                       ctx: Context) -> TransactionCommitted:
         ops = access.operations(ctx.require_role(), message)
         refuse_unfit_envelopes(access.tree, ops)
+        revoked = self._revocations_in(access.tree, ops)
+        if revoked is not None:
+            ops = [*ops, Write(NUMBER_PATH, revoked.number)]
         expected = message.expected_revision if isinstance(message, PropertyValueWrite) else None
         event = access.tree.apply(ops, expected_revision=expected)
         assert self.persisted is not None
@@ -251,7 +269,20 @@ class ChargingStation(TreeActor):
         self.persisted.note_applied(ctx.sender, ctx.message_id, ctx.envelope.timestamp_us)
         await self.persisted.durable(event.revision)  # answer only what survives a crash
         self.hardware.obey(event)
+        if revoked is not None and self.credentials is not None:
+            self.credentials.directory.revoke(revoked)  # refused here too, from now on
+            log.warning("%s: revocation list %d taken: %s revoked", self.address,
+                        revoked.number, ", ".join(sorted(revoked.addresses)) or "nobody")
         return event
+
+    def _revocations_in(self, tree: ObjectTree, ops: list[Operation]) -> RevocationList | None:
+        """The revocation list a write brings, checked (``actors.logic.revocations``)."""
+        value = written_list(tree.schema, ops)
+        if value is None:
+            return None
+        directory = None if self.credentials is None else self.credentials.directory
+        return checked_list(value, directory, held=int(tree.get(NUMBER_PATH) or 0),
+                            holder=self.address)
 
     # -- figures ------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from object_model.types import (
     uint8,
     uint16,
     uint32,
+    uint64,
 )
 
 Text = Annotated[str, string(100)]
@@ -212,12 +213,16 @@ class Clock(Component):
 
 
 class Security(Component):
-    """Credentials: the provisioning secret is never readable, not even by the CSMS."""
+    """Credentials: the provisioning secret is never readable, not even by the CSMS. The
+    certificate the station holds (its key id and expiry), and the revocation list its CSMS
+    gave it (signed by the operator's root; only a newer one replaces it) and its number."""
 
     certificate_serial: Name = ""
     certificate_expires_at: Timestamp = 0
     failed_logins: Annotated[int, uint32()] = 0
     provisioning_secret: Annotated[str, string(128), Access.NONE] | None = None
+    revocations: Annotated[bytes, Access.READ_WRITE] = b""
+    revocation_number: Annotated[int, uint64()] = 0
 
 
 # -- power electronics and thermal -------------------------------------------------------------

@@ -162,5 +162,5 @@ def test_notify_event_rejects_values_of_the_wrong_type(tree) -> None:
 def test_main_prints_json(capsys) -> None:
     ob.main(["--json"])
     figures = json.loads(capsys.readouterr().out)
-    assert figures["full_report_2_evse"]["report_data"] == 238  # one per leaf of a two-EVSE station tree
+    assert figures["full_report_2_evse"]["report_data"] == 240  # one per leaf of a two-EVSE station tree
     assert figures["full_report_3_evse"]["json_bytes"] > figures["full_report_2_evse"]["json_bytes"]

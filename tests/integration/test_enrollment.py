@@ -16,7 +16,7 @@ from actors.app.wiring import start_cloud
 from actors.testing import until
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError
-from object_model.messages import PropertyValueWrite, WriteItem
+from object_model.messages import PropertyValueRead, PropertyValueWrite, WriteItem
 from tests.integration.conftest import site_simulator
 
 pytestmark = pytest.mark.broker
@@ -32,10 +32,21 @@ async def hierarchy(tmp_path: Path) -> AsyncIterator[Hierarchy]:
         cloud_signing = Signing(h.root / "keys", require=True, anchor=h.commissioning.anchor)
         h.cloud = await start_cloud(h.config, h.cloud_config(), signing=cloud_signing)
         h.signing.certificate_lifetime_s = LIFETIME_S
-        await h.start_site(1, 3, simulator=site_simulator(), seed=5)
+        await h.start_site(1, simulator=site_simulator(), seed=5)
+        # the stations (and the operator's client) trust by a directory of their own: what
+        # they refuse, they learnt themselves
+        stations_signing = Signing(h.root / "keys", require=True,
+                                   anchor=h.commissioning.anchor)
+        h.site_signing, h.signing = h.signing, stations_signing
+        await h.add_stations(1, [f"cs-site1-{k}" for k in (1, 2, 3)],
+                             simulator=site_simulator(), seed=5)
         yield h
     finally:
         await h.close()
+
+
+def site_directory_of(h: Hierarchy) -> object:
+    return h.site_signing.certificates  # type: ignore[attr-defined]
 
 
 def revocations(h: Hierarchy, number: int, *addresses: str) -> PropertyValueWrite:
@@ -51,6 +62,8 @@ async def test_stations_enroll_renew_and_a_revoked_one_is_shut_out_after_one_pus
     site = h.site(1)
     local = site.local_csms
     assert local.enroller is not None and h.signing is not None
+    station_directory = h.signing.certificates
+    assert station_directory is not None and station_directory is not site_directory_of(h)
     await until(lambda: all(s.admitted for s in site.stations), "the stations enrolled", 60)
     assert local.enroller.enrolled == 3 and local.enroller.refused == 0
     keys = h.signing.store.directory
@@ -68,7 +81,7 @@ async def test_stations_enroll_renew_and_a_revoked_one_is_shut_out_after_one_pus
     # the operator revokes cs-site1-2 at the cloud: refused there at once, and at the site
     # as soon as the cloud's push arrives (the site's directory is not the cloud's)
     operator = await h.operator()
-    site_directory = h.signing.certificates
+    site_directory = h.site_signing.certificates  # type: ignore[attr-defined]
     assert site_directory is not None and site_directory.revocations.number == 0
     await operator.request("cloud", revocations(h, 1, "cs-site1-2"), timeout=10)
     await until(lambda: site_directory.revocations.number == 1,
@@ -104,3 +117,22 @@ async def test_stations_enroll_renew_and_a_revoked_one_is_shut_out_after_one_pus
     assert info.value.code is ErrorCode.BAD_SIGNATURE
     assert cloud.own.tree.get("security/revocation_number") == 1
     assert site_directory.revocations.number == 1
+
+    # the stations got the list too (they hear the operator directly): a revoked operator
+    # is refused at the cloud, at the site and at each station, after one push
+    for station in site.stations:
+        await until(lambda s=station: s.tree.get("security/revocation_number") == 1,
+                    f"{station.address} took the list", 20)
+    station = next(s for s in site.stations if s.address == "cs-site1-1")
+    assert station.tree is not None
+    expires = station.tree.get("security/certificate_expires_at")
+    assert expires > 0 and station.tree.get("security/certificate_serial")
+    read = PropertyValueRead(paths=[KeyPath.parse("identity/serial_number")])
+    assert await operator.request("cs-site1-1", read, timeout=10)  # before
+    await operator.request("cloud", revocations(h, 2, "cs-site1-2", "operator"), timeout=10)
+    await until(lambda: station.tree.get("security/revocation_number") == 2,
+                "the station took the second list", 20)
+    assert station_directory.revocations.number == 2  # its own directory took it
+    with pytest.raises(ModelError) as info:
+        await operator.request("cs-site1-1", read, timeout=3)
+    assert info.value.code is ErrorCode.TIMEOUT  # refused in silence
