@@ -342,7 +342,13 @@ async def run_all(r: Range, say: Callable[[str], None] = lambda message: None
         for first in range(0, len(bad), 200):
             replayer.transport.send_frame(LOCAL, encode_frame(bad[first:first + 200]))
 
-    async def chunk_streams() -> None:
+    async def chunk_streams() -> None:  # a compromised station opens partial after partial
+        for _ in range(120):
+            inside.send(LOCAL, compromised.seal_chunk(r.envelope(
+                "PropertyValueWrite", WRITE, source="cs-site1-1",
+                chunk=ChunkInfo(0, 64, 64 * 65_000))))
+
+    async def rogue_chunks() -> None:  # never reach a reassembly: checked one by one first
         for _ in range(120):
             mallory.send(LOCAL, r.envelope("PropertyValueWrite", WRITE, source="mallory",
                                            chunk=ChunkInfo(0, 64, 64 * 65_000)))
@@ -409,7 +415,9 @@ async def run_all(r: Range, say: Callable[[str], None] = lambda message: None
         Case("forged ack", SILENCE, forged_ack, "envelope(s) sent to another actor", inside),
         Case("flood of signatures to verify", SILENCE, flood, "does not verify", replayer),
         Case("many chunk streams", ErrorCode.REASSEMBLY_OVERFLOW.value, chunk_streams,
-             "reassembly_overflow"),
+             "reassembly_overflow", inside),
+        Case("unsigned chunks from a rogue account", SILENCE, rogue_chunks,
+             "an unsigned chunk claiming 'mallory'"),
         Case("station writing outside its subtree", ErrorCode.ACCESS_DENIED.value,
              outside_subtree, "may not write policy"),
         # refused, logged, counted; unanswered: the host's connection has no address of its

@@ -90,6 +90,8 @@ from object_model.errors import (
 )
 from object_model.messages import Ack, Pause, error_report
 
+SIGNATURE_ROOM = 80
+"""Bytes a piece's own signature takes (a key id and an Ed25519 signature, and framing)."""
 MANIFEST_ROOM = 128
 """Bytes kept free in every frame for a frame signature's manifest (about 100)."""
 _SESSION_KINDS = ("Ack", "Pause", "ErrorReport")  # never answered with an ErrorReport
@@ -297,10 +299,6 @@ class Session:
             raise MessageTooLargeError(
                 f"a broadcast of {len(encoded)} bytes: broadcasts travel in one frame (at most "
                 f"{room} bytes; a room member could spoil the chunks of a larger one)")
-        if self._reserve and len(encoded) > room and env.signature is None:
-            # left for its frame's signature, but it travels in chunks: a seal of its own
-            env = self.guard.seal(env, now, whole=True)
-            encoded = encode_envelope(env)
         pieces = [(env, encoded)] if len(encoded) <= room else self._chunk(env, encoded, room)
         if pending is not None:
             pending.queued_chunks = len(pieces)
@@ -308,14 +306,21 @@ class Session:
             self._queue.push(piece, data, now)
 
     def _chunk(self, env: Envelope, encoded: bytes, room: int) -> list[tuple[Envelope, bytes]]:
+        """``env`` in pieces that fit ``room``; each piece sealed on its own by the guard (a
+        signature of its own, checked before reassembly: a forged chunk never joins one)."""
         body = env.body
+        seal_chunk = getattr(self.guard, "seal_chunk", None)
         header = len(encoded) - len(body) + 24  # chunk field and length-prefix growth
+        if seal_chunk is not None and env.signature is None:
+            header += SIGNATURE_ROOM  # the pieces' own signatures
         size = room - header
         count = -(-len(body) // size)
         out = []
         for index in range(count):
             piece = env._replace(body=body[index * size:(index + 1) * size],
                                  chunk=ChunkInfo(index, count, len(body)))
+            if seal_chunk is not None:
+                piece = seal_chunk(piece)
             data = encode_envelope(piece)
             assert len(data) <= room, "chunk does not fit its frame"
             out.append((piece, data))
@@ -458,6 +463,19 @@ class Session:
                          dest, env.kind, now, answer=False)
             return
         if env.chunk is not None:
+            if env.chunk.total_size > self.config.max_message_bytes:  # cheap checks first
+                self._reject(MessageTooLargeError(
+                    f"message of {env.chunk.total_size} bytes exceeds the limit of "
+                    f"{self.config.max_message_bytes}"), env.source, env.id, dest, env.kind,
+                    now)
+                return
+            open_chunk = getattr(self.guard, "open_chunk", None)
+            if open_chunk is not None:
+                try:  # before it joins a reassembly: a forged chunk spoils nothing
+                    framed_by = open_chunk(env, now)
+                except ModelError as refusal:
+                    self._refused(refusal, env, now, answer=self.guard.answers(refusal, env))
+                    return
             if not authenticates and self._dedupe.seen(env.source, env.id):
                 self._duplicate(env, now)  # its first ack may have been lost: at once again
                 return
@@ -475,6 +493,8 @@ class Session:
             if whole is None:
                 return
             env = whole
+            if open_chunk is not None and framed_by is not None:
+                env = whole._replace(signature=None)  # proven piece by piece
         try:
             env = (self.guard.open(env, now) if framed_by is None
                    else self.guard.open(env, now, framed_by=framed_by))

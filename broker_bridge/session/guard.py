@@ -9,6 +9,9 @@ The session hands the guard every envelope at its two edges:
   before it is encoded and chunked. A retransmission is sealed again, with its header as it is
   then (``base`` may have moved), so the guard sees exactly what the receiver will. Every chunk
   of a large message carries the seal of the whole.
+* ``seal_chunk(piece)`` and ``open_chunk(piece, now)`` (optional): each piece of a large
+  envelope sealed on its own and checked before it joins a reassembly, so a forged piece
+  never spoils a genuine message; the whole is then opened as proven by its pieces.
 * ``sign_frame(destination, items)`` as a frame is built: the guard may cover the envelopes
   ``seal`` left unsigned with one signature for the frame (a manifest item first in it), so a
   busy link pays one signature per frame, not per envelope.
@@ -57,9 +60,9 @@ class EnvelopeGuard(Protocol):
 
     authenticates: bool
 
-    def seal(self, envelope: Envelope, now: int, *, whole: bool = False) -> Envelope:
+    def seal(self, envelope: Envelope, now: int) -> Envelope:
         """The envelope as it must travel (signed, encrypted...). It may be left for
-        ``sign_frame`` to cover, unless ``whole``: it will travel in chunks."""
+        ``sign_frame`` to cover (or, if it travels in chunks, ``seal_chunk`` each piece)."""
         ...
 
     def sign_frame(self, destination: str, items: list[tuple[Envelope, bytes]]) -> list[bytes]:
@@ -99,7 +102,7 @@ class NullGuard:
 
     authenticates = False
 
-    def seal(self, envelope: Envelope, now: int, *, whole: bool = False) -> Envelope:
+    def seal(self, envelope: Envelope, now: int) -> Envelope:
         return envelope
 
     def sign_frame(self, destination: str, items: list[tuple[Envelope, bytes]]) -> list[bytes]:

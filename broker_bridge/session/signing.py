@@ -10,9 +10,12 @@ session's acknowledgements and error reports too, over
 stream, epoch, seq, base, encryption) and the body, under a context string of its own, so a
 signature is good for this envelope only and for nothing else the project signs. ``kid`` is
 the first 8 bytes of SHA-256 of the raw public key; the envelope's ``signature`` field holds
-``kid || signature`` (72 bytes). The session seals before it splits an envelope into chunks
-and opens after it has put them together, so a chunk is not signed alone; a retransmission
-is sealed again (its ``base`` may have moved).
+``kid || signature`` (72 bytes). An envelope too large for one frame travels in chunks,
+each signed on its own (``seal_chunk``, its chunk position included) and checked before it
+joins a reassembly (``open_chunk``); the whole is then opened as proven by its chunks
+(encrypted bodies are sealed whole, before they are cut). A retransmission is sealed again
+(its ``base`` may have moved). State and bulk envelopes of a link that speaks for one actor
+may be left to their frame's signature instead (``sign_frame``, ``open_frame``).
 
 *Verifying.* The receiver looks the ``kid`` up in its ``KeyDirectory``, which says whose key it
 is: an envelope is refused (``BAD_SIGNATURE``) when its key is unknown, when the key belongs
@@ -189,7 +192,7 @@ class SigningGuard:
 
     # -- the guard ---------------------------------------------------------------------------
 
-    def seal(self, envelope: Envelope, now: int, *, whole: bool = False) -> Envelope:
+    def seal(self, envelope: Envelope, now: int) -> Envelope:
         own = self._keys.get(envelope.source)
         if own is None:
             return envelope
@@ -198,12 +201,34 @@ class SigningGuard:
             if recipient is not None:
                 envelope = encrypt_body(envelope.with_changes(encryption=None), recipient)
                 self.encrypted += 1
-        if not whole and self._framed(envelope):
+        if self._framed(envelope):
             return envelope.with_changes(signature=None)  # the frame's manifest covers it
         key, kid = own
         self.signed += 1
         signature = kid + key.sign(_signed_bytes(kid, envelope.with_changes(signature=None)))
         return envelope.with_changes(signature=signature)
+
+    def seal_chunk(self, piece: Envelope) -> Envelope:
+        """A piece of a large envelope, signed on its own (its chunk position included), so
+        the receiver checks it before it joins a reassembly."""
+        own = self._keys.get(piece.source)
+        if own is None:
+            return piece
+        key, kid = own
+        self.signed += 1
+        return piece.with_changes(signature=kid + key.sign(
+            _signed_bytes(kid, piece.with_changes(signature=None))))
+
+    def open_chunk(self, piece: Envelope, now: int) -> str | None:
+        """Check a piece before reassembly: the sender it is proven to come from, ``None``
+        for an unsigned piece of a sender that may send unsigned; refused otherwise."""
+        if piece.signature is None:
+            if self.require_signatures or self.directory.signs(piece.source):
+                raise BadSignatureError(f"an unsigned chunk claiming {piece.source!r}, who "
+                                        "signs: refused")
+            return None
+        self._verify(piece, now)
+        return piece.source
 
     def _framed(self, envelope: Envelope) -> bool:
         """Whether ``envelope`` is left to its frame's signature: state and bulk traffic of
@@ -267,6 +292,16 @@ class SigningGuard:
                 raise BadSignatureError(f"an unsigned envelope claiming {envelope.source!r}, "
                                         "who signs: refused")
             return self._opened(envelope)
+        self._verify(envelope, now)
+        if not envelope.reliable:
+            self._fresh(envelope, now)
+        return self._opened(envelope)
+
+    def _verify(self, envelope: Envelope, now: int) -> None:
+        """Check ``envelope``'s signature: a key vouched for, of the source it claims, over
+        its exact header and body (``BAD_SIGNATURE`` otherwise)."""
+        signature = envelope.signature
+        assert signature is not None
         if len(signature) != SIGNATURE_BYTES:
             raise BadSignatureError("a signature is a key id and an Ed25519 signature")
         kid = signature[:KID_BYTES]
@@ -285,10 +320,7 @@ class SigningGuard:
         except InvalidSignature:
             raise BadSignatureError(f"the signature of {envelope.source!r} does not verify: "
                                     "the envelope was altered") from None
-        if not envelope.reliable:
-            self._fresh(envelope, now)
         self.verified += 1
-        return self._opened(envelope)
 
     def _introduced(self, kid: bytes, envelope: Envelope, now: int) -> Ed25519PublicKey | None:
         """The key of an unknown ``kid`` as the envelope vouches for it (a join: see

@@ -136,11 +136,34 @@ def test_a_frame_signature_proves_exactly_the_bytes_it_names() -> None:
         receiver.open(batch[1], START, framed_by="mallory")
 
 
-def test_a_large_message_is_signed_once_and_verified_after_reassembly() -> None:
-    link = signed_link()
-    link.send(7, size=200_000)
-    link.run(link.now + 5 * SECOND)
-    assert link.delivered["b"] == [7]
+def test_each_chunk_is_signed_and_checked_before_it_joins_a_reassembly() -> None:
+    """A large message travels in pieces each signed on its own (chunk position included);
+    the receiver checks every piece before reassembly, so a forged or altered piece carrying
+    the message's id is refused alone and the genuine message still arrives whole."""
+    from broker_bridge.transport import Origin
+
+    for priority in (Priority.CONTROL, Priority.STATE):  # signed alone, or left to frames
+        link = signed_link()
+        link.send(7, size=200_000, priority=priority)
+        frames = link.step("a")
+        pieces = [decode_envelope(raw) for f in frames for raw in decode_frame(f.data)
+                  if not is_manifest(raw)]
+        assert len(pieces) >= 6 and all(p.chunk is not None for p in pieces)
+        assert all(p.signature is not None and len(p.signature) == SIGNATURE_BYTES
+                   for p in pieces)
+        assert len({p.signature for p in pieces}) == len(pieces)  # each its own
+        # a forged first piece (another key, or the genuine one altered) arrives first
+        first = pieces[0]
+        forged = SigningGuard({"a": KEYS["mallory"]}, DIRECTORY).seal_chunk(
+            first._replace(body=b"x" * len(first.body)))
+        altered = first._replace(body=b"y" * len(first.body))
+        for bad in (forged, altered):
+            link.b.receive_frame(frame(bad), link.now, Origin("a", "a".__eq__))
+        assert link.b.reassembling_bytes == 0  # neither joined a reassembly
+        assert rejected(link) == [ErrorCode.BAD_SIGNATURE] * 2
+        link.deliver(frames, "b")
+        link.run(link.now + 5 * SECOND)
+        assert link.delivered["b"] == [7]
 
 
 def test_forged_altered_and_downgraded_envelopes_are_refused_in_silence() -> None:

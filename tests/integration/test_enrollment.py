@@ -132,7 +132,8 @@ async def test_stations_enroll_renew_and_a_revoked_one_is_shut_out_after_one_pus
     await operator.request("cloud", revocations(h, 2, "cs-site1-2", "operator"), timeout=10)
     await until(lambda: station.tree.get("security/revocation_number") == 2,
                 "the station took the second list", 20)
-    assert station_directory.revocations.number == 2  # its own directory took it
+    await until(lambda: station_directory.revocations.number == 2,
+                "the stations' own directory took it", 10)
     with pytest.raises(ModelError) as info:
         await operator.request("cs-site1-1", read, timeout=3)
     assert info.value.code is ErrorCode.TIMEOUT  # refused in silence
