@@ -35,6 +35,7 @@ from broker_bridge.session.certificates import (
     ISSUES_OID,
     RECIPIENT_OID,
     ROLE_OID,
+    SCOPE_OID,
     SITE_ROLES,
     CertificateRequest,
     make_request,
@@ -214,13 +215,18 @@ class CertificateAuthority:
         return issued
 
 
-def site_authority(directory: Path | str, root: CertificateAuthority,
-                   site_csms: str) -> CertificateAuthority:
+def site_authority(directory: Path | str, root: CertificateAuthority, site_csms: str,
+                   scope: str) -> CertificateAuthority:
     """The CA of the site whose local CSMS is ``site_csms`` (made under ``root`` on first
-    use), which issues stations and resource managers only."""
+    use), which issues stations and resource managers only, whose addresses begin with
+    ``scope`` (``cs-site1-``): a compromised site names no other site's actors, nor the
+    cloud or an operator."""
+    if not scope:
+        raise ValueError("a site CA names the prefix of the addresses it may issue")
     return CertificateAuthority(
         directory, f"site CA of {site_csms}", parent=root, path_length=0,
         extensions=[x509.UnrecognizedExtension(ISSUES_OID, ",".join(SITE_ROLES).encode()),
+                    x509.UnrecognizedExtension(SCOPE_OID, scope.encode()),
                     x509.SubjectAlternativeName(
                         [x509.UniformResourceIdentifier(ACTOR_URI + site_csms)])],
         days=3 * 365)

@@ -117,12 +117,18 @@ def _client(args: argparse.Namespace) -> int:
 def _commission(args: argparse.Namespace) -> int:
     from actors.app.commission import Commissioning
 
+    if args.role == "local_csms" and not args.stations:
+        print("csms commission: a local CSMS gets a site CA that names its stations: give "
+              "the prefix of their addresses (--stations cs-site1-)", file=sys.stderr)
+        return 2
     trust = Commissioning(args.trust)
     chain = trust.certify(args.key_dir, args.address, args.role, days=args.days)
     print(f"{args.address}: certificate ({args.role}, {args.days:g} days) in {chain}")
     print(f"anchor (every actor's [signing] anchor): {trust.anchor}")
     if args.role == "local_csms":
-        print(f"site CA ({args.address}'s [signing] site_ca): {trust.site_ca(args.address)}")
+        site_ca = trust.site_ca(args.address, args.stations)
+        print(f"site CA ({args.address}'s [signing] site_ca, naming {args.stations}*): "
+              f"{site_ca}")
     return 0
 
 
@@ -326,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the actor's [signing] key_dir (its keys are made there)")
     commission.add_argument("--role", required=True, choices=roles)
     commission.add_argument("--days", type=float, default=30.0)
+    commission.add_argument("--stations", metavar="PREFIX",
+                            help="with --role local_csms: the prefix of the addresses its site "
+                            "CA may name (cs-site1-)")
     commission.add_argument("address")
     commission.set_defaults(func=_commission)
     enroll = sub.add_parser("enroll", help="a one-time token a station enrolls with at its "

@@ -46,11 +46,12 @@ class Commissioning:
         """The root's certificate: what every actor trusts."""
         return self.root.certificate_path
 
-    def site_ca(self, local_csms: str) -> Path:
+    def site_ca(self, local_csms: str, stations: str) -> Path:
         """The directory of the CA of the site whose local CSMS is ``local_csms`` (made on
-        first use): give it to that CSMS as ``[signing] site_ca``."""
+        first use), which names only addresses beginning with ``stations`` (``cs-site1-``):
+        give it to that CSMS as ``[signing] site_ca``."""
         directory = self.directory / f"site-{local_csms}"
-        site_authority(directory, self.root, local_csms)
+        site_authority(directory, self.root, local_csms, stations)
         return directory
 
     def certify(self, key_dir: Path | str, address: str, role: str, *,

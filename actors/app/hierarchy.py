@@ -240,7 +240,8 @@ class Hierarchy:
             for name in names:
                 trust.certify(root / "keys", name, _ROLES[name.split("-", 1)[0]])
             h.signing = Signing(root / "keys", require=True, anchor=trust.anchor)
-            h.signing.site_cas = {f"local-site{k}": trust.site_ca(f"local-site{k}")
+            h.signing.site_cas = {f"local-site{k}": trust.site_ca(f"local-site{k}",
+                                                                  f"cs-site{k}-")
                                   for k in numbers}
         elif signing:
             h.signing = Signing(root / "keys", require=True)

@@ -64,7 +64,10 @@ class Signing:
         self.site_cas: dict[str, Path] = {}  # per local CSMS, where one process runs several
         self.certificate_lifetime_s = certificate_lifetime_s
         self.encrypt = frozenset(encrypt)
-        self.require = require
+        # with certificates every actor signs: nothing unsigned is taken from anyone (else an
+        # enrolled station whose certificate this process has not seen yet, after a restart,
+        # could be spoken for unsigned)
+        self.require = require or anchor is not None
         self.guards: list[SigningGuard] = []
 
     @classmethod

@@ -57,7 +57,7 @@ from cryptography.x509.oid import NameOID
 
 from broker_bridge.codec import decode_body
 from broker_bridge.envelope import Envelope, valid_address
-from broker_bridge.session.signing import StaticKeys, key_id
+from broker_bridge.session.signing import Introduction, StaticKeys, key_id
 from object_model.errors import BadSignatureError, InvalidValueError, ModelError
 
 _ARC = "2.25.292380950092930261446083924335227220439"  # a UUID-based arc of our own
@@ -67,6 +67,8 @@ RECIPIENT_OID = x509.ObjectIdentifier(_ARC + ".2")
 """The actor's X25519 key (32 raw bytes) that bodies for it are sealed to."""
 ISSUES_OID = x509.ObjectIdentifier(_ARC + ".3")
 """The roles a CA may issue (UTF-8, comma-separated)."""
+SCOPE_OID = x509.ObjectIdentifier(_ARC + ".4")
+"""The addresses a CA may issue: a prefix (UTF-8); a site CA's stations, say ``cs-site1-``."""
 ACTOR_URI = "urn:csms63110:actor:"
 SITE_ROLES = ("station", "resource_manager")
 """What a site's CA issues."""
@@ -244,6 +246,9 @@ def check_chain(chain: Sequence[object], anchors: Sequence[x509.Certificate],
         if role not in allowed:
             raise _refused("role_not_allowed", f"{address!r}'s CA may not issue the role "
                            f"{role!r}")
+        scope = _extension(ca, SCOPE_OID)
+        if scope is None or not address.startswith(scope.decode("utf-8", "replace")):
+            raise _refused("out_of_scope", f"{address!r} is outside what its CA may name")
         issuer = _named(ca) or ""
         if not issuer:
             raise _refused("unknown_issuer", f"the CA of {address!r} names no site")
@@ -301,10 +306,13 @@ class RevocationList:
         """The list in ``data``, its signature checked against the ``anchors``."""
         try:
             number, issued, addresses, signature = msgpack.unpackb(data, raw=False)
-            listed = cls(int(number), int(issued), frozenset(map(str, addresses)),
-                         bytes(signature))
         except (ValueError, TypeError, msgpack.UnpackException):
             raise InvalidValueError("not a revocation list") from None
+        if not (type(number) is int and type(issued) is int and isinstance(addresses, list)
+                and all(isinstance(a, str) for a in addresses)
+                and isinstance(signature, bytes) and len(signature) <= 160):
+            raise InvalidValueError("not a revocation list")
+        listed = cls(number, issued, frozenset(addresses), signature)
         for anchor in anchors:
             key = anchor.public_key()
             if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -338,12 +346,30 @@ class CertificateDirectory(StaticKeys):
         """Check ``chain`` and know its key from now on (until it expires)."""
         credential = check_chain(chain, self.anchors, now_us)
         self._check_not_revoked(credential)
+        address = credential.address
+        if address in self._static:
+            raise _refused("conflict", f"{address!r} has a configured key: no certificate "
+                           "speaks for it")
+        current = self._by_address.get(address)
+        if (current is not None and current.kid != credential.kid
+                and now_us <= current.not_after_us
+                and (current.role, current.issuer) != (credential.role, credential.issuer)):
+            raise _refused("conflict", f"{address!r} holds a {current.role} certificate from "
+                           f"{current.issuer or 'the root'}; another CA cannot speak for it")
         self._credentials[credential.kid] = credential
-        self._by_address[credential.address] = credential
-        if credential.recipient is not None:
-            self._recipients[credential.address] = credential.recipient
-        self._signers.add(credential.address)
+        if current is None or credential.not_before_us >= current.not_before_us:
+            # the newest one names its keys (an older chain shown again rolls nothing back)
+            self._by_address[address] = credential
+            if credential.recipient is not None:
+                self._recipients[address] = credential.recipient
+        self._signers.add(address)
         return credential
+
+    def _speaks_for(self, address: str, now_us: int) -> bool:
+        """Whether a configured key or a valid certificate speaks for ``address``."""
+        current = self._by_address.get(address)
+        return address in self._static or (current is not None
+                                           and now_us <= current.not_after_us)
 
     def credential(self, address: str) -> Credential | None:
         """The newest certificate learnt for ``address``."""
@@ -376,11 +402,11 @@ class CertificateDirectory(StaticKeys):
         self.revocations = revocations
         return True
 
-    def introduce(self, kid: bytes, envelope: Envelope,
-                  now_us: int) -> Ed25519PublicKey | None:
-        """The key an envelope signed by an unknown ``kid`` introduces itself with: a
-        ``JoinNetworkRequest``'s chain (learnt) or its signing request (that envelope only);
-        ``None`` for anything else."""
+    def introduce(self, kid: bytes, envelope: Envelope, now_us: int) -> Introduction | None:
+        """How an envelope signed by an unknown ``kid`` introduces its key: a
+        ``JoinNetworkRequest``'s chain (learnt once the envelope verifies) or its signing
+        request (that envelope only, and only for an address no valid key speaks for: an
+        enrollment); ``None`` for anything else."""
         if envelope.kind != "JoinNetworkRequest" or envelope.encryption is not None:
             return None
         try:
@@ -389,14 +415,20 @@ class CertificateDirectory(StaticKeys):
             request: bytes = getattr(join, "csr", b"")
             if chain:
                 credential = check_chain(chain, self.anchors, now_us)
+                self._check_not_revoked(credential)
                 if credential.kid == kid and credential.address == envelope.source:
-                    return self.learn(chain, now_us).key
+                    return Introduction(credential.key, chain)
             if request:
                 asked = read_request(request)
                 if asked.address == envelope.source and key_id(asked.key) == kid:
                     if asked.address in self.revocations.addresses:
                         raise _refused("revoked", f"{asked.address!r} is revoked")
-                    return asked.key
+                    if self._speaks_for(asked.address, now_us):
+                        # a known actor renews with its own key; a new key for its address
+                        # is someone else (or a station that lost its key: revoke the old)
+                        raise _refused("already_certified", f"{asked.address!r} holds a "
+                                       "valid key: a request for another key is refused")
+                    return Introduction(asked.key)
         except BadSignatureError:
             raise
         except ModelError:

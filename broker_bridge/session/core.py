@@ -92,8 +92,9 @@ from object_model.messages import Ack, Pause, error_report
 
 SIGNATURE_ROOM = 80
 """Bytes a piece's own signature takes (a key id and an Ed25519 signature, and framing)."""
-MANIFEST_ROOM = 128
-"""Bytes kept free in every frame for a frame signature's manifest (about 100)."""
+MANIFEST_ROOM = 256
+"""Bytes kept free in every frame for a frame signature's manifest (at most about 220: a
+128-character destination)."""
 _SESSION_KINDS = ("Ack", "Pause", "ErrorReport")  # never answered with an ErrorReport
 
 
@@ -408,7 +409,7 @@ class Session:
                              exc.details.get("id"), None, None, now)
         framed: dict[int, str] = {}
         open_frame = getattr(self.guard, "open_frame", None)
-        if manifests and open_frame is not None:
+        if manifests and open_frame is not None and not origin.broadcast:
             try:
                 framed = open_frame(items[:manifests], entries, now)
             except Exception as exc:  # a guard's bug: the envelopes go on unproven
@@ -464,6 +465,8 @@ class Session:
             return
         if env.chunk is not None:
             if env.chunk.total_size > self.config.max_message_bytes:  # cheap checks first
+                # answered to its source, which the connection was checked to speak for
+                # (a room's chunks never get here)
                 self._reject(MessageTooLargeError(
                     f"message of {env.chunk.total_size} bytes exceeds the limit of "
                     f"{self.config.max_message_bytes}"), env.source, env.id, dest, env.kind,

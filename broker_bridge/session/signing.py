@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import msgpack
@@ -67,6 +68,7 @@ from object_model.errors import (
 
 CONTEXT = b"csms63110/env-sig/1"
 FRAME_CONTEXT = b"csms63110/frame-sig/1"
+MAX_MANIFEST_BYTES = 512
 FRAME_PRIORITIES = frozenset({Priority.STATE, Priority.BULK})
 """What a link that speaks for one actor leaves to its frames' signatures."""
 KID_BYTES = 8
@@ -87,10 +89,14 @@ class KeyDirectory(Protocol):
         (``BadSignatureError`` for one vouched for no longer: expired, revoked)."""
         ...
 
-    def introduce(self, kid: bytes, envelope: Envelope,
-                  now_us: int) -> Ed25519PublicKey | None:
+    def introduce(self, kid: bytes, envelope: Envelope, now_us: int) -> Introduction | None:
         """The key an envelope signed by the unknown ``kid`` vouches for itself (its body
         opened): a join's certificate or signing request; ``None`` if it does not."""
+        ...
+
+    def learn(self, chain: list[bytes], now_us: int) -> object:
+        """Know the key of a checked ``chain`` from now on (once an envelope it introduced
+        verified)."""
         ...
 
     def signs(self, address: str) -> bool:
@@ -102,13 +108,23 @@ class KeyDirectory(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Introduction:
+    """How an envelope signed by an unknown key vouches for that key: by a certificate
+    ``chain`` (learnt once the envelope verifies), or, with ``chain`` ``None``, by its
+    signing request (good for that one envelope: enrollment)."""
+
+    key: Ed25519PublicKey
+    chain: list[bytes] | None = None
+
+
 class StaticKeys:
-    """A ``KeyDirectory`` of public keys given by address (from configuration, or learnt at
-    enrollment)."""
+    """A ``KeyDirectory`` of public keys given by address (from configuration)."""
 
     def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None,
                  recipients: Mapping[str, X25519PublicKey] | None = None) -> None:
         self._by_kid: dict[bytes, tuple[str, Ed25519PublicKey]] = {}
+        self._static: set[str] = set()  # addresses given a key here
         self._signers: set[str] = set()
         self._recipients: dict[str, X25519PublicKey] = dict(recipients or {})
         for address, key in (keys or {}).items():
@@ -118,6 +134,7 @@ class StaticKeys:
             recipient: X25519PublicKey | None = None) -> None:
         self._by_kid[key_id(key)] = (address, key)
         self._signers.add(address)
+        self._static.add(address)
         if recipient is not None:
             self._recipients[address] = recipient
 
@@ -132,9 +149,11 @@ class StaticKeys:
     def owner(self, kid: bytes, now_us: int = 0) -> tuple[str, Ed25519PublicKey] | None:
         return self._by_kid.get(kid)
 
-    def introduce(self, kid: bytes, envelope: Envelope,
-                  now_us: int) -> Ed25519PublicKey | None:
+    def introduce(self, kid: bytes, envelope: Envelope, now_us: int) -> Introduction | None:
         return None
+
+    def learn(self, chain: list[bytes], now_us: int) -> object:
+        raise BadSignatureError("this directory trusts no certificates")
 
     def signs(self, address: str) -> bool:
         return address in self._signers
@@ -228,6 +247,8 @@ class SigningGuard:
                                         "signs: refused")
             return None
         self._verify(piece, now)
+        if not piece.reliable:
+            self._fresh(piece, now, record=False)  # an old piece is no use: bounds only
         return piece.source
 
     def _framed(self, envelope: Envelope) -> bool:
@@ -238,12 +259,13 @@ class SigningGuard:
 
     def sign_frame(self, destination: str, items: list[tuple[Envelope, bytes]]) -> list[bytes]:
         encoded = [data for _, data in items]
-        covered = [data for env, data in items
-                   if env.signature is None and env.source in self._keys]
-        if not covered:
+        signer = next((env.source for env, _ in items
+                       if env.signature is None and env.source in self._keys), None)
+        if signer is None:
             return encoded
-        signer = next(env.source for env, _ in items
-                      if env.signature is None and env.source in self._keys)
+        # one signer per frame: a guard that frame-signs speaks for one actor
+        covered = [data for env, data in items
+                   if env.signature is None and env.source == signer]
         key, kid = self._keys[signer]
         signature = key.sign(_frame_bytes(kid, destination, covered))
         self.frames_signed += 1
@@ -254,32 +276,39 @@ class SigningGuard:
 
     def open_frame(self, manifests: list[bytes], entries: list[tuple[bytes, Envelope | None]],
                    now: int) -> dict[int, str]:
-        proven: dict[int, str] = {}
-        for raw in manifests:
-            try:
-                _, kid, destination, count, signature = msgpack.unpackb(raw)
-                known = self.directory.owner(bytes(kid), now)
-            except ModelError:
-                continue  # a revoked or expired signer: its envelopes fail as unsigned
-            except Exception:  # not a manifest of ours: it proves nothing
-                continue
-            if known is None or not isinstance(destination, str):
-                continue
-            signer, key = known
-            indices = [i for i, (_, env) in enumerate(entries)
-                       if env is not None and env.signature is None and env.source == signer
-                       and env.destination == destination]
-            if len(indices) != count:
-                continue
-            try:
-                key.verify(bytes(signature), _frame_bytes(
-                    bytes(kid), destination, [entries[i][0] for i in indices]))
-            except (InvalidSignature, TypeError, ValueError):
-                continue
-            self.frames_verified += 1
-            self.verified += 1
-            proven.update(dict.fromkeys(indices, signer))
-        return proven
+        # one manifest per frame (a sender frame-signs for one actor), parsed strictly before
+        # anything is spent on it: a frame of many forged manifests costs one look
+        if len(manifests) != 1 or len(manifests[0]) > MAX_MANIFEST_BYTES:
+            return {}
+        try:
+            _, kid, destination, count, signature = msgpack.unpackb(manifests[0])
+        except Exception:  # not a manifest of ours: it proves nothing
+            return {}
+        if not (isinstance(kid, bytes) and len(kid) == KID_BYTES
+                and isinstance(destination, str) and type(count) is int
+                and 0 < count <= len(entries)
+                and isinstance(signature, bytes) and len(signature) == 64):
+            return {}
+        try:
+            known = self.directory.owner(kid, now)
+        except ModelError:
+            return {}  # a revoked or expired signer: its envelopes fail as unsigned
+        if known is None:
+            return {}
+        signer, key = known
+        indices = [i for i, (_, env) in enumerate(entries)
+                   if env is not None and env.signature is None and env.source == signer
+                   and env.destination == destination]
+        if len(indices) != count:
+            return {}
+        try:
+            key.verify(signature, _frame_bytes(kid, destination,
+                                               [entries[i][0] for i in indices]))
+        except InvalidSignature:
+            return {}
+        self.frames_verified += 1
+        self.verified += 1
+        return dict.fromkeys(indices, signer)
 
     def open(self, envelope: Envelope, now: int, *, framed_by: str | None = None) -> Envelope:
         signature = envelope.signature
@@ -292,26 +321,32 @@ class SigningGuard:
                 raise BadSignatureError(f"an unsigned envelope claiming {envelope.source!r}, "
                                         "who signs: refused")
             return self._opened(envelope)
-        self._verify(envelope, now)
+        by_request = self._verify(envelope, now, introductions=True)
         if not envelope.reliable:
-            self._fresh(envelope, now)
+            # an enrollment's key is nobody's yet: it leaves no mark for its claimed source
+            self._fresh(envelope, now, record=not by_request)
         return self._opened(envelope)
 
-    def _verify(self, envelope: Envelope, now: int) -> None:
+    def _verify(self, envelope: Envelope, now: int, *, introductions: bool = False) -> bool:
         """Check ``envelope``'s signature: a key vouched for, of the source it claims, over
-        its exact header and body (``BAD_SIGNATURE`` otherwise)."""
+        its exact header and body (``BAD_SIGNATURE`` otherwise). ``True`` when only its
+        own signing request vouched for the key (an enrollment: that envelope only)."""
         signature = envelope.signature
         assert signature is not None
         if len(signature) != SIGNATURE_BYTES:
             raise BadSignatureError("a signature is a key id and an Ed25519 signature")
         kid = signature[:KID_BYTES]
         known = self.directory.owner(kid, now)
+        introduced = None
         if known is None:
-            key = self._introduced(kid, envelope, now)
-            if key is None:
+            introduced = self._introduced(kid, envelope, now) if introductions else None
+            if introduced is None:
                 raise BadSignatureError(f"signed by key {kid.hex()}, which nobody vouched "
                                         "for", details={"reason": "unknown_key"})
-            known = (envelope.source, key)
+            if envelope.reliable:  # it must open no stream state for its claimed source
+                raise BadSignatureError("a key introduced by its envelope signs unreliable "
+                                        "joins only")
+            known = (envelope.source, introduced.key)
         owner, key = known
         if owner != envelope.source:
             raise BadSignatureError(f"signed with {owner!r}'s key, claiming {envelope.source!r}")
@@ -321,11 +356,15 @@ class SigningGuard:
             raise BadSignatureError(f"the signature of {envelope.source!r} does not verify: "
                                     "the envelope was altered") from None
         self.verified += 1
+        if introduced is not None and introduced.chain is not None:
+            self.directory.learn(introduced.chain, now)  # only now that it verified
+        return introduced is not None and introduced.chain is None
 
-    def _introduced(self, kid: bytes, envelope: Envelope, now: int) -> Ed25519PublicKey | None:
+    def _introduced(self, kid: bytes, envelope: Envelope, now: int) -> Introduction | None:
         """The key of an unknown ``kid`` as the envelope vouches for it (a join: see
-        ``KeyDirectory.introduce``); its body is opened to look, for local actors only."""
-        if envelope.destination not in self._keys:
+        ``KeyDirectory.introduce``); its body is opened to look, for joins to local actors
+        only (nothing else costs a decryption before its signature is checked)."""
+        if envelope.destination not in self._keys or envelope.kind != "JoinNetworkRequest":
             return None
         if envelope.encryption is not None:
             envelope = decrypt_body(envelope, self._decryption_keys.get(envelope.destination))
@@ -359,7 +398,9 @@ class SigningGuard:
 
     # -- replay --------------------------------------------------------------------------------
 
-    def _fresh(self, envelope: Envelope, now: int) -> None:
+    def _fresh(self, envelope: Envelope, now: int, *, record: bool = True) -> None:
+        """Refuse what is too old, too far ahead, or seen before; with ``record``, remember
+        it (its id in the window, its time in its sender's mark)."""
         stamp = envelope.timestamp_us
         if stamp > now + self.max_skew_us:
             raise StaleError(f"timestamped {(stamp - now) / 1e6:.1f} s in the future: check "
@@ -370,6 +411,8 @@ class SigningGuard:
         if stamp <= self._restored.get(envelope.source, -1):
             raise ReplayedError(f"envelope {envelope.id.hex()[:12]} from {envelope.source!r} "
                                 "is no newer than what was taken before a restart")
+        if not record:
+            return
         seen = self._seen.get(envelope.source)
         if seen is None:
             seen = self._seen[envelope.source] = OrderedDict()

@@ -8,11 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from broker_bridge.codec import encode_body
+from broker_bridge.codec import decode_envelope, encode_body, encode_envelope
 from broker_bridge.envelope import Envelope, Priority
 from broker_bridge.pki import CertificateAuthority, site_authority
 from broker_bridge.session import SECOND
@@ -51,7 +52,7 @@ class Pki:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     base: Path = tmp_path_factory.mktemp("pki")
     root = CertificateAuthority(base / "root", "operator root", path_length=1)
-    return Pki(root, site_authority(base / "site1", root, "local-site1"),
+    return Pki(root, site_authority(base / "site1", root, "local-site1", "cs-site1-"),
                CertificateAuthority(base / "other", "someone else's root", path_length=1))
 
 
@@ -188,3 +189,85 @@ def test_a_join_introduces_its_key_by_its_request_once_and_by_its_chain_for_good
     rejoin = JoinNetworkRequest(role=Role.STATION, certificate=pki.station("cs-site1-3", key))
     csms.open(station.seal(_join("cs-site1-3", rejoin, 3), NOW), NOW)
     assert csms.open(station.seal(update, NOW), NOW).kind == "PropertyTreeDiscoveryRequest"
+
+
+def test_a_signing_request_introduces_no_key_for_an_address_a_key_speaks_for(pki: Pki) -> None:
+    """Found by review: a fresh key could sign as any actor through a join carrying a
+    request for that address. Now a request introduces a key only for an address no valid
+    key speaks for, only for an unreliable join, and it leaves no mark for that address."""
+    anchors = [pki.root.certificate]
+    directory = CertificateDirectory(anchors)
+    csms = SigningGuard({"local-site1": Ed25519PrivateKey.generate()}, directory,
+                        require_signatures=True)
+    genuine_key = Ed25519PrivateKey.generate()
+    directory.learn(pki.station("cs-site1-3", genuine_key), NOW)
+    impostor = Ed25519PrivateKey.generate()
+    forged = SigningGuard({"cs-site1-3": impostor}, CertificateDirectory(anchors)).seal(
+        _join("cs-site1-3", JoinNetworkRequest(role=Role.STATION,
+                                               csr=make_request(impostor, "cs-site1-3"))), NOW)
+    with pytest.raises(ModelError) as info:
+        csms.open(forged, NOW)
+    assert reason(info) == "already_certified"
+    # a newcomer's join is introduced, but a reliable one is not, and neither leaves a mark
+    newcomer = Ed25519PrivateKey.generate()
+    join = _join("cs-site1-8", JoinNetworkRequest(role=Role.STATION,
+                                                  csr=make_request(newcomer, "cs-site1-8")))
+    sealer = SigningGuard({"cs-site1-8": newcomer}, CertificateDirectory(anchors))
+    with pytest.raises(ModelError):
+        csms.open(sealer.seal(join._replace(reliable=True, stream="s", seq=1), NOW), NOW)
+    future = join._replace(id=bytes(15) + b"\x42", timestamp_us=NOW + 20 * SECOND)
+    csms.open(sealer.seal(future, NOW), NOW)
+    assert csms.marks() is None  # nothing recorded for an address nobody vouched for
+
+
+def test_a_site_ca_names_only_its_own_stations_and_cannot_take_over_an_address(
+        pki: Pki) -> None:
+    """Found by review: a site CA could issue a "station" certificate naming the cloud (or
+    another site's station), and learning it rebound that address's keys."""
+    anchors = [pki.root.certificate]
+    key = Ed25519PrivateKey.generate()
+    for address in ("cloud", "cs-site2-1", "operator"):
+        chain = pki.site.chain(pki.site.certify(address, "station", key, None, lifetime_s=DAY,
+                                                now_us=NOW), pki.root.certificate)
+        with pytest.raises(ModelError) as info:
+            check_chain(chain, anchors, NOW)
+        assert reason(info) == "out_of_scope"
+    directory = CertificateDirectory(anchors)
+    cloud_key = Ed25519PrivateKey.generate()
+    directory.learn(pki.root.chain(pki.root.certify("cs-site1-5", "resource_manager",
+                                                    cloud_key, None, lifetime_s=DAY,
+                                                    now_us=NOW), pki.root.certificate), NOW)
+    with pytest.raises(ModelError) as info:  # another CA, another role, for the same name
+        directory.learn(pki.station("cs-site1-5", key), NOW)
+    assert reason(info) == "conflict"
+    # an older chain shown again rolls nothing back
+    station_key = Ed25519PrivateKey.generate()
+    old = pki.station("cs-site1-6", station_key, now=NOW - 60 * SECOND)
+    new = pki.station("cs-site1-6", station_key)
+    learnt = directory.learn(new, NOW)
+    directory.learn(old, NOW)
+    assert directory.credential("cs-site1-6") == learnt
+    assert directory.recipient("cs-site1-6") == learnt.recipient
+
+
+def test_a_frame_with_forged_manifests_costs_one_look(pki: Pki) -> None:
+    """Found by review: manifests were parsed loosely (an integer key id allocated that many
+    bytes) and every manifest re-hashed every envelope."""
+    key = Ed25519PrivateKey.generate()
+    directory = CertificateDirectory([pki.root.certificate])
+    directory.learn(pki.station("cs-site1-3", key), NOW)
+    guard = SigningGuard({"local-site1": Ed25519PrivateKey.generate()}, directory)
+    sender = SigningGuard({"cs-site1-3": key}, directory, frame_signing=True)
+    envs = [sender.seal(Envelope(id=bytes([n]) * 16, source="cs-site1-3",
+                                 destination="local-site1", kind="PropertyTreeDiscoveryRequest",
+                                 body=b"\x90", priority=Priority.STATE, timestamp_us=NOW), NOW)
+            for n in range(1, 4)]
+    items = sender.sign_frame("local-site1", [(e, encode_envelope(e)) for e in envs])
+    entries = [(raw, decode_envelope(raw)) for raw in items[1:]]
+    assert guard.open_frame(items[:1], entries, NOW) == {0: "cs-site1-3", 1: "cs-site1-3",
+                                                          2: "cs-site1-3"}
+    assert guard.open_frame(items[:1] * 2, entries, NOW) == {}  # one manifest per frame
+    for bomb in ([200, 1_000_000_000, "local-site1", 3, b""],
+                 [200, b"\x00" * 8, "local-site1", 10**9, b"\x00" * 64],
+                 [200, b"\x00" * 8, "local-site1", 3, 10**9]):
+        assert guard.open_frame([msgpack.packb(bomb)], entries, NOW) == {}

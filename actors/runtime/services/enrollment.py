@@ -83,7 +83,7 @@ class Enroller:
         now = self.clock.now_us()
         if message.csr:
             return await self._issue(message, sender, role, message_id, now)
-        admit_certificate(self.directory, message, sender, role, now)
+        admit_certificate(self.directory, message, sender, role, now, issuer=self.csms)
         return []
 
     async def _issue(self, message: JoinNetworkRequest, sender: str, role: Role,
@@ -104,8 +104,9 @@ class Enroller:
                                               lifetime_s=self.lifetime_s, now_us=now)
 
         current = self.directory.credential(sender)
-        # a renewal: the key is certified now, no token needed
-        renewal = current is not None and current.kid == kid and current.not_after_us >= now
+        # a renewal: the key is certified now, by us, for this role: no token needed
+        renewal = (current is not None and current.kid == kid and current.not_after_us >= now
+                   and current.issuer == self.csms and current.role == role.value)
         outcome = await self.book.enroll(
             sender, None if renewal else lambda key: hmac.compare_digest(
                 token_proof(key, sender, self.csms, request.digest), message.proof),
@@ -128,9 +129,11 @@ class Enroller:
 
 
 def admit_certificate(directory: CertificateDirectory, message: JoinNetworkRequest,
-                      sender: str, role: Role, now_us: int) -> Credential:
+                      sender: str, role: Role, now_us: int, *, issuer: str = "") -> Credential:
     """Admit a join by the certificate it shows (learnt, if it was not), or
-    ``NotAdmittedError`` saying why: none shown, not trusted, or another actor's or role's."""
+    ``NotAdmittedError`` saying why: none shown, not trusted, another actor's or role's, or
+    issued by another CA than ``issuer`` (a CSMS's address: its site CA; ``""``: the
+    root)."""
     if not message.certificate:
         raise _refused(sender, "joins with neither a certificate nor a signing request: "
                        "give it an enrollment token (csms enroll)", "no_credentials")
@@ -142,6 +145,9 @@ def admit_certificate(directory: CertificateDirectory, message: JoinNetworkReque
     if credential.address != sender or credential.role != role.value:
         raise _refused(sender, f"shows the certificate of a {credential.role} "
                        f"{credential.address!r}", "certificate_mismatch")
+    if credential.issuer != issuer:
+        raise _refused(sender, f"shows a certificate of {credential.issuer or 'the root'}, "
+                       f"not of {issuer or 'the root'}", "foreign_issuer")
     return credential
 
 

@@ -1,8 +1,10 @@
 """The enrollment book of a CSMS that issues certificates: the one-time tokens it was given
 for the actors it may enroll, and every certificate it issued.
 
-A token is kept as ``token_key(token)`` (``actors.logic.join_proof``), good for checking
-proofs and nothing else, with the address it is for and when it lapses. ``enroll`` spends a
+A token is kept as ``token_key(token)`` (``actors.logic.join_proof``), not as itself, with
+the address it is for and when it lapses; the key checks proofs, and so could make them for
+unspent tokens: the file is its owner's only (0600). A token spent by the same key whose
+answer was lost is answered again with the certificate it was issued. ``enroll`` spends a
 token and records the certificate issued for it in **one transaction**, together with the id
 of the ``JoinNetworkRequest`` that asked: a token is spent exactly once, whatever crashes or
 replays come, and a replayed request finds its id taken. A token presented again after it was
@@ -12,6 +14,7 @@ loudly: the token was stolen, or the actor was enrolled twice).
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +54,14 @@ class EnrollmentBook(SqliteFile):
     def __init__(self, path: Path | str, *, clock: Clock = WALL_CLOCK) -> None:
         super().__init__(path)
         self.clock = clock
+
+    async def loaded(self, db: object) -> None:
+        # what it keeps of a token checks proofs made with it: whoever reads the file could
+        # make them for unspent tokens, so only its owner may
+        for suffix in ("", "-wal", "-shm"):
+            path = self.path.with_name(self.path.name + suffix)
+            if path.exists():
+                os.chmod(path, 0o600)
 
     async def add_token(self, address: str, *, ttl_s: float = 7 * 86_400,
                         token: str | None = None) -> str:
@@ -94,6 +105,13 @@ class EnrollmentBook(SqliteFile):
             rows = await db.execute_fetchall(
                 "SELECT key, expires_us, used_us FROM tokens WHERE address = ?", (address,))
             match = next((row for row in rows if proves(bytes(row[0]))), None)
+            if match is not None and match[2] is not None:
+                # spent: by this very key (its answer was lost on the way)? answer again
+                again = await db.execute_fetchall(
+                    "SELECT certificate FROM issued WHERE address = ? AND kid = ?",
+                    (address, kid))
+                if again:
+                    return bytes(next(iter(again))[0])
             if match is None or match[2] is not None or match[1] < now:
                 return Spent("unknown" if match is None else
                              "token_used" if match[2] is not None else "expired")

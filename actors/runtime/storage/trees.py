@@ -429,7 +429,10 @@ class TreeStore:
             log.error("tree store %s: the writer died", self.path, exc_info=task.exception())
 
     def _plan(self, op: _Op, plan: _Plan) -> None:
+        self._plan_effect(op, plan)
         plan.applied += op.applied  # in the transaction that writes the effect
+
+    def _plan_effect(self, op: _Op, plan: _Plan) -> None:
         if op.kind == "applied":
             return
         if op.kind == "delete":

@@ -26,7 +26,8 @@ def test_commissioning_certifies_an_actor_with_the_root_and_makes_its_site_ca(
         tmp_path: Path) -> None:
     trust, keys = tmp_path / "trust", tmp_path / "local-keys"
     done = csms("commission", "--trust", str(trust), "--key-dir", str(keys),
-                "--role", "local_csms", "--days", "3", "local-site1")
+                "--role", "local_csms", "--days", "3", "--stations", "cs-site1-",
+                "local-site1")
     assert done.returncode == 0, done.stderr
     chain = msgpack.unpackb((keys / "local-site1.chain").read_bytes())
     anchor = x509.load_pem_x509_certificate((trust / "root" / "ca.crt").read_bytes())

@@ -32,7 +32,7 @@ class World:
         self.anchor = self.trust.root.certificate
         self.csms_directory = CertificateDirectory([self.anchor])
         self.book = EnrollmentBook(base / "enrollment.db", clock=self.clock)
-        self.enroller = Enroller(CSMS, CertificateAuthority(self.trust.site_ca(CSMS)),
+        self.enroller = Enroller(CSMS, CertificateAuthority(self.trust.site_ca(CSMS, "cs-site1-")),
                                  self.anchor, self.csms_directory, self.book,
                                  lifetime_s=3_600, clock=self.clock)
         self.base = base
@@ -155,3 +155,39 @@ async def test_lapsed_tokens_replayed_requests_and_foreign_certificates_are_refu
                                                       certificate=station.chain),
                                    station.address, Role.RESOURCE_MANAGER, b"\x02" * 16)
     assert info.value.details["reason"] == "certificate_mismatch"
+
+
+async def test_a_lost_answer_is_answered_again_and_no_foreign_certificate_renews(
+        world: World) -> None:
+    """Found by review: a lost JoinNetworkResponse stranded the station (its token spent, a
+    retry taken for theft); any certified actor could renew itself into a station of the
+    site without a token; a station certified by another site was admitted."""
+    station = world.member("cs-site1-4")
+    await world.token(station)
+    fields = station.join_fields(CSMS)
+    first = await world.join(station, **fields)  # ...and the answer is lost on the way
+    # the CSMS restarts (its directory forgets the certificate), the station retries with a
+    # new message id and the same key and token: it gets the certificate it was issued
+    world.enroller.directory = world.csms_directory = CertificateDirectory([world.anchor])
+    again = await world.join(station, **fields)
+    assert again == first and world.enroller.enrolled == 2  # counted, not issued twice
+    assert len(await world.book.issued(station.address)) == 1
+    assert (world.base / "enrollment.db").stat().st_mode & 0o777 == 0o600
+    # the operator's own (root) certificate does not renew into a station of this site
+    operator_key = Ed25519PrivateKey.generate()
+    chain = world.trust.root.chain(world.trust.root.certify(
+        "cs-site1-5", "resource_manager", operator_key, None, lifetime_s=3_600,
+        now_us=world.clock.now_us()), world.anchor)
+    world.csms_directory.learn(chain, world.clock.now_us())
+    other = Credentials("cs-site1-5", operator_key, None, CertificateDirectory([world.anchor]),
+                        world.base / "other", clock=world.clock)
+    assert await refused(world, other, csr=make_request(operator_key, "cs-site1-5"),
+                         proof=b"") == "unknown"
+    # a station certified by another site's CA is not one of ours
+    elsewhere = CertificateAuthority(world.trust.site_ca("local-site2", "cs-site1-"))
+    foreign_key = Ed25519PrivateKey.generate()
+    foreign = elsewhere.chain(elsewhere.certify("cs-site1-6", "station", foreign_key, None,
+                                                lifetime_s=3_600, now_us=world.clock.now_us()),
+                              world.anchor)
+    assert await refused(world, world.member("cs-site1-6"), certificate=foreign) == (
+        "foreign_issuer")
