@@ -24,6 +24,7 @@ managed broker shares: see ``broker_bridge.managed``.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -45,6 +46,8 @@ from broker_bridge.managed import (
 )
 from broker_bridge.pki import CertificateAuthority, Issued, broker_certificate
 from broker_bridge.xmpp.addresses import XmppSettings, is_loopback
+
+log = logging.getLogger("csms.broker")
 
 __all__ = ["BrokerEndpoint", "BrokerNotInstalledError", "BrokerStartError", "ManagedProsody"]
 
@@ -87,10 +90,12 @@ class ManagedProsody:
         self._domain = domain
         self._component_domains = tuple(component_domains)
         self._host = host
-        self._c2s_port = c2s_port or bind_port(host)
-        self._component_port = component_port or bind_port(host)
-        while self._component_port == self._c2s_port:
-            self._component_port = bind_port(host)
+        # ports picked here may be taken by the time the broker binds them (another
+        # process's outgoing connection draws from the same range): a first start moves on
+        # to others then; given ports, or a broker that ran before, keep theirs
+        self._movable_ports = not c2s_port and not component_port
+        self._c2s_port, self._component_port = c2s_port or 0, component_port or 0
+        self._pick_ports()
         self._log_level = log_level
         self._secret: str | None = component_secret  # None: made once, kept in state_dir
         self._proc: subprocess.Popen[bytes] | None = None
@@ -166,6 +171,13 @@ class ManagedProsody:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def _pick_ports(self) -> None:
+        host = self._host
+        self._c2s_port = self._c2s_port or bind_port(host)
+        self._component_port = self._component_port or bind_port(host)
+        while self._component_port == self._c2s_port:
+            self._component_port = bind_port(host)
+
     async def start(self, timeout: float = 15.0) -> BrokerEndpoint:
         """Spawn Prosody and return once it serves clients (and so components too).
 
@@ -182,8 +194,26 @@ class ManagedProsody:
             (self._state_dir / sub).mkdir(parents=True, exist_ok=True)
         if self._tls:
             self._server_certificate()
+        for attempt in range(3 if self._movable_ports else 1):
+            try:
+                await self._start(binary, timeout)
+                break
+            except _PortTaken:
+                if attempt == 2 or not self._movable_ports:
+                    raise
+                log.info("a port picked for %s was taken meanwhile: picking others",
+                         self._domain)
+                self._c2s_port = self._component_port = 0
+                self._pick_ports()
+        self._movable_ports = False  # clients know these ports now
+        return self.endpoint
+
+    async def _start(self, binary: str, timeout: float) -> None:
         self.config_path.write_text(self._render_config(), encoding="utf-8")
-        managed.check_ports_free(self._host, (self._c2s_port, self._component_port))
+        try:
+            managed.check_ports_free(self._host, (self._c2s_port, self._component_port))
+        except BrokerStartError as exc:
+            raise _PortTaken(str(exc)) from None
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._proc = managed.spawn([binary, "--config", str(self.config_path), "-F"],
                                    cwd=self._state_dir, log_path=self.log_path)
@@ -192,7 +222,6 @@ class ManagedProsody:
         except BaseException:  # failed or cancelled: leave no half-started broker behind
             self.kill()
             raise
-        return self.endpoint
 
     async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Safe to call repeatedly."""
@@ -285,10 +314,19 @@ class ManagedProsody:
         def tail() -> str:
             return managed.log_tail(self.log_path, log_offset)
 
-        await managed.wait_serving(self._proc, self._host, self._c2s_port, self._domain,
-                                   timeout, "Prosody", tail)
+        try:
+            await managed.wait_serving(self._proc, self._host, self._c2s_port, self._domain,
+                                       timeout, "Prosody", tail)
+        except BrokerStartError:
+            if "Failed to open server port" in tail():
+                raise _PortTaken(f"Prosody could not open its ports; {tail()}") from None
+            raise
         if "Failed to open server port" in tail():
-            raise BrokerStartError(f"Prosody could not open its ports; {tail()}")
+            raise _PortTaken(f"Prosody could not open its ports; {tail()}")
+
+
+class _PortTaken(BrokerStartError):
+    """A port the broker was to listen on is taken."""
 
 
 _CONFIG = Template("""\

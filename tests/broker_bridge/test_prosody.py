@@ -372,6 +372,30 @@ async def test_a_taken_port_is_refused(tmp_path: Path) -> None:
             await ManagedProsody(tmp_path / "b", c2s_port=port).start()
 
 
+@broker
+async def test_a_picked_port_taken_before_the_first_start_is_picked_again(
+        tmp_path: Path) -> None:
+    """Ports picked when the broker is made may be taken by the time it starts (another
+    process's outgoing connection draws from the same range; it failed a CI run): the first
+    start moves on to others. A broker that ran keeps its ports (its clients know them)."""
+    prosody = ManagedProsody(tmp_path / "b")
+    picked = prosody.endpoint.c2s_port
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", picked))
+        squatter.listen()
+        endpoint = await prosody.start()
+        try:
+            assert endpoint.c2s_port != picked
+            with socket.create_connection((endpoint.host, endpoint.c2s_port), timeout=2):
+                pass
+        finally:
+            await prosody.stop()
+    again = await prosody.start()  # the same ports as the run before
+    await prosody.stop()
+    assert again.c2s_port == endpoint.c2s_port
+
+
 def test_the_endpoint_describes_how_to_connect(tmp_path: Path) -> None:
     ep = ManagedProsody(tmp_path / "b", c2s_port=15222, component_port=15347).endpoint
     text = ep.describe()
