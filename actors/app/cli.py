@@ -167,7 +167,13 @@ def _revoke(args: argparse.Namespace) -> int:
     from actors.app import client
     from actors.app.commission import Commissioning, publish_revocations
 
-    data = Commissioning(args.trust).revocation_list(args.number, args.address)
+    try:
+        keys = [bytes.fromhex(k) for k in args.key]
+    except ValueError:
+        print("csms revoke: --key takes a key id in hex (a station's "
+              "security/certificate_serial)", file=sys.stderr)
+        return 2
+    data = Commissioning(args.trust).revocation_list(args.number, args.address, keys)
     try:
         conn = client.Connection.load(Path(args.connect))
         print(client.run(publish_revocations(conn, data)))
@@ -350,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--trust", required=True, help="the operator's root directory")
     revoke.add_argument("--number", type=int, required=True,
                         help="higher than the last list's (a lower one is refused: stale)")
+    revoke.add_argument("--key", action="append", default=[], metavar="KEY_ID",
+                        help="a revoked key (hex: a station's security/certificate_serial), "
+                        "the actor itself not: it may enroll again with a new key")
     revoke.add_argument("address", nargs="*", help="the actors revoked (all of them: the list "
                         "replaces the last)")
     revoke.set_defaults(func=_revoke)

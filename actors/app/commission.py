@@ -66,10 +66,13 @@ class Commissioning:
         write_file(path, msgpack.packb(chain, use_bin_type=True), 0o644)
         return path
 
-    def revocation_list(self, number: int, addresses: Iterable[str]) -> bytes:
-        """A revocation list naming ``addresses``, numbered ``number`` (higher than the last
-        one published), signed by the root."""
-        return RevocationList.make(self.root, number, addresses, time.time_ns() // 1000).encode()
+    def revocation_list(self, number: int, addresses: Iterable[str],
+                        keys: Iterable[bytes] = ()) -> bytes:
+        """A revocation list naming ``addresses`` and ``keys`` (key ids: a station's
+        ``security/certificate_serial``), numbered ``number`` (higher than the last one
+        published), signed by the root."""
+        return RevocationList.make(self.root, number, addresses, time.time_ns() // 1000,
+                                   keys).encode()
 
 
 async def add_token(state_dir: Path | str, station: str, *, ttl_s: float = 7 * DAY_S) -> str:

@@ -57,7 +57,7 @@ from cryptography.x509.oid import NameOID
 
 from broker_bridge.codec import decode_body
 from broker_bridge.envelope import Envelope, valid_address
-from broker_bridge.session.signing import Introduction, StaticKeys, key_id
+from broker_bridge.session.signing import KID_BYTES, Introduction, StaticKeys, key_id
 from object_model.errors import BadSignatureError, InvalidValueError, ModelError
 
 _ARC = "2.25.292380950092930261446083924335227220439"  # a UUID-based arc of our own
@@ -280,39 +280,45 @@ class RootSigner(Protocol):
 
 @dataclass(frozen=True)
 class RevocationList:
-    """Revoked actor addresses, numbered and signed by the root (see the module docstring)."""
+    """Revoked actor addresses, and revoked keys (by key id: a stolen key of an actor that
+    enrolls again with a new one), numbered and signed by the root (see the module
+    docstring)."""
 
     number: int
     issued_us: int
     addresses: frozenset[str]
     signature: bytes = b""
+    keys: frozenset[bytes] = frozenset()
 
     def _signed(self) -> bytes:
         return msgpack.packb([REVOCATION_CONTEXT, self.number, self.issued_us,
-                              sorted(self.addresses)], use_bin_type=True)
+                              sorted(self.addresses), sorted(self.keys)], use_bin_type=True)
 
     @classmethod
     def make(cls, root: RootSigner, number: int, addresses: Iterable[str],
-             now_us: int) -> RevocationList:
-        unsigned = cls(number, now_us, frozenset(addresses))
-        return cls(number, now_us, unsigned.addresses, root.sign_bytes(unsigned._signed()))
+             now_us: int, keys: Iterable[bytes] = ()) -> RevocationList:
+        unsigned = cls(number, now_us, frozenset(addresses), keys=frozenset(keys))
+        return cls(number, now_us, unsigned.addresses, root.sign_bytes(unsigned._signed()),
+                   unsigned.keys)
 
     def encode(self) -> bytes:
         return msgpack.packb([self.number, self.issued_us, sorted(self.addresses),
-                              self.signature], use_bin_type=True)
+                              self.signature, sorted(self.keys)], use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes, anchors: Sequence[x509.Certificate]) -> RevocationList:
         """The list in ``data``, its signature checked against the ``anchors``."""
         try:
-            number, issued, addresses, signature = msgpack.unpackb(data, raw=False)
+            number, issued, addresses, signature, keys = msgpack.unpackb(data, raw=False)
         except (ValueError, TypeError, msgpack.UnpackException):
             raise InvalidValueError("not a revocation list") from None
         if not (type(number) is int and type(issued) is int and isinstance(addresses, list)
                 and all(isinstance(a, str) for a in addresses)
+                and isinstance(keys, list)
+                and all(isinstance(k, bytes) and len(k) == KID_BYTES for k in keys)
                 and isinstance(signature, bytes) and len(signature) <= 160):
             raise InvalidValueError("not a revocation list")
-        listed = cls(number, issued, frozenset(addresses), signature)
+        listed = cls(number, issued, frozenset(addresses), signature, frozenset(keys))
         for anchor in anchors:
             key = anchor.public_key()
             if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -352,7 +358,7 @@ class CertificateDirectory(StaticKeys):
                            "speaks for it")
         current = self._by_address.get(address)
         if (current is not None and current.kid != credential.kid
-                and now_us <= current.not_after_us
+                and now_us <= current.not_after_us and current.kid not in self.revocations.keys
                 and (current.role, current.issuer) != (credential.role, credential.issuer)):
             raise _refused("conflict", f"{address!r} holds a {current.role} certificate from "
                            f"{current.issuer or 'the root'}; another CA cannot speak for it")
@@ -368,8 +374,9 @@ class CertificateDirectory(StaticKeys):
     def _speaks_for(self, address: str, now_us: int) -> bool:
         """Whether a configured key or a valid certificate speaks for ``address``."""
         current = self._by_address.get(address)
-        return address in self._static or (current is not None
-                                           and now_us <= current.not_after_us)
+        return address in self._static or (
+            current is not None and now_us <= current.not_after_us
+            and current.kid not in self.revocations.keys)
 
     def credential(self, address: str) -> Credential | None:
         """The newest certificate learnt for ``address``."""
@@ -388,6 +395,9 @@ class CertificateDirectory(StaticKeys):
         return credential.address, credential.key
 
     def _check_not_revoked(self, credential: Credential) -> None:
+        if credential.kid in self.revocations.keys:
+            raise _refused("revoked", f"the key {credential.kid.hex()} of "
+                           f"{credential.address!r} is revoked")
         revoked = self.revocations.addresses
         if credential.address in revoked:
             raise _refused("revoked", f"{credential.address!r} is revoked")

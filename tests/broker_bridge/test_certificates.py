@@ -271,3 +271,30 @@ def test_a_frame_with_forged_manifests_costs_one_look(pki: Pki) -> None:
                  [200, b"\x00" * 8, "local-site1", 10**9, b"\x00" * 64],
                  [200, b"\x00" * 8, "local-site1", 3, 10**9]):
         assert guard.open_frame([msgpack.packb(bomb)], entries, NOW) == {}
+
+
+def test_a_revoked_key_leaves_its_actor_free_to_enroll_with_a_new_one(pki: Pki) -> None:
+    """Revocation by key id: the stolen key is refused everywhere the list reaches, and the
+    station (whose address is not revoked) enrolls again with a new key."""
+    anchors = [pki.root.certificate]
+    directory = CertificateDirectory(anchors)
+    csms = SigningGuard({"local-site1": Ed25519PrivateKey.generate()}, directory,
+                        require_signatures=True)
+    stolen = Ed25519PrivateKey.generate()
+    old = directory.learn(pki.station("cs-site1-3", stolen), NOW)
+    listed = RevocationList.make(pki.root, 1, [], NOW, keys=[old.kid])
+    wire = listed.encode()
+    assert RevocationList.decode(wire, anchors).keys == {old.kid}
+    with pytest.raises(ModelError):  # the key list is signed too
+        RevocationList.decode(wire.replace(old.kid, bytes(8)), anchors)
+    assert directory.revoke(RevocationList.decode(wire, anchors))
+    with pytest.raises(ModelError) as info:
+        directory.owner(old.kid, NOW)
+    assert reason(info) == "revoked"
+    fresh = Ed25519PrivateKey.generate()
+    join = _join("cs-site1-3", JoinNetworkRequest(role=Role.STATION,
+                                                  csr=make_request(fresh, "cs-site1-3")))
+    sealed = SigningGuard({"cs-site1-3": fresh}, CertificateDirectory(anchors)).seal(join, NOW)
+    assert csms.open(sealed, NOW).kind == "JoinNetworkRequest"  # introduced: enrollment
+    new = directory.learn(pki.station("cs-site1-3", fresh), NOW)
+    assert directory.owner(new.kid, NOW) == ("cs-site1-3", new.key)
