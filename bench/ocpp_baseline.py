@@ -33,6 +33,8 @@ Mapping rules (``ocpp_address``):
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import math
 import re
@@ -174,6 +176,10 @@ def rfc3339(micros: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"
 
 
+OCPP_VALUE_CHARS = 2500
+"""The longest ``variableAttribute.value`` OCPP 2.0.1 allows."""
+
+
 def ocpp_value(leaf: LeafSchema, value: Any) -> tuple[str, dict[str, Any]]:
     """A value as OCPP text, with its ``variableCharacteristics`` (dataType, unit, valuesList)."""
     vt = leaf.value_type
@@ -192,6 +198,10 @@ def ocpp_value(leaf: LeafSchema, value: Any) -> tuple[str, dict[str, Any]]:
         text, kind = _decimal(value, getattr(vt, "single", False)), "decimal"
     elif type(value) is str:
         text, kind = value, "string"
+    elif type(value) is bytes:  # OCPP has no bytes: base64 text; a certificate, by its hash
+        text, kind = base64.b64encode(value).decode(), "string"
+        if len(text) > OCPP_VALUE_CHARS:  # what GetInstalledCertificateIds tells of it
+            text = hashlib.sha256(value).hexdigest()
     else:  # complex or untyped values: compact JSON text
         text, kind = json.dumps(value, separators=(",", ":"), default=str), "string"
     if leaf.unit:

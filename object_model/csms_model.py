@@ -19,6 +19,7 @@ from object_model.pebc import (
     PowerRangeEnvelope,
 )
 from object_model.schema import Component, Ids, SchemaRegistry, Unit
+from object_model.station.model import LINK_CREDENTIALS
 from object_model.types import TIMESTAMP, float32, string, uint32, uint64
 
 Address = Annotated[str, string(128, pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*")]
@@ -142,6 +143,7 @@ def csms_access_policy() -> AccessPolicy:
         "stations/*/evse/*/permissions/**",
         "stations/*/identity/display_name",
         "stations/*/identity/location/**",
+        *(f"stations/*/{path}" for path in LINK_CREDENTIALS),
     )
     return AccessPolicy(
         {

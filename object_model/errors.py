@@ -49,6 +49,7 @@ class ErrorCode(StrEnum):
     # security
     BAD_SIGNATURE = "bad_signature"
     DECRYPTION_FAILED = "decryption_failed"
+    SEALING_REQUIRED = "sealing_required"
     REPLAYED = "replayed"
     STALE = "stale"
     NOT_ADMITTED = "not_admitted"
@@ -280,6 +281,12 @@ class DecryptionFailedError(ModelError):
     code = ErrorCode.DECRYPTION_FAILED
 
 
+class SealingRequiredError(ModelError):
+    """A secret written in clear where it must be sealed to its receiver's key."""
+
+    code = ErrorCode.SEALING_REQUIRED
+
+
 class ReplayedError(ModelError):
     """A message seen before, sent again by someone."""
 
@@ -348,7 +355,7 @@ _BY_CODE: dict[ErrorCode, type[ModelError]] = {
         InvalidMessageError, UnsupportedVersionError, UnknownKindError,
         MessageTooLargeError, LimitExceededError, ExpiredError,
         ReassemblyTimeoutError, ReassemblyOverflowError, SequenceGapError,
-        BadSignatureError, DecryptionFailedError, ReplayedError,
+        BadSignatureError, DecryptionFailedError, SealingRequiredError, ReplayedError,
         StaleError, NotAdmittedError, UnknownActorError,
         UnsupportedOperationError, RequestTimeoutError, BusyError,
         InvalidStateError, InternalError,

@@ -27,6 +27,7 @@ from object_model.access import Role
 from object_model.blobs import BlobChunk, BlobChunkRequest, FirmwareUpdate
 from object_model.energy_messages import EnergyAlert, S2Message
 from object_model.errors import (
+    DecryptionFailedError,
     ErrorCode,
     InvalidMessageError,
     ModelError,
@@ -165,12 +166,23 @@ class PropertyValueReadResponse(MessageBase):
 class WriteItem(MessageBase):
     """One step of a write transaction: set ``value`` at ``path``, or delete ``path``. With
     ``text``, ``value`` is text that the receiver parses according to the type it declares at
-    ``path`` (for command lines and configuration files, which do not know the schema)."""
+    ``path`` (for command lines and configuration files, which do not know the schema). With
+    ``sealed``, ``value`` is a secret sealed by the writer to the receiving station's key (the
+    value, or its text with ``text``): relays pass it on unread, the station opens it
+    (``actors.logic.sealed_values``)."""
 
     path: Path
     value: Any = None
     delete: bool = False
     text: bool = False
+    sealed: bool = False
+
+    @model_validator(mode="after")
+    def _sealed_is_bytes(self) -> WriteItem:
+        if self.sealed and (self.delete or not isinstance(self.value, bytes)):
+            raise ValueError("a sealed write carries its sealed value as bytes, and deletes "
+                             "nothing")
+        return self
 
 
 class PropertyValueWrite(MessageBase):
@@ -189,6 +201,9 @@ class PropertyValueWrite(MessageBase):
         text values into typed ones (``SchemaRegistry.parse_value``)."""
         ops: list[Operation] = []
         for w in self.writes:
+            if w.sealed:  # only its station opens it (actors.logic.sealed_values)
+                raise DecryptionFailedError("a sealed value reached a tree that cannot open "
+                                            "it", path=w.path)
             if w.delete:
                 ops.append(Delete(w.path))
             elif w.text:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography import x509
+
+from actors.logic.sealed_values import CERTIFICATE_PATH, is_secret, recipient_of, seal_writes
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from broker_bridge import Endpoint, Router
 from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTransport, is_loopback
@@ -42,6 +46,7 @@ from object_model.monitoring import (
     TaskControl,
     Threshold,
 )
+from object_model.station import shared_station_schema
 from object_model.types import from_micros
 
 T = TypeVar("T")
@@ -228,8 +233,9 @@ async def set_value(conn: Connection, actor: str, path_text: str, text: str, *,
     path = _path(path_text)
 
     async def work(client: OperatorClient) -> list[str]:
-        answer = await client.request(actor, PropertyValueWrite(
-            writes=[WriteItem(path=path, value=text, text=True)]), timeout=10)
+        write = PropertyValueWrite(writes=[WriteItem(path=path, value=text, text=True)])
+        answer = await client.request(actor, await _sealed(client, conn, actor, write),
+                                      timeout=10)
         assert isinstance(answer, PropertyValueWriteResponse)
         state = "changed" if answer.changed else "unchanged (it already held that value)"
         return [f"{actor}: {path} {state}; revision {answer.revision}"]
@@ -237,11 +243,44 @@ async def set_value(conn: Connection, actor: str, path_text: str, text: str, *,
     return await with_client(conn, actor, work)
 
 
+async def _sealed(client: OperatorClient, conn: Connection, actor: str,
+                  write: PropertyValueWrite) -> PropertyValueWrite:
+    """``write`` (one item, to ``actor`` or to a station through it: ``stations/<station>/``)
+    with a secret sealed to the station's key, read from its certificate and checked against
+    the operator's root (``actors.logic.sealed_values``). A system that does not sign takes
+    secrets in clear."""
+    item = write.writes[0]
+    station, inside = actor, item.path
+    segments = item.path.segments
+    if len(segments) > 2 and segments[0] == "stations":
+        station, inside = str(segments[1]), KeyPath(*segments[2:])
+    schema = shared_station_schema()
+    anchor = None if conn.signing is None else conn.signing.get("anchor")
+    if anchor is None or not is_secret(schema, item.model_copy(update={"path": inside})):
+        return write
+    where = KeyPath(*segments[:len(segments) - len(inside.segments)]) / KeyPath.parse(
+        CERTIFICATE_PATH)
+    answer = await client.request(actor, PropertyValueRead(paths=[where]), timeout=5)
+    assert isinstance(answer, PropertyValueReadResponse)
+    shown = answer.values[0][2] if answer.values else None
+    root = x509.load_pem_x509_certificate(Path(anchor).read_bytes())
+    try:
+        recipient = recipient_of(shown, station, [root], time.time_ns() // 1000)
+    except ModelError as exc:
+        raise ClientError(f"cannot seal {inside} to {station}: {exc.text}") from None
+    sealed = seal_writes(PropertyValueWrite(writes=[item.model_copy(update={"path": inside})]),
+                         schema, station, recipient).writes[0]
+    return write.model_copy(update={"writes": [sealed.model_copy(update={"path": item.path})]})
+
+
 async def set_everywhere(conn: Connection, actor: str, path_text: str, text: str, *,
                          site: str | None = None) -> list[str]:
     """One ``FanOutRequest`` writing ``text`` at ``path_text`` of every station ``actor``
     (a CSMS) manages: a line per station that failed, then the count of those that did not."""
     path = _path(path_text)
+    if is_secret(shared_station_schema(), WriteItem(path=path, value=text, text=True)):
+        raise ClientError(f"{path} is a secret, sealed to each station's own key: write it to "
+                          "one station at a time (csms set STATION PATH VALUE)")
 
     async def work(client: OperatorClient) -> list[str]:
         answer = await client.request(actor, FanOutRequest(site=site, item=PropertyValueWrite(

@@ -118,7 +118,7 @@ class Signing:
         if directory is None:
             return None
         return Credentials(address, self.store.key(address),
-                           self.store.recipient_key(address).public_key(), directory,
+                           self.store.recipient_key(address), directory,
                            self.store.directory, clock=self.clock)
 
     def enroller(self, csms: str, state_dir: Path | str) -> Enroller | None:

@@ -22,12 +22,14 @@ import random
 import re
 from collections.abc import Sequence
 
+import msgpack
 from pydantic import Field, field_validator
 
 from actors.logic.firmware_trust import trusted_keys
 from actors.logic.join_proof import join_proof
 from actors.logic.monitoring import Monitors
 from actors.logic.revocations import LIST_PATH, NUMBER_PATH, checked_list, stored_list, written_list
+from actors.logic.sealed_values import CERTIFICATE_PATH, open_writes
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.publisher import Publisher
@@ -47,7 +49,7 @@ from broker_bridge.session.certificates import RevocationList
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
 from object_model.blobs import FirmwareUpdate
-from object_model.errors import OutOfRangeError
+from object_model.errors import OutOfRangeError, SealingRequiredError
 from object_model.messages import (
     Batch,
     ErrorReport,
@@ -222,8 +224,10 @@ class ChargingStation(TreeActor):
                           answer.csms, exc)
         held = None if self.credentials is None else self.credentials.credential
         if held is not None and self.tree is not None:  # what the CSMS sees of it
+            assert self.credentials is not None
             self.tree.apply([Write("security/certificate_serial", held.kid.hex()),
-                             Write("security/certificate_expires_at", held.not_after_us)])
+                             Write("security/certificate_expires_at", held.not_after_us),
+                             Write(CERTIFICATE_PATH, msgpack.packb(self.credentials.chain))])
         self.tasks.link_changed()  # a backlog of reports may leave now
         self.publisher.heartbeat = answer.heartbeat_s
         # from what we announced: the CSMS judged its copy against that revision, and
@@ -257,6 +261,14 @@ class ChargingStation(TreeActor):
 
     async def _commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
                       ctx: Context) -> TransactionCommitted:
+        try:
+            message = open_writes(message, access.tree.schema, self.address,
+                                  None if self.credentials is None
+                                  else self.credentials.recipient_key)
+        except SealingRequiredError as exc:
+            log.warning("%s: %s sent a secret in clear (at %s): refused; whoever passed it on "
+                        "has seen it", self.address, ctx.sender, exc.path)
+            raise
         ops = access.operations(ctx.require_role(), message)
         refuse_unfit_envelopes(access.tree, ops)
         revoked = self._revocations_in(access.tree, ops)

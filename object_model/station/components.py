@@ -214,11 +214,14 @@ class Clock(Component):
 
 class Security(Component):
     """Credentials: the provisioning secret is never readable, not even by the CSMS. The
-    certificate the station holds (its key id and expiry), and the revocation list its CSMS
-    gave it (signed by the operator's root; only a newer one replaces it) and its number."""
+    certificate the station holds (its key id, expiry, and the chain itself: whoever reads it
+    checks it against the operator's root and seals secrets to the station's key with it),
+    and the revocation list its CSMS gave it (signed by the operator's root; only a newer one
+    replaces it) and its number."""
 
     certificate_serial: Name = ""
     certificate_expires_at: Timestamp = 0
+    certificate: Annotated[bytes, Access.READ] = b""
     failed_logins: Annotated[int, uint32()] = 0
     provisioning_secret: Annotated[str, string(128), Access.NONE] | None = None
     revocations: Annotated[bytes, Access.READ_WRITE] = b""

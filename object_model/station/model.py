@@ -56,14 +56,22 @@ def shared_station_schema(*, vendor_extensions: bool = True) -> SchemaRegistry:
     return station_schema(vendor_extensions=vendor_extensions)
 
 
+LINK_CREDENTIALS = tuple(f"network/profiles/*/{name}" for name in (
+    "ssid", "wifi_password", "apn", "apn_user", "apn_password"))
+"""What an operator may write of a station's network profiles: the secrets are write-only,
+sealed to the station by their writer (``actors.logic.sealed_values``)."""
+
+
 @functools.cache
 def station_access_policy() -> AccessPolicy:
     """Who may read and write what in a station's tree (the nodes' access kinds apply too);
     one instance, shared by every station of a process.
 
     The local and cloud CSMS manage the station: they read everything readable and write
-    everything writable. An operator reads everything but only writes names, locations and
-    permissions. The site's resource manager sees energy data only. Another station sees nothing.
+    everything writable. An operator reads everything but only writes names, locations,
+    permissions and the credentials of the station's links (``LINK_CREDENTIALS``: not where
+    the links lead). The site's resource manager sees energy data only. Another station sees
+    nothing.
     """
     readable_energy = (
         "identity/max_power_w",
@@ -88,6 +96,7 @@ def station_access_policy() -> AccessPolicy:
                     "identity/location/**",
                     "permissions/**",
                     "evse/*/permissions/**",
+                    *LINK_CREDENTIALS,
                 ),
             ),
             Role.RESOURCE_MANAGER: Grant(read=readable_energy),

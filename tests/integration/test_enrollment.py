@@ -1,10 +1,12 @@
 """Certificates in a running hierarchy, on real TLS brokers: stations enroll at their first
 join with one-time tokens, renew before expiry, and a revocation list written at the cloud
-reaches the site in one push and shuts the revoked station out there. The cloud runs with a
-certificate directory of its own, so what the site learns it learns from the push."""
+reaches the site in one push and shuts the revoked station out there; a secret the operator
+seals to a station crosses the site's CSMS unread. The cloud runs with a certificate directory
+of its own, so what the site learns it learns from the push."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,15 +15,24 @@ import pytest
 from actors.app.hierarchy import Hierarchy
 from actors.app.signing import Signing
 from actors.app.wiring import start_cloud
+from actors.logic.sealed_values import CERTIFICATE_PATH, recipient_of, seal_writes
 from actors.testing import until
+from broker_bridge.codec import encode_body
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError
-from object_model.messages import PropertyValueRead, PropertyValueWrite, WriteItem
+from object_model.messages import (
+    PropertyValueRead,
+    PropertyValueReadResponse,
+    PropertyValueWrite,
+    WriteItem,
+)
+from object_model.station import shared_station_schema
 from tests.integration.conftest import site_simulator
 
 pytestmark = pytest.mark.broker
 
 LIFETIME_S = 12.0
+SECRET = "network/profiles/0/wifi_password"
 
 
 @pytest.fixture
@@ -137,3 +148,56 @@ async def test_stations_enroll_renew_and_a_revoked_one_is_shut_out_after_one_pus
     with pytest.raises(ModelError) as info:
         await operator.request("cs-site1-1", read, timeout=3)
     assert info.value.code is ErrorCode.TIMEOUT  # refused in silence
+
+
+async def test_a_secret_written_at_the_cloud_crosses_the_site_sealed_to_its_station(
+        hierarchy: Hierarchy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator seals a Wi-Fi password to cs-site1-1's key, read from the certificate
+    the station shows in the cloud's copy; the site's CSMS checks the path and passes it on
+    unread; the station opens it. In clear, moved to another station or to another leaf, it
+    is refused and nothing changes."""
+    h = hierarchy
+    site = h.site(1)
+    local = site.local_csms
+    await until(lambda: all(s.admitted for s in site.stations), "the stations enrolled", 60)
+    await until(h.cloud_consistent, "the cloud's copies", 60, every=0.2)
+    operator = await h.operator()
+    assert h.commissioning is not None
+    root = h.commissioning.root.certificate
+    shown = await operator.request("cloud", PropertyValueRead(paths=[KeyPath.parse(
+        f"stations/cs-site1-1/{CERTIFICATE_PATH}")]), timeout=10)
+    assert isinstance(shown, PropertyValueReadResponse)
+    recipient = recipient_of(shown.values[0][2], "cs-site1-1", [root], time.time_ns() // 1000)
+    relayed: list[bytes] = []
+    forward = local.trees.forward_write
+
+    async def spy(replica: object, message: PropertyValueWrite, ctx: object) -> object:
+        relayed.append(encode_body(message))  # all the site's CSMS ever has of it
+        return await forward(replica, message, ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local.trees, "forward_write", spy)
+    secret = PropertyValueWrite(writes=[WriteItem(path=KeyPath.parse(SECRET), value="hunter2")])
+    sealed = seal_writes(secret, shared_station_schema(), "cs-site1-1", recipient)
+    at_cloud = sealed.model_copy(update={"writes": [sealed.writes[0].model_copy(
+        update={"path": KeyPath.parse(f"stations/cs-site1-1/{SECRET}")})]})
+    await operator.request("cloud", at_cloud, timeout=10)
+    station = next(s for s in site.stations if s.address == "cs-site1-1")
+    assert station.tree is not None and station.tree.get(SECRET) == "hunter2"
+    assert relayed and all(b"hunter2" not in body for body in relayed)
+
+    other = next(s for s in site.stations if s.address == "cs-site1-2")
+    assert other.tree is not None
+    moved_station = at_cloud.model_copy(update={"writes": [at_cloud.writes[0].model_copy(
+        update={"path": KeyPath.parse(f"stations/cs-site1-2/{SECRET}")})]})
+    moved_leaf = at_cloud.model_copy(update={"writes": [at_cloud.writes[0].model_copy(
+        update={"path": KeyPath.parse("stations/cs-site1-1/network/profiles/1/apn_password")})]})
+    in_clear = PropertyValueWrite(writes=[WriteItem(
+        path=KeyPath.parse(f"stations/cs-site1-1/{SECRET}"), value="swordfish")])
+    for attempt, code in ((moved_station, ErrorCode.DECRYPTION_FAILED),
+                          (moved_leaf, ErrorCode.DECRYPTION_FAILED),
+                          (in_clear, ErrorCode.SEALING_REQUIRED)):
+        with pytest.raises(ModelError) as info:
+            await operator.request("cloud", attempt, timeout=10)
+        assert info.value.code is code
+    assert station.tree.get(SECRET) == "hunter2"  # the station ticks on: its revision moves
+    assert SECRET not in other.tree

@@ -228,6 +228,16 @@ async def test_the_operators_command_line_signs_and_a_stranger_key_is_refused(
         assert written.returncode == 0, written.stderr
         read = await cli("get", connect, "cs-site1-2", "identity/display_name")
         assert '"Bay 2"' in read.stdout, read
+        # a secret is sealed to the station's own key by the command line: the cloud and
+        # the site pass it on unread; nobody reads it back; a fan-out cannot seal it
+        wifi = "stations/cs-site1-2/network/profiles/0/wifi_password"
+        secret = await cli("set", connect, "cloud", wifi, "hunter2")
+        assert secret.returncode == 0 and "changed" in secret.stdout, secret
+        hidden = await cli("get", connect, "cloud", wifi)
+        assert hidden.returncode == 1 and "hunter2" not in hidden.stdout + hidden.stderr
+        everywhere = await cli("set", connect, "cloud",
+                               "stations/*/network/profiles/0/wifi_password", "hunter2")
+        assert everywhere.returncode == 1 and "one station at a time" in everywhere.stderr
         assert stat_mode(connect) == 0o600
         # the same operator account with a key of its own making: the cloud does not answer
         raw = json.loads(connect.read_text())

@@ -25,7 +25,7 @@ from pathlib import Path
 import msgpack
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from actors.logic.join_proof import token_key, token_proof
 from actors.runtime.storage.enrollment import EnrollmentBook, Spent
@@ -160,14 +160,16 @@ _SPENT = {
 
 
 class Credentials:
-    """One actor's certificate, as a member of a CSMS (see the module docstring). Files in
-    ``folder``: ``<address>.chain`` (what it was issued) and ``<address>.token`` (its
-    enrollment token, removed once spent)."""
+    """One actor's certificate, as a member of a CSMS (see the module docstring), and its
+    keys: ``key`` signs, ``recipient_key`` opens what is sealed to it (its public half goes
+    into the certificate). Files in ``folder``: ``<address>.chain`` (what it was issued) and
+    ``<address>.token`` (its enrollment token, removed once spent)."""
 
     def __init__(self, address: str, key: Ed25519PrivateKey,
-                 recipient: X25519PublicKey | None, directory: CertificateDirectory,
+                 recipient_key: X25519PrivateKey | None, directory: CertificateDirectory,
                  folder: Path | str, *, clock: Clock = WALL_CLOCK) -> None:
-        self.address, self.key, self.recipient = address, key, recipient
+        self.address, self.key, self.recipient_key = address, key, recipient_key
+        self.recipient = None if recipient_key is None else recipient_key.public_key()
         self.directory, self.clock = directory, clock
         folder = Path(folder)
         self.chain_path = folder / f"{address}.chain"

@@ -40,7 +40,7 @@ class World:
 
     def member(self, address: str, folder: str = "station") -> Credentials:
         return Credentials(address, Ed25519PrivateKey.generate(),
-                           X25519PrivateKey.generate().public_key(),
+                           X25519PrivateKey.generate(),
                            CertificateDirectory([self.anchor]), self.base / folder,
                            clock=self.clock)
 
@@ -85,7 +85,7 @@ async def test_a_token_enrolls_once_and_the_certificate_then_joins_and_renews(
     # joining again shows the certificate: nothing issued, no token needed
     assert await world.join(station) == [] and world.enroller.enrolled == 1
     # a restarted station loads its chain from disk
-    again = Credentials(station.address, station.key, station.recipient,
+    again = Credentials(station.address, station.key, station.recipient_key,
                         CertificateDirectory([world.anchor]), world.base / "station",
                         clock=world.clock)
     assert again.chain == station.chain
