@@ -41,6 +41,7 @@ descent and starts a new horizon at the source revision.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -232,9 +233,33 @@ _EVERYTHING = (GLOBSTAR,)  # the rest of a pattern that matches every leaf below
 _make_leaf = tuple.__new__  # a NamedTuple without its Python-level __new__: twice as fast
 
 
+_MEMO_KINDS = frozenset({bool, int, float, str, type(None)})
+_MEMO_TEXT = 64  # longer texts are rarely shared: not remembered
+_MEMO_LIMIT = 1 << 16
+_hashes: dict[tuple[Any, ...], int] = {}
+
+
 def _leaf_hash(key: bytes, value: Any) -> int:
+    """A leaf's hash: of its path and its value's canonical bytes. The same small values at
+    the same paths recur across the thousands of trees a process holds (every station's fan
+    at 0 rpm, in its own tree and in each CSMS's copy), so those hashes are remembered
+    (``_MEMO_LIMIT`` of them); the type is part of what is remembered (``1``, ``1.0`` and
+    ``True`` are equal in Python, not in a digest), and so is the sign of a zero."""
+    kind = type(value)
+    memo = None
+    if kind in _MEMO_KINDS and (kind is not str or len(value) <= _MEMO_TEXT):
+        memo = (key, kind, value) if value or kind is not float else (
+            key, kind, value, math.copysign(1.0, value))
+        known = _hashes.get(memo)
+        if known is not None:
+            return known
     digest = hashlib.blake2b(key + canonical.encode(value), digest_size=DIGEST_BYTES).digest()
-    return int.from_bytes(digest, "big")
+    result = int.from_bytes(digest, "big")
+    if memo is not None:
+        if len(_hashes) >= _MEMO_LIMIT:
+            _hashes.clear()
+        _hashes[memo] = result
+    return result
 
 
 def _sum_digests(node: _Interior) -> None:
@@ -432,8 +457,49 @@ class ObjectTree:
                 f"expected revision {expected_revision}, tree is at {self.revision}",
                 details={"expected": expected_revision, "actual": self.revision},
             )
+        if not self._leaves and not self._tombstones:  # a tree being built: one pass
+            operations = list(operations)
+            loaded = self._load_into_empty(operations)
+            if loaded is not None:
+                return loaded
         plan = self._validate(operations)
         return self._commit(plan)
+
+    def _load_into_empty(self, operations: list[Operation]) -> TransactionCommitted | None:
+        """``apply`` to a tree that holds nothing (a station building its tree at its first
+        start), its leaves built in one pass (``_fill``); ``None``, with nothing changed,
+        when the operations do not fit that pass (a delete, a path twice, a value the schema
+        refuses): ``apply``'s general way then commits them or names every error."""
+        writes = [op for op in operations if type(op) is Write]
+        if not writes or len(writes) != len(operations):
+            return None
+        revision = self.revision + 1
+        leaves: list[tuple[KeyPath, int, Any]] = []
+        try:
+            for op in writes:
+                path = op.path if type(op.path) is KeyPath else _as_path(op.path)
+                leaves += [(lpath, revision, raw)
+                           for lpath, _, raw in self.schema.expand(path, op.value)]
+        except ModelError:
+            return None
+        if not leaves or not self._fill_empty(leaves):
+            return None
+        self.revision = revision
+        event = TransactionCommitted(epoch=self.epoch, revision=revision,
+                                     upserts=tuple((p, self._leaves[p].value)
+                                                   for p, _, _ in leaves), deletes=())
+        self._notify(event)
+        return event
+
+    def _fill_empty(self, leaves: list[tuple[KeyPath, int, Any]]) -> bool:
+        """``_fill`` an empty tree; False, with the tree empty again, when it refuses."""
+        try:
+            self._fill(leaves)
+        except ModelError:
+            self._root = _Interior("", None)
+            self._leaves = {}
+            return False
+        return True
 
     def _validate(self, operations: Iterable[Operation]) -> list[tuple[KeyPath, Any, Any, int]]:
         """Check everything; return ``(path, value_or_DELETE, schema, op_index)`` steps or raise."""
@@ -808,11 +874,7 @@ class ObjectTree:
         time), its leaves built in one pass (``_fill``). ``None``, with nothing changed, when
         a leaf does not fit that pass (a path given twice, a value or a path the schema
         refuses): ``adopt``'s general way then applies it or names the error."""
-        try:
-            self._fill(ups)
-        except ModelError:
-            self._root = _Interior("", None)
-            self._leaves = {}
+        if not self._fill_empty(ups):
             return None
         for leaf in self._leaves.values():
             if leaf.revision > revision:  # as ``adopt`` caps them

@@ -20,7 +20,8 @@ from object_model import (
     Write,
     canonical,
 )
-from object_model.station import new_station_tree, station_schema
+from object_model.station import new_station_tree, shared_station_schema, station_schema
+from object_model.station.model import new_station, station_writes
 from object_model.tree import DiffStats, TransactionCommitted
 from tests.object_model.small_model import ReferenceTree, small_schema, transactions
 
@@ -545,3 +546,37 @@ def test_a_failing_listener_never_fails_a_committed_transaction() -> None:
     assert event.revision == tree.revision == before + 1
     assert heard == [event.revision]  # the others still hear
     assert failures == [("listener bug", event.revision)] and tree.listener_failures == 1
+
+
+def test_a_transaction_into_an_empty_tree_ends_as_the_general_way_does() -> None:
+    """Building a station's tree takes the one-pass way (``_load_into_empty``); a tree that
+    held a leaf once (a tombstone) takes the general way: both end the same, and what one
+    refuses the other refuses too, with nothing changed."""
+    station = new_station("cs-1", seed=3)
+    writes = station_writes(station)
+    fast = ObjectTree(shared_station_schema(), epoch=4)
+    events: list[TransactionCommitted] = []
+    fast.subscribe(events.append)
+    general = ObjectTree(shared_station_schema(), epoch=4)
+    general.write("identity/display_name", "x")
+    general.delete("identity/display_name")  # a tombstone: no longer the first transaction
+    event = fast.apply(writes)
+    general.apply(writes)
+    assert events == [event] and event.revision == fast.revision == 1
+    assert fast.digest() == general.digest() and fast.digest(visible=True) == general.digest(
+        visible=True)
+    assert leaf_map(fast) == leaf_map(general) == dict(event.upserts)
+    fast.write("evse/1/session/energy_wh", 5.0)
+    assert [p for p, _, _ in fast.changes_since(0).upserts][-1] == KeyPath.parse(
+        "evse/1/session/energy_wh")
+    # refused by either way: the error names it, nothing changes
+    for tree in (ObjectTree(shared_station_schema()), general):
+        before = (tree.revision, tree.digest())
+        with pytest.raises(ModelError) as info:
+            tree.apply([Write("identity/display_name", "ok"), Write("evse/1/max_power_w", "x")])
+        assert info.value.code is ErrorCode.WRONG_TYPE
+        assert (tree.revision, tree.digest()) == before
+    # a path twice: the later value wins, as in any transaction
+    twice = ObjectTree(shared_station_schema())
+    twice.apply([Write("identity/display_name", "a"), Write("identity/display_name", "b")])
+    assert twice.get("identity/display_name") == "b" and len(twice) == 1
