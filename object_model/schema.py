@@ -289,7 +289,7 @@ class SchemaRegistry:
             self.register_namespace(ns)
         self.root = root if isinstance(root, RecordSchema) else compile_component(root, root_access)
         self._cache: dict[KeyPath, SchemaNode] = {}
-        self._children: dict[tuple[KeyPath, str], KeyPath] = {}  # of ``expand``'s maps
+        self._children: dict[tuple[KeyPath, str | int], KeyPath] = {}  # of ``expand``'s maps
         for where, node in self.walk():
             if isinstance(node, RecordSchema):
                 for name in node.fields:
@@ -510,6 +510,9 @@ class SchemaRegistry:
                 continue
             child = children.get((path, key)) if type(key) is str else None
             if child is None:
+                if type(key) is not str and type(key) is not int:
+                    raise WrongTypeError(f"{path or 'the root'}: members are named by text or "
+                                         f"integers, not {type(key).__name__}", path=path)
                 try:
                     child = path / key
                 except KeyPathError as exc:

@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
+from actors.logic.revocations import LIST_PATH
 from actors.logic.sealed_values import CERTIFICATE_PATH, is_secret, recipient_of, seal_writes
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
 from broker_bridge import Endpoint, Router
+from broker_bridge.session.certificates import RevocationList
 from broker_bridge.xmpp import BrokerUnreachableError, XmppSettings, XmppTransport, is_loopback
 from keypath import GLOBSTAR, KeyPath, KeyPathError, KeyPattern
 from object_model import ErrorCode, ModelError, Role
@@ -234,7 +236,7 @@ async def set_value(conn: Connection, actor: str, path_text: str, text: str, *,
 
     async def work(client: OperatorClient) -> list[str]:
         write = PropertyValueWrite(writes=[WriteItem(path=path, value=text, text=True)])
-        answer = await client.request(actor, await _sealed(client, conn, actor, write),
+        answer = await client.request(actor, await _seal_secret(client, conn, actor, write),
                                       timeout=10)
         assert isinstance(answer, PropertyValueWriteResponse)
         state = "changed" if answer.changed else "unchanged (it already held that value)"
@@ -243,29 +245,43 @@ async def set_value(conn: Connection, actor: str, path_text: str, text: str, *,
     return await with_client(conn, actor, work)
 
 
-async def _sealed(client: OperatorClient, conn: Connection, actor: str,
-                  write: PropertyValueWrite) -> PropertyValueWrite:
+async def _seal_secret(client: OperatorClient, conn: Connection, actor: str,
+                       write: PropertyValueWrite) -> PropertyValueWrite:
     """``write`` (one item, to ``actor`` or to a station through it: ``stations/<station>/``)
     with a secret sealed to the station's key, read from its certificate and checked against
-    the operator's root (``actors.logic.sealed_values``). A system that does not sign takes
-    secrets in clear."""
-    item = write.writes[0]
+    the operator's root and the revocation list the CSMS holds
+    (``actors.logic.sealed_values``). A system that does not sign takes secrets in clear."""
+    [item] = write.writes
     station, inside = actor, item.path
     segments = item.path.segments
     if len(segments) > 2 and segments[0] == "stations":
         station, inside = str(segments[1]), KeyPath(*segments[2:])
     schema = shared_station_schema()
-    anchor = None if conn.signing is None else conn.signing.get("anchor")
-    if anchor is None or not is_secret(schema, item.model_copy(update={"path": inside})):
+    if conn.signing is None or not is_secret(schema, item.model_copy(update={"path": inside})):
         return write
-    where = KeyPath(*segments[:len(segments) - len(inside.segments)]) / KeyPath.parse(
-        CERTIFICATE_PATH)
-    answer = await client.request(actor, PropertyValueRead(paths=[where]), timeout=5)
-    assert isinstance(answer, PropertyValueReadResponse)
-    shown = answer.values[0][2] if answer.values else None
+    anchor = conn.signing.get("anchor")
+    if anchor is None:
+        raise ClientError(f"{inside} is a secret, sealed to {station}'s key from its "
+                          f"certificate: {conn.signing.get('key_dir', 'connect.json')} names no "
+                          "operator root (\"anchor\") to check that certificate with")
     root = x509.load_pem_x509_certificate(Path(anchor).read_bytes())
+    mount = KeyPath(*segments[:len(segments) - len(inside.segments)])
+    paths = [mount / KeyPath.parse(CERTIFICATE_PATH)]
+    if mount.segments:  # a CSMS: the revocation list it holds
+        paths.append(KeyPath.parse(LIST_PATH))
+    answer = await client.request(actor, PropertyValueRead(paths=paths), timeout=5)
+    if not isinstance(answer, PropertyValueReadResponse):
+        raise ClientError(f"{actor}: no answer to reading {paths[0]}")
+    if answer.failures:
+        failure = answer.failures[0]
+        raise ClientError(f"cannot seal {inside} to {station}: reading {failure.path}: "
+                          f"{failure.code.value}: {failure.text}")
+    shown = {path: value for path, _, value in answer.values}
     try:
-        recipient = recipient_of(shown, station, [root], time.time_ns() // 1000)
+        revoked = (RevocationList.decode(shown[paths[1]], [root])
+                   if len(paths) > 1 and shown.get(paths[1]) else None)
+        recipient = recipient_of(shown.get(paths[0]), station, [root],
+                                 time.time_ns() // 1000, revoked)
     except ModelError as exc:
         raise ClientError(f"cannot seal {inside} to {station}: {exc.text}") from None
     sealed = seal_writes(PropertyValueWrite(writes=[item.model_copy(update={"path": inside})]),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from actors.csms.own_tree import OwnTree
 from actors.csms.replicas import ReplicaSet
+from actors.logic.sealed_values import refuse_clear_secrets
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, Messenger
 from actors.runtime.replication.replica import STATIONS, Replica, station_key
@@ -31,6 +32,7 @@ from object_model.messages import (
     PropertyValueWriteResponse,
     ReadFailure,
 )
+from object_model.schema import SchemaRegistry
 
 
 def split(path: KeyPath) -> tuple[KeyPath, KeyPath]:
@@ -47,6 +49,9 @@ class AggregateView:
     def __init__(self, actor: Messenger, own: OwnTree, copies: ReplicaSet) -> None:
         self.actor, self.address = actor, actor.address
         self.own, self.copies, self.policy = own, copies, own.policy
+        # the stations' schema when their secrets must travel sealed to them (the system
+        # signs with certificates): one in clear is refused here (actors.logic.sealed_values)
+        self.sealed_secrets: SchemaRegistry | None = None
 
     def access_for(self, tree: KeyPath) -> TreeAccess:
         """The tree addressed as ``tree``: ``""`` the own tree, ``stations/<id>`` a copy."""
@@ -166,6 +171,8 @@ class AggregateView:
             for w in item.writes]
         for item in writes:
             self.policy.check_write(role, mount / item.path, PropertyAccessKind.READ_WRITE)
+        if self.sealed_secrets is not None:
+            refuse_clear_secrets(self.sealed_secrets, writes, mount.name or str(mount))
 
     async def forward_write(self, replica: Replica, message: PropertyValueWrite | Batch,
                             ctx: Context) -> MessageBase:

@@ -43,6 +43,7 @@ from object_model.messages import (
     PropertyValueUpdate,
     TreeInfo,
 )
+from object_model.station import shared_station_schema
 
 log = logging.getLogger("csms.cloud")
 
@@ -67,6 +68,8 @@ class CloudCsms(TreeActor):
         self.certificates = certificates
         self.management = parts = Management(self, self.role, store, self.settings)
         self.own, self.copies, self.trees = parts.own, parts.copies, parts.view
+        if certificates is not None:  # stations hold keys: their secrets travel sealed
+            self.trees.sealed_secrets = shared_station_schema()
         self.blobs, self.tasks = parts.blobs, parts.tasks
         self.revocations = Revocations(self, self.own, certificates,
                                        downstream=lambda: list(self.own.tree.read("sites")))

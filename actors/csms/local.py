@@ -49,6 +49,7 @@ from object_model.messages import (
     PropertyValueUpdate,
     TreeInfo,
 )
+from object_model.station import shared_station_schema
 
 RELAY_EXPIRY_US = 5_000_000
 log = logging.getLogger("csms.local")
@@ -86,6 +87,8 @@ class LocalCsms(TreeActor):
         self.management = parts = Management(self, self.role, store, settings, CopyEvents(
             changed=self._copy_changed, heartbeat=self._heartbeat, resynced=self._resynced))
         self.own, self.copies, self.trees = parts.own, parts.copies, parts.view
+        if certificates is not None or enroller is not None:  # stations hold keys
+            self.trees.sealed_secrets = shared_station_schema()
         self.blobs, self.tasks = parts.blobs, parts.tasks
         self.site_policy = SitePolicy(self, own=self.own, copies=self.copies,
                                       check_s=settings.policy_check_s)

@@ -29,7 +29,12 @@ from actors.logic.firmware_trust import trusted_keys
 from actors.logic.join_proof import join_proof
 from actors.logic.monitoring import Monitors
 from actors.logic.revocations import LIST_PATH, NUMBER_PATH, checked_list, stored_list, written_list
-from actors.logic.sealed_values import CERTIFICATE_PATH, open_writes
+from actors.logic.sealed_values import (
+    CERTIFICATE_PATH,
+    open_writes,
+    secret_paths,
+    without_secrets,
+)
 from actors.logic.tree_access import TreeAccess
 from actors.runtime.actor import Context, RoleDirectory, handles
 from actors.runtime.replication.publisher import Publisher
@@ -49,7 +54,7 @@ from broker_bridge.session.certificates import RevocationList
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
 from object_model.blobs import FirmwareUpdate
-from object_model.errors import OutOfRangeError, SealingRequiredError
+from object_model.errors import DecryptionFailedError, OutOfRangeError, SealingRequiredError
 from object_model.messages import (
     Batch,
     ErrorReport,
@@ -261,14 +266,24 @@ class ChargingStation(TreeActor):
 
     async def _commit(self, access: TreeAccess, message: PropertyValueWrite | Batch,
                       ctx: Context) -> TransactionCommitted:
+        schema = access.tree.schema
         try:
-            message = open_writes(message, access.tree.schema, self.address,
+            message = open_writes(message, schema, self.address,
                                   None if self.credentials is None
                                   else self.credentials.recipient_key)
-        except SealingRequiredError as exc:
-            log.warning("%s: %s sent a secret in clear (at %s): refused; whoever passed it on "
-                        "has seen it", self.address, ctx.sender, exc.path)
+        except (SealingRequiredError, DecryptionFailedError) as exc:
+            log.warning("%s: %s wrote a secret %s (at %s): refused", self.address, ctx.sender,
+                        "in clear, so whoever passed it on has seen it"
+                        if isinstance(exc, SealingRequiredError)
+                        else "that does not open (altered, moved or not ours)", exc.path)
             raise
+        try:
+            return await self._apply(access, message, ctx)
+        except ModelError as exc:  # its answer goes back through the relays
+            raise without_secrets(exc, secret_paths(schema, message)) from None
+
+    async def _apply(self, access: TreeAccess, message: PropertyValueWrite | Batch,
+                     ctx: Context) -> TransactionCommitted:
         ops = access.operations(ctx.require_role(), message)
         refuse_unfit_envelopes(access.tree, ops)
         revoked = self._revocations_in(access.tree, ops)

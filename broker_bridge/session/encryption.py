@@ -29,6 +29,8 @@ from object_model.errors import DecryptionFailedError, LimitExceededError
 CONTEXT = b"csms63110/env-enc/1"
 VALUE_CONTEXT = b"csms63110/sealed-value/1"
 MAX_SEALED_VALUE_BYTES = 16_384
+MAX_SEALED_DEPTH = 8  # a component of leaves, or a leaf holding a small structure
+VALUE_PADDING = 64
 SUITE = b"\x01"  # HPKE base mode, X25519, HKDF-SHA256, ChaCha20-Poly1305
 _HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 
@@ -65,10 +67,12 @@ def _value_info(address: str, path: str) -> bytes:
 
 def seal_value(value: object, recipient: X25519PublicKey, *, address: str, path: str) -> bytes:
     """``value`` (a plain value) sealed for the actor ``address`` holding ``recipient``'s
-    private key, to be written at ``path`` of its tree."""
+    private key, to be written at ``path`` of its tree; padded to a multiple of
+    ``VALUE_PADDING`` bytes, so its size does not tell a password's length."""
     plain = msgpack.packb(value, use_bin_type=True)
     if len(plain) > MAX_SEALED_VALUE_BYTES:
         raise LimitExceededError(f"a sealed value holds at most {MAX_SEALED_VALUE_BYTES} bytes")
+    plain += bytes(-len(plain) % VALUE_PADDING)
     return _HPKE.encrypt(plain, recipient, info=_value_info(address, path))
 
 
@@ -80,17 +84,38 @@ def open_value(sealed: bytes, key: X25519PrivateKey, *, address: str, path: str)
     """The plain value ``seal_value`` sealed for ``address`` at ``path``
     (``DecryptionFailedError`` when it was sealed for another key, actor or path, or
     altered)."""
-    if len(sealed) > MAX_SEALED_VALUE_BYTES + 48:  # HPKE adds 32 (its key) and 16 (its tag)
+    if len(sealed) > MAX_SEALED_VALUE_BYTES + VALUE_PADDING + 48:  # HPKE: a key, a tag
         raise DecryptionFailedError("a sealed value too large to be one of ours")
     try:
         plain = _HPKE.decrypt(sealed, key, info=_value_info(address, path))
     except Exception:  # InvalidTag, or too short to hold the sender's key
         raise DecryptionFailedError(f"the value sealed for {path} does not open with "
                                     f"{address}'s key") from None
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, ext_hook=_reject_ext,
+                                max_buffer_size=len(plain))
+    unpacker.feed(plain)
     try:
-        return msgpack.unpackb(plain, raw=False, strict_map_key=True, ext_hook=_reject_ext)
-    except (ValueError, TypeError, msgpack.UnpackException):
+        value = unpacker.unpack()
+        rest = plain[unpacker.tell():]
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.OutOfData, RecursionError):
         raise DecryptionFailedError(f"the value sealed for {path} is not a value") from None
+    if rest.strip(b"\x00") or not _plain(value, MAX_SEALED_DEPTH):
+        raise DecryptionFailedError(f"the value sealed for {path} is not a value")
+    return value
+
+
+def _plain(value: object, depth: int) -> bool:
+    """Whether ``value`` is a value a tree can take: scalars, lists, maps by text, at most
+    ``depth`` deep."""
+    if value is None or type(value) in (bool, int, float, str, bytes):
+        return True
+    if depth <= 0:
+        return False
+    if type(value) is list:
+        return all(_plain(v, depth - 1) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _plain(v, depth - 1) for k, v in value.items())
+    return False
 
 
 __all__ = ["CONTEXT", "MAX_SEALED_VALUE_BYTES", "SUITE", "VALUE_CONTEXT", "decrypt_body",

@@ -21,6 +21,8 @@ from broker_bridge.codec import encode_body
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError
 from object_model.messages import (
+    FanOutRequest,
+    FanOutResponse,
     PropertyValueRead,
     PropertyValueReadResponse,
     PropertyValueWrite,
@@ -194,10 +196,19 @@ async def test_a_secret_written_at_the_cloud_crosses_the_site_sealed_to_its_stat
     in_clear = PropertyValueWrite(writes=[WriteItem(
         path=KeyPath.parse(f"stations/cs-site1-1/{SECRET}"), value="swordfish")])
     for attempt, code in ((moved_station, ErrorCode.DECRYPTION_FAILED),
-                          (moved_leaf, ErrorCode.DECRYPTION_FAILED),
-                          (in_clear, ErrorCode.SEALING_REQUIRED)):
+                          (moved_leaf, ErrorCode.DECRYPTION_FAILED)):
         with pytest.raises(ModelError) as info:
             await operator.request("cloud", attempt, timeout=10)
         assert info.value.code is code
+    # in clear, alone or as a fan-out to every station: refused at the cloud, no further
+    passed_on = len(relayed)
+    with pytest.raises(ModelError) as info:
+        await operator.request("cloud", in_clear, timeout=10)
+    assert info.value.code is ErrorCode.SEALING_REQUIRED
+    fan_out = await operator.request("cloud", FanOutRequest(item=PropertyValueWrite(writes=[
+        WriteItem(path=KeyPath.parse(SECRET), value="swordfish")])), timeout=10)
+    assert isinstance(fan_out, FanOutResponse) and len(fan_out.results) == 3
+    assert {r.error for r in fan_out.results} == {ErrorCode.SEALING_REQUIRED}
+    assert len(relayed) == passed_on
     assert station.tree.get(SECRET) == "hunter2"  # the station ticks on: its revision moves
     assert SECRET not in other.tree

@@ -12,9 +12,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from actors.app.commission import Commissioning
-from actors.logic.sealed_values import is_secret, open_writes, recipient_of, seal_writes
+from actors.logic.sealed_values import (
+    MAX_SEALED_ITEMS,
+    is_secret,
+    open_writes,
+    recipient_of,
+    refuse_clear_secrets,
+    seal_writes,
+    secret_paths,
+    without_secrets,
+)
 from broker_bridge.codec import decode_body, encode_body
 from broker_bridge.pki import CertificateAuthority
+from broker_bridge.session.certificates import RevocationList
+from broker_bridge.session.encryption import seal_value
+from broker_bridge.session.signing import key_id
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError
 from object_model.messages import Batch, PropertyValueWrite, WriteItem
@@ -157,3 +169,84 @@ def test_the_key_to_seal_to_comes_only_from_a_trusted_chain_naming_that_station(
     tree.apply([Write("security/certificate", shown)])
     key = recipient_of(tree.get("security/certificate"), STATION, [anchor], now)
     assert key.public_bytes_raw() == recipient_of(shown, STATION, [anchor], now).public_bytes_raw()
+
+
+def test_what_a_station_opens_is_bounded_padded_and_only_ever_a_secret() -> None:
+    key = X25519PrivateKey.generate()
+
+    def sealed_item(path: str, value: object) -> WriteItem:
+        return WriteItem(path=KeyPath.parse(path), sealed=True, value=seal_value(
+            [value, False], key.public_key(), address=STATION, path=path))
+
+    # its size does not tell the password's length
+    short, long = (sealed_item(SECRET, text).value for text in ("a", "a" * 40))
+    assert isinstance(short, bytes) and isinstance(long, bytes) and len(short) == len(long)
+    # sealing hides nothing a relay should check: only secrets travel sealed
+    hidden = PropertyValueWrite(writes=[sealed_item("identity/display_name", "Bay 2")])
+    assert code_of(lambda: open_writes(hidden, SCHEMA, STATION, key)) \
+        is ErrorCode.INVALID_MESSAGE
+    # at most MAX_SEALED_ITEMS key agreements per write
+    many = PropertyValueWrite(writes=[sealed_item(SECRET, "pw")] * (MAX_SEALED_ITEMS + 1))
+    assert code_of(lambda: open_writes(many, SCHEMA, STATION, key)) is ErrorCode.INVALID_MESSAGE
+    # a plaintext nested deeper than a value may be (anyone may seal to a station's key)
+    deep: object = "pw"
+    for _ in range(200):
+        deep = [deep]
+    assert code_of(lambda: open_writes(PropertyValueWrite(writes=[sealed_item(SECRET, deep)]),
+                                       SCHEMA, STATION, key)) is ErrorCode.DECRYPTION_FAILED
+
+
+def test_an_error_about_a_secret_never_repeats_it() -> None:
+    """A sealed value of the wrong type: the tree's error would quote it, and the error goes
+    back through the relays that were not to read it."""
+    tree = new_station_tree(STATION)
+    write_ = PropertyValueWrite(writes=[write("identity/display_name", 7),
+                                        write(SECRET, 31415926)])
+    with pytest.raises(ModelError) as info:
+        tree.apply(write_.operations())
+    assert "31415926" in str(info.value) + str(info.value.details)  # what the tree says
+    scrubbed = without_secrets(info.value, secret_paths(SCHEMA, write_))
+    assert scrubbed.code is ErrorCode.WRONG_TYPE
+    assert "31415926" not in str(scrubbed) + str(scrubbed.details)
+    # an error elsewhere keeps its words, not the list naming the secret's error
+    with pytest.raises(ModelError) as info:
+        tree.apply([Write("identity/display_name", 7), Write(SECRET, 31415926)])
+    other = without_secrets(info.value, [KeyPath.parse(SECRET)])
+    assert other.path == "identity/display_name" and not other.details
+    assert without_secrets(info.value, []) is info.value
+
+
+def test_a_relay_refuses_a_secret_in_clear_wherever_it_hides_in_the_write() -> None:
+    for item in (write(SECRET, "pw"),
+                 write("network/profiles/0", {"bogus": 1, "wifi_password": "pw"}),
+                 write("network/profiles/0", {"wifi_password": "pw", "bogus": 1}),
+                 write("network", {"profiles": {"2": {"apn_password": "pw"}}})):
+        assert is_secret(SCHEMA, item), item
+        with pytest.raises(ModelError) as info:
+            refuse_clear_secrets(SCHEMA, [write("identity/display_name", "x"), item],
+                                 STATION)
+        assert info.value.code is ErrorCode.SEALING_REQUIRED
+    refuse_clear_secrets(SCHEMA, [write("identity/display_name", "x")], STATION)
+    # a member named by bytes is no path: refused as such, not a crash
+    with pytest.raises(ModelError) as info:
+        list(SCHEMA.expand(KeyPath.parse("network/profiles/0"), {b"wifi_password": "pw"}))
+    assert info.value.code is ErrorCode.WRONG_TYPE
+
+
+def test_a_revoked_station_key_is_not_sealed_to(tmp_path: Path) -> None:
+    now = time.time_ns() // 1000
+    trust = Commissioning(tmp_path / "trust")
+    ca = CertificateAuthority(trust.site_ca("local-site1", "cs-site1-"))
+    key = Ed25519PrivateKey.generate()
+    cert = ca.certify(STATION, "station", key, X25519PrivateKey.generate().public_key(),
+                      lifetime_s=3_600, now_us=now)
+    shown = msgpack.packb(ca.chain(cert, trust.root.certificate))
+    anchors = [trust.root.certificate]
+    for revoked in (RevocationList.decode(trust.revocation_list(1, [STATION]), anchors),
+                    RevocationList.decode(trust.revocation_list(
+                        2, [], keys=[key_id(key.public_key())]), anchors)):
+        with pytest.raises(ModelError) as info:
+            recipient_of(shown, STATION, anchors, now, revoked)
+        assert info.value.details["reason"] == "revoked"
+    others = RevocationList.decode(trust.revocation_list(3, ["cs-site1-9"]), anchors)
+    assert recipient_of(shown, STATION, anchors, now, others) is not None
