@@ -580,3 +580,16 @@ def test_a_transaction_into_an_empty_tree_ends_as_the_general_way_does() -> None
     twice = ObjectTree(shared_station_schema())
     twice.apply([Write("identity/display_name", "a"), Write("identity/display_name", "b")])
     assert twice.get("identity/display_name") == "b" and len(twice) == 1
+
+
+def test_remembered_leaf_hashes_keep_values_python_calls_equal_apart() -> None:
+    """Leaf hashes of small values are remembered per path and value; ``0.0`` and ``-0.0``,
+    ``1``, ``1.0`` and ``True`` compare equal in Python but are different values."""
+    digests = []
+    for value in (0.0, -0.0, 0, False, 1, 1.0, True, None, "", "x"):
+        for _ in range(2):  # the second time from what was remembered
+            tree = ObjectTree(PermissiveSchema())
+            tree.write("a/b", value)
+            digests.append((repr(value), tree.digest()))
+    assert len(set(digests)) == len(digests) // 2
+    assert len({d for _, d in digests}) == len(digests) // 2
