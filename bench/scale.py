@@ -125,13 +125,18 @@ class Run:
 
 def site_commands(running: RunningSite) -> dict[str, Handler]:
     """What this benchmark asks a site besides ``bench.sites``'s commands: ``census``, the
-    counts without the digests (cheap enough to ask every few seconds while stations tick)."""
+    counts without the digests (cheap enough to ask every few seconds while stations tick),
+    and ``digests``, each station's root digest, to compare with the cloud's copies."""
 
     async def census(cmd: dict[str, Any]) -> Answer:
         stations = running.site.stations
         return {"stations": len(stations), "admitted": sum(s.admitted for s in stations),
                 "revisions": sum(s.tree.revision for s in stations if s.tree is not None),
                 "joined": running.local.upstream_joined()}
+
+    async def digests(cmd: dict[str, Any]) -> Answer:
+        return {"digests": {s.address: s.tree.digest(visible=True).hex()
+                            for s in running.site.stations if s.tree is not None}}
 
     async def backlog(cmd: dict[str, Any]) -> Answer:
         local, stations = running.local, running.site.stations
@@ -146,7 +151,7 @@ def site_commands(running: RunningSite) -> dict[str, Handler]:
                 "host_queued": sum(sum(host.endpoint.session.queue_depth().values())
                                    for host in running.site.hosts)}
 
-    return {"census": census, "backlog": backlog}
+    return {"census": census, "digests": digests, "backlog": backlog}
 
 
 async def run_cloud(spec: dict[str, Any]) -> int:
@@ -221,13 +226,20 @@ class Lab:
     broker_pids: list[int] = field(default_factory=list)  # the sites' Prosody
 
     async def census(self) -> Census:
-        statuses = await asyncio.gather(*(site.ask("status") for site in self.sites))
+        """Where the stations are. The digests (every station's, and every cloud copy's: a
+        few hundred kilobytes to make, send and compare) are asked only once every station
+        is online and every site joined: asked all along, the asking costs the processes
+        measured a share of the CPU they connect with."""
+        counts = await self.counts()
+        if counts["admitted"] < counts["stations"] or counts["sites_joined"] < len(self.sites):
+            return Census(stations=counts["stations"], online=counts["admitted"], cached=0,
+                          sites_joined=counts["sites_joined"])
+        answers = await asyncio.gather(*(site.ask("digests") for site in self.sites))
         copies = (await self.cloud.ask("digests"))["digests"]
-        truth = {a: d for status in statuses for a, d in status["digests"].items()}
-        return Census(stations=len(truth),
-                      online=sum(status["admitted"] for status in statuses),
+        truth = {a: d for answer in answers for a, d in answer["digests"].items()}
+        return Census(stations=len(truth), online=counts["admitted"],
                       cached=sum(copies.get(a) == d for a, d in truth.items()),
-                      sites_joined=sum(bool(status["joined"]) for status in statuses))
+                      sites_joined=counts["sites_joined"])
 
     async def counts(self) -> dict[str, int]:
         """Stations, admitted, revisions and sites joined, without digests."""
