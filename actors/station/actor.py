@@ -54,7 +54,12 @@ from broker_bridge.session.certificates import RevocationList
 from keypath import KeyPath
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role
 from object_model.blobs import FirmwareUpdate
-from object_model.errors import DecryptionFailedError, OutOfRangeError, SealingRequiredError
+from object_model.errors import (
+    DecryptionFailedError,
+    OutOfRangeError,
+    RevisionConflictError,
+    SealingRequiredError,
+)
 from object_model.messages import (
     Batch,
     ErrorReport,
@@ -159,7 +164,7 @@ class ChargingStation(TreeActor):
                     self.credentials.directory.revoke(listed)
         access = TreeAccess(tree, station_access_policy())
         self.trees = OneTree(self.address, access, self._commit)
-        self.hardware.attach(tree, self._report, now)
+        self.hardware.attach(tree, self._report, now, persisted.durable)
         self.publisher = Publisher(self, tree, durable=persisted.durable,
                                    interval=self.settings.publish_interval_s,
                                    pace=self.endpoint.pace)
@@ -290,6 +295,11 @@ class ChargingStation(TreeActor):
         if revoked is not None:
             ops = [*ops, Write(NUMBER_PATH, revoked.number)]
         expected = message.expected_revision if isinstance(message, PropertyValueWrite) else None
+        if expected is not None and expected != access.tree.revision:  # before the device
+            raise RevisionConflictError(
+                f"expected revision {expected}, tree is at {access.tree.revision}",
+                details={"expected": expected, "actual": access.tree.revision})
+        await self.hardware.carry_out(ops)  # a device that must confirm it, first
         event = access.tree.apply(ops, expected_revision=expected)
         assert self.persisted is not None
         # its id goes to disk with its effect: a replay after a crash is refused

@@ -11,7 +11,7 @@ OCPP 2.0.1 gateway, where a real charger behind a WebSocket is the hardware.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +21,10 @@ from object_model.tree import ObjectTree, Operation, TransactionCommitted
 Report = Callable[[Sequence[Operation]], TransactionCommitted | None]
 """Applies what the hardware observed as one transaction of the station's tree (persisted,
 published and monitored like any other); ``None`` when nothing changed."""
+
+Durable = Callable[[int], Awaitable[None]]
+"""Returns once the tree's revision given is on disk (hardware that must not acknowledge
+what it reported before it survives a crash: an OCPP charger's transaction events)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +44,17 @@ class StationHardware(Protocol):
         """The tree of a station that has none stored (its epoch is new)."""
         ...
 
-    def attach(self, tree: ObjectTree, report: Report, now_us: int) -> None:
+    def attach(self, tree: ObjectTree, report: Report, now_us: int, durable: Durable) -> None:
         """Take the station's tree (loaded or new) as it is at ``now_us``; from now on
-        report through ``report``. Called once, before ``run`` and ``obey``."""
+        report through ``report`` (and wait on ``durable`` where an acknowledgement must
+        survive a crash). Called once, before ``run`` and ``obey``."""
+        ...
+
+    async def carry_out(self, ops: Sequence[Operation]) -> None:
+        """A write from above, checked and about to be applied: hardware that must have a
+        device confirm it first (an OCPP charger answering a SetChargingProfile) does so
+        here, and raises a ``ModelError`` when the device refuses it or cannot be reached;
+        nothing is applied then. Hardware that obeys what is applied returns at once."""
         ...
 
     async def run(self, pace: Pace) -> None:
@@ -62,4 +74,4 @@ class StationHardware(Protocol):
         ...
 
 
-__all__ = ["HardwareFigures", "Report", "StationHardware"]
+__all__ = ["Durable", "HardwareFigures", "Report", "StationHardware"]

@@ -16,16 +16,17 @@ follow from each tick) falls by as much. ``ticks_coarsened`` counts the ticks fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from pydantic import field_validator
 
 from actors.logic.station.simulation import SimulationConfig, StationSimulator
 from actors.runtime.settings import Settings, positive
-from actors.station.hardware import HardwareFigures, Report
+from actors.station.hardware import Durable, HardwareFigures, Report
 from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.pace import Pace
 from object_model.station import new_station_tree
-from object_model.tree import ObjectTree, TransactionCommitted
+from object_model.tree import ObjectTree, Operation, TransactionCommitted
 
 log = logging.getLogger("csms.station.simulated")
 
@@ -77,7 +78,8 @@ class SimulatedStation:
         return new_station_tree(address, evse_count=self.settings.evse_count,
                                 dc=self.settings.dc, now_us=now_us)
 
-    def attach(self, tree: ObjectTree, report: Report, now_us: int) -> None:
+    def attach(self, tree: ObjectTree, report: Report, now_us: int,
+               durable: Durable | None = None) -> None:
         self.simulator = StationSimulator(tree, self.settings.simulation, now_us=now_us)
         self._report, self._now_us = report, now_us
 
@@ -103,6 +105,9 @@ class SimulatedStation:
         self._now_us = max(self._now_us, self._now_us if now_us is None else now_us)
         ops = self.simulator.tick(self._now_us)
         return self._report(ops) if ops else None
+
+    async def carry_out(self, ops: Sequence[Operation]) -> None:
+        """A simulated station obeys what is applied (``obey``): nothing to confirm."""
 
     def obey(self, event: TransactionCommitted) -> None:
         if self.paused or not controls(event):

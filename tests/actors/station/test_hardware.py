@@ -16,7 +16,7 @@ import pytest
 from actors.csms.local import LocalCsms
 from actors.csms.settings import EnergySettings, LocalSettings
 from actors.station.actor import ChargingStation, StationSettings
-from actors.station.hardware import HardwareFigures, Report, StationHardware
+from actors.station.hardware import Durable, HardwareFigures, Report, StationHardware
 from actors.testing import World, until
 from broker_bridge.pace import Pace
 from keypath import KeyPath
@@ -49,7 +49,7 @@ class Wallbox:
     def initial_tree(self, address: str, now_us: int) -> ObjectTree:
         return new_station_tree(address, evse_count=1, now_us=now_us)
 
-    def attach(self, tree: ObjectTree, report: Report, now_us: int) -> None:
+    def attach(self, tree: ObjectTree, report: Report, now_us: int, durable: Durable) -> None:
         self._tree, self._report = tree, report
         constraints = PowerConstraints(upper_ranges=[PowerRange(lower_w=0, upper_w=11_000)],
                                        lower_ranges=[PowerRange(lower_w=0, upper_w=0)])
@@ -58,6 +58,9 @@ class Wallbox:
 
     async def run(self, pace: Pace) -> None:
         await self._stop.wait()  # it reports only when something changes
+
+    async def carry_out(self, ops: Sequence[Operation]) -> None:
+        """It obeys what is applied: nothing to confirm."""
 
     def obey(self, event: TransactionCommitted) -> None:
         assert self._tree is not None and self._report is not None
