@@ -44,7 +44,8 @@ THIRD_PARTY: dict[str, set[str]] = {  # by top-level package
     "broker_bridge": {"pydantic", "pydantic_core", "msgpack", "slixmpp", "cryptography",
                       "aiosqlite", "typing_extensions"},
     "actors": {"pydantic", "pydantic_core", "msgpack", "cryptography", "aiosqlite",
-               "prometheus_client", "typing_extensions", "ocpp", "s2python", "websockets"},
+               "prometheus_client", "typing_extensions", "ocpp", "s2python", "websockets",
+               "jsonschema_rs"},
     "bench": {"pydantic", "msgpack", "slixmpp", "ocpp", "s2python", "websockets",
               "netfilterqueue", "cryptography", "atheris"},
 }
@@ -71,7 +72,9 @@ NO_OWN_RANDOMNESS = {"actors.logic"}
 ONLY_IN = {"slixmpp": {"broker_bridge.xmpp"}, "prometheus_client": {"actors.app.metrics"},
            "s2python": {"actors.logic.energy.s2"},
            "aiosqlite": {"broker_bridge.outbox", "actors.runtime.storage"},
-           "netfilterqueue": {"bench.netlab.delayer"}, "atheris": {"bench.fuzz"}}
+           "netfilterqueue": {"bench.netlab.delayer"}, "atheris": {"bench.fuzz"},
+           "jsonschema_rs": {"actors.station.ocpp.schemas"},
+           "websockets": {"actors.station.ocpp.gateway", "bench", "tests"}}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pydantic_core import ErrorDetails
 
 from actors.csms.settings import CloudSettings, LocalSettings
 from actors.resource_manager.actor import ResourceManagerSettings
-from actors.runtime.settings import Address, Settings, addresses
+from actors.runtime.settings import Address, Settings, addresses, positive
 from actors.station.actor import StationSettings
 from actors.station.simulated import SimulatorSettings
 from broker_bridge.xmpp import is_loopback
@@ -202,6 +202,50 @@ class StationsConfig(StationSettings):
         return self.csms_role
 
 
+class ChargerEntry(Settings):
+    """One OCPP charger the gateway admits: the password it logs in with (security profile
+    1 or 2: basic auth), its EVSEs, and whether it takes limits in amperes only and how many
+    schedule periods (its ``SmartChargingCtrlr``)."""
+
+    password: str = Field(repr=False, min_length=16, max_length=40)
+    evse_count: int = Field(2, ge=1, le=16)
+    amperes: bool = False
+    max_periods: int = Field(24, ge=1, le=1024)
+
+
+class GatewayConfig(StationsConfig):
+    """``[gateway]``: an OCPP 2.0.1 gateway, each charger of ``chargers`` (by identity: its
+    station address too) a station actor on one component connection, served on
+    ``ws://host:port/ocpp/<identity>`` (``wss://`` with ``certfile`` and ``keyfile``)."""
+
+    component: str = "gateway.csms.local"
+    state_dir: str = "state/gateway"
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=0, le=65535)
+    certfile: str | None = None
+    keyfile: str | None = None
+    ping_interval_s: float = 30.0
+    chargers: dict[str, ChargerEntry] = {}
+
+    _ping = field_validator("ping_interval_s")(positive)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chargers_are_the_stations(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("ids"):
+                raise ValueError("a gateway's stations are its chargers: give `chargers`, "
+                                 "not `ids`")
+            data = {**data, "ids": tuple(data.get("chargers") or ())}
+        return data
+
+    @model_validator(mode="after")
+    def _tls(self) -> GatewayConfig:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("TLS needs both `certfile` and `keyfile`")
+        return self
+
+
 SHORT_FORMS: dict[str, dict[str, tuple[str, ...]]] = {
     "local": {"allocation_interval_s": ("energy", "interval_s")},
     "stations": {**{key: ("simulator", key) for key in ("evse_count", "dc", "speed", "tick_s")},
@@ -270,6 +314,7 @@ class Config(Settings):
     cloud: CloudConfig | None = None
     local: LocalConfig | None = None
     stations: StationsConfig | None = None
+    gateway: GatewayConfig | None = None
     resource_manager: ResourceManagerConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
     signing: SigningConfig | None = None
@@ -284,7 +329,8 @@ class Config(Settings):
 
 SECTIONS: dict[str, type[BaseModel]] = {
     "broker": BrokerConfig, "uplink": UplinkConfig, "cloud": CloudConfig, "local": LocalConfig,
-    "stations": StationsConfig, "resource_manager": ResourceManagerConfig,
+    "stations": StationsConfig, "gateway": GatewayConfig,
+    "resource_manager": ResourceManagerConfig,
     "metrics": MetricsConfig, "signing": SigningConfig}
 
 

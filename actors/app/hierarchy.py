@@ -28,7 +28,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +38,10 @@ from actors.app.client import OperatorClient
 from actors.app.commission import Commissioning
 from actors.app.config import (
     BrokerConfig,
+    ChargerEntry,
     CloudConfig,
     Config,
+    GatewayConfig,
     LocalConfig,
     ResourceManagerConfig,
     SigningConfig,
@@ -51,6 +53,7 @@ from actors.app.signing import Signing
 from actors.app.wiring import (
     Running,
     start_cloud,
+    start_gateway,
     start_local,
     start_resource_manager,
     start_stations,
@@ -63,6 +66,7 @@ from actors.csms.settings import EnergySettings
 from actors.logic.firmware_trust import public_hex
 from actors.resource_manager.actor import ResourceManager
 from actors.station.actor import ChargingStation
+from actors.station.ocpp.gateway import OcppGateway
 from actors.station.simulated import SimulatedStation, SimulatorSettings
 from broker_bridge import Endpoint, Router
 from broker_bridge.clock import Clock
@@ -167,6 +171,11 @@ def stations_domain(number: int) -> str:
     return f"stations.site{number}.csms.local"
 
 
+def gateway_domain(number: int) -> str:
+    """The component domain of site ``number``'s OCPP gateway (its chargers: ``ocpp-site<n>-*``)."""
+    return f"gateway.site{number}.csms.local"
+
+
 class Hierarchy:
     """See the module docstring. ``say`` hears what it does (for long runs)."""
 
@@ -216,7 +225,8 @@ class Hierarchy:
         numbers = range(1, sites + 1)
         cloud = ManagedProsody(root / "broker-cloud", domain=cloud_domain(), component_domains=())
         site_brokers = {k: ManagedProsody(root / f"broker-site{k}", domain=site_domain(k),
-                                          component_domains=(stations_domain(k),))
+                                          component_domains=(stations_domain(k),
+                                                             gateway_domain(k)))
                         for k in numbers}
         say(f"starting {1 + sites} managed Prosody brokers (the cloud's, one per site)...")
         brokers = [cloud, *site_brokers.values()]
@@ -280,7 +290,8 @@ class Hierarchy:
     def site_config(self, number: int) -> BrokerConfig:
         """How the actors of site ``number`` reach its broker (a ``[broker]`` section)."""
         return broker_config(self.site_brokers[number],
-                             [(f"cs-site{number}-*", stations_domain(number))])
+                             [(f"cs-site{number}-*", stations_domain(number)),
+                              (f"ocpp-site{number}-*", gateway_domain(number))])
 
     def uplink_config(self) -> UplinkConfig:
         """How a local CSMS reaches the cloud's broker (an ``[uplink]`` section)."""
@@ -442,6 +453,21 @@ class Hierarchy:
         site.hosts.append(host)
         return host
 
+    async def start_gateway(self, number: int, chargers: Mapping[str, ChargerEntry], *,
+                            port: int = 0) -> tuple[Running, OcppGateway]:
+        """Site ``number``'s OCPP gateway for ``chargers`` (identities ``ocpp-site<n>-*``),
+        its stations joined to the site's CSMS like the simulated ones."""
+        site = self._site(number)
+        ep = self.site_brokers[number].endpoint
+        await self.give_tokens(number, list(chargers))
+        host, gateway = await start_gateway(self.site_config(number), GatewayConfig(
+            component=gateway_domain(number), component_secret=ep.component_secret,
+            chargers=dict(chargers), csms=site.name, port=port,
+            provisioning_secret=self.provisioning(number),
+            state_dir=str(self.root / f"gateway-site{number}")), signing=self.signing)
+        site.hosts.append(host)
+        return host, gateway
+
     async def give_tokens(self, number: int, ids: Sequence[str]) -> None:
         """With certificates: a one-time enrollment token for each of ``ids`` from site
         ``number``'s local CSMS, in the station's key directory (as an operator would
@@ -504,7 +530,8 @@ class Hierarchy:
             routes = []
             for k in self.site_brokers:
                 site = await link(self.site_config(k), f"operator-site{k}")
-                routes += [(f"rm-site{k}", site), (f"cs-site{k}-*", site)]
+                routes += [(f"rm-site{k}", site), (f"cs-site{k}-*", site),
+                           (f"ocpp-site{k}-*", site)]
             self._operator_links = Router(cloud, routes)
             self._operator = OperatorClient("operator", self._operator_links)
             await self._operator.start()

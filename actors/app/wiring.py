@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from actors.app.config import (
     BrokerConfig,
     CloudConfig,
+    GatewayConfig,
     LocalConfig,
     MetricsConfig,
     ResourceManagerConfig,
@@ -31,6 +33,9 @@ from actors.runtime.actor import Actor
 from actors.runtime.shutdown import StopRequested, StopSignals, halt_when_stopping, shut_down
 from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
+from actors.station.hardware import StationHardware
+from actors.station.ocpp.charger import ChargerSettings, OcppCharger
+from actors.station.ocpp.gateway import Admitted, OcppGateway
 from actors.station.simulated import SimulatedStation, SimulatorSettings
 from broker_bridge import Endpoint, Router, SessionConfig
 from broker_bridge.clock import WALL_CLOCK, Clock
@@ -57,6 +62,12 @@ def session_config(broker: BrokerConfig) -> SessionConfig:
     return SessionConfig(rate_bytes_per_s=rate, bulk_frame_bytes=broker.bulk_frame_bytes)
 
 
+class Service(Protocol):
+    """Something a process serves beside its actors (the OCPP gateway's server)."""
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class Running:
     """Actors sharing their links, and what must be closed with them."""
@@ -64,6 +75,7 @@ class Running:
     links: Router
     actors: list[Actor]
     stores: list[TreeStore] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)  # stopped before the actors
 
     @property
     def endpoint(self) -> Endpoint:
@@ -84,6 +96,11 @@ async def stop_all(running: Sequence[Running]) -> None:
     """Stop everything in ``running`` together: every actor halts before any flushes, and
     the stores close last, within seconds (``actors.runtime.shutdown.shut_down``); a failure
     is logged and the rest still stop (state already durable stays so)."""
+    for service in [s for r in running for s in r.services]:
+        try:
+            await service.stop()
+        except Exception:
+            log.exception("stopping %s failed", type(service).__name__)
     await shut_down([a for r in running for a in r.actors],
                     [e for r in running for e in r.links.endpoints],
                     [s for r in running for s in r.stores])
@@ -227,10 +244,13 @@ def simulator_for(cfg: StationsConfig, index: int, station: str) -> SimulatorSet
 async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
                          progress: Callable[[str], None] | None = None,
                          clock: Clock | None = None, paused: bool = False,
-                         signing: Signing | None = None) -> Running:
+                         signing: Signing | None = None,
+                         hardware_for: Callable[[int, str], StationHardware] | None = None,
+                         ) -> Running:
     """Host ``cfg.ids`` on one component connection, each with its own address and tree;
     ``cfg`` is every station's settings; ``paused`` stations do not tick from the start
-    (not even while the rest of the host starts)."""
+    (not even while the rest of the host starts). Station ``i`` runs on
+    ``hardware_for(i, address)`` (default: a simulator, ``simulator_for``)."""
     state = Path(cfg.state_dir)
     transport = XmppTransport.component(xmpp_settings(broker), cfg.component,
                                         cfg.component_secret, name=f"host-{state.name}")
@@ -245,9 +265,13 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
         for first in range(0, len(cfg.ids), START_TOGETHER):
             batch = []
             for i, station in enumerate(cfg.ids[first:first + START_TOGETHER], first):
-                hardware = SimulatedStation(simulator_for(cfg, i, station),
-                                            clock=clock or WALL_CLOCK)
-                hardware.paused = paused  # before its start: a paused station never ticks
+                if hardware_for is not None:
+                    hardware = hardware_for(i, station)
+                else:
+                    simulated = SimulatedStation(simulator_for(cfg, i, station),
+                                                 clock=clock or WALL_CLOCK)
+                    simulated.paused = paused  # before its start: it never ticks
+                    hardware = simulated
                 batch.append(ChargingStation(
                     station, endpoint, store=running.stores[0], settings=cfg,
                     hardware=hardware, clock=clock,
@@ -264,6 +288,34 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
         raise
     settle_heap()
     return running
+
+
+async def start_gateway(broker: BrokerConfig, cfg: GatewayConfig,
+                        progress: Callable[[str], None] | None = None,
+                        signing: Signing | None = None) -> tuple[Running, OcppGateway]:
+    """An OCPP 2.0.1 gateway: a station actor for each of ``cfg.chargers`` (on one component
+    connection, as ``start_stations`` hosts them), then the server they connect to."""
+    chargers = {identity: OcppCharger(identity, ChargerSettings(
+        evse_count=entry.evse_count, amperes=entry.amperes, max_periods=entry.max_periods))
+        for identity, entry in cfg.chargers.items()}
+    running = await start_stations(broker, cfg, progress, signing=signing,
+                                   hardware_for=lambda _, identity: chargers[identity])
+    context = None
+    if cfg.certfile is not None and cfg.keyfile is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # TC_A_06
+        context.load_cert_chain(cfg.certfile, cfg.keyfile)
+    gateway = OcppGateway({identity: Admitted(chargers[identity], entry.password)
+                           for identity, entry in cfg.chargers.items()},
+                          host=cfg.host, port=cfg.port, ssl_context=context,
+                          ping_interval_s=cfg.ping_interval_s)
+    try:
+        await gateway.start()
+    except BaseException:
+        await running.stop()
+        raise
+    running.services.append(gateway)
+    return running, gateway
 
 
 def start_metrics(running: list[Running], metrics: MetricsConfig | None) -> MetricsServer | None:

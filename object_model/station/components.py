@@ -427,6 +427,39 @@ class TaskEntry(Component):
     spec: Annotated[str, string(65_536)] = ""
 
 
+Register = Annotated[float, float64(0, 1e12), Unit("Wh")]
+
+
+class TransactionRecord(Component):
+    """One charging transaction as the station (an OCPP charger, through its gateway)
+    reported it, kept in the tree so every CSMS's copy has it after any outage. Energy is the
+    last register minus the baseline (``baseline_wh``: see ``actors.logic.ocpp.transactions``);
+    ``seen`` holds 8-byte digests of the events applied, so a repeat is acknowledged and
+    ignored."""
+
+    transaction_id: Annotated[str, string(36)]
+    evse: Annotated[int, uint16(0, 128)] = 0
+    state: SessionState = SessionState.CHARGING
+    started_at: Timestamp = 0
+    ended_at: Timestamp | None = None
+    updated_at: Timestamp = 0
+    id_token: Name = ""
+    baseline_wh: Register | None = None
+    begin_register_wh: Register | None = None  # the Transaction.Begin sample
+    begin_refused: bool = False  # not plausible: the baseline is the lowest other register
+    prior_register_wh: Register | None = None  # the EVSE's meter before it started
+    low_register_wh: Register | None = None  # the lowest (but Begin) the transaction reported
+    last_register_wh: Register | None = None  # the latest by time, at last_register_at
+    last_register_at: Timestamp | None = None
+    energy_wh: Annotated[float, float64(0, 1e12), Unit("Wh")] = 0.0
+    stopped_reason: Name = ""
+    remote_start_id: Annotated[int, uint32()] | None = None
+    max_seq_no: Annotated[int, uint32()] = 0
+    events: Annotated[int, uint32()] = 0
+    offline_events: Annotated[int, uint32()] = 0
+    seen: bytes = b""
+
+
 class Station(Component):
     """A charging station's whole device model."""
 
@@ -441,3 +474,5 @@ class Station(Component):
     grid_meter: GridMeter = GridMeter()
     diagnostics: Diagnostics = Diagnostics()
     tasks: Annotated[dict[str, TaskEntry], Ids(string(64, TASK_ID), 256)] = {}
+    transactions: Annotated[dict[str, TransactionRecord],
+                            Ids(string(20, r"^t[0-9a-f]{16}$"), 64)] = {}

@@ -1,0 +1,244 @@
+"""OCPP 2.0.1 ``TransactionEvent`` applied to a station's tree, never lost or doubled
+(OCPP-NOTES §2.4 and rules 3 to 6).
+
+*The record.* Each transaction has a record at ``transactions/<key>`` (``key``: a digest of
+the charger's transaction id, which may hold characters a key-path segment may not): its EVSE,
+start and end, id token, stop reason, registers, energy and the digests of the events applied.
+Records are values in the tree, so every CSMS's copy has them after any outage.
+
+*An event's identity* is its content (transaction id, type, ``seqNo``, timestamp, trigger,
+meter values), never ``seqNo`` alone (some chargers send 0 every time, and it restarts per
+transaction): an exact repeat, with a new message id or not, is acknowledged and changes
+nothing; so is anything but ``Ended`` after an ``Ended``.
+
+*Offline events* (``offline=true``, or older than what the EVSE shows) go into the record in
+time order and move live leaves (``evse/<e>/session``, ``status``, meters) only when newer than
+what those show: live state never moves backwards and an ended transaction is never reopened.
+
+*Energy* is the last register (by time) minus the baseline: the ``Transaction.Begin``
+register when it is plausible, else the lowest register the transaction reported. A Begin
+register is implausible when it lies below what the EVSE's meter showed before the transaction,
+or when the EVSE could not have delivered what a later register says since (its rating times
+the time between them, with margin): a charger that opened a transaction offline and sent
+Begin = 0 is then not billed its meter's lifetime. Energy never decreases; an event without an
+energy register leaves it alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from actors.logic.ocpp.meters import BEGIN, ENERGY_REGISTER, Reading, micros, read
+from object_model.tree import Delete, ObjectTree, Operation, Write
+
+DIGEST_BYTES = 8
+KEPT_DIGESTS = 64  # per record: 512 bytes, more events than a transaction sends twice over
+KEPT_RECORDS = 48  # finished records beyond these are dropped, oldest first (64 fit)
+MARGIN_WH = 100.0
+CHARGING_STATES = {"Charging": ("Charging", "Charging"),
+                   "SuspendedEV": ("SuspendedEV", "Suspended"),
+                   "SuspendedEVSE": ("SuspendedEVSE", "Suspended"),
+                   "EVConnected": ("Preparing", None),
+                   "Idle": ("Available", None)}  # (evse status, session state)
+
+
+def record_key(transaction_id: str) -> str:
+    """The segment of a transaction's record below ``transactions``."""
+    return "t" + hashlib.blake2b(transaction_id.encode(), digest_size=8).hexdigest()
+
+
+def event_digest(payload: dict[str, Any]) -> bytes:
+    """What makes two events the same event (see the module docstring)."""
+    identity = [payload["transactionInfo"]["transactionId"], payload["eventType"],
+                payload["seqNo"], payload["timestamp"], payload["triggerReason"],
+                payload.get("meterValue", [])]
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an event does: the tree operations (one transaction), and whether it was one
+    applied before (or after its transaction ended) and so changes nothing."""
+
+    ops: list[Operation]
+    repeat: bool = False
+
+
+def _seen(record: dict[str, Any], digest: bytes) -> bool:
+    seen = record.get("seen") or b""
+    return any(seen[i:i + DIGEST_BYTES] == digest for i in range(0, len(seen), DIGEST_BYTES))
+
+
+def _plausible_begin(begin: float, prior: float | None, later: list[Reading],
+                     max_power_w: float, started_us: int) -> bool:
+    if prior is not None and begin + 1e-6 < prior:
+        return False
+    for reading in later:
+        if reading.energy_wh is None or reading.at_us <= started_us:
+            continue
+        hours = (reading.at_us - started_us) / 3.6e9
+        if reading.energy_wh - begin > max_power_w * hours * 1.1 + MARGIN_WH:
+            return False
+    return True
+
+
+def apply_event(tree: ObjectTree, payload: dict[str, Any]) -> Applied:
+    """What ``payload`` (a schema-valid TransactionEventRequest) does to ``tree``."""
+    info = payload["transactionInfo"]
+    transaction_id = info["transactionId"]
+    path = f"transactions/{record_key(transaction_id)}"
+    record: dict[str, Any] = dict(tree.read(path)) if path in tree else {}
+    digest = event_digest(payload)
+    kind = payload["eventType"]
+    if record and (_seen(record, digest) or (record.get("state") == "Finished"
+                                             and kind != "Ended")):
+        return Applied([], repeat=True)
+    if record.get("state") == "Finished" and record.get("ended_at") is not None:
+        return Applied([], repeat=True)  # a second Ended: the first one stands
+    at = micros(payload["timestamp"])
+    evse = int((payload.get("evse") or {}).get("id", record.get("evse", 0)))
+    readings = read(payload.get("meterValue", []))
+    fresh = not record
+    if fresh:
+        record = {"transaction_id": transaction_id, "evse": evse, "state": "Charging",
+                  "started_at": at, "updated_at": 0, "events": 0, "offline_events": 0,
+                  "max_seq_no": 0, "seen": b"", "energy_wh": 0.0}
+    newest = at >= int(record.get("updated_at") or 0)
+    record["events"] = int(record.get("events", 0)) + 1
+    record["offline_events"] = int(record.get("offline_events", 0)) + bool(
+        payload.get("offline"))
+    record["max_seq_no"] = max(int(record.get("max_seq_no", 0)), int(payload["seqNo"]))
+    record["seen"] = (bytes(record.get("seen") or b"") + digest)[-KEPT_DIGESTS * DIGEST_BYTES:]
+    if evse and not record.get("evse"):
+        record["evse"] = evse
+    evse = int(record.get("evse") or 0)
+    if kind == "Started" or at < int(record.get("started_at") or at):
+        record["started_at"] = min(at, int(record.get("started_at") or at))
+    if "idToken" in payload:
+        record["id_token"] = str(payload["idToken"].get("idToken", ""))[:64]
+    if "remoteStartId" in payload:
+        record["remote_start_id"] = int(payload["remoteStartId"])
+    if kind == "Ended":
+        record["state"], record["ended_at"] = "Finished", at
+        record["stopped_reason"] = str(info.get("stoppedReason", ""))[:64]
+    max_power_w = _rating(tree, evse)
+    prior = _register(tree, evse) if fresh else None
+    if fresh and prior is not None:
+        record["prior_register_wh"] = prior
+    for reading in readings:
+        if reading.energy_wh is None:
+            continue
+        if BEGIN in reading.contexts:
+            if record.get("begin_register_wh") is None:
+                record["begin_register_wh"] = reading.energy_wh
+        else:
+            low = record.get("low_register_wh")
+            record["low_register_wh"] = reading.energy_wh if low is None else min(
+                low, reading.energy_wh)
+        if reading.at_us >= int(record.get("last_register_at") or 0):
+            record["last_register_wh"] = reading.energy_wh
+            record["last_register_at"] = reading.at_us
+    begin = record.get("begin_register_wh")
+    if begin is not None and not record.get("begin_refused") and not _plausible_begin(
+            begin, record.get("prior_register_wh"), readings, max_power_w,
+            int(record["started_at"])):
+        record["begin_refused"] = True  # for good: a later event cannot make it plausible
+    baseline = record.get("low_register_wh")
+    if begin is not None and (baseline is None or not record.get("begin_refused")):
+        baseline = begin
+    if baseline is not None and record.get("last_register_wh") is not None:
+        record["baseline_wh"] = baseline
+        record["energy_wh"] = max(float(record.get("energy_wh") or 0.0),
+                                  record["last_register_wh"] - baseline)
+    if newest:
+        record["updated_at"] = at
+    ops: list[Operation] = [Write(path, _stored(record))]
+    if evse and newest:
+        ops += _live(tree, evse, transaction_id, kind, payload, record, readings)
+    if fresh:
+        ops += _pruned(tree)
+    return Applied(ops)
+
+
+def _stored(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the tree keeps it (a field not known is no value)."""
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _live(tree: ObjectTree, evse: int, transaction_id: str, kind: str, payload: dict[str, Any],
+          record: dict[str, Any], readings: list[Reading]) -> list[Operation]:
+    """The EVSE's live leaves, when this transaction is the one it shows (or a newer one
+    starts) and the event is newer than what they show."""
+    base = f"evse/{evse}"
+    if f"{base}/session/session_id" not in tree:
+        return []
+    current = _get(tree, f"{base}/session/session_id")
+    started = _get(tree, f"{base}/session/started_at") or 0
+    if current != transaction_id and int(record["started_at"]) < int(started):
+        return []  # an older transaction, replayed: its record only
+    ops: list[Operation] = []
+    if current != transaction_id:
+        ops += [Write(f"{base}/session/session_id", transaction_id),
+                Write(f"{base}/session/started_at", int(record["started_at"])),
+                Write(f"{base}/session/state", "Charging")]
+        if tree.is_leaf(f"{base}/session/ended_at"):
+            ops.append(Delete(f"{base}/session/ended_at"))
+    if record.get("id_token"):
+        ops.append(Write(f"{base}/session/id_token", record["id_token"]))
+    ops.append(Write(f"{base}/session/energy_wh", float(record.get("energy_wh") or 0.0)))
+    state = (payload.get("transactionInfo") or {}).get("chargingState")
+    if state in CHARGING_STATES:
+        status, session = CHARGING_STATES[state]
+        ops.append(Write(f"{base}/status", status))
+        if session is not None:
+            ops.append(Write(f"{base}/session/state", session))
+    latest = readings[-1] if readings else None
+    if latest is not None:
+        ops += [Write(f"{base}/meter/{name}", value)
+                for name, value in latest.registers.items()
+                if f"{base}/meter/{name}" in tree]
+        if latest.power_w is not None:
+            ops.append(Write(f"{base}/session/power_w", latest.power_w))
+        if latest.soc_percent is not None:
+            ops.append(Write(f"{base}/session/soc_percent", latest.soc_percent))
+    if kind == "Ended":
+        ops += [Write(f"{base}/session/state", "Finished"),
+                Write(f"{base}/session/ended_at", int(record["ended_at"])),
+                Write(f"{base}/session/power_w", 0.0),
+                Write(f"{base}/status", "Available")]
+    return ops
+
+
+def _get(tree: ObjectTree, path: str) -> Any:
+    """The value at ``path``, ``None`` when it holds none."""
+    return tree.get(path) if tree.is_leaf(path) else None
+
+
+def _rating(tree: ObjectTree, evse: int) -> float:
+    rating = _get(tree, f"evse/{evse}/max_power_w") if evse else None
+    return float(rating) if rating else 350_000.0
+
+
+def _register(tree: ObjectTree, evse: int) -> float | None:
+    value = _get(tree, f"evse/{evse}/meter/{ENERGY_REGISTER}") if evse else None
+    return float(value) if value else None
+
+
+def _pruned(tree: ObjectTree) -> list[Operation]:
+    """Deletes of the oldest finished records beyond ``KEPT_RECORDS``."""
+    finished = []
+    for name, _, _ in tree.children("transactions"):
+        path = f"transactions/{name}"
+        ended = _get(tree, f"{path}/ended_at")
+        if ended is not None:
+            finished.append((int(ended), path))
+    finished.sort()
+    excess = len(finished) - KEPT_RECORDS
+    return [Delete(path) for _, path in finished[:max(0, excess)]]
+
+
+__all__ = ["Applied", "apply_event", "event_digest", "record_key"]

@@ -1,0 +1,395 @@
+"""An OCPP 2.0.1 charger as a station's hardware: the second ``StationHardware``.
+
+The station actor around it is the same as a simulated station's: it joins its CSMS, keeps
+and publishes the tree, answers reads, writes, discovery and tasks. This side speaks OCPP-J
+with the charger over the WebSocket the gateway hands it (``serve``) and turns what the
+charger says into tree transactions (``actors.logic.ocpp``), and what a CSMS writes into
+calls to the charger.
+
+*One call in flight per direction* (Part 4 §4.1.1): our calls wait their turn on a lock, and
+the charger's are served in the order they come, while one of ours is outstanding, by the
+same loop that reads our answers; no handler of the charger's calls waits on a call of ours.
+A result that comes late (after the call timed out) is logged, never matched to a newer call.
+
+*Writes the charger must confirm* (``carry_out``): an envelope for EVSE ``e`` becomes a
+SetChargingProfile (``actors.logic.ocpp.profiles``), a cleared one a ClearChargingProfile;
+the write is applied (and answered) only once the charger accepted it. A charger that is not
+connected refuses at once (``INVALID_STATE``, reason ``offline``): the CSMS's allocation then
+counts it at its last confirmed limit, and nothing waits on a timeout.
+
+*Acknowledged once durable*: a TransactionEvent is answered only when the transaction holding
+its effect is on disk; if that fails the charger gets a CALLERROR InternalError and sends it
+again (``MessageAttempts``), and the repeat is recognised by its content.
+
+*Link state*: ``network/link/online``, ``last_connected_at`` and ``reconnects`` follow the
+WebSocket (not heartbeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from actors.logic.ocpp import rpc
+from actors.logic.ocpp.meters import read
+from actors.logic.ocpp.profiles import clear_envelope_profile, rfc3339, set_charging_profile
+from actors.logic.ocpp.rpc import Call, CallError, CallResult, RpcError
+from actors.logic.ocpp.transactions import apply_event
+from actors.station.hardware import Durable, HardwareFigures, Report
+from actors.station.ocpp import schemas
+from broker_bridge.clock import WALL_CLOCK, Clock
+from broker_bridge.pace import Pace
+from keypath import KeyPath
+from object_model import ModelError
+from object_model.errors import InvalidStateError, InvalidValueError, RequestTimeoutError
+from object_model.pebc import PowerRangeEnvelope
+from object_model.station import new_station_tree
+from object_model.tree import ObjectTree, Operation, TransactionCommitted, Write
+
+log = logging.getLogger("csms.ocpp")
+
+ZEROED = ("obis:1-0:1.8.0", "obis:1-0:2.8.0", "obis:1-0:16.7.0", "obis:1-0:21.7.0",
+          "obis:1-0:41.7.0", "obis:1-0:61.7.0", "obis:1-0:31.7.0", "obis:1-0:51.7.0",
+          "obis:1-0:71.7.0")
+"""Registers a new charger's tree holds at zero until it reports them (energy, power,
+current; voltage and frequency keep their nominal values)."""
+CALL_TIMEOUT_S = 4.0  # within the CSMS's 5 s for a write to be answered
+HEARTBEAT_S = 900  # liveness comes from WebSocket pings; a heartbeat still sets the clock
+
+
+class Connection(Protocol):
+    """What the charger needs of a WebSocket (``websockets``' server connection has it)."""
+
+    async def send(self, message: str) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+@dataclass(frozen=True)
+class ChargerSettings:
+    """What the gateway knows of a charger before it connects: its EVSEs, and whether it
+    takes limits in amperes only (``SmartChargingCtrlr.RateUnit``) and how many periods."""
+
+    evse_count: int = 2
+    amperes: bool = False
+    max_periods: int = 24
+
+
+class OcppCharger:
+    """A charger behind the gateway (see the module docstring)."""
+
+    def __init__(self, identity: str, settings: ChargerSettings | None = None, *,
+                 clock: Clock = WALL_CLOCK) -> None:
+        self.identity = identity
+        self.settings = settings or ChargerSettings()
+        self.clock = clock
+        self.tree: ObjectTree | None = None
+        self._report: Report | None = None
+        self._durable: Durable | None = None
+        self.connection: Connection | None = None
+        self._calls = asyncio.Lock()
+        self._pending: tuple[str, asyncio.Future[dict[str, Any]]] | None = None
+        self._ids = itertools.count(1)
+        self.served = self.refused = 0  # the charger's calls answered, and with an error
+
+    # -- StationHardware -----------------------------------------------------------------------
+
+    def initial_tree(self, address: str, now_us: int) -> ObjectTree:
+        """The standard station tree with nothing measured yet: what the charger has not
+        said is zero, not a simulator's invention (its registers are the baselines of its
+        first transactions)."""
+        tree = new_station_tree(address, evse_count=self.settings.evse_count, now_us=now_us)
+        ops: list[Operation] = [Write("network/link/online", False)]
+        for evse in range(1, self.settings.evse_count + 1):
+            ops += [Write(f"evse/{evse}/meter/{register}", 0.0) for register in ZEROED]
+        tree.apply(ops)
+        return tree
+
+    def attach(self, tree: ObjectTree, report: Report, now_us: int, durable: Durable) -> None:
+        self.tree, self._report, self._durable = tree, report, durable
+        report([Write("network/link/online", self.connection is not None)])
+
+    async def run(self, pace: Pace) -> None:
+        await asyncio.Event().wait()  # the gateway drives it: ``serve`` per connection
+
+    async def carry_out(self, ops: Sequence[Operation]) -> None:
+        for op in ops:
+            segs = KeyPath.parse(str(op.path)).segments if not isinstance(
+                op.path, KeyPath) else op.path.segments
+            if len(segs) == 4 and segs[0] == "evse" and segs[2:] == ("energy", "envelope"):
+                await self._send_envelope(int(segs[1]), getattr(op, "value", None))
+
+    def obey(self, event: TransactionCommitted) -> None:
+        """An envelope the charger accepted: its limit now is the one in force."""
+        assert self.tree is not None and self._report is not None
+        now = self.clock.now_us()
+        ops: list[Operation] = []
+        for path, value in event.upserts:
+            segs = path.segments
+            if len(segs) == 4 and segs[0] == "evse" and segs[2:] == ("energy", "envelope"):
+                element = None if value is None else PowerRangeEnvelope.model_validate(
+                    value).at(now)
+                ops.append(Write(f"evse/{segs[1]}/energy/limit_w",
+                                 None if element is None else element.upper_w))
+        if ops:
+            self._report(ops)
+
+    @property
+    def figures(self) -> HardwareFigures:
+        tree = self.tree
+        if tree is None:
+            return HardwareFigures()
+        charging, power, energy = 0, 0.0, 0.0
+        for evse in range(1, self.settings.evse_count + 1):
+            base = f"evse/{evse}/session"
+            if f"{base}/power_w" not in tree:
+                continue
+            watts = float(tree.get(f"{base}/power_w") or 0.0)
+            charging += watts > 0
+            power += watts
+            energy += float(tree.get(f"{base}/energy_wh") or 0.0)
+        return HardwareFigures(charging=charging, power_w=power, energy_wh=energy)
+
+    # -- the connection ------------------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        return self.connection is not None
+
+    async def serve(self, connection: Connection) -> None:
+        """Speak OCPP-J over ``connection`` until it closes (or a newer one replaces it)."""
+        assert self._report is not None and self.tree is not None
+        old, self.connection = self.connection, connection
+        if old is not None:  # a new connection for the identity replaces the old one
+            log.info("%s: a new connection replaces the old one", self.identity)
+            with contextlib.suppress(Exception):
+                await old.close(1000, "replaced by a new connection")
+        reconnects = int(self.tree.get("network/link/reconnects") or 0)
+        self._report([Write("network/link/online", True),
+                      Write("network/link/last_connected_at", self.clock.now_us()),
+                      Write("network/link/reconnects", reconnects + 1)])
+        try:
+            while True:
+                try:
+                    text = await connection.recv()
+                except Exception:  # closed, one way or another
+                    return
+                await self._take(connection, text)
+        finally:
+            if self.connection is connection:
+                self.connection = None
+                self._fail_pending("the charger disconnected")
+                self._report([Write("network/link/online", False)])
+
+    async def _take(self, connection: Connection, text: str | bytes) -> None:
+        try:
+            frame = rpc.parse(text)
+        except RpcError as exc:
+            log.info("%s: refused a message: %s", self.identity, exc)
+            self.refused += 1
+            await self._send(connection, exc.answer())
+            return
+        if isinstance(frame, Call):
+            await self._serve_call(connection, frame)
+        else:
+            self._settle(frame)
+
+    async def _serve_call(self, connection: Connection, call: Call) -> None:
+        try:
+            schemas.check(call.action, "Request", call.payload, call.id)
+            handler = HANDLERS.get(call.action)
+            if handler is None:
+                raise RpcError(rpc.NOT_SUPPORTED, f"{call.action} is not supported here",
+                               message_id=call.id)
+            answer = await handler(self, call.payload)
+            schemas.check(call.action, "Response", answer, call.id)
+        except RpcError as exc:
+            self.refused += 1
+            log.info("%s: %s refused: %s", self.identity, call.action, exc)
+            await self._send(connection, exc.answer())
+            return
+        except (ValueError, KeyError, TypeError) as exc:  # what the schema lets through
+            self.refused += 1
+            log.info("%s: %s refused: %s", self.identity, call.action, exc)
+            await self._send(connection, CallError(call.id, rpc.FORMAT_VIOLATION,
+                                                   f"{type(exc).__name__}: {exc}"[:255]))
+            return
+        except ModelError as exc:  # the tree refused what it says
+            self.refused += 1
+            log.info("%s: %s refused: %s", self.identity, call.action, exc)
+            await self._send(connection, CallError(call.id, rpc.PROPERTY_CONSTRAINT_VIOLATION,
+                                                   str(exc)[:255]))
+            return
+        except Exception as exc:  # a store failure: the charger sends it again
+            self.refused += 1
+            log.exception("%s: serving %s failed", self.identity, call.action)
+            await self._send(connection, CallError(
+                call.id, rpc.INTERNAL_ERROR, f"{type(exc).__name__}"[:255]))
+            return
+        self.served += 1
+        await self._send(connection, CallResult(call.id, answer))
+
+    async def _send(self, connection: Connection, frame: rpc.Frame) -> None:
+        with contextlib.suppress(Exception):  # a closed socket: the charger sends again
+            await connection.send(rpc.encode(frame))
+
+    def _settle(self, frame: CallResult | CallError) -> None:
+        pending = self._pending
+        if pending is None or pending[0] != frame.id or pending[1].done():
+            log.warning("%s: an answer to no call of ours in flight (%s): dropped",
+                        self.identity, frame.id)
+            return
+        future = pending[1]
+        if isinstance(frame, CallResult):
+            future.set_result(frame.payload)
+        else:
+            future.set_exception(InvalidValueError(
+                f"{self.identity} answered {frame.code}: {frame.description}"[:400],
+                details={"ocpp_error": frame.code}))
+
+    def _fail_pending(self, why: str) -> None:
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_exception(_offline(self.identity, why))
+
+    async def call(self, action: str, payload: dict[str, Any],
+                   timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+        """Call ``action`` on the charger and return its answer (one call in flight: the
+        next waits its turn). ``INVALID_STATE`` at once when it is not connected."""
+        schemas.check(action, "Request", payload)
+        async with self._calls:
+            connection = self.connection
+            if connection is None:
+                raise _offline(self.identity, "it is not connected")
+            message_id = f"{self.identity[:20]}-{next(self._ids)}"
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._pending = (message_id, future)
+            try:
+                await connection.send(rpc.encode(Call(message_id, action, payload)))
+                async with asyncio.timeout(timeout_s):
+                    answer = await future
+            except TimeoutError:
+                raise RequestTimeoutError(f"{self.identity} did not answer {action} within "
+                                          f"{timeout_s:g} s") from None
+            finally:
+                self._pending = None
+        try:
+            schemas.check(action, "Response", answer)
+        except RpcError as exc:
+            raise InvalidValueError(f"{self.identity} answered {action} off its schema: "
+                                    f"{exc.description}") from None
+        return answer
+
+    async def _send_envelope(self, evse: int, value: Any) -> None:
+        if value is None:
+            answer = await self.call("ClearChargingProfile", clear_envelope_profile(evse))
+            if answer.get("status") not in ("Accepted", "Unknown"):
+                raise _refused_by(self.identity, "ClearChargingProfile", answer)
+            return
+        envelope = PowerRangeEnvelope.model_validate(value)
+        phases = 3
+        if self.tree is not None and f"evse/{evse}/phases" in self.tree:
+            phases = int(self.tree.get(f"evse/{evse}/phases"))
+        answer = await self.call("SetChargingProfile", set_charging_profile(
+            envelope, evse, phases=phases, amperes=self.settings.amperes,
+            max_periods=self.settings.max_periods))
+        if answer.get("status") != "Accepted":
+            raise _refused_by(self.identity, "SetChargingProfile", answer)
+
+    # -- the charger's calls -------------------------------------------------------------------
+
+    def _apply(self, ops: Sequence[Operation]) -> TransactionCommitted | None:
+        assert self._report is not None
+        return self._report(ops) if ops else None
+
+    async def on_boot(self, payload: dict[str, Any]) -> dict[str, Any]:
+        station = payload["chargingStation"]
+        ops: list[Operation] = [Write("identity/vendor_name", station["vendorName"][:64]),
+                                Write("identity/model", station["model"][:64])]
+        if "serialNumber" in station:
+            ops.append(Write("identity/serial_number", station["serialNumber"][:64]))
+        if "firmwareVersion" in station:
+            ops.append(Write("firmware/version", station["firmwareVersion"][:64]))
+        self._apply(ops)
+        return {"currentTime": rfc3339(self.clock.now_us()), "interval": HEARTBEAT_S,
+                "status": "Accepted"}
+
+    async def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"currentTime": rfc3339(self.clock.now_us())}
+
+    async def on_status(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self.tree is not None
+        evse, connector = payload["evseId"], payload["connectorId"]
+        status = payload["connectorStatus"]
+        path = f"evse/{evse}/connector/{connector}/status"
+        ops: list[Operation] = []
+        if path in self.tree:
+            ops.append(Write(path, status))
+            if status in ("Unavailable", "Faulted", "Reserved"):
+                ops.append(Write(f"evse/{evse}/status", status))
+            elif status == "Available" and self.tree.get(f"evse/{evse}/status") in (
+                    "Unavailable", "Faulted", "Reserved", "Finishing", "Preparing"):
+                ops.append(Write(f"evse/{evse}/status", "Available"))
+            elif status == "Occupied" and self.tree.get(f"evse/{evse}/status") == "Available":
+                ops.append(Write(f"evse/{evse}/status", "Preparing"))
+        else:
+            log.warning("%s: a status for EVSE %s connector %s, which it does not have",
+                        self.identity, evse, connector)
+        self._apply(ops)
+        return {}
+
+    async def on_transaction(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self.tree is not None and self._durable is not None
+        applied = apply_event(self.tree, payload)
+        event = self._apply(applied.ops)
+        if event is not None:  # answered only once its effect is on disk
+            await self._durable(event.revision)
+        answer: dict[str, Any] = {}
+        if "idToken" in payload:
+            answer["idTokenInfo"] = {"status": "Accepted"}
+        return answer
+
+    async def on_meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self.tree is not None
+        evse = payload["evseId"]
+        readings = read(payload["meterValue"])
+        if evse and readings:
+            latest, base = readings[-1], f"evse/{evse}"
+            ops: list[Operation] = [Write(f"{base}/meter/{name}", value)
+                                    for name, value in latest.registers.items()
+                                    if f"{base}/meter/{name}" in self.tree]
+            if latest.power_w is not None and f"{base}/session/power_w" in self.tree:
+                ops.append(Write(f"{base}/session/power_w", latest.power_w))
+            self._apply(ops)
+        return {}
+
+
+def _offline(identity: str, why: str) -> ModelError:
+    return InvalidStateError(f"{identity} is offline ({why}): nothing was sent to it",
+                             details={"reason": "offline"})
+
+
+def _refused_by(identity: str, action: str, answer: dict[str, Any]) -> ModelError:
+    info = answer.get("statusInfo") or {}
+    return InvalidValueError(
+        f"{identity} answered {action} {answer.get('status')}"
+        + (f": {info.get('reasonCode')} {info.get('additionalInfo', '')}".rstrip()
+           if info else ""), details={"ocpp_status": answer.get("status")})
+
+
+HANDLERS = {
+    "BootNotification": OcppCharger.on_boot,
+    "Heartbeat": OcppCharger.on_heartbeat,
+    "StatusNotification": OcppCharger.on_status,
+    "TransactionEvent": OcppCharger.on_transaction,
+    "MeterValues": OcppCharger.on_meter_values,
+}
+"""The charger's calls served; any other OCPP 2.0.1 action is answered NotSupported."""
+
+__all__ = ["HANDLERS", "ChargerSettings", "Connection", "OcppCharger"]

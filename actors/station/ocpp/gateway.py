@@ -1,0 +1,161 @@
+"""The OCPP 2.0.1 gateway's server: chargers connect at ``/ocpp/<identity>`` (OCPP-J, Part 4)
+and each is served by the ``OcppCharger`` of its station actor.
+
+*Admission, before anything is created* (OCPP-NOTES §1): the identity is the last path
+segment, percent-decoded; one the gateway does not know is refused with HTTP 404; the
+basic-auth user must be the identity and the password its own (compared in constant time),
+else HTTP 401 (security profile 1; with ``ssl``, profile 2: basic auth over TLS). The
+subprotocol ``ocpp2.0.1`` is negotiated; a client that does not offer it gets a handshake
+without a subprotocol and is closed at once (1002, Part 4 §3.1.2).
+
+*One connection per identity*: a new one replaces the old, which is closed. *Liveness* is
+WebSocket pings (``ping_interval_s``; closed after as long again without a pong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import unquote
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from actors.station.ocpp.charger import OcppCharger
+
+log = logging.getLogger("csms.ocpp.gateway")
+
+SUBPROTOCOL = "ocpp2.0.1"
+PREFIX = "/ocpp/"
+MAX_IDENTITY = 48
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A charger the gateway serves, and the password it logs in with."""
+
+    charger: OcppCharger
+    password: str
+
+
+class OcppGateway:
+    """See the module docstring."""
+
+    def __init__(self, chargers: Mapping[str, Admitted], *, host: str = "127.0.0.1",
+                 port: int = 0, ssl_context: ssl.SSLContext | None = None,
+                 ping_interval_s: float = 30.0) -> None:
+        self.chargers = dict(chargers)
+        self.host, self.port = host, port
+        self.ssl_context = ssl_context
+        self.ping_interval_s = ping_interval_s
+        self.server: Server | None = None
+        self.refused: dict[int, int] = {}  # HTTP status -> upgrades refused with it
+
+    async def start(self) -> OcppGateway:
+        self.server = await serve(
+            self._serve, self.host, self.port, ssl=self.ssl_context,
+            process_request=self._admit, select_subprotocol=_select,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            ping_interval=self.ping_interval_s, ping_timeout=self.ping_interval_s,
+            max_size=MAX_MESSAGE_BYTES)
+        sockets = list(self.server.sockets)
+        if sockets and not self.port:
+            self.port = sockets[0].getsockname()[1]
+        log.info("OCPP gateway on %s:%d (%d chargers)", self.host, self.port,
+                 len(self.chargers))
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await asyncio.wait_for(self.server.wait_closed(), 5)
+            self.server = None
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self.host}:{self.port}{PREFIX}"
+
+    def _refuse(self, connection: ServerConnection, status: HTTPStatus, why: str,
+                identity: str) -> Response:
+        self.refused[status.value] = self.refused.get(status.value, 0) + 1
+        log.warning("OCPP upgrade for %r refused (%d): %s", identity[:64], status.value, why)
+        response = connection.respond(status, f"{why}\n")
+        if status is HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+        return response
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        identity = identity_of(request.path)
+        if identity is None:
+            return self._refuse(connection, HTTPStatus.NOT_FOUND,
+                                f"connect at {PREFIX}<identity>", request.path)
+        admitted = self.chargers.get(identity)
+        if admitted is None:
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, "unknown charger", identity)
+        user, password = basic_auth(request.headers)
+        if user != identity or not hmac.compare_digest(password.encode(),
+                                                       admitted.password.encode()):
+            return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
+                                "basic auth as the charger's identity, with its password",
+                                identity)
+        return None
+
+    async def _serve(self, connection: ServerConnection) -> None:
+        identity = identity_of(connection.request.path) if connection.request else None
+        admitted = self.chargers.get(identity or "")
+        if admitted is None:  # admitted at the upgrade: cannot happen
+            await connection.close(1008, "unknown charger")
+            return
+        if connection.subprotocol != SUBPROTOCOL:
+            log.warning("%s: connected without the ocpp2.0.1 subprotocol: closed", identity)
+            await connection.close(1002, f"the subprotocol is {SUBPROTOCOL}")
+            return
+        log.info("%s: connected from %s", identity, connection.remote_address)
+        await admitted.charger.serve(connection)
+
+
+def _select(connection: ServerConnection, offered: Sequence[Subprotocol]
+            ) -> Subprotocol | None:
+    """``ocpp2.0.1`` when offered, else none (and ``_serve`` closes the connection)."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+
+
+def identity_of(path: str) -> str | None:
+    """The charger identity of a request path ``/ocpp/<identity>`` (Part 4 §3.1.1: at most
+    48 characters, no ``:``), or ``None``."""
+    path = path.split("?", 1)[0]
+    if not path.startswith(PREFIX):
+        return None
+    identity = unquote(path[len(PREFIX):])
+    if not identity or len(identity) > MAX_IDENTITY or ":" in identity or "/" in identity:
+        return None
+    return identity
+
+
+def basic_auth(headers: Headers) -> tuple[str, str]:
+    """The user and password of a basic ``Authorization`` header (empty when absent or
+    malformed)."""
+    value = headers.get("Authorization", "")
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return "", ""
+    try:
+        text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return "", ""
+    user, _, password = text.partition(":")
+    return user, password
+
+
+__all__ = ["SUBPROTOCOL", "Admitted", "OcppGateway", "basic_auth", "identity_of"]
