@@ -187,6 +187,7 @@ def _run_actor(args: argparse.Namespace) -> int:
     from actors.app.config import (
         CloudConfig,
         ConfigError,
+        GatewayConfig,
         LocalConfig,
         ResourceManagerConfig,
         load_config,
@@ -196,6 +197,7 @@ def _run_actor(args: argparse.Namespace) -> int:
         Running,
         run_until_signalled,
         start_cloud,
+        start_gateway,
         start_local,
         start_resource_manager,
         start_stations,
@@ -210,7 +212,7 @@ def _run_actor(args: argparse.Namespace) -> int:
         print(f"csms {args.command}: {exc}", file=sys.stderr)
         return 2
     section = {"cloud": config.cloud, "local": config.local, "station": config.stations,
-               "resource-manager": config.resource_manager}
+               "resource-manager": config.resource_manager, "gateway": config.gateway}
     part = section[args.command]
     if part is None:
         name = {"station": "stations", "resource-manager": "resource_manager"}.get(
@@ -226,6 +228,10 @@ def _run_actor(args: argparse.Namespace) -> int:
             return [await start_local(broker, part, uplink=config.uplink, signing=signing)]
         if isinstance(part, ResourceManagerConfig):
             return [await start_resource_manager(broker, part, signing=signing)]
+        if isinstance(part, GatewayConfig):
+            running, gateway = await start_gateway(broker, part, signing=signing)
+            print(f"csms gateway: chargers connect at {gateway.url}<identity>", flush=True)
+            return [running]
         return [await start_stations(broker, part, signing=signing)]
 
     def ready(running: list[Running]) -> None:
@@ -291,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker.set_defaults(func=_broker)
     for name, what in (("cloud", "a cloud CSMS"), ("local", "a site's local CSMS"),
                        ("station", "a host of simulated stations"),
+                       ("gateway", "an OCPP 2.0.1 gateway: each charger a station actor "
+                                   "(docs/ocpp-gateway.md)"),
                        ("resource-manager", "a site's resource manager (grid envelope, S2)")):
         runner = sub.add_parser(name, help=f"run {what} from a TOML config "
                                 "(docs/deployment.md)")

@@ -78,25 +78,29 @@ def _errors(root: Path) -> str:
 
 async def test_the_two_broker_walk_through_runs_as_written(site) -> None:  # type: ignore[no-untyped-def]
     root, gets = site
-    assert [c[4] for c in gets] == ["cloud", "cs-site1-1"]
+    assert [c[4] for c in gets] == ["cloud", "cs-site1-1", "cloud"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    answers: dict[str, str] = {}
+    answers: list[str] = [""] * len(gets)
 
-    async def ask(command: list[str]) -> bool:
+    async def ask(index: int) -> bool:
         process = await asyncio.create_subprocess_exec(
-            *csms(command), cwd=root, env=env, stdout=asyncio.subprocess.PIPE,
+            *csms(gets[index]), cwd=root, env=env, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(process.communicate(), 60)
-        answers[command[4]] = (out + err).decode()
+        answers[index] = (out + err).decode()
         return process.returncode == 0
 
     # the cloud's copy appears once the station joined its site and the site joined the cloud
-    for command in gets:
+    for index in range(len(gets)):
         deadline = asyncio.get_running_loop().time() + 60
-        while not await ask(command):
+        while not await ask(index):
             assert asyncio.get_running_loop().time() < deadline, (answers, _errors(root))
             await asyncio.sleep(0.5)  # a poll of a separate process, not a wait on our state
-    assert answers["cloud"].startswith("stations/cs-site1-1/evse/1/status = "), answers
-    assert answers["cs-site1-1"].startswith("evse/1/status = "), answers
+    cloud, station, charger = answers
+    assert cloud.startswith("stations/cs-site1-1/evse/1/status = "), answers
+    assert station.startswith("evse/1/status = "), answers
     # the same value, read from the cloud's copy and from the station on its site's broker
-    assert answers["cloud"].split(" = ")[1].split()[0] == answers["cs-site1-1"].split(" = ")[1].split()[0]
+    assert cloud.split(" = ")[1].split()[0] == station.split(" = ")[1].split()[0]
+    # the gateway's charger is a station actor the cloud holds a copy of, offline until it
+    # connects
+    assert charger.startswith("stations/ocpp-site1-1/network/link/online = false"), answers
