@@ -233,10 +233,11 @@ class GatewayConfig(StationsConfig):
     @classmethod
     def _chargers_are_the_stations(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            if data.get("ids"):
+            chargers = tuple(data.get("chargers") or ())
+            if data.get("ids") and set(data["ids"]) != set(chargers):
                 raise ValueError("a gateway's stations are its chargers: give `chargers`, "
                                  "not `ids`")
-            data = {**data, "ids": tuple(data.get("chargers") or ())}
+            data = {**data, "ids": chargers}
         return data
 
     @model_validator(mode="after")
