@@ -47,6 +47,7 @@ class Charger(ChargePoint):
     def __init__(self, identity: str, connection: Any) -> None:
         super().__init__(identity, connection, response_timeout=10)
         self.profiles: list[dict[str, Any]] = []
+        self.availability: list[str] = []
         self.answer = "Accepted"
 
     @on("SetChargingProfile")
@@ -54,6 +55,12 @@ class Charger(ChargePoint):
                          **_: Any) -> call_result.SetChargingProfile:
         self.profiles.append({"evse_id": evse_id, **charging_profile})
         return call_result.SetChargingProfile(status=self.answer)
+
+    @on("ChangeAvailability")
+    async def on_availability(self, operational_status: str,
+                              **_: Any) -> call_result.ChangeAvailability:
+        self.availability.append(operational_status)
+        return call_result.ChangeAvailability(status="Accepted")
 
     async def boot(self) -> Any:
         return await self.call(call.BootNotification(
@@ -226,7 +233,7 @@ async def test_an_envelope_becomes_a_charging_profile_answered_by_the_charger(
         start_us = int(now.timestamp() * US)
         envelope = PowerRangeEnvelope(end_us=start_us + 3_600 * US, elements=[
             EnvelopeElement(start_us=start_us, lower_w=0, upper_w=7_400),
-            EnvelopeElement(start_us=start_us + 900 * US, lower_w=0, upper_w=3_700)])
+            EnvelopeElement(start_us=start_us + 900 * US, lower_w=0, upper_w=4_600)])
         write = PropertyValueWrite(writes=[WriteItem(
             path=KeyPath.parse("evse/1/energy/envelope"), value=envelope.model_dump())])
         await local.request("ocpp-site1-1", write, timeout=10)
@@ -235,12 +242,35 @@ async def test_an_envelope_becomes_a_charging_profile_answered_by_the_charger(
         assert profile["charging_profile_purpose"] == "TxDefaultProfile"
         periods = profile["charging_schedule"][0]["charging_schedule_period"]
         assert [(p["start_period"], p["limit"]) for p in periods] == [(0, 7400.0),
-                                                                      (900, 3700.0)]
+                                                                      (900, 4600.0)]
         assert one.tree is not None and one.tree.get("evse/1/energy/limit_w") == 7_400.0
+        # a lower limit OCPP cannot carry, or an upper one in the on/off gap: refused by the
+        # station before anything is sent (its power constraints say what it can be told)
+        constraints = one.tree.get("evse/1/energy/power_constraints")
+        assert constraints["lower_ranges"] == [{"lower_w": 0.0, "upper_w": 0.0}]
+        for lower_w, upper_w in ((1_000, 7_400), (0, 2_000)):
+            unfit = envelope.model_copy(update={"elements": [EnvelopeElement(
+                start_us=start_us, lower_w=lower_w, upper_w=upper_w)]})
+            with pytest.raises(ModelError) as info:
+                await local.request("ocpp-site1-1", PropertyValueWrite(writes=[WriteItem(
+                    path=KeyPath.parse("evse/1/energy/envelope"), value=unfit.model_dump())]),
+                    timeout=10)
+            assert info.value.code is ErrorCode.OUT_OF_RANGE
+        assert len(charger.profiles) == 1
+        # permissions are standing profiles at stack 0, availability a ChangeAvailability
+        await local.request("ocpp-site1-1", PropertyValueWrite(writes=[WriteItem(
+            path=KeyPath.parse("evse/2/permissions/max_power_w"), value=11_000.0)]),
+            timeout=10)
+        standing = charger.profiles[-1]
+        assert (standing["evse_id"], standing["id"], standing["stack_level"]) == (2, 102, 0)
+        await local.request("ocpp-site1-1", PropertyValueWrite(writes=[WriteItem(
+            path=KeyPath.parse("permissions/may_charge"), value=False)]), timeout=10)
+        assert charger.availability == ["Inoperative"]
+        assert one.tree.get("permissions/may_charge") is False
         # the charger refuses the next: the writer hears it, the tree keeps the last
         charger.answer = "Rejected"
         lower = envelope.model_copy(update={"elements": [
-            EnvelopeElement(start_us=start_us, lower_w=0, upper_w=1_400)]})
+            EnvelopeElement(start_us=start_us, lower_w=0, upper_w=5_000)]})
         with pytest.raises(ModelError) as info:
             await local.request("ocpp-site1-1", PropertyValueWrite(writes=[WriteItem(
                 path=KeyPath.parse("evse/1/energy/envelope"), value=lower.model_dump())]),

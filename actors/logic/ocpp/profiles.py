@@ -68,9 +68,42 @@ def set_charging_profile(envelope: PowerRangeEnvelope, evse: int, *, phases: int
     }
 
 
+PERMISSIONS_PROFILE_BASE = 100
+STATION_PROFILE_ID = 1
+
+
+def limit_profile(evse: int, watts: float, *, phases: int = 3, amperes: bool = False
+                  ) -> dict[str, Any]:
+    """The ``SetChargingProfileRequest`` of a standing limit: EVSE ``evse``'s permissions as
+    a TxDefaultProfile at stack level 0 (id ``100 + evse``: what the charger falls back to
+    when an envelope ends), or with ``evse`` 0 the station's as a ChargingStationMaxProfile
+    (id 1). Open-ended: no validity, one period."""
+    limit = watts / (VOLTS * phases) if amperes else watts
+    period: dict[str, Any] = {"startPeriod": 0, "limit": round(limit, 1)}
+    if amperes:
+        period["numberPhases"] = phases
+    profile_id = STATION_PROFILE_ID if evse == 0 else PERMISSIONS_PROFILE_BASE + evse
+    return {"evseId": evse, "chargingProfile": {
+        "id": profile_id, "stackLevel": 0,
+        "chargingProfilePurpose": "ChargingStationMaxProfile" if evse == 0
+        else "TxDefaultProfile",
+        "chargingProfileKind": "Relative",
+        "chargingSchedule": [{"id": profile_id, "chargingRateUnit": "A" if amperes else "W",
+                              "chargingSchedulePeriod": [period]}]}}
+
+
+def availability(evse: int, operative: bool) -> dict[str, Any]:
+    """The ``ChangeAvailabilityRequest`` for EVSE ``evse`` (0: the whole station)."""
+    request: dict[str, Any] = {"operationalStatus": "Operative" if operative else "Inoperative"}
+    if evse:
+        request["evse"] = {"id": evse}
+    return request
+
+
 def clear_envelope_profile(evse: int) -> dict[str, Any]:
     """The ``ClearChargingProfileRequest`` removing EVSE ``evse``'s envelope profile."""
     return {"chargingProfileId": envelope_profile_id(evse)}
 
 
-__all__ = ["clear_envelope_profile", "envelope_profile_id", "rfc3339", "set_charging_profile"]
+__all__ = ["availability", "clear_envelope_profile", "envelope_profile_id", "limit_profile",
+           "rfc3339", "set_charging_profile"]

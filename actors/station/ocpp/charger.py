@@ -13,7 +13,10 @@ A result that comes late (after the call timed out) is logged, never matched to 
 
 *Writes the charger must confirm* (``carry_out``): an envelope for EVSE ``e`` becomes a
 SetChargingProfile (``actors.logic.ocpp.profiles``), a cleared one a ClearChargingProfile;
-the write is applied (and answered) only once the charger accepted it. A charger that is not
+``permissions/max_power_w`` of an EVSE or of the station a standing profile at stack level 0
+(what the charger falls back to when an envelope ends), ``permissions/may_charge`` a
+ChangeAvailability. The write is applied (and answered) only once the charger accepted it;
+what it refuses, the writer hears, and the tree keeps what the charger last confirmed. A charger that is not
 connected refuses at once (``INVALID_STATE``, reason ``offline``): the CSMS's allocation then
 counts it at its last confirmed limit, and nothing waits on a timeout.
 
@@ -37,17 +40,24 @@ from typing import Any, Protocol
 
 from actors.logic.ocpp import rpc
 from actors.logic.ocpp.meters import read
-from actors.logic.ocpp.profiles import clear_envelope_profile, rfc3339, set_charging_profile
+from actors.logic.ocpp.profiles import (
+    VOLTS,
+    availability,
+    clear_envelope_profile,
+    limit_profile,
+    rfc3339,
+    set_charging_profile,
+)
 from actors.logic.ocpp.rpc import Call, CallError, CallResult, RpcError
 from actors.logic.ocpp.transactions import apply_event
 from actors.station.hardware import Durable, HardwareFigures, Report
 from actors.station.ocpp import schemas
 from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.pace import Pace
-from keypath import KeyPath
+from keypath import GLOBSTAR, KeyPath, KeyPattern
 from object_model import ModelError
 from object_model.errors import InvalidStateError, InvalidValueError, RequestTimeoutError
-from object_model.pebc import PowerRangeEnvelope
+from object_model.pebc import Consequence, PowerConstraints, PowerRange, PowerRangeEnvelope
 from object_model.station import new_station_tree
 from object_model.tree import ObjectTree, Operation, TransactionCommitted, Write
 
@@ -58,6 +68,7 @@ ZEROED = ("obis:1-0:1.8.0", "obis:1-0:2.8.0", "obis:1-0:16.7.0", "obis:1-0:21.7.
           "obis:1-0:71.7.0")
 """Registers a new charger's tree holds at zero until it reports them (energy, power,
 current; voltage and frequency keep their nominal values)."""
+MIN_CURRENT_A = 6.0  # IEC 61851: the least a charge runs at
 CALL_TIMEOUT_S = 4.0  # within the CSMS's 5 s for a write to be answered
 HEARTBEAT_S = 900  # liveness comes from WebSocket pings; a heartbeat still sets the clock
 
@@ -114,17 +125,71 @@ class OcppCharger:
 
     def attach(self, tree: ObjectTree, report: Report, now_us: int, durable: Durable) -> None:
         self.tree, self._report, self._durable = tree, report, durable
-        report([Write("network/link/online", self.connection is not None)])
+        report([Write("network/link/online", self.connection is not None),
+                *self._constraints(tree)])
+
+    def _constraints(self, tree: ObjectTree) -> list[Operation]:
+        """What each EVSE can be told, as power constraints: an upper limit of 0, or one from
+        6 A per phase to its rating (a limit below 6 A pauses the charge: the on/off gap of
+        IEC 61851); and a lower limit of 0 only, since an OCPP 2.0.1 charging profile carries
+        no lower limit: the site's allocation never counts on a forced minimum here, and an
+        envelope with one is refused (``out_of_range``) rather than silently weakened."""
+        ops: list[Operation] = []
+        for evse in range(1, self.settings.evse_count + 1):
+            base = f"evse/{evse}"
+            if f"{base}/max_power_w" not in tree:
+                continue
+            phases = int(tree.get(f"{base}/phases"))
+            rating = float(tree.get(f"{base}/max_power_w"))
+            least = min(rating, MIN_CURRENT_A * VOLTS * phases)
+            constraints = PowerConstraints(
+                upper_ranges=[PowerRange(lower_w=0, upper_w=0),
+                              PowerRange(lower_w=least, upper_w=rating)],
+                lower_ranges=[PowerRange(lower_w=0, upper_w=0)],
+                consequence=Consequence.VANISH, phases=phases)
+            ops.append(Write(f"{base}/energy/power_constraints", constraints.model_dump()))
+        return ops
 
     async def run(self, pace: Pace) -> None:
         await asyncio.Event().wait()  # the gateway drives it: ``serve`` per connection
 
     async def carry_out(self, ops: Sequence[Operation]) -> None:
+        """Each write the charger must confirm, in order, one call at a time: envelopes
+        (SetChargingProfile, or ClearChargingProfile for one deleted), the EVSE's or the
+        station's ``permissions/max_power_w`` (stack-0 profiles) and ``may_charge``
+        (ChangeAvailability). The first refusal stops the rest and the write."""
+        assert self.tree is not None
         for op in ops:
-            segs = KeyPath.parse(str(op.path)).segments if not isinstance(
-                op.path, KeyPath) else op.path.segments
-            if len(segs) == 4 and segs[0] == "evse" and segs[2:] == ("energy", "envelope"):
-                await self._send_envelope(int(segs[1]), getattr(op, "value", None))
+            path = op.path if isinstance(op.path, KeyPath) else KeyPath.parse(op.path)
+            if isinstance(op, Write):
+                leaves = [(p.segments, raw) for p, _, raw in self.tree.schema.expand(
+                    path, op.value)]
+            else:  # a delete: of an envelope, or above one
+                leaves = [(p.segments, None) for p, _, _ in self.tree.find(
+                    KeyPattern([*path.segments, GLOBSTAR])) if p.name == "envelope"]
+                leaves += [(path.segments, None)] if path.name == "envelope" else []
+            for segs, value in leaves:
+                await self._carry(segs, value)
+
+    async def _carry(self, segs: tuple[str, ...], value: Any) -> None:
+        evse = int(segs[1]) if len(segs) > 2 and segs[0] == "evse" else 0
+        tail = segs[2:] if evse else segs
+        if evse and tail == ("energy", "envelope"):
+            await self._send_envelope(evse, value)
+        elif tail == ("permissions", "max_power_w") and value is not None:
+            answer = await self.call("SetChargingProfile", limit_profile(
+                evse, float(value), phases=self._phases(evse), amperes=self.settings.amperes))
+            if answer.get("status") != "Accepted":
+                raise _refused_by(self.identity, "SetChargingProfile", answer)
+        elif tail == ("permissions", "may_charge") and value is not None:
+            answer = await self.call("ChangeAvailability", availability(evse, bool(value)))
+            if answer.get("status") not in ("Accepted", "Scheduled"):
+                raise _refused_by(self.identity, "ChangeAvailability", answer)
+
+    def _phases(self, evse: int) -> int:
+        path = f"evse/{evse}/phases"
+        return int(self.tree.get(path)) if evse and self.tree is not None and \
+            path in self.tree else 3
 
     def obey(self, event: TransactionCommitted) -> None:
         """An envelope the charger accepted: its limit now is the one in force."""
@@ -293,11 +358,8 @@ class OcppCharger:
                 raise _refused_by(self.identity, "ClearChargingProfile", answer)
             return
         envelope = PowerRangeEnvelope.model_validate(value)
-        phases = 3
-        if self.tree is not None and f"evse/{evse}/phases" in self.tree:
-            phases = int(self.tree.get(f"evse/{evse}/phases"))
         answer = await self.call("SetChargingProfile", set_charging_profile(
-            envelope, evse, phases=phases, amperes=self.settings.amperes,
+            envelope, evse, phases=self._phases(evse), amperes=self.settings.amperes,
             max_periods=self.settings.max_periods))
         if answer.get("status") != "Accepted":
             raise _refused_by(self.identity, "SetChargingProfile", answer)

@@ -11,7 +11,7 @@ import pytest
 
 from actors.logic.ocpp import rpc
 from actors.logic.ocpp.meters import read
-from actors.logic.ocpp.profiles import set_charging_profile
+from actors.logic.ocpp.profiles import availability, limit_profile, set_charging_profile
 from actors.logic.ocpp.transactions import KEPT_RECORDS, apply_event, record_key
 from actors.station.ocpp import schemas
 from object_model.pebc import EnvelopeElement, PowerRangeEnvelope
@@ -173,3 +173,14 @@ def test_an_envelope_as_a_profile_never_exceeds_a_limit() -> None:
     schemas.check("SetChargingProfile", "Request", amps)
     first = amps["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]
     assert first == {"startPeriod": 0, "limit": round(11_000 / 690, 1), "numberPhases": 3}
+
+
+def test_standing_limits_and_availability_fit_their_schemas() -> None:
+    evse = limit_profile(2, 11_000.0)
+    station = limit_profile(0, 40_000.0, amperes=True, phases=3)
+    for request in (evse, station):
+        schemas.check("SetChargingProfile", "Request", request)
+    assert (evse["chargingProfile"]["id"], evse["chargingProfile"]["stackLevel"]) == (102, 0)
+    assert station["chargingProfile"]["chargingProfilePurpose"] == "ChargingStationMaxProfile"
+    for request in (availability(1, False), availability(0, True)):
+        schemas.check("ChangeAvailability", "Request", request)
