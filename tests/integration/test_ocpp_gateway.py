@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import websockets
+from ocpp.exceptions import InternalError
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call, call_result
 from websockets.exceptions import InvalidStatus
@@ -22,6 +23,7 @@ from websockets.exceptions import InvalidStatus
 from actors.app.config import ChargerEntry
 from actors.app.hierarchy import Hierarchy
 from actors.station.actor import ChargingStation
+from actors.station.ocpp.charger import OcppCharger
 from actors.station.ocpp.gateway import OcppGateway
 from actors.testing import until
 from keypath import KeyPath
@@ -327,6 +329,46 @@ async def test_tc_e_53_offline_replay_is_never_lost_doubled_or_backwards(
         assert two.tree.get("evse/1/session/state") == "Finished"
         assert two.tree.get("evse/1/session/energy_wh") == pytest.approx(2_000.0)
         assert two.tree.get("evse/1/meter/obis:1-0:1.8.0") == pytest.approx(913_031.0)
+    finally:
+        await connection.close()
+        task.cancel()
+
+
+async def test_a_store_failure_answers_internal_error_and_the_resend_counts_once(
+        site: tuple[Hierarchy, OcppGateway]) -> None:
+    """OCPP-NOTES rule 3: a TransactionEvent whose effect cannot be made durable is answered
+    with a CALLERROR InternalError, so the charger sends it again; the resend is recognised by
+    its content and counted once, and answered only once on disk."""
+    h, gateway = site
+    charger, connection, task = await start_charger(gateway, "ocpp-site1-1")
+    try:
+        await charger.boot()
+        one = station(h, "ocpp-site1-1")
+        hardware = one.hardware
+        assert isinstance(hardware, OcppCharger)
+        durable = hardware._durable
+        assert durable is not None
+        failures = [OSError("disk full")]
+
+        async def failing(revision: int) -> None:
+            if failures:
+                raise failures.pop()
+            await durable(revision)
+
+        hardware._durable = failing
+        began = datetime.now(UTC)
+        payload = call.TransactionEvent(
+            event_type="Started", timestamp=stamp(began), trigger_reason="CablePluggedIn",
+            seq_no=0, transaction_info={"transaction_id": "tx-disk"},
+            evse={"id": 1, "connector_id": 1},
+            meter_value=[{"timestamp": stamp(began), "sampled_value": [
+                {"value": 500.0, "context": "Transaction.Begin"}]}])
+        with pytest.raises(InternalError):
+            await charger.call(payload, suppress=False)
+        await charger.call(payload, suppress=False)  # the charger's resend: accepted
+        assert one.tree is not None
+        [record] = one.tree.read("transactions").values()
+        assert record["events"] == 1 and record["transaction_id"] == "tx-disk"
     finally:
         await connection.close()
         task.cancel()

@@ -410,8 +410,9 @@ class OcppCharger:
         assert self.tree is not None and self._durable is not None
         applied = apply_event(self.tree, payload)
         event = self._apply(applied.ops)
-        if event is not None:  # answered only once its effect is on disk
-            await self._durable(event.revision)
+        # answered only once its effect is on disk; a repeat too (the first answer may have
+        # failed because the store did: the effect is in the tree, perhaps not yet on disk)
+        await self._durable(self.tree.revision if event is None else event.revision)
         answer: dict[str, Any] = {}
         if "idToken" in payload:
             answer["idTokenInfo"] = {"status": "Accepted"}
