@@ -218,11 +218,11 @@ class CertificateAuthority:
 def site_authority(directory: Path | str, root: CertificateAuthority, site_csms: str,
                    scope: str) -> CertificateAuthority:
     """The CA of the site whose local CSMS is ``site_csms`` (made under ``root`` on first
-    use), which issues stations and resource managers only, whose addresses begin with
-    ``scope`` (``cs-site1-``): a compromised site names no other site's actors, nor the
-    cloud or an operator."""
-    if not scope:
-        raise ValueError("a site CA names the prefix of the addresses it may issue")
+    use), which issues stations and resource managers only, whose addresses begin with a
+    prefix of ``scope`` (comma-separated: ``cs-site1-,ocpp-site1-``): a compromised site
+    names no other site's actors, nor the cloud or an operator."""
+    if not [prefix for prefix in scope.split(",") if prefix]:
+        raise ValueError("a site CA names the prefixes of the addresses it may issue")
     return CertificateAuthority(
         directory, f"site CA of {site_csms}", parent=root, path_length=0,
         extensions=[x509.UnrecognizedExtension(ISSUES_OID, ",".join(SITE_ROLES).encode()),

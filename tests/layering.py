@@ -74,7 +74,8 @@ ONLY_IN = {"slixmpp": {"broker_bridge.xmpp"}, "prometheus_client": {"actors.app.
            "aiosqlite": {"broker_bridge.outbox", "actors.runtime.storage"},
            "netfilterqueue": {"bench.netlab.delayer"}, "atheris": {"bench.fuzz"},
            "jsonschema_rs": {"actors.station.ocpp.schemas"},
-           "websockets": {"actors.station.ocpp.gateway", "bench", "tests"}}
+           "websockets": {"actors.station.ocpp.gateway", "actors.testing.ocpp_charger", "bench",
+                          "tests"}}
 
 
 @dataclass(frozen=True)

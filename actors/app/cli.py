@@ -46,7 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
     tune_gc()
     settings = DemoSettings(sites=args.sites, stations=args.stations, duration=args.duration,
                             json=args.json, state_dir=Path(args.state_dir), speed=args.speed,
-                            keep_state=args.keep_state)
+                            keep_state=args.keep_state, ocpp_chargers=args.ocpp_chargers)
     summary = asyncio.run(run_demo(settings))
     if args.json:
         print(json.dumps(summary))
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: until Ctrl-C)")
     demo.add_argument("--json", action="store_true", help="print only a final JSON summary")
+    demo.add_argument("--ocpp-chargers", type=int, default=2,
+                      help="simulated OCPP 2.0.1 chargers per site, through the site's gateway "
+                           "(default 2; 0: no gateway)")
     demo.add_argument("--speed", type=float, default=120.0,
                       help="simulated seconds per real second in the stations (default 120)")
     demo.add_argument("--state-dir", default="state/demo",
@@ -350,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     commission.add_argument("--role", required=True, choices=roles)
     commission.add_argument("--days", type=float, default=30.0)
     commission.add_argument("--stations", metavar="PREFIX",
-                            help="with --role local_csms: the prefix of the addresses its site "
-                            "CA may name (cs-site1-)")
+                            help="with --role local_csms: the prefixes of the addresses its "
+                            "site CA may name, comma-separated (cs-site1-,ocpp-site1-)")
     commission.add_argument("address")
     commission.set_defaults(func=_commission)
     enroll = sub.add_parser("enroll", help="a one-time token a station enrolls with at its "

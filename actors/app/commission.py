@@ -48,8 +48,9 @@ class Commissioning:
 
     def site_ca(self, local_csms: str, stations: str) -> Path:
         """The directory of the CA of the site whose local CSMS is ``local_csms`` (made on
-        first use), which names only addresses beginning with ``stations`` (``cs-site1-``):
-        give it to that CSMS as ``[signing] site_ca``."""
+        first use), which names only addresses beginning with a prefix of ``stations``
+        (``cs-site1-``, or several comma-separated: ``cs-site1-,ocpp-site1-``): give it to that
+        CSMS as ``[signing] site_ca``."""
         directory = self.directory / f"site-{local_csms}"
         site_authority(directory, self.root, local_csms, stations)
         return directory

@@ -1,8 +1,10 @@
 """``csms demo``: a whole local-plus-cloud hierarchy on managed brokers, in one process.
 
 It starts a private Prosody for the cloud and one per site, a cloud CSMS, and per site a
-resource manager, a local CSMS (on its site's broker, and on the cloud's by its uplink) and a
-host of simulated stations (one component connection each), shows a live table (each
+resource manager, a local CSMS (on its site's broker, and on the cloud's by its uplink), a
+host of simulated stations (one component connection each) and an OCPP 2.0.1 gateway with
+``--ocpp-chargers`` simulated OCPP chargers (real OCPP-J clients: docs/ocpp-gateway.md), whose
+station actors the CSMSs manage like the native ones; it shows a live table (each
 site's power against the limit its resource manager gives), and writes ``connect.json`` in
 its state directory so that ``csms get|set|discover`` can reach it: ``csms set rm-site1
 grid/fuse_limit_w 40000`` changes a site's grid limit live. Time at the sites runs
@@ -19,14 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from actors.app.config import BrokerConfig
-from actors.app.hierarchy import Hierarchy, Say, simulated
+from actors.app.config import BrokerConfig, ChargerEntry
+from actors.app.hierarchy import Hierarchy, Say
 from actors.csms.cloud import CloudCsms
 from actors.csms.local import LocalCsms
 from actors.csms.settings import EnergySettings
@@ -34,8 +37,9 @@ from actors.logic.energy.allocation import AllocatorSettings
 from actors.logic.station.simulation import SimulationConfig
 from actors.runtime.shutdown import StopRequested, StopSignals
 from actors.station.actor import ChargingStation
-from actors.station.simulated import SimulatorSettings
+from actors.station.simulated import SimulatedStation, SimulatorSettings
 from actors.testing import until
+from actors.testing.ocpp_charger import SimulatedCharger
 from broker_bridge import Endpoint, Priority
 from broker_bridge.clock import WALL_CLOCK, Clock
 
@@ -51,6 +55,7 @@ class DemoSettings:
     arrivals_per_evse_hour: float = 1.5
     keep_state: bool = False
     fuse_kw_per_station: float = 12.0  # each site's grid connection, per station
+    ocpp_chargers: int = 2  # per site, through the site's OCPP gateway (docs/ocpp-gateway.md)
 
 
 class SiteTime:
@@ -90,10 +95,13 @@ def fast_site(speed: float, arrivals_per_evse_hour: float
 
 @dataclass
 class Demo:
-    """A running demo: its hierarchy and when it started (monotonic seconds)."""
+    """A running demo: its hierarchy, when it started (monotonic seconds), and its simulated
+    OCPP chargers (each run as a task)."""
 
     hierarchy: Hierarchy
     started: float
+    chargers: list[SimulatedCharger] = field(default_factory=list)
+    charger_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def cloud_actor(self) -> CloudCsms:
@@ -163,6 +171,7 @@ class Demo:
             "sites": len(self.hierarchy.sites),
             "stations": len(stations),
             "stations_online": sum(_online(local) for local in self.locals()),
+            "ocpp_chargers_connected": sum(c.connected for c in self.chargers),
             "stations_admitted": sum(1 for s in stations if s.admitted),
             "stations_charging": sum(1 for s in stations if s.charging),
             "evses_charging": sum(s.charging for s in stations),
@@ -190,7 +199,8 @@ class Demo:
             "loop_lag_max_s": round(max((p.max_lag_s for p in paces), default=0.0), 2),
             "pace": max((p.stretch for p in paces), default=1),
             "inbox_max": max((a.inbox_depth for a in actors), default=0),
-            "ticks_coarsened": sum(simulated(s).ticks_coarsened for s in stations),
+            "ticks_coarsened": sum(s.hardware.ticks_coarsened for s in stations
+                                   if isinstance(s.hardware, SimulatedStation)),
             "updates_coalesced": sum(s.publisher.coalesced for s in stations
                                      if s.publisher is not None),
             "allocations_deferred": sum(local.energy.deferred for local in self.locals()),
@@ -230,6 +240,7 @@ async def start_demo(settings: DemoSettings, say: Say) -> Demo:
     state.mkdir(parents=True, exist_ok=True)
     h = await Hierarchy.start(state, sites=settings.sites, say=say, signing=True,
                               certificates=True)
+    demo = Demo(h, WALL_CLOCK.monotonic())
     try:
         await h.start_cloud()
         site_time = SiteTime(settings.speed)
@@ -241,11 +252,35 @@ async def start_demo(settings: DemoSettings, say: Say) -> Demo:
                 clock=site_time)
             await h.start_site(k, settings.stations, simulator=simulator, seed=1000 * k,
                                resource_manager=True, energy=energy, clock=site_time)
+        await start_chargers(demo, settings, say, site_time)
     except BaseException:
-        await h.close()
+        await stop_demo(demo)
         raise
     write_connect(h, state / "connect.json")
-    return Demo(h, WALL_CLOCK.monotonic())
+    return demo
+
+
+async def start_chargers(demo: Demo, settings: DemoSettings, say: Say, site_time: Clock
+                         ) -> None:
+    """Per site, an OCPP gateway and ``settings.ocpp_chargers`` simulated OCPP chargers for
+    it (real OCPP-J clients living in the site's time, like its simulated stations), each
+    connected before the next site's: real chargers join so."""
+    h = demo.hierarchy
+    for k in range(1, settings.sites + 1):
+        if not settings.ocpp_chargers:
+            break
+        entries = {f"ocpp-site{k}-{i}": ChargerEntry(password=secrets.token_urlsafe(18))
+                   for i in range(1, settings.ocpp_chargers + 1)}
+        say(f"starting site {k}'s OCPP gateway and its {len(entries)} OCPP chargers...")
+        _, gateway = await h.start_gateway(k, entries, clock=site_time)
+        chargers = [SimulatedCharger(identity, entry.password, gateway.url, seed=i,
+                                     report_s=1.0, clock=site_time)
+                    for i, (identity, entry) in enumerate(entries.items())]
+        demo.chargers += chargers
+        demo.charger_tasks += [asyncio.create_task(c.run(), name=f"charger {c.identity}")
+                               for c in chargers]
+        await until(lambda cs=chargers: all(c.connected for c in cs),  # type: ignore[misc]
+                    f"site {k}'s OCPP chargers connected", 30)
 
 
 def write_connect(h: Hierarchy, path: Path) -> None:
@@ -286,6 +321,9 @@ async def settle(demo: Demo, timeout: float = 10.0) -> bool:
 
 
 async def stop_demo(demo: Demo) -> None:
+    for task in demo.charger_tasks:
+        task.cancel()
+    await asyncio.gather(*demo.charger_tasks, return_exceptions=True)
     await demo.hierarchy.close()
 
 

@@ -250,9 +250,8 @@ class Hierarchy:
             for name in names:
                 trust.certify(root / "keys", name, _ROLES[name.split("-", 1)[0]])
             h.signing = Signing(root / "keys", require=True, anchor=trust.anchor)
-            h.signing.site_cas = {f"local-site{k}": trust.site_ca(f"local-site{k}",
-                                                                  f"cs-site{k}-")
-                                  for k in numbers}
+            h.signing.site_cas = {f"local-site{k}": trust.site_ca(
+                f"local-site{k}", f"cs-site{k}-,ocpp-site{k}-") for k in numbers}
         elif signing:
             h.signing = Signing(root / "keys", require=True)
             # every account's keys known before anyone sends (a resource manager starts before
@@ -454,9 +453,11 @@ class Hierarchy:
         return host
 
     async def start_gateway(self, number: int, chargers: Mapping[str, ChargerEntry], *,
-                            port: int = 0) -> tuple[Running, OcppGateway]:
+                            port: int = 0, clock: Clock | None = None
+                            ) -> tuple[Running, OcppGateway]:
         """Site ``number``'s OCPP gateway for ``chargers`` (identities ``ocpp-site<n>-*``),
-        its stations joined to the site's CSMS like the simulated ones."""
+        its stations joined to the site's CSMS like the simulated ones, living in ``clock``
+        (the site's time)."""
         site = self._site(number)
         ep = self.site_brokers[number].endpoint
         await self.give_tokens(number, list(chargers))
@@ -464,7 +465,8 @@ class Hierarchy:
             component=gateway_domain(number), component_secret=ep.component_secret,
             chargers=dict(chargers), csms=site.name, port=port,
             provisioning_secret=self.provisioning(number),
-            state_dir=str(self.root / f"gateway-site{number}")), signing=self.signing)
+            state_dir=str(self.root / f"gateway-site{number}")), signing=self.signing,
+            clock=clock)
         site.hosts.append(host)
         return host, gateway
 
@@ -512,7 +514,8 @@ class Hierarchy:
     def pause(self, paused: bool = True) -> None:
         """Stop (or restart) every station's simulated ticks: the trees hold still."""
         for station in self.stations():
-            simulated(station).paused = paused
+            if isinstance(station.hardware, SimulatedStation):  # a charger is paused by no one
+                station.hardware.paused = paused
 
     # -- looking at the copies ----------------------------------------------------------------
 

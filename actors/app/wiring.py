@@ -292,13 +292,15 @@ async def start_stations(broker: BrokerConfig, cfg: StationsConfig,
 
 async def start_gateway(broker: BrokerConfig, cfg: GatewayConfig,
                         progress: Callable[[str], None] | None = None,
-                        signing: Signing | None = None) -> tuple[Running, OcppGateway]:
+                        signing: Signing | None = None, clock: Clock | None = None,
+                        ) -> tuple[Running, OcppGateway]:
     """An OCPP 2.0.1 gateway: a station actor for each of ``cfg.chargers`` (on one component
-    connection, as ``start_stations`` hosts them), then the server they connect to."""
+    connection, as ``start_stations`` hosts them), then the server they connect to;
+    ``clock`` is the site's time (the demo's runs fast, and so do its simulated chargers)."""
     chargers = {identity: OcppCharger(identity, ChargerSettings(
-        evse_count=entry.evse_count, amperes=entry.amperes, max_periods=entry.max_periods))
-        for identity, entry in cfg.chargers.items()}
-    running = await start_stations(broker, cfg, progress, signing=signing,
+        evse_count=entry.evse_count, amperes=entry.amperes, max_periods=entry.max_periods),
+        clock=clock or WALL_CLOCK) for identity, entry in cfg.chargers.items()}
+    running = await start_stations(broker, cfg, progress, signing=signing, clock=clock,
                                    hardware_for=lambda _, identity: chargers[identity])
     context = None
     if cfg.certfile is not None and cfg.keyfile is not None:

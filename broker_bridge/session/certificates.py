@@ -68,7 +68,8 @@ RECIPIENT_OID = x509.ObjectIdentifier(_ARC + ".2")
 ISSUES_OID = x509.ObjectIdentifier(_ARC + ".3")
 """The roles a CA may issue (UTF-8, comma-separated)."""
 SCOPE_OID = x509.ObjectIdentifier(_ARC + ".4")
-"""The addresses a CA may issue: a prefix (UTF-8); a site CA's stations, say ``cs-site1-``."""
+"""The addresses a CA may issue: prefixes (UTF-8, comma-separated); a site CA's stations and
+OCPP chargers, say ``cs-site1-,ocpp-site1-``."""
 ACTOR_URI = "urn:csms63110:actor:"
 SITE_ROLES = ("station", "resource_manager")
 """What a site's CA issues."""
@@ -247,7 +248,9 @@ def check_chain(chain: Sequence[object], anchors: Sequence[x509.Certificate],
             raise _refused("role_not_allowed", f"{address!r}'s CA may not issue the role "
                            f"{role!r}")
         scope = _extension(ca, SCOPE_OID)
-        if scope is None or not address.startswith(scope.decode("utf-8", "replace")):
+        prefixes = [] if scope is None else [
+            p for p in scope.decode("utf-8", "replace").split(",") if p]
+        if not any(address.startswith(prefix) for prefix in prefixes):
             raise _refused("out_of_scope", f"{address!r} is outside what its CA may name")
         issuer = _named(ca) or ""
         if not issuer:

@@ -176,7 +176,9 @@ def test_the_demo_runs_and_charges(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert summary["stations_online"] == summary["stations"] == 20
+    # 10 simulated stations and 2 OCPP chargers (through each site's gateway) per site
+    assert summary["stations_online"] == summary["stations"] == 24
+    assert summary["ocpp_chargers_connected"] == 4
     assert summary["stations_charging"] > 0 and summary["energy_wh"] > 0
     assert summary["messages"] > 0 and summary["errors"] == 0
     assert summary["cloud_consistent"] is True

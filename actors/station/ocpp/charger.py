@@ -59,7 +59,7 @@ from object_model import ModelError
 from object_model.errors import InvalidStateError, InvalidValueError, RequestTimeoutError
 from object_model.pebc import Consequence, PowerConstraints, PowerRange, PowerRangeEnvelope
 from object_model.station import new_station_tree
-from object_model.tree import ObjectTree, Operation, TransactionCommitted, Write
+from object_model.tree import Delete, ObjectTree, Operation, TransactionCommitted, Write
 
 log = logging.getLogger("csms.ocpp")
 
@@ -199,12 +199,18 @@ class OcppCharger:
         for path, value in event.upserts:
             segs = path.segments
             if len(segs) == 4 and segs[0] == "evse" and segs[2:] == ("energy", "envelope"):
+                limit = f"evse/{segs[1]}/energy/limit_w"
                 element = None if value is None else PowerRangeEnvelope.model_validate(
                     value).at(now)
-                ops.append(Write(f"evse/{segs[1]}/energy/limit_w",
-                                 None if element is None else element.upper_w))
+                if element is not None:
+                    ops.append(Write(limit, element.upper_w))
+                elif self.tree.is_leaf(limit):  # not in force yet, or no more
+                    ops.append(Delete(limit))
         if ops:
-            self._report(ops)
+            try:
+                self._report(ops)
+            except ModelError as exc:  # the write stands; what it means shows next time
+                log.warning("%s: the limit now in force is not shown: %s", self.identity, exc)
 
     @property
     def figures(self) -> HardwareFigures:
