@@ -321,9 +321,12 @@ async def settle(demo: Demo, timeout: float = 10.0) -> bool:
 
 
 async def stop_demo(demo: Demo) -> None:
+    """The simulated chargers first (each closes its socket, given a second at most), then
+    the hierarchy, the gateways' servers first."""
     for task in demo.charger_tasks:
         task.cancel()
-    await asyncio.gather(*demo.charger_tasks, return_exceptions=True)
+    if demo.charger_tasks:
+        await asyncio.wait(demo.charger_tasks, timeout=2.0)
     await demo.hierarchy.close()
 
 

@@ -158,7 +158,7 @@ class SimulatedCharger:
         async with websockets.connect(
                 f"{self.url}{self.identity}", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
                 additional_headers={"Authorization": f"Basic {token}"},
-                open_timeout=10) as connection:
+                open_timeout=10, close_timeout=1) as connection:
             client = _Client(self, connection)
             reader = asyncio.create_task(client.start())
             try:

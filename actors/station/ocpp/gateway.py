@@ -38,6 +38,8 @@ SUBPROTOCOL = "ocpp2.0.1"
 PREFIX = "/ocpp/"
 MAX_IDENTITY = 48
 MAX_MESSAGE_BYTES = 1 << 20
+CLOSE_TIMEOUT_S = 1.0  # a closing handshake a charger does not answer: dropped after this
+STOP_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class OcppGateway:
             process_request=self._admit, select_subprotocol=_select,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             ping_interval=self.ping_interval_s, ping_timeout=self.ping_interval_s,
-            max_size=MAX_MESSAGE_BYTES)
+            close_timeout=CLOSE_TIMEOUT_S, max_size=MAX_MESSAGE_BYTES)
         sockets = list(self.server.sockets)
         if sockets and not self.port:
             self.port = sockets[0].getsockname()[1]
@@ -76,10 +78,17 @@ class OcppGateway:
         return self
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await asyncio.wait_for(self.server.wait_closed(), 5)
-            self.server = None
+        """Stop taking connections and close those open (each charger is told, and connects
+        again later), within seconds however loaded the process is."""
+        server, self.server = self.server, None
+        if server is None:
+            return
+        server.close()
+        try:
+            await asyncio.wait_for(server.wait_closed(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("OCPP gateway: connections still closing after %g s: left to the "
+                        "process's end", STOP_TIMEOUT_S)
 
     @property
     def url(self) -> str:
