@@ -225,6 +225,8 @@ class GatewayConfig(StationsConfig):
     certfile: str | None = None
     keyfile: str | None = None
     ping_interval_s: float = 30.0
+    connects_per_s: float = Field(50.0, gt=0)
+    connect_burst: float = Field(100.0, ge=1)
     chargers: dict[str, ChargerEntry] = {}
 
     _ping = field_validator("ping_interval_s")(positive)

@@ -310,7 +310,8 @@ async def start_gateway(broker: BrokerConfig, cfg: GatewayConfig,
     gateway = OcppGateway({identity: Admitted(chargers[identity], entry.password)
                            for identity, entry in cfg.chargers.items()},
                           host=cfg.host, port=cfg.port, ssl_context=context,
-                          ping_interval_s=cfg.ping_interval_s)
+                          ping_interval_s=cfg.ping_interval_s,
+                          connects_per_s=cfg.connects_per_s, connect_burst=cfg.connect_burst)
     try:
         await gateway.start()
     except BaseException:

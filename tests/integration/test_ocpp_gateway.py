@@ -26,6 +26,7 @@ from actors.station.actor import ChargingStation
 from actors.station.ocpp.charger import OcppCharger
 from actors.station.ocpp.gateway import OcppGateway
 from actors.testing import until
+from actors.testing.clock import FakeClock
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError
 from object_model.messages import PropertyValueWrite, WriteItem
@@ -372,3 +373,33 @@ async def test_a_store_failure_answers_internal_error_and_the_resend_counts_once
     finally:
         await connection.close()
         task.cancel()
+
+
+async def test_reconnects_are_admitted_at_a_bounded_rate(
+        site: tuple[Hierarchy, OcppGateway]) -> None:
+    """After a gateway restart every charger comes back at once: beyond the burst they are
+    told 503 with Retry-After (on a fake clock here), and only chargers that proved who they
+    are take tokens, so a stranger cannot lock the others out."""
+    _, gateway = site
+    clock = FakeClock()
+    limited = await OcppGateway(gateway.chargers, connects_per_s=1.0, connect_burst=2,
+                                clock=clock).start()
+    opened = []
+    try:
+        opened += [await connect(limited, "ocpp-site1-1"), await connect(limited, "ocpp-site1-2")]
+        for _ in range(3):  # strangers: refused as such, taking nothing
+            with pytest.raises(InvalidStatus) as info:
+                await connect(limited, "ocpp-site1-1", "wrong-password-123")
+            assert info.value.response.status_code == 401
+        with pytest.raises(InvalidStatus) as info:
+            await connect(limited, "ocpp-site1-2")
+        assert info.value.response.status_code == 503
+        assert info.value.response.headers["Retry-After"] == "1"
+        clock.advance(1.0)
+        opened.append(await connect(limited, "ocpp-site1-2"))  # a token again
+        assert limited.refused == {401: 3, 503: 1}
+        assert limited.admission.stats.admitted == 3
+    finally:
+        for connection in opened:
+            await connection.close()
+        await limited.stop()

@@ -10,6 +10,12 @@ without a subprotocol and is closed at once (1002, Part 4 §3.1.2).
 
 *One connection per identity*: a new one replaces the old, which is closed. *Liveness* is
 WebSocket pings (``ping_interval_s``; closed after as long again without a pong).
+
+*A bounded admission rate* (OCPP-NOTES rule 11): after the gateway restarts, every charger
+comes back within its reconnect backoff. Admitted chargers take a token of a bucket
+(``connects_per_s``, ``connect_burst``: ``actors.runtime.services.admission``); one that finds
+it empty is answered HTTP 503 with ``Retry-After`` and connects again later. Only chargers
+that proved their identity take tokens: a stranger cannot lock the others out.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import base64
 import binascii
 import hmac
 import logging
+import math
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +37,10 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from actors.runtime.services.admission import AdmissionLimiter
 from actors.station.ocpp.charger import OcppCharger
+from broker_bridge.clock import WALL_CLOCK, Clock
+from object_model.errors import BusyError
 
 log = logging.getLogger("csms.ocpp.gateway")
 
@@ -55,11 +65,15 @@ class OcppGateway:
 
     def __init__(self, chargers: Mapping[str, Admitted], *, host: str = "127.0.0.1",
                  port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                 ping_interval_s: float = 30.0) -> None:
+                 ping_interval_s: float = 30.0, connects_per_s: float | None = 50.0,
+                 connect_burst: float = 100.0, clock: Clock = WALL_CLOCK) -> None:
         self.chargers = dict(chargers)
         self.host, self.port = host, port
         self.ssl_context = ssl_context
         self.ping_interval_s = ping_interval_s
+        self.clock = clock
+        self.admission = AdmissionLimiter(connects_per_s, connect_burst,
+                                          now=clock.monotonic())
         self.server: Server | None = None
         self.refused: dict[int, int] = {}  # HTTP status -> upgrades refused with it
 
@@ -118,6 +132,15 @@ class OcppGateway:
             return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
                                 "basic auth as the charger's identity, with its password",
                                 identity)
+        try:
+            self.admission.admit(1, self.clock.monotonic(), identity)
+        except BusyError as exc:
+            retry = max(1, math.ceil(float(exc.details.get("retry_after_s", 1.0))))
+            response = self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                                    f"too many chargers connecting: again in {retry} s",
+                                    identity)
+            response.headers["Retry-After"] = str(retry)
+            return response
         return None
 
     async def _serve(self, connection: ServerConnection) -> None:
