@@ -157,6 +157,16 @@ async def test_chargers_boot_charge_and_appear_at_their_csms_and_the_cloud(
     assert one.tree.get("evse/1/session/energy_wh") == pytest.approx(1_150.0)
     assert one.tree.get("evse/1/status") == "Charging"
     assert one.tree.get("evse/1/meter/obis:1-0:1.8.0") == pytest.approx(2_150.0)
+    assert one.tree.get("diagnostics/last_boot_reason") == "PowerUp"
+    # what the charger says of its firmware and its security, in the tree
+    await charger.call(call.FirmwareStatusNotification(status="SignatureVerified"))
+    assert one.tree.get("firmware/update_status") == "Verifying"
+    await charger.call(call.FirmwareStatusNotification(status="InvalidSignature"))
+    assert one.tree.get("firmware/update_status") == "Failed"
+    failed = one.tree.get("security/failed_logins")
+    await charger.call(call.SecurityEventNotification(
+        type="FailedToAuthenticateAtCsms", timestamp=stamp(started)))
+    assert one.tree.get("security/failed_logins") == failed + 1
     await until(lambda: all(s.admitted for s in h.site(1).stations), "the chargers joined", 30)
     await until(h.cloud_consistent, "the cloud's copies equal the chargers' trees", 30,
                 every=0.2)

@@ -384,6 +384,10 @@ class OcppCharger:
             ops.append(Write("identity/serial_number", station["serialNumber"][:64]))
         if "firmwareVersion" in station:
             ops.append(Write("firmware/version", station["firmwareVersion"][:64]))
+        assert self.tree is not None
+        boots = int(self.tree.get("diagnostics/boot_count") or 0)
+        ops += [Write("diagnostics/boot_count", boots + 1),
+                Write("diagnostics/last_boot_reason", payload["reason"][:64])]
         self._apply(ops)
         return {"currentTime": rfc3339(self.clock.now_us()), "interval": HEARTBEAT_S,
                 "status": "Accepted"}
@@ -439,6 +443,38 @@ class OcppCharger:
         return {}
 
 
+    async def on_firmware_status(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The charger's latest word on an update as ``firmware/update_status`` (chargers
+        skip and repeat statuses: each is taken as it comes)."""
+        status = FIRMWARE_STATUS.get(payload["status"], "Failed")
+        ops: list[Operation] = [Write("firmware/update_status", status)]
+        if status == "Installed":
+            ops.append(Write("firmware/last_update_at", self.clock.now_us()))
+        self._apply(ops)
+        return {}
+
+    async def on_security_event(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Logged as the security event it is; a failed authentication counts in
+        ``security/failed_logins``."""
+        assert self.tree is not None
+        kind = payload["type"]
+        log.warning("%s: security event %s at %s: %s", self.identity, kind[:50],
+                    payload["timestamp"], payload.get("techInfo", "")[:255])
+        if "Authenticat" in kind or "Certificate" in kind:
+            failed = int(self.tree.get("security/failed_logins") or 0)
+            self._apply([Write("security/failed_logins", failed + 1)])
+        return {}
+
+
+FIRMWARE_STATUS = {
+    "Downloading": "Downloading", "Downloaded": "Downloaded", "SignatureVerified": "Verifying",
+    "Installing": "Installing", "InstallRebooting": "Installing",
+    "InstallScheduled": "Installing", "Installed": "Installed", "Idle": "Idle",
+    "DownloadScheduled": "Downloading", "DownloadPaused": "Downloading"}
+"""OCPP's FirmwareStatusEnumType as the tree's ``firmware/update_status``; every other (a
+failure: DownloadFailed, InvalidSignature, InstallVerificationFailed...) is Failed."""
+
+
 def _offline(identity: str, why: str) -> ModelError:
     return InvalidStateError(f"{identity} is offline ({why}): nothing was sent to it",
                              details={"reason": "offline"})
@@ -458,6 +494,8 @@ HANDLERS = {
     "StatusNotification": OcppCharger.on_status,
     "TransactionEvent": OcppCharger.on_transaction,
     "MeterValues": OcppCharger.on_meter_values,
+    "FirmwareStatusNotification": OcppCharger.on_firmware_status,
+    "SecurityEventNotification": OcppCharger.on_security_event,
 }
 """The charger's calls served; any other OCPP 2.0.1 action is answered NotSupported."""
 
