@@ -191,22 +191,36 @@ class CertificateAuthority:
         and ``<stem>.key`` in ``directory``."""
         if not names:
             raise ValueError("a server certificate names at least one domain")
-        key = ec.generate_private_key(ec.SECP256R1())
         ips = [h for h in dict.fromkeys(hosts) if _is_ip(h)]
         dns = dict.fromkeys([*names, *(h for h in hosts if not _is_ip(h))])
         alt: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
         alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+        return self._issue_tls(directory, stem, names[0], alt,
+                               ExtendedKeyUsageOID.SERVER_AUTH, days)
+
+    def issue_client(self, directory: Path | str, stem: str, name: str,
+                     days: int = SERVER_DAYS) -> Issued:
+        """A TLS client certificate naming ``name`` (its common name: an OCPP charger's
+        identity, for security profile 3), written as ``<stem>.crt`` and ``<stem>.key``."""
+        return self._issue_tls(directory, stem, name, [],
+                               ExtendedKeyUsageOID.CLIENT_AUTH, days)
+
+    def _issue_tls(self, directory: Path | str, stem: str, common_name: str,
+                   alt: list[x509.GeneralName], usage: x509.ObjectIdentifier,
+                   days: int) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        cert = self.sign(
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if alt:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        cert = self.sign(builder)
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         issued = Issued(out / f"{stem}.crt", out / f"{stem}.key")

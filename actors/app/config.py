@@ -204,10 +204,10 @@ class StationsConfig(StationSettings):
 
 class ChargerEntry(Settings):
     """One OCPP charger the gateway admits: the password it logs in with (security profile
-    1 or 2: basic auth), its EVSEs, and whether it takes limits in amperes only and how many
-    schedule periods (its ``SmartChargingCtrlr``)."""
+    1 or 2: basic auth; none with client certificates, profile 3), its EVSEs, and whether it
+    takes limits in amperes only and how many schedule periods (its ``SmartChargingCtrlr``)."""
 
-    password: str = Field(repr=False, min_length=16, max_length=40)
+    password: str | None = Field(None, repr=False, min_length=16, max_length=40)
     evse_count: int = Field(2, ge=1, le=16)
     amperes: bool = False
     max_periods: int = Field(24, ge=1, le=1024)
@@ -224,6 +224,7 @@ class GatewayConfig(StationsConfig):
     port: int = Field(9000, ge=0, le=65535)
     certfile: str | None = None
     keyfile: str | None = None
+    client_cafile: str | None = None
     ping_interval_s: float = 30.0
     connects_per_s: float = Field(50.0, gt=0)
     connect_burst: float = Field(100.0, ge=1)
@@ -246,6 +247,14 @@ class GatewayConfig(StationsConfig):
     def _tls(self) -> GatewayConfig:
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("TLS needs both `certfile` and `keyfile`")
+        if self.client_cafile is not None and self.certfile is None:
+            raise ValueError("client certificates (`client_cafile`) need TLS: give "
+                             "`certfile` and `keyfile`")
+        if self.client_cafile is None:
+            lacking = sorted(i for i, c in self.chargers.items() if c.password is None)
+            if lacking:
+                raise ValueError(f"{', '.join(lacking[:5])}: a password, or client "
+                                 "certificates (`client_cafile`)")
         return self
 
 

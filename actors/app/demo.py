@@ -269,13 +269,15 @@ async def start_chargers(demo: Demo, settings: DemoSettings, say: Say, site_time
     for k in range(1, settings.sites + 1):
         if not settings.ocpp_chargers:
             break
-        entries = {f"ocpp-site{k}-{i}": ChargerEntry(password=secrets.token_urlsafe(18))
-                   for i in range(1, settings.ocpp_chargers + 1)}
-        say(f"starting site {k}'s OCPP gateway and its {len(entries)} OCPP chargers...")
-        _, gateway = await h.start_gateway(k, entries, clock=site_time)
-        chargers = [SimulatedCharger(identity, entry.password, gateway.url, seed=i,
+        passwords = {f"ocpp-site{k}-{i}": secrets.token_urlsafe(18)
+                     for i in range(1, settings.ocpp_chargers + 1)}
+        say(f"starting site {k}'s OCPP gateway and its {len(passwords)} OCPP chargers...")
+        _, gateway = await h.start_gateway(k, {identity: ChargerEntry(password=password)
+                                               for identity, password in passwords.items()},
+                                           clock=site_time)
+        chargers = [SimulatedCharger(identity, password, gateway.url, seed=i,
                                      report_s=1.0, clock=site_time)
-                    for i, (identity, entry) in enumerate(entries.items())]
+                    for i, (identity, password) in enumerate(passwords.items())]
         demo.chargers += chargers
         demo.charger_tasks += [asyncio.create_task(c.run(), name=f"charger {c.identity}")
                                for c in chargers]

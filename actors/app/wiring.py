@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,7 @@ from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
 from actors.station.hardware import StationHardware
 from actors.station.ocpp.charger import ChargerSettings, OcppCharger
-from actors.station.ocpp.gateway import Admitted, OcppGateway
+from actors.station.ocpp.gateway import Admitted, OcppGateway, server_context
 from actors.station.simulated import SimulatedStation, SimulatorSettings
 from broker_bridge import Endpoint, Router, SessionConfig
 from broker_bridge.clock import WALL_CLOCK, Clock
@@ -304,9 +303,7 @@ async def start_gateway(broker: BrokerConfig, cfg: GatewayConfig,
                                    hardware_for=lambda _, identity: chargers[identity])
     context = None
     if cfg.certfile is not None and cfg.keyfile is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2  # TC_A_06
-        context.load_cert_chain(cfg.certfile, cfg.keyfile)
+        context = server_context(cfg.certfile, cfg.keyfile, cfg.client_cafile)
     gateway = OcppGateway({identity: Admitted(chargers[identity], entry.password)
                            for identity, entry in cfg.chargers.items()},
                           host=cfg.host, port=cfg.port, ssl_context=context,

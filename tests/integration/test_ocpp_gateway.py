@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,9 +25,10 @@ from actors.app.config import ChargerEntry
 from actors.app.hierarchy import Hierarchy
 from actors.station.actor import ChargingStation
 from actors.station.ocpp.charger import OcppCharger
-from actors.station.ocpp.gateway import OcppGateway
+from actors.station.ocpp.gateway import OcppGateway, server_context
 from actors.testing import until
 from actors.testing.clock import FakeClock
+from broker_bridge.pki import CertificateAuthority
 from keypath import KeyPath
 from object_model import ErrorCode, ModelError
 from object_model.messages import PropertyValueWrite, WriteItem
@@ -413,3 +415,48 @@ async def test_reconnects_are_admitted_at_a_bounded_rate(
         for connection in opened:
             await connection.close()
         await limited.stop()
+
+
+async def test_tc_a_07_08_security_profile_3_client_certificates(
+        site: tuple[Hierarchy, OcppGateway], tmp_path: Path) -> None:
+    """Profile 3: TLS 1.2+, and each charger shows a certificate of the gateway's client CA
+    naming its identity. Another charger's certificate is refused (401), no certificate or
+    one of another CA gets no TLS session at all."""
+    _, gateway = site
+    ca = CertificateAuthority(tmp_path / "ca", "chargers' CA")
+    server = ca.issue_server(tmp_path / "gateway", "gateway", ["localhost"], ["127.0.0.1"])
+    own = ca.issue_client(tmp_path / "chargers", "one", "ocpp-site1-1")
+    other = ca.issue_client(tmp_path / "chargers", "two", "ocpp-site1-2")
+    stranger = CertificateAuthority(tmp_path / "stranger", "a stranger's CA").issue_client(
+        tmp_path / "stranger-out", "one", "ocpp-site1-1")
+    secured = await OcppGateway(gateway.chargers, ssl_context=server_context(
+        server.certificate, server.key, ca.directory / "ca.crt")).start()
+
+    def client(issued: Any | None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(ca.directory / "ca.crt"))
+        if issued is not None:
+            context.load_cert_chain(issued.certificate, issued.key)
+        return context
+
+    async def open_as(identity: str, issued: Any | None) -> Any:
+        return await websockets.connect(f"{secured.url}{identity}", ssl=client(issued),
+                                        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                                        open_timeout=5)
+
+    try:
+        assert secured.url.startswith("wss://")
+        connection = await open_as("ocpp-site1-1", own)
+        charger = Charger("ocpp-site1-1", connection)
+        task = asyncio.create_task(charger.start())
+        assert (await charger.boot()).status == "Accepted"
+        task.cancel()
+        await connection.close()
+        with pytest.raises(InvalidStatus) as info:  # another charger's certificate
+            await open_as("ocpp-site1-1", other)
+        assert info.value.response.status_code == 401
+        for issued in (None, stranger):  # no certificate, or one of another CA
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError,
+                                websockets.exceptions.InvalidMessage)):
+                await open_as("ocpp-site1-1", issued)
+    finally:
+        await secured.stop()

@@ -4,7 +4,10 @@ and each is served by the ``OcppCharger`` of its station actor.
 *Admission, before anything is created* (OCPP-NOTES §1): the identity is the last path
 segment, percent-decoded; one the gateway does not know is refused with HTTP 404; the
 basic-auth user must be the identity and the password its own (compared in constant time),
-else HTTP 401 (security profile 1; with ``ssl``, profile 2: basic auth over TLS). The
+else HTTP 401 (security profile 1; with ``ssl``, profile 2: basic auth over TLS). With a
+client CA (profile 3, ``server_context``), a charger shows a certificate of that CA instead
+(no client certificate: no TLS handshake at all), whose common name must be its identity,
+else HTTP 401. The
 subprotocol ``ocpp2.0.1`` is negotiated; a client that does not offer it gets a handshake
 without a subprotocol and is closed at once (1002, Part 4 §3.1.2).
 
@@ -30,6 +33,7 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from urllib.parse import unquote
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -57,7 +61,7 @@ class Admitted:
     """A charger the gateway serves, and the password it logs in with."""
 
     charger: OcppCharger
-    password: str
+    password: str | None  # None: it shows a client certificate (security profile 3)
 
 
 class OcppGateway:
@@ -74,6 +78,8 @@ class OcppGateway:
         self.clock = clock
         self.admission = AdmissionLimiter(connects_per_s, connect_burst,
                                           now=clock.monotonic())
+        self.client_certificates = (ssl_context is not None
+                                    and ssl_context.verify_mode == ssl.CERT_REQUIRED)
         self.server: Server | None = None
         self.refused: dict[int, int] = {}  # HTTP status -> upgrades refused with it
 
@@ -126,12 +132,19 @@ class OcppGateway:
         admitted = self.chargers.get(identity)
         if admitted is None:
             return self._refuse(connection, HTTPStatus.NOT_FOUND, "unknown charger", identity)
-        user, password = basic_auth(request.headers)
-        if user != identity or not hmac.compare_digest(password.encode(),
-                                                       admitted.password.encode()):
-            return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
-                                "basic auth as the charger's identity, with its password",
-                                identity)
+        if self.client_certificates:
+            shown = certificate_name(connection)
+            if shown != identity:
+                return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
+                                    f"a client certificate naming {identity}, not {shown!r}",
+                                    identity)
+        else:
+            user, password = basic_auth(request.headers)
+            if admitted.password is None or user != identity or not hmac.compare_digest(
+                    password.encode(), admitted.password.encode()):
+                return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
+                                    "basic auth as the charger's identity, with its password",
+                                    identity)
         try:
             self.admission.admit(1, self.clock.monotonic(), identity)
         except BusyError as exc:
@@ -175,6 +188,31 @@ def identity_of(path: str) -> str | None:
     return identity
 
 
+def server_context(certfile: str | Path, keyfile: str | Path,
+                   client_cafile: str | Path | None = None) -> ssl.SSLContext:
+    """The gateway's TLS: TLS 1.2 at least (TC_A_06); with ``client_cafile``, chargers must
+    show a certificate that CA issued (security profile 3)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    if client_cafile is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_cafile)
+    return context
+
+
+def certificate_name(connection: ServerConnection) -> str | None:
+    """The common name of the client certificate ``connection`` showed (verified by the TLS
+    handshake against the client CA), or ``None``."""
+    transport = getattr(connection, "transport", None)
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    for rdn in (peer or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 def basic_auth(headers: Headers) -> tuple[str, str]:
     """The user and password of a basic ``Authorization`` header (empty when absent or
     malformed)."""
@@ -190,4 +228,5 @@ def basic_auth(headers: Headers) -> tuple[str, str]:
     return user, password
 
 
-__all__ = ["SUBPROTOCOL", "Admitted", "OcppGateway", "basic_auth", "identity_of"]
+__all__ = ["SUBPROTOCOL", "Admitted", "OcppGateway", "basic_auth", "certificate_name",
+           "identity_of", "server_context"]
