@@ -449,6 +449,7 @@ class TransactionRecord(Component):
     begin_refused: bool = False  # not plausible: the baseline is the lowest other register
     prior_register_wh: Register | None = None  # the EVSE's meter before it started
     low_register_wh: Register | None = None  # the lowest (but Begin) the transaction reported
+    low_register_at: Timestamp | None = None
     last_register_wh: Register | None = None  # the latest by time, at last_register_at
     last_register_at: Timestamp | None = None
     energy_wh: Annotated[float, float64(0, 1e12), Unit("Wh")] = 0.0

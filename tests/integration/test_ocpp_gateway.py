@@ -136,7 +136,7 @@ def station(h: Hierarchy, identity: str) -> ChargingStation:
 async def test_chargers_boot_charge_and_appear_at_their_csms_and_the_cloud(
         site: tuple[Hierarchy, OcppGateway]) -> None:
     h, gateway = site
-    started = datetime.now(UTC)
+    started = datetime.now(UTC) - timedelta(minutes=20)  # a charge that began before
     running = []
     for identity in CHARGERS:
         charger, connection, task = await start_charger(gateway, identity)
@@ -228,6 +228,15 @@ async def test_bad_json_schema_violations_and_unknown_actions_keep_the_connectio
             4, "m4", "NotSupported"]
         answer = await ask(json.dumps([2, "m5", "Heartbeat", {}]))
         assert answer[:2] == [3, "m5"] and answer[2]["currentTime"].endswith("Z")
+        answer = await ask(json.dumps([2, "m6", "MeterValues", {"evseId": 1, "meterValue": [{
+            "timestamp": "2026-12-05T10:00:00Z", "sampledValue": [
+                {"value": 1.0, "unitOfMeasure": {"unit": "Wh", "multiplier": 400}}]}]}]))
+        assert answer[:3] == [4, "m6", "FormatViolation"]  # 10^400: no value, no crash
+        assert (await ask(json.dumps([2, "m7", "X" * 300, {}])))[:3] == [
+            4, "m7", "NotImplemented"]
+        answer = await ask(json.dumps([2, "m8", "Authorize", {
+            "idToken": {"idToken": "RFID-1", "type": "ISO14443"}}]))
+        assert answer == [3, "m8", {"idTokenInfo": {"status": "Accepted"}}]
     finally:
         await connection.close()
 

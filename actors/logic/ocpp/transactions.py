@@ -9,11 +9,20 @@ Records are values in the tree, so every CSMS's copy has them after any outage.
 *An event's identity* is its content (transaction id, type, ``seqNo``, timestamp, trigger,
 meter values), never ``seqNo`` alone (some chargers send 0 every time, and it restarts per
 transaction): an exact repeat, with a new message id or not, is acknowledged and changes
-nothing; so is anything but ``Ended`` after an ``Ended``.
+nothing; so is a second ``Ended``, or anything stamped after the end. An event stamped before
+the end that arrives after it (a queue replayed out of order) still goes into the record. A
+``Started`` stamped after the end of a transaction with the same id is a new transaction (a
+charger that restarted its counter): the finished record is kept under a key of its own.
 
 *Offline events* (``offline=true``, or older than what the EVSE shows) go into the record in
 time order and move live leaves (``evse/<e>/session``, ``status``, meters) only when newer than
 what those show: live state never moves backwards and an ended transaction is never reopened.
+A time more than five minutes ahead of the gateway's is taken as the gateway's (a charger's
+clock far ahead must not freeze the EVSE), and so is a meter sample's. An EVSE runs one transaction at a time: a new one
+closes an older open record of its EVSE (``Superseded``), and the collection keeps 48
+finished records, so a new transaction always finds room. What the tree cannot hold (an EVSE
+beyond 128, a negative register) is left out of the record, never a reason to refuse the event,
+which OCPP does not allow.
 
 *Energy* is the last register (by time) minus the baseline: the ``Transaction.Begin``
 register when it is plausible, else the lowest register the transaction reported. A Begin
@@ -36,8 +45,13 @@ from object_model.tree import Delete, ObjectTree, Operation, Write
 
 DIGEST_BYTES = 8
 KEPT_DIGESTS = 64  # per record: 512 bytes, more events than a transaction sends twice over
-KEPT_RECORDS = 48  # finished records beyond these are dropped, oldest first (64 fit)
+KEPT_RECORDS = 48  # finished records beyond these are dropped, oldest first
+MAX_RECORDS = 64  # what the tree's collection holds
 MARGIN_WH = 100.0
+MAX_EVSE = 128  # what the tree's EVSE ids go to
+MAX_SEQ_NO = 2**32 - 1
+MAX_REGISTER_WH = 1e12
+FUTURE_SLACK_S = 300.0
 CHARGING_STATES = {"Charging": ("Charging", "Charging"),
                    "SuspendedEV": ("SuspendedEV", "Suspended"),
                    "SuspendedEVSE": ("SuspendedEVSE", "Suspended"),
@@ -73,55 +87,83 @@ def _seen(record: dict[str, Any], digest: bytes) -> bool:
     return any(seen[i:i + DIGEST_BYTES] == digest for i in range(0, len(seen), DIGEST_BYTES))
 
 
-def _plausible_begin(begin: float, prior: float | None, later: list[Reading],
+def _plausible_begin(begin: float, prior: float | None, later: list[tuple[int, float]],
                      max_power_w: float, started_us: int) -> bool:
+    """Whether the Begin register ``begin`` can be the baseline: not below what the EVSE's
+    meter showed before (``prior``), and no later register (``(time, Wh)``, of every event
+    of the transaction so far) above what the EVSE could have delivered since."""
     if prior is not None and begin + 1e-6 < prior:
         return False
-    for reading in later:
-        if reading.energy_wh is None or reading.at_us <= started_us:
-            continue
-        hours = (reading.at_us - started_us) / 3.6e9
-        if reading.energy_wh - begin > max_power_w * hours * 1.1 + MARGIN_WH:
+    for at_us, register in later:
+        hours = max(0.0, (at_us - started_us) / 3.6e9)
+        if register - begin > max_power_w * hours * 1.1 + MARGIN_WH:
             return False
     return True
 
 
-def apply_event(tree: ObjectTree, payload: dict[str, Any]) -> Applied:
-    """What ``payload`` (a schema-valid TransactionEventRequest) does to ``tree``."""
+def _readings(payload: dict[str, Any], now_us: int) -> list[Reading]:
+    """The event's readings, without registers no meter shows (negative, or beyond the
+    tree's range): those are left out, not a reason to refuse the event. A sample stamped
+    far ahead of the gateway's clock is taken at the gateway's time."""
+    readings = read(payload.get("meterValue", []))
+    for reading in readings:
+        if reading.at_us > now_us + int(FUTURE_SLACK_S * 1e6):
+            reading.at_us = now_us
+        if reading.energy_wh is not None and not 0 <= reading.energy_wh <= MAX_REGISTER_WH:
+            reading.registers.pop(ENERGY_REGISTER, None)
+            reading.energy_wh = None
+    return readings
+
+
+def apply_event(tree: ObjectTree, payload: dict[str, Any], now_us: int) -> Applied:
+    """What ``payload`` (a schema-valid TransactionEventRequest) does to ``tree``, at the
+    gateway's ``now_us``: a time the charger gives beyond ``now_us + FUTURE_SLACK_S`` is
+    taken as ``now_us`` (a charger's clock far ahead must not freeze the EVSE's live state)."""
     info = payload["transactionInfo"]
     transaction_id = info["transactionId"]
     path = f"transactions/{record_key(transaction_id)}"
     record: dict[str, Any] = dict(tree.read(path)) if path in tree else {}
     digest = event_digest(payload)
     kind = payload["eventType"]
-    if record and (_seen(record, digest) or (record.get("state") == "Finished"
-                                             and kind != "Ended")):
-        return Applied([], repeat=True)
-    if record.get("state") == "Finished" and record.get("ended_at") is not None:
-        return Applied([], repeat=True)  # a second Ended: the first one stands
     at = micros(payload["timestamp"])
-    evse = int((payload.get("evse") or {}).get("id", record.get("evse", 0)))
-    readings = read(payload.get("meterValue", []))
+    if at > now_us + int(FUTURE_SLACK_S * 1e6):
+        at = now_us
+    ops: list[Operation] = []
+    if record and _seen(record, digest):
+        return Applied([], repeat=True)
+    ended = record.get("state") == "Finished"
+    if ended and kind == "Started" and at > int(record.get("ended_at") or 0):
+        # an id used again (chargers that restart their counters do): a new transaction;
+        # the finished one is kept under a key of its own
+        ops += [Delete(path), Write(_archive_path(transaction_id, record), _stored(record))]
+        record, ended = {}, False
+    elif ended and (kind == "Ended" or at > int(record.get("ended_at") or 0)):
+        return Applied([], repeat=True)  # a second end, or news after the end: it stands
+    readings = _readings(payload, now_us)
+    evse = int((payload.get("evse") or {}).get("id", 0))
+    if not 1 <= evse <= MAX_EVSE:
+        evse = 0  # not one the tree can hold: the record keeps what it knew
     fresh = not record
     if fresh:
         record = {"transaction_id": transaction_id, "evse": evse, "state": "Charging",
                   "started_at": at, "updated_at": 0, "events": 0, "offline_events": 0,
                   "max_seq_no": 0, "seen": b"", "energy_wh": 0.0}
-    newest = at >= int(record.get("updated_at") or 0)
+    newest = at >= int(record.get("updated_at") or 0) and not ended
     record["events"] = int(record.get("events", 0)) + 1
     record["offline_events"] = int(record.get("offline_events", 0)) + bool(
         payload.get("offline"))
-    record["max_seq_no"] = max(int(record.get("max_seq_no", 0)), int(payload["seqNo"]))
+    record["max_seq_no"] = min(MAX_SEQ_NO, max(int(record.get("max_seq_no", 0)),
+                                               int(payload["seqNo"])))
     record["seen"] = (bytes(record.get("seen") or b"") + digest)[-KEPT_DIGESTS * DIGEST_BYTES:]
     if evse and not record.get("evse"):
         record["evse"] = evse
     evse = int(record.get("evse") or 0)
-    if kind == "Started" or at < int(record.get("started_at") or at):
-        record["started_at"] = min(at, int(record.get("started_at") or at))
+    if kind == "Started":  # its own time is the start (an earlier event made a guess)
+        record["started_at"] = at
     if "idToken" in payload:
         record["id_token"] = str(payload["idToken"].get("idToken", ""))[:64]
     if "remoteStartId" in payload:
-        record["remote_start_id"] = int(payload["remoteStartId"])
+        record["remote_start_id"] = min(MAX_SEQ_NO, max(0, int(payload["remoteStartId"])))
     if kind == "Ended":
         record["state"], record["ended_at"] = "Finished", at
         record["stopped_reason"] = str(info.get("stoppedReason", ""))[:64]
@@ -135,33 +177,52 @@ def apply_event(tree: ObjectTree, payload: dict[str, Any]) -> Applied:
         if BEGIN in reading.contexts:
             if record.get("begin_register_wh") is None:
                 record["begin_register_wh"] = reading.energy_wh
-        else:
-            low = record.get("low_register_wh")
-            record["low_register_wh"] = reading.energy_wh if low is None else min(
-                low, reading.energy_wh)
+        elif record.get("low_register_wh") is None or \
+                reading.energy_wh < record["low_register_wh"]:
+            record["low_register_wh"] = reading.energy_wh
+            record["low_register_at"] = reading.at_us
         if reading.at_us >= int(record.get("last_register_at") or 0):
             record["last_register_wh"] = reading.energy_wh
             record["last_register_at"] = reading.at_us
+    _settle_energy(record, max_power_w)
+    if newest:
+        record["updated_at"] = at
+    ops.append(Write(path, _stored(record)))
+    if evse and newest:
+        ops += _live(tree, evse, transaction_id, kind, payload, record, readings)
+    if fresh:
+        ops += _superseded(tree, evse, transaction_id, at)
+        ops += _pruned(tree, ops)
+    return Applied(ops)
+
+
+def _archive_path(transaction_id: str, record: dict[str, Any]) -> str:
+    started = record.get("started_at", 0)
+    return f"transactions/{record_key(f'{transaction_id}@{started}')}"
+
+
+def _settle_energy(record: dict[str, Any], max_power_w: float) -> None:
+    """The record's baseline and energy from every register it holds (see the module
+    docstring): a Begin register judged implausible stays so; energy never decreases while
+    the baseline stands, and is computed anew when the baseline moves."""
     begin = record.get("begin_register_wh")
+    later = [(int(record[f"{name}_at"]), float(record[f"{name}_wh"]))
+             for name in ("low_register", "last_register")
+             if record.get(f"{name}_wh") is not None and record.get(f"{name}_at") is not None]
     if begin is not None and not record.get("begin_refused") and not _plausible_begin(
-            begin, record.get("prior_register_wh"), readings, max_power_w,
+            begin, record.get("prior_register_wh"), later, max_power_w,
             int(record["started_at"])):
         record["begin_refused"] = True  # for good: a later event cannot make it plausible
     baseline = record.get("low_register_wh")
     if begin is not None and (baseline is None or not record.get("begin_refused")):
         baseline = begin
-    if baseline is not None and record.get("last_register_wh") is not None:
-        record["baseline_wh"] = baseline
-        record["energy_wh"] = max(float(record.get("energy_wh") or 0.0),
-                                  record["last_register_wh"] - baseline)
-    if newest:
-        record["updated_at"] = at
-    ops: list[Operation] = [Write(path, _stored(record))]
-    if evse and newest:
-        ops += _live(tree, evse, transaction_id, kind, payload, record, readings)
-    if fresh:
-        ops += _pruned(tree)
-    return Applied(ops)
+    last = record.get("last_register_wh")
+    if baseline is None or last is None:
+        return
+    energy = max(0.0, last - baseline)
+    if record.get("baseline_wh") == baseline:
+        energy = max(float(record.get("energy_wh") or 0.0), energy)
+    record["baseline_wh"], record["energy_wh"] = baseline, energy
 
 
 def _stored(record: dict[str, Any]) -> dict[str, Any]:
@@ -228,17 +289,43 @@ def _register(tree: ObjectTree, evse: int) -> float | None:
     return float(value) if value else None
 
 
-def _pruned(tree: ObjectTree) -> list[Operation]:
-    """Deletes of the oldest finished records beyond ``KEPT_RECORDS``."""
-    finished = []
+def _superseded(tree: ObjectTree, evse: int, transaction_id: str, at: int
+                ) -> list[Operation]:
+    """Open records of EVSE ``evse`` older than a transaction starting at ``at``: an EVSE
+    runs one transaction at a time, so theirs ended (their Ended was lost): closed now."""
+    if not evse:
+        return []
+    ops: list[Operation] = []
     for name, _, _ in tree.children("transactions"):
-        path = f"transactions/{name}"
-        ended = _get(tree, f"{path}/ended_at")
-        if ended is not None:
-            finished.append((int(ended), path))
-    finished.sort()
-    excess = len(finished) - KEPT_RECORDS
-    return [Delete(path) for _, path in finished[:max(0, excess)]]
+        base = f"transactions/{name}"
+        if (_get(tree, f"{base}/evse") == evse and _get(tree, f"{base}/state") != "Finished"
+                and _get(tree, f"{base}/transaction_id") != transaction_id
+                and int(_get(tree, f"{base}/started_at") or 0) < at):
+            ops += [Write(f"{base}/state", "Finished"), Write(f"{base}/ended_at", at),
+                    Write(f"{base}/stopped_reason", "Superseded")]
+    return ops
+
+
+def _pruned(tree: ObjectTree, ops: list[Operation]) -> list[Operation]:
+    """Deletes that keep the records within bounds once ``ops`` are applied: finished ones
+    beyond ``KEPT_RECORDS``, oldest first; and, should open ones alone fill the collection
+    (their ends lost), the longest silent of them: a new transaction is never refused."""
+    existing = {f"transactions/{name}" for name, _, _ in tree.children("transactions")}
+    deleted = {str(op.path) for op in ops if isinstance(op, Delete)}
+    written = {str(op.path) for op in ops
+               if isinstance(op, Write) and str(op.path).count("/") == 1}
+    after = (existing - deleted) | written
+    kept = [path for path in existing - deleted if path not in written]
+    closing = {str(op.path).rsplit("/", 1)[0] for op in ops
+               if isinstance(op, Write) and str(op.path).endswith("/ended_at")}
+    finished = sorted((int(_get(tree, f"{path}/ended_at") or 0), path) for path in kept
+                      if _get(tree, f"{path}/ended_at") is not None or path in closing)
+    drops = [path for _, path in finished[:max(0, len(finished) - KEPT_RECORDS)]]
+    if len(after) - len(drops) > MAX_RECORDS:
+        silent = sorted((int(_get(tree, f"{path}/updated_at") or 0), path) for path in kept
+                        if path not in drops)
+        drops += [path for _, path in silent[:len(after) - len(drops) - MAX_RECORDS]]
+    return [Delete(path) for path in drops]
 
 
 __all__ = ["Applied", "apply_event", "event_digest", "record_key"]

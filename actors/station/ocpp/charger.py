@@ -240,6 +240,7 @@ class OcppCharger:
         old, self.connection = self.connection, connection
         if old is not None:  # a new connection for the identity replaces the old one
             log.info("%s: a new connection replaces the old one", self.identity)
+            self._fail_pending("its connection was replaced")  # sent on the old one
             with contextlib.suppress(Exception):
                 await old.close(1000, "replaced by a new connection")
         reconnects = int(self.tree.get("network/link/reconnects") or 0)
@@ -286,7 +287,8 @@ class OcppCharger:
             log.info("%s: %s refused: %s", self.identity, call.action, exc)
             await self._send(connection, exc.answer())
             return
-        except (ValueError, KeyError, TypeError) as exc:  # what the schema lets through
+        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:  # what the
+            # schema lets through (a date it cannot parse, a multiplier of 10^400...)
             self.refused += 1
             log.info("%s: %s refused: %s", self.identity, call.action, exc)
             await self._send(connection, CallError(call.id, rpc.FORMAT_VIOLATION,
@@ -392,6 +394,13 @@ class OcppCharger:
         return {"currentTime": rfc3339(self.clock.now_us()), "interval": HEARTBEAT_S,
                 "status": "Accepted"}
 
+    async def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Every token is accepted: there is no token model yet (docs/ocpp-gateway.md).
+        Answered, so a charger that authorizes before it starts can charge."""
+        log.info("%s: authorize %s: accepted (no token list yet)", self.identity,
+                 payload["idToken"].get("type", ""))
+        return {"idTokenInfo": {"status": "Accepted"}}
+
     async def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"currentTime": rfc3339(self.clock.now_us())}
 
@@ -418,7 +427,7 @@ class OcppCharger:
 
     async def on_transaction(self, payload: dict[str, Any]) -> dict[str, Any]:
         assert self.tree is not None and self._durable is not None
-        applied = apply_event(self.tree, payload)
+        applied = apply_event(self.tree, payload, self.clock.now_us())
         event = self._apply(applied.ops)
         # answered only once its effect is on disk; a repeat too (the first answer may have
         # failed because the store did: the effect is in the tree, perhaps not yet on disk)
@@ -489,6 +498,7 @@ def _refused_by(identity: str, action: str, answer: dict[str, Any]) -> ModelErro
 
 
 HANDLERS = {
+    "Authorize": OcppCharger.on_authorize,
     "BootNotification": OcppCharger.on_boot,
     "Heartbeat": OcppCharger.on_heartbeat,
     "StatusNotification": OcppCharger.on_status,

@@ -53,8 +53,11 @@ def charger_tree() -> ObjectTree:
     return tree
 
 
-def apply(tree: ObjectTree, payload: dict[str, Any]) -> bool:
-    applied = apply_event(tree, payload)
+NOW_US = int((T0 + timedelta(days=1)).timestamp() * US)
+
+
+def apply(tree: ObjectTree, payload: dict[str, Any], now_us: int = NOW_US) -> bool:
+    applied = apply_event(tree, payload, now_us)
     if applied.ops:
         tree.apply(applied.ops)
     return not applied.repeat
@@ -104,7 +107,7 @@ def test_a_transaction_counts_from_its_begin_register_and_repeats_change_nothing
     assert not apply(tree, event("Updated", 10, 2_000.0))  # the same, sent again
     assert apply(tree, event("Updated", 20, 3_000.0))  # seqNo 0 again: a new event still
     assert apply(tree, event("Ended", 30, 3_500.0, context="Transaction.End", state=None))
-    assert not apply(tree, event("Updated", 40, 9_000.0))  # after its end: ignored
+    assert not apply(tree, event("Updated", 40, 9_000.0))  # stamped after its end: ignored
     assert not apply(tree, event("Ended", 45, 9_000.0, state=None))  # a second end too
     got = record(tree)
     assert got["energy_wh"] == 2_500.0 and got["state"] == "Finished"
@@ -184,3 +187,63 @@ def test_standing_limits_and_availability_fit_their_schemas() -> None:
     assert station["chargingProfile"]["chargingProfilePurpose"] == "ChargingStationMaxProfile"
     for request in (availability(1, False), availability(0, True)):
         schemas.check("ChangeAvailability", "Request", request)
+
+
+def test_late_reused_far_future_and_out_of_range_events_as_the_review_found_them() -> None:
+    """Cases an attacking review found: each loses, doubles or mis-bills nothing now."""
+    # an Updated replayed before its Started (Begin = 0 on a 910 kWh meter): not billed
+    tree = charger_tree()
+    apply(tree, event("Updated", 10, 910_031.0, offline=True))
+    apply(tree, event("Started", 0, 0.0, context="Transaction.Begin", offline=True))
+    apply(tree, event("Ended", 20, 912_031.0, context="Transaction.End", state=None))
+    assert record(tree)["energy_wh"] == 2_000.0
+    # an Ended before its Started: the Started's token and EVSE still reach the record
+    tree = charger_tree()
+    apply(tree, event("Ended", 30, 3_000.0, evse=None, state=None))
+    started = event("Started", 0, 1_000.0, context="Transaction.Begin")
+    started["idToken"] = {"idToken": "RFID-9", "type": "ISO14443"}
+    apply(tree, started)
+    got = record(tree)
+    assert (got["energy_wh"], got["evse"], got["id_token"]) == (2_000.0, 1, "RFID-9")
+    # an id used again after a reboot: a second transaction, the first one kept
+    tree = charger_tree()
+    apply(tree, event("Started", 0, 1_000.0, context="Transaction.Begin", tx="1"))
+    apply(tree, event("Ended", 10, 2_000.0, tx="1", state=None))
+    assert apply(tree, event("Started", 60, 5_000.0, context="Transaction.Begin", tx="1"))
+    apply(tree, event("Ended", 70, 5_500.0, tx="1", state=None))
+    energies = sorted(r["energy_wh"] for r in tree.read("transactions").values())
+    assert energies == [500.0, 1_000.0]
+    # a charger's clock in 2099 does not freeze the EVSE: taken as the gateway's time
+    tree = charger_tree()
+    now = int((T0 + timedelta(minutes=5)).timestamp() * US)
+    future = event("Started", 0, 1_000.0, context="Transaction.Begin", tx="X")
+    future["timestamp"] = "2099-01-01T00:00:00Z"
+    apply(tree, future, now)
+    apply(tree, event("Ended", 6, 1_500.0, tx="X", state=None), now + 60 * US)
+    assert tree.get("evse/1/session/state") == "Finished"
+    tree = charger_tree()  # one sample from 2099 in the middle: the end still counts
+    apply(tree, event("Started", 0, 1_000.0, context="Transaction.Begin", tx="Y"), now)
+    wild = event("Updated", 2, 1_500.0, tx="Y")
+    wild["meterValue"][0]["timestamp"] = "2099-01-01T00:00:00Z"
+    apply(tree, wild, now)
+    apply(tree, event("Ended", 30, 5_000.0, tx="Y", state=None), now + 1_800 * US)
+    assert record(tree, "Y")["energy_wh"] == 4_000.0
+    # what the tree cannot hold is left out, and the event still taken
+    tree = charger_tree()
+    odd = event("Started", 0, -5.0, context="Transaction.Begin", evse=999)
+    odd["seqNo"] = 2**40
+    assert apply(tree, odd) and record(tree)["evse"] == 0
+
+
+def test_open_records_never_fill_the_collection() -> None:
+    """Transactions whose Ended was lost: a new one on the same EVSE closes the older, and a
+    charger with 64 open ones on EVSEs it never reuses still starts a 65th."""
+    tree = charger_tree()
+    for i in range(80):
+        apply(tree, event("Started", i, 0.0, tx=f"lost-{i}", context="Transaction.Begin",
+                          evse=1 + i % 2))
+    records = tree.read("transactions").values()
+    assert len(records) <= 64
+    assert sum(r["state"] != "Finished" for r in records) == 2  # the last one per EVSE
+    assert {r.get("stopped_reason") for r in records if r["state"] == "Finished"} == {
+        "Superseded"}
