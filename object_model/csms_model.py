@@ -19,7 +19,7 @@ from object_model.pebc import (
     PowerRangeEnvelope,
 )
 from object_model.schema import Component, Ids, SchemaRegistry, Unit
-from object_model.station.model import LINK_CREDENTIALS
+from object_model.station.model import OPERATOR_WRITES
 from object_model.types import TIMESTAMP, float32, string, uint32, uint64
 
 Address = Annotated[str, string(128, pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*")]
@@ -138,13 +138,7 @@ def csms_access_policy() -> AccessPolicy:
     """Who may read and write what in a CSMS's aggregate view (``managed/...``, ``policy/...``
     and the rest for its own tree, ``stations/<id>/...`` for its copies; writes to copies are passed on to the
     station, which applies its own access kinds too)."""
-    station_settings = (
-        "stations/*/permissions/**",
-        "stations/*/evse/*/permissions/**",
-        "stations/*/identity/display_name",
-        "stations/*/identity/location/**",
-        *(f"stations/*/{path}" for path in LINK_CREDENTIALS),
-    )
+    station_settings = tuple(f"stations/*/{path}" for path in OPERATOR_WRITES)
     return AccessPolicy(
         {
             Role.CLOUD_CSMS: Grant(read=("**",), write=("stations/**", "policy/**",

@@ -54,6 +54,7 @@ from object_model.monitoring import (
     TaskStatus,
 )
 from object_model.node_digests import SHAPE_BYTES, NodeDigests
+from object_model.operations import RemoteOperation
 from object_model.tree import (
     ChangeSet,
     Delete,
@@ -408,7 +409,7 @@ class Batch(MessageBase):
 
 
 FanOutItem = Annotated[
-    PropertyValueWrite | MonitoringTaskSetup | TaskControl | FirmwareUpdate,
+    PropertyValueWrite | MonitoringTaskSetup | TaskControl | FirmwareUpdate | RemoteOperation,
     Field(discriminator="kind"),
 ]
 
@@ -478,6 +479,7 @@ Message = Annotated[
     | BlobChunkRequest
     | BlobChunk
     | FirmwareUpdate
+    | RemoteOperation
     | TaskStatus
     | EnergyAlert
     | S2Message

@@ -9,7 +9,7 @@ from typing import Any
 from object_model.access import AccessPolicy, Grant, Role
 from object_model.importers import iec61850, obis
 from object_model.schema import SchemaRegistry
-from object_model.station import vendor_acme
+from object_model.station import ocpp_namespace, vendor_acme
 from object_model.station.components import (
     ChargingSession,
     Clock,
@@ -39,10 +39,11 @@ from object_model.tree import ObjectTree, Write
 def station_schema(*, vendor_extensions: bool = True) -> SchemaRegistry:
     """The schema of our simulated stations: the standard model, the OBIS and IEC 61850
     namespaces and (by default) ACME's cooling loop extension."""
-    namespaces = [obis.NAMESPACE, iec61850.NAMESPACE]
+    namespaces = [obis.NAMESPACE, iec61850.NAMESPACE, ocpp_namespace.NAMESPACE]
     if vendor_extensions:
         namespaces.append(vendor_acme.NAMESPACE)
     registry = SchemaRegistry(Station, namespaces)
+    ocpp_namespace.install(registry)
     if vendor_extensions:
         vendor_acme.install(registry)
     return registry
@@ -60,6 +61,16 @@ LINK_CREDENTIALS = tuple(f"network/profiles/*/{name}" for name in (
     "ssid", "wifi_password", "apn", "apn_user", "apn_password"))
 """What an operator may write of a station's network profiles: the secrets are write-only,
 sealed to the station by their writer (``actors.logic.sealed_values``)."""
+
+
+OCPP_SETTINGS = "ocpp:dm/*/*/*/value"
+"""An OCPP charger's device-model settings: an operator may write them (SetVariables); the
+charger says which it takes, and the gateway keeps those it owns (``actors.logic.ocpp``)."""
+
+
+OPERATOR_WRITES = ("identity/display_name", "identity/location/**", "permissions/**",
+                   "evse/*/permissions/**", *LINK_CREDENTIALS, OCPP_SETTINGS)
+"""What an operator may write of a station (at the station, and through any CSMS)."""
 
 
 @functools.cache
@@ -89,16 +100,7 @@ def station_access_policy() -> AccessPolicy:
         {
             Role.LOCAL_CSMS: manage,
             Role.CLOUD_CSMS: manage,
-            Role.OPERATOR: Grant(
-                read=("**",),
-                write=(
-                    "identity/display_name",
-                    "identity/location/**",
-                    "permissions/**",
-                    "evse/*/permissions/**",
-                    *LINK_CREDENTIALS,
-                ),
-            ),
+            Role.OPERATOR: Grant(read=("**",), write=OPERATOR_WRITES),
             Role.RESOURCE_MANAGER: Grant(read=readable_energy),
         }
     )

@@ -54,6 +54,7 @@ from object_model.monitoring import (
     Threshold,
 )
 from object_model.node_digests import children_shape, pack_children, unpack_children
+from object_model.operations import OperationKind, RemoteOperation
 from object_model.station import new_station_tree
 
 MID = bytes(range(16))
@@ -109,6 +110,8 @@ EXAMPLES = [
                    source="local-site1",
                    blob=BlobRef(hash=bytes(32), size=70_000, chunk_size=65_536,
                                 chunk_hashes=[bytes(32), b"\x01" * 32])),
+    RemoteOperation(tree=KeyPath.parse("stations/ocpp-site1-1"), task="unlock-1",
+                    operation=OperationKind.UNLOCK_CONNECTOR, evse=1, connector=1),
     EnergyAlert(site="site1", at_us=1_700_000_000_000_000,
                 codes=[AlertCode.LOWER_LIMITS_EXCEED_SITE], text="shed 2 EVSEs",
                 site_limit_w=40_000.0, lower_limits_w=48_300.0,
@@ -262,3 +265,18 @@ def test_shapes_must_match_the_nodes_asked_for() -> None:
     with pytest.raises(ModelError, match="2 shapes for 1 nodes"):
         decode_message({"kind": "PropertyTreeDiscoveryRequest", "digests_of": [""],
                         "shapes": [bytes(4), bytes(4)]})
+
+
+@pytest.mark.parametrize(("fields", "complaint"), [
+    ({"operation": "unlock_connector", "evse": 1}, "names an evse"),
+    ({"operation": "stop_charging"}, "transaction_id or an evse"),
+    ({"operation": "trigger_message"}, "names the message"),
+    ({"operation": "start_charging"}, "id_token"),
+    ({"operation": "reset", "connector": 1}, "belongs to an evse"),
+    ({"operation": "reset", "evse": 129}, "less than or equal"),
+    ({"operation": "blow_up"}, "Input should be"),
+])
+def test_a_remote_operation_names_what_it_needs(fields: dict[str, object],
+                                               complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        RemoteOperation(task="t-1", **fields)
