@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from object_model.tree import ObjectTree, Operation, Write
+
 ENERGY = "Energy.Active.Import.Register"
 BEGIN, END = "Transaction.Begin", "Transaction.End"
 
@@ -99,5 +101,25 @@ def read(meter_values: list[dict[str, Any]]) -> list[Reading]:
 ENERGY_REGISTER = REGISTERS[(ENERGY, None)]
 POWER_REGISTER = REGISTERS[("Power.Active.Import", None)]
 
+
+def live_ops(tree: ObjectTree, evse: int, reading: Reading) -> list[Operation]:
+    """``reading`` into EVSE ``evse``'s live leaves (its meter's registers, the session's
+    power and state of charge), unless the meter shows a newer reading already
+    (``meter/last_reading_at``): a sample replayed late never moves live state back."""
+    base = f"evse/{evse}"
+    shown = f"{base}/meter/last_reading_at"
+    if shown in tree and tree.is_leaf(shown) and int(tree.get(shown) or 0) > reading.at_us:
+        return []
+    ops: list[Operation] = [Write(f"{base}/meter/{name}", value)
+                            for name, value in reading.registers.items()
+                            if f"{base}/meter/{name}" in tree]
+    if shown in tree:
+        ops.append(Write(shown, reading.at_us))
+    if reading.power_w is not None and f"{base}/session/power_w" in tree:
+        ops.append(Write(f"{base}/session/power_w", reading.power_w))
+    if reading.soc_percent is not None and f"{base}/session/soc_percent" in tree:
+        ops.append(Write(f"{base}/session/soc_percent", reading.soc_percent))
+    return ops
+
 __all__ = ["BEGIN", "END", "ENERGY", "ENERGY_REGISTER", "POWER_REGISTER", "REGISTERS",
-           "Reading", "micros", "read"]
+           "Reading", "live_ops", "micros", "read"]

@@ -58,11 +58,12 @@ class RpcError(Exception):
     ``message_id``, or to ``"-1"`` when none could be read, as Part 4 §4.2.3 says)."""
 
     def __init__(self, code: str, description: str, *, message_id: str | None = None,
-                 details: dict[str, Any] | None = None) -> None:
+                 details: dict[str, Any] | None = None, answered: bool = True) -> None:
         super().__init__(f"{code}: {description}")
         self.code, self.description = code, description
         self.message_id = message_id
         self.details = dict(details or {})
+        self.answered = answered  # False: an answer of the peer's, malformed: never answered
 
     def answer(self) -> CallError:
         return CallError(self.message_id or "-1", self.code, self.description[:255],
@@ -91,14 +92,14 @@ def parse(text: str | bytes) -> Frame:
     if kind == CALL_RESULT:
         if len(frame) != 3 or not isinstance(frame[2], dict):
             raise RpcError(RPC_FRAMEWORK_ERROR, "a CALLRESULT is [3, id, {payload}]",
-                           message_id=message_id)
+                           message_id=message_id, answered=False)
         return CallResult(message_id, frame[2])
     if kind == CALL_ERROR:
         if (len(frame) != 5 or not isinstance(frame[2], str) or not isinstance(frame[3], str)
                 or not isinstance(frame[4], dict)):
             raise RpcError(RPC_FRAMEWORK_ERROR,
                            "a CALLERROR is [4, id, code, description, {details}]",
-                           message_id=message_id)
+                           message_id=message_id, answered=False)
         return CallError(message_id, frame[2], frame[3], frame[4])
     raise RpcError(MESSAGE_TYPE_NOT_SUPPORTED, f"message type {kind} is not 2, 3 or 4",
                    message_id=message_id)
@@ -117,5 +118,6 @@ def encode(frame: Frame) -> str:
 
 __all__ = ["CALL", "CALL_ERROR", "CALL_RESULT", "FORMAT_VIOLATION", "GENERIC_ERROR",
            "INTERNAL_ERROR", "MESSAGE_TYPE_NOT_SUPPORTED", "NOT_IMPLEMENTED", "NOT_SUPPORTED",
-           "PROPERTY_CONSTRAINT_VIOLATION", "PROTOCOL_ERROR", "RPC_FRAMEWORK_ERROR", "SECURITY_ERROR", "Call", "CallError",
+           "PROPERTY_CONSTRAINT_VIOLATION", "PROTOCOL_ERROR", "RPC_FRAMEWORK_ERROR", "SECURITY_ERROR",
+           "Call", "CallError",
            "CallResult", "Frame", "RpcError", "encode", "parse"]

@@ -40,7 +40,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from actors.logic.ocpp.meters import BEGIN, ENERGY_REGISTER, Reading, micros, read
+from actors.logic.ocpp.meters import BEGIN, ENERGY_REGISTER, Reading, live_ops, micros, read
 from object_model.tree import Delete, ObjectTree, Operation, Write
 
 DIGEST_BYTES = 8
@@ -257,15 +257,8 @@ def _live(tree: ObjectTree, evse: int, transaction_id: str, kind: str, payload: 
         ops.append(Write(f"{base}/status", status))
         if session is not None:
             ops.append(Write(f"{base}/session/state", session))
-    latest = readings[-1] if readings else None
-    if latest is not None:
-        ops += [Write(f"{base}/meter/{name}", value)
-                for name, value in latest.registers.items()
-                if f"{base}/meter/{name}" in tree]
-        if latest.power_w is not None:
-            ops.append(Write(f"{base}/session/power_w", latest.power_w))
-        if latest.soc_percent is not None:
-            ops.append(Write(f"{base}/session/soc_percent", latest.soc_percent))
+    if readings:
+        ops += live_ops(tree, evse, readings[-1])
     if kind == "Ended":
         ops += [Write(f"{base}/session/state", "Finished"),
                 Write(f"{base}/session/ended_at", int(record["ended_at"])),

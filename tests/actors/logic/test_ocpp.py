@@ -83,6 +83,11 @@ def test_frames_parse_and_refuse_with_the_code_to_answer() -> None:
             rpc.parse(text)
         assert (info.value.code, info.value.message_id) == (code, message_id)
         assert json.loads(rpc.encode(info.value.answer()))[:3] == [4, message_id or "-1", code]
+        assert info.value.answered
+    for text in ('[3, "a"]', '[4, "a", "GenericError", {}]'):  # a malformed answer of theirs
+        with pytest.raises(rpc.RpcError) as info:
+            rpc.parse(text)
+        assert not info.value.answered and info.value.message_id == "a"  # never answered
 
 
 def test_meter_values_in_the_trees_units_whatever_the_charger_reports() -> None:
