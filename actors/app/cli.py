@@ -8,10 +8,12 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from broker_bridge.managed import serve_until_signalled
 from broker_bridge.prosody import BrokerNotInstalledError, BrokerStartError, ManagedProsody
+from object_model.operations import OperationKind, RemoteOperation, TriggeredMessage
 
 BENCHMARKS = {
     "tree": "object trees: validated writes, history, snapshots, pattern matching",
@@ -115,6 +117,31 @@ def _client(args: argparse.Namespace) -> int:
         return 1
     print("\n".join(lines))
     return 0
+
+
+def _operate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from actors.app import client
+
+    task = args.task or f"{args.operation}-{int(time.time())}"
+    try:
+        operation = RemoteOperation(
+            task=task, operation=args.operation, evse=args.evse, connector=args.connector,
+            immediate=args.immediate, id_token=args.id_token, transaction_id=args.transaction,
+            message=args.message, operative=not args.inoperative)
+    except ValidationError as exc:
+        print(f"csms operate: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    try:
+        conn = client.Connection.load(Path(args.connect))
+        lines = client.run(client.operate(conn, args.actor, args.station, operation,
+                                          wait_s=args.wait))
+    except client.ClientError as exc:
+        print(f"csms operate: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0 if "succeeded" in lines[0] else 1
 
 
 def _commission(args: argparse.Namespace) -> int:
@@ -344,6 +371,25 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--for", dest="duration", type=float, metavar="S",
                        help="stop after S seconds (default: Ctrl-C)")
     watch.set_defaults(func=_client)
+    operate = sub.add_parser("operate", parents=[connect],
+                             help="ask a station to do something now (a task whose result is "
+                             "its answer): reset, start or stop charging, unlock, trigger")
+    operate.add_argument("actor", help="a CSMS (cloud, local-site1), or the station itself")
+    operate.add_argument("station", help="the station (ocpp-site1-1); '' when ACTOR is it")
+    operate.add_argument("operation", choices=[kind.value for kind in OperationKind])
+    operate.add_argument("--evse", type=int)
+    operate.add_argument("--connector", type=int)
+    operate.add_argument("--immediate", action="store_true", help="reset now, not when idle")
+    operate.add_argument("--id-token", default="", help="start_charging: the token")
+    operate.add_argument("--transaction", default="", help="stop_charging: its id")
+    operate.add_argument("--message", choices=[m.value for m in TriggeredMessage],
+                         help="trigger_message: what to send")
+    operate.add_argument("--inoperative", action="store_true",
+                         help="change_availability: make it inoperative (default operative)")
+    operate.add_argument("--task", help="the task id (default: the operation and the time)")
+    operate.add_argument("--wait", type=float, default=30.0, metavar="S",
+                         help="follow the task this long (default 30 s)")
+    operate.set_defaults(func=_operate)
     roles = ("cloud_csms", "local_csms", "resource_manager", "operator")
     commission = sub.add_parser("commission", help="certify an actor with the operator's root "
                                 "(made in --trust on first use)")

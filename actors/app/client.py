@@ -46,8 +46,11 @@ from object_model.monitoring import (
     ReporterConfig,
     TaskAction,
     TaskControl,
+    TaskState,
+    TaskStatus,
     Threshold,
 )
+from object_model.operations import RemoteOperation
 from object_model.station import shared_station_schema
 from object_model.types import from_micros
 
@@ -396,6 +399,43 @@ async def monitor(conn: Connection, actor: str, pattern_text: str, *, every: flo
             except ModelError as exc:
                 show(f"# could not cancel task {task}: {exc}")
         return shown
+
+    return await with_client(conn, actor, work)
+
+
+async def operate(conn: Connection, actor: str, station: str, operation: RemoteOperation, *,
+                  wait_s: float = 30.0) -> list[str]:
+    """Ask ``actor`` (a CSMS, for ``stations/<station>``; or the station itself, ``station``
+    empty) to carry out ``operation``, then follow its task until it ends or ``wait_s``
+    passes: the station's answer is the task's result."""
+    tree = KeyPath("stations", station) if station else KeyPath.root()
+    task_path = KeyPath(*tree.segments, "tasks", operation.task)
+
+    async def work(client: OperatorClient) -> list[str]:
+        status = await client.request(actor, operation.model_copy(update={"tree": tree}),
+                                      timeout=15)
+        assert isinstance(status, TaskStatus)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        entry: dict[str, Any] = {}
+        while True:
+            answer = await client.request(actor, PropertyValueRead(paths=[task_path]),
+                                          timeout=5)
+            assert isinstance(answer, PropertyValueReadResponse)
+            entry = {str(p.relative_to(task_path)): v for p, _, v in answer.values}
+            state = entry.get("state", status.state.value)  # the copy may not have it yet
+            if ("state" in entry and TaskState(state).finished) or \
+                    asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.25)
+        lines = [f"{actor}: task {operation.task} ({operation.describe()}): {state}"]
+        if entry.get("result"):
+            lines.append(f"  answer: {entry['result']}")
+        if entry.get("error"):
+            lines.append(f"  error: {entry.get('error_code', '')}: {entry['error']}")
+        if not TaskState(state).finished:
+            lines.append(f"  still {state} after {wait_s:g} s: follow it with "
+                         f"`csms get {actor} {task_path}`")
+        return lines
 
     return await with_client(conn, actor, work)
 

@@ -58,7 +58,7 @@ class Management:
         if isinstance(message, PropertyValueWrite):
             self.view.check_forward(role, tree, message)
         else:
-            self.tasks.check(role, tree)
+            self.tasks.check(role, tree, message)
 
     async def open(self) -> None:
         """Open the stores, load the own tree and the copies, start resynchronising them all."""

@@ -46,11 +46,15 @@ from object_model.monitoring import (
     TaskControl,
     TaskStatus,
 )
+from object_model.operations import RemoteOperation
 
 log = logging.getLogger("csms.tasks")
 
-TASK_MESSAGES = (MonitoringTaskSetup, TaskControl, FirmwareUpdate, MonitoringReport,
-                 MonitoringQuery)
+OPERATING = ("permissions", "may_charge")
+"""What a role must be allowed to write of a station to operate it remotely."""
+
+TASK_MESSAGES = (MonitoringTaskSetup, TaskControl, FirmwareUpdate, RemoteOperation,
+                 MonitoringReport, MonitoringQuery)
 """What a CSMS's ``TaskRelay.handle`` takes."""
 
 
@@ -67,7 +71,8 @@ class TaskRelay:
         self._handlers: dict[type[MessageBase],
                              Callable[[Any, Context], Awaitable[MessageBase | None]]] = {
             MonitoringTaskSetup: self.setup_monitoring, TaskControl: self.control,
-            FirmwareUpdate: self.update_firmware, MonitoringReport: self.report,
+            FirmwareUpdate: self.update_firmware, RemoteOperation: self.operate,
+            MonitoringReport: self.report,
             MonitoringQuery: self.query}
 
     async def open(self) -> None:
@@ -78,18 +83,27 @@ class TaskRelay:
         """One of ``TASK_MESSAGES``."""
         return await self._handlers[type(message)](message, ctx)
 
-    def _station_of(self, tree: KeyPath, ctx: Context) -> tuple[str, Replica]:
+    def _station_of(self, tree: KeyPath, ctx: Context,
+                    message: MessageBase | None = None) -> tuple[str, Replica]:
         segs = tree.segments
         if len(segs) != 2 or segs[0] != "stations":
             raise UnknownPathError(
                 f"tasks run on stations: address one as stations/<id>, not {tree or 'the CSMS'}",
                 path=tree)
-        self.check(ctx.require_role(), tree)
+        self.check(ctx.require_role(), tree, message)
         return segs[1], self.copies.replica_for(segs[1])
 
-    def check(self, role: Role, tree: KeyPath) -> None:
+    def check(self, role: Role, tree: KeyPath, message: MessageBase | None = None) -> None:
         """Whether ``role`` may set up, control or update tasks on the station at ``tree``
-        (``ACCESS_DENIED`` if not)."""
+        (``ACCESS_DENIED`` if not): whoever may read below it watches and controls tasks;
+        a remote operation (a reset, a remote start...) needs the right to write the
+        station's ``permissions``, the business decisions it acts on."""
+        if isinstance(message, RemoteOperation):
+            if not self.policy.may_write(role, KeyPath(*tree.segments, *OPERATING)):
+                raise AccessDeniedError(
+                    f"role {role.value} may not operate {tree} ({message.operation.value}): "
+                    "only who may write its permissions may", path=tree)
+            return
         if not self.policy.may_read_below(role, tree):
             raise AccessDeniedError(
                 f"role {role.value} may not watch or control {tree}", path=tree)
@@ -134,6 +148,10 @@ class TaskRelay:
                 "store the image here first", details={"hash": message.blob.hash.hex()})
         return await self._forward(replica, message.model_copy(
             update={"source": self.address}), ctx)
+
+    async def operate(self, message: RemoteOperation, ctx: Context) -> MessageBase:
+        _, replica = self._station_of(message.tree, ctx, message)
+        return await self._forward(replica, message, ctx)
 
     async def report(self, report: MonitoringReport, ctx: Context) -> None:
         segs = report.tree.segments

@@ -69,6 +69,7 @@ from object_model.messages import (
     TreeInfo,
 )
 from object_model.monitoring import MonitoringTaskSetup, TaskControl
+from object_model.operations import RemoteOperation
 from object_model.pebc import PowerConstraints, PowerRangeEnvelope, envelope_problems
 from object_model.schema import LeafSchema
 from object_model.station import shared_station_schema, station_access_policy
@@ -172,7 +173,7 @@ class ChargingStation(TreeActor):
                                   store=self.store,
                                   link=self.links.endpoint_for(self.settings.csms),
                                   joined=lambda: self.membership.joined,
-                                  limits=self.settings.tasks,
+                                  limits=self.settings.tasks, hardware=self.hardware,
                                   firmware_keys=trusted_keys(self.settings.firmware_keys))
         await self.tasks.start()
         self.spawn(self.hardware.run(self.endpoint.pace), "hardware")
@@ -266,6 +267,11 @@ class ChargingStation(TreeActor):
     async def on_firmware_update(self, message: FirmwareUpdate, ctx: Context) -> MessageBase:
         assert self.tasks is not None
         return await self.tasks.update_firmware(message, ctx)
+
+    @handles(RemoteOperation)
+    async def on_operation(self, message: RemoteOperation, ctx: Context) -> MessageBase:
+        assert self.tasks is not None
+        return await self.tasks.operate(message, ctx)
 
     # -- writes from above ----------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker_bridge.pace import Pace
+from object_model.blobs import BlobRef
+from object_model.monitoring import MonitoringTaskSetup
+from object_model.operations import RemoteOperation
 from object_model.tree import ObjectTree, Operation, TransactionCommitted
 
 Report = Callable[[Sequence[Operation]], TransactionCommitted | None]
@@ -35,6 +38,35 @@ class HardwareFigures:
     charging: int = 0
     power_w: float = 0.0
     energy_wh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OperationAnswer:
+    """The hardware's answer to a remote operation: ``result``, its own word for it
+    (``Accepted``, ``Unlocked``...). When the answer only promises the effect (a reset
+    scheduled for when the station is idle, a remote start before its transaction begins),
+    ``effect`` waits for it: it returns what was seen, or raises a ``ModelError`` when it
+    was not (the station bounds how long it waits)."""
+
+    result: str
+    effect: Awaitable[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareImage:
+    """A firmware image downloaded in full and verified (its manifest's signature, vendor,
+    model and rollback counter), ready to install: ``read`` gives its bytes; ``install_s``
+    is how long a simulated install takes (real hardware takes its own time)."""
+
+    version: str
+    counter: int
+    blob: BlobRef
+    read: Callable[[], Awaitable[bytes]]
+    install_s: float = 0.0
+
+
+Progress = Callable[[float, str], None]
+"""Reports an install's progress: percent of the install, and what it is doing."""
 
 
 class StationHardware(Protocol):
@@ -68,10 +100,28 @@ class StationHardware(Protocol):
         the next reading. Must not raise for what it cannot do; it reports instead."""
         ...
 
+    async def operate(self, operation: RemoteOperation) -> OperationAnswer:
+        """Carry out a remote operation (a reset, a remote start...) and say what came of it;
+        a ``ModelError`` when the hardware refuses it or cannot do it at all."""
+        ...
+
+    async def install(self, image: FirmwareImage, progress: Progress) -> str:
+        """Install ``image``; returns the firmware version the hardware runs afterwards. A
+        ``ModelError`` when it failed (the task fails, saying why)."""
+        ...
+
+    async def watch(self, task: str, setup: MonitoringTaskSetup | None) -> str:
+        """A monitoring task ``task`` now runs on the station (``None``: it ended): hardware
+        that only reports some values when asked (an OCPP charger's device model) is asked
+        to report what ``setup`` selects. Returns a word on what it did, for the task's
+        detail ("" for nothing); never raises for what it cannot do."""
+        ...
+
     @property
     def figures(self) -> HardwareFigures:
         """What the hardware does now."""
         ...
 
 
-__all__ = ["Durable", "HardwareFigures", "Report", "StationHardware"]
+__all__ = ["Durable", "FirmwareImage", "HardwareFigures", "OperationAnswer", "Progress", "Report",
+           "StationHardware"]

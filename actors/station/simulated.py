@@ -22,11 +22,22 @@ from pydantic import field_validator
 
 from actors.logic.station.simulation import SimulationConfig, StationSimulator
 from actors.runtime.settings import Settings, positive
-from actors.station.hardware import Durable, HardwareFigures, Report
+from actors.station.hardware import (
+    Durable,
+    FirmwareImage,
+    HardwareFigures,
+    OperationAnswer,
+    Progress,
+    Report,
+)
 from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.pace import Pace
+from object_model.errors import InvalidStateError, UnknownPathError, UnsupportedOperationError
+from object_model.monitoring import MonitoringTaskSetup
+from object_model.operations import OperationKind, RemoteOperation
 from object_model.station import new_station_tree
-from object_model.tree import ObjectTree, Operation, TransactionCommitted
+from object_model.station.components import SessionState
+from object_model.tree import ObjectTree, Operation, TransactionCommitted, Write
 
 log = logging.getLogger("csms.station.simulated")
 
@@ -58,6 +69,12 @@ class SimulatorSettings(Settings):
             raise ValueError(f"arrivals_per_evse_hour must be 0 or more, got "
                              f"{value.arrivals_per_evse_hour}")
         return value
+
+
+RUNNING = frozenset(state.value for state in (
+    SessionState.AUTHORISING, SessionState.CHARGING, SessionState.DISCHARGING,
+    SessionState.SUSPENDED))
+"""Session states in which a connector stays locked."""
 
 
 class SimulatedStation:
@@ -116,6 +133,60 @@ class SimulatedStation:
             self.tick()  # obey it now, not at the next tick
         except Exception:  # the write stands; the next tick will try again
             log.exception("the tick after a write failed")
+
+    async def operate(self, operation: RemoteOperation) -> OperationAnswer:
+        """What a simulated station can do on request: restart (its boot counters; its EVs
+        stay), take an EV at an EVSE (it arrives at the next tick), unlock a connector with
+        no session on its EVSE, change availability. It has no remote stop and nothing to
+        trigger (it publishes every change anyway): those are refused as unsupported."""
+        assert self.simulator is not None and self._report is not None, "attach first"
+        tree = self.simulator.tree
+        kind, evse = operation.operation, operation.evse
+        if evse and f"evse/{evse}/status" not in tree:
+            raise UnknownPathError(f"this station has no EVSE {evse}", path=f"evse/{evse}")
+        if kind is OperationKind.RESET:
+            boots = int(tree.get("diagnostics/boot_count") or 0)
+            self._report([Write("diagnostics/boot_count", boots + 1),
+                          Write("diagnostics/last_boot_reason", "RemoteReset"),
+                          Write("diagnostics/uptime", 0)])
+            return OperationAnswer("Accepted")
+        if kind is OperationKind.START_CHARGING:
+            chosen = evse or next((e for e in sorted(int(k) for k in tree.read("evse"))
+                                   if e not in self.simulator.evs), None)
+            if chosen is None or chosen in self.simulator.evs:
+                raise InvalidStateError("no free EVSE to start charging on",
+                                        details={"evse": chosen})
+            self.simulator.plug_in(chosen)
+            self.tick()
+            return OperationAnswer("Accepted")
+        if kind is OperationKind.UNLOCK_CONNECTOR:
+            path = f"evse/{evse}/connector/{operation.connector}/locked"
+            if path not in tree:
+                raise UnknownPathError(f"EVSE {evse} has no connector {operation.connector}",
+                                       path=path)
+            if tree.get(f"evse/{evse}/session/state") in RUNNING:
+                raise InvalidStateError(f"a session runs on EVSE {evse}: stop it first",
+                                        details={"answer": "OngoingAuthorizedTransaction"})
+            self._report([Write(path, False)])
+            return OperationAnswer("Unlocked")
+        if kind is OperationKind.CHANGE_AVAILABILITY:
+            base = f"evse/{evse}/" if evse else ""
+            self._report([Write(f"{base}permissions/may_charge", operation.operative)])
+            self.tick()
+            return OperationAnswer("Accepted")
+        raise UnsupportedOperationError(
+            f"a simulated station does not {kind.value.replace('_', ' ')}"
+            + (" (it publishes every change anyway)" if kind is OperationKind.TRIGGER_MESSAGE
+               else ""), details={"operation": kind.value})
+
+    async def install(self, image: FirmwareImage, progress: Progress) -> str:
+        """Simulated: the install takes ``image.install_s``, then the station runs it."""
+        progress(0.0, f"installing {image.version}")
+        await self.clock.sleep(image.install_s)
+        return image.version
+
+    async def watch(self, task: str, setup: MonitoringTaskSetup | None) -> str:
+        return ""  # its whole tree is measured all the time
 
     @property
     def figures(self) -> HardwareFigures:

@@ -16,7 +16,16 @@
   chunks it lacks, each checked), verifies it, installs it (simulated) and reports. A station
   that restarts finds its unfinished tasks in its tree: monitoring goes on, a download
   resumes with the chunks it has; what cannot resume fails, saying why.
-* ``TaskControl`` pauses, resumes or cancels either kind.
+* ``RemoteOperation`` (a reset, a remote start or stop, an unlock, a triggered message, a
+  change of availability) becomes a task of its operation's name whose result is the
+  hardware's answer; where the answer only promises the effect, the task runs until the
+  hardware sees it (at most ``operation_effect_s``). A restart fails an unfinished one: its
+  outcome is not known.
+* ``TaskControl`` pauses, resumes or cancels any of them.
+
+The hardware does the physical part (``actors.station.hardware``): it installs a verified
+image, carries out operations, and is told which monitoring tasks run (an OCPP charger
+reports some values only when asked to).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +48,7 @@ from actors.runtime.actor import Context, Messenger
 from actors.runtime.services.blob_service import fetch_blob
 from actors.runtime.storage.blobs import BlobStore
 from actors.runtime.storage.trees import PersistentTree, TreeStore
+from actors.station.hardware import FirmwareImage, StationHardware
 from broker_bridge import Endpoint, Priority
 from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, MessageBase, ModelError, ObjectTree, Role, Write
@@ -52,6 +62,7 @@ from object_model.monitoring import (
     TaskState,
     TaskStatus,
 )
+from object_model.operations import OperationKind, RemoteOperation
 from object_model.station.components import FirmwareStatus
 from object_model.tree import TransactionCommitted
 
@@ -59,7 +70,10 @@ log = logging.getLogger("csms.station.tasks")
 
 MONITORING = "monitoring"
 FIRMWARE = "firmware_update"
+OPERATIONS = frozenset(kind.value for kind in OperationKind)
 MANAGERS = frozenset({Role.LOCAL_CSMS, Role.CLOUD_CSMS})
+OPERATING = KeyPath("permissions", "may_charge")
+"""Who may write it may operate the station (the business decisions operations act on)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class TaskLimits:
     install_s: float = 2.0
     blob_capacity_bytes: int = 64 * 1024 * 1024
     blob_window: int = 4
+    operation_effect_s: float = 300.0  # how long an operation waits for its promised effect
 
 
 def _refuse(code: ErrorCode, text: str, **details: Any) -> ModelError:
@@ -88,9 +103,10 @@ class StationTasks:
 
     def __init__(self, actor: Messenger, *, tree: ObjectTree, access: TreeAccess,
                  persisted: PersistentTree, store: TreeStore, link: Endpoint,
-                 joined: Callable[[], bool], limits: TaskLimits,
+                 joined: Callable[[], bool], limits: TaskLimits, hardware: StationHardware,
                  firmware_keys: dict[bytes, Ed25519PublicKey] | None = None) -> None:
         self.actor, self.address, self.clock = actor, actor.address, actor.clock
+        self.hardware = hardware
         self.tree, self.access, self.persisted, self.store = tree, access, persisted, store
         self.link, self.joined, self.limits = link, joined, limits
         self.firmware_keys = firmware_keys or {}  # whose signed images it installs
@@ -112,6 +128,10 @@ class StationTasks:
                     self._restore_monitor(task_id, entry)
                 elif entry["kind"] == FIRMWARE:
                     self._resume_firmware(task_id, entry)
+                elif entry["kind"] in OPERATIONS:
+                    raise _refuse(ErrorCode.INVALID_STATE,
+                                  "the station restarted while it ran: its outcome is not "
+                                  "known; read the station's state, then ask again")
                 else:
                     raise _refuse(ErrorCode.UNSUPPORTED_OPERATION,
                                   f"this firmware does not run {entry['kind']!r} tasks")
@@ -220,6 +240,7 @@ class StationTasks:
                            "setup": setup.model_dump(mode="json")}, separators=(",", ":"))
         self.book.create(setup.task, MONITORING, owner=ctx.sender, spec=spec)
         self._add_monitor(setup, ctx.sender, role)
+        await self._hardware_watches(setup.task, setup)
         await self.persisted.durable()
         log.info("%s: monitoring task %s for %s watches %s", self.address, setup.task,
                  ctx.sender, ", ".join(map(str, setup.selectors)))
@@ -236,6 +257,22 @@ class StationTasks:
         self._add_monitor(setup, spec["destination"], Role(spec["role"]))
         if entry["state"] == TaskState.PAUSED.value:
             self.monitors.tasks[task_id].paused = True
+        self._jobs[f"watch:{task_id}"] = self.actor.spawn(
+            self._hardware_watches(task_id, setup), f"watch:{task_id}")
+
+    async def _hardware_watches(self, task_id: str, setup: MonitoringTaskSetup | None) -> None:
+        """Tell the hardware what the task watches (or that it ended); what it says goes in
+        the task's detail."""
+        try:
+            said = await self.hardware.watch(task_id, setup)
+        except Exception:  # the task runs on what the hardware reports anyway
+            log.exception("%s: the hardware could not take monitoring task %s", self.address,
+                          task_id)
+            return
+        finally:
+            self._jobs.pop(f"watch:{task_id}", None)
+        if said and setup is not None and task_id in self.book:
+            self.book.update(task_id, detail=said)
 
     @property
     def link_up(self) -> bool:
@@ -304,10 +341,11 @@ class StationTasks:
             if message.action is TaskAction.CANCEL:
                 self.monitors.remove(message.task)
                 await self.store.put_side(self._log_key(message.task), None)
+                await self._hardware_watches(message.task, None)
             elif message.task in self.monitors.tasks:
                 self.monitors.tasks[message.task].paused = target is TaskState.PAUSED
             self._monitor_wake.set()
-        elif entry["kind"] == FIRMWARE:
+        else:  # a download, an install or an operation waiting on its effect
             job = self._jobs.pop(message.task, None)
             if job is not None:
                 job.cancel()
@@ -318,6 +356,58 @@ class StationTasks:
             self._resume_firmware(message.task, self.book.get(message.task))
         await self.persisted.durable()
         return self._status(message.task)
+
+    # -- remote operations ------------------------------------------------------------------------
+
+    async def operate(self, message: RemoteOperation, ctx: Context) -> MessageBase:
+        """Carry out ``message`` as a task (see the module docstring): the answer is the
+        task's status once the hardware answered (failed, with its refusal, when it refused)."""
+        role = ctx.require_role()
+        _own_tree(self.address, message.tree)
+        if not self.access.policy.may_write(role, OPERATING):
+            raise _refuse(ErrorCode.ACCESS_DENIED,
+                          f"role {role.value} may not operate this station "
+                          f"({message.operation.value})", role=role.value)
+        if message.task in self._jobs:
+            raise _refuse(ErrorCode.BUSY, f"task {message.task} is still going: cancel it or "
+                          "choose another id", task=message.task)
+        kind = message.operation.value
+        self.book.create(message.task, kind, owner=ctx.sender, detail=message.describe(),
+                         spec=message.model_dump_json(exclude={"kind", "tree", "task"}))
+        log.info("%s: %s asks %s (task %s)", self.address, ctx.sender, message.describe(),
+                 message.task)
+        try:
+            answer = await self.hardware.operate(message)
+        except ModelError as exc:
+            log.info("%s: %s refused: %s", self.address, message.describe(), exc)
+            self.book.update(message.task, state=TaskState.FAILED, error=exc)
+        else:
+            if answer.effect is None:
+                self.book.update(message.task, state=TaskState.SUCCEEDED, result=answer.result)
+            else:
+                self.book.update(message.task, result=answer.result,
+                                 detail=f"{answer.result}: waiting for the effect")
+                self._jobs[message.task] = self.actor.spawn(
+                    self._await_effect(message.task, answer.result, answer.effect),
+                    f"operation:{message.task}")
+        await self.persisted.durable()
+        return self._status(message.task)
+
+    async def _await_effect(self, task_id: str, answered: str, effect: Awaitable[str]) -> None:
+        try:
+            async with asyncio.timeout(self.limits.operation_effect_s):
+                seen = await effect
+        except TimeoutError:
+            self.book.update(task_id, state=TaskState.FAILED, error=_refuse(
+                ErrorCode.TIMEOUT, f"answered {answered}, but the effect was not seen "
+                f"within {self.limits.operation_effect_s:g} s"))
+        except ModelError as exc:
+            self.book.update(task_id, state=TaskState.FAILED, error=exc)
+        else:
+            self.book.update(task_id, state=TaskState.SUCCEEDED, result=seen[:200],
+                             detail="done")
+        finally:
+            self._jobs.pop(task_id, None)
 
     def _status(self, task_id: str) -> TaskStatus:
         entry = self.book.get(task_id)
@@ -399,17 +489,28 @@ class StationTasks:
                               f"{spec.get('counter', 0)}) is older than what was installed "
                               f"meanwhile (counter {installed}): no rollback")
             self._firmware_status(FirmwareStatus.INSTALLING)
-            self.book.update(task_id, progress=95, detail=f"verified; installing "
+            self.book.update(task_id, progress=90, detail=f"verified; installing "
                              f"{spec['version']}")
-            await self.clock.sleep(self.limits.install_s)
-            self.tree.apply([Write("firmware/version", spec["version"]),
+
+            def installing(percent: float, doing: str) -> None:
+                self.book.update(task_id, progress=90 + max(0.0, min(percent, 100.0)) / 10,
+                                 detail=doing)
+
+            image_hash = ref.hash
+
+            async def read() -> bytes:
+                return await blobs.read(image_hash)
+
+            version = await self.hardware.install(FirmwareImage(
+                version=spec["version"], counter=spec.get("counter", 0), blob=ref, read=read,
+                install_s=self.limits.install_s), installing)
+            self.tree.apply([Write("firmware/version", version[:64]),
                              Write("firmware/counter", spec.get("counter", 0)),
                              Write("firmware/update_status", FirmwareStatus.INSTALLED.value),
                              Write("firmware/last_update_at", self.clock.now_us())])
             self.book.update(task_id, state=TaskState.SUCCEEDED,
-                             result=f"installed {spec['version']}", detail="done")
-            log.info("%s: firmware %s installed (task %s)", self.address, spec["version"],
-                     task_id)
+                             result=f"installed {version}", detail="done")
+            log.info("%s: firmware %s installed (task %s)", self.address, version, task_id)
         except ModelError as exc:
             log.warning("%s: firmware update %s failed: %s", self.address, task_id, exc)
             self._firmware_status(FirmwareStatus.FAILED)
