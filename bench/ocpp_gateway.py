@@ -234,7 +234,8 @@ async def run(*, chargers: int, evses: int, ramp_s: float, soak_s: float, event_
             component=gateway_domain(1), component_secret=ep.component_secret,
             csms="local-site1", provisioning_secret=h.provisioning(1),
             state_dir=str(root / "gateway"), port=port,
-            chargers={c.identity: ChargerEntry(password=c.password, evse_count=evses)
+            chargers={c.identity: ChargerEntry(password=c.password, evse_count=evses,
+                                               onboarding=False)
                       for c in fleet})), root / "gateway.toml")
         say(f"starting the gateway for {chargers} chargers...")
         gateway = await start_gateway(config, root)

@@ -211,16 +211,20 @@ class ChargerEntry(Settings):
     evse_count: int = Field(2, ge=1, le=16)
     amperes: bool = False
     max_periods: int = Field(24, ge=1, le=1024)
+    onboarding: bool = True  # learn its device model (Pending boot) for each new firmware
 
 
 class GatewayConfig(StationsConfig):
     """``[gateway]``: an OCPP 2.0.1 gateway, each charger of ``chargers`` (by identity: its
     station address too) a station actor on one component connection, served on
-    ``ws://host:port/ocpp/<identity>`` (``wss://`` with ``certfile`` and ``keyfile``)."""
+    ``ws://host:port/ocpp/<identity>`` (``wss://`` with ``certfile`` and ``keyfile``);
+    ``public_host`` is the name the chargers reach it by, in the firmware URLs it hands out
+    (default ``host``)."""
 
     component: str = "gateway.csms.local"
     state_dir: str = "state/gateway"
     host: str = "127.0.0.1"
+    public_host: str | None = None
     port: int = Field(9000, ge=0, le=65535)
     certfile: str | None = None
     keyfile: str | None = None

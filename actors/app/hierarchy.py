@@ -465,6 +465,7 @@ class Hierarchy:
             component=gateway_domain(number), component_secret=ep.component_secret,
             chargers=dict(chargers), csms=site.name, port=port,
             provisioning_secret=self.provisioning(number),
+            firmware_keys=(public_hex(self.manufacturer),),
             state_dir=str(self.root / f"gateway-site{number}")), signing=self.signing,
             clock=clock)
         site.hosts.append(host)

@@ -34,6 +34,7 @@ from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
 from actors.station.hardware import StationHardware
 from actors.station.ocpp.charger import ChargerSettings, OcppCharger
+from actors.station.ocpp.downloads import Downloads
 from actors.station.ocpp.gateway import Admitted, OcppGateway, server_context
 from actors.station.simulated import SimulatedStation, SimulatorSettings
 from broker_bridge import Endpoint, Router, SessionConfig
@@ -296,9 +297,12 @@ async def start_gateway(broker: BrokerConfig, cfg: GatewayConfig,
     """An OCPP 2.0.1 gateway: a station actor for each of ``cfg.chargers`` (on one component
     connection, as ``start_stations`` hosts them), then the server they connect to;
     ``clock`` is the site's time (the demo's runs fast, and so do its simulated chargers)."""
+    clock = clock or WALL_CLOCK
+    downloads = Downloads(clock.monotonic)
     chargers = {identity: OcppCharger(identity, ChargerSettings(
-        evse_count=entry.evse_count, amperes=entry.amperes, max_periods=entry.max_periods),
-        clock=clock or WALL_CLOCK) for identity, entry in cfg.chargers.items()}
+        evse_count=entry.evse_count, amperes=entry.amperes, max_periods=entry.max_periods,
+        onboarding=entry.onboarding), clock=clock, downloads=downloads)
+        for identity, entry in cfg.chargers.items()}
     running = await start_stations(broker, cfg, progress, signing=signing, clock=clock,
                                    hardware_for=lambda _, identity: chargers[identity])
     context = None
@@ -308,7 +312,8 @@ async def start_gateway(broker: BrokerConfig, cfg: GatewayConfig,
                            for identity, entry in cfg.chargers.items()},
                           host=cfg.host, port=cfg.port, ssl_context=context,
                           ping_interval_s=cfg.ping_interval_s,
-                          connects_per_s=cfg.connects_per_s, connect_burst=cfg.connect_burst)
+                          connects_per_s=cfg.connects_per_s, connect_burst=cfg.connect_burst,
+                          clock=clock, downloads=downloads, public_host=cfg.public_host)
     try:
         await gateway.start()
     except BaseException:

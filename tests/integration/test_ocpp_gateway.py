@@ -123,7 +123,7 @@ async def site(tmp_path: Path) -> AsyncIterator[tuple[Hierarchy, OcppGateway]]:
         await h.start_cloud()
         await h.start_site(1)
         _, gateway = await h.start_gateway(1, {identity: ChargerEntry(
-            password=PASSWORD, evse_count=2) for identity in CHARGERS})
+            password=PASSWORD, evse_count=2, onboarding=False) for identity in CHARGERS})
         yield h, gateway
     finally:
         await h.close()
@@ -368,7 +368,7 @@ async def test_a_store_failure_answers_internal_error_and_the_resend_counts_once
         one = station(h, "ocpp-site1-1")
         hardware = one.hardware
         assert isinstance(hardware, OcppCharger)
-        durable = hardware._durable
+        durable = hardware.durable
         assert durable is not None
         failures = [OSError("disk full")]
 
@@ -377,7 +377,7 @@ async def test_a_store_failure_answers_internal_error_and_the_resend_counts_once
                 raise failures.pop()
             await durable(revision)
 
-        hardware._durable = failing
+        hardware.durable = failing
         began = datetime.now(UTC)
         payload = call.TransactionEvent(
             event_type="Started", timestamp=stamp(began), trigger_reason="CablePluggedIn",

@@ -2,27 +2,39 @@
 
 The station actor around it is the same as a simulated station's: it joins its CSMS, keeps
 and publishes the tree, answers reads, writes, discovery and tasks. This side speaks OCPP-J
-with the charger over the WebSocket the gateway hands it (``serve``) and turns what the
-charger says into tree transactions (``actors.logic.ocpp``), and what a CSMS writes into
-calls to the charger.
-
-*One call in flight per direction* (Part 4 §4.1.1): our calls wait their turn on a lock, and
-the charger's are served in the order they come, while one of ours is outstanding, by the
-same loop that reads our answers; no handler of the charger's calls waits on a call of ours.
-A result that comes late (after the call timed out) is logged, never matched to a newer call.
+with the charger (``actors.station.ocpp.link``), turns what the charger says into tree
+transactions (``actors.station.ocpp.inbound``, over the sans-IO ``actors.logic.ocpp``), and
+what a CSMS asks into calls to the charger:
 
 *Writes the charger must confirm* (``carry_out``): an envelope for EVSE ``e`` becomes a
 SetChargingProfile (``actors.logic.ocpp.profiles``), a cleared one a ClearChargingProfile;
 ``permissions/max_power_w`` of an EVSE or of the station a standing profile at stack level 0
 (what the charger falls back to when an envelope ends), ``permissions/may_charge`` a
-ChangeAvailability. The write is applied (and answered) only once the charger accepted it;
-what it refuses, the writer hears, and the tree keeps what the charger last confirmed. A charger that is not
+ChangeAvailability; a device-model value (``ocpp:dm/.../value``) a SetVariables, as many
+settings per call as the charger takes. The write is applied (and answered) only once the
+charger accepted it; what it refuses, the writer hears, and the tree keeps what the charger
+last confirmed (of several settings, those it accepted are shown). A charger that is not
 connected refuses at once (``INVALID_STATE``, reason ``offline``): the CSMS's allocation then
 counts it at its last confirmed limit, and nothing waits on a timeout.
 
-*Acknowledged once durable*: a TransactionEvent is answered only when the transaction holding
-its effect is on disk; if that fails the charger gets a CALLERROR InternalError and sends it
-again (``MessageAttempts``), and the repeat is recognised by its content.
+*Remote operations* (``operate``) are the calls of ``actors.logic.ocpp.operations``; where
+the answer only promises the effect, the task waits for the message that shows it.
+
+*Firmware* (``install``): the image is offered at a one-time URL of the gateway's server
+(``actors.station.ocpp.downloads``), the charger is sent UpdateFirmware, and the install is
+done when the charger says Installed or boots with reason FirmwareUpdate; a failure status
+fails it.
+
+*Monitoring* (``watch``): what a monitoring task selects of the device model that the
+charger can monitor is asked of it with SetVariableMonitoring (again after each reconnect: a
+monitor it kept is answered Duplicate), and cleared by the ids it gave when the task ends;
+its NotifyEvents then update the values the station's own monitors watch. The rest is
+watched on what the charger reports anyway.
+
+*Registration* (OCPP-NOTES rule 9): a charger whose device model is not known for the
+firmware it boots with is answered Pending, asked for its full inventory (GetBaseReport,
+NotifyReport pages into ``ocpp:dm``), then asked to boot again (TriggerMessage), and
+Accepted. While Pending, its other calls get ``SecurityError``.
 
 *Link state*: ``network/link/online``, ``last_connected_at`` and ``reconnects`` follow the
 WebSocket (not heartbeats).
@@ -31,15 +43,15 @@ WebSocket (not heartbeats).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from actors.logic.ocpp import device_model as dm
 from actors.logic.ocpp import rpc
-from actors.logic.ocpp.meters import read
+from actors.logic.ocpp.operations import Sighting, call_of, judge
 from actors.logic.ocpp.profiles import (
     VOLTS,
     availability,
@@ -48,17 +60,28 @@ from actors.logic.ocpp.profiles import (
     rfc3339,
     set_charging_profile,
 )
-from actors.logic.ocpp.rpc import Call, CallError, CallResult, RpcError
-from actors.logic.ocpp.transactions import apply_event
-from actors.station.hardware import Durable, HardwareFigures, Report
-from actors.station.ocpp import schemas
+from actors.logic.ocpp.rpc import RpcError
+from actors.station.hardware import (
+    Durable,
+    FirmwareImage,
+    HardwareFigures,
+    OperationAnswer,
+    Progress,
+    Report,
+)
+from actors.station.ocpp.downloads import Downloads
+from actors.station.ocpp.inbound import HANDLERS, WHILE_PENDING
+from actors.station.ocpp.link import CALL_TIMEOUT_S, Connection, OcppLink
 from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.pace import Pace
 from keypath import GLOBSTAR, KeyPath, KeyPattern
 from object_model import ModelError
-from object_model.errors import InvalidStateError, InvalidValueError, RequestTimeoutError
+from object_model.errors import InvalidStateError, InvalidValueError, UnsupportedOperationError
+from object_model.monitoring import MonitoringTaskSetup
+from object_model.operations import OperationKind, RemoteOperation
 from object_model.pebc import Consequence, PowerConstraints, PowerRange, PowerRangeEnvelope
 from object_model.station import new_station_tree
+from object_model.station.ocpp_namespace import CHARGER, DEVICE_MODEL, LIMITS
 from object_model.tree import Delete, ObjectTree, Operation, TransactionCommitted, Write
 
 log = logging.getLogger("csms.ocpp")
@@ -69,46 +92,53 @@ ZEROED = ("obis:1-0:1.8.0", "obis:1-0:2.8.0", "obis:1-0:16.7.0", "obis:1-0:21.7.
 """Registers a new charger's tree holds at zero until it reports them (energy, power,
 current; voltage and frequency keep their nominal values)."""
 MIN_CURRENT_A = 6.0  # IEC 61851: the least a charge runs at
-CALL_TIMEOUT_S = 4.0  # within the CSMS's 5 s for a write to be answered
-HEARTBEAT_S = 900  # liveness comes from WebSocket pings; a heartbeat still sets the clock
-
-
-class Connection(Protocol):
-    """What the charger needs of a WebSocket (``websockets``' server connection has it)."""
-
-    async def send(self, message: str) -> None: ...
-
-    async def recv(self) -> str | bytes: ...
-
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+REPORT_TIMEOUT_S = 120.0  # a full inventory, every page
+INSTALL_TIMEOUT_S = 1800.0  # download, install, reboot
+SEVERITY = (1, 4, 6, 8)  # a monitoring task's priority (0 critical .. 3 bulk) as OCPP severity
+MONITORS_PER_TASK = 64
+TAKEN = frozenset({"Accepted", "Duplicate"})  # a monitor the charger has, new or not
 
 
 @dataclass(frozen=True)
 class ChargerSettings:
     """What the gateway knows of a charger before it connects: its EVSEs, and whether it
-    takes limits in amperes only (``SmartChargingCtrlr.RateUnit``) and how many periods."""
+    takes limits in amperes only (``SmartChargingCtrlr.RateUnit``) and how many periods
+    (its device model, once learned, says so too and is believed); ``onboarding``: learn its
+    device model (Pending boot, GetBaseReport) whenever it boots with a firmware version
+    whose model is not known."""
 
     evse_count: int = 2
     amperes: bool = False
     max_periods: int = 24
+    onboarding: bool = True
 
 
 class OcppCharger:
     """A charger behind the gateway (see the module docstring)."""
 
     def __init__(self, identity: str, settings: ChargerSettings | None = None, *,
-                 clock: Clock = WALL_CLOCK) -> None:
+                 clock: Clock = WALL_CLOCK, downloads: Downloads | None = None) -> None:
         self.identity = identity
         self.settings = settings or ChargerSettings()
         self.clock = clock
+        self.downloads = downloads
         self.tree: ObjectTree | None = None
-        self._report: Report | None = None
-        self._durable: Durable | None = None
-        self.connection: Connection | None = None
-        self._calls = asyncio.Lock()
-        self._pending: tuple[str, asyncio.Future[dict[str, Any]]] | None = None
-        self._ids = itertools.count(1)
-        self.served = self.refused = 0  # the charger's calls answered, and with an error
+        self.report: Report | None = None
+        self.durable: Durable | None = None
+        self.link = OcppLink(identity, self._handle, opened=self._opened, closed=self._closed)
+        self.registration = "Accepted"
+        self.onboarding = False  # its device model is being learned
+        self.reports: dict[int, tuple[asyncio.Future[set[tuple[str, str]]],
+                                      set[tuple[str, str]]]] = {}
+        self._sightings: list[tuple[Sighting, asyncio.Future[str]]] = []
+        self._ids = random.Random().randrange(1, 2**30)  # request ids, remote start ids
+        self._watched: dict[str, MonitoringTaskSetup] = {}
+        self._monitor_ids: dict[str, set[int]] = {}  # the charger's monitors, by task
+        self.status_at: dict[tuple[int, int], int] = {}  # the latest status shown, by connector
+
+    def next_id(self) -> int:
+        self._ids = self._ids % (2**31 - 2) + 1
+        return self._ids
 
     # -- StationHardware -----------------------------------------------------------------------
 
@@ -117,59 +147,79 @@ class OcppCharger:
         said is zero, not a simulator's invention (its registers are the baselines of its
         first transactions)."""
         tree = new_station_tree(address, evse_count=self.settings.evse_count, now_us=now_us)
-        ops: list[Operation] = [Write("network/link/online", False)]
+        ops: list[Operation] = [Write("network/link/online", False),
+                                Write(f"{CHARGER}/rate_unit",
+                                      "A" if self.settings.amperes else "W,A"),
+                                Write(f"{CHARGER}/periods_per_schedule",
+                                      self.settings.max_periods)]
         for evse in range(1, self.settings.evse_count + 1):
             ops += [Write(f"evse/{evse}/meter/{register}", 0.0) for register in ZEROED]
+            ops.append(Write(f"evse/{evse}/{LIMITS}", {"lower_limit": False,
+                                                       "probability_bands": False}))
         tree.apply(ops)
         return tree
 
     def attach(self, tree: ObjectTree, report: Report, now_us: int, durable: Durable) -> None:
-        self.tree, self._report, self._durable = tree, report, durable
-        report([Write("network/link/online", self.connection is not None),
-                *self._constraints(tree)])
+        self.tree, self.report, self.durable = tree, report, durable
+        registration = f"{CHARGER}/registration"
+        self.registration = str(tree.get(registration)) if registration in tree else "Accepted"
+        report([Write("network/link/online", self.link.online),
+                *[self.constraints(tree, evse) for evse in self.evses(tree)]])
 
-    def _constraints(self, tree: ObjectTree) -> list[Operation]:
-        """What each EVSE can be told, as power constraints: an upper limit of 0, or one from
-        6 A per phase to its rating (a limit below 6 A pauses the charge: the on/off gap of
-        IEC 61851); and a lower limit of 0 only, since an OCPP 2.0.1 charging profile carries
-        no lower limit: the site's allocation never counts on a forced minimum here, and an
-        envelope with one is refused (``out_of_range``) rather than silently weakened."""
-        ops: list[Operation] = []
-        for evse in range(1, self.settings.evse_count + 1):
-            base = f"evse/{evse}"
-            if f"{base}/max_power_w" not in tree:
-                continue
-            phases = int(tree.get(f"{base}/phases"))
-            rating = float(tree.get(f"{base}/max_power_w"))
-            least = min(rating, MIN_CURRENT_A * VOLTS * phases)
-            constraints = PowerConstraints(
-                upper_ranges=[PowerRange(lower_w=0, upper_w=0),
-                              PowerRange(lower_w=least, upper_w=rating)],
-                lower_ranges=[PowerRange(lower_w=0, upper_w=0)],
-                consequence=Consequence.VANISH, phases=phases)
-            ops.append(Write(f"{base}/energy/power_constraints", constraints.model_dump()))
-        return ops
+    def evses(self, tree: ObjectTree) -> list[int]:
+        return [evse for evse in range(1, self.settings.evse_count + 1)
+                if f"evse/{evse}/max_power_w" in tree]
+
+    def constraints(self, tree: ObjectTree, evse: int, least_w: float | None = None,
+                    most_w: float | None = None) -> Operation:
+        """What EVSE ``evse`` can be told, as power constraints: an upper limit of 0, or one
+        from 6 A per phase (or the EV's least, ``least_w``) to its rating (or the EV's most,
+        ``most_w``): a limit below 6 A pauses the charge, the on/off gap of IEC 61851; and a
+        lower limit of 0 only, since an OCPP 2.0.1 charging profile carries no lower limit:
+        the site's allocation never counts on a forced minimum here, and an envelope with one
+        is refused (``out_of_range``) rather than silently weakened."""
+        base = f"evse/{evse}"
+        phases = int(tree.get(f"{base}/phases"))
+        rating = float(tree.get(f"{base}/max_power_w"))
+        top = rating if most_w is None else max(0.0, min(rating, most_w))
+        least = min(top, max(MIN_CURRENT_A * VOLTS * phases, least_w or 0.0))
+        upper = [PowerRange(lower_w=0, upper_w=0)]
+        if top > 0:
+            upper.append(PowerRange(lower_w=least, upper_w=top))
+        constraints = PowerConstraints(upper_ranges=upper,
+                                       lower_ranges=[PowerRange(lower_w=0, upper_w=0)],
+                                       consequence=Consequence.VANISH, phases=phases)
+        return Write(f"{base}/energy/power_constraints", constraints.model_dump())
 
     async def run(self, pace: Pace) -> None:
-        await asyncio.Event().wait()  # the gateway drives it: ``serve`` per connection
+        try:
+            await asyncio.Event().wait()  # the gateway drives it: ``serve`` per connection
+        finally:
+            await self.link.stop()
 
     async def carry_out(self, ops: Sequence[Operation]) -> None:
         """Each write the charger must confirm, in order, one call at a time: envelopes
         (SetChargingProfile, or ClearChargingProfile for one deleted), the EVSE's or the
         station's ``permissions/max_power_w`` (stack-0 profiles) and ``may_charge``
-        (ChangeAvailability). The first refusal stops the rest and the write."""
+        (ChangeAvailability), device-model values (SetVariables). The first refusal stops
+        the rest and the write."""
         assert self.tree is not None
+        settings: list[tuple[KeyPath, Any]] = []
         for op in ops:
             path = op.path if isinstance(op.path, KeyPath) else KeyPath.parse(op.path)
             if isinstance(op, Write):
-                leaves = [(p.segments, raw) for p, _, raw in self.tree.schema.expand(
-                    path, op.value)]
+                leaves = [(p, raw) for p, _, raw in self.tree.schema.expand(path, op.value)]
             else:  # a delete: of an envelope, or above one
-                leaves = [(p.segments, None) for p, _, _ in self.tree.find(
+                leaves = [(p, None) for p, _, _ in self.tree.find(
                     KeyPattern([*path.segments, GLOBSTAR])) if p.name == "envelope"]
-                leaves += [(path.segments, None)] if path.name == "envelope" else []
-            for segs, value in leaves:
-                await self._carry(segs, value)
+                leaves += [(path, None)] if path.name == "envelope" else []
+            for leaf, value in leaves:
+                if leaf.segments[:1] == (DEVICE_MODEL,):
+                    settings.append((leaf, value))
+                else:
+                    await self._carry(leaf.segments, value)
+        if settings:
+            await self._set_variables(settings)
 
     async def _carry(self, segs: tuple[str, ...], value: Any) -> None:
         evse = int(segs[1]) if len(segs) > 2 and segs[0] == "evse" else 0
@@ -177,23 +227,73 @@ class OcppCharger:
         if evse and tail == ("energy", "envelope"):
             await self._send_envelope(evse, value)
         elif tail == ("permissions", "max_power_w") and value is not None:
-            answer = await self.call("SetChargingProfile", limit_profile(
-                evse, float(value), phases=self._phases(evse), amperes=self.settings.amperes))
+            answer = await self.link.call("SetChargingProfile", limit_profile(
+                evse, float(value), phases=self._phases(evse), amperes=self.amperes))
             if answer.get("status") != "Accepted":
-                raise _refused_by(self.identity, "SetChargingProfile", answer)
+                raise refused_by(self.identity, "SetChargingProfile", answer)
         elif tail == ("permissions", "may_charge") and value is not None:
-            answer = await self.call("ChangeAvailability", availability(evse, bool(value)))
+            answer = await self.link.call("ChangeAvailability", availability(evse, bool(value)))
             if answer.get("status") not in ("Accepted", "Scheduled"):
-                raise _refused_by(self.identity, "ChangeAvailability", answer)
+                raise refused_by(self.identity, "ChangeAvailability", answer)
+
+    @property
+    def amperes(self) -> bool:
+        tree = self.tree
+        unit = f"{CHARGER}/rate_unit"
+        if tree is None or unit not in tree:
+            return self.settings.amperes
+        return str(tree.get(unit)) == "A"
+
+    def _periods(self) -> int:
+        tree, leaf = self.tree, f"{CHARGER}/periods_per_schedule"
+        return int(tree.get(leaf)) if tree is not None and leaf in tree else \
+            self.settings.max_periods
 
     def _phases(self, evse: int) -> int:
         path = f"evse/{evse}/phases"
         return int(self.tree.get(path)) if evse and self.tree is not None and \
             path in self.tree else 3
 
+    async def _set_variables(self, settings: list[tuple[KeyPath, Any]]) -> None:
+        """SetVariables for the device-model values written, ``items_per_set`` at a time;
+        what the charger accepted is shown in the tree even when it refused another."""
+        assert self.tree is not None and self.report is not None
+        items = dm.settings_of(self.tree, settings)
+        per_call = int(self.tree.get(f"{CHARGER}/items_per_set")) \
+            if f"{CHARGER}/items_per_set" in self.tree else 8
+        for start in range(0, len(items), per_call):
+            batch = items[start:start + per_call]
+            answer = await self.link.call("SetVariables", {
+                "setVariableData": [item for _, item in batch]})
+            results = answer.get("setVariableResult", [])
+            accepted: list[Operation] = []
+            refusal: ModelError | None = None
+            reboot = False
+            for (path, item), result in zip(batch, results, strict=False):
+                status = result.get("attributeStatus")
+                if status in ("Accepted", "RebootRequired"):
+                    accepted.append(Write(path, item["attributeValue"]))
+                    reboot |= status == "RebootRequired"
+                elif refusal is None:
+                    info = result.get("attributeStatusInfo") or {}
+                    refusal = InvalidValueError(
+                        f"{self.identity} answered SetVariables {status} for "
+                        f"{item['component']['name']}.{item['variable']['name']}"
+                        + (f": {info.get('reasonCode')}" if info else ""), path=path,
+                        details={"ocpp_status": status})
+            if len(results) < len(batch) and refusal is None:
+                refusal = InvalidValueError(f"{self.identity} answered {len(results)} of "
+                                            f"{len(batch)} settings")
+            if reboot:
+                accepted.append(Write(f"{CHARGER}/reboot_required", True))
+            if refusal is not None:
+                if accepted:  # the tree shows what the charger took
+                    self.report(accepted)
+                raise refusal
+
     def obey(self, event: TransactionCommitted) -> None:
         """An envelope the charger accepted: its limit now is the one in force."""
-        assert self.tree is not None and self._report is not None
+        assert self.tree is not None and self.report is not None
         now = self.clock.now_us()
         ops: list[Operation] = []
         for path, value in event.upserts:
@@ -208,7 +308,7 @@ class OcppCharger:
                     ops.append(Delete(limit))
         if ops:
             try:
-                self._report(ops)
+                self.report(ops)
             except ModelError as exc:  # the write stands; what it means shows next time
                 log.warning("%s: the limit now in force is not shown: %s", self.identity, exc)
 
@@ -228,268 +328,261 @@ class OcppCharger:
             energy += float(tree.get(f"{base}/energy_wh") or 0.0)
         return HardwareFigures(charging=charging, power_w=power, energy_wh=energy)
 
+    # -- remote operations, firmware, monitoring ------------------------------------------------
+
+    async def operate(self, operation: RemoteOperation) -> OperationAnswer:
+        running = None
+        if operation.operation is OperationKind.STOP_CHARGING and not operation.transaction_id:
+            running = self.running_transaction(operation.evse or 0)
+        action, request = call_of(operation, remote_start_id=self.next_id(),
+                                  transaction_id=running)
+        sighting = None
+        try:
+            answer = await self.link.call(action, request)
+        except RpcError as exc:  # off the schema: a value OCPP cannot carry
+            raise InvalidValueError(f"{action}: {exc.description}") from None
+        judged = judge(operation, action, request, answer)
+        if judged.sighting is not None:
+            sighting = self.expect(judged.sighting)
+        if operation.operation is OperationKind.CHANGE_AVAILABILITY and self.report:
+            base = f"evse/{operation.evse}/" if operation.evse else ""
+            self.report([Write(f"{base}permissions/may_charge", operation.operative)])
+        return OperationAnswer(judged.result, sighting)
+
+    def running_transaction(self, evse: int) -> str | None:
+        tree = self.tree
+        if tree is None or not evse or f"evse/{evse}/session/session_id" not in tree:
+            return None
+        if tree.get(f"evse/{evse}/session/state") in ("Idle", "Finished"):
+            return None
+        return str(tree.get(f"evse/{evse}/session/session_id")) or None
+
+    def expect(self, sighting: Sighting) -> asyncio.Future[str]:
+        """A future resolved by the first of the charger's calls that ``sighting`` sees."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._sightings.append((sighting, future))
+        return future
+
+    def saw(self, action: str, payload: dict[str, Any]) -> None:
+        """One of the charger's calls, served: what it shows of the effects awaited."""
+        kept = []
+        for sighting, future in self._sightings:
+            if future.done():
+                continue
+            seen = sighting(action, payload)
+            if seen is None:
+                kept.append((sighting, future))
+            else:
+                future.set_result(seen)
+        self._sightings = kept
+
+    async def install(self, image: FirmwareImage, progress: Progress) -> str:
+        if self.downloads is None:
+            raise UnsupportedOperationError(f"{self.identity}: this gateway serves no "
+                                            "firmware downloads")
+        url, token = self.downloads.offer(self.identity, image.read)
+        request_id = self.next_id()
+        statuses: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+
+        def status_of(action: str, payload: dict[str, Any]) -> str | None:
+            if (action == "FirmwareStatusNotification" and payload.get("requestId") ==
+                    request_id) or (action == "BootNotification" and
+                                    payload.get("reason") == "FirmwareUpdate"):
+                statuses.put_nowait((action, payload))
+            return None  # never done: the install reads the queue
+
+        self._sightings.append((status_of, asyncio.get_running_loop().create_future()))
+        try:
+            answer = await self.link.call("UpdateFirmware", {
+                "requestId": request_id, "firmware": {
+                    "location": url, "retrieveDateTime": rfc3339(self.clock.now_us())}})
+            if answer.get("status") not in ("Accepted", "AcceptedCanceled"):
+                raise refused_by(self.identity, "UpdateFirmware", answer)
+            progress(0.0, f"the charger downloads {image.version}")
+            async with asyncio.timeout(INSTALL_TIMEOUT_S):
+                return await self._installed(image, statuses, progress)
+        except TimeoutError:
+            raise InvalidStateError(f"{self.identity} did not finish installing "
+                                    f"{image.version} within {INSTALL_TIMEOUT_S:g} s") from None
+        finally:
+            self.downloads.withdraw(token)
+            self._sightings = [(s, f) for s, f in self._sightings if s is not status_of]
+
+    async def _installed(self, image: FirmwareImage,
+                         statuses: asyncio.Queue[tuple[str, dict[str, Any]]],
+                         progress: Progress) -> str:
+        booted: str | None = None
+        while True:
+            action, payload = await statuses.get()
+            if action == "BootNotification":
+                booted = payload["chargingStation"].get("firmwareVersion") or image.version
+                progress(90.0, f"rebooted with {booted}")
+                continue
+            status = payload["status"]
+            if status == "Installed":
+                return booted or image.version
+            if status not in STEPS:
+                raise InvalidStateError(f"{self.identity}: firmware update {status}",
+                                        details={"ocpp_status": status})
+            progress(STEPS[status], f"the charger says {status}")
+
+    async def watch(self, task: str, setup: MonitoringTaskSetup | None) -> str:
+        if setup is None:
+            self._watched.pop(task, None)
+            ids = sorted(self._monitor_ids.pop(task, set()))
+            if ids and self.link.online:
+                try:
+                    await self.link.call("ClearVariableMonitoring", {"id": ids})
+                except ModelError as exc:
+                    log.info("%s: monitors of task %s not cleared: %s", self.identity, task, exc)
+            return ""
+        self._watched[task] = setup
+        return await self._ask_monitors(task, setup)
+
+    async def _ask_monitors(self, task: str, setup: MonitoringTaskSetup) -> str:
+        tree = self.tree
+        assert tree is not None
+        matched = [path for selector in setup.selectors for path, _, _ in tree.find(selector)]
+        items = dm.monitor_requests(tree, setup, matched, SEVERITY[setup.reporter.priority])
+        if not items:
+            return ""
+        if not tree.get(f"{CHARGER}/monitoring"):
+            return "the charger does not monitor: values as it reports them"
+        items = items[:MONITORS_PER_TASK]
+        try:
+            answer = await self.link.call("SetVariableMonitoring", {"setMonitoringData": items})
+        except ModelError as exc:
+            return f"the charger was not asked to monitor ({exc.text[:120]}): asked again " \
+                   "when it connects"
+        results = answer.get("setMonitoringResult", [])
+        kept = [result for result in results if result.get("status") in TAKEN]
+        self._monitor_ids.setdefault(task, set()).update(
+            int(result["id"]) for result in kept if "id" in result)
+        return f"the charger monitors {len(kept)} of {len(items)} values" + (
+            "" if len(kept) == len(items) else " (the rest: as it reports them)")
+
     # -- the connection ------------------------------------------------------------------------
 
     @property
     def online(self) -> bool:
-        return self.connection is not None
+        return self.link.online
 
     async def serve(self, connection: Connection) -> None:
         """Speak OCPP-J over ``connection`` until it closes (or a newer one replaces it)."""
-        assert self._report is not None and self.tree is not None
-        old, self.connection = self.connection, connection
-        if old is not None:  # a new connection for the identity replaces the old one
-            log.info("%s: a new connection replaces the old one", self.identity)
-            self._fail_pending("its connection was replaced")  # sent on the old one
-            with contextlib.suppress(Exception):
-                await old.close(1000, "replaced by a new connection")
+        assert self.report is not None and self.tree is not None
+        await self.link.serve(connection)
+
+    def _opened(self) -> None:
+        assert self.report is not None and self.tree is not None
         reconnects = int(self.tree.get("network/link/reconnects") or 0)
-        self._report([Write("network/link/online", True),
-                      Write("network/link/last_connected_at", self.clock.now_us()),
-                      Write("network/link/reconnects", reconnects + 1)])
-        try:
-            while True:
-                try:
-                    text = await connection.recv()
-                except Exception:  # closed, one way or another
-                    return
-                await self._take(connection, text)
-        finally:
-            if self.connection is connection:
-                self.connection = None
-                self._fail_pending("the charger disconnected")
-                self._report([Write("network/link/online", False)])
+        self.report([Write("network/link/online", True),
+                     Write("network/link/last_connected_at", self.clock.now_us()),
+                     Write("network/link/reconnects", reconnects + 1)])
+        for task, setup in list(self._watched.items()):  # it may have lost them
+            self.link.after_answer(self._rewatch(task, setup))
 
-    async def _take(self, connection: Connection, text: str | bytes) -> None:
-        try:
-            frame = rpc.parse(text)
-        except RpcError as exc:
-            log.info("%s: refused a message: %s", self.identity, exc)
-            self.refused += 1
-            await self._send(connection, exc.answer())
-            return
-        if isinstance(frame, Call):
-            await self._serve_call(connection, frame)
-        else:
-            self._settle(frame)
+    async def _rewatch(self, task: str, setup: MonitoringTaskSetup) -> None:
+        said = await self._ask_monitors(task, setup)
+        log.info("%s: monitoring task %s asked again: %s", self.identity, task, said or "-")
 
-    async def _serve_call(self, connection: Connection, call: Call) -> None:
-        try:
-            schemas.check(call.action, "Request", call.payload, call.id)
-            handler = HANDLERS.get(call.action)
-            if handler is None:
-                raise RpcError(rpc.NOT_SUPPORTED, f"{call.action} is not supported here",
-                               message_id=call.id)
-            answer = await handler(self, call.payload)
-            schemas.check(call.action, "Response", answer, call.id)
-        except RpcError as exc:
-            self.refused += 1
-            log.info("%s: %s refused: %s", self.identity, call.action, exc)
-            await self._send(connection, exc.answer())
-            return
-        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:  # what the
-            # schema lets through (a date it cannot parse, a multiplier of 10^400...)
-            self.refused += 1
-            log.info("%s: %s refused: %s", self.identity, call.action, exc)
-            await self._send(connection, CallError(call.id, rpc.FORMAT_VIOLATION,
-                                                   f"{type(exc).__name__}: {exc}"[:255]))
-            return
-        except ModelError as exc:  # the tree refused what it says
-            self.refused += 1
-            log.info("%s: %s refused: %s", self.identity, call.action, exc)
-            await self._send(connection, CallError(call.id, rpc.PROPERTY_CONSTRAINT_VIOLATION,
-                                                   str(exc)[:255]))
-            return
-        except Exception as exc:  # a store failure: the charger sends it again
-            self.refused += 1
-            log.exception("%s: serving %s failed", self.identity, call.action)
-            await self._send(connection, CallError(
-                call.id, rpc.INTERNAL_ERROR, f"{type(exc).__name__}"[:255]))
-            return
-        self.served += 1
-        await self._send(connection, CallResult(call.id, answer))
+    def _closed(self) -> None:
+        assert self.report is not None
+        self.report([Write("network/link/online", False)])
 
-    async def _send(self, connection: Connection, frame: rpc.Frame) -> None:
-        with contextlib.suppress(Exception):  # a closed socket: the charger sends again
-            await connection.send(rpc.encode(frame))
-
-    def _settle(self, frame: CallResult | CallError) -> None:
-        pending = self._pending
-        if pending is None or pending[0] != frame.id or pending[1].done():
-            log.warning("%s: an answer to no call of ours in flight (%s): dropped",
-                        self.identity, frame.id)
-            return
-        future = pending[1]
-        if isinstance(frame, CallResult):
-            future.set_result(frame.payload)
-        else:
-            future.set_exception(InvalidValueError(
-                f"{self.identity} answered {frame.code}: {frame.description}"[:400],
-                details={"ocpp_error": frame.code}))
-
-    def _fail_pending(self, why: str) -> None:
-        if self._pending is not None and not self._pending[1].done():
-            self._pending[1].set_exception(_offline(self.identity, why))
-
-    async def call(self, action: str, payload: dict[str, Any],
-                   timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        """Call ``action`` on the charger and return its answer (one call in flight: the
-        next waits its turn). ``INVALID_STATE`` at once when it is not connected."""
-        schemas.check(action, "Request", payload)
-        async with self._calls:
-            connection = self.connection
-            if connection is None:
-                raise _offline(self.identity, "it is not connected")
-            message_id = f"{self.identity[:20]}-{next(self._ids)}"
-            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            self._pending = (message_id, future)
-            try:
-                await connection.send(rpc.encode(Call(message_id, action, payload)))
-                async with asyncio.timeout(timeout_s):
-                    answer = await future
-            except TimeoutError:
-                raise RequestTimeoutError(f"{self.identity} did not answer {action} within "
-                                          f"{timeout_s:g} s") from None
-            finally:
-                self._pending = None
-        try:
-            schemas.check(action, "Response", answer)
-        except RpcError as exc:
-            raise InvalidValueError(f"{self.identity} answered {action} off its schema: "
-                                    f"{exc.description}") from None
+    async def _handle(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.registration != "Accepted" and action not in WHILE_PENDING:
+            raise RpcError(rpc.SECURITY_ERROR, f"{action} before the boot was accepted "
+                           f"({self.registration})")
+        handler = HANDLERS.get(action)
+        if handler is None:
+            raise RpcError(rpc.NOT_SUPPORTED, f"{action} is not supported here")
+        answer = await handler(self, payload)
+        self.saw(action, payload)
         return answer
 
     async def _send_envelope(self, evse: int, value: Any) -> None:
         if value is None:
-            answer = await self.call("ClearChargingProfile", clear_envelope_profile(evse))
+            answer = await self.link.call("ClearChargingProfile", clear_envelope_profile(evse))
             if answer.get("status") not in ("Accepted", "Unknown"):
-                raise _refused_by(self.identity, "ClearChargingProfile", answer)
+                raise refused_by(self.identity, "ClearChargingProfile", answer)
             return
         envelope = PowerRangeEnvelope.model_validate(value)
-        answer = await self.call("SetChargingProfile", set_charging_profile(
-            envelope, evse, phases=self._phases(evse), amperes=self.settings.amperes,
-            max_periods=self.settings.max_periods))
+        answer = await self.link.call("SetChargingProfile", set_charging_profile(
+            envelope, evse, phases=self._phases(evse), amperes=self.amperes,
+            max_periods=self._periods()))
         if answer.get("status") != "Accepted":
-            raise _refused_by(self.identity, "SetChargingProfile", answer)
+            raise refused_by(self.identity, "SetChargingProfile", answer)
 
-    # -- the charger's calls -------------------------------------------------------------------
+    # -- onboarding --------------------------------------------------------------------------
 
-    def _apply(self, ops: Sequence[Operation]) -> TransactionCommitted | None:
-        assert self._report is not None
-        return self._report(ops) if ops else None
+    def needs_inventory(self, firmware: str) -> bool:
+        tree = self.tree
+        assert tree is not None
+        learned = f"{CHARGER}/inventory_firmware"
+        return self.settings.onboarding and (
+            f"{CHARGER}/inventory_at" not in tree or str(tree.get(learned)) != firmware[:50])
 
-    async def on_boot(self, payload: dict[str, Any]) -> dict[str, Any]:
-        station = payload["chargingStation"]
-        ops: list[Operation] = [Write("identity/vendor_name", station["vendorName"][:64]),
-                                Write("identity/model", station["model"][:64])]
-        if "serialNumber" in station:
-            ops.append(Write("identity/serial_number", station["serialNumber"][:64]))
-        if "firmwareVersion" in station:
-            ops.append(Write("firmware/version", station["firmwareVersion"][:64]))
-        assert self.tree is not None
-        boots = int(self.tree.get("diagnostics/boot_count") or 0)
-        ops += [Write("diagnostics/boot_count", boots + 1),
-                Write("diagnostics/last_boot_reason", payload["reason"][:64])]
-        self._apply(ops)
-        return {"currentTime": rfc3339(self.clock.now_us()), "interval": HEARTBEAT_S,
-                "status": "Accepted"}
+    async def onboard(self, firmware: str) -> None:
+        """Learn the charger's device model (GetBaseReport FullInventory, every page), then
+        ask it to boot again, to be Accepted."""
+        assert self.report is not None and self.tree is not None
+        request_id = self.next_id()
+        pages: asyncio.Future[set[tuple[str, str]]] = \
+            asyncio.get_running_loop().create_future()
+        self.reports[request_id] = (pages, set())
+        try:
+            try:
+                answer = await self.link.call("GetBaseReport", {"requestId": request_id,
+                                                                "reportBase": "FullInventory"})
+            except InvalidValueError as exc:  # NotImplemented, NotSupported: it has none
+                answer = {"status": exc.details.get("ocpp_error", "refused")}
+            if answer.get("status") == "Accepted":
+                async with asyncio.timeout(REPORT_TIMEOUT_S):
+                    reported = await pages
+                self.report(dm.forgotten(self.tree, reported))
+            else:
+                log.warning("%s: answered GetBaseReport %s: its device model stays unknown",
+                            self.identity, answer.get("status"))
+            self.report([Write(f"{CHARGER}/inventory_at", self.clock.now_us()),
+                         Write(f"{CHARGER}/inventory_firmware", firmware[:50]),
+                         *dm.capabilities(self.tree)])
+        except TimeoutError:
+            log.warning("%s: its full inventory did not come within %g s: it boots again",
+                        self.identity, REPORT_TIMEOUT_S)
+            return
+        finally:
+            self.reports.pop(request_id, None)
+            self.onboarding = False
+        answer = await self.link.call("TriggerMessage", {"requestedMessage": "BootNotification"})
+        if answer.get("status") != "Accepted":  # it boots again after the interval anyway
+            log.info("%s: answered TriggerMessage(BootNotification) %s", self.identity,
+                     answer.get("status"))
 
-    async def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Every token is accepted: there is no token model yet (docs/ocpp-gateway.md).
-        Answered, so a charger that authorizes before it starts can charge."""
-        log.info("%s: authorize %s: accepted (no token list yet)", self.identity,
-                 payload["idToken"].get("type", ""))
-        return {"idTokenInfo": {"status": "Accepted"}}
-
-    async def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"currentTime": rfc3339(self.clock.now_us())}
-
-    async def on_status(self, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self.tree is not None
-        evse, connector = payload["evseId"], payload["connectorId"]
-        status = payload["connectorStatus"]
-        path = f"evse/{evse}/connector/{connector}/status"
-        ops: list[Operation] = []
-        if path in self.tree:
-            ops.append(Write(path, status))
-            if status in ("Unavailable", "Faulted", "Reserved"):
-                ops.append(Write(f"evse/{evse}/status", status))
-            elif status == "Available" and self.tree.get(f"evse/{evse}/status") in (
-                    "Unavailable", "Faulted", "Reserved", "Finishing", "Preparing"):
-                ops.append(Write(f"evse/{evse}/status", "Available"))
-            elif status == "Occupied" and self.tree.get(f"evse/{evse}/status") == "Available":
-                ops.append(Write(f"evse/{evse}/status", "Preparing"))
-        else:
-            log.warning("%s: a status for EVSE %s connector %s, which it does not have",
-                        self.identity, evse, connector)
-        self._apply(ops)
-        return {}
-
-    async def on_transaction(self, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self.tree is not None and self._durable is not None
-        applied = apply_event(self.tree, payload, self.clock.now_us())
-        event = self._apply(applied.ops)
-        # answered only once its effect is on disk; a repeat too (the first answer may have
-        # failed because the store did: the effect is in the tree, perhaps not yet on disk)
-        await self._durable(self.tree.revision if event is None else event.revision)
-        answer: dict[str, Any] = {}
-        if "idToken" in payload:
-            answer["idTokenInfo"] = {"status": "Accepted"}
-        return answer
-
-    async def on_meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self.tree is not None
-        evse = payload["evseId"]
-        readings = read(payload["meterValue"])
-        if evse and readings:
-            latest, base = readings[-1], f"evse/{evse}"
-            ops: list[Operation] = [Write(f"{base}/meter/{name}", value)
-                                    for name, value in latest.registers.items()
-                                    if f"{base}/meter/{name}" in self.tree]
-            if latest.power_w is not None and f"{base}/session/power_w" in self.tree:
-                ops.append(Write(f"{base}/session/power_w", latest.power_w))
-            self._apply(ops)
-        return {}
+    def take_page(self, payload: dict[str, Any]) -> None:
+        """A NotifyReport page into ``ocpp:dm`` (committed page by page); the last one
+        completes the report asked for."""
+        assert self.report is not None and self.tree is not None
+        outcome = dm.report_ops(self.tree, payload.get("reportData", []), self.clock.now_us())
+        if outcome.dropped:
+            log.warning("%s: its device model holds more than %d variables: %d left out",
+                        self.identity, dm.MAX_VARIABLES, outcome.dropped)
+        if outcome.ops:
+            self.report(outcome.ops)
+        waiting = self.reports.get(payload["requestId"])
+        if waiting is not None:
+            waiting[1].update(outcome.keys)
+            if not payload.get("tbc", False) and not waiting[0].done():
+                waiting[0].set_result(waiting[1])
 
 
-    async def on_firmware_status(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """The charger's latest word on an update as ``firmware/update_status`` (chargers
-        skip and repeat statuses: each is taken as it comes)."""
-        status = FIRMWARE_STATUS.get(payload["status"], "Failed")
-        ops: list[Operation] = [Write("firmware/update_status", status)]
-        if status == "Installed":
-            ops.append(Write("firmware/last_update_at", self.clock.now_us()))
-        self._apply(ops)
-        return {}
-
-    async def on_security_event(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Logged as the security event it is; a failed authentication counts in
-        ``security/failed_logins``."""
-        assert self.tree is not None
-        kind = payload["type"]
-        log.warning("%s: security event %s at %s: %s", self.identity, kind[:50],
-                    payload["timestamp"], payload.get("techInfo", "")[:255])
-        if "Authenticat" in kind or "Certificate" in kind:
-            failed = int(self.tree.get("security/failed_logins") or 0)
-            self._apply([Write("security/failed_logins", failed + 1)])
-        return {}
+STEPS = {"Downloading": 10.0, "DownloadScheduled": 5.0, "DownloadPaused": 10.0,
+         "Downloaded": 40.0, "SignatureVerified": 50.0, "InstallScheduled": 55.0,
+         "Installing": 60.0, "InstallRebooting": 80.0, "Idle": 0.0}
+"""FirmwareStatusNotification statuses on the way, as percent of the install; any other but
+Installed is a failure (DownloadFailed, InvalidSignature, InstallVerificationFailed...)."""
 
 
-FIRMWARE_STATUS = {
-    "Downloading": "Downloading", "Downloaded": "Downloaded", "SignatureVerified": "Verifying",
-    "Installing": "Installing", "InstallRebooting": "Installing",
-    "InstallScheduled": "Installing", "Installed": "Installed", "Idle": "Idle",
-    "DownloadScheduled": "Downloading", "DownloadPaused": "Downloading"}
-"""OCPP's FirmwareStatusEnumType as the tree's ``firmware/update_status``; every other (a
-failure: DownloadFailed, InvalidSignature, InstallVerificationFailed...) is Failed."""
-
-
-def _offline(identity: str, why: str) -> ModelError:
-    return InvalidStateError(f"{identity} is offline ({why}): nothing was sent to it",
-                             details={"reason": "offline"})
-
-
-def _refused_by(identity: str, action: str, answer: dict[str, Any]) -> ModelError:
+def refused_by(identity: str, action: str, answer: dict[str, Any]) -> ModelError:
     info = answer.get("statusInfo") or {}
     return InvalidValueError(
         f"{identity} answered {action} {answer.get('status')}"
@@ -497,16 +590,4 @@ def _refused_by(identity: str, action: str, answer: dict[str, Any]) -> ModelErro
            if info else ""), details={"ocpp_status": answer.get("status")})
 
 
-HANDLERS = {
-    "Authorize": OcppCharger.on_authorize,
-    "BootNotification": OcppCharger.on_boot,
-    "Heartbeat": OcppCharger.on_heartbeat,
-    "StatusNotification": OcppCharger.on_status,
-    "TransactionEvent": OcppCharger.on_transaction,
-    "MeterValues": OcppCharger.on_meter_values,
-    "FirmwareStatusNotification": OcppCharger.on_firmware_status,
-    "SecurityEventNotification": OcppCharger.on_security_event,
-}
-"""The charger's calls served; any other OCPP 2.0.1 action is answered NotSupported."""
-
-__all__ = ["HANDLERS", "ChargerSettings", "Connection", "OcppCharger"]
+__all__ = ["CALL_TIMEOUT_S", "ChargerSettings", "OcppCharger", "refused_by"]

@@ -4,7 +4,9 @@ and each is served by the ``OcppCharger`` of its station actor.
 *Admission, before anything is created* (OCPP-NOTES §1): the identity is the last path
 segment, percent-decoded; one the gateway does not know is refused with HTTP 404; the
 basic-auth user must be the identity and the password its own (compared in constant time),
-else HTTP 401 (security profile 1; with ``ssl``, profile 2: basic auth over TLS). With a
+else HTTP 401 (security profile 1; with ``ssl``, profile 2: basic auth over TLS); a host
+that failed ten logins within a minute is refused (HTTP 429) without a check until the
+minute passes. With a
 client CA (profile 3, ``server_context``), a charger shows a certificate of that CA instead
 (no client certificate: no TLS handshake at all), whose common name must be its identity,
 else HTTP 401. The
@@ -13,6 +15,10 @@ without a subprotocol and is closed at once (1002, Part 4 §3.1.2).
 
 *One connection per identity*: a new one replaces the old, which is closed. *Liveness* is
 WebSocket pings (``ping_interval_s``; closed after as long again without a pong).
+
+*Firmware downloads*: ``GET /firmware/<token>`` on the same port (and TLS) serves the image
+of an update in progress (``actors.station.ocpp.downloads``); those requests are not
+WebSocket upgrades and are answered before any charger admission.
 
 *A bounded admission rate* (OCPP-NOTES rule 11): after the gateway restarts, every charger
 comes back within its reconnect backoff. Admitted chargers take a token of a bucket
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
 import math
@@ -43,6 +50,8 @@ from websockets.typing import Subprotocol
 
 from actors.runtime.services.admission import AdmissionLimiter
 from actors.station.ocpp.charger import OcppCharger
+from actors.station.ocpp.downloads import PATH as DOWNLOADS
+from actors.station.ocpp.downloads import Downloads
 from broker_bridge.clock import WALL_CLOCK, Clock
 from object_model.errors import BusyError
 
@@ -70,8 +79,11 @@ class OcppGateway:
     def __init__(self, chargers: Mapping[str, Admitted], *, host: str = "127.0.0.1",
                  port: int = 0, ssl_context: ssl.SSLContext | None = None,
                  ping_interval_s: float = 30.0, connects_per_s: float | None = 50.0,
-                 connect_burst: float = 100.0, clock: Clock = WALL_CLOCK) -> None:
+                 connect_burst: float = 100.0, clock: Clock = WALL_CLOCK,
+                 downloads: Downloads | None = None, public_host: str | None = None) -> None:
         self.chargers = dict(chargers)
+        self.downloads = downloads
+        self.public_host = public_host  # the host the chargers reach us at (URLs we hand out)
         self.host, self.port = host, port
         self.ssl_context = ssl_context
         self.ping_interval_s = ping_interval_s
@@ -82,6 +94,7 @@ class OcppGateway:
                                     and ssl_context.verify_mode == ssl.CERT_REQUIRED)
         self.server: Server | None = None
         self.refused: dict[int, int] = {}  # HTTP status -> upgrades refused with it
+        self._failures = FailedLogins()
 
     async def start(self) -> OcppGateway:
         self.server = await serve(
@@ -93,6 +106,9 @@ class OcppGateway:
         sockets = list(self.server.sockets)
         if sockets and not self.port:
             self.port = sockets[0].getsockname()[1]
+        if self.downloads is not None:
+            scheme = "https" if self.ssl_context is not None else "http"
+            self.downloads.base = f"{scheme}://{self.public_host or self.host}:{self.port}"
         log.info("OCPP gateway on %s:%d (%d chargers)", self.host, self.port,
                  len(self.chargers))
         return self
@@ -124,7 +140,12 @@ class OcppGateway:
             response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
         return response
 
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.startswith(DOWNLOADS) and self.downloads is not None:
+            served = await self.downloads.serve(request.path, dict(request.headers.raw_items()))
+            headers = Headers(served.headers)
+            headers["Content-Length"] = str(len(served.body))
+            return Response(served.status.value, served.status.phrase, headers, served.body)
         identity = identity_of(request.path)
         if identity is None:
             return self._refuse(connection, HTTPStatus.NOT_FOUND,
@@ -139,9 +160,15 @@ class OcppGateway:
                                     f"a client certificate naming {identity}, not {shown!r}",
                                     identity)
         else:
+            host = _host_of(connection)
+            if self._failures.blocked(host, self.clock.monotonic()):
+                return self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS,
+                                    f"too many failed logins from {host}: wait a minute",
+                                    identity)
             user, password = basic_auth(request.headers)
-            if admitted.password is None or user != identity or not hmac.compare_digest(
-                    password.encode(), admitted.password.encode()):
+            if admitted.password is None or user != identity or not same_secret(
+                    password, admitted.password):
+                self._failures.failed(host, self.clock.monotonic())
                 return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
                                     "basic auth as the charger's identity, with its password",
                                     identity)
@@ -168,6 +195,44 @@ class OcppGateway:
             return
         log.info("%s: connected from %s", identity, connection.remote_address)
         await admitted.charger.serve(connection)
+
+
+class FailedLogins:
+    """Failed logins by remote host: after ``limit`` within ``window_s``, that host's next
+    attempts are refused (HTTP 429) without a password being checked, until the window
+    passes: a password is not guessed at the gateway's speed. Bounded: at most ``hosts``
+    hosts are remembered (the oldest forgotten first)."""
+
+    def __init__(self, limit: int = 10, window_s: float = 60.0, hosts: int = 4096) -> None:
+        self.limit, self.window_s, self.hosts = limit, window_s, hosts
+        self._seen: dict[str, tuple[float, int]] = {}  # host -> (window start, failures)
+
+    def blocked(self, host: str, now: float) -> bool:
+        start, count = self._seen.get(host, (now, 0))
+        if now - start >= self.window_s:
+            self._seen.pop(host, None)
+            return False
+        return count >= self.limit
+
+    def failed(self, host: str, now: float) -> None:
+        start, count = self._seen.pop(host, (now, 0))
+        if now - start >= self.window_s:
+            start, count = now, 0
+        self._seen[host] = (start, count + 1)
+        while len(self._seen) > self.hosts:
+            self._seen.pop(next(iter(self._seen)))
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether two passwords are equal, in time that says nothing of either (not even the
+    length: digests of both are compared)."""
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(),
+                               hashlib.sha256(expected.encode()).digest())
+
+
+def _host_of(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if isinstance(address, tuple) and address else "?"
 
 
 def _select(connection: ServerConnection, offered: Sequence[Subprotocol]
@@ -228,5 +293,5 @@ def basic_auth(headers: Headers) -> tuple[str, str]:
     return user, password
 
 
-__all__ = ["SUBPROTOCOL", "Admitted", "OcppGateway", "basic_auth", "certificate_name",
-           "identity_of", "server_context"]
+__all__ = ["SUBPROTOCOL", "Admitted", "FailedLogins", "OcppGateway", "basic_auth",
+           "certificate_name", "identity_of", "same_secret", "server_context"]
