@@ -44,12 +44,13 @@ MAX_VARIABLES = 2048
 FIELDS = {field: kind for kind, field in ATTRIBUTES.items()}
 """A variable's attribute field in the tree -> OCPP's attribute type."""
 
-OWNED = {("SecurityCtrlr", None), ("OCPPCommCtrlr", "NetworkConfigurationPriority"),
-         ("OCPPCommCtrlr", "NetworkProfileConnectionAttempts"),
-         ("OCPPCommCtrlr", "ActiveNetworkProfile")}
+OWNED = {("securityctrlr", None), ("ocppcommctrlr", "networkconfigurationpriority"),
+         ("ocppcommctrlr", "networkprofileconnectionattempts"),
+         ("ocppcommctrlr", "activenetworkprofile")}
 """Settings the gateway keeps for itself: the charger's credentials and how it reaches the
-gateway (``None``: every variable of the component). Written through ``csms set``, they could
-cut the charger off or hand its login to whoever wrote them."""
+gateway (``None``: every variable of the component), in lower case (OCPP's names are
+case-insensitive). Written through ``csms set``, they could cut the charger off or hand its
+login to whoever wrote them."""
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[%#@]")
 
@@ -243,7 +244,8 @@ def settings_of(tree: ObjectTree, writes: Sequence[tuple[KeyPath, Any]]
             raise UnknownPathError(f"the charger reported no {field} attribute of "
                                    f"{component}.{variable}", path=path)
         comp, var = parts_of(component, variable)
-        if (comp["name"], None) in OWNED or (comp["name"], var["name"]) in OWNED:
+        name, variable_name = comp["name"].lower(), var["name"].lower()
+        if (name, None) in OWNED or (name, variable_name) in OWNED:
             raise AccessDeniedError(f"{comp['name']}.{var['name']} is the gateway's to set: "
                                     "it holds the charger's credentials and links", path=path)
         if tree.get(mutability) == "ReadOnly":

@@ -38,6 +38,7 @@ def charger_tree() -> ObjectTree:
         item({"name": "SmartChargingCtrlr"}, "PeriodsPerSchedule", "5", mutability="ReadOnly"),
         item({"name": "SecurityCtrlr"}, "BasicAuthPassword", "hunter2-secret",
              mutability="WriteOnly", data_type="string"),
+        item({"name": "securityCTRLR", "instance": "2"}, "Identity", "x", data_type="string"),
         item({"name": "EVSE", "evse": {"id": 1}}, "Power", "7400", mutability="ReadOnly",
              data_type="decimal", monitoring=True),
         item({"name": "MonitoringCtrlr"}, "Enabled", "true", data_type="boolean"),
@@ -74,7 +75,7 @@ def test_a_report_lands_in_the_tree_without_write_only_values_and_sets_capabilit
     assert tree.get("ocpp:charger/periods_per_schedule") == 5
     assert tree.get("ocpp:charger/items_per_set") == 2
     assert tree.get("ocpp:charger/monitoring") is True
-    assert tree.get("ocpp:charger/variables") == 7
+    assert tree.get("ocpp:charger/variables") == 8
     # a full inventory without one of them: it is forgotten
     gone = dm.forgotten(tree, dm.known_variables(tree) - {("OCPPCommCtrlr", "HeartbeatInterval")})
     tree.apply(gone)
@@ -103,6 +104,8 @@ def test_settings_are_checked_before_anything_is_sent() -> None:
                         ErrorCode.ACCESS_DENIED),  # ReadOnly
                        ("ocpp:dm/SecurityCtrlr/BasicAuthPassword/actual/value",
                         ErrorCode.ACCESS_DENIED),  # the gateway's own
+                       ("ocpp:dm/securityCTRLR#2/Identity/actual/value",
+                        ErrorCode.ACCESS_DENIED),  # names are case-insensitive
                        ("ocpp:dm/OCPPCommCtrlr/Nope/actual/value", ErrorCode.UNKNOWN_PATH),
                        ("ocpp:dm/OCPPCommCtrlr/HeartbeatInterval/target/value",
                         ErrorCode.UNKNOWN_PATH)):
