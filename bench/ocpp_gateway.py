@@ -14,9 +14,13 @@ The gateway (``csms gateway --config``) is a process of its own, measured from o
 *Figures.* ``booted`` of ``chargers`` (ramped over ``--ramp-s``), ``boot_p99_ms`` (connect to
 BootNotification answered); ``cached_at_local`` (copies synchronised at the local CSMS) and
 ``cached_at_cloud``; ``events_per_s`` in the soak, ``gateway_cpu_share`` (of one core) and
-``gateway_rss_mb`` over it; ``profile_p99_ms`` and ``profile_max_ms`` (the local CSMS writes an
-envelope to every charger's first EVSE: write to answer, which waits for the charger's
-SetChargingProfile answer); ``transactions``, ``energy_mismatch_wh`` (records against what the
+``gateway_rss_mb`` over it. The site's resource manager gives a fuse of 1.2 times what the
+EVSEs draw, and the local CSMS allocates it (every EVSE an envelope, a charging profile);
+then a power cut at the resource manager halves the site's limit: ``profile_p99_ms`` and
+``profile_max_ms`` from the resource manager's write to each EVSE's charger answering its
+new profile, ``max_confirmed_over_site_w`` the most the sum of the limits the chargers
+confirmed ever stood above the site's limit after a raise, or at the end (0: lowered
+first, raised after, and within it); ``transactions``, ``energy_mismatch_wh`` (records against what the
 chargers delivered), ``duplicates`` and ``lost``; ``reconnect_all_s`` (the gateway SIGKILLed
 and started again until every charger is back online at the local CSMS; the gateway admits
 50 a second after a burst of 100, and ``reconnects_deferred`` counts the 503s it answered).
@@ -53,7 +57,6 @@ from actors.app.hierarchy import Hierarchy, die_with_parent, gateway_domain
 from bench.procfs import cpu_seconds, rss_bytes
 from keypath import KeyPath
 from object_model.messages import PropertyValueWrite, WriteItem
-from object_model.pebc import EnvelopeElement, PowerRangeEnvelope
 
 US = 1_000_000
 EVSE_W = 11_000.0
@@ -71,16 +74,52 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-class BenchCharger(ChargePoint):
-    """A charger of the bench: it answers profiles Accepted; ``delivered`` is its truth."""
+class Ledger:
+    """The limits the chargers confirmed, summed at every confirmation (the bench sees every
+    charger's answers, so the sum is exact at each moment). After a cut (``cut``), a raise
+    that leaves the sum above the site's limit is a violation (``over_w``: the most above);
+    ``answered`` holds when each EVSE first answered a profile after the cut."""
 
-    def __init__(self, identity: str, connection: Any) -> None:
-        super().__init__(identity, connection, response_timeout=30)
+    def __init__(self) -> None:
+        self.limits: dict[tuple[str, int], float] = {}
+        self.total = 0.0
+        self.cut_at: float | None = None
+        self.site_limit_w = float("inf")
+        self.over_w = 0.0
+        self.answered: dict[tuple[str, int], float] = {}
+
+    def cut(self, limit_w: float) -> None:
+        self.cut_at, self.site_limit_w = time.perf_counter(), limit_w
+        self.answered.clear()
+
+    def confirmed(self, key: tuple[str, int], limit_w: float) -> None:
+        old = self.limits.get(key, EVSE_W * 2)  # an EVSE without a profile: its rating
+        self.limits[key] = limit_w
+        self.total += limit_w - old
+        if self.cut_at is None:
+            return
+        self.answered.setdefault(key, time.perf_counter())
+        if limit_w > old and self.total > self.site_limit_w:
+            self.over_w = max(self.over_w, self.total - self.site_limit_w)
+
+
+class BenchCharger(ChargePoint):
+    """A charger of the bench: it answers profiles Accepted and keeps their limit (the first
+    period's: the allocation's envelopes start now) in the ``ledger``."""
+
+    def __init__(self, owner: Charger, connection: Any) -> None:
+        super().__init__(owner.identity, connection, response_timeout=30)
+        self.owner = owner
         self.profiles = 0
 
     @on("SetChargingProfile", skip_schema_validation=True)
-    async def on_profile(self, **_: Any) -> call_result.SetChargingProfile:
+    async def on_profile(self, evse_id: int, charging_profile: dict[str, Any],
+                         **_: Any) -> call_result.SetChargingProfile:
         self.profiles += 1
+        periods = charging_profile["charging_schedule"][0]["charging_schedule_period"]
+        if charging_profile.get("stack_level") == 1:  # an envelope's (the permissions' is 0)
+            self.owner.limit_w[evse_id] = float(periods[0]["limit"])
+            self.owner.ledger.confirmed((self.owner.identity, evse_id), float(periods[0]["limit"]))
         return call_result.SetChargingProfile(status="Accepted")
 
 
@@ -91,6 +130,7 @@ class Charger:
     identity: str
     password: str
     evses: int
+    ledger: Ledger
     client: BenchCharger | None = None
     connection: Any = None
     task: asyncio.Task[None] | None = None
@@ -99,6 +139,11 @@ class Charger:
     seq: dict[int, int] = field(default_factory=dict)
     delivered: dict[str, float] = field(default_factory=dict)  # transaction -> Wh (truth)
     refused: int = 0  # connects the gateway deferred (503)
+    limit_w: dict[int, float] = field(default_factory=dict)  # confirmed, by EVSE
+
+    def power_w(self, evse: int) -> float:
+        """What the EVSE draws: its EV's demand, within the limit it confirmed."""
+        return min(EVSE_W, self.limit_w.get(evse, EVSE_W))
 
     def transaction(self, evse: int) -> str:
         return f"{self.identity}-e{evse}"
@@ -119,7 +164,7 @@ class Charger:
                 self.refused += 1
                 after = float(exc.response.headers.get("Retry-After", "1"))
                 await asyncio.sleep(after * random.uniform(1.0, 2.0))  # the gateway's word
-        self.client = BenchCharger(self.identity, self.connection)
+        self.client = BenchCharger(self, self.connection)
         self.task = asyncio.create_task(self.client.start())
 
     async def send(self, payload: Any) -> Any:
@@ -151,7 +196,7 @@ class Charger:
             evse={"id": evse, "connector_id": 1} if kind == "Started" else None,
             meter_value=[{"timestamp": stamp(now_us), "sampled_value": [
                 {"value": register, "context": context},
-                {"value": 0.0 if kind == "Ended" else EVSE_W, "context": context,
+                {"value": 0.0 if kind == "Ended" else self.power_w(evse), "context": context,
                  "measurand": "Power.Active.Import"}]}]))
         self.delivered[transaction] = register - self.begin[evse]
 
@@ -192,7 +237,7 @@ async def soak(chargers: list[Charger], soak_s: float, event_s: float) -> int:
             await asyncio.sleep(i * gap)  # spread over the interval, as chargers are
             count = 0
             for evse in range(1, charger.evses + 1):
-                charger.registers[evse] += EVSE_W * event_s / 3600
+                charger.registers[evse] += charger.power_w(evse) * event_s / 3600
                 await charger.event(evse, "Updated", time.time_ns() // 1000)
                 count += 1
             return count
@@ -221,12 +266,15 @@ async def run(*, chargers: int, evses: int, ramp_s: float, soak_s: float, event_
     root = Path(tempfile.mkdtemp(prefix="bench-ocpp-"))
     h = await Hierarchy.start(root, say=say)
     gateway: asyncio.subprocess.Process | None = None
-    fleet = [Charger(f"ocpp-site1-{i}", f"bench-password-{i:06d}", evses)
+    ledger = Ledger()
+    fleet = [Charger(f"ocpp-site1-{i}", f"bench-password-{i:06d}", evses, ledger)
              for i in range(1, chargers + 1)]
     out: dict[str, Any] = {"chargers": chargers, "evses": chargers * evses}
+    drawn_w = chargers * evses * EVSE_W
     try:
         await h.start_cloud()
-        site = await h.start_site(1)
+        await h.start_resource_manager(1, fuse_limit_w=1.2 * drawn_w)
+        site = await h.start_site(1, resource_manager=True)
         local = site.local_csms
         port = 19_000 + os.getpid() % 1000
         ep = h.site_brokers[1].endpoint
@@ -269,28 +317,27 @@ async def run(*, chargers: int, evses: int, ramp_s: float, soak_s: float, event_
         out["events_per_s"] = round(sent / elapsed, 1)
         out["gateway_cpu_share"] = round(((cpu_seconds(gateway.pid) or 0.0) - cpu0) / elapsed, 3)
         out["gateway_rss_mb"] = round((rss_bytes(gateway.pid) or 0) / 2**20, 1)
-        say("writing an envelope to every charger's first EVSE...")
-        now = time.time_ns() // 1000
-        envelope = PowerRangeEnvelope(end_us=now + 3_600 * US, elements=[
-            EnvelopeElement(start_us=now, lower_w=0, upper_w=7_400)]).model_dump()
-        latencies: list[float] = []
-
-        async def write(charger: Charger) -> None:
-            began = time.perf_counter()
-            await local.request(charger.identity, PropertyValueWrite(writes=[WriteItem(
-                path=KeyPath.parse("evse/1/energy/envelope"), value=envelope)]), timeout=10)
-            latencies.append((time.perf_counter() - began) * 1e3)
-
-        gate = asyncio.Semaphore(50)  # as the site's allocation writes: in waves
-
-        async def gated(charger: Charger) -> None:
-            async with gate:
-                await write(charger)
-
-        await asyncio.gather(*(gated(c) for c in fleet))
+        say("every EVSE holds its envelope; a power cut at the resource manager to half of "
+            "what the site draws...")
+        await until(lambda: len(ledger.limits) == chargers * evses,
+                    "every EVSE's envelope confirmed", 120)
+        cut_w = drawn_w / 2
+        operator = await h.operator()
+        start = time.time_ns() // 1000
+        ledger.cut(cut_w)
+        await operator.request("rm-site1", PropertyValueWrite(writes=[WriteItem(
+            path=KeyPath.parse("grid/curtailments/bench"),
+            value={"start_at": start, "end_at": start + 3_600 * US, "limit_w": cut_w,
+                   "reason": "bench: a power cut"})]), timeout=10)
+        await until(lambda: ledger.total <= cut_w, "every charger confirmed the cut", 120)
+        await asyncio.sleep(2 * h.site(1).local_csms.energy.energy_settings.interval_s)  # a
+        # while at the new limit: what the allocation does next counts too
+        latencies = [(at - (ledger.cut_at or at)) * 1e3 for at in ledger.answered.values()]
         out |= {"profiles_confirmed": sum(c.client.profiles for c in fleet if c.client),
                 "profile_p99_ms": round(p99(latencies), 1),
-                "profile_max_ms": round(max(latencies), 1)}
+                "profile_max_ms": round(max(latencies, default=0.0), 1),
+                "max_confirmed_over_site_w": round(
+                    max(ledger.over_w, ledger.total - cut_w, 0.0), 1)}
         say("the gateway SIGKILLed and started again; chargers reconnect...")
         gateway.send_signal(signal.SIGKILL)
         await gateway.wait()

@@ -135,6 +135,7 @@ class OcppCharger:
         self._watched: dict[str, MonitoringTaskSetup] = {}
         self._monitor_ids: dict[str, set[int]] = {}  # the charger's monitors, by task
         self.status_at: dict[tuple[int, int], int] = {}  # the latest status shown, by connector
+        self.ev_needs: set[int] = set()  # EVSEs whose EV said what it needs
 
     def next_id(self) -> int:
         self._ids = self._ids % (2**31 - 2) + 1

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from actors.logic.ocpp import device_model as dm
 from actors.logic.ocpp.meters import live_ops, micros, read
 from actors.logic.ocpp.profiles import VOLTS, rfc3339
-from actors.logic.ocpp.transactions import apply_event
+from actors.logic.ocpp.transactions import apply_event, record_key
 from object_model.pebc import EnergyConstraints
 from object_model.station.ocpp_namespace import CHARGER
-from object_model.tree import Operation, TransactionCommitted, Write
+from object_model.tree import Delete, Operation, TransactionCommitted, Write
 
 if TYPE_CHECKING:
     from actors.station.ocpp.charger import OcppCharger
@@ -29,6 +29,7 @@ log = logging.getLogger("csms.ocpp")
 HEARTBEAT_S = 900  # liveness comes from WebSocket pings; a heartbeat still sets the clock
 PENDING_RETRY_S = 10  # a Pending charger boots again after this (unless asked sooner)
 FUTURE_SLACK_US = 300_000_000  # a time further ahead of ours is taken as ours
+ASSUMED_STAY_US = 8 * 3600 * 1_000_000  # an EV that says nothing of its departure
 
 Handler = Callable[["OcppCharger", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -124,21 +125,53 @@ async def on_status(charger: OcppCharger, payload: dict[str, Any]) -> dict[str, 
 
 async def on_transaction(charger: OcppCharger, payload: dict[str, Any]) -> dict[str, Any]:
     """Answered only once its effect is on disk; a repeat too (the first answer may have
-    failed because the store did: the effect is in the tree, perhaps not yet on disk). A
-    transaction's end gives its EVSE back its own power constraints (an EV's are gone)."""
+    failed because the store did: the effect is in the tree, perhaps not yet on disk). The
+    EVSE's energy needs follow (``_energy_needs``)."""
     tree = charger.tree
     assert tree is not None and charger.durable is not None
-    applied = apply_event(tree, payload, charger.clock.now_us())
-    ops = list(applied.ops)
-    evse = (payload.get("evse") or {}).get("id")
-    if payload["eventType"] == "Ended" and not applied.repeat and evse in charger.evses(tree):
-        ops.append(charger.constraints(tree, evse))
-    event = _apply(charger, ops)
-    await charger.durable(tree.revision if event is None else event.revision)
+    now = charger.clock.now_us()
+    applied = apply_event(tree, payload, now)
+    _apply(charger, applied.ops)
+    if not applied.repeat:
+        _apply(charger, _energy_needs(charger, payload, now))
+    await charger.durable(tree.revision)
     answer: dict[str, Any] = {}
     if "idToken" in payload:
         answer["idTokenInfo"] = {"status": "Accepted"}
     return answer
+
+
+def _energy_needs(charger: OcppCharger, payload: dict[str, Any], now_us: int
+                  ) -> list[Operation]:
+    """What the site's allocation needs to know of the EVSE the event is about: while its
+    transaction runs and the EV said nothing of its needs (no NotifyEVChargingNeeds: an IEC
+    61851 EV), anything up to full power over an assumed stay, renewed as it passes, as a
+    native station shows a basic EV; when it ends, no need and the EVSE's own constraints."""
+    tree = charger.tree
+    assert tree is not None
+    record = f"transactions/{record_key(payload['transactionInfo']['transactionId'])}"
+    if f"{record}/evse" not in tree:
+        return []
+    evse = int(tree.get(f"{record}/evse"))
+    if evse not in charger.evses(tree):
+        return []
+    needs = f"evse/{evse}/energy/energy_constraints"
+    if tree.get(f"{record}/state") == "Finished":
+        charger.ev_needs.discard(evse)
+        done: list[Operation] = [charger.constraints(tree, evse)]
+        if tree.is_leaf(needs):
+            done.append(Delete(needs))
+        return done
+    if evse in charger.ev_needs or tree.get(f"evse/{evse}/session/session_id") != \
+            payload["transactionInfo"]["transactionId"]:
+        return []
+    started = int(tree.get(f"{record}/started_at"))
+    stays = max(1, (now_us - started) // ASSUMED_STAY_US + 1)
+    until = started + stays * ASSUMED_STAY_US
+    most = float(tree.get(f"evse/{evse}/max_power_w")) * (until - started) / 3.6e9
+    assumed = EnergyConstraints(valid_from_us=started, valid_until_us=until, min_wh=0.0,
+                                max_wh=round(most, 1)).model_dump()
+    return [] if tree.is_leaf(needs) and tree.get(needs) == assumed else [Write(needs, assumed)]
 
 
 async def on_meter_values(charger: OcppCharger, payload: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +260,7 @@ async def on_charging_needs(charger: OcppCharger, payload: dict[str, Any]) -> di
             dc["evMaxVoltage"]))
         least, energy = 0.0, float(dc.get("energyAmount") or 0.0)
     ops: list[Operation] = [charger.constraints(tree, evse, least, most)]
+    charger.ev_needs.add(evse)
     departure = micros(needs["departureTime"]) if "departureTime" in needs else None
     if departure is not None and departure > now:
         ops.append(Write(f"evse/{evse}/session/departure_at", departure))
