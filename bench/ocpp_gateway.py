@@ -23,7 +23,10 @@ confirmed ever stood above the site's limit after a raise, or at the end (0: low
 first, raised after, and within it); ``transactions``, ``energy_mismatch_wh`` (records against what the
 chargers delivered), ``duplicates`` and ``lost``; ``reconnect_all_s`` (the gateway SIGKILLed
 and started again until every charger is back online at the local CSMS; the gateway admits
-50 a second after a burst of 100, and ``reconnects_deferred`` counts the 503s it answered).
+50 a second after a burst of 100, and ``reconnects_deferred`` counts the 503s it answered);
+``cloud_caught_up_s`` until the cloud's copies equal the stations' trees again, and
+``cloud_resyncs_by_mode`` how (``changes``: by ``changes_since``; none: the updates the local
+CSMS relayed sufficed).
 
 Needs Prosody (``make setup``). Not pass/fail: the exit status is 0 when the run completed.
 """
@@ -339,6 +342,7 @@ async def run(*, chargers: int, evses: int, ramp_s: float, soak_s: float, event_
                 "max_confirmed_over_site_w": round(
                     max(ledger.over_w, ledger.total - cut_w, 0.0), 1)}
         say("the gateway SIGKILLed and started again; chargers reconnect...")
+        modes_before = dict(h.cloud_actor.copies.resync.stats.by_mode)
         gateway.send_signal(signal.SIGKILL)
         await gateway.wait()
         for charger in fleet:
@@ -351,6 +355,12 @@ async def run(*, chargers: int, evses: int, ramp_s: float, soak_s: float, event_
             is True for c in fleet), "every charger online again", 120)
         out["reconnect_all_s"] = round(time.monotonic() - killed, 2)
         out["reconnects_deferred"] = sum(c.refused for c in fleet)
+        await until(h.cloud_consistent, "the cloud caught up", 120)
+        out["cloud_caught_up_s"] = round(time.monotonic() - killed, 2)
+        modes = h.cloud_actor.copies.resync.stats.by_mode
+        out["cloud_resyncs_by_mode"] = {mode: runs - modes_before.get(mode, 0)
+                                        for mode, runs in modes.items()
+                                        if runs > modes_before.get(mode, 0)}
         say("ending every transaction...")
         now = time.time_ns() // 1000
         for charger in fleet:

@@ -27,3 +27,6 @@ def test_the_quick_run_boots_charges_survives_a_kill_and_bills_exactly() -> None
     assert figures["transactions"] == 40
     assert (figures["lost"], figures["duplicates"], figures["energy_mismatch_wh"]) == (0, 0, 0)
     assert figures["reconnect_all_s"] > 0 and figures["gateway_cpu_share"] > 0
+    # the cloud caught up after the kill by changes_since, never by a full re-read
+    assert set(figures["cloud_resyncs_by_mode"]) <= {"changes"}
+    assert figures["cloud_caught_up_s"] >= figures["reconnect_all_s"]
