@@ -45,6 +45,9 @@ class TriggeredMessage(StrEnum):
 
 EvseId = Annotated[int, Field(ge=0, le=128)]
 ConnectorId = Annotated[int, Field(ge=1, le=4)]
+Word = Annotated[str, Field(max_length=36, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
+"""A token or transaction id as OCPP carries it (36 characters), without control characters:
+it goes into the task's detail and the station's log."""
 
 
 class RemoteOperation(MessageBase):
@@ -67,8 +70,8 @@ class RemoteOperation(MessageBase):
     evse: EvseId | None = None
     connector: ConnectorId | None = None
     immediate: bool = False
-    id_token: str = Field("", max_length=36)
-    transaction_id: str = Field("", max_length=36)
+    id_token: Word = ""
+    transaction_id: Word = ""
     message: TriggeredMessage | None = None
     operative: bool = True
 

@@ -67,6 +67,7 @@ from object_model.schema import (
     CollectionSchema,
     LeafSchema,
     PermissiveSchema,
+    RecordSchema,
     SchemaNode,
     SchemaRegistry,
     parse_path,
@@ -560,26 +561,35 @@ class ObjectTree:
         return plan
 
     def _check_capacity(self, path: KeyPath, created: dict[KeyPath, set[str]]) -> None:
-        """Refuse a new collection member beyond the collection's ``max_members``."""
+        """Refuse a new collection member beyond the collection's ``max_members``, at every
+        level the write creates (a collection made by this transaction is bounded too: its
+        members would otherwise pass here and make a tree no snapshot of restores)."""
         node: _Interior | _Leaf | None = self._root
         segs = path.segments
         for depth, seg in enumerate(segs):
             nxt = node.children.get(seg) if isinstance(node, _Interior) else None
-            if nxt is None:
-                parent_path = KeyPath._trusted(segs[:depth])
-                parent_schema = self.schema.resolve(parent_path)
-                if isinstance(parent_schema, CollectionSchema):
-                    pending = created.setdefault(parent_path, set())
-                    pending.add(seg)
-                    have = len(node.children) if isinstance(node, _Interior) else 0
-                    if have + len(pending) > parent_schema.max_members:
-                        raise LimitExceededError(
-                            f"{parent_path} holds at most {parent_schema.max_members} members",
-                            path=parent_path / seg,
-                            details={"max_members": parent_schema.max_members},
-                        )
-                return
-            node = nxt
+            if nxt is not None:
+                node = nxt
+                continue
+            have = len(node.children) if isinstance(node, _Interior) else 0
+            schema: SchemaNode | None = self.schema.resolve(KeyPath._trusted(segs[:depth]))
+            for below in range(depth, len(segs)):  # the levels this write creates
+                if isinstance(schema, RecordSchema):
+                    schema = schema.fields.get(segs[below])
+                    continue
+                if not isinstance(schema, CollectionSchema):
+                    return
+                parent_path = KeyPath._trusted(segs[:below])
+                pending = created.setdefault(parent_path, set())
+                pending.add(segs[below])
+                if (have if below == depth else 0) + len(pending) > schema.max_members:
+                    raise LimitExceededError(
+                        f"{parent_path} holds at most {schema.max_members} members",
+                        path=parent_path / segs[below],
+                        details={"max_members": schema.max_members},
+                    )
+                schema = schema.member
+            return
 
     def _commit(self, plan: Sequence[tuple[KeyPath, Any, Any, int]]) -> TransactionCommitted:
         revision = self.revision + 1

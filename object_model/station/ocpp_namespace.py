@@ -37,6 +37,8 @@ ATTRIBUTES = {"Actual": "actual", "Target": "target", "MinSet": "min_set",
 """OCPP's attribute types and their fields in a variable."""
 MAX_COMPONENTS = 512
 MAX_VARIABLES_PER_COMPONENT = 256
+COMPONENT_KEY_CHARS = 160  # a key, percent-encoded: 50 characters of OCPP name, and more
+VARIABLE_KEY_CHARS = 120
 VALUE_CHARS = 2500  # OCPP 2.0.1 attribute values: string(2500)
 
 Word = Annotated[str, string(50)]
@@ -69,7 +71,8 @@ class Variable(Component):
 
 
 DeviceModel = Annotated[dict[str, Annotated[dict[str, Variable], Ids(
-    string(120), MAX_VARIABLES_PER_COMPONENT)]], Ids(string(160), MAX_COMPONENTS)]
+    string(VARIABLE_KEY_CHARS), MAX_VARIABLES_PER_COMPONENT)]], Ids(
+    string(COMPONENT_KEY_CHARS), MAX_COMPONENTS)]
 """The charger's device model: components by key, each its variables by key."""
 
 
@@ -107,5 +110,6 @@ def install(registry: SchemaRegistry) -> None:
     registry.extend("evse/*", LIMITS, f"{PREFIX}:EvseLimits")
 
 
-__all__ = ["ATTRIBUTES", "CHARGER", "DEVICE_MODEL", "LIMITS", "MAX_COMPONENTS",
-           "MAX_VARIABLES_PER_COMPONENT", "NAMESPACE", "VALUE_CHARS", "install"]
+__all__ = ["ATTRIBUTES", "CHARGER", "COMPONENT_KEY_CHARS", "DEVICE_MODEL", "LIMITS",
+           "MAX_COMPONENTS", "MAX_VARIABLES_PER_COMPONENT", "NAMESPACE", "VALUE_CHARS",
+           "VARIABLE_KEY_CHARS", "install"]

@@ -155,6 +155,23 @@ def test_collection_capacity_is_enforced(station: ObjectTree) -> None:
     assert len(tree) == 5
 
 
+def test_a_collection_made_in_the_same_transaction_is_bounded_too(station: ObjectTree) -> None:
+    """Found attacking the OCPP gateway: a charger reporting 300 variables of one new
+    component in one page was let through (ocpp:dm/<component> holds 256), and the tree's
+    snapshot then did not restore, so its station did not start again."""
+    def variables(component: str, count: int) -> list[Write]:
+        return [Write(f"ocpp:dm/{component}/V{i}/data_type", "string") for i in range(count)]
+
+    with pytest.raises(ModelError) as info:
+        station.apply(variables("Vendor", 257))
+    assert info.value.code is ErrorCode.LIMIT_EXCEEDED
+    assert info.value.path == "ocpp:dm/Vendor/V256" and info.value.details["max_members"] == 256
+    assert "ocpp:dm/Vendor" not in station
+    station.apply(variables("Vendor", 256))
+    assert len(ObjectTree.restore(station.snapshot(), station.schema).read("ocpp:dm/Vendor")) \
+        == 256
+
+
 def test_expected_revision_guards_a_transaction(station: ObjectTree) -> None:
     with pytest.raises(ModelError) as info:
         station.apply([Write("evse/1/phases", 1)], expected_revision=station.revision - 1)

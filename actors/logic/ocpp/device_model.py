@@ -6,8 +6,9 @@ Sans-IO: payloads in, tree operations or payloads out.
   connector) and its key in the tree (``Connector@1.2``, ``ItemsPerMessage#GetReport``), one
   spelling each way; ``%``, ``#``, ``@`` and what is not printable ASCII are percent-encoded.
 * ``report_ops``: NotifyReport ``reportData`` (and GetVariables results) as writes of
-  ``ocpp:dm/<component>/<variable>``, bounded (``MAX_VARIABLES``: a charger that reports
-  more is cut off, and says so in the log, rather than fill the gateway's memory); what the
+  ``ocpp:dm/<component>/<variable>``, bounded (``MAX_VARIABLES``, and what the tree's
+  collections hold: a charger that reports more is cut off, and says so in the log, rather
+  than fill the gateway's memory or have its page refused); what the
   gateway needs of it (rate unit, periods per schedule, items per SetVariables, monitoring)
   as ``ocpp:charger`` leaves.
 * ``event_ops``: NotifyEvent ``eventData`` as writes of the variables' actual values, so the
@@ -31,11 +32,19 @@ from keypath import KeyPath
 from object_model.errors import (
     AccessDeniedError,
     InvalidValueError,
-    ModelError,
     UnknownPathError,
 )
 from object_model.monitoring import Delta, MonitoringTaskSetup, OnChange, Periodic, Threshold
-from object_model.station.ocpp_namespace import ATTRIBUTES, CHARGER, DEVICE_MODEL, VALUE_CHARS
+from object_model.station.ocpp_namespace import (
+    ATTRIBUTES,
+    CHARGER,
+    COMPONENT_KEY_CHARS,
+    DEVICE_MODEL,
+    MAX_COMPONENTS,
+    MAX_VARIABLES_PER_COMPONENT,
+    VALUE_CHARS,
+    VARIABLE_KEY_CHARS,
+)
 from object_model.tree import Delete, ObjectTree, Operation, Write
 
 MAX_VARIABLES = 2048
@@ -147,18 +156,27 @@ class ReportOutcome:
 
 
 def report_ops(tree: ObjectTree, items: Sequence[dict[str, Any]], now_us: int) -> ReportOutcome:
-    """A NotifyReport page's ``reportData`` as writes of the charger's device model, plus
-    what the gateway takes from it (``capabilities``)."""
-    held = known_variables(tree)
+    """A NotifyReport page's ``reportData`` as writes of the charger's device model. What
+    the tree cannot hold is left out (counted in ``dropped``), never a reason to refuse the
+    page: more than ``MAX_VARIABLES`` in all, ``MAX_VARIABLES_PER_COMPONENT`` in a component
+    or ``MAX_COMPONENTS``, a key that is empty or too long once encoded."""
+    held = _held(tree)
+    count = sum(map(len, held.values()))
     ops: list[Operation] = []
     keys: set[tuple[str, str]] = set()
     dropped = 0
     for item in items:
         key = component_key(item["component"]), variable_key(item["variable"])
-        if key not in held and len(held) >= MAX_VARIABLES:
-            dropped += 1
-            continue
-        held.add(key)
+        variables = held.get(key[0])
+        if variables is None or key[1] not in variables:
+            if count >= MAX_VARIABLES or not 0 < len(key[0]) <= COMPONENT_KEY_CHARS or \
+                    not 0 < len(key[1]) <= VARIABLE_KEY_CHARS or (
+                        len(held) >= MAX_COMPONENTS if variables is None
+                        else len(variables) >= MAX_VARIABLES_PER_COMPONENT):
+                dropped += 1
+                continue
+            held.setdefault(key[0], set()).add(key[1])
+            count += 1
         keys.add(key)
         ops.append(Write(f"{DEVICE_MODEL}/{_path_key(key[0])}/{_path_key(key[1])}",
                          _variable(item, now_us)))
@@ -169,12 +187,18 @@ def _path_key(key: str) -> str:
     return str(KeyPath(key))  # escaped where the key-path syntax needs it
 
 
+def _held(tree: ObjectTree) -> dict[str, set[str]]:
+    """The variable keys of each component key the tree holds (by the tree's children: a
+    page costs no read of the whole model)."""
+    return {component: {variable for variable, _, _ in tree.children(_MODEL / component)}
+            for component, _, _ in tree.children(_MODEL)}
+
+
+_MODEL = KeyPath(DEVICE_MODEL)
+
+
 def known_variables(tree: ObjectTree) -> set[tuple[str, str]]:
-    try:
-        model = tree.read(DEVICE_MODEL)
-    except ModelError:  # none yet
-        return set()
-    return {(c, v) for c, variables in model.items() for v in variables}
+    return {(c, v) for c, variables in _held(tree).items() for v in variables}
 
 
 def forgotten(tree: ObjectTree, reported: set[tuple[str, str]]) -> list[Operation]:
@@ -215,12 +239,14 @@ def capabilities(tree: ObjectTree) -> list[Operation]:
 
 def event_ops(tree: ObjectTree, events: Iterable[dict[str, Any]]) -> list[Operation]:
     """NotifyEvent ``eventData``: each ``actualValue`` written to its variable's actual value
-    where the device model has that variable (what it has not reported stays out)."""
+    where the device model has that variable (what it has not reported stays out, and so
+    does the value of a WriteOnly one)."""
     ops: list[Operation] = []
     for event in events:
         base = f"{DEVICE_MODEL}/{_path_key(component_key(event['component']))}/" \
                f"{_path_key(variable_key(event['variable']))}"
-        if f"{base}/actual/mutability" in tree:
+        mutability = f"{base}/actual/mutability"
+        if mutability in tree and tree.get(mutability) != "WriteOnly":
             ops.append(Write(f"{base}/actual/value", str(event["actualValue"])[:VALUE_CHARS]))
     return ops
 
@@ -232,8 +258,10 @@ def settings_of(tree: ObjectTree, writes: Sequence[tuple[KeyPath, Any]]
                 ) -> list[tuple[KeyPath, dict[str, Any]]]:
     """The SetVariables items (``setVariableData``) that ``writes`` of ``ocpp:dm/.../value``
     leaves ask for, each with its leaf. Refused before anything is sent: a variable the charger
-    never reported (``UNKNOWN_PATH``), a ReadOnly attribute (``ACCESS_DENIED``), one the
-    gateway keeps (``ACCESS_DENIED``), a value that is not a string (``INVALID_VALUE``)."""
+    never reported (``UNKNOWN_PATH``), a ReadOnly attribute (``ACCESS_DENIED``), a WriteOnly
+    one (``ACCESS_DENIED``: the tree, which every reader of the station sees, would hold the
+    secret), one the gateway keeps (``ACCESS_DENIED``), a value that is not a string
+    (``INVALID_VALUE``)."""
     items: list[tuple[KeyPath, dict[str, Any]]] = []
     for path, value in writes:
         segs = path.segments
@@ -251,6 +279,10 @@ def settings_of(tree: ObjectTree, writes: Sequence[tuple[KeyPath, Any]]
         if tree.get(mutability) == "ReadOnly":
             raise AccessDeniedError(f"{component}.{variable} is ReadOnly on the charger",
                                     path=path, details={"mutability": "ReadOnly"})
+        if tree.get(mutability) == "WriteOnly":  # a secret: the tree would show it to all
+            raise AccessDeniedError(f"{component}.{variable} is WriteOnly on the charger: "
+                                    "its value would be shown to every reader of the station",
+                                    path=path, details={"mutability": "WriteOnly"})
         if not isinstance(value, str):
             raise InvalidValueError("a device-model value is a string, as the charger spells "
                                     "it", path=path)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from actors.logic.ocpp.rpc import printable
 from object_model.errors import InvalidStateError, ModelError, UnsupportedOperationError
 from object_model.operations import OperationKind, RemoteOperation
 
@@ -88,20 +89,17 @@ class Judgement:
 def judge(op: RemoteOperation, action: str, request: dict[str, Any],
           answer: dict[str, Any]) -> Judgement:
     """What the charger's ``answer`` to ``action`` means (a ``ModelError`` when it said no)."""
-    status = str(answer.get("status", ""))
+    status = printable(str(answer.get("status", "")), 40)
     if status not in YES[action]:
-        info = answer.get("statusInfo") or {}
-        reason = f": {info.get('reasonCode', '')} {info.get('additionalInfo', '')}".rstrip() \
-            if info else ""
         error: ModelError = InvalidStateError(
-            f"the charger answered {action} {status}{reason}",
+            f"the charger answered {action} {status}{reason_of(answer)}",
             details={"ocpp_status": status, "operation": op.operation.value})
         if status in ("NotImplemented", "NotSupported"):
             error = UnsupportedOperationError(error.text, details=error.details)
         raise error
     result = status
     if action == "RequestStartTransaction":
-        started = answer.get("transactionId")
+        started = printable(str(answer.get("transactionId", "")), 36)
         result = f"{status} (transaction {started})" if started else status
         wanted = request["remoteStartId"]
         return Judgement(result, lambda act, payload: _started(act, payload, wanted))
@@ -117,17 +115,27 @@ def judge(op: RemoteOperation, action: str, request: dict[str, Any],
     return Judgement(result)
 
 
+def reason_of(answer: dict[str, Any]) -> str:
+    """The reason a charger gave with a status (``statusInfo``: its code and words, cleaned
+    of control characters), as ``": code words"``, or nothing."""
+    info = answer.get("statusInfo") or {}
+    if not info:
+        return ""
+    return f": {printable(str(info.get('reasonCode', '')), 20)} " \
+           f"{printable(str(info.get('additionalInfo', '')), 512)}".rstrip()
+
+
 def _started(action: str, payload: dict[str, Any], wanted: int) -> str | None:
     info = payload.get("transactionInfo", {}) if action == "TransactionEvent" else {}
     if info.get("remoteStartId") == wanted:
-        return f"started transaction {info.get('transactionId', '')}"
+        return f"started transaction {printable(str(info.get('transactionId', '')), 36)}"
     return None
 
 
 def _ended(action: str, payload: dict[str, Any], transaction: str) -> str | None:
     if action == "TransactionEvent" and payload.get("eventType") == "Ended" and \
             payload.get("transactionInfo", {}).get("transactionId") == transaction:
-        return f"transaction {transaction} ended " \
+        return f"transaction {printable(transaction, 36)} ended " \
                f"({payload['transactionInfo'].get('stoppedReason', 'Remote')})"
     return None
 
@@ -145,4 +153,4 @@ def _shows(action: str, payload: dict[str, Any], status: str, evse: int | None) 
     return None
 
 
-__all__ = ["YES", "Judgement", "Sighting", "call_of", "judge"]
+__all__ = ["YES", "Judgement", "Sighting", "call_of", "judge", "reason_of"]

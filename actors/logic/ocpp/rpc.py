@@ -10,8 +10,19 @@ schemas elsewhere (``actors.station.ocpp.schemas``): here only the frame's shape
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """A charger's words as the tree, errors and logs take them: no control characters (a
+    newline would forge a log line, an escape sequence reach an operator's terminal), at
+    most ``limit`` characters."""
+    return _CONTROL.sub("", text)[:limit]
+
 
 CALL, CALL_RESULT, CALL_ERROR = 2, 3, 4
 MAX_MESSAGE_ID = 36  # Part 4 §4.1.3: a string of at most 36 characters
@@ -120,4 +131,4 @@ __all__ = ["CALL", "CALL_ERROR", "CALL_RESULT", "FORMAT_VIOLATION", "GENERIC_ERR
            "INTERNAL_ERROR", "MESSAGE_TYPE_NOT_SUPPORTED", "NOT_IMPLEMENTED", "NOT_SUPPORTED",
            "PROPERTY_CONSTRAINT_VIOLATION", "PROTOCOL_ERROR", "RPC_FRAMEWORK_ERROR", "SECURITY_ERROR",
            "Call", "CallError",
-           "CallResult", "Frame", "RpcError", "encode", "parse"]
+           "CallResult", "Frame", "RpcError", "encode", "parse", "printable"]

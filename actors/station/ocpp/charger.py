@@ -51,7 +51,7 @@ from typing import Any
 
 from actors.logic.ocpp import device_model as dm
 from actors.logic.ocpp import rpc
-from actors.logic.ocpp.operations import Sighting, call_of, judge
+from actors.logic.ocpp.operations import Sighting, call_of, judge, reason_of
 from actors.logic.ocpp.profiles import (
     VOLTS,
     availability,
@@ -60,7 +60,7 @@ from actors.logic.ocpp.profiles import (
     rfc3339,
     set_charging_profile,
 )
-from actors.logic.ocpp.rpc import RpcError
+from actors.logic.ocpp.rpc import RpcError, printable
 from actors.station.hardware import (
     Durable,
     FirmwareImage,
@@ -76,12 +76,24 @@ from broker_bridge.clock import WALL_CLOCK, Clock
 from broker_bridge.pace import Pace
 from keypath import GLOBSTAR, KeyPath, KeyPattern
 from object_model import ModelError
-from object_model.errors import InvalidStateError, InvalidValueError, UnsupportedOperationError
+from object_model.errors import (
+    InvalidStateError,
+    InvalidValueError,
+    RequestTimeoutError,
+    UnknownPathError,
+    UnsupportedOperationError,
+)
 from object_model.monitoring import MonitoringTaskSetup
 from object_model.operations import OperationKind, RemoteOperation
 from object_model.pebc import Consequence, PowerConstraints, PowerRange, PowerRangeEnvelope
 from object_model.station import new_station_tree
-from object_model.station.ocpp_namespace import CHARGER, DEVICE_MODEL, LIMITS
+from object_model.station.ocpp_namespace import (
+    CHARGER,
+    DEVICE_MODEL,
+    LIMITS,
+    MAX_COMPONENTS,
+    MAX_VARIABLES_PER_COMPONENT,
+)
 from object_model.tree import Delete, ObjectTree, Operation, TransactionCommitted, Write
 
 log = logging.getLogger("csms.ocpp")
@@ -128,12 +140,14 @@ class OcppCharger:
         self.link = OcppLink(identity, self._handle, opened=self._opened, closed=self._closed)
         self.registration = "Accepted"
         self.onboarding = False  # its device model is being learned
+        self._unreported: set[str] = set()  # firmware whose report did not come: not again
         self.reports: dict[int, tuple[asyncio.Future[set[tuple[str, str]]],
                                       set[tuple[str, str]]]] = {}
         self._sightings: list[tuple[Sighting, asyncio.Future[str]]] = []
         self._ids = random.Random().randrange(1, 2**30)  # request ids, remote start ids
         self._watched: dict[str, MonitoringTaskSetup] = {}
         self._monitor_ids: dict[str, set[int]] = {}  # the charger's monitors, by task
+        self._rewatch_due = False  # the monitors are asked again after its next call
         self.status_at: dict[tuple[int, int], int] = {}  # the latest status shown, by connector
         self.ev_needs: set[int] = set()  # EVSEs whose EV said what it needs
 
@@ -210,6 +224,9 @@ class OcppCharger:
             path = op.path if isinstance(op.path, KeyPath) else KeyPath.parse(op.path)
             if isinstance(op, Write):
                 leaves = [(p, raw) for p, _, raw in self.tree.schema.expand(path, op.value)]
+            elif path.segments[:1] == (DEVICE_MODEL,):  # OCPP has no "unset"
+                raise InvalidValueError("a device-model value is the charger's: write it, "
+                                        "it cannot be deleted", path=path)
             else:  # a delete: of an envelope, or above one
                 leaves = [(p, None) for p, _, _ in self.tree.find(
                     KeyPattern([*path.segments, GLOBSTAR])) if p.name == "envelope"]
@@ -276,11 +293,11 @@ class OcppCharger:
                     accepted.append(Write(path, item["attributeValue"]))
                     reboot |= status == "RebootRequired"
                 elif refusal is None:
-                    info = result.get("attributeStatusInfo") or {}
+                    info = {"statusInfo": result.get("attributeStatusInfo")}
                     refusal = InvalidValueError(
                         f"{self.identity} answered SetVariables {status} for "
-                        f"{item['component']['name']}.{item['variable']['name']}"
-                        + (f": {info.get('reasonCode')}" if info else ""), path=path,
+                        f"{printable(item['component']['name'])}."
+                        f"{printable(item['variable']['name'])}{reason_of(info)}", path=path,
                         details={"ocpp_status": status})
             if len(results) < len(batch) and refusal is None:
                 refusal = InvalidValueError(f"{self.identity} answered {len(results)} of "
@@ -332,6 +349,10 @@ class OcppCharger:
     # -- remote operations, firmware, monitoring ------------------------------------------------
 
     async def operate(self, operation: RemoteOperation) -> OperationAnswer:
+        assert self.tree is not None
+        if operation.evse and operation.evse not in self.evses(self.tree):
+            raise UnknownPathError(f"{self.identity} has no EVSE {operation.evse}",
+                                   path=f"evse/{operation.evse}")  # nothing is asked of it
         running = None
         if operation.operation is OperationKind.STOP_CHARGING and not operation.transaction_id:
             running = self.running_transaction(operation.evse or 0)
@@ -416,7 +437,8 @@ class OcppCharger:
         while True:
             action, payload = await statuses.get()
             if action == "BootNotification":
-                booted = payload["chargingStation"].get("firmwareVersion") or image.version
+                booted = printable(payload["chargingStation"].get("firmwareVersion", "")) \
+                    or image.version
                 progress(90.0, f"rebooted with {booted}")
                 continue
             status = payload["status"]
@@ -479,12 +501,14 @@ class OcppCharger:
         self.report([Write("network/link/online", True),
                      Write("network/link/last_connected_at", self.clock.now_us()),
                      Write("network/link/reconnects", reconnects + 1)])
-        for task, setup in list(self._watched.items()):  # it may have lost them
-            self.link.after_answer(self._rewatch(task, setup))
+        self._rewatch_due = True  # it may have lost its monitors: asked once it is accepted
 
-    async def _rewatch(self, task: str, setup: MonitoringTaskSetup) -> None:
-        said = await self._ask_monitors(task, setup)
-        log.info("%s: monitoring task %s asked again: %s", self.identity, task, said or "-")
+    async def _rewatch(self) -> None:
+        for task, setup in list(self._watched.items()):
+            if task not in self._watched:  # ended meanwhile
+                continue
+            said = await self._ask_monitors(task, setup)
+            log.info("%s: monitoring task %s asked again: %s", self.identity, task, said or "-")
 
     def _closed(self) -> None:
         assert self.report is not None
@@ -499,6 +523,9 @@ class OcppCharger:
             raise RpcError(rpc.NOT_SUPPORTED, f"{action} is not supported here")
         answer = await handler(self, payload)
         self.saw(action, payload)
+        if self._rewatch_due and self._watched and self.registration == "Accepted":
+            self._rewatch_due = False  # once per connection, however many come and go
+            self.link.after_answer(self._rewatch())
         return answer
 
     async def _send_envelope(self, evse: int, value: Any) -> None:
@@ -520,12 +547,14 @@ class OcppCharger:
         tree = self.tree
         assert tree is not None
         learned = f"{CHARGER}/inventory_firmware"
-        return self.settings.onboarding and (
+        return self.settings.onboarding and firmware[:50] not in self._unreported and (
             f"{CHARGER}/inventory_at" not in tree or str(tree.get(learned)) != firmware[:50])
 
     async def onboard(self, firmware: str) -> None:
         """Learn the charger's device model (GetBaseReport FullInventory, every page), then
-        ask it to boot again, to be Accepted."""
+        ask it to boot again, to be Accepted. A report that does not come (no answer, or not
+        every page within ``REPORT_TIMEOUT_S``) is not asked for again while the gateway runs:
+        the charger is accepted with what came, rather than kept Pending for good."""
         assert self.report is not None and self.tree is not None
         request_id = self.next_id()
         pages: asyncio.Future[set[tuple[str, str]]] = \
@@ -537,20 +566,26 @@ class OcppCharger:
                                                                 "reportBase": "FullInventory"})
             except InvalidValueError as exc:  # NotImplemented, NotSupported: it has none
                 answer = {"status": exc.details.get("ocpp_error", "refused")}
+            except RequestTimeoutError:  # its answer may be what was lost: wait for pages
+                answer = {"status": "Accepted"}
+            learned: list[Operation] = [Write(f"{CHARGER}/inventory_at", self.clock.now_us()),
+                                        Write(f"{CHARGER}/inventory_firmware", firmware[:50])]
             if answer.get("status") == "Accepted":
-                async with asyncio.timeout(REPORT_TIMEOUT_S):
-                    reported = await pages
-                self.report(dm.forgotten(self.tree, reported))
+                try:
+                    async with asyncio.timeout(REPORT_TIMEOUT_S):
+                        reported = await pages
+                except TimeoutError:
+                    log.warning("%s: its full inventory did not come within %g s: accepted "
+                                "with what came (asked again once the gateway restarts)",
+                                self.identity, REPORT_TIMEOUT_S)
+                    self._unreported.add(firmware[:50])
+                    learned = []
+                else:
+                    self.report(dm.forgotten(self.tree, reported))
             else:
                 log.warning("%s: answered GetBaseReport %s: its device model stays unknown",
-                            self.identity, answer.get("status"))
-            self.report([Write(f"{CHARGER}/inventory_at", self.clock.now_us()),
-                         Write(f"{CHARGER}/inventory_firmware", firmware[:50]),
-                         *dm.capabilities(self.tree)])
-        except TimeoutError:
-            log.warning("%s: its full inventory did not come within %g s: it boots again",
-                        self.identity, REPORT_TIMEOUT_S)
-            return
+                            self.identity, printable(str(answer.get("status")), 40))
+            self.report([*learned, *dm.capabilities(self.tree)])
         finally:
             self.reports.pop(request_id, None)
             self.onboarding = False
@@ -565,8 +600,10 @@ class OcppCharger:
         assert self.report is not None and self.tree is not None
         outcome = dm.report_ops(self.tree, payload.get("reportData", []), self.clock.now_us())
         if outcome.dropped:
-            log.warning("%s: its device model holds more than %d variables: %d left out",
-                        self.identity, dm.MAX_VARIABLES, outcome.dropped)
+            log.warning("%s: %d variables of its device model left out (more than the tree "
+                        "holds: %d in all, %d a component, %d components; or a key the tree "
+                        "cannot take)", self.identity, outcome.dropped, dm.MAX_VARIABLES,
+                        MAX_VARIABLES_PER_COMPONENT, MAX_COMPONENTS)
         if outcome.ops:
             self.report(outcome.ops)
         waiting = self.reports.get(payload["requestId"])
@@ -584,11 +621,8 @@ Installed is a failure (DownloadFailed, InvalidSignature, InstallVerificationFai
 
 
 def refused_by(identity: str, action: str, answer: dict[str, Any]) -> ModelError:
-    info = answer.get("statusInfo") or {}
-    return InvalidValueError(
-        f"{identity} answered {action} {answer.get('status')}"
-        + (f": {info.get('reasonCode')} {info.get('additionalInfo', '')}".rstrip()
-           if info else ""), details={"ocpp_status": answer.get("status")})
+    return InvalidValueError(f"{identity} answered {action} {answer.get('status')}"
+                             f"{reason_of(answer)}", details={"ocpp_status": answer.get("status")})
 
 
 __all__ = ["CALL_TIMEOUT_S", "ChargerSettings", "OcppCharger", "refused_by"]

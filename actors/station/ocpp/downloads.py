@@ -6,7 +6,10 @@ bits in the path (the URL is the credential, as OCPP expects of it), good for ``
 withdrawn when the update ends. The gateway's server answers ``GET /firmware/<token>`` on
 the same port and TLS as the chargers' WebSockets (``OcppGateway``): 200 with the image, 206
 for a ``Range`` (a charger resuming a download), 404 for a token that is not (or no longer)
-offered, 416 for a range outside the image. Nothing else is served.
+offered, 416 for a range outside the image, 503 while ``MAX_FETCHES`` fetches of the URL are
+under way (each holds a copy of the image in memory until the charger has read it: whoever
+holds the URL must not fill the memory of the process serving every charger). Nothing else
+is served.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ log = logging.getLogger("csms.ocpp.downloads")
 
 PATH = "/firmware/"
 TTL_S = 3600.0
+MAX_FETCHES = 2  # at once, per URL
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Offer:
     read: Callable[[], Awaitable[bytes]]
     expires_at: float
     fetched: int = 0
+    serving: int = 0  # fetches whose answer has not left yet
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Served:
     status: HTTPStatus
     headers: dict[str, str]
     body: bytes
+    token: str | None = None  # a fetch under way: ``Downloads.sent`` once the answer left
 
 
 class Downloads:
@@ -65,6 +71,16 @@ class Downloads:
         offer = self._offers.get(token)
         return 0 if offer is None else offer.fetched
 
+    def serving(self, token: str) -> int:
+        offer = self._offers.get(token)
+        return 0 if offer is None else offer.serving
+
+    def sent(self, token: str) -> None:
+        """A fetch ``serve`` answered with ``token`` is over (its connection closed)."""
+        offer = self._offers.get(token)
+        if offer is not None:
+            offer.serving = max(0, offer.serving - 1)
+
     async def serve(self, path: str, headers: dict[str, str]) -> Served:
         """The answer to ``GET path`` (``path`` starts with ``PATH``)."""
         token = path[len(PATH):].split("?", 1)[0]
@@ -76,10 +92,17 @@ class Downloads:
             self.refused += 1
             log.warning("firmware download of an unknown or expired URL refused")
             return Served(HTTPStatus.NOT_FOUND, {}, b"no such download\n")
+        if offer.serving >= MAX_FETCHES:
+            self.refused += 1
+            log.warning("%s: a firmware download refused: %d under way already",
+                        offer.identity, offer.serving)
+            return Served(HTTPStatus.SERVICE_UNAVAILABLE, {"Retry-After": "10"},
+                          b"too many downloads of this image at once\n")
         data = await offer.read()
-        wanted = headers.get("Range", "")
+        # header names are case-insensitive; digits bounded (an int of 5,000 raised)
+        wanted = next((value for name, value in headers.items() if name.lower() == "range"), "")
         if wanted:
-            found = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())
+            found = re.fullmatch(r"bytes=(\d{1,18})-(\d{0,18})", wanted.strip())
             start = int(found.group(1)) if found else len(data)
             end = min(len(data) - 1, int(found.group(2))) if found and found.group(2) else \
                 len(data) - 1
@@ -88,15 +111,17 @@ class Downloads:
                 return Served(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
                               {"Content-Range": f"bytes */{len(data)}"}, b"")
             offer.fetched += 1
+            offer.serving += 1
             self.served += 1
             return Served(HTTPStatus.PARTIAL_CONTENT, {
                 "Content-Range": f"bytes {start}-{end}/{len(data)}",
-                "Content-Type": "application/octet-stream"}, data[start:end + 1])
+                "Content-Type": "application/octet-stream"}, data[start:end + 1], token)
         offer.fetched += 1
+        offer.serving += 1
         self.served += 1
         log.info("%s: firmware image served (%d bytes)", offer.identity, len(data))
         return Served(HTTPStatus.OK, {"Content-Type": "application/octet-stream",
-                                      "Accept-Ranges": "bytes"}, data)
+                                      "Accept-Ranges": "bytes"}, data, token)
 
 
-__all__ = ["PATH", "Downloads", "Served"]
+__all__ = ["MAX_FETCHES", "PATH", "Downloads", "Served"]

@@ -5,8 +5,9 @@ and each is served by the ``OcppCharger`` of its station actor.
 segment, percent-decoded; one the gateway does not know is refused with HTTP 404; the
 basic-auth user must be the identity and the password its own (compared in constant time),
 else HTTP 401 (security profile 1; with ``ssl``, profile 2: basic auth over TLS); a host
-that failed ten logins within a minute is refused (HTTP 429) without a check until the
-minute passes. With a
+that failed ten logins as one identity within a minute is refused (HTTP 429) as that
+identity without a check until the minute passes (other identities behind the same
+address are not held off). With a
 client CA (profile 3, ``server_context``), a charger shows a certificate of that CA instead
 (no client certificate: no TLS handshake at all), whose common name must be its identity,
 else HTTP 401. The
@@ -95,6 +96,7 @@ class OcppGateway:
         self.server: Server | None = None
         self.refused: dict[int, int] = {}  # HTTP status -> upgrades refused with it
         self._failures = FailedLogins()
+        self._fetches: set[asyncio.Task[None]] = set()  # downloads under way
 
     async def start(self) -> OcppGateway:
         self.server = await serve(
@@ -125,6 +127,9 @@ class OcppGateway:
         except TimeoutError:
             log.warning("OCPP gateway: connections still closing after %g s: left to the "
                         "process's end", STOP_TIMEOUT_S)
+        for fetch in list(self._fetches):
+            fetch.cancel()
+        await asyncio.gather(*self._fetches, return_exceptions=True)
 
     @property
     def url(self) -> str:
@@ -143,6 +148,10 @@ class OcppGateway:
     async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.startswith(DOWNLOADS) and self.downloads is not None:
             served = await self.downloads.serve(request.path, dict(request.headers.raw_items()))
+            if served.token is not None:  # under way until the charger has it all
+                fetch = asyncio.create_task(self._fetched(connection, served.token))
+                self._fetches.add(fetch)
+                fetch.add_done_callback(self._fetches.discard)
             headers = Headers(served.headers)
             headers["Content-Length"] = str(len(served.body))
             return Response(served.status.value, served.status.phrase, headers, served.body)
@@ -161,14 +170,17 @@ class OcppGateway:
                                     identity)
         else:
             host = _host_of(connection)
-            if self._failures.blocked(host, self.clock.monotonic()):
+            # by identity and host: a stranger guessing at one charger's password holds off
+            # neither that charger elsewhere nor the chargers behind the same address (NAT)
+            guessed = f"{identity} from {host}"
+            if self._failures.blocked(guessed, self.clock.monotonic()):
                 return self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS,
-                                    f"too many failed logins from {host}: wait a minute",
-                                    identity)
+                                    f"too many failed logins as {identity} from {host}: "
+                                    "wait a minute", identity)
             user, password = basic_auth(request.headers)
             if admitted.password is None or user != identity or not same_secret(
                     password, admitted.password):
-                self._failures.failed(host, self.clock.monotonic())
+                self._failures.failed(guessed, self.clock.monotonic())
                 return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
                                     "basic auth as the charger's identity, with its password",
                                     identity)
@@ -182,6 +194,13 @@ class OcppGateway:
             response.headers["Retry-After"] = str(retry)
             return response
         return None
+
+    async def _fetched(self, connection: ServerConnection, token: str) -> None:
+        assert self.downloads is not None
+        try:
+            await connection.wait_closed()
+        finally:
+            self.downloads.sent(token)
 
     async def _serve(self, connection: ServerConnection) -> None:
         identity = identity_of(connection.request.path) if connection.request else None
@@ -198,10 +217,11 @@ class OcppGateway:
 
 
 class FailedLogins:
-    """Failed logins by remote host: after ``limit`` within ``window_s``, that host's next
-    attempts are refused (HTTP 429) without a password being checked, until the window
-    passes: a password is not guessed at the gateway's speed. Bounded: at most ``hosts``
-    hosts are remembered (the oldest forgotten first)."""
+    """Failed logins by key (the gateway's: an identity and the remote host): after
+    ``limit`` within ``window_s``, that key's next attempts are refused (HTTP 429) without a
+    password being checked, until the window passes: a password is not guessed at the
+    gateway's speed. Bounded: at most ``hosts`` keys are remembered (the oldest forgotten
+    first)."""
 
     def __init__(self, limit: int = 10, window_s: float = 60.0, hosts: int = 4096) -> None:
         self.limit, self.window_s, self.hosts = limit, window_s, hosts

@@ -9,13 +9,13 @@ mapping, message by message, is in docs/ocpp-gateway.md.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from actors.logic.ocpp import device_model as dm
 from actors.logic.ocpp.meters import live_ops, micros, read
 from actors.logic.ocpp.profiles import VOLTS, rfc3339
+from actors.logic.ocpp.rpc import printable
 from actors.logic.ocpp.transactions import apply_event, record_key
 from object_model.pebc import EnergyConstraints
 from object_model.station.ocpp_namespace import CHARGER
@@ -32,15 +32,6 @@ FUTURE_SLACK_US = 300_000_000  # a time further ahead of ours is taken as ours
 ASSUMED_STAY_US = 8 * 3600 * 1_000_000  # an EV that says nothing of its departure
 
 Handler = Callable[["OcppCharger", dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text: str, limit: int = 64) -> str:
-    """A charger's words as the tree and the logs take them: no control characters (a
-    newline in a serial number would forge a log line), at most ``limit`` characters."""
-    return _CONTROL.sub("", text)[:limit]
 
 
 def _apply(charger: OcppCharger, ops: list[Operation]) -> TransactionCommitted | None:
@@ -105,9 +96,9 @@ async def on_status(charger: OcppCharger, payload: dict[str, Any]) -> dict[str, 
         log.info("%s: a status of EVSE %s connector %s older than the one shown: kept out",
                  charger.identity, evse, connector)
         return {}
-    charger.status_at[(evse, connector)] = at
     ops: list[Operation] = []
     if path in tree:
+        charger.status_at[(evse, connector)] = at  # only connectors it has: bounded
         ops.append(Write(path, status))
         if status in ("Unavailable", "Faulted", "Reserved"):
             ops.append(Write(f"evse/{evse}/status", status))
@@ -235,8 +226,9 @@ async def on_notify_event(charger: OcppCharger, payload: dict[str, Any]) -> dict
 async def on_charging_needs(charger: OcppCharger, payload: dict[str, Any]) -> dict[str, Any]:
     """What the EV needs (ISO 15118, through the charger) as the EVSE's PEBC constraints: its
     power range (the EV's least and most at the EVSE's phases) and the energy it wants by its
-    departure. Rejected without a transaction on the EVSE, or with parameters that do not
-    match the energy transfer asked for (K17.FR.06)."""
+    departure. Rejected without a transaction on the EVSE, with parameters that do not
+    match the energy transfer asked for (K17.FR.06), or with figures no EV has (a negative
+    voltage or current, more energy than the tree holds): nothing changes then."""
     tree = charger.tree
     assert tree is not None
     evse = payload["evseId"]
@@ -246,6 +238,9 @@ async def on_charging_needs(charger: OcppCharger, payload: dict[str, Any]) -> di
     if evse not in charger.evses(tree) or charger.running_transaction(evse) is None:
         return {"status": "Rejected"}
     if (transfer.startswith("AC") and ac is None) or (transfer.startswith("DC") and dc is None):
+        return {"status": "Rejected"}
+    if any(float(value) < 0 for value in (*(ac or {}).values(), *(dc or {}).values())
+           if isinstance(value, int | float)):
         return {"status": "Rejected"}
     phases = int(tree.get(f"evse/{evse}/phases"))
     now = charger.clock.now_us()
@@ -260,15 +255,18 @@ async def on_charging_needs(charger: OcppCharger, payload: dict[str, Any]) -> di
             dc["evMaxVoltage"]))
         least, energy = 0.0, float(dc.get("energyAmount") or 0.0)
     ops: list[Operation] = [charger.constraints(tree, evse, least, most)]
-    charger.ev_needs.add(evse)
     departure = micros(needs["departureTime"]) if "departureTime" in needs else None
     if departure is not None and departure > now:
         ops.append(Write(f"evse/{evse}/session/departure_at", departure))
         if energy > 0:
-            ops.append(Write(f"evse/{evse}/energy/energy_constraints", EnergyConstraints(
-                valid_from_us=now, valid_until_us=departure, min_wh=0.0,
-                max_wh=energy).model_dump()))
+            try:
+                wanted = EnergyConstraints(valid_from_us=now, valid_until_us=departure,
+                                           min_wh=0.0, max_wh=energy)
+            except ValueError:  # 10^300 Wh: more than any EV, and than the tree holds
+                return {"status": "Rejected"}
+            ops.append(Write(f"evse/{evse}/energy/energy_constraints", wanted.model_dump()))
     _apply(charger, ops)
+    charger.ev_needs.add(evse)  # once its needs are shown: the assumed ones end
     return {"status": "Accepted"}
 
 

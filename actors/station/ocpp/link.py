@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from actors.logic.ocpp import rpc
-from actors.logic.ocpp.rpc import Call, CallError, CallResult, RpcError
+from actors.logic.ocpp.rpc import Call, CallError, CallResult, RpcError, printable
 from actors.station.ocpp import schemas
 from object_model import ModelError
 from object_model.errors import InvalidStateError, InvalidValueError, RequestTimeoutError
@@ -179,15 +179,16 @@ class OcppLink:
         pending = self._pending
         if pending is None or pending[0] != frame.id or pending[1].done():
             log.warning("%s: an answer to no call of ours in flight (%s): dropped",
-                        self.identity, frame.id)
+                        self.identity, printable(frame.id, 36))
             return
         future = pending[1]
         if isinstance(frame, CallResult):
             future.set_result(frame.payload)
         else:
+            code = printable(frame.code, 40)
             future.set_exception(InvalidValueError(
-                f"{self.identity} answered {frame.code}: {frame.description}"[:400],
-                details={"ocpp_error": frame.code}))
+                f"{self.identity} answered {code}: {printable(frame.description, 255)}",
+                details={"ocpp_error": code}))
 
     def _fail_pending(self, why: str) -> None:
         if self._pending is not None and not self._pending[1].done():

@@ -13,7 +13,7 @@ from keypath import KeyPath, KeyPattern
 from object_model import ErrorCode, ModelError
 from object_model.monitoring import MonitoringTaskSetup
 from object_model.operations import OperationKind, RemoteOperation
-from object_model.station import new_station_tree
+from object_model.station import new_station_tree, ocpp_namespace
 from object_model.tree import ObjectTree
 
 
@@ -189,3 +189,71 @@ def test_answers_are_judged_and_promises_wait_for_their_effect() -> None:
     with pytest.raises(ModelError) as nothing:
         call_of(stop, remote_start_id=1)  # no transaction runs there
     assert nothing.value.code is ErrorCode.INVALID_STATE
+
+
+def test_what_the_tree_cannot_hold_is_left_out_and_the_rest_of_the_page_lands() -> None:
+    """Found attacking the gateway: one variable whose key the tree could not take (empty,
+    or 600 characters once percent-encoded) or a component of more variables than the tree
+    holds had the whole page refused, so a full inventory never completed and the charger
+    stayed Pending."""
+    tree = new_station_tree("ocpp-1", evse_count=1, now_us=0)
+    page = [item({"name": ""}, "X", "1"),
+            item({"name": "é" * 50}, "X", "1"),  # 600 characters encoded
+            item({"name": "%" * 50, "instance": "%%%%"}, "X", "1"),  # 163 encoded
+            item({"name": "OCPPCommCtrlr"}, "HeartbeatInterval", "900"),
+            *[item({"name": "Vendor"}, f"V{i}", "1")
+              for i in range(ocpp_namespace.MAX_VARIABLES_PER_COMPONENT + 5)]]
+    outcome = dm.report_ops(tree, page, now_us=1)
+    tree.apply(outcome.ops)
+    assert outcome.dropped == 3 + 5
+    assert tree.get("ocpp:dm/OCPPCommCtrlr/HeartbeatInterval/actual/value") == "900"
+    assert len(tree.read("ocpp:dm/Vendor")) == ocpp_namespace.MAX_VARIABLES_PER_COMPONENT
+    assert len(dm.known_variables(tree)) == ocpp_namespace.MAX_VARIABLES_PER_COMPONENT + 1
+    many = [item({"name": f"C{i}"}, "V", "1") for i in range(ocpp_namespace.MAX_COMPONENTS)]
+    outcome = dm.report_ops(tree, many, now_us=2)
+    tree.apply(outcome.ops)  # room for all but the two components held already
+    assert outcome.dropped == 2 and len(tree.read("ocpp:dm")) == ocpp_namespace.MAX_COMPONENTS
+
+
+def test_a_charger_s_words_in_an_answer_forge_no_log_line() -> None:
+    """Found attacking the gateway: a refusal's ``additionalInfo`` (512 characters of the
+    charger's choosing) went into the task's error and the station's log as it was, so a
+    newline in it forged a log line (and an escape sequence reached an operator's terminal)."""
+    unlock = RemoteOperation(task="t", operation=OperationKind.UNLOCK_CONNECTOR, evse=1,
+                             connector=1)
+    action, request = call_of(unlock, remote_start_id=1)
+    with pytest.raises(ModelError) as refused:
+        judge(unlock, action, request, {"status": "UnknownConnector", "statusInfo": {
+            "reasonCode": "x\r\n", "additionalInfo": "no\n2026-01-01 WARNING forged\x1b[2J"}})
+    assert "UnknownConnector" in refused.value.text and "forged" in refused.value.text
+    assert not any(ch in refused.value.text for ch in "\r\n\x1b")
+    start = RemoteOperation(task="t", operation=OperationKind.START_CHARGING, id_token="AB")
+    action, request = call_of(start, remote_start_id=5)
+    judged = judge(start, action, request, {"status": "Accepted", "transactionId": "t\n1"})
+    assert judged.result == "Accepted (transaction t1)" and judged.sighting is not None
+    assert judged.sighting("TransactionEvent", {"transactionInfo": {
+        "transactionId": "t\n1", "remoteStartId": 5}}) == "started transaction t1"
+
+
+@pytest.mark.parametrize("field", ["id_token", "transaction_id"])
+def test_a_remote_operation_s_words_are_printable(field: str) -> None:
+    """What an operator names (a token, a transaction) goes into the task's detail and the
+    station's log: a control character there is refused with the request."""
+    with pytest.raises(ValueError, match=field):
+        RemoteOperation(task="t", operation=OperationKind.STOP_CHARGING, evse=1,
+                        **{field: "tx\n2026-01-01 WARNING forged"})
+
+
+def test_a_write_only_setting_is_refused_rather_than_shown_to_every_reader() -> None:
+    """Found attacking the gateway: a WriteOnly attribute (a vendor's secret) written with
+    ``csms set`` was sent, then stored in the tree on Accepted, where every reader of the
+    station (operators, each CSMS) saw it; the model never stores WriteOnly values."""
+    tree = charger_tree()
+    tree.apply(dm.report_ops(tree, [item({"name": "VendorCtrlr"}, "ApiKey", None,
+                                          mutability="WriteOnly", data_type="string")], 6).ops)
+    with pytest.raises(ModelError) as refused:
+        dm.settings_of(tree, [(KeyPath.parse("ocpp:dm/VendorCtrlr/ApiKey/actual/value"),
+                               "s3cret")])
+    assert refused.value.code is ErrorCode.ACCESS_DENIED and "WriteOnly" in refused.value.text
+    assert dm.event_ops(tree, [{"component": {"name": "VendorCtrlr"},
+                                "variable": {"name": "ApiKey"}, "actualValue": "s3cret"}]) == []
