@@ -218,14 +218,15 @@ class GatewayConfig(StationsConfig):
     """``[gateway]``: an OCPP 2.0.1 gateway, each charger of ``chargers`` (by identity: its
     station address too) a station actor on one component connection, served on
     ``ws://host:port/ocpp/<identity>`` (``wss://`` with ``certfile`` and ``keyfile``);
-    ``public_host`` is the name the chargers reach it by, in the firmware URLs it hands out
-    (default ``host``)."""
+    firmware images are served on ``download_port`` (0: any free port), at URLs naming
+    ``public_host``, the name the chargers reach it by (default ``host``)."""
 
     component: str = "gateway.csms.local"
     state_dir: str = "state/gateway"
     host: str = "127.0.0.1"
     public_host: str | None = None
     port: int = Field(9000, ge=0, le=65535)
+    download_port: int = Field(0, ge=0, le=65535)
     certfile: str | None = None
     keyfile: str | None = None
     client_cafile: str | None = None

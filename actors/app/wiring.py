@@ -34,7 +34,7 @@ from actors.runtime.storage.trees import TreeStore
 from actors.station.actor import ChargingStation
 from actors.station.hardware import StationHardware
 from actors.station.ocpp.charger import ChargerSettings, OcppCharger
-from actors.station.ocpp.downloads import Downloads
+from actors.station.ocpp.downloads import Downloads, DownloadServer
 from actors.station.ocpp.gateway import Admitted, OcppGateway, server_context
 from actors.station.simulated import SimulatedStation, SimulatorSettings
 from broker_bridge import Endpoint, Router, SessionConfig
@@ -308,12 +308,15 @@ async def start_gateway(broker: BrokerConfig, cfg: GatewayConfig,
     context = None
     if cfg.certfile is not None and cfg.keyfile is not None:
         context = server_context(cfg.certfile, cfg.keyfile, cfg.client_cafile)
+    server = DownloadServer(downloads, host=cfg.host, port=cfg.download_port,
+                            public_host=cfg.public_host, ssl_context=None if context is None
+                            else server_context(cfg.certfile or "", cfg.keyfile or ""))
     gateway = OcppGateway({identity: Admitted(chargers[identity], entry.password)
                            for identity, entry in cfg.chargers.items()},
                           host=cfg.host, port=cfg.port, ssl_context=context,
                           ping_interval_s=cfg.ping_interval_s,
                           connects_per_s=cfg.connects_per_s, connect_burst=cfg.connect_burst,
-                          clock=clock, downloads=downloads, public_host=cfg.public_host)
+                          clock=clock, downloads=server)
     try:
         await gateway.start()
     except BaseException:

@@ -55,13 +55,14 @@ class OperationAnswer:
 @dataclass(frozen=True, slots=True)
 class FirmwareImage:
     """A firmware image downloaded in full and verified (its manifest's signature, vendor,
-    model and rollback counter), ready to install: ``read`` gives its bytes; ``install_s``
-    is how long a simulated install takes (real hardware takes its own time)."""
+    model and rollback counter), ready to install: ``chunk(i)`` reads its ``i``-th chunk of
+    ``blob.chunk_size`` bytes (``None``: no longer held); ``install_s`` is how long a
+    simulated install takes (real hardware takes its own time)."""
 
     version: str
     counter: int
     blob: BlobRef
-    read: Callable[[], Awaitable[bytes]]
+    chunk: Callable[[int], Awaitable[bytes | None]]
     install_s: float = 0.0
 
 

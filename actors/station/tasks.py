@@ -498,11 +498,11 @@ class StationTasks:
 
             image_hash = ref.hash
 
-            async def read() -> bytes:
-                return await blobs.read(image_hash)
+            async def chunk(index: int) -> bytes | None:
+                return await blobs.chunk(image_hash, index)
 
             version = await self.hardware.install(FirmwareImage(
-                version=spec["version"], counter=spec.get("counter", 0), blob=ref, read=read,
+                version=spec["version"], counter=spec.get("counter", 0), blob=ref, chunk=chunk,
                 install_s=self.limits.install_s), installing)
             self.tree.apply([Write("firmware/version", version[:64]),
                              Write("firmware/counter", spec.get("counter", 0)),

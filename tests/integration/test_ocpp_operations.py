@@ -230,12 +230,13 @@ async def test_tc_l_firmware_served_by_the_gateway_and_installed(site: Site) -> 
     assert site.charger.firmware_sha256 == ref.hash.hex()
     assert site.leaf("firmware/version") == "2.0.0"
     assert "FirmwareUpdate" in site.charger.boot_reasons
-    assert site.gateway.downloads is not None and site.gateway.downloads.served >= 1
+    assert site.gateway.downloads is not None
+    served = site.gateway.downloads.downloads
+    assert served.served >= 1 and served.bytes_sent == len(image)
     [url] = [p["firmware"]["location"] for a, p in site.charger.received
              if a == "UpdateFirmware"]
     token = url.rsplit("/", 1)[1]
-    served = await site.gateway.downloads.serve(f"/firmware/{token}", {})
-    assert served.status == 404  # withdrawn once the update ended
+    assert served.plan(f"/firmware/{token}", {}).status == 404  # withdrawn once it ended
 
 
 async def test_a_monitoring_task_is_watched_by_the_charger_and_reported(site: Site) -> None:

@@ -402,7 +402,7 @@ class OcppCharger:
         if self.downloads is None:
             raise UnsupportedOperationError(f"{self.identity}: this gateway serves no "
                                             "firmware downloads")
-        url, token = self.downloads.offer(self.identity, image.read)
+        url, token = self.downloads.offer(self.identity, image.blob, image.chunk)
         request_id = self.next_id()
         statuses: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
 

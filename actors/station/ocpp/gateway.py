@@ -17,15 +17,18 @@ without a subprotocol and is closed at once (1002, Part 4 §3.1.2).
 *One connection per identity*: a new one replaces the old, which is closed. *Liveness* is
 WebSocket pings (``ping_interval_s``; closed after as long again without a pong).
 
-*Firmware downloads*: ``GET /firmware/<token>`` on the same port (and TLS) serves the image
-of an update in progress (``actors.station.ocpp.downloads``); those requests are not
-WebSocket upgrades and are answered before any charger admission.
+*Firmware downloads* are served by a ``DownloadServer`` of their own port (streamed with flow
+control: ``actors.station.ocpp.downloads``), started and stopped with the gateway.
 
 *A bounded admission rate* (OCPP-NOTES rule 11): after the gateway restarts, every charger
 comes back within its reconnect backoff. Admitted chargers take a token of a bucket
 (``connects_per_s``, ``connect_burst``: ``actors.runtime.services.admission``); one that finds
 it empty is answered HTTP 503 with ``Retry-After`` and connects again later. Only chargers
-that proved their identity take tokens: a stranger cannot lock the others out.
+that proved their identity take tokens: a stranger cannot lock the others out. A charger
+that connects again within a minute of its last admission takes no token (the old
+connection is replaced: it adds no load), but at most ``PER_IDENTITY`` connections a minute
+are admitted for one identity (beyond, it alone is answered 503): a charger reconnecting in
+a loop cannot lock the others out.
 """
 
 from __future__ import annotations
@@ -51,8 +54,7 @@ from websockets.typing import Subprotocol
 
 from actors.runtime.services.admission import AdmissionLimiter
 from actors.station.ocpp.charger import OcppCharger
-from actors.station.ocpp.downloads import PATH as DOWNLOADS
-from actors.station.ocpp.downloads import Downloads
+from actors.station.ocpp.downloads import DownloadServer
 from broker_bridge.clock import WALL_CLOCK, Clock
 from object_model.errors import BusyError
 
@@ -64,6 +66,7 @@ MAX_IDENTITY = 48
 MAX_MESSAGE_BYTES = 1 << 20
 CLOSE_TIMEOUT_S = 1.0  # a closing handshake a charger does not answer: dropped after this
 STOP_TIMEOUT_S = 2.0
+PER_IDENTITY = 6  # admissions of one charger within a minute
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,9 @@ class OcppGateway:
                  port: int = 0, ssl_context: ssl.SSLContext | None = None,
                  ping_interval_s: float = 30.0, connects_per_s: float | None = 50.0,
                  connect_burst: float = 100.0, clock: Clock = WALL_CLOCK,
-                 downloads: Downloads | None = None, public_host: str | None = None) -> None:
+                 downloads: DownloadServer | None = None) -> None:
         self.chargers = dict(chargers)
         self.downloads = downloads
-        self.public_host = public_host  # the host the chargers reach us at (URLs we hand out)
         self.host, self.port = host, port
         self.ssl_context = ssl_context
         self.ping_interval_s = ping_interval_s
@@ -96,7 +98,7 @@ class OcppGateway:
         self.server: Server | None = None
         self.refused: dict[int, int] = {}  # HTTP status -> upgrades refused with it
         self._failures = FailedLogins()
-        self._fetches: set[asyncio.Task[None]] = set()  # downloads under way
+        self._connects: dict[str, list[float]] = {}  # identity -> its recent admissions
 
     async def start(self) -> OcppGateway:
         self.server = await serve(
@@ -109,8 +111,7 @@ class OcppGateway:
         if sockets and not self.port:
             self.port = sockets[0].getsockname()[1]
         if self.downloads is not None:
-            scheme = "https" if self.ssl_context is not None else "http"
-            self.downloads.base = f"{scheme}://{self.public_host or self.host}:{self.port}"
+            await self.downloads.start()
         log.info("OCPP gateway on %s:%d (%d chargers)", self.host, self.port,
                  len(self.chargers))
         return self
@@ -122,14 +123,13 @@ class OcppGateway:
         if server is None:
             return
         server.close()
+        if self.downloads is not None:
+            await self.downloads.stop()
         try:
             await asyncio.wait_for(server.wait_closed(), STOP_TIMEOUT_S)
         except TimeoutError:
             log.warning("OCPP gateway: connections still closing after %g s: left to the "
                         "process's end", STOP_TIMEOUT_S)
-        for fetch in list(self._fetches):
-            fetch.cancel()
-        await asyncio.gather(*self._fetches, return_exceptions=True)
 
     @property
     def url(self) -> str:
@@ -146,15 +146,6 @@ class OcppGateway:
         return response
 
     async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.startswith(DOWNLOADS) and self.downloads is not None:
-            served = await self.downloads.serve(request.path, dict(request.headers.raw_items()))
-            if served.token is not None:  # under way until the charger has it all
-                fetch = asyncio.create_task(self._fetched(connection, served.token))
-                self._fetches.add(fetch)
-                fetch.add_done_callback(self._fetches.discard)
-            headers = Headers(served.headers)
-            headers["Content-Length"] = str(len(served.body))
-            return Response(served.status.value, served.status.phrase, headers, served.body)
         identity = identity_of(request.path)
         if identity is None:
             return self._refuse(connection, HTTPStatus.NOT_FOUND,
@@ -184,8 +175,19 @@ class OcppGateway:
                 return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
                                     "basic auth as the charger's identity, with its password",
                                     identity)
+        now = self.clock.monotonic()
+        recent = [at for at in self._connects.get(identity, ()) if now - at < 60.0]
+        if len(recent) >= PER_IDENTITY:  # its share is spent: the others' tokens stay
+            retry = max(1, math.ceil(60.0 - (now - recent[0])))
+            response = self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                                    f"{identity} connected {len(recent)} times within a "
+                                    f"minute: again in {retry} s", identity)
+            response.headers["Retry-After"] = str(retry)
+            return response
         try:
-            self.admission.admit(1, self.clock.monotonic(), identity)
+            if not recent:  # a reconnect within the minute takes no token of the others'
+                self.admission.admit(1, now, identity)
+            self._connects[identity] = [*recent, now]
         except BusyError as exc:
             retry = max(1, math.ceil(float(exc.details.get("retry_after_s", 1.0))))
             response = self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
@@ -194,13 +196,6 @@ class OcppGateway:
             response.headers["Retry-After"] = str(retry)
             return response
         return None
-
-    async def _fetched(self, connection: ServerConnection, token: str) -> None:
-        assert self.downloads is not None
-        try:
-            await connection.wait_closed()
-        finally:
-            self.downloads.sent(token)
 
     async def _serve(self, connection: ServerConnection) -> None:
         identity = identity_of(connection.request.path) if connection.request else None
