@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.logic.ocpp.rpc import printable
-from object_model.errors import InvalidStateError, ModelError, UnsupportedOperationError
+from object_model.errors import (
+    InvalidStateError,
+    InvalidValueError,
+    ModelError,
+    UnsupportedOperationError,
+)
 from object_model.operations import OperationKind, RemoteOperation
 
 Sighting = Callable[[str, dict[str, Any]], str | None]
@@ -153,4 +158,11 @@ def _shows(action: str, payload: dict[str, Any], status: str, evse: int | None) 
     return None
 
 
-__all__ = ["YES", "Judgement", "Sighting", "call_of", "judge", "reason_of"]
+def refused_by(identity: str, action: str, answer: dict[str, Any]) -> ModelError:
+    """The error of a write the charger answered with a status other than yes."""
+    status = printable(str(answer.get("status")), 40)
+    return InvalidValueError(f"{identity} answered {action} {status}{reason_of(answer)}",
+                             details={"ocpp_status": answer.get("status")})
+
+
+__all__ = ["YES", "Judgement", "Sighting", "call_of", "judge", "reason_of", "refused_by"]

@@ -49,18 +49,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from actors.logic.ocpp import device_model as dm
 from actors.logic.ocpp import rpc
-from actors.logic.ocpp.operations import Sighting, call_of, judge, reason_of
+from actors.logic.ocpp.operations import Sighting, call_of, judge, refused_by
 from actors.logic.ocpp.profiles import (
     VOLTS,
     availability,
     clear_envelope_profile,
     limit_profile,
-    rfc3339,
     set_charging_profile,
 )
-from actors.logic.ocpp.rpc import RpcError, printable
+from actors.logic.ocpp.rpc import RpcError
 from actors.station.hardware import (
     Durable,
     FirmwareImage,
@@ -69,6 +67,7 @@ from actors.station.hardware import (
     Progress,
     Report,
 )
+from actors.station.ocpp import device_model, firmware, monitoring
 from actors.station.ocpp.downloads import Downloads
 from actors.station.ocpp.inbound import HANDLERS, WHILE_PENDING
 from actors.station.ocpp.link import CALL_TIMEOUT_S, Connection, OcppLink
@@ -77,11 +76,8 @@ from broker_bridge.pace import Pace
 from keypath import GLOBSTAR, KeyPath, KeyPattern
 from object_model import ModelError
 from object_model.errors import (
-    InvalidStateError,
     InvalidValueError,
-    RequestTimeoutError,
     UnknownPathError,
-    UnsupportedOperationError,
 )
 from object_model.monitoring import MonitoringTaskSetup
 from object_model.operations import OperationKind, RemoteOperation
@@ -91,8 +87,6 @@ from object_model.station.ocpp_namespace import (
     CHARGER,
     DEVICE_MODEL,
     LIMITS,
-    MAX_COMPONENTS,
-    MAX_VARIABLES_PER_COMPONENT,
 )
 from object_model.tree import Delete, ObjectTree, Operation, TransactionCommitted, Write
 
@@ -104,11 +98,6 @@ ZEROED = ("obis:1-0:1.8.0", "obis:1-0:2.8.0", "obis:1-0:16.7.0", "obis:1-0:21.7.
 """Registers a new charger's tree holds at zero until it reports them (energy, power,
 current; voltage and frequency keep their nominal values)."""
 MIN_CURRENT_A = 6.0  # IEC 61851: the least a charge runs at
-REPORT_TIMEOUT_S = 120.0  # a full inventory, every page
-INSTALL_TIMEOUT_S = 1800.0  # download, install, reboot
-SEVERITY = (1, 4, 6, 8)  # a monitoring task's priority (0 critical .. 3 bulk) as OCPP severity
-MONITORS_PER_TASK = 64
-TAKEN = frozenset({"Accepted", "Duplicate"})  # a monitor the charger has, new or not
 
 
 @dataclass(frozen=True)
@@ -140,14 +129,14 @@ class OcppCharger:
         self.link = OcppLink(identity, self._handle, opened=self._opened, closed=self._closed)
         self.registration = "Accepted"
         self.onboarding = False  # its device model is being learned
-        self._unreported: set[str] = set()  # firmware whose report did not come: not again
+        self.unreported: set[str] = set()  # firmware whose report did not come: not again
         self.reports: dict[int, tuple[asyncio.Future[set[tuple[str, str]]],
                                       set[tuple[str, str]]]] = {}
-        self._sightings: list[tuple[Sighting, asyncio.Future[str]]] = []
+        self.sightings: list[tuple[Sighting, asyncio.Future[str]]] = []
         self._ids = random.Random().randrange(1, 2**30)  # request ids, remote start ids
-        self._watched: dict[str, MonitoringTaskSetup] = {}
-        self._monitor_ids: dict[str, set[int]] = {}  # the charger's monitors, by task
-        self._rewatch_due = False  # the monitors are asked again after its next call
+        self.watched: dict[str, MonitoringTaskSetup] = {}
+        self.monitor_ids: dict[str, set[int]] = {}  # the charger's monitors, by task
+        self.rewatch_due = False  # the monitors are asked again after its next call
         self.status_at: dict[tuple[int, int], int] = {}  # the latest status shown, by connector
         self.ev_needs: set[int] = set()  # EVSEs whose EV said what it needs
 
@@ -237,7 +226,7 @@ class OcppCharger:
                 else:
                     await self._carry(leaf.segments, value)
         if settings:
-            await self._set_variables(settings)
+            await device_model.set_variables(self, settings)
 
     async def _carry(self, segs: tuple[str, ...], value: Any) -> None:
         evse = int(segs[1]) if len(segs) > 2 and segs[0] == "evse" else 0
@@ -271,43 +260,6 @@ class OcppCharger:
         path = f"evse/{evse}/phases"
         return int(self.tree.get(path)) if evse and self.tree is not None and \
             path in self.tree else 3
-
-    async def _set_variables(self, settings: list[tuple[KeyPath, Any]]) -> None:
-        """SetVariables for the device-model values written, ``items_per_set`` at a time;
-        what the charger accepted is shown in the tree even when it refused another."""
-        assert self.tree is not None and self.report is not None
-        items = dm.settings_of(self.tree, settings)
-        per_call = int(self.tree.get(f"{CHARGER}/items_per_set")) \
-            if f"{CHARGER}/items_per_set" in self.tree else 8
-        for start in range(0, len(items), per_call):
-            batch = items[start:start + per_call]
-            answer = await self.link.call("SetVariables", {
-                "setVariableData": [item for _, item in batch]})
-            results = answer.get("setVariableResult", [])
-            accepted: list[Operation] = []
-            refusal: ModelError | None = None
-            reboot = False
-            for (path, item), result in zip(batch, results, strict=False):
-                status = result.get("attributeStatus")
-                if status in ("Accepted", "RebootRequired"):
-                    accepted.append(Write(path, item["attributeValue"]))
-                    reboot |= status == "RebootRequired"
-                elif refusal is None:
-                    info = {"statusInfo": result.get("attributeStatusInfo")}
-                    refusal = InvalidValueError(
-                        f"{self.identity} answered SetVariables {status} for "
-                        f"{printable(item['component']['name'])}."
-                        f"{printable(item['variable']['name'])}{reason_of(info)}", path=path,
-                        details={"ocpp_status": status})
-            if len(results) < len(batch) and refusal is None:
-                refusal = InvalidValueError(f"{self.identity} answered {len(results)} of "
-                                            f"{len(batch)} settings")
-            if reboot:
-                accepted.append(Write(f"{CHARGER}/reboot_required", True))
-            if refusal is not None:
-                if accepted:  # the tree shows what the charger took
-                    self.report(accepted)
-                raise refusal
 
     def obey(self, event: TransactionCommitted) -> None:
         """An envelope the charger accepted: its limit now is the one in force."""
@@ -371,6 +323,12 @@ class OcppCharger:
             self.report([Write(f"{base}permissions/may_charge", operation.operative)])
         return OperationAnswer(judged.result, sighting)
 
+    async def install(self, image: FirmwareImage, progress: Progress) -> str:
+        return await firmware.install(self, image, progress)
+
+    async def watch(self, task: str, setup: MonitoringTaskSetup | None) -> str:
+        return await monitoring.watch(self, task, setup)
+
     def running_transaction(self, evse: int) -> str | None:
         tree = self.tree
         if tree is None or not evse or f"evse/{evse}/session/session_id" not in tree:
@@ -382,13 +340,13 @@ class OcppCharger:
     def expect(self, sighting: Sighting) -> asyncio.Future[str]:
         """A future resolved by the first of the charger's calls that ``sighting`` sees."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._sightings.append((sighting, future))
+        self.sightings.append((sighting, future))
         return future
 
     def saw(self, action: str, payload: dict[str, Any]) -> None:
         """One of the charger's calls, served: what it shows of the effects awaited."""
         kept = []
-        for sighting, future in self._sightings:
+        for sighting, future in self.sightings:
             if future.done():
                 continue
             seen = sighting(action, payload)
@@ -396,93 +354,7 @@ class OcppCharger:
                 kept.append((sighting, future))
             else:
                 future.set_result(seen)
-        self._sightings = kept
-
-    async def install(self, image: FirmwareImage, progress: Progress) -> str:
-        if self.downloads is None:
-            raise UnsupportedOperationError(f"{self.identity}: this gateway serves no "
-                                            "firmware downloads")
-        url, token = self.downloads.offer(self.identity, image.blob, image.chunk)
-        request_id = self.next_id()
-        statuses: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-
-        def status_of(action: str, payload: dict[str, Any]) -> str | None:
-            if (action == "FirmwareStatusNotification" and payload.get("requestId") ==
-                    request_id) or (action == "BootNotification" and
-                                    payload.get("reason") == "FirmwareUpdate"):
-                statuses.put_nowait((action, payload))
-            return None  # never done: the install reads the queue
-
-        self._sightings.append((status_of, asyncio.get_running_loop().create_future()))
-        try:
-            answer = await self.link.call("UpdateFirmware", {
-                "requestId": request_id, "firmware": {
-                    "location": url, "retrieveDateTime": rfc3339(self.clock.now_us())}})
-            if answer.get("status") not in ("Accepted", "AcceptedCanceled"):
-                raise refused_by(self.identity, "UpdateFirmware", answer)
-            progress(0.0, f"the charger downloads {image.version}")
-            async with asyncio.timeout(INSTALL_TIMEOUT_S):
-                return await self._installed(image, statuses, progress)
-        except TimeoutError:
-            raise InvalidStateError(f"{self.identity} did not finish installing "
-                                    f"{image.version} within {INSTALL_TIMEOUT_S:g} s") from None
-        finally:
-            self.downloads.withdraw(token)
-            self._sightings = [(s, f) for s, f in self._sightings if s is not status_of]
-
-    async def _installed(self, image: FirmwareImage,
-                         statuses: asyncio.Queue[tuple[str, dict[str, Any]]],
-                         progress: Progress) -> str:
-        booted: str | None = None
-        while True:
-            action, payload = await statuses.get()
-            if action == "BootNotification":
-                booted = printable(payload["chargingStation"].get("firmwareVersion", "")) \
-                    or image.version
-                progress(90.0, f"rebooted with {booted}")
-                continue
-            status = payload["status"]
-            if status == "Installed":
-                return booted or image.version
-            if status not in STEPS:
-                raise InvalidStateError(f"{self.identity}: firmware update {status}",
-                                        details={"ocpp_status": status})
-            progress(STEPS[status], f"the charger says {status}")
-
-    async def watch(self, task: str, setup: MonitoringTaskSetup | None) -> str:
-        if setup is None:
-            self._watched.pop(task, None)
-            ids = sorted(self._monitor_ids.pop(task, set()))
-            if ids and self.link.online:
-                try:
-                    await self.link.call("ClearVariableMonitoring", {"id": ids})
-                except ModelError as exc:
-                    log.info("%s: monitors of task %s not cleared: %s", self.identity, task, exc)
-            return ""
-        self._watched[task] = setup
-        return await self._ask_monitors(task, setup)
-
-    async def _ask_monitors(self, task: str, setup: MonitoringTaskSetup) -> str:
-        tree = self.tree
-        assert tree is not None
-        matched = [path for selector in setup.selectors for path, _, _ in tree.find(selector)]
-        items = dm.monitor_requests(tree, setup, matched, SEVERITY[setup.reporter.priority])
-        if not items:
-            return ""
-        if not tree.get(f"{CHARGER}/monitoring"):
-            return "the charger does not monitor: values as it reports them"
-        items = items[:MONITORS_PER_TASK]
-        try:
-            answer = await self.link.call("SetVariableMonitoring", {"setMonitoringData": items})
-        except ModelError as exc:
-            return f"the charger was not asked to monitor ({exc.text[:120]}): asked again " \
-                   "when it connects"
-        results = answer.get("setMonitoringResult", [])
-        kept = [result for result in results if result.get("status") in TAKEN]
-        self._monitor_ids.setdefault(task, set()).update(
-            int(result["id"]) for result in kept if "id" in result)
-        return f"the charger monitors {len(kept)} of {len(items)} values" + (
-            "" if len(kept) == len(items) else " (the rest: as it reports them)")
+        self.sightings = kept
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -501,14 +373,7 @@ class OcppCharger:
         self.report([Write("network/link/online", True),
                      Write("network/link/last_connected_at", self.clock.now_us()),
                      Write("network/link/reconnects", reconnects + 1)])
-        self._rewatch_due = True  # it may have lost its monitors: asked once it is accepted
-
-    async def _rewatch(self) -> None:
-        for task, setup in list(self._watched.items()):
-            if task not in self._watched:  # ended meanwhile
-                continue
-            said = await self._ask_monitors(task, setup)
-            log.info("%s: monitoring task %s asked again: %s", self.identity, task, said or "-")
+        self.rewatch_due = True  # it may have lost its monitors: asked once it is accepted
 
     def _closed(self) -> None:
         assert self.report is not None
@@ -523,9 +388,9 @@ class OcppCharger:
             raise RpcError(rpc.NOT_SUPPORTED, f"{action} is not supported here")
         answer = await handler(self, payload)
         self.saw(action, payload)
-        if self._rewatch_due and self._watched and self.registration == "Accepted":
-            self._rewatch_due = False  # once per connection, however many come and go
-            self.link.after_answer(self._rewatch())
+        if self.rewatch_due and self.watched and self.registration == "Accepted":
+            self.rewatch_due = False  # once per connection, however many come and go
+            self.link.after_answer(monitoring.rewatch(self))
         return answer
 
     async def _send_envelope(self, evse: int, value: Any) -> None:
@@ -541,88 +406,8 @@ class OcppCharger:
         if answer.get("status") != "Accepted":
             raise refused_by(self.identity, "SetChargingProfile", answer)
 
-    # -- onboarding --------------------------------------------------------------------------
-
-    def needs_inventory(self, firmware: str) -> bool:
-        tree = self.tree
-        assert tree is not None
-        learned = f"{CHARGER}/inventory_firmware"
-        return self.settings.onboarding and firmware[:50] not in self._unreported and (
-            f"{CHARGER}/inventory_at" not in tree or str(tree.get(learned)) != firmware[:50])
-
-    async def onboard(self, firmware: str) -> None:
-        """Learn the charger's device model (GetBaseReport FullInventory, every page), then
-        ask it to boot again, to be Accepted. A report that does not come (no answer, or not
-        every page within ``REPORT_TIMEOUT_S``) is not asked for again while the gateway runs:
-        the charger is accepted with what came, rather than kept Pending for good."""
-        assert self.report is not None and self.tree is not None
-        request_id = self.next_id()
-        pages: asyncio.Future[set[tuple[str, str]]] = \
-            asyncio.get_running_loop().create_future()
-        self.reports[request_id] = (pages, set())
-        try:
-            try:
-                answer = await self.link.call("GetBaseReport", {"requestId": request_id,
-                                                                "reportBase": "FullInventory"})
-            except InvalidValueError as exc:  # NotImplemented, NotSupported: it has none
-                answer = {"status": exc.details.get("ocpp_error", "refused")}
-            except RequestTimeoutError:  # its answer may be what was lost: wait for pages
-                answer = {"status": "Accepted"}
-            learned: list[Operation] = [Write(f"{CHARGER}/inventory_at", self.clock.now_us()),
-                                        Write(f"{CHARGER}/inventory_firmware", firmware[:50])]
-            if answer.get("status") == "Accepted":
-                try:
-                    async with asyncio.timeout(REPORT_TIMEOUT_S):
-                        reported = await pages
-                except TimeoutError:
-                    log.warning("%s: its full inventory did not come within %g s: accepted "
-                                "with what came (asked again once the gateway restarts)",
-                                self.identity, REPORT_TIMEOUT_S)
-                    self._unreported.add(firmware[:50])
-                    learned = []
-                else:
-                    self.report(dm.forgotten(self.tree, reported))
-            else:
-                log.warning("%s: answered GetBaseReport %s: its device model stays unknown",
-                            self.identity, printable(str(answer.get("status")), 40))
-            self.report([*learned, *dm.capabilities(self.tree)])
-        finally:
-            self.reports.pop(request_id, None)
-            self.onboarding = False
-        answer = await self.link.call("TriggerMessage", {"requestedMessage": "BootNotification"})
-        if answer.get("status") != "Accepted":  # it boots again after the interval anyway
-            log.info("%s: answered TriggerMessage(BootNotification) %s", self.identity,
-                     answer.get("status"))
-
-    def take_page(self, payload: dict[str, Any]) -> None:
-        """A NotifyReport page into ``ocpp:dm`` (committed page by page); the last one
-        completes the report asked for."""
-        assert self.report is not None and self.tree is not None
-        outcome = dm.report_ops(self.tree, payload.get("reportData", []), self.clock.now_us())
-        if outcome.dropped:
-            log.warning("%s: %d variables of its device model left out (more than the tree "
-                        "holds: %d in all, %d a component, %d components; or a key the tree "
-                        "cannot take)", self.identity, outcome.dropped, dm.MAX_VARIABLES,
-                        MAX_VARIABLES_PER_COMPONENT, MAX_COMPONENTS)
-        if outcome.ops:
-            self.report(outcome.ops)
-        waiting = self.reports.get(payload["requestId"])
-        if waiting is not None:
-            waiting[1].update(outcome.keys)
-            if not payload.get("tbc", False) and not waiting[0].done():
-                waiting[0].set_result(waiting[1])
 
 
-STEPS = {"Downloading": 10.0, "DownloadScheduled": 5.0, "DownloadPaused": 10.0,
-         "Downloaded": 40.0, "SignatureVerified": 50.0, "InstallScheduled": 55.0,
-         "Installing": 60.0, "InstallRebooting": 80.0, "Idle": 0.0}
-"""FirmwareStatusNotification statuses on the way, as percent of the install; any other but
-Installed is a failure (DownloadFailed, InvalidSignature, InstallVerificationFailed...)."""
 
 
-def refused_by(identity: str, action: str, answer: dict[str, Any]) -> ModelError:
-    return InvalidValueError(f"{identity} answered {action} {answer.get('status')}"
-                             f"{reason_of(answer)}", details={"ocpp_status": answer.get("status")})
-
-
-__all__ = ["CALL_TIMEOUT_S", "ChargerSettings", "OcppCharger", "refused_by"]
+__all__ = ["CALL_TIMEOUT_S", "ChargerSettings", "OcppCharger"]

@@ -17,6 +17,7 @@ from actors.logic.ocpp.meters import live_ops, micros, read
 from actors.logic.ocpp.profiles import VOLTS, rfc3339
 from actors.logic.ocpp.rpc import printable
 from actors.logic.ocpp.transactions import apply_event, record_key
+from actors.station.ocpp import device_model
 from object_model.pebc import EnergyConstraints
 from object_model.station.ocpp_namespace import CHARGER
 from object_model.tree import Delete, Operation, TransactionCommitted, Write
@@ -56,11 +57,11 @@ async def on_boot(charger: OcppCharger, payload: dict[str, Any]) -> dict[str, An
     ops += [Write("diagnostics/boot_count", boots + 1),
             Write("diagnostics/last_boot_reason", payload["reason"][:64])]
     status = "Accepted"
-    if charger.onboarding or charger.needs_inventory(firmware):
+    if charger.onboarding or device_model.needs_inventory(charger, firmware):
         status = "Pending"
         if not charger.onboarding:
             charger.onboarding = True
-            charger.link.after_answer(charger.onboard(firmware))
+            charger.link.after_answer(device_model.onboard(charger, firmware))
     charger.registration = status
     ops.append(Write(f"{CHARGER}/registration", status))
     _apply(charger, ops)
@@ -204,7 +205,7 @@ async def on_security_event(charger: OcppCharger, payload: dict[str, Any]) -> di
 
 async def on_notify_report(charger: OcppCharger, payload: dict[str, Any]) -> dict[str, Any]:
     """A page of the device model (``ocpp:dm``), committed as it comes."""
-    charger.take_page(payload)
+    device_model.take_page(charger, payload)
     return {}
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from actors.logic.ocpp import device_model as dm
-from actors.station.ocpp import charger as charger_module
+from actors.station.ocpp import device_model as onboarding
 from actors.station.ocpp.link import OcppLink
 from actors.testing import until
 from object_model import ErrorCode, ModelError
@@ -44,7 +44,7 @@ async def test_a_report_that_never_comes_does_not_keep_the_charger_pending(
     """A charger that answers GetBaseReport Accepted and sends no page, or does not answer
     it at all: after the report's time it is accepted with what came (its boots were
     Pending for good, each asking for the inventory again)."""
-    monkeypatch.setattr(charger_module, "REPORT_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(onboarding, "REPORT_TIMEOUT_S", 0.05)
     monkeypatch.setattr(OcppLink.call, "__defaults__", (0.05,))  # the call's timeout
     assert (await peer.boot())["status"] == "Pending"
     asked = await peer.expect_call("GetBaseReport")
