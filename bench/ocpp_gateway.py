@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -298,11 +299,15 @@ async def run(*, chargers: int, evses: int, ramp_s: float, soak_s: float, event_
 
         async def until(check: Any, what: str, timeout: float) -> float:
             began = time.monotonic()
-            while not check():
+            while True:
+                done = check()
+                if inspect.isawaitable(done):  # the cloud's consistency is asked for
+                    done = await done
+                if done:
+                    return time.monotonic() - began
                 if time.monotonic() - began > timeout:
                     raise RuntimeError(f"{what}: not within {timeout:g} s")
                 await asyncio.sleep(0.2)  # a poll of another process's effect
-            return time.monotonic() - began
 
         await until(lambda: synced() == chargers, "every charger's actor at the local CSMS", 120)
         say(f"booting {chargers} chargers over {ramp_s:g} s...")
