@@ -10,8 +10,10 @@ milliseconds). Holding the flood at its senders keeps those buffers short.
 
 The rule: when ``pause_at`` state or bulk envelopes wait in the inbox, each sender whose
 envelope arrives is asked to hold for ``hold_s``. Once the backlog is down to ``resume_at``,
-each sender held gets a *credit* of ``credit_bytes`` with its hold renewed (at most once per
-``regrant_s``, and whenever the inbox is empty): it sends that much and waits again. So a receiver that can take only part of
+senders held get a *credit* of ``credit_bytes`` with their hold renewed (a sender at most once
+per ``regrant_s``; as many senders a time as the inbox has room for below ``pause_at``, the
+longest waiting first, so hundreds of senders held are not all let in, nor each sent a frame,
+at once): each sends that much and waits again. So a receiver that can take only part of
 a flood takes it batch by batch, its backlog between ``resume_at`` and ``pause_at``, instead
 of the whole of each sender's queue at once whenever a hold ends. When the flood stops, the
 holds end by themselves. A ``Pause`` lost on the way costs only a little more backlog: the
@@ -71,7 +73,8 @@ class Backpressure:
         hold = self.settings.hold_s
         held = self._held.get(key)
         if held is None or held[0] - now < hold / 2:
-            self._held[key] = (now + hold, now)
+            # when it last had a credit: never, for a sender just held
+            self._held[key] = (now + hold, float("-inf") if held is None else held[1])
             self.pauses += 1
             link.pause_sender(self.address, env.source, hold)
 
@@ -84,16 +87,23 @@ class Backpressure:
             return
         s = self.settings
         now = self.clock.monotonic()
-        if self.backlog and now - self._looked_at < s.regrant_s:
+        if now - self._looked_at < s.regrant_s:
             return  # the senders held were looked at just now: not once per envelope taken
         self._looked_at = now
+        # credits for as many senders as the inbox has room for before it pauses again, the
+        # longest waiting first: with hundreds of senders held, a credit (and a Pause frame)
+        # to each of them every pass would flood the broker with Pauses and let the whole
+        # flood in at once
+        room = max(1, s.pause_at - self.backlog)
         for key, (ends, granted) in list(self._held.items()):
             if ends <= now:  # it ended by itself: the sender sends freely again
                 del self._held[key]
-            elif now - granted >= s.regrant_s or self.backlog == 0:
+            elif room > 0 and now - granted >= s.regrant_s:
                 link, sender = key
+                del self._held[key]  # to the end of the line
                 self._held[key] = (now + s.hold_s, now)
                 self.credits += 1
+                room -= 1
                 link.pause_sender(self.address, sender, s.hold_s,
                                   credit_bytes=s.credit_bytes)
 
