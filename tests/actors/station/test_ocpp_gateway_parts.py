@@ -1,5 +1,6 @@
-"""The gateway's admission parts on their own: what identity a request path names, and what
-a basic ``Authorization`` header says."""
+"""The gateway's parts on their own: what identity a request path names, what a basic
+``Authorization`` header says, failed logins and admission shares, the firmware download
+server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import base64
 import hashlib
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +27,11 @@ from actors.station.ocpp.gateway import (
     basic_auth,
     identity_of,
     same_secret,
+    server_context,
 )
 from actors.testing import until
 from actors.testing.clock import FakeClock
+from broker_bridge.pki import CertificateAuthority
 from object_model.blobs import BlobRef
 from tests.actors.station.ocpp_peer import attached
 
@@ -264,3 +269,34 @@ async def test_one_charger_reconnecting_in_a_loop_does_not_lock_the_others_out()
         await gateway.stop()
         for admitted in chargers.values():
             await admitted.charger.link.stop()
+
+
+async def test_firmware_downloads_are_https_with_the_gateway_s_certificate(tmp_path: Path
+                                                                          ) -> None:
+    """With TLS the download server shows the gateway's certificate and asks no client
+    certificate (the token is the credential, even when chargers log in with certificates:
+    security profile 3); a client that does not trust the CA gets no TLS session."""
+    ca = CertificateAuthority(tmp_path / "ca", "the gateway's CA")
+    issued = ca.issue_server(tmp_path / "gateway", "gateway", ["localhost"], ["127.0.0.1"])
+    downloads = Downloads(lambda: 0.0)
+    server = await DownloadServer(downloads, ssl_context=server_context(
+        issued.certificate, issued.key)).start()
+    image = bytes(range(256)) * 100
+    ref, chunk = offered(image)
+    url, _ = downloads.offer("cs-1", ref, chunk)
+    assert url.startswith("https://")
+    try:
+        trusting = ssl.create_default_context(cafile=str(ca.directory / "ca.crt"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=trusting,
+                                                       server_hostname="localhost")
+        writer.write(f"GET {url.split(str(server.port), 1)[1]} HTTP/1.1\r\nHost: gw\r\n\r\n"
+                     .encode())
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(image)
+        with pytest.raises(ssl.SSLError):  # the default trust store does not know our CA
+            await asyncio.open_connection("127.0.0.1", server.port,
+                                          ssl=ssl.create_default_context(),
+                                          server_hostname="localhost")
+    finally:
+        await server.stop()
