@@ -92,7 +92,7 @@ fingerprint=$( { cat pyproject.toml; find keypath object_model broker_bridge act
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$fingerprint" ]; then
     log "installing the package and its test dependencies into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    "$VENV/bin/python" -m pip install -q -e '.[test,lab]'
     echo "$fingerprint" > "$STAMP"
 fi
 log "ready ($("$VENV/bin/python" --version))"

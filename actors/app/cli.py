@@ -40,6 +40,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _lab(args: argparse.Namespace) -> int:
+    # the lab lives in bench/, a layer above actors: its own process, as benchmarks are
+    os.execv(sys.executable, [sys.executable, "-m", "bench.lab", *args.rest])
+    return 0  # not reached
+
+
 def _demo(args: argparse.Namespace) -> int:
     from actors.app.demo import DemoSettings, run_demo
     from actors.app.wiring import tune_gc
@@ -304,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (--json)")
     bench.set_defaults(func=_bench)
+    lab = sub.add_parser("lab", help="the researcher's lab: a scenario on this system and on "
+                         "OCPP 2.0.1 over the same impaired links (docs/lab.md)")
+    lab.add_argument("rest", nargs=argparse.REMAINDER, help="run SCENARIO.toml | report RUN_DIR")
+    lab.set_defaults(func=_lab)
     broker = sub.add_parser("broker", help="run the managed Prosody broker in the foreground")
     broker.add_argument("--state-dir", default="./state/broker",
                         help="config, data and log directory (default: ./state/broker)")
