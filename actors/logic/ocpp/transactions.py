@@ -246,8 +246,10 @@ def _live(tree: ObjectTree, evse: int, transaction_id: str, kind: str, payload: 
         ops += [Write(f"{base}/session/session_id", transaction_id),
                 Write(f"{base}/session/started_at", int(record["started_at"])),
                 Write(f"{base}/session/state", "Charging")]
-        if tree.is_leaf(f"{base}/session/ended_at"):
-            ops.append(Delete(f"{base}/session/ended_at"))
+        # what belonged to the last session's EV is not this one's
+        ops += [Delete(f"{base}/session/{name}") for name in ("ended_at", "departure_at",
+                                                               "soc_percent")
+                if tree.is_leaf(f"{base}/session/{name}")]
     if record.get("id_token"):
         ops.append(Write(f"{base}/session/id_token", record["id_token"]))
     ops.append(Write(f"{base}/session/energy_wh", float(record.get("energy_wh") or 0.0)))

@@ -252,3 +252,17 @@ def test_open_records_never_fill_the_collection() -> None:
     assert sum(r["state"] != "Finished" for r in records) == 2  # the last one per EVSE
     assert {r.get("stopped_reason") for r in records if r["state"] == "Finished"} == {
         "Superseded"}
+
+
+def test_a_new_transaction_does_not_inherit_the_last_ev_s_departure_or_charge() -> None:
+    """Found attacking the gateway: the departure time (and state of charge) the last EV
+    gave stayed on the EVSE through the next EV's session."""
+    tree = charger_tree()
+    assert apply(tree, event("Started", 0, 1_000.0, context="Transaction.Begin"))
+    tree.apply([Write("evse/1/session/departure_at", NOW_US + 3_600_000_000),
+                Write("evse/1/session/soc_percent", 80.0)])
+    assert apply(tree, event("Ended", 30, 3_500.0, context="Transaction.End", state=None))
+    assert apply(tree, event("Started", 40, 3_500.0, tx="tx-2", context="Transaction.Begin"))
+    for name in ("departure_at", "soc_percent", "ended_at"):
+        assert not tree.is_leaf(f"evse/1/session/{name}"), name
+    assert tree.get("evse/1/session/session_id") == "tx-2"
