@@ -15,7 +15,8 @@ charger resumes with ``Range``). Answers: 200 with the image, 206 for a ``Range`
 token not (or no longer) offered or any other path, 405 for another method, 416 for a range
 outside the image, 503 while ``MAX_FETCHES`` fetches of the URL are under way, 400 for a
 request that is not HTTP/1.x within ``HEAD_BYTES`` and ``HEAD_S``. One request per
-connection.
+connection, and at most ``MAX_CONNECTIONS`` at once (more are closed unanswered: idle
+connections cannot pile up, however many a stranger opens).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MAX_FETCHES = 2  # at once, per URL
 HEAD_BYTES = 8192
 HEAD_S = 10.0
 IDLE_S = 60.0
+MAX_CONNECTIONS = 64  # at once: beyond, a connection is closed unanswered
 
 Chunk = Callable[[int], Awaitable[bytes | None]]
 """Reads chunk ``index`` of an image (``None``: not held)."""
@@ -163,6 +165,12 @@ class DownloadServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._fetches) >= MAX_CONNECTIONS:
+            self.downloads.refused += 1
+            log.warning("firmware downloads: %d connections open, one more closed",
+                        len(self._fetches))
+            writer.close()
+            return
         self._fetches.add(task)
         try:
             await self._answer(reader, writer)
@@ -239,4 +247,4 @@ async def _respond(writer: asyncio.StreamWriter, status: HTTPStatus, headers: di
     await writer.drain()
 
 
-__all__ = ["IDLE_S", "MAX_FETCHES", "PATH", "DownloadServer", "Downloads", "Plan"]
+__all__ = ["IDLE_S", "MAX_CONNECTIONS", "MAX_FETCHES", "PATH", "DownloadServer", "Downloads", "Plan"]

@@ -18,7 +18,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
-from actors.station.ocpp.downloads import Downloads, DownloadServer
+from actors.station.ocpp.downloads import MAX_CONNECTIONS, Downloads, DownloadServer
 from actors.station.ocpp.gateway import (
     PER_IDENTITY,
     Admitted,
@@ -299,4 +299,36 @@ async def test_firmware_downloads_are_https_with_the_gateway_s_certificate(tmp_p
                                           ssl=ssl.create_default_context(),
                                           server_hostname="localhost")
     finally:
+        await server.stop()
+
+
+async def test_idle_connections_to_the_download_server_cannot_pile_up() -> None:
+    """A stranger opening connections and sending nothing holds at most MAX_CONNECTIONS of
+    them (each until HEAD_S); the next is closed unanswered, and a fetch works again once
+    they are gone."""
+    downloads = Downloads(lambda: 0.0)
+    server = await DownloadServer(downloads).start()
+    ref, chunk = offered(bytes(range(256)) * 20)
+    _, token = downloads.offer("cs-1", ref, chunk)
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(await asyncio.open_connection("127.0.0.1", server.port))
+        await until(lambda: len(server._fetches) == MAX_CONNECTIONS, "the idle ones held")
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET /firmware/{token} HTTP/1.1\r\n\r\n".encode())
+        try:
+            answer = await reader.read()
+        except ConnectionResetError:  # closed with the request unread: a reset
+            answer = b""
+        assert answer == b""  # closed unanswered
+        writer.close()
+        for _, idle_writer in idle:
+            idle_writer.close()
+        idle.clear()
+        await until(lambda: not server._fetches, "the idle ones gone")
+        assert (await get(server.port, f"/firmware/{token}"))[0] == 200
+    finally:
+        for _, idle_writer in idle:
+            idle_writer.close()
         await server.stop()
