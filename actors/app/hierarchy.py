@@ -453,23 +453,23 @@ class Hierarchy:
         return host
 
     async def start_gateway(self, number: int, chargers: Mapping[str, ChargerEntry], *,
-                            port: int = 0, clock: Clock | None = None
-                            ) -> tuple[Running, OcppGateway]:
+                            port: int = 0, host: str = "127.0.0.1",
+                            clock: Clock | None = None) -> tuple[Running, OcppGateway]:
         """Site ``number``'s OCPP gateway for ``chargers`` (identities ``ocpp-site<n>-*``),
-        its stations joined to the site's CSMS like the simulated ones, living in ``clock``
-        (the site's time)."""
+        listening on ``host`` and ``port`` (0: any free one), its stations joined to the
+        site's CSMS like the simulated ones, living in ``clock`` (the site's time)."""
         site = self._site(number)
         ep = self.site_brokers[number].endpoint
         await self.give_tokens(number, list(chargers))
-        host, gateway = await start_gateway(self.site_config(number), GatewayConfig(
+        running, gateway = await start_gateway(self.site_config(number), GatewayConfig(
             component=gateway_domain(number), component_secret=ep.component_secret,
-            chargers=dict(chargers), csms=site.name, port=port,
+            chargers=dict(chargers), csms=site.name, host=host, port=port,
             provisioning_secret=self.provisioning(number),
             firmware_keys=(public_hex(self.manufacturer),),
             state_dir=str(self.root / f"gateway-site{number}")), signing=self.signing,
             clock=clock)
-        site.hosts.append(host)
-        return host, gateway
+        site.hosts.append(running)
+        return running, gateway
 
     async def give_tokens(self, number: int, ids: Sequence[str]) -> None:
         """With certificates: a one-time enrollment token for each of ``ids`` from site

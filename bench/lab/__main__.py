@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+import bench.lab.drivers  # noqa: F401  (registers the drivers)
 from bench.lab.report import render
 from bench.lab.runner import NoDriverError, run
 from bench.lab.scenario import KINDS, ScenarioError, load

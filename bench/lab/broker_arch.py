@@ -1,0 +1,219 @@
+"""Architecture (a) of the lab: this system, as DESIGN.md section 5 deploys it.
+
+    cloud (the lab's root namespace, at the lab's cloud address)     site k (its namespace)
+    Prosody ── cloud CSMS, the lab's sink           <── one uplink ──  Prosody ── local CSMS
+                                                                                 └─ stations
+
+The cloud's broker, the cloud CSMS and a sink actor (what the cloud receives of a load:
+``bench.lab.load``) run in the lab's process; each site is a process of its own in its
+namespace (``python -m bench.lab.broker_arch site SPEC``, on ``bench.sites``): its broker, its
+local CSMS with its one uplink to the cloud's broker, and its simulated stations. A site's
+load leaves through its local CSMS's real uplink endpoint, as everything it relays does:
+telemetry as bulk state updates, safety messages at critical priority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain
+from actors.app.wiring import xmpp_settings
+from actors.csms.cloud import CloudCsms
+from actors.runtime.actor import Actor, Context, RoleDirectory, handles
+from bench.lab.load import Plan, filler, offer
+from bench.netlab import Lab
+from bench.sites import Handler, RunningSite, SiteProcess, poll, run_site
+from broker_bridge import Endpoint, Priority
+from broker_bridge.prosody import ManagedProsody
+from broker_bridge.xmpp import XmppTransport
+from keypath import KeyPath
+from object_model import Role
+from object_model.messages import PropertyValueUpdate
+
+SINK = "lab-sink"
+BACKLOG = 64  # telemetry envelopes a site's uplink may hold unsent before it sheds
+
+
+@dataclass
+class Received:
+    """What the sink took: safety messages ``(wall time, site, station, seq)``, telemetry
+    envelopes by site."""
+
+    safety: list[tuple[float, int, int, int]] = field(default_factory=list)
+    telemetry: dict[int, int] = field(default_factory=dict)
+
+
+class Sink(Actor):
+    """The cloud's end of a load: takes what sites send and notes when it came."""
+
+    role = Role.OPERATOR
+
+    def __init__(self, links: Endpoint) -> None:
+        super().__init__(SINK, links, roles=RoleDirectory({"*": Role.STATION}))
+        self.received = Received()
+
+    @handles(PropertyValueUpdate)
+    async def on_update(self, message: PropertyValueUpdate, ctx: Context) -> None:
+        now = time.time()
+        segments = message.tree.segments
+        if segments[0] == "safety":
+            self.received.safety.append((now, int(segments[1]), int(segments[2]),
+                                         message.to_revision))
+        elif segments[0] == "telemetry":
+            site = int(segments[1])
+            self.received.telemetry[site] = self.received.telemetry.get(site, 0) + 1
+
+
+class BrokerSystem:
+    """The cloud's side in this process, the sites in theirs (see the module docstring)."""
+
+    name = "broker"
+
+    def __init__(self, lab: Lab, root: Path, stations: int, say: Callable[[str], None]) -> None:
+        self.lab, self.root, self.stations, self.say = lab, root, stations, say
+        self.sites: dict[int, SiteProcess] = {}
+        self.hierarchy: Hierarchy | None = None
+        self.cloud: CloudCsms | None = None
+        self.sink: Sink | None = None
+        self._sink_endpoint: Endpoint | None = None
+
+    @classmethod
+    async def start(cls, lab: Lab, root: Path, *, stations: int, seed: int,
+                    say: Callable[[str], None]) -> BrokerSystem:
+        system = cls(lab, root, stations, say)
+        try:
+            await system._start(seed)
+        except BaseException:
+            await system.close()
+            raise
+        return system
+
+    async def _start(self, seed: int) -> None:
+        lab, root = self.lab, self.root
+        names = ["cloud", "operator", SINK,
+                 *(f"{kind}-site{k}" for k in lab.sites for kind in ("local", "rm"))]
+        passwords = {n: secrets.token_urlsafe(12) for n in names}
+        broker = ManagedProsody(root / "broker-cloud", domain=cloud_domain(),
+                                component_domains=(), host=lab.cloud_address)
+        self.say("broker: starting the cloud's broker and the cloud CSMS...")
+        await broker.start()
+        broker.create_accounts({n: p for n, p in passwords.items() if not n.startswith("rm-")})
+        self.hierarchy = h = Hierarchy(root, broker, {}, passwords)
+        self._sink_endpoint = await Endpoint(XmppTransport.client(
+            xmpp_settings(h.config), SINK, passwords[SINK]), name=SINK).start()
+        self.sink = Sink(self._sink_endpoint)
+        await self.sink.start()
+        self.cloud = await h.start_cloud()
+        cloud_cfg = broker_config(broker).model_dump(mode="json", exclude_defaults=True)
+        for k, lab_site in lab.sites.items():
+            self.say(f"broker: starting site {k} in its namespace ({self.stations} stations)...")
+            self.sites[k] = await SiteProcess.start_site({
+                "site": k, "stations": self.stations, "cloud": cloud_cfg,
+                "passwords": passwords, "host": lab_site.address, "root": str(root / f"site{k}"),
+                "seed": seed + k, "paused": True,
+            }, root / f"site{k}.err", module="bench.lab.broker_arch",
+                namespace=lab_site.namespace)
+
+    async def ready(self, timeout: float = 300) -> float:
+        """Seconds until every station is joined at its site and cached at the cloud."""
+        began = time.monotonic()
+        await poll("every station joined at its site", self._joined, timeout)
+        await poll("every station's copy at the cloud", self.consistent, timeout)
+        return time.monotonic() - began
+
+    async def _joined(self) -> bool:
+        for site in self.sites.values():
+            status = await site.ask("status")
+            if status["admitted"] < len(status["digests"]) or not status["joined"]:
+                return False
+        return True
+
+    async def consistent(self) -> bool:
+        """Every station's copy at the cloud equals the station (root digests)."""
+        assert self.cloud is not None
+        copies = self.cloud.copies.replicas
+        for site in self.sites.values():
+            for address, digest in (await site.ask("status"))["digests"].items():
+                copy = copies.get(f"stations/{address}")
+                if copy is None or copy.tree.digest().hex() != digest:
+                    return False
+        return True
+
+    async def offer(self, plans: dict[int, Plan], start_at: float) -> dict[int, dict[str, Any]]:
+        """Every site plays its plan from ``start_at``; what each offered."""
+        answers = await asyncio.gather(*(
+            self.sites[k].ask("offer", timeout=plan.seconds + 120, plan=plan.to_json(),
+                              start_at=start_at) for k, plan in plans.items()))
+        return dict(zip(plans, answers, strict=True))
+
+    def safety_seen(self) -> list[tuple[float, int, int, int]]:
+        assert self.sink is not None
+        return list(self.sink.received.safety)
+
+    async def telemetry_seen(self) -> dict[int, int]:
+        """Telemetry envelopes the sink took, by site."""
+        assert self.sink is not None
+        return dict(self.sink.received.telemetry)
+
+    async def close(self) -> None:
+        for site in self.sites.values():
+            with contextlib.suppress(Exception):
+                await site.stop()
+        if self.sink is not None:
+            await self.sink.stop()
+        if self._sink_endpoint is not None:
+            await self._sink_endpoint.stop(flush_timeout=0.5)
+        if self.hierarchy is not None:
+            await self.hierarchy.close()
+
+
+# -- a site, in its namespace (the child process) -----------------------------------------------
+
+
+def site_commands(running: RunningSite) -> dict[str, Handler]:
+    """What a lab site does besides ``bench.sites``'s own commands: ``offer`` a load."""
+    k, local, uplink = running.number, running.local, running.uplink
+    size = 0
+
+    def telemetry() -> bool:
+        if uplink.session.queue_depth().get(Priority.BULK, 0) >= BACKLOG:
+            return False
+        uplink.send(source=local.address, destination=SINK, message=PropertyValueUpdate(
+            tree=KeyPath("telemetry", str(k)), epoch=1, from_revision=0, to_revision=1,
+            upserts=[("telemetry", 1, filler(size))]), priority=Priority.BULK)
+        return True
+
+    def safety(station: int, seq: int) -> None:
+        uplink.send(source=local.address, destination=SINK, message=PropertyValueUpdate(
+            tree=KeyPath("safety", str(k), str(station)), epoch=1, from_revision=seq - 1,
+            to_revision=seq), priority=Priority.CRITICAL)
+
+    async def run_offer(cmd: dict[str, Any]) -> dict[str, Any]:
+        nonlocal size
+        plan = Plan.from_json(cmd["plan"])
+        size = plan.message_bytes
+        return (await offer(plan, cmd["start_at"], telemetry, safety)).to_json()
+
+    return {"offer": run_offer}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["site"] or len(argv) != 2:
+        print("usage: python -m bench.lab.broker_arch site SPEC (run by the lab)",
+              file=sys.stderr)
+        return 2
+    return asyncio.run(run_site(json.loads(argv[1]), site_commands))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

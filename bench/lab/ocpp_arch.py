@@ -1,0 +1,293 @@
+"""Architecture (b) of the lab: the OCPP 2.0.1 baseline, point to point.
+
+    cloud (the lab's root namespace)                                  site k (its namespace)
+    OCPP CSMS: our gateway at the lab's cloud address ── a CSMS    <── one WebSocket per charger
+                                                                       (N chargers, one process)
+
+The cloud's OCPP CSMS is our gateway (``actors.station.ocpp``) in front of a CSMS of ours, both
+in the lab's process with their broker on loopback; the gateway listens on the lab's cloud
+address. Each site's chargers are simulated OCPP 2.0.1 chargers
+(``actors.testing.ocpp_charger``: the ``ocpp`` package over ``websockets``, permessage-deflate
+on, OCPP's jittered RetryBackOff) in a process of their own in the site's namespace
+(``python -m bench.lab.ocpp_arch fleet SPEC``), each with its own WebSocket across the uplink.
+They boot unknown, so the gateway learns each one's device model with GetBaseReport.
+
+The baseline is given the best a good OCPP implementation does, and nothing OCPP forbids: each
+charger sends through an application-level priority queue (``PriorityCaller``: a safety
+message goes before any queued telemetry) but with one call in flight, as OCPP-J allows.
+Telemetry is ``MeterValues`` carrying the load's filler as ``customData``; a safety message
+is ``NotifyEvent`` of ``ChargingStation.Problem`` (raised on odd sequence numbers, cleared on
+even ones), which the gateway writes into the charger's device model, where the lab sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from actors.app.config import ChargerEntry
+from actors.app.hierarchy import Hierarchy
+from actors.station.actor import ChargingStation
+from actors.testing.ocpp_charger import SimulatedCharger
+from bench.lab.load import Plan, filler, offer
+from bench.netlab import Lab
+from bench.sites import ChildProcess, Handler, poll, serve
+from object_model.tree import TransactionCommitted
+
+log = logging.getLogger(__name__)
+
+BACKLOG = 64  # telemetry calls a site's chargers may hold queued, together, before shedding
+PROBLEM = "/chargingstation/problem/actual/value"  # in ocpp:dm, lower-cased
+SAFETY, TELEMETRY = 0, 1  # PriorityCaller's classes
+
+
+def identity(site: int, station: int) -> str:
+    """Charger ``station`` (0-based) of lab site ``site``: one of the gateway's site-1 chargers."""
+    return f"ocpp-site1-{site}x{station}"
+
+
+def password(identity: str, secret: str) -> str:
+    return f"{secret}-{identity}"[-40:]
+
+
+class OcppSystem:
+    """The cloud's OCPP CSMS in this process, the chargers in the sites' (see the module
+    docstring)."""
+
+    name = "ocpp"
+
+    def __init__(self, lab: Lab, root: Path, stations: int, say: Callable[[str], None]) -> None:
+        self.lab, self.root, self.stations, self.say = lab, root, stations, say
+        self.fleets: dict[int, ChildProcess] = {}
+        self.hierarchy: Hierarchy | None = None
+        self.safety: list[tuple[float, int, int, str]] = []  # (wall time, site, station, value)
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    @classmethod
+    async def start(cls, lab: Lab, root: Path, *, stations: int, seed: int,
+                    say: Callable[[str], None]) -> OcppSystem:
+        system = cls(lab, root, stations, say)
+        try:
+            await system._start(seed)
+        except BaseException:
+            await system.close()
+            raise
+        return system
+
+    async def _start(self, seed: int) -> None:
+        lab, root = self.lab, self.root
+        secret = secrets.token_urlsafe(16)
+        by_site = {k: [identity(k, i) for i in range(self.stations)] for k in lab.sites}
+        self.say("ocpp: starting the cloud's OCPP CSMS (our gateway and a CSMS)...")
+        self.hierarchy = h = await Hierarchy.start(root)
+        await h.start_site(1, cloud=False)
+        _, gateway = await h.start_gateway(1, {
+            i: ChargerEntry(password=password(i, secret), evse_count=1)
+            for ids in by_site.values() for i in ids}, host=lab.cloud_address)
+        for station in h.site(1).stations:
+            self._watch(station)
+        url = f"ws://{lab.cloud_address}:{gateway.port}/ocpp/"
+        for k, lab_site in lab.sites.items():
+            self.say(f"ocpp: starting site {k}'s {self.stations} chargers in its namespace...")
+            spec = {"site": k, "url": url, "seed": seed + k,
+                    "chargers": [[i, password(i, secret)] for i in by_site[k]]}
+            self.fleets[k] = await ChildProcess.start(
+                f"site {k}'s chargers", ["-m", "bench.lab.ocpp_arch", "fleet", json.dumps(spec)],
+                root / f"fleet{k}.err", namespace=lab_site.namespace)
+
+    def _watch(self, station: ChargingStation) -> None:
+        """Note when the charger's Problem variable changes in what the CSMS holds."""
+        assert station.tree is not None
+        site, index = station.address.rsplit("-", 1)[1].split("x")
+
+        def changed(event: TransactionCommitted) -> None:
+            for path, value in event.upserts:
+                if str(path).lower().endswith(PROBLEM):
+                    self.safety.append((time.time(), int(site), int(index), str(value)))
+
+        self._unsubscribe.append(station.tree.subscribe(changed))
+
+    async def ready(self, timeout: float = 300) -> float:
+        """Seconds until every charger is booted (Accepted, its device model learnt) and
+        online at the CSMS."""
+        began = time.monotonic()
+
+        async def booted() -> bool:
+            for fleet in self.fleets.values():
+                status = await fleet.ask("status")
+                if status["accepted"] < status["chargers"]:
+                    return False
+            return True
+
+        await poll("every charger booted and accepted", booted, timeout)
+        assert self.hierarchy is not None
+        await poll("every charger online at the CSMS", self.consistent, timeout)
+        return time.monotonic() - began
+
+    async def consistent(self) -> bool:
+        """Every charger online in what the CSMS holds."""
+        assert self.hierarchy is not None
+        return all(s.tree is not None and s.tree.get("network/link/online") is True
+                   for s in self.hierarchy.site(1).stations)
+
+    async def offer(self, plans: dict[int, Plan], start_at: float) -> dict[int, dict[str, Any]]:
+        self.safety.clear()  # what the device model's report wrote is no safety message
+        answers = await asyncio.gather(*(
+            self.fleets[k].ask("offer", timeout=plan.seconds + 120, plan=plan.to_json(),
+                               start_at=start_at) for k, plan in plans.items()))
+        return dict(zip(plans, answers, strict=True))
+
+    def safety_seen(self) -> list[tuple[float, int, int, int]]:
+        """``(wall time, site, station, seq)``: each change of a charger's Problem is the next
+        safety message of that charger."""
+        seqs: dict[tuple[int, int], int] = {}
+        seen = []
+        for at, site, station, _ in self.safety:
+            seq = seqs[site, station] = seqs.get((site, station), 0) + 1
+            seen.append((at, site, station, seq))
+        return seen
+
+    async def telemetry_seen(self) -> dict[int, int]:
+        """Telemetry calls answered, by site (the chargers count them)."""
+        return {k: (await fleet.ask("status"))["telemetry_answered"]
+                for k, fleet in self.fleets.items()}
+
+    async def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            with contextlib.suppress(ValueError):
+                unsubscribe()
+        for fleet in self.fleets.values():
+            with contextlib.suppress(Exception):
+                await fleet.stop()
+        if self.hierarchy is not None:
+            await self.hierarchy.close()
+
+
+# -- the chargers of a site, in its namespace (the child process) -------------------------------
+
+
+@dataclass(order=True)
+class _Queued:
+    priority: int
+    order: int
+    action: str = field(compare=False)
+    payload: dict[str, Any] = field(compare=False)
+
+
+class PriorityCaller:
+    """A charger's calls through one application-level priority queue, one in flight (OCPP-J
+    allows no more): a safety call waits for the call in flight, never for queued telemetry."""
+
+    def __init__(self, charger: SimulatedCharger) -> None:
+        self.charger = charger
+        self._heap: list[_Queued] = []
+        self._order = itertools.count()
+        self._ready = asyncio.Event()
+        self.queued = {SAFETY: 0, TELEMETRY: 0}
+        self.answered = {SAFETY: 0, TELEMETRY: 0}
+        self.failed = 0
+
+    def put(self, priority: int, action: str, payload: dict[str, Any]) -> None:
+        heapq.heappush(self._heap, _Queued(priority, next(self._order), action, payload))
+        self.queued[priority] += 1
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            while not self._heap:
+                self._ready.clear()
+                await self._ready.wait()
+            item = heapq.heappop(self._heap)
+            self.queued[item.priority] -= 1
+            try:
+                await self.charger.send(item.action, item.payload)
+            except Exception as exc:  # not connected, or no answer in time: lost, as OCPP's
+                self.failed += 1
+                log.debug("%s: %s not sent: %s", self.charger.identity, item.action, exc)
+            else:
+                self.answered[item.priority] += 1
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def run_fleet(spec: dict[str, Any]) -> int:
+    """Site ``spec["site"]``'s chargers (``spec["chargers"]``: identity and password each)
+    against ``spec["url"]``; commands ``status``, ``offer`` and ``stop``."""
+    chargers = [SimulatedCharger(name, secret, spec["url"], evses=1, plugged=0,
+                                 seed=spec["seed"] * 1000 + i)
+                for i, (name, secret) in enumerate(spec["chargers"])]
+    callers = [PriorityCaller(c) for c in chargers]
+    tasks = [asyncio.create_task(c.run(), name=c.identity) for c in chargers]
+    tasks += [asyncio.create_task(p.run(), name=f"{p.charger.identity} calls") for p in callers]
+    size = 0
+    rotation = itertools.cycle(callers)
+    per_charger = max(2, BACKLOG // len(callers))
+
+    def telemetry() -> bool:
+        caller = next(rotation)
+        if caller.queued[TELEMETRY] >= per_charger or not caller.charger.connected:
+            return False
+        caller.put(TELEMETRY, "MeterValues", {
+            "evseId": 1, "meterValue": [{"timestamp": _stamp(), "sampledValue": [
+                {"value": 0.0, "measurand": "Energy.Active.Import.Register"}]}],
+            "customData": {"vendorId": "lab", "samples": filler(size)}})
+        return True
+
+    def safety(station: int, seq: int) -> None:
+        now = _stamp()
+        callers[station].put(SAFETY, "NotifyEvent", {
+            "generatedAt": now, "seqNo": 0, "tbc": False, "eventData": [{
+                "eventId": seq, "timestamp": now, "trigger": "Alerting",
+                "actualValue": "true" if seq % 2 else "false",
+                "eventNotificationType": "HardWiredMonitor",
+                "component": {"name": "ChargingStation"}, "variable": {"name": "Problem"}}]})
+
+    async def status(cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"chargers": len(chargers),
+                "accepted": sum(c.connected and c.registration == "Accepted" for c in chargers),
+                "telemetry_answered": sum(p.answered[TELEMETRY] for p in callers),
+                "safety_answered": sum(p.answered[SAFETY] for p in callers),
+                "failed": sum(p.failed for p in callers)}
+
+    async def run_offer(cmd: dict[str, Any]) -> dict[str, Any]:
+        nonlocal size
+        plan = Plan.from_json(cmd["plan"])
+        size = plan.message_bytes
+        return (await offer(plan, cmd["start_at"], telemetry, safety)).to_json()
+
+    handlers: dict[str, Handler] = {"status": status, "offer": run_offer}
+    try:
+        await serve(handlers)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["fleet"] or len(argv) != 2:
+        print("usage: python -m bench.lab.ocpp_arch fleet SPEC (run by the lab)",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return asyncio.run(run_fleet(json.loads(argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

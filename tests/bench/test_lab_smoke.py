@@ -1,0 +1,69 @@
+"""The lab's smoke run: short versions of the shipped scenarios, on both architectures, on
+real namespaces, real brokers and real OCPP-J chargers (``bench/lab``; the full runs are
+``csms lab run bench/lab/scenarios/*.toml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.lab import drivers  # noqa: F401  (registers the drivers)
+from bench.lab.rundir import RunDirectory
+from bench.lab.runner import run
+from bench.lab.scenario import load
+from bench.netlab import netns_available
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "bench" / "lab" / "scenarios"
+
+
+@pytest.fixture(autouse=True)
+def namespaces() -> None:
+    reason = netns_available()
+    if reason is not None:
+        pytest.skip(f"the lab needs network namespaces: {reason}")
+
+
+async def smoke(tmp_path: Path, name: str, **overrides: Any) -> RunDirectory:
+    scenario = load(SCENARIOS / f"{name}.toml", repetitions=1, **overrides)
+    said: list[str] = []
+    directory = await run(scenario, tmp_path, say=said.append)
+    assert any("repetition 1/1 ocpp" in line for line in said)  # progress was shown
+    assert (directory.path / "report.md").is_file()
+    return directory
+
+
+async def test_s1_a_safety_message_crosses_a_saturated_uplink_in_both_architectures(
+        tmp_path: Path) -> None:
+    directory = await smoke(tmp_path, "s1-safety-behind-telemetry", duration_s=14.0,
+                            warmup_s=4.0, sites={"count": 1, "stations": 6},
+                            parameters={"telemetry_bytes_per_s": 400_000,
+                                        "telemetry_message_bytes": 4000,
+                                        "safety_messages": 8})
+    summary = directory.summary
+    for architecture in ("broker", "ocpp"):
+        figures = summary[architecture]["0"]
+        assert figures["safety_messages"] == 8
+        assert figures["safety_lost"] == 0, architecture
+        # the uplink was saturated: the load offered more than the link carries
+        assert figures["telemetry_offered_kbit_per_site"] > 2 * 2000 * 0.75
+        assert figures["uplink_up_kbit_per_site"] > 1000, architecture
+    latencies = [e for e in directory.events() if e.kind == "latency"]
+    assert {e.architecture for e in latencies} == {"broker", "ocpp"}
+    assert len(latencies) == 16
+    assert (directory.path / "plots" / "latency.png").is_file()
+
+
+async def test_s5_one_uplink_connection_per_site_against_one_per_charger(
+        tmp_path: Path) -> None:
+    directory = await smoke(tmp_path, "s5-idle-connections", duration_s=16.0, warmup_s=4.0,
+                            sites={"count": 1, "stations": 5})
+    summary = directory.summary
+    assert summary["broker"]["0"]["upstream_tcp_connections"] == 1
+    assert summary["ocpp"]["0"]["upstream_tcp_connections"] == 5
+    # the uplink's bytes were sampled over the window, for each architecture and direction
+    sampled = {(e.architecture, e.key) for e in directory.events() if e.kind == "bytes"}
+    assert sampled == {(a, f"site1/{d}") for a in ("broker", "ocpp") for d in ("up", "down")}
