@@ -55,6 +55,7 @@ MESSAGE_TIMEOUT = ("OCPPCommCtrlr", Variable(name="MessageTimeout", instance="De
 TX_UPDATED = ("SampledDataCtrlr", "TxUpdatedInterval")
 EV_CONNECTION_TIMEOUT = ("TxCtrlr", "EVConnectionTimeOut")
 BOOT_RETRY_S = 10.0  # after a BootNotification answered with a CALLERROR
+OFFLINE_QUEUE = 1000  # TransactionEvents kept while offline
 IDLE_SAMPLE_S = 1.0  # how often readings are taken when TxUpdatedInterval is 0
 EV_MIN_CURRENT_A, EV_MAX_VOLTAGE_V = 6, 400
 
@@ -145,6 +146,10 @@ class SimulatedCharger:
         self._sample_due = 0.0
         self.firmware_task: asyncio.Task[Any] | None = None  # the update running
         self.installed_request: int | None = None  # an update's, until Installed is sent
+        # TransactionEvents not delivered yet (offline, or the connection failed under
+        # them), oldest first: sent after the next accepted boot
+        self.offline_queue: collections.deque[Payload] = collections.deque()
+        self._delivering = asyncio.Lock()
 
     # -- what tests and the demo use -----------------------------------------------------------
 
@@ -174,6 +179,10 @@ class SimulatedCharger:
             raise ValueError("an EV draws more than 0 W")
         if not was and self.registration == "Accepted":
             self.spawn(self._plugged_in(target), f"plug {evse}")
+        elif not was and self.autostart and target.transaction is None:
+            self.begin(target)  # offline, the transaction starts all the same
+            self._keep(self._event(target, "Started", "CablePluggedIn", "Transaction.Begin")
+                       | {"offline": True})
 
     def unplug(self, evse: int) -> None:
         """The EV at ``evse`` leaves: its transaction ends (EVDisconnected)."""
@@ -182,6 +191,9 @@ class SimulatedCharger:
         target.demand_w = 0.0
         if was and self.registration == "Accepted":
             self.spawn(self._unplugged(target), f"unplug {evse}")
+        elif was and target.transaction is not None:  # offline: it ends, told when back
+            self._keep(self._end(target, "EVCommunicationLost", "EVDisconnected") |
+                       {"offline": True})
 
     def limit_w(self, evse: Evse, now: datetime) -> float:
         """The limit in force on ``evse`` now."""
@@ -321,6 +333,7 @@ class SimulatedCharger:
             self.installed_request = None
         for evse in self.evses.values():
             await self.status_notification(evse)
+        await self.deliver_queued()
         fresh, self._fresh = self._fresh, False
         for evse in self.evses.values():
             if evse.transaction and not evse.plugged and evse.connect_deadline is None:
@@ -457,7 +470,40 @@ class SimulatedCharger:
                                 **info: Any) -> None:
         """A TransactionEvent of ``evse``'s running transaction (``info``: more of its
         transactionInfo)."""
-        await self.send("TransactionEvent", self._event(evse, kind, trigger, context, **info))
+        await self.transaction_message(self._event(evse, kind, trigger, context, **info))
+
+    async def transaction_message(self, payload: Payload) -> None:
+        """Send a TransactionEvent after those still queued, or queue it while offline
+        (E04/E12: transaction-related messages are kept and delivered in order once the
+        charger is back, those that happened offline marked ``offline``). A full queue drops
+        its oldest Updated first: a transaction's Started and Ended are never dropped."""
+        online = self._client is not None and self.registration == "Accepted"
+        if not online:
+            payload["offline"] = True
+        self._keep(payload)
+        if online:
+            with contextlib.suppress(ConnectionError, websockets.ConnectionClosed, TimeoutError):
+                await self.deliver_queued()  # what fails stays queued for the next session
+
+    def _keep(self, payload: Payload) -> None:
+        queue = self.offline_queue
+        if len(queue) >= OFFLINE_QUEUE:
+            updated = next((p for p in queue if p["eventType"] == "Updated"), None)
+            if updated is None:
+                log.warning("%s: offline queue full of Started/Ended; dropping the oldest",
+                            self.identity)
+                queue.popleft()
+            else:
+                queue.remove(updated)
+        queue.append(payload)
+
+    async def deliver_queued(self) -> None:
+        """The queued TransactionEvents, oldest first, one at a time; raises (keeping the
+        rest) when the connection fails again."""
+        async with self._delivering:
+            while self.offline_queue:
+                await self.send("TransactionEvent", self.offline_queue[0])
+                self.offline_queue.popleft()
 
     def _event(self, evse: Evse, kind: str, trigger: str, context: str, **info: Any
                ) -> Payload:
@@ -504,6 +550,12 @@ class SimulatedCharger:
         """End ``evse``'s transaction: TransactionEvent Ended with ``reason``."""
         if evse.transaction is None:
             return
+        await self.transaction_message(self._end(evse, trigger, reason))
+        await self.observe()
+
+    def _end(self, evse: Evse, trigger: str, reason: str) -> Payload:
+        """``evse``'s transaction over from now: its Ended event, to send."""
+        assert evse.transaction is not None
         transaction = evse.transaction
         evse.meter(self.now())
         evse.power_w = 0.0
@@ -516,8 +568,7 @@ class SimulatedCharger:
                 del evse.profiles[ident]
         self._wake.set()
         self._ended.set()
-        await self.send("TransactionEvent", ended)
-        await self.observe()
+        return ended
 
     async def charging_needs_of(self, evse: Evse) -> None:
         """NotifyEVChargingNeeds, when the EV has any (``ev_energy_wh``)."""

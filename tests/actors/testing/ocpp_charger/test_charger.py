@@ -311,3 +311,28 @@ async def test_unlock_connector_answers_for_each_connector(csms: Csms, clock: Fa
     assert answers == ["Unlocked", "OngoingAuthorizedTransaction", "UnknownConnector",
                        "UnknownConnector"]
     assert csms.violations == []
+
+
+async def test_transaction_events_of_an_offline_charger_are_kept_and_sent_in_order_when_back(
+        clock: FakeClock) -> None:
+    async with Csms() as first:
+        charger = charger_of(first, clock, evses=2, plugged=1)
+        async with running(charger):
+            started = await first.wait_call("TransactionEvent", eventType="Started")
+    # the CSMS is gone: the EV at EVSE 1 leaves and one arrives at EVSE 2, offline
+    await until(lambda: not charger.connected, "the charger offline", 5)
+    charger.unplug(1)
+    charger.plug(2)
+    kinds = [(p["eventType"], p["evse"]["id"] if "evse" in p else None)
+             for p in charger.offline_queue]
+    assert kinds == [("Ended", None), ("Started", 2)]
+    async with Csms() as second:
+        charger.url = second.url
+        async with running(charger):
+            events = await second.wait_call("TransactionEvent", count=2)
+    assert [e["eventType"] for e in events[:2]] == ["Ended", "Started"]
+    assert all(e["offline"] is True for e in events[:2])
+    assert events[0]["transactionInfo"]["transactionId"] == \
+        started[0]["transactionInfo"]["transactionId"]
+    assert not charger.offline_queue
+    assert second.violations == []
