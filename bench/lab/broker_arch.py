@@ -29,7 +29,9 @@ from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain
 from actors.app.wiring import xmpp_settings
 from actors.csms.cloud import CloudCsms
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
+from bench.lab import state
 from bench.lab.load import Plan, filler, offer
+from bench.lab.state import Dynamics
 from bench.netlab import Lab
 from bench.sites import Handler, RunningSite, SiteProcess, poll, run_site
 from broker_bridge import Endpoint, Priority
@@ -41,6 +43,7 @@ from object_model.messages import PropertyValueUpdate
 
 SINK = "lab-sink"
 BACKLOG = 64  # telemetry envelopes a site's uplink may hold unsent before it sheds
+SPEED = 60.0  # with dynamics, site time runs an hour a minute (EV stays of hours last minutes)
 
 
 @dataclass
@@ -78,8 +81,10 @@ class BrokerSystem:
 
     name = "broker"
 
-    def __init__(self, lab: Lab, root: Path, stations: int, say: Callable[[str], None]) -> None:
+    def __init__(self, lab: Lab, root: Path, stations: int, say: Callable[[str], None],
+                 dynamics: Dynamics | None = None) -> None:
         self.lab, self.root, self.stations, self.say = lab, root, stations, say
+        self.dynamics = dynamics
         self.sites: dict[int, SiteProcess] = {}
         self.hierarchy: Hierarchy | None = None
         self.cloud: CloudCsms | None = None
@@ -88,8 +93,9 @@ class BrokerSystem:
 
     @classmethod
     async def start(cls, lab: Lab, root: Path, *, stations: int, seed: int,
-                    say: Callable[[str], None]) -> BrokerSystem:
-        system = cls(lab, root, stations, say)
+                    say: Callable[[str], None], dynamics: Dynamics | None = None
+                    ) -> BrokerSystem:
+        system = cls(lab, root, stations, say, dynamics)
         try:
             await system._start(seed)
         except BaseException:
@@ -114,12 +120,18 @@ class BrokerSystem:
         await self.sink.start()
         self.cloud = await h.start_cloud()
         cloud_cfg = broker_config(broker).model_dump(mode="json", exclude_defaults=True)
+        # the stations' lives: EVs come and go in site time that runs SPEED times faster, as
+        # often as the dynamics say; without dynamics they stand still
+        lives: dict[str, Any] = {"paused": True}
+        if self.dynamics is not None:
+            lives = {"paused": False, "speed": SPEED, "arrivals_per_evse_hour":
+                     3600 / (self.dynamics.idle_mean_s * SPEED)}
         for k, lab_site in lab.sites.items():
             self.say(f"broker: starting site {k} in its namespace ({self.stations} stations)...")
             self.sites[k] = await SiteProcess.start_site({
                 "site": k, "stations": self.stations, "cloud": cloud_cfg,
                 "passwords": passwords, "host": lab_site.address, "root": str(root / f"site{k}"),
-                "seed": seed + k, "paused": True,
+                "seed": seed + k, **lives,
             }, root / f"site{k}.err", module="bench.lab.broker_arch",
                 namespace=lab_site.namespace)
 
@@ -154,6 +166,23 @@ class BrokerSystem:
             self.sites[k].ask("offer", timeout=plan.seconds + 120, plan=plan.to_json(),
                               start_at=start_at) for k, plan in plans.items()))
         return dict(zip(plans, answers, strict=True))
+
+    async def truth(self) -> dict[str, str]:
+        """Every EVSE's session as its station holds it (``bench.lab.state``)."""
+        out: dict[str, str] = {}
+        for site in self.sites.values():
+            out.update((await site.ask("sessions"))["sessions"])
+        return out
+
+    def view(self) -> dict[str, str]:
+        """Every EVSE's session as the cloud CSMS's copies show it."""
+        assert self.cloud is not None
+        return state.view(self.cloud.copies.replicas)
+
+    async def freeze(self) -> None:
+        """The stations stand still from now: the truth no longer moves."""
+        for site in self.sites.values():
+            await site.ask("pause")
 
     def safety_seen(self) -> list[tuple[float, int, int, int]]:
         assert self.sink is not None
@@ -203,7 +232,10 @@ def site_commands(running: RunningSite) -> dict[str, Handler]:
         size = plan.message_bytes
         return (await offer(plan, cmd["start_at"], telemetry, safety)).to_json()
 
-    return {"offer": run_offer}
+    async def sessions(cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"sessions": state.stations_sessions(running.site.stations)}
+
+    return {"offer": run_offer, "sessions": sessions}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,9 @@ from typing import Any, Protocol
 from bench.lab.broker_arch import BrokerSystem
 from bench.lab.load import MESSAGE_BYTES, Plan
 from bench.lab.ocpp_arch import OcppSystem
+from bench.lab.oracle import Oracle
 from bench.lab.runner import DRIVERS, Recorder, Repetition
+from bench.lab.state import Dynamics
 from bench.lab.stats import percentile
 from bench.netlab import Lab, netns_available
 from bench.netlab.router import UplinkCounters
@@ -41,6 +43,9 @@ class System(Protocol):
 
     async def ready(self, timeout: float = 300) -> float: ...
     async def consistent(self) -> bool: ...
+    async def truth(self) -> dict[str, str]: ...
+    def view(self) -> dict[str, str]: ...
+    async def freeze(self) -> None: ...
     async def offer(self, plans: dict[int, Plan], start_at: float
                     ) -> dict[int, dict[str, Any]]: ...
     def safety_seen(self) -> list[tuple[float, int, int, int]]: ...
@@ -61,9 +66,10 @@ def say(text: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def testbed(rep: Repetition, tell: Callable[[str], None] = say
-                  ) -> AsyncIterator[tuple[Lab, System]]:
-    """The scenario's sites and uplinks, and the architecture of ``rep`` on them."""
+async def testbed(rep: Repetition, tell: Callable[[str], None] = say, *,
+                  dynamics: Dynamics | None = None) -> AsyncIterator[tuple[Lab, System]]:
+    """The scenario's sites and uplinks, and the architecture of ``rep`` on them (its EVs
+    coming and going as ``dynamics`` says, or none)."""
     reason = netns_available()
     if reason is not None:
         raise LabUnavailable(f"the lab needs network namespaces: {reason}")
@@ -76,7 +82,7 @@ async def testbed(rep: Repetition, tell: Callable[[str], None] = say
                 lab.add_site(k, scenario.link.profile())
             system: System = await SYSTEMS[rep.architecture].start(
                 lab, root, stations=scenario.sites.stations,
-                seed=rep.seed("stations") % 2**20, say=tell)
+                seed=rep.seed("stations") % 2**20, say=tell, dynamics=dynamics)
             try:
                 ready_s = await system.ready()
                 tell(f"{rep.architecture}: ready in {ready_s:.1f} s")
@@ -195,6 +201,99 @@ async def idle_connections(rep: Repetition, record: Recorder) -> dict[str, Any]:
     }
 
 
+# -- S2: a site uplink outage, then catch-up ----------------------------------------------------
+
+
+POLL_S = 0.5  # how often the truth and the view are read
+CATCH_UP_LIMIT_S = 600.0  # after the last outage, how long the view may take to catch up
+
+
+async def uplink_outage(rep: Repetition, record: Recorder) -> dict[str, Any]:
+    """The stations' EVs come and go (``idle_mean_s``, ``session_mean_s``) while site 1's
+    uplink is cut as the scenario's outages say; when the last outage ends the stations
+    stand still, and the run goes on until the cloud's view of every EVSE's session equals
+    the truth (or ``CATCH_UP_LIMIT_S``). The truth and the view are read every ``POLL_S``
+    and judged by the oracle (``bench.lab.state``, ``bench.lab.oracle``)."""
+    scenario = rep.scenario
+    parameters = scenario.parameters
+    dynamics = Dynamics(idle_mean_s=float(parameters.get("idle_mean_s", 60.0)),
+                        session_mean_s=float(parameters.get("session_mean_s", 120.0)))
+    outages = sorted(scenario.outages, key=lambda o: o.at_s)
+    if not outages:
+        raise ValueError(f"{scenario.name}: an uplink outage scenario needs [[outages]]")
+    oracle = Oracle()
+    shown: dict[tuple[str, str], str] = {}
+    bytes_at: list[tuple[float, int]] = []  # (t, bytes both ways on site 1's uplink)
+    sessions: set[str] = set()
+
+    def note(t: float, side: str, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            if shown.get((side, key)) != value:
+                shown[side, key] = value
+                (oracle.truth if side == "truth" else oracle.seen)(t, key, value)
+                record(t, side, key, value)
+                if side == "truth" and value:
+                    sessions.add(value.split("|")[0])
+
+    async with testbed(rep, dynamics=dynamics) as (lab, system):
+        site = lab.sites[1]
+        began = time.monotonic()
+        pending = list(outages)
+        cut: float | None = None
+        restored_at: float | None = None
+        while True:
+            t = time.monotonic() - began
+            if cut is None and pending and t >= pending[0].at_s:
+                outage = pending[0]
+                site.outage("reject" if outage.kind == "reset" else outage.kind)
+                cut = t
+                record(t, "outage", "site1", "cut")
+            elif cut is not None and t >= pending[0].at_s + pending[0].for_s:
+                site.restore()
+                pending.pop(0)
+                cut = None
+                record(t, "outage", "site1", "restored")
+                if not pending:
+                    await system.freeze()
+                    restored_at = time.monotonic() - began
+            counters = site.counters()
+            bytes_at.append((t, counters.up.bytes + counters.down.bytes))
+            note(t, "truth", await system.truth())
+            note(time.monotonic() - began, "seen", system.view())
+            if restored_at is not None and oracle.lost() == [] and \
+                    t >= min(scenario.duration_s, restored_at):
+                break  # caught up, and the scenario's time is over
+            if restored_at is not None and t - restored_at > CATCH_UP_LIMIT_S:
+                break
+            await asyncio.sleep(POLL_S)  # the oracle's sampling
+    assert restored_at is not None
+    last = outages[-1]
+    at99 = oracle.consistent_at(restored_at, 0.99)
+    at100 = oracle.consistent_at(restored_at, 1.0)
+    end = bytes_at[-1][0]
+    for t, fraction in oracle.recovery_curve(max(0.0, last.at_s - 10), end, 1.0):
+        record(t, "consistency", "sessions", round(fraction, 4))
+
+    def bytes_until(moment: float | None) -> int | None:
+        if moment is None:
+            return None
+        start = next(b for t, b in bytes_at if t >= restored_at)
+        upto = next((b for t, b in bytes_at if t >= moment), bytes_at[-1][1])
+        return upto - start
+
+    return {
+        "outage_s": round(sum(o.for_s for o in outages), 1),
+        "sessions": len(sessions),
+        "evses": len(oracle.keys),
+        "lost": len(oracle.lost()),
+        "catch_up_s": None if at99 is None else round(at99 - restored_at, 2),
+        "catch_up_all_s": None if at100 is None else round(at100 - restored_at, 2),
+        "catch_up_bytes": bytes_until(at99),
+        "catch_up_all_bytes": bytes_until(at100),
+        "consistent_before_outage": round(oracle.fraction_consistent(outages[0].at_s), 3),
+    }
+
+
 def _async(check: Callable[[], bool]) -> Callable[[], Any]:
     async def run() -> bool:
         return check()
@@ -204,6 +303,8 @@ def _async(check: Callable[[], bool]) -> Callable[[], Any]:
 for _architecture in SYSTEMS:
     DRIVERS[("safety_latency", _architecture)] = safety_latency
     DRIVERS[("idle_connections", _architecture)] = idle_connections
+    DRIVERS[("uplink_outage", _architecture)] = uplink_outage
 
 
-__all__ = ["SYSTEMS", "LabUnavailable", "idle_connections", "safety_latency", "testbed"]
+__all__ = ["SYSTEMS", "LabUnavailable", "idle_connections", "safety_latency", "testbed",
+           "uplink_outage"]

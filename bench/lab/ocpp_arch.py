@@ -28,11 +28,12 @@ import heapq
 import itertools
 import json
 import logging
+import random
 import secrets
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ from actors.app.config import ChargerEntry
 from actors.app.hierarchy import Hierarchy
 from actors.station.actor import ChargingStation
 from actors.testing.ocpp_charger import SimulatedCharger
+from bench.lab import state
 from bench.lab.load import Plan, filler, offer
+from bench.lab.state import Dynamics
 from bench.netlab import Lab
 from bench.sites import ChildProcess, Handler, poll, serve
 from object_model.tree import TransactionCommitted
@@ -49,6 +52,9 @@ from object_model.tree import TransactionCommitted
 log = logging.getLogger(__name__)
 
 BACKLOG = 64  # telemetry calls a site's chargers may hold queued, together, before shedding
+EVSES = 2  # per charger, as our simulated stations have
+TX_UPDATED_S = 60.0  # TxUpdatedInterval: a charging EVSE's meter values, once a minute
+TRACK_S = 0.1
 PROBLEM = "/chargingstation/problem/actual/value"  # in ocpp:dm, lower-cased
 SAFETY, TELEMETRY = 0, 1  # PriorityCaller's classes
 
@@ -68,8 +74,10 @@ class OcppSystem:
 
     name = "ocpp"
 
-    def __init__(self, lab: Lab, root: Path, stations: int, say: Callable[[str], None]) -> None:
+    def __init__(self, lab: Lab, root: Path, stations: int, say: Callable[[str], None],
+                 dynamics: Dynamics | None = None) -> None:
         self.lab, self.root, self.stations, self.say = lab, root, stations, say
+        self.dynamics = dynamics
         self.fleets: dict[int, ChildProcess] = {}
         self.hierarchy: Hierarchy | None = None
         self.safety: list[tuple[float, int, int, str]] = []  # (wall time, site, station, value)
@@ -77,8 +85,9 @@ class OcppSystem:
 
     @classmethod
     async def start(cls, lab: Lab, root: Path, *, stations: int, seed: int,
-                    say: Callable[[str], None]) -> OcppSystem:
-        system = cls(lab, root, stations, say)
+                    say: Callable[[str], None], dynamics: Dynamics | None = None
+                    ) -> OcppSystem:
+        system = cls(lab, root, stations, say, dynamics)
         try:
             await system._start(seed)
         except BaseException:
@@ -94,7 +103,7 @@ class OcppSystem:
         self.hierarchy = h = await Hierarchy.start(root)
         await h.start_site(1, cloud=False)
         _, gateway = await h.start_gateway(1, {
-            i: ChargerEntry(password=password(i, secret), evse_count=1)
+            i: ChargerEntry(password=password(i, secret), evse_count=EVSES)
             for ids in by_site.values() for i in ids}, host=lab.cloud_address)
         for station in h.site(1).stations:
             self._watch(station)
@@ -102,7 +111,8 @@ class OcppSystem:
         for k, lab_site in lab.sites.items():
             self.say(f"ocpp: starting site {k}'s {self.stations} chargers in its namespace...")
             spec = {"site": k, "url": url, "seed": seed + k,
-                    "chargers": [[i, password(i, secret)] for i in by_site[k]]}
+                    "chargers": [[i, password(i, secret)] for i in by_site[k]],
+                    "dynamics": None if self.dynamics is None else asdict(self.dynamics)}
             self.fleets[k] = await ChildProcess.start(
                 f"site {k}'s chargers", ["-m", "bench.lab.ocpp_arch", "fleet", json.dumps(spec)],
                 root / f"fleet{k}.err", namespace=lab_site.namespace)
@@ -148,6 +158,23 @@ class OcppSystem:
             self.fleets[k].ask("offer", timeout=plan.seconds + 120, plan=plan.to_json(),
                                start_at=start_at) for k, plan in plans.items()))
         return dict(zip(plans, answers, strict=True))
+
+    async def truth(self) -> dict[str, str]:
+        """Every EVSE's session as its charger holds it (``bench.lab.state``)."""
+        out: dict[str, str] = {}
+        for fleet in self.fleets.values():
+            out.update((await fleet.ask("sessions"))["sessions"])
+        return out
+
+    def view(self) -> dict[str, str]:
+        """Every EVSE's session as the CSMS's copies show it."""
+        assert self.hierarchy is not None
+        return state.view(self.hierarchy.site(1).local_csms.copies.replicas)
+
+    async def freeze(self) -> None:
+        """No EV comes or goes from now: the truth no longer moves."""
+        for fleet in self.fleets.values():
+            await fleet.ask("freeze")
 
     def safety_seen(self) -> list[tuple[float, int, int, int]]:
         """``(wall time, site, station, seq)``: each change of a charger's Problem is the next
@@ -227,8 +254,9 @@ def _stamp() -> str:
 async def run_fleet(spec: dict[str, Any]) -> int:
     """Site ``spec["site"]``'s chargers (``spec["chargers"]``: identity and password each)
     against ``spec["url"]``; commands ``status``, ``offer`` and ``stop``."""
-    chargers = [SimulatedCharger(name, secret, spec["url"], evses=1, plugged=0,
-                                 seed=spec["seed"] * 1000 + i)
+    dynamics = None if spec.get("dynamics") is None else Dynamics(**spec["dynamics"])
+    chargers = [SimulatedCharger(name, secret, spec["url"], evses=EVSES, plugged=0,
+                                 report_s=TX_UPDATED_S, seed=spec["seed"] * 1000 + i)
                 for i, (name, secret) in enumerate(spec["chargers"])]
     callers = [PriorityCaller(c) for c in chargers]
     tasks = [asyncio.create_task(c.run(), name=c.identity) for c in chargers]
@@ -269,7 +297,47 @@ async def run_fleet(spec: dict[str, Any]) -> int:
         size = plan.message_bytes
         return (await offer(plan, cmd["start_at"], telemetry, safety)).to_json()
 
-    handlers: dict[str, Handler] = {"status": status, "offer": run_offer}
+    last: dict[tuple[int, int], str] = {}  # each EVSE's latest transaction, as polled
+
+    def track() -> None:
+        for i, charger in enumerate(chargers):
+            for number, evse in charger.evses.items():
+                if evse.transaction is not None:
+                    last[i, number] = evse.transaction
+
+    async def tracking() -> None:
+        while True:
+            track()
+            await asyncio.sleep(TRACK_S)  # a poll of the chargers' own state
+
+    async def lives(charger: SimulatedCharger, number: int, rng: random.Random) -> None:
+        assert dynamics is not None
+        while True:
+            await asyncio.sleep(rng.expovariate(1 / dynamics.idle_mean_s))  # the EV's schedule
+            charger.plug(number)
+            await asyncio.sleep(rng.expovariate(1 / dynamics.session_mean_s))
+            track()
+            charger.unplug(number)
+
+    living: list[asyncio.Task[None]] = []
+    if dynamics is not None:
+        living = [asyncio.create_task(lives(c, n, random.Random(spec["seed"] * 1000 + i * 16 + n)))
+                  for i, c in enumerate(chargers) for n in c.evses]
+    tasks += [asyncio.create_task(tracking(), name="tracking"), *living]
+
+    async def sessions(cmd: dict[str, Any]) -> dict[str, Any]:
+        track()
+        return {"sessions": {
+            f"{c.identity}/evse{n}": state.session_value(
+                evse.transaction or last.get((i, n)), evse.transaction is not None)
+            for i, c in enumerate(chargers) for n, evse in c.evses.items()}}
+
+    async def freeze(cmd: dict[str, Any]) -> None:
+        for task in living:
+            task.cancel()
+
+    handlers: dict[str, Handler] = {"status": status, "offer": run_offer, "sessions": sessions,
+                                    "freeze": freeze}
     try:
         await serve(handlers)
     finally:

@@ -67,3 +67,22 @@ async def test_s5_one_uplink_connection_per_site_against_one_per_charger(
     # the uplink's bytes were sampled over the window, for each architecture and direction
     sampled = {(e.architecture, e.key) for e in directory.events() if e.kind == "bytes"}
     assert sampled == {(a, f"site1/{d}") for a in ("broker", "ocpp") for d in ("up", "down")}
+
+
+async def test_s2_after_an_uplink_outage_the_cloud_sees_every_session_again_in_both(
+        tmp_path: Path) -> None:
+    directory = await smoke(tmp_path, "s2-uplink-outage", duration_s=45.0, warmup_s=5.0,
+                            sites={"count": 1, "stations": 4},
+                            outages=[{"at_s": 10.0, "for_s": 25.0, "kind": "drop"}],
+                            parameters={"idle_mean_s": 6.0, "session_mean_s": 12.0})
+    for architecture in ("broker", "ocpp"):
+        figures = directory.summary[architecture]["0"]
+        assert figures["evses"] == 8, architecture
+        assert figures["sessions"] > 0, architecture  # EVs came and went
+        assert figures["lost"] == 0, architecture
+        assert figures["catch_up_all_s"] is not None, architecture
+        assert figures["catch_up_all_bytes"] > 0, architecture
+    curve = [e for e in directory.events() if e.kind == "consistency"]
+    assert {e.architecture for e in curve} == {"broker", "ocpp"}
+    assert max(float(e.value) for e in curve) == 1.0
+    assert (directory.path / "plots" / "recovery.png").is_file()

@@ -1,0 +1,65 @@
+"""The state both architectures are judged on: each EVSE's charging session.
+
+A key per EVSE (``<station>/evse<e>``) whose value is ``"<session id>|open"`` while its
+session runs, ``"<session id>|ended"`` once it ended, and ``""`` before any session. The
+truth is read from the station itself (the simulated station's own tree, the simulated
+charger's own EVSEs: ``charger_sessions``); the view from the copies a CSMS holds
+(``view``). Both trees use the station model's ``evse/<e>/session/{session_id,state}``, which
+our gateway fills from OCPP's TransactionEvents, so one reader serves both. ``Dynamics``
+says how the sessions come and go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ENDED = frozenset({"Finished", "Idle"})
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """How the stations' EVSEs live when a scenario wants them to: an EV arrives after an
+    idle EVSE waited ``idle_mean_s`` on average (wall-clock seconds; exponential), and
+    charges for ``session_mean_s`` on average (the OCPP chargers; our simulated stations
+    draw their EVs' stays themselves, in site time)."""
+
+    idle_mean_s: float = 60.0
+    session_mean_s: float = 120.0
+
+
+def session_value(session_id: str | None, open_: bool) -> str:
+    return f"{session_id}|{'open' if open_ else 'ended'}" if session_id else ""
+
+
+def tree_sessions(address: str, tree: Any) -> dict[str, str]:
+    """Each EVSE's session in a station tree (the station's own, or a CSMS's copy of it)."""
+    out: dict[str, str] = {}
+    for evse, _, _ in tree.children("evse"):
+        base = f"evse/{evse}/session"
+        session = tree.get(f"{base}/session_id") if f"{base}/session_id" in tree else None
+        state = tree.get(f"{base}/state") if f"{base}/state" in tree else None
+        out[f"{address}/evse{evse}"] = session_value(session, state not in ENDED)
+    return out
+
+
+def view(replicas: Mapping[str, Any], prefix: str = "stations/") -> dict[str, str]:
+    """Every EVSE's session as the copies ``replicas`` (a CSMS's, by key) show it."""
+    out: dict[str, str] = {}
+    for key, replica in replicas.items():
+        if key.startswith(prefix) and replica.synced:
+            out.update(tree_sessions(key[len(prefix):], replica.tree))
+    return out
+
+
+def stations_sessions(stations: Iterable[Any]) -> dict[str, str]:
+    """Every EVSE's session in stations' own trees."""
+    out: dict[str, str] = {}
+    for station in stations:
+        if station.tree is not None:
+            out.update(tree_sessions(station.address, station.tree))
+    return out
+
+
+__all__ = ["ENDED", "Dynamics", "session_value", "stations_sessions", "tree_sessions", "view"]
