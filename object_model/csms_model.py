@@ -106,6 +106,7 @@ class Counters(Component):
     resyncs: Counter = 0
     resync_bytes: Counter = 0
     resync_wire_bytes: Counter = 0
+    resync_requests: Counter = 0  # the requests those resynchronisations took
 
 
 class Security(Component):

@@ -454,10 +454,12 @@ class Hierarchy:
 
     async def start_gateway(self, number: int, chargers: Mapping[str, ChargerEntry], *,
                             port: int = 0, host: str = "127.0.0.1",
-                            clock: Clock | None = None) -> tuple[Running, OcppGateway]:
+                            clock: Clock | None = None, state_dir: Path | None = None
+                            ) -> tuple[Running, OcppGateway]:
         """Site ``number``'s OCPP gateway for ``chargers`` (identities ``ocpp-site<n>-*``),
         listening on ``host`` and ``port`` (0: any free one), its stations joined to the
-        site's CSMS like the simulated ones, living in ``clock`` (the site's time)."""
+        site's CSMS like the simulated ones, living in ``clock`` (the site's time), keeping
+        its state in ``state_dir`` (default ``root/gateway-site<n>``)."""
         site = self._site(number)
         ep = self.site_brokers[number].endpoint
         await self.give_tokens(number, list(chargers))
@@ -466,7 +468,8 @@ class Hierarchy:
             chargers=dict(chargers), csms=site.name, host=host, port=port,
             provisioning_secret=self.provisioning(number),
             firmware_keys=(public_hex(self.manufacturer),),
-            state_dir=str(self.root / f"gateway-site{number}")), signing=self.signing,
+            state_dir=str(state_dir or self.root / f"gateway-site{number}")),
+            signing=self.signing,
             clock=clock)
         site.hosts.append(running)
         return running, gateway

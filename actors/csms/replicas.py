@@ -293,6 +293,7 @@ class ReplicaSet:
                   (self.own.tree.read(f"managed/{station}").get("resyncs", 0) + 1) % 2**32),
         ])
         self.own.count("resyncs")
+        self.own.count("resync_requests", outcome.requests)
         self.own.count("resync_bytes", round(outcome.bytes))
         self.own.count("resync_wire_bytes", round(outcome.wire_bytes))
         await self._persisted[replica.key].durable()

@@ -129,6 +129,31 @@ async def test_tc_b_pending_boot_learns_the_full_inventory_then_accepts(site: Si
                 every=0.1)
 
 
+async def test_a_gateway_that_lost_its_state_relearns_the_running_transaction_at_once(
+        site: Site, tmp_path: Path) -> None:
+    """A gateway whose state is gone (a new state directory: a CSMS that lost what it held)
+    learns the charger's model again and, once its boot is accepted, asks for the running
+    transactions (TriggerMessage(TransactionEvent), F06): the EVSE shows its session at once,
+    not at the next TxUpdatedInterval."""
+    await accepted(site)
+    site.charger.report_s = 3600.0  # no periodic event would tell it for an hour
+    await site.operate("start", OperationKind.START_CHARGING, evse=1,
+                       id_token="04A1B2C3")
+    transaction = site.charger.evses[1].transaction
+    assert transaction is not None
+    running = site.h.site(1).hosts.pop()
+    await running.stop()
+    _, gateway = await site.h.start_gateway(1, {IDENTITY: ChargerEntry(
+        password=PASSWORD, evse_count=2)}, port=site.gateway.port,
+        state_dir=tmp_path / "gateway-again")
+    await until(lambda: site.leaf("evse/1/session/session_id") == transaction,
+                "the running transaction learned again", 30, every=0.05)
+    asked = [payload for action, payload in site.charger.received if action == "TriggerMessage"]
+    assert {"requestedMessage": "TransactionEvent"} in asked
+    assert site.leaf("evse/1/session/state") == "Charging"
+    assert gateway.port == site.gateway.port
+
+
 async def test_tc_b_06_07_set_variables_from_the_cloud_accepted_and_rejected(
         site: Site) -> None:
     """``csms set`` of a device-model value becomes SetVariables: Accepted changes the

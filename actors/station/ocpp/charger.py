@@ -130,6 +130,9 @@ class OcppCharger:
         self.registration = "Accepted"
         self.onboarding = False  # its device model is being learned
         self.unreported: set[str] = set()  # firmware whose report did not come: not again
+        # its device model was just learned: what else the gateway may not know (running
+        # transactions) is asked for once its next boot is accepted
+        self.relearn_transactions = False
         self.reports: dict[int, tuple[asyncio.Future[set[tuple[str, str]]],
                                       set[tuple[str, str]]]] = {}
         self.sightings: list[tuple[Sighting, asyncio.Future[str]]] = []

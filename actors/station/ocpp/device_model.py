@@ -115,10 +115,25 @@ async def onboard(charger: OcppCharger, firmware: str) -> None:
     finally:
         charger.reports.pop(request_id, None)
         charger.onboarding = False
+    charger.relearn_transactions = True
     answer = await charger.link.call("TriggerMessage", {"requestedMessage": "BootNotification"})
     if answer.get("status") != "Accepted":  # it boots again after the interval anyway
         log.info("%s: answered TriggerMessage(BootNotification) %s", charger.identity,
                  answer.get("status"))
+
+
+async def ask_transactions(charger: OcppCharger) -> None:
+    """TriggerMessage(TransactionEvent) for every EVSE: a gateway that learned a charger's
+    model anew (its state lost, or a first meeting) learns the transactions running on it
+    too, each with its EVSE, rather than at the next TxUpdatedInterval."""
+    try:
+        answer = await charger.link.call("TriggerMessage",
+                                         {"requestedMessage": "TransactionEvent"})
+    except ModelError as exc:  # no answer, or one off the spec: they come at their interval
+        log.info("%s: asking for its running transactions failed: %s", charger.identity, exc)
+        return
+    log.info("%s: asked for its running transactions: %s", charger.identity,
+             printable(str(answer.get("status")), 40))
 
 
 def take_page(charger: OcppCharger, payload: dict[str, Any]) -> None:
@@ -140,4 +155,5 @@ def take_page(charger: OcppCharger, payload: dict[str, Any]) -> None:
             waiting[0].set_result(waiting[1])
 
 
-__all__ = ["REPORT_TIMEOUT_S", "needs_inventory", "onboard", "set_variables", "take_page"]
+__all__ = ["REPORT_TIMEOUT_S", "ask_transactions", "needs_inventory", "onboard", "set_variables",
+           "take_page"]

@@ -62,6 +62,9 @@ async def on_boot(charger: OcppCharger, payload: dict[str, Any]) -> dict[str, An
         if not charger.onboarding:
             charger.onboarding = True
             charger.link.after_answer(device_model.onboard(charger, firmware))
+    elif charger.relearn_transactions:
+        charger.relearn_transactions = False
+        charger.link.after_answer(device_model.ask_transactions(charger))
     charger.registration = status
     ops.append(Write(f"{CHARGER}/registration", status))
     _apply(charger, ops)

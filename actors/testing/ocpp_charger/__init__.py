@@ -29,7 +29,7 @@ connection's life, what it sends unasked).
 
 Everything it does can be watched: ``sent`` / ``received`` / ``answered`` (the latest
 messages, as the spec's JSON), ``counts`` (its own calls by action), ``registration``,
-``boot_reasons``, ``heartbeats``, ``connections``, ``firmware_version`` /
+``boot_reasons``, ``heartbeats``, ``calls_received``, ``connections``, ``firmware_version`` /
 ``firmware_sha256`` / ``firmware_status``, ``charging_needs``, ``evses``, ``model``,
 ``monitors``.
 """

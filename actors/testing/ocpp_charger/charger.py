@@ -121,6 +121,7 @@ class SimulatedCharger:
         self.registration: str | None = None  # the last BootNotification's answer
         self.boot_reasons: list[str] = []
         self.heartbeats = 0
+        self.calls_received = 0  # the CSMS's calls, all told
         self.firmware_version = firmware_version
         self.firmware_sha256: str | None = None
         self.firmware_status = "Idle"  # the last FirmwareStatusNotification's
@@ -207,6 +208,7 @@ class SimulatedCharger:
 
     def journal_received(self, action: str, payload: Payload) -> None:
         self.received.append((action, payload))
+        self.calls_received += 1
 
     def journal_answered(self, action: str, payload: Payload) -> None:
         self.answered.append((action, payload))
@@ -517,8 +519,9 @@ class SimulatedCharger:
                 "transactionId": evse.transaction, "chargingState": evse.charging_state} | info,
             "meterValue": [self.sampled(evse, now, context)]}
         evse.seq += 1
-        if kind == "Started":
+        if kind == "Started" or trigger == "Trigger":  # a CSMS that asks may not know it
             payload["evse"] = {"id": evse.number, "connectorId": 1}
+        if kind == "Started":
             if evse.remote_start_id is not None:
                 payload["transactionInfo"]["remoteStartId"] = evse.remote_start_id
             if evse.id_token is not None:
