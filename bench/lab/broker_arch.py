@@ -82,9 +82,10 @@ class BrokerSystem:
     name = "broker"
 
     def __init__(self, lab: Lab, root: Path, stations: int, say: Callable[[str], None],
-                 dynamics: Dynamics | None = None) -> None:
+                 dynamics: Dynamics | None = None, cloud_process: bool = False) -> None:
         self.lab, self.root, self.stations, self.say = lab, root, stations, say
         self.dynamics = dynamics
+        self.cloud_process = cloud_process  # the cloud CSMS in a process of its own
         self.sites: dict[int, SiteProcess] = {}
         self.hierarchy: Hierarchy | None = None
         self.cloud: CloudCsms | None = None
@@ -93,9 +94,12 @@ class BrokerSystem:
 
     @classmethod
     async def start(cls, lab: Lab, root: Path, *, stations: int, seed: int,
-                    say: Callable[[str], None], dynamics: Dynamics | None = None
-                    ) -> BrokerSystem:
-        system = cls(lab, root, stations, say, dynamics)
+                    say: Callable[[str], None], dynamics: Dynamics | None = None,
+                    cloud_process: bool = False) -> BrokerSystem:
+        """With ``dynamics``, the stations' EVs come and go once ``animate`` is called; with
+        ``cloud_process``, the cloud CSMS runs in a process of its own (``crash``,
+        ``restart``), else in this one."""
+        system = cls(lab, root, stations, say, dynamics, cloud_process)
         try:
             await system._start(seed)
         except BaseException:
@@ -118,14 +122,17 @@ class BrokerSystem:
             xmpp_settings(h.config), SINK, passwords[SINK]), name=SINK).start()
         self.sink = Sink(self._sink_endpoint)
         await self.sink.start()
-        self.cloud = await h.start_cloud()
+        if self.cloud_process:
+            await h.spawn_cloud()
+        else:
+            self.cloud = await h.start_cloud()
         cloud_cfg = broker_config(broker).model_dump(mode="json", exclude_defaults=True)
-        # the stations' lives: EVs come and go in site time that runs SPEED times faster, as
-        # often as the dynamics say; without dynamics they stand still
+        # the stations' lives (once animated): EVs come and go in site time that runs SPEED
+        # times faster, as often as the dynamics say; without dynamics they stand still
         lives: dict[str, Any] = {"paused": True}
         if self.dynamics is not None:
-            lives = {"paused": False, "speed": SPEED, "arrivals_per_evse_hour":
-                     3600 / (self.dynamics.idle_mean_s * SPEED)}
+            lives |= {"speed": SPEED, "arrivals_per_evse_hour":
+                      3600 / (self.dynamics.idle_mean_s * SPEED)}
         for k, lab_site in lab.sites.items():
             self.say(f"broker: starting site {k} in its namespace ({self.stations} stations)...")
             self.sites[k] = await SiteProcess.start_site({
@@ -151,14 +158,37 @@ class BrokerSystem:
 
     async def consistent(self) -> bool:
         """Every station's copy at the cloud equals the station (root digests)."""
-        assert self.cloud is not None
-        copies = self.cloud.copies.replicas
+        truth: dict[str, str] = {}
         for site in self.sites.values():
-            for address, digest in (await site.ask("status"))["digests"].items():
-                copy = copies.get(f"stations/{address}")
-                if copy is None or copy.tree.digest().hex() != digest:
-                    return False
-        return True
+            truth.update((await site.ask("status"))["digests"])
+        if self.cloud is None:  # in its own process: asked as an operator asks
+            assert self.hierarchy is not None
+            digests = await self.hierarchy.cloud_digests(sorted(truth))
+            return all(digests.get(a) is not None and digests[a].hex() == d  # type: ignore[union-attr]
+                       for a, d in truth.items())
+        copies = self.cloud.copies.replicas
+        return all(f"stations/{a}" in copies and copies[f"stations/{a}"].tree.digest().hex() == d
+                   for a, d in truth.items())
+
+    relearned = consistent  # after a crash: every copy at the cloud is exact again
+
+    async def crash(self) -> None:
+        """SIGKILL the cloud CSMS's process."""
+        assert self.hierarchy is not None
+        await self.hierarchy.disconnect_operator()
+        await self.hierarchy.kill_cloud()
+
+    async def restart(self) -> None:
+        """The cloud CSMS again, on the state it left."""
+        assert self.hierarchy is not None
+        await self.hierarchy.spawn_cloud()
+
+    async def relearn_counters(self) -> dict[str, int]:
+        """The cloud's resynchronisations so far (its counters outlive its process), and the
+        requests they took."""
+        assert self.hierarchy is not None
+        return {"resyncs": await self.hierarchy.cloud_counter("resyncs"),
+                "requests": await self.hierarchy.cloud_counter("resync_requests")}
 
     async def offer(self, plans: dict[int, Plan], start_at: float) -> dict[int, dict[str, Any]]:
         """Every site plays its plan from ``start_at``; what each offered."""
@@ -183,6 +213,11 @@ class BrokerSystem:
         """The stations stand still from now: the truth no longer moves."""
         for site in self.sites.values():
             await site.ask("pause")
+
+    async def animate(self) -> None:
+        """The stations live from now (``dynamics``)."""
+        for site in self.sites.values():
+            await site.ask("pause", paused=False)
 
     def safety_seen(self) -> list[tuple[float, int, int, int]]:
         assert self.sink is not None

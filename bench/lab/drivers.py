@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -46,6 +47,11 @@ class System(Protocol):
     async def truth(self) -> dict[str, str]: ...
     def view(self) -> dict[str, str]: ...
     async def freeze(self) -> None: ...
+    async def animate(self) -> None: ...
+    async def crash(self) -> None: ...
+    async def restart(self) -> None: ...
+    async def relearned(self) -> bool: ...
+    async def relearn_counters(self) -> dict[str, int]: ...
     async def offer(self, plans: dict[int, Plan], start_at: float
                     ) -> dict[int, dict[str, Any]]: ...
     def safety_seen(self) -> list[tuple[float, int, int, int]]: ...
@@ -67,9 +73,11 @@ def say(text: str) -> None:
 
 @contextlib.asynccontextmanager
 async def testbed(rep: Repetition, tell: Callable[[str], None] = say, *,
-                  dynamics: Dynamics | None = None) -> AsyncIterator[tuple[Lab, System]]:
+                  dynamics: Dynamics | None = None, cloud_process: bool = False
+                  ) -> AsyncIterator[tuple[Lab, System]]:
     """The scenario's sites and uplinks, and the architecture of ``rep`` on them (its EVs
-    coming and going as ``dynamics`` says, or none)."""
+    coming and going as ``dynamics`` says once animated; our cloud CSMS in a process of its
+    own with ``cloud_process``)."""
     reason = netns_available()
     if reason is not None:
         raise LabUnavailable(f"the lab needs network namespaces: {reason}")
@@ -82,7 +90,8 @@ async def testbed(rep: Repetition, tell: Callable[[str], None] = say, *,
                 lab.add_site(k, scenario.link.profile())
             system: System = await SYSTEMS[rep.architecture].start(
                 lab, root, stations=scenario.sites.stations,
-                seed=rep.seed("stations") % 2**20, say=tell, dynamics=dynamics)
+                seed=rep.seed("stations") % 2**20, say=tell, dynamics=dynamics,
+                cloud_process=cloud_process)
             try:
                 ready_s = await system.ready()
                 tell(f"{rep.architecture}: ready in {ready_s:.1f} s")
@@ -237,6 +246,7 @@ async def uplink_outage(rep: Repetition, record: Recorder) -> dict[str, Any]:
 
     async with testbed(rep, dynamics=dynamics) as (lab, system):
         site = lab.sites[1]
+        await system.animate()
         began = time.monotonic()
         pending = list(outages)
         cut: float | None = None
@@ -294,6 +304,65 @@ async def uplink_outage(rep: Repetition, record: Recorder) -> dict[str, Any]:
     }
 
 
+# -- S3: a cloud CSMS crash and state re-learn, swept over round-trip time ----------------------
+
+
+async def cloud_relearn(rep: Repetition, record: Recorder) -> dict[str, Any]:
+    """For each round-trip time of ``rtts_ms`` (the uplink's delay set to half of it each
+    way): the stations live for the warm-up, the cloud CSMS crashes, they live on for
+    ``down_s``, then stand still while it restarts; figures per RTT are the time from the
+    restart until the cloud knows every station again, the bytes across the uplinks
+    meanwhile, and the request-answer exchanges it took per station. Ours: the cloud CSMS's
+    process SIGKILLed and started again on its own state, re-learning by resynchronisation
+    until every copy's root digest equals its station's. OCPP: the CSMS gone with what it
+    held, every charger reconnecting (OCPP's backoff), re-learnt with GetBaseReport before
+    its boot is accepted, until every charger is accepted again and every session as it
+    holds it."""
+    scenario = rep.scenario
+    parameters = scenario.parameters
+    rtts = [float(x) for x in str(parameters.get("rtts_ms", "20,100,300")).split(",")]
+    down_s = float(parameters.get("down_s", 10.0))
+    dynamics = Dynamics(idle_mean_s=float(parameters.get("idle_mean_s", 60.0)),
+                        session_mean_s=float(parameters.get("session_mean_s", 120.0)))
+    figures: dict[str, Any] = {}
+    async with testbed(rep, dynamics=dynamics, cloud_process=True) as (lab, system):
+        began = time.monotonic()
+        for rtt in rtts:
+            name = f"rtt{rtt:g}ms"
+            profile = dataclasses.replace(scenario.link.profile(), delay_ms=rtt / 2)
+            for site in lab.sites.values():
+                site.set_profile(profile)
+            await system.animate()
+            await asyncio.sleep(scenario.warmup_s)  # the stations live: a schedule
+            counted = (await system.relearn_counters())["requests"]
+            record(time.monotonic() - began, "crash", name, "cloud")
+            await system.crash()
+            await asyncio.sleep(down_s)  # the stations live on while it is down: a schedule
+            await system.freeze()
+            before = _uplink_bytes(lab)
+            restarted = time.monotonic()
+            await system.restart()
+            await poll(f"everything re-learnt ({name})", system.relearned, 600, every=0.25)
+            seconds = time.monotonic() - restarted
+            relearnt = _uplink_bytes(lab) - before
+            requests = (await system.relearn_counters())["requests"] - counted
+            stations = scenario.sites.stations * len(lab.sites)
+            record(time.monotonic() - began, "relearn", name, round(seconds, 3))
+            figures[f"relearn_s_{name}"] = round(seconds, 2)
+            figures[f"relearn_bytes_{name}"] = relearnt
+            figures[f"relearn_round_trips_per_station_{name}"] = round(requests / stations, 2)
+    return figures
+
+
+def _uplink_bytes(lab: Lab) -> int:
+    """Bytes across every site's uplink so far, both ways."""
+    total = 0
+    for site in lab.sites.values():
+        counters = site.counters()
+        total += counters.up.bytes + counters.down.bytes
+    return total
+
+
 def _async(check: Callable[[], bool]) -> Callable[[], Any]:
     async def run() -> bool:
         return check()
@@ -304,6 +373,7 @@ for _architecture in SYSTEMS:
     DRIVERS[("safety_latency", _architecture)] = safety_latency
     DRIVERS[("idle_connections", _architecture)] = idle_connections
     DRIVERS[("uplink_outage", _architecture)] = uplink_outage
+    DRIVERS[("cloud_relearn", _architecture)] = cloud_relearn
 
 
 __all__ = ["SYSTEMS", "LabUnavailable", "idle_connections", "safety_latency", "testbed",

@@ -40,6 +40,7 @@ from typing import Any
 
 from actors.app.config import ChargerEntry
 from actors.app.hierarchy import Hierarchy
+from actors.app.wiring import Running
 from actors.station.actor import ChargingStation
 from actors.testing.ocpp_charger import SimulatedCharger
 from bench.lab import state
@@ -82,11 +83,19 @@ class OcppSystem:
         self.hierarchy: Hierarchy | None = None
         self.safety: list[tuple[float, int, int, str]] = []  # (wall time, site, station, value)
         self._unsubscribe: list[Callable[[], None]] = []
+        self.entries: dict[str, ChargerEntry] = {}
+        self.port = 0  # the gateway's, once it first started: it comes back on the same
+        self._gateway: Running | None = None
+        self._generation = 0
+        self._connections_at_restart = 0
 
     @classmethod
     async def start(cls, lab: Lab, root: Path, *, stations: int, seed: int,
-                    say: Callable[[str], None], dynamics: Dynamics | None = None
-                    ) -> OcppSystem:
+                    say: Callable[[str], None], dynamics: Dynamics | None = None,
+                    cloud_process: bool = False) -> OcppSystem:
+        """With ``dynamics``, the chargers' EVs come and go once ``animate`` is called. The
+        OCPP CSMS always runs in this process (``cloud_process`` is for the other
+        architecture): ``crash`` drops it with everything it held."""
         system = cls(lab, root, stations, say, dynamics)
         try:
             await system._start(seed)
@@ -102,12 +111,10 @@ class OcppSystem:
         self.say("ocpp: starting the cloud's OCPP CSMS (our gateway and a CSMS)...")
         self.hierarchy = h = await Hierarchy.start(root)
         await h.start_site(1, cloud=False)
-        _, gateway = await h.start_gateway(1, {
-            i: ChargerEntry(password=password(i, secret), evse_count=EVSES)
-            for ids in by_site.values() for i in ids}, host=lab.cloud_address)
-        for station in h.site(1).stations:
-            self._watch(station)
-        url = f"ws://{lab.cloud_address}:{gateway.port}/ocpp/"
+        self.entries = {i: ChargerEntry(password=password(i, secret), evse_count=EVSES)
+                        for ids in by_site.values() for i in ids}
+        await self.restart()
+        url = f"ws://{lab.cloud_address}:{self.port}/ocpp/"
         for k, lab_site in lab.sites.items():
             self.say(f"ocpp: starting site {k}'s {self.stations} chargers in its namespace...")
             spec = {"site": k, "url": url, "seed": seed + k,
@@ -128,6 +135,52 @@ class OcppSystem:
                     self.safety.append((time.time(), int(site), int(index), str(value)))
 
         self._unsubscribe.append(station.tree.subscribe(changed))
+
+    async def crash(self) -> None:
+        """The OCPP CSMS is gone: every connection drops, and what it held is lost."""
+        assert self.hierarchy is not None and self._gateway is not None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
+        running, self._gateway = self._gateway, None
+        self.hierarchy.site(1).hosts.remove(running)
+        await running.stop()
+
+    async def restart(self) -> None:
+        """The OCPP CSMS again, knowing nothing of the chargers' device models: each is
+        learnt again with GetBaseReport before its next boot is accepted."""
+        assert self.hierarchy is not None
+        self._generation += 1
+        self._connections_at_restart = 0
+        for fleet in self.fleets.values():
+            self._connections_at_restart += (await fleet.ask("status"))["connections"]
+        self._gateway, gateway = await self.hierarchy.start_gateway(
+            1, self.entries, host=self.lab.cloud_address, port=self.port,
+            state_dir=self.root / f"gateway-{self._generation}")
+        self.port = gateway.port
+        for station in self.hierarchy.site(1).stations:
+            if station.address in self.entries:
+                self._watch(station)
+
+    async def relearned(self) -> bool:
+        """Every charger connected again since the restart, booted and accepted (its device
+        model learnt), and every running session as it holds it."""
+        connections = accepted = 0
+        for fleet in self.fleets.values():
+            status = await fleet.ask("status")
+            connections += status["connections"]
+            accepted += status["accepted"]
+        return (connections - self._connections_at_restart >= len(self.entries)
+                and accepted == len(self.entries)
+                and state.current(self.view()) == state.current(await self.truth()))
+
+    async def relearn_counters(self) -> dict[str, int]:
+        """OCPP calls so far, both ways, over every charger."""
+        calls = 0
+        for fleet in self.fleets.values():
+            status = await fleet.ask("status")
+            calls += status["calls_sent"] + status["calls_received"]
+        return {"requests": calls}
 
     async def ready(self, timeout: float = 300) -> float:
         """Seconds until every charger is booted (Accepted, its device model learnt) and
@@ -176,6 +229,11 @@ class OcppSystem:
         for fleet in self.fleets.values():
             await fleet.ask("freeze")
 
+    async def animate(self) -> None:
+        """EVs come and go from now (``dynamics``)."""
+        for fleet in self.fleets.values():
+            await fleet.ask("animate")
+
     def safety_seen(self) -> list[tuple[float, int, int, int]]:
         """``(wall time, site, station, seq)``: each change of a charger's Problem is the next
         safety message of that charger."""
@@ -195,6 +253,7 @@ class OcppSystem:
         for unsubscribe in self._unsubscribe:
             with contextlib.suppress(ValueError):
                 unsubscribe()
+        self._unsubscribe.clear()
         for fleet in self.fleets.values():
             with contextlib.suppress(Exception):
                 await fleet.stop()
@@ -289,7 +348,10 @@ async def run_fleet(spec: dict[str, Any]) -> int:
                 "accepted": sum(c.connected and c.registration == "Accepted" for c in chargers),
                 "telemetry_answered": sum(p.answered[TELEMETRY] for p in callers),
                 "safety_answered": sum(p.answered[SAFETY] for p in callers),
-                "failed": sum(p.failed for p in callers)}
+                "failed": sum(p.failed for p in callers),
+                "connections": sum(c.connections for c in chargers),
+                "calls_sent": sum(sum(c.counts.values()) for c in chargers),
+                "calls_received": sum(c.calls_received for c in chargers)}
 
     async def run_offer(cmd: dict[str, Any]) -> dict[str, Any]:
         nonlocal size
@@ -320,10 +382,9 @@ async def run_fleet(spec: dict[str, Any]) -> int:
             charger.unplug(number)
 
     living: list[asyncio.Task[None]] = []
-    if dynamics is not None:
-        living = [asyncio.create_task(lives(c, n, random.Random(spec["seed"] * 1000 + i * 16 + n)))
-                  for i, c in enumerate(chargers) for n in c.evses]
-    tasks += [asyncio.create_task(tracking(), name="tracking"), *living]
+    rngs = {(i, n): random.Random(spec["seed"] * 1000 + i * 16 + n)
+            for i, c in enumerate(chargers) for n in c.evses}
+    tasks.append(asyncio.create_task(tracking(), name="tracking"))
 
     async def sessions(cmd: dict[str, Any]) -> dict[str, Any]:
         track()
@@ -335,13 +396,22 @@ async def run_fleet(spec: dict[str, Any]) -> int:
     async def freeze(cmd: dict[str, Any]) -> None:
         for task in living:
             task.cancel()
+        await asyncio.gather(*living, return_exceptions=True)
+        living.clear()
+
+    async def animate(cmd: dict[str, Any]) -> None:
+        if dynamics is None:
+            raise ValueError("these chargers were started without dynamics")
+        if not living:
+            living.extend(asyncio.create_task(lives(c, n, rngs[i, n]))
+                          for i, c in enumerate(chargers) for n in c.evses)
 
     handlers: dict[str, Handler] = {"status": status, "offer": run_offer, "sessions": sessions,
-                                    "freeze": freeze}
+                                    "freeze": freeze, "animate": animate}
     try:
         await serve(handlers)
     finally:
-        for task in tasks:
+        for task in [*tasks, *living]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return 0

@@ -33,6 +33,12 @@ def session_value(session_id: str | None, open_: bool) -> str:
     return f"{session_id}|{'open' if open_ else 'ended'}" if session_id else ""
 
 
+def current(values: Mapping[str, str]) -> dict[str, str]:
+    """What runs now at each EVSE: its open session, else nothing (what ended before is
+    history, which a CSMS that lost its state cannot know)."""
+    return {key: value if value.endswith("|open") else "" for key, value in values.items()}
+
+
 def tree_sessions(address: str, tree: Any) -> dict[str, str]:
     """Each EVSE's session in a station tree (the station's own, or a CSMS's copy of it)."""
     out: dict[str, str] = {}
@@ -62,4 +68,4 @@ def stations_sessions(stations: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-__all__ = ["ENDED", "Dynamics", "session_value", "stations_sessions", "tree_sessions", "view"]
+__all__ = ["ENDED", "Dynamics", "current", "session_value", "stations_sessions", "tree_sessions", "view"]

@@ -86,3 +86,20 @@ async def test_s2_after_an_uplink_outage_the_cloud_sees_every_session_again_in_b
     assert {e.architecture for e in curve} == {"broker", "ocpp"}
     assert max(float(e.value) for e in curve) == 1.0
     assert (directory.path / "plots" / "recovery.png").is_file()
+
+
+async def test_s3_a_crashed_cloud_relearns_every_station_in_both_architectures(
+        tmp_path: Path) -> None:
+    directory = await smoke(tmp_path, "s3-cloud-relearn", duration_s=30.0, warmup_s=4.0,
+                            sites={"count": 1, "stations": 3},
+                            parameters={"rtts_ms": "20,200", "down_s": 3.0,
+                                        "idle_mean_s": 4.0, "session_mean_s": 8.0})
+    for architecture in ("broker", "ocpp"):
+        figures = directory.summary[architecture]["0"]
+        for rtt in ("rtt20ms", "rtt200ms"):
+            assert figures[f"relearn_s_{rtt}"] > 0, (architecture, figures)
+            assert figures[f"relearn_bytes_{rtt}"] > 0, (architecture, figures)
+    # OCPP learns each charger's whole model again (GetBaseReport and its pages); we do not
+    ocpp, ours = directory.summary["ocpp"]["0"], directory.summary["broker"]["0"]
+    assert ocpp["relearn_round_trips_per_station_rtt20ms"] > \
+        ours["relearn_round_trips_per_station_rtt20ms"]
