@@ -204,14 +204,20 @@ class Hierarchy:
     @property
     def manufacturer(self) -> Ed25519PrivateKey:
         """The key that signs the firmware these stations trust (the harness plays their
-        manufacturer): made once, kept in ``root/manufacturer.key`` (owner only)."""
+        manufacturer): made once, kept in ``manufacturer_key_path`` (owner only)."""
+        return Ed25519PrivateKey.from_private_bytes(self.manufacturer_key_path.read_bytes())
+
+    @property
+    def manufacturer_key_path(self) -> Path:
+        """``root/manufacturer.key``, made at the first use (a site started in another
+        process trusts the same manufacturer when given a copy in its own root)."""
         path = self.root / "manufacturer.key"
         if not path.is_file():
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as out:
                 out.write(Ed25519PrivateKey.generate().private_bytes_raw())
-        return Ed25519PrivateKey.from_private_bytes(path.read_bytes())
+        return path
 
     @classmethod
     async def start(cls, root: Path, *, sites: int = 1, say: Say = _quiet,

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain
 from actors.app.wiring import xmpp_settings
 from actors.csms.cloud import CloudCsms
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
-from bench.lab import state
+from bench.lab import operations, state
 from bench.lab.load import Plan, filler, offer
 from bench.lab.state import Dynamics
 from bench.netlab import Lab
@@ -127,6 +128,11 @@ class BrokerSystem:
         else:
             self.cloud = await h.start_cloud()
         cloud_cfg = broker_config(broker).model_dump(mode="json", exclude_defaults=True)
+        key = h.manufacturer_key_path  # the sites' stations trust the firmware it signs
+        for k in lab.sites:
+            site_root = root / f"site{k}"
+            site_root.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(key, site_root / key.name)
         # the stations' lives (once animated): EVs come and go in site time that runs SPEED
         # times faster, as often as the dynamics say; without dynamics they stand still
         lives: dict[str, Any] = {"paused": True}
@@ -182,6 +188,21 @@ class BrokerSystem:
         """The cloud CSMS again, on the state it left."""
         assert self.hierarchy is not None
         await self.hierarchy.spawn_cloud()
+
+    async def update_firmware(self, image: bytes, version: str, task: str) -> list[str]:
+        """Every station of site 1 told to install ``image``, held at the cloud: each
+        station fetches it through its local CSMS, which fetches it across the uplink once.
+        The stations told."""
+        assert self.hierarchy is not None and self.cloud is not None
+        targets = sorted((await self.sites[1].ask("status"))["digests"])
+        await operations.update_firmware(self.hierarchy, self.cloud, image, version, task,
+                                         targets)
+        return targets
+
+    def task_states(self, task: str) -> dict[str, str]:
+        """Each station's state of ``task`` as the cloud's copies show it."""
+        assert self.cloud is not None
+        return state.task_states(self.cloud.copies.replicas, task)
 
     async def relearn_counters(self) -> dict[str, int]:
         """The cloud's resynchronisations so far (its counters outlive its process), and the

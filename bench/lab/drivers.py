@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import shutil
 import sys
 import tempfile
@@ -52,6 +53,8 @@ class System(Protocol):
     async def restart(self) -> None: ...
     async def relearned(self) -> bool: ...
     async def relearn_counters(self) -> dict[str, int]: ...
+    async def update_firmware(self, image: bytes, version: str, task: str) -> list[str]: ...
+    def task_states(self, task: str) -> dict[str, str]: ...
     async def offer(self, plans: dict[int, Plan], start_at: float
                     ) -> dict[int, dict[str, Any]]: ...
     def safety_seen(self) -> list[tuple[float, int, int, int]]: ...
@@ -354,6 +357,49 @@ async def cloud_relearn(rep: Repetition, record: Recorder) -> dict[str, Any]:
     return figures
 
 
+# -- S4: a firmware image to N stations of one site ---------------------------------------------
+
+
+async def firmware_fanout(rep: Repetition, record: Recorder) -> dict[str, Any]:
+    """Every station of site 1 is told to install one image of ``image_kb`` (random bytes
+    from the repetition's seed, signed as the manufacturer's); figures are the time until
+    every station's task ended, and the bytes that crossed the uplink (towards the site, and
+    over the image's size: 1 is one copy for the whole site)."""
+    scenario = rep.scenario
+    size = int(float(scenario.parameters.get("image_kb", 1024)) * 1024)
+    image = b"FW:2.0.0\n" + random.Random(rep.seed("image")).randbytes(size)
+    task = f"fw-{rep.number}"
+    async with testbed(rep) as (lab, system):
+        site = lab.sites[1]
+        before = site.counters()
+        began = time.monotonic()
+        targets = await system.update_firmware(image, "2.0.0", task)
+        done: dict[str, float] = {}
+
+        async def ended() -> bool:
+            for station, state in system.task_states(task).items():
+                if station in targets and state in ("succeeded", "failed") and \
+                        station not in done:
+                    done[station] = time.monotonic() - began
+                    record(done[station], "task", station, state)
+            return len(done) == len(targets)
+
+        await poll("every station's firmware task ended", ended, 1800, every=0.25)
+        seconds = time.monotonic() - began
+        after = site.counters()
+        states = system.task_states(task)
+    down = after.down.bytes - before.down.bytes
+    return {
+        "stations": len(targets),
+        "image_bytes": len(image),
+        "succeeded": sum(states.get(t) == "succeeded" for t in targets),
+        "firmware_s": round(seconds, 2),
+        "uplink_down_bytes": down,
+        "uplink_up_bytes": after.up.bytes - before.up.bytes,
+        "uplink_copies_of_image": round(down / len(image), 2),
+    }
+
+
 def _uplink_bytes(lab: Lab) -> int:
     """Bytes across every site's uplink so far, both ways."""
     total = 0
@@ -374,6 +420,7 @@ for _architecture in SYSTEMS:
     DRIVERS[("idle_connections", _architecture)] = idle_connections
     DRIVERS[("uplink_outage", _architecture)] = uplink_outage
     DRIVERS[("cloud_relearn", _architecture)] = cloud_relearn
+    DRIVERS[("firmware_fanout", _architecture)] = firmware_fanout
 
 
 __all__ = ["SYSTEMS", "LabUnavailable", "idle_connections", "safety_latency", "testbed",

@@ -4,9 +4,9 @@
     OCPP CSMS: our gateway at the lab's cloud address ── a CSMS    <── one WebSocket per charger
                                                                        (N chargers, one process)
 
-The cloud's OCPP CSMS is our gateway (``actors.station.ocpp``) in front of a CSMS of ours, both
-in the lab's process with their broker on loopback; the gateway listens on the lab's cloud
-address. Each site's chargers are simulated OCPP 2.0.1 chargers
+The cloud's OCPP CSMS is our gateway (``actors.station.ocpp``) in front of a CSMS of ours (and
+the cloud CSMS the operator talks to), all in the lab's process with their brokers on
+loopback; the gateway listens on the lab's cloud address. Each site's chargers are simulated OCPP 2.0.1 chargers
 (``actors.testing.ocpp_charger``: the ``ocpp`` package over ``websockets``, permessage-deflate
 on, OCPP's jittered RetryBackOff) in a process of their own in the site's namespace
 (``python -m bench.lab.ocpp_arch fleet SPEC``), each with its own WebSocket across the uplink.
@@ -43,7 +43,7 @@ from actors.app.hierarchy import Hierarchy
 from actors.app.wiring import Running
 from actors.station.actor import ChargingStation
 from actors.testing.ocpp_charger import SimulatedCharger
-from bench.lab import state
+from bench.lab import operations, state
 from bench.lab.load import Plan, filler, offer
 from bench.lab.state import Dynamics
 from bench.netlab import Lab
@@ -110,7 +110,8 @@ class OcppSystem:
         by_site = {k: [identity(k, i) for i in range(self.stations)] for k in lab.sites}
         self.say("ocpp: starting the cloud's OCPP CSMS (our gateway and a CSMS)...")
         self.hierarchy = h = await Hierarchy.start(root)
-        await h.start_site(1, cloud=False)
+        await h.start_cloud()  # operators reach the chargers through it, as ours
+        await h.start_site(1)
         self.entries = {i: ChargerEntry(password=password(i, secret), evse_count=EVSES)
                         for ids in by_site.values() for i in ids}
         await self.restart()
@@ -173,6 +174,21 @@ class OcppSystem:
         return (connections - self._connections_at_restart >= len(self.entries)
                 and accepted == len(self.entries)
                 and state.current(self.view()) == state.current(await self.truth()))
+
+    async def update_firmware(self, image: bytes, version: str, task: str) -> list[str]:
+        """Every charger of site 1 told to install ``image``, held at the cloud CSMS: each
+        charger downloads it from the gateway's own server (a one-time URL each: OCPP has no
+        shared cache), across the uplink. The chargers told."""
+        assert self.hierarchy is not None
+        targets = [identity(1, i) for i in range(self.stations)]
+        await operations.update_firmware(self.hierarchy, self.hierarchy.cloud_actor, image,
+                                         version, task, targets)
+        return targets
+
+    def task_states(self, task: str) -> dict[str, str]:
+        """Each charger's state of ``task`` as the CSMS's copies show it."""
+        assert self.hierarchy is not None
+        return state.task_states(self.hierarchy.site(1).local_csms.copies.replicas, task)
 
     async def relearn_counters(self) -> dict[str, int]:
         """OCPP calls so far, both ways, over every charger."""

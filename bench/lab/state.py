@@ -59,6 +59,17 @@ def view(replicas: Mapping[str, Any], prefix: str = "stations/") -> dict[str, st
     return out
 
 
+def task_states(replicas: Mapping[str, Any], task: str, prefix: str = "stations/"
+                ) -> dict[str, str]:
+    """Each station's state of task ``task`` (``""``: none yet) as a CSMS's copies show it."""
+    out: dict[str, str] = {}
+    for key, replica in replicas.items():
+        if key.startswith(prefix):
+            path = f"tasks/{task}/state"
+            out[key[len(prefix):]] = str(replica.tree.get(path)) if path in replica.tree else ""
+    return out
+
+
 def stations_sessions(stations: Iterable[Any]) -> dict[str, str]:
     """Every EVSE's session in stations' own trees."""
     out: dict[str, str] = {}
@@ -68,4 +79,4 @@ def stations_sessions(stations: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-__all__ = ["ENDED", "Dynamics", "current", "session_value", "stations_sessions", "tree_sessions", "view"]
+__all__ = ["ENDED", "Dynamics", "current", "session_value", "stations_sessions", "task_states", "tree_sessions", "view"]

@@ -103,3 +103,14 @@ async def test_s3_a_crashed_cloud_relearns_every_station_in_both_architectures(
     ocpp, ours = directory.summary["ocpp"]["0"], directory.summary["broker"]["0"]
     assert ocpp["relearn_round_trips_per_station_rtt20ms"] > \
         ours["relearn_round_trips_per_station_rtt20ms"]
+
+
+async def test_s4_a_firmware_image_crosses_a_site_s_uplink_once_in_ours_once_per_charger_in_ocpp(
+        tmp_path: Path) -> None:
+    directory = await smoke(tmp_path, "s4-firmware-fanout", sites={"count": 1, "stations": 3},
+                            parameters={"image_kb": 128})
+    ours, ocpp = directory.summary["broker"]["0"], directory.summary["ocpp"]["0"]
+    for figures in (ours, ocpp):
+        assert figures["succeeded"] == figures["stations"] == 3
+    assert 1.0 <= ours["uplink_copies_of_image"] < 2.0  # once, and what carries it
+    assert ocpp["uplink_copies_of_image"] >= 3.0  # once per charger
