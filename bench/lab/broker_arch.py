@@ -87,6 +87,7 @@ class BrokerSystem:
         self.lab, self.root, self.stations, self.say = lab, root, stations, say
         self.dynamics = dynamics
         self.cloud_process = cloud_process  # the cloud CSMS in a process of its own
+        self._crashed_broker = False
         self.sites: dict[int, SiteProcess] = {}
         self.hierarchy: Hierarchy | None = None
         self.cloud: CloudCsms | None = None
@@ -178,16 +179,40 @@ class BrokerSystem:
 
     relearned = consistent  # after a crash: every copy at the cloud is exact again
 
-    async def crash(self) -> None:
-        """SIGKILL the cloud CSMS's process."""
+    async def crash(self, *, broker: bool = False) -> None:
+        """SIGKILL the cloud CSMS's process (and with ``broker``, the cloud's broker too:
+        every uplink drops)."""
         assert self.hierarchy is not None
         await self.hierarchy.disconnect_operator()
         await self.hierarchy.kill_cloud()
+        if broker:
+            self.hierarchy.broker.kill()
+            self._crashed_broker = True
 
-    async def restart(self) -> None:
-        """The cloud CSMS again, on the state it left."""
+    async def restart(self, *, fresh: bool = True) -> float:
+        """What crashed, again: the broker on its ports and accounts, the cloud CSMS on the
+        state it left (``fresh`` is the other architecture's: ours keeps its store). Returns
+        when (monotonic) the cloud took connections again."""
         assert self.hierarchy is not None
+        serving = time.monotonic()
+        if self._crashed_broker:
+            await self.hierarchy.broker.start()
+            serving = time.monotonic()
+            self._crashed_broker = False
         await self.hierarchy.spawn_cloud()
+        return serving
+
+    async def recovered(self) -> tuple[int, int, int]:
+        """Stations the cloud reaches again (their site's uplink joined), of all, and the
+        connections to the cloud that took (one per site joined)."""
+        reached = total = joined = 0
+        for site in self.sites.values():
+            status = await site.ask("status")
+            total += len(status["digests"])
+            if status["joined"]:
+                reached += len(status["digests"])
+                joined += 1
+        return reached, total, joined
 
     async def update_firmware(self, image: bytes, version: str, task: str) -> list[str]:
         """Every station of site 1 told to install ``image``, held at the cloud: each

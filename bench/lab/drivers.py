@@ -49,8 +49,9 @@ class System(Protocol):
     def view(self) -> dict[str, str]: ...
     async def freeze(self) -> None: ...
     async def animate(self) -> None: ...
-    async def crash(self) -> None: ...
-    async def restart(self) -> None: ...
+    async def crash(self, *, broker: bool = False) -> None: ...
+    async def restart(self, *, fresh: bool = True) -> float: ...
+    async def recovered(self) -> tuple[int, int, int]: ...
     async def relearned(self) -> bool: ...
     async def relearn_counters(self) -> dict[str, int]: ...
     async def update_firmware(self, image: bytes, version: str, task: str) -> list[str]: ...
@@ -400,6 +401,54 @@ async def firmware_fanout(rep: Repetition, record: Recorder) -> dict[str, Any]:
     }
 
 
+# -- S6: a reconnect storm after a cloud restart ------------------------------------------------
+
+
+async def reconnect_storm(rep: Repetition, record: Recorder) -> dict[str, Any]:
+    """After the warm-up the whole cloud goes down (ours: its broker and its CSMS SIGKILLed;
+    OCPP: the CSMS the chargers connect to) for ``down_s``, then restarts on the state it
+    kept. Figures: seconds from the restart until 99 % and all of the stations are reached
+    again (ours: their site's uplink joined; OCPP: the charger connected and accepted), and
+    the peak rates of stations recovered and of connections made, per second."""
+    scenario = rep.scenario
+    down_s = float(scenario.parameters.get("down_s", 20.0))
+    curve: list[tuple[float, int, int]] = []  # (t, stations reached, connections)
+    async with testbed(rep, cloud_process=True) as (_, system):
+        await asyncio.sleep(scenario.warmup_s)  # the scenario's warm-up: a schedule
+        await system.crash(broker=True)
+        await asyncio.sleep(down_s)  # the cloud stays down this long: a schedule
+        restarted = await system.restart(fresh=False)
+        while True:
+            reached, total, connections = await system.recovered()
+            t = time.monotonic() - restarted
+            curve.append((t, reached, connections))
+            record(t, "consistency", "reached", round(reached / total, 4))
+            if reached == total or t > CATCH_UP_LIMIT_S:
+                break
+            await asyncio.sleep(0.25)  # the recovery's sampling
+    at99 = next((t for t, reached, _ in curve if reached >= 0.99 * total), None)
+    at100 = next((t for t, reached, _ in curve if reached == total), None)
+    return {
+        "stations": total,
+        "recovered_99_s": None if at99 is None else round(at99, 2),
+        "recovered_all_s": None if at100 is None else round(at100, 2),
+        "peak_recovered_per_s": _peak_rate([(t, r) for t, r, _ in curve]),
+        "peak_connections_per_s": _peak_rate([(t, c) for t, _, c in curve]),
+        "connections": curve[-1][2],
+    }
+
+
+def _peak_rate(points: list[tuple[float, int]], window_s: float = 1.0) -> float:
+    """The most a cumulative count grew within any ``window_s`` of its samples, per second."""
+    best = 0
+    for i, (t, count) in enumerate(points):
+        j = i
+        while j + 1 < len(points) and points[j + 1][0] - t <= window_s:
+            j += 1
+        best = max(best, points[j][1] - count)
+    return round(best / window_s, 1)
+
+
 def _uplink_bytes(lab: Lab) -> int:
     """Bytes across every site's uplink so far, both ways."""
     total = 0
@@ -421,6 +470,7 @@ for _architecture in SYSTEMS:
     DRIVERS[("uplink_outage", _architecture)] = uplink_outage
     DRIVERS[("cloud_relearn", _architecture)] = cloud_relearn
     DRIVERS[("firmware_fanout", _architecture)] = firmware_fanout
+    DRIVERS[("reconnect_storm", _architecture)] = reconnect_storm
 
 
 __all__ = ["SYSTEMS", "LabUnavailable", "idle_connections", "safety_latency", "testbed",

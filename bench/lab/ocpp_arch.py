@@ -137,8 +137,9 @@ class OcppSystem:
 
         self._unsubscribe.append(station.tree.subscribe(changed))
 
-    async def crash(self) -> None:
-        """The OCPP CSMS is gone: every connection drops, and what it held is lost."""
+    async def crash(self, *, broker: bool = False) -> None:
+        """The OCPP CSMS (our gateway: where the chargers connect) is gone, and every
+        connection with it. (``broker`` is the other architecture's.)"""
         assert self.hierarchy is not None and self._gateway is not None
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -147,21 +148,26 @@ class OcppSystem:
         self.hierarchy.site(1).hosts.remove(running)
         await running.stop()
 
-    async def restart(self) -> None:
-        """The OCPP CSMS again, knowing nothing of the chargers' device models: each is
-        learnt again with GetBaseReport before its next boot is accepted."""
+    async def restart(self, *, fresh: bool = True) -> float:
+        """The OCPP CSMS again on the same port: ``fresh``, knowing nothing of the chargers
+        (what it held was lost: each device model is learnt again with GetBaseReport before
+        the charger's next boot is accepted); else on the state it kept. Returns when
+        (monotonic) it took connections again."""
         assert self.hierarchy is not None
-        self._generation += 1
+        if fresh or not self._generation:
+            self._generation += 1
         self._connections_at_restart = 0
         for fleet in self.fleets.values():
-            self._connections_at_restart += (await fleet.ask("status"))["connections"]
+            self._connections_at_restart += (await fleet.ask("mark"))["connections"]
         self._gateway, gateway = await self.hierarchy.start_gateway(
             1, self.entries, host=self.lab.cloud_address, port=self.port,
             state_dir=self.root / f"gateway-{self._generation}")
         self.port = gateway.port
+        serving = time.monotonic()
         for station in self.hierarchy.site(1).stations:
             if station.address in self.entries:
                 self._watch(station)
+        return serving
 
     async def relearned(self) -> bool:
         """Every charger connected again since the restart, booted and accepted (its device
@@ -189,6 +195,14 @@ class OcppSystem:
         """Each charger's state of ``task`` as the CSMS's copies show it."""
         assert self.hierarchy is not None
         return state.task_states(self.hierarchy.site(1).local_csms.copies.replicas, task)
+
+    async def recovered(self) -> tuple[int, int, int]:
+        """Chargers connected and accepted again since the restart, of all, and the
+        connections that took (one per charger)."""
+        back = 0
+        for fleet in self.fleets.values():
+            back += (await fleet.ask("status"))["reconnected"]
+        return back, len(self.entries), back
 
     async def relearn_counters(self) -> dict[str, int]:
         """OCPP calls so far, both ways, over every charger."""
@@ -359,8 +373,17 @@ async def run_fleet(spec: dict[str, Any]) -> int:
                 "eventNotificationType": "HardWiredMonitor",
                 "component": {"name": "ChargingStation"}, "variable": {"name": "Problem"}}]})
 
+    marked = [0] * len(chargers)  # each charger's connections at the last mark
+
+    async def mark(cmd: dict[str, Any]) -> dict[str, Any]:
+        marked[:] = [c.connections for c in chargers]
+        return {"connections": sum(marked)}
+
     async def status(cmd: dict[str, Any]) -> dict[str, Any]:
         return {"chargers": len(chargers),
+                "reconnected": sum(c.connections > m and c.connected
+                                   and c.registration == "Accepted"
+                                   for c, m in zip(chargers, marked, strict=True)),
                 "accepted": sum(c.connected and c.registration == "Accepted" for c in chargers),
                 "telemetry_answered": sum(p.answered[TELEMETRY] for p in callers),
                 "safety_answered": sum(p.answered[SAFETY] for p in callers),
@@ -423,7 +446,7 @@ async def run_fleet(spec: dict[str, Any]) -> int:
                           for i, c in enumerate(chargers) for n in c.evses)
 
     handlers: dict[str, Handler] = {"status": status, "offer": run_offer, "sessions": sessions,
-                                    "freeze": freeze, "animate": animate}
+                                    "freeze": freeze, "animate": animate, "mark": mark}
     try:
         await serve(handlers)
     finally:

@@ -114,3 +114,15 @@ async def test_s4_a_firmware_image_crosses_a_site_s_uplink_once_in_ours_once_per
         assert figures["succeeded"] == figures["stations"] == 3
     assert 1.0 <= ours["uplink_copies_of_image"] < 2.0  # once, and what carries it
     assert ocpp["uplink_copies_of_image"] >= 3.0  # once per charger
+
+
+async def test_s6_after_a_cloud_restart_every_station_is_reached_again_in_both(
+        tmp_path: Path) -> None:
+    directory = await smoke(tmp_path, "s6-reconnect-storm", warmup_s=2.0,
+                            sites={"count": 2, "stations": 4}, parameters={"down_s": 3.0})
+    ours, ocpp = directory.summary["broker"]["0"], directory.summary["ocpp"]["0"]
+    for figures in (ours, ocpp):
+        assert figures["stations"] == 8
+        assert figures["recovered_all_s"] is not None
+    assert ours["connections"] == 2  # one uplink per site
+    assert ocpp["connections"] == 8  # one WebSocket per charger
