@@ -224,6 +224,18 @@ class BrokerSystem:
                                          targets)
         return targets
 
+    async def addresses(self) -> list[str]:
+        """Every station's address."""
+        out: list[str] = []
+        for site in self.sites.values():
+            out += sorted((await site.ask("status"))["digests"])
+        return out
+
+    async def control(self, address: str, watts: float) -> None:
+        """A limit to one station from the cloud (``operations.set_limit``)."""
+        assert self.hierarchy is not None
+        await operations.set_limit(self.hierarchy, address, watts)
+
     def task_states(self, task: str) -> dict[str, str]:
         """Each station's state of ``task`` as the cloud's copies show it."""
         assert self.cloud is not None

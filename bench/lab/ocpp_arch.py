@@ -191,6 +191,16 @@ class OcppSystem:
                                          version, task, targets)
         return targets
 
+    async def addresses(self) -> list[str]:
+        """Every charger's address (its identity)."""
+        return sorted(self.entries)
+
+    async def control(self, address: str, watts: float) -> None:
+        """A limit to one charger from the cloud (``operations.set_limit``: the gateway
+        sends it a SetChargingProfile and the write ends with its answer)."""
+        assert self.hierarchy is not None
+        await operations.set_limit(self.hierarchy, address, watts)
+
     def task_states(self, task: str) -> dict[str, str]:
         """Each charger's state of ``task`` as the CSMS's copies show it."""
         assert self.hierarchy is not None

@@ -8,6 +8,9 @@ from actors.app.hierarchy import Hierarchy
 from actors.csms.cloud import CloudCsms
 from actors.logic.firmware_trust import signed_update
 from keypath import KeyPath
+from object_model.messages import PropertyValueWrite, WriteItem
+
+LIMIT = "evse/1/permissions/max_power_w"  # a control every station obeys (OCPP: a profile)
 
 
 async def update_firmware(h: Hierarchy, cloud: CloudCsms, image: bytes, version: str,
@@ -24,4 +27,15 @@ async def update_firmware(h: Hierarchy, cloud: CloudCsms, image: bytes, version:
             model=str(copy.get("identity/model"))), timeout=30)
 
 
-__all__ = ["update_firmware"]
+async def set_limit(h: Hierarchy, address: str, watts: float, timeout: float = 60) -> None:
+    """Station ``address``'s EVSE 1 limited to ``watts``, through the cloud CSMS; returns
+    once the station took it (an OCPP charger: answered its SetChargingProfile), raises with
+    the station's refusal or when no answer came within ``timeout``."""
+    operator = await h.operator()
+    await operator.request("cloud", PropertyValueWrite(
+        tree=KeyPath("stations", address), writes=[WriteItem(path=KeyPath.parse(LIMIT),
+                                                             value=float(watts))]),
+        timeout=timeout)
+
+
+__all__ = ["LIMIT", "set_limit", "update_firmware"]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bench.lab import report as lab_report
+from bench.lab import traces
 from bench.lab.oracle import Oracle, from_events
 from bench.lab.rundir import RunDirectory
 from bench.lab.runner import NoDriverError, Recorder, Repetition, run
@@ -169,3 +170,11 @@ def test_the_shipped_scenarios_are_valid() -> None:
     for path in shipped:
         scenario = load(path)
         assert path.stem == scenario.name and scenario.description
+
+
+def test_the_shipped_trace_is_what_its_generator_makes(tmp_path: Path) -> None:
+    shipped = traces.load("cellular-synthetic")
+    assert len(shipped) == 3600 and shipped[0].t_s == 0
+    assert shipped == traces.synthesize(7, 3600)  # the file is data its docstring explains
+    assert any(s.up_kbit == 0 for s in shipped)  # dead zones happen
+    assert traces.at(shipped, 3600.5) == shipped[0]  # it loops

@@ -126,3 +126,19 @@ async def test_s6_after_a_cloud_restart_every_station_is_reached_again_in_both(
         assert figures["recovered_all_s"] is not None
     assert ours["connections"] == 2  # one uplink per site
     assert ocpp["connections"] == 8  # one WebSocket per charger
+
+
+async def test_s7_a_cellular_trace_drives_the_uplink_and_controls_and_views_are_timed_in_both(
+        tmp_path: Path) -> None:
+    directory = await smoke(tmp_path, "s7-cellular-day", duration_s=25.0, warmup_s=2.0,
+                            sites={"count": 1, "stations": 3},
+                            parameters={"idle_mean_s": 4.0, "session_mean_s": 8.0,
+                                        "control_every_s": 2.0, "poll_s": 0.25})
+    for architecture in ("broker", "ocpp"):
+        figures = directory.summary[architecture]["0"]
+        assert figures["changes"] > 0 and figures["controls"] > 0, (architecture, figures)
+        assert figures["controls_failed"] == 0, (architecture, figures)
+        assert figures["staleness_p99_s"] >= 0, (architecture, figures)
+    controls = [e for e in directory.events() if e.kind == "latency" and e.key == "control"]
+    assert {e.architecture for e in controls} == {"broker", "ocpp"}
+
