@@ -15,6 +15,9 @@ declare -A APT_FOR_COMMAND=([prosody]=prosody)
 # The cloud broker at scale (broker_bridge.ejabberd runs a private cluster of it).
 APT_FOR_COMMAND[ejabberdctl]=ejabberd
 
+# bench/lab's calibration: bytes of an MQTT publish, against Debian's mosquitto.
+APT_FOR_COMMAND[mosquitto]=mosquitto
+
 # bench/netlab: namespaces, tbf, nftables loss, outages and counters; the delayer needs PyPI's
 # NetfilterQueue, which compiles against libnetfilter-queue (no command: checked by a file).
 APT_FOR_COMMAND+=([ip]=iproute2 [nft]=nftables [iptables]=iptables [ethtool]=ethtool
@@ -63,6 +66,9 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
     if [[ " ${need_apt[*]} " == *" prosody "* ]]; then
         quiet_system_service prosody Prosody
+    fi
+    if [[ " ${need_apt[*]} " == *" mosquitto "* ]]; then
+        quiet_system_service mosquitto Mosquitto
     fi
     if [[ " ${need_apt[*]} " == *" ejabberd "* ]]; then
         quiet_system_service ejabberd ejabberd

@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
     lab = sub.add_parser("lab", help="the researcher's lab: a scenario on this system and on "
                          "OCPP 2.0.1 over the same impaired links (docs/lab.md)")
-    lab.add_argument("rest", nargs=argparse.REMAINDER, help="run SCENARIO.toml | report RUN_DIR")
+    lab.add_argument("rest", nargs=argparse.REMAINDER,
+                     help="run SCENARIO.toml | report RUN_DIR | calibrate | results RUN_DIR...")
     lab.set_defaults(func=_lab)
     broker = sub.add_parser("broker", help="run the managed Prosody broker in the foreground")
     broker.add_argument("--state-dir", default="./state/broker",

@@ -1,4 +1,5 @@
-"""``python -m bench.lab run SCENARIO.toml`` / ``report RUN_DIR`` (also ``csms lab ...``)."""
+"""``python -m bench.lab run SCENARIO.toml`` / ``report RUN_DIR`` / ``calibrate`` / ``results
+RUN_DIR...`` (also ``csms lab ...``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import sys
 
 import bench.lab.drivers  # noqa: F401  (registers the drivers)
+from bench.lab import calibration, results
 from bench.lab.report import render
 from bench.lab.runner import NoDriverError, run
 from bench.lab.scenario import KINDS, ScenarioError, load
@@ -26,6 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     reporting = sub.add_parser("report", help="render a run directory's plots and report.md "
                                "from its data, without running anything")
     reporting.add_argument("run_dir")
+    sub.add_parser("calibrate", help="the bytes of one small publish in each protocol, "
+                   "against the published table", add_help=False)
+    sub.add_parser("results", help="write bench/lab/RESULTS.md from run directories",
+                   add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["calibrate"]:
+        return calibration.main(argv[1:])
+    if argv[:1] == ["results"]:
+        return results.main(argv[1:])
     args = parser.parse_args(argv)
 
     def say(text: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench.lab import report as lab_report
-from bench.lab import traces
+from bench.lab import results, traces
 from bench.lab.oracle import Oracle, from_events
 from bench.lab.rundir import RunDirectory
 from bench.lab.runner import NoDriverError, Recorder, Repetition, run
@@ -178,3 +178,25 @@ def test_the_shipped_trace_is_what_its_generator_makes(tmp_path: Path) -> None:
     assert shipped == traces.synthesize(7, 3600)  # the file is data its docstring explains
     assert any(s.up_kbit == 0 for s in shipped)  # dead zones happen
     assert traces.at(shipped, 3600.5) == shipped[0]  # it loops
+
+
+async def test_results_md_holds_every_run_s_table_its_plots_and_the_calibration(
+        tmp_path: Path) -> None:
+    scenario = load(scenario_file(tmp_path))
+    drivers = {(scenario.kind, "broker"): synthetic, (scenario.kind, "ocpp"): synthetic}
+    directory = await run(scenario, tmp_path / "runs", drivers=drivers, say=lambda _: None)
+    calibration = {"body_bytes": 12, "messages": 10, "published": {"mqtt": 28},
+                   "ours_xmpp": {"bytes": 182.0, "bytes_back": 0.0},
+                   "mqtt": "mosquitto is not installed"}
+    out = results.publish([directory.path], calibration, folder=tmp_path / "results",
+                          out=tmp_path / "RESULTS.md")
+    text = out.read_text()
+    assert "## s1-test:" in text and "| safety_p99_s |" in text and "| OCPP / ours |" in text
+    kept = tmp_path / "results" / "s1-test"
+    assert (kept / "plots" / "latency.png").is_file()
+    assert "(results/s1-test/plots/latency.png)" in text
+    assert "| ours: envelope in an XMPP message stanza | 182 |" in text
+    assert "(mosquitto is not installed)" in text  # what did not run says so
+    # the copy renders the same report as the run it came from
+    assert lab_report.render(kept).read_text().split("\n")[5:] == \
+        (directory.path / "report.md").read_text().split("\n")[5:]
