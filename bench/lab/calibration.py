@@ -18,6 +18,9 @@ receipts, is the ``_back`` figure):
 * ``mqtt``: an MQTT 3.1.1 PUBLISH at QoS 0 on topic ``cs/1/v`` (paho-mqtt) to Debian's
   mosquitto; ``mqtt_qos1`` the same at QoS 1 (a PUBACK back).
 
+With ``--resync``, also our resynchronisation against range-based set reconciliation on the
+same difference sets (``resync_against_rbsr``).
+
 ``PUBLISHED`` holds the table the issue quotes (MQTT 28 B, 68 B with TLS; XMPP pubsub 491 B,
 308 B with TLS): the report sets ours beside it. What is missing here (mosquitto not
 installed, say) is reported as such, never guessed.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import shutil
 import subprocess
@@ -219,6 +223,42 @@ async def mqtt(messages: int, qos: int) -> dict[str, float] | str:
         shutil.rmtree(root, ignore_errors=True)
 
 
+DIFFERENCES = ("1", "10", "100", "1%", "10%")  # the issue's difference sets
+
+
+async def resync_against_rbsr(stations: int = 1250, differences: tuple[str, ...] = DIFFERENCES,
+                              say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Our resync (``bench.resync``: the cloud CSMS SIGKILLed, ``d`` leaves changed over all
+    its stations' trees, restarted; same epoch by ``changes_since``, then new epochs by digest
+    descent) against range-based set reconciliation (``bench.lab.rbsr``) on the same ``n``
+    leaves and ``d`` differences. ``stations`` of 241 leaves: 1,250 make n = 301,250."""
+    from bench.lab.rbsr import difference_sets, reconcile
+
+    # bench.resync is a benchmark of its own, outside what the type checker covers
+    run_resync = importlib.import_module("bench.resync").run_resync
+
+    leaves_per_station = 241
+    n = stations * leaves_per_station
+    out: dict[str, Any] = {"n": n, "stations": stations, "by_difference": {}}
+    for text in differences:
+        d = round(float(text[:-1]) / 100 * n) if text.endswith("%") else int(text)
+        say(f"resync against RBSR: d = {text} ({d} of {n} leaves)...")
+        ours = await run_resync(stations=stations, changed=d / n, sites=4, seed=1,
+                                progress=say)
+        a, b = difference_sets(ours["leaves"], ours["changed_leaves"], seed=1)
+        model = reconcile(a, b)
+        out["by_difference"][text] = {
+            "d": ours["changed_leaves"], "n": ours["leaves"],
+            "ours_changes_since_bytes": ours["resync_bytes"],
+            "ours_changes_since_link_bytes": ours["link_bytes"],
+            "ours_digest_descent_bytes": ours["resync_bytes_digest_descent"],
+            "ours_digest_descent_link_bytes": ours["link_bytes_digest_descent"],
+            "floor_bytes": ours["floor_bytes"],
+            "rbsr_bytes": model.bytes, "rbsr_round_trips": model.round_trips,
+        }
+    return out
+
+
 async def measure(messages: int = 200) -> dict[str, Any]:
     out: dict[str, Any] = {"body_bytes": len(BODY), "messages": messages,
                            "published": PUBLISHED}
@@ -235,9 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csms lab calibrate", description=__doc__.split(
         "\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--resync", action="store_true",
+                        help="also our resync against range-based set reconciliation "
+                        "(n = 301,250 leaves; d = 1, 10, 100, 1 %%, 10 %%: minutes)")
+    parser.add_argument("--stations", type=int, default=1250,
+                        help="with --resync: stations of 241 leaves each")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     out = asyncio.run(measure(args.messages))
+    if args.resync:
+        out["resync"] = asyncio.run(resync_against_rbsr(
+            args.stations, say=lambda text: print(text, file=sys.stderr, flush=True)))
     if args.json:
         print(json.dumps(out))
         return 0
@@ -250,4 +298,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["BODY", "PUBLISHED", "Counter", "measure"]
+__all__ = ["BODY", "DIFFERENCES", "PUBLISHED", "Counter", "measure", "resync_against_rbsr"]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench.lab import report as lab_report
-from bench.lab import results, traces
+from bench.lab import rbsr, results, traces
 from bench.lab.oracle import Oracle, from_events
 from bench.lab.rundir import RunDirectory
 from bench.lab.runner import NoDriverError, Recorder, Repetition, run
@@ -200,3 +200,17 @@ async def test_results_md_holds_every_run_s_table_its_plots_and_the_calibration(
     # the copy renders the same report as the run it came from
     assert lab_report.render(kept).read_text().split("\n")[5:] == \
         (directory.path / "report.md").read_text().split("\n")[5:]
+
+
+def test_range_based_reconciliation_finds_exactly_the_differences_in_about_three_round_trips(
+        ) -> None:
+    a, b = rbsr.difference_sets(200_000, 1, seed=3)
+    one = rbsr.reconcile(a, b)
+    assert len(one.differing) == 1 and one.differing == {k for k in a if a[k] != b[k]}
+    assert one.round_trips == 3.0 and one.bytes < 2_500  # the paper: ~3 and ~1.5 kB at 1e6
+    a, b = rbsr.difference_sets(50_000, 500, seed=4)
+    many = rbsr.reconcile(a, b)
+    assert many.differing == {k for k in a if a[k] != b[k]}
+    assert many.bytes > 100 * one.bytes  # each difference costs its range's items
+    same = rbsr.reconcile(a, dict(a))
+    assert same.differing == frozenset() and same.messages == 1  # one fingerprint agrees
