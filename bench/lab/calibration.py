@@ -180,31 +180,15 @@ async def ocpp(messages: int, deflate: bool) -> dict[str, float]:
 
 
 async def mqtt(messages: int, qos: int) -> dict[str, float] | str:
-    binary = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
-    if binary is None:
-        return "mosquitto is not installed (make setup installs it)"
-    try:
-        import paho.mqtt.client as paho
-    except ImportError:
-        return "paho-mqtt is not installed (make setup installs the lab extra)"
-    root = Path(tempfile.mkdtemp(prefix="calibrate-mqtt-"))
-    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = probe.sockets[0].getsockname()[1]
-    probe.close()
-    await probe.wait_closed()
-    (root / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                                         "persistence false\n")
-    broker = subprocess.Popen([binary, "-c", str(root / "mosquitto.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = await _mosquitto()
+    if isinstance(started, str):
+        return started
+    broker, port, root = started
+    import paho.mqtt.client as paho
+
     counter = await Counter(("127.0.0.1", port)).start()
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="cs-1")
     try:
-        for _ in range(100):
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            await asyncio.sleep(0.05)  # mosquitto binding its port
         client.connect("127.0.0.1", counter.port)
         client.loop_start()
 
@@ -221,6 +205,149 @@ async def mqtt(messages: int, qos: int) -> dict[str, float] | str:
         broker.terminate()
         broker.wait(5)
         shutil.rmtree(root, ignore_errors=True)
+
+
+SHAPES = {"point_to_point": (1, 1), "fan_in": (10, 1), "fan_out": (1, 10)}
+"""The published broker scenarios, scaled: (publishers, subscribers); every publisher's
+message goes to every subscriber."""
+
+
+async def broker_paths(messages: int = 2000) -> dict[str, Any]:
+    """Our broker path (envelopes between endpoints through a managed Prosody, plain) against
+    Mosquitto (paho-mqtt, QoS 0) on each of ``SHAPES``: each publisher sends ``messages``
+    12-byte bodies as fast as its client takes them, and the figure is the messages delivered
+    per second until the last arrived (60 s at most), and the ratio ours / Mosquitto, measured
+    in the same run."""
+    out: dict[str, Any] = {"messages_per_publisher": messages}
+    for shape, (publishers, subscribers) in SHAPES.items():
+        ours_rate = await _ours_rate(publishers, subscribers, messages)
+        theirs = await _mosquitto_rate(publishers, subscribers, messages)
+        row: dict[str, Any] = {"ours_per_s": ours_rate, "mosquitto_per_s": theirs}
+        if not isinstance(theirs, str) and theirs:
+            row["ours_over_mosquitto"] = round(ours_rate / theirs, 3)
+        out[shape] = row
+    return out
+
+
+async def _ours_rate(publishers: int, subscribers: int, messages: int) -> float:
+    from broker_bridge import Endpoint, Priority
+    from broker_bridge.prosody import ManagedProsody
+    from broker_bridge.xmpp import XmppTransport
+    from keypath import KeyPath
+    from object_model.messages import PropertyValueUpdate
+
+    root = Path(tempfile.mkdtemp(prefix="calibrate-path-"))
+    broker = ManagedProsody(root / "broker", component_domains=(), tls=False)
+    await broker.start()
+    names = [f"pub{i}" for i in range(publishers)] + [f"sub{i}" for i in range(subscribers)]
+    broker.create_accounts({n: f"{n}-password-1" for n in names})
+    got = [0]
+    endpoints: dict[str, Any] = {}
+    try:
+        for name in names:
+            endpoint = await Endpoint(XmppTransport.client(
+                broker.xmpp_settings(), name, f"{name}-password-1"), name=name).start()
+            endpoints[name] = endpoint
+            await endpoint.register(name, lambda env: got.__setitem__(0, got[0] + 1))
+        update = PropertyValueUpdate(tree=KeyPath("v"), epoch=1, from_revision=0,
+                                     to_revision=1, upserts=[("v", 1, BODY.decode())])
+        expected = publishers * subscribers * messages
+        began = time.perf_counter()
+        for i in range(messages):
+            for p in range(publishers):
+                for s in range(subscribers):
+                    endpoints[f"pub{p}"].send(source=f"pub{p}", destination=f"sub{s}",
+                                              message=update, priority=Priority.STATE)
+            if i % 100 == 99:
+                await asyncio.sleep(0)  # let the sessions write
+        deadline = began + 60
+        while got[0] < expected and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)  # the deliveries, counted as they come
+        return round(got[0] / (time.perf_counter() - began), 1)
+    finally:
+        for endpoint in endpoints.values():
+            await endpoint.stop(flush_timeout=0.5)
+        await broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _mosquitto_rate(publishers: int, subscribers: int, messages: int) -> float | str:
+    started = await _mosquitto()
+    if isinstance(started, str):
+        return started
+    broker, port, root = started
+    try:
+        import threading
+
+        import paho.mqtt.client as paho
+        lock, got = threading.Lock(), [0]
+
+        def on_message(client: Any, userdata: Any, message: Any) -> None:
+            with lock:
+                got[0] += 1
+
+        subs, pubs = [], []
+        for s in range(subscribers):
+            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sub{s}")
+            client.on_message = on_message
+            client.connect("127.0.0.1", port)
+            client.subscribe(f"cs/to/sub{s}", qos=0)
+            client.loop_start()
+            subs.append(client)
+        for p in range(publishers):
+            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub{p}")
+            client.connect("127.0.0.1", port)
+            client.loop_start()
+            pubs.append(client)
+        await asyncio.sleep(0.5)  # the subscriptions in place: paho's threads, not ours
+        expected = publishers * subscribers * messages
+        began = time.perf_counter()
+        for _ in range(messages):
+            for client in pubs:
+                for s in range(subscribers):
+                    client.publish(f"cs/to/sub{s}", BODY, qos=0)
+        deadline = began + 60
+        while got[0] < expected and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)  # the deliveries, counted by paho's threads
+        rate = round(got[0] / (time.perf_counter() - began), 1)
+        for client in subs + pubs:
+            client.loop_stop()
+            client.disconnect()
+        return rate
+    finally:
+        broker.terminate()
+        broker.wait(5)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _mosquitto() -> tuple[subprocess.Popen[bytes], int, Path] | str:
+    """Debian's mosquitto on a free loopback port, once it listens; or why not."""
+    binary = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
+    if binary is None:
+        return "mosquitto is not installed (make setup installs it)"
+    try:
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        return "paho-mqtt is not installed (make setup installs the lab extra)"
+    root = Path(tempfile.mkdtemp(prefix="calibrate-mqtt-"))
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    (root / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                                         "persistence false\nmax_queued_messages 0\n")
+    broker = subprocess.Popen([binary, "-c", str(root / "mosquitto.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)  # mosquitto binding its port
+            continue
+        writer.close()
+        return broker, port, root
+    broker.kill()
+    return f"mosquitto did not listen on {port} within 5 s"
 
 
 DIFFERENCES = ("1", "10", "100", "1%", "10%")  # the issue's difference sets
@@ -278,11 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resync", action="store_true",
                         help="also our resync against range-based set reconciliation "
                         "(n = 301,250 leaves; d = 1, 10, 100, 1 %%, 10 %%: minutes)")
+    parser.add_argument("--paths", action="store_true",
+                        help="also our broker path against Mosquitto (fan-in, fan-out, point "
+                        "to point; rates: run it alone on the machine)")
     parser.add_argument("--stations", type=int, default=1250,
                         help="with --resync: stations of 241 leaves each")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     out = asyncio.run(measure(args.messages))
+    if args.paths:
+        out["paths"] = asyncio.run(broker_paths())
     if args.resync:
         out["resync"] = asyncio.run(resync_against_rbsr(
             args.stations, say=lambda text: print(text, file=sys.stderr, flush=True)))
@@ -298,4 +430,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["BODY", "DIFFERENCES", "PUBLISHED", "Counter", "measure", "resync_against_rbsr"]
+__all__ = ["BODY", "DIFFERENCES", "PUBLISHED", "SHAPES", "Counter", "broker_paths", "measure",
+           "resync_against_rbsr"]

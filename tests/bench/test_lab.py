@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from bench.lab import report as lab_report
 from bench.lab import rbsr, results, traces
+from bench.lab import report as lab_report
 from bench.lab.oracle import Oracle, from_events
 from bench.lab.rundir import RunDirectory
 from bench.lab.runner import NoDriverError, Recorder, Repetition, run

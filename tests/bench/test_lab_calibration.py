@@ -43,3 +43,15 @@ async def test_an_mqtt_publish_is_exactly_its_packet() -> None:
     acked = await calibration.mqtt(20, qos=1)
     assert not isinstance(acked, str)
     assert acked["bytes"] == result["bytes"] + 2 and acked["bytes_back"] == 4  # id; PUBACK
+
+
+async def test_the_broker_paths_deliver_every_message_in_each_shape() -> None:
+    if shutil.which("prosody") is None:
+        pytest.skip("needs Prosody (make setup)")
+    paths = await calibration.broker_paths(messages=30)
+    for shape in ("point_to_point", "fan_in", "fan_out"):
+        row = paths[shape]
+        assert row["ours_per_s"] > 0, (shape, row)
+        if isinstance(row["mosquitto_per_s"], str):
+            pytest.skip(row["mosquitto_per_s"])
+        assert row["mosquitto_per_s"] > 0 and row["ours_over_mosquitto"] > 0, (shape, row)
