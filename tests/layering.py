@@ -47,7 +47,7 @@ THIRD_PARTY: dict[str, set[str]] = {  # by top-level package
                "prometheus_client", "typing_extensions", "ocpp", "s2python", "websockets",
                "jsonschema_rs"},
     "bench": {"pydantic", "msgpack", "slixmpp", "ocpp", "s2python", "websockets",
-              "netfilterqueue", "cryptography", "atheris", "matplotlib"},
+              "netfilterqueue", "cryptography", "atheris", "matplotlib", "paho"},
 }
 
 IO_OR_CLOCK = {
@@ -73,7 +73,7 @@ ONLY_IN = {"slixmpp": {"broker_bridge.xmpp"}, "prometheus_client": {"actors.app.
            "s2python": {"actors.logic.energy.s2"},
            "aiosqlite": {"broker_bridge.outbox", "actors.runtime.storage"},
            "netfilterqueue": {"bench.netlab.delayer"}, "atheris": {"bench.fuzz"},
-           "matplotlib": {"bench.lab.report"},
+           "matplotlib": {"bench.lab.report"}, "paho": {"bench.lab.calibration"},
            "jsonschema_rs": {"actors.station.ocpp.schemas"},
            "websockets": {"actors.station.ocpp.gateway", "actors.testing.ocpp_charger", "bench",
                           "tests"}}
