@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import random
 import secrets
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain
+from actors.app.hierarchy import Hierarchy, broker_config, cloud_domain, simulated
 from actors.app.wiring import xmpp_settings
 from actors.csms.cloud import CloudCsms
 from actors.runtime.actor import Actor, Context, RoleDirectory, handles
@@ -44,7 +46,7 @@ from object_model.messages import PropertyValueUpdate
 
 SINK = "lab-sink"
 BACKLOG = 64  # telemetry envelopes a site's uplink may hold unsent before it sheds
-SPEED = 60.0  # with dynamics, site time runs an hour a minute (EV stays of hours last minutes)
+EVSES = 2  # a simulated station's (SimulatorSettings' default), as the OCPP chargers have
 
 
 @dataclass
@@ -134,12 +136,9 @@ class BrokerSystem:
             site_root = root / f"site{k}"
             site_root.mkdir(parents=True, exist_ok=True)
             shutil.copy2(key, site_root / key.name)
-        # the stations' lives (once animated): EVs come and go in site time that runs SPEED
-        # times faster, as often as the dynamics say; without dynamics they stand still
-        lives: dict[str, Any] = {"paused": True}
-        if self.dynamics is not None:
-            lives |= {"speed": SPEED, "arrivals_per_evse_hour":
-                      3600 / (self.dynamics.idle_mean_s * SPEED)}
+        # the stations stand still until animated; then EVs come and go only as the lab's
+        # dynamics say (the same schedules as the OCPP chargers'), in wall-clock time
+        lives: dict[str, Any] = {"paused": True, "arrivals_per_evse_hour": 0.0}
         for k, lab_site in lab.sites.items():
             self.say(f"broker: starting site {k} in its namespace ({self.stations} stations)...")
             self.sites[k] = await SiteProcess.start_site({
@@ -189,18 +188,26 @@ class BrokerSystem:
             self.hierarchy.broker.kill()
             self._crashed_broker = True
 
-    async def restart(self, *, fresh: bool = True) -> float:
-        """What crashed, again: the broker on its ports and accounts, the cloud CSMS on the
-        state it left (``fresh`` is the other architecture's: ours keeps its store). Returns
-        when (monotonic) the cloud took connections again."""
+    async def restart(self, *, fresh: bool = True,
+                      serving: asyncio.Future[float] | None = None) -> float:
+        """What crashed, again: the broker on its ports and accounts, then the cloud CSMS on
+        the state it left (``fresh`` is the other architecture's: ours keeps its store).
+        Returns (and sets ``serving`` to) the monotonic moment the sites could be served
+        again: the broker's start when it had crashed, else the cloud CSMS's."""
         assert self.hierarchy is not None
-        serving = time.monotonic()
         if self._crashed_broker:
             await self.hierarchy.broker.start()
-            serving = time.monotonic()
             self._crashed_broker = False
+            moment = time.monotonic()
+            if serving is not None:
+                serving.set_result(moment)
+            await self.hierarchy.spawn_cloud()
+            return moment
         await self.hierarchy.spawn_cloud()
-        return serving
+        moment = time.monotonic()
+        if serving is not None:
+            serving.set_result(moment)
+        return moment
 
     async def recovered(self) -> tuple[int, int, int]:
         """Stations the cloud reaches again (their site's uplink joined), of all, and the
@@ -268,14 +275,17 @@ class BrokerSystem:
         return state.view(self.cloud.copies.replicas)
 
     async def freeze(self) -> None:
-        """The stations stand still from now: the truth no longer moves."""
+        """The stations stand still from now (no EV comes or goes, no tick): the truth no
+        longer moves."""
         for site in self.sites.values():
-            await site.ask("pause")
+            await site.ask("freeze")
 
     async def animate(self) -> None:
-        """The stations live from now (``dynamics``)."""
+        """The stations live from now: they tick, and EVs come and go as ``dynamics`` says."""
+        if self.dynamics is None:
+            raise ValueError("these stations were started without dynamics")
         for site in self.sites.values():
-            await site.ask("pause", paused=False)
+            await site.ask("animate", dynamics=asdict(self.dynamics))
 
     def safety_seen(self) -> list[tuple[float, int, int, int]]:
         assert self.sink is not None
@@ -328,7 +338,40 @@ def site_commands(running: RunningSite) -> dict[str, Handler]:
     async def sessions(cmd: dict[str, Any]) -> dict[str, Any]:
         return {"sessions": state.stations_sessions(running.site.stations)}
 
-    return {"offer": run_offer, "sessions": sessions}
+    living: list[asyncio.Task[None]] = []
+
+    async def animate(cmd: dict[str, Any]) -> None:
+        dynamics = Dynamics(**cmd["dynamics"])
+        running.hierarchy.pause(False)
+        if living:
+            return
+        seed = int(running.spec.get("seed", k))
+        for i, station in enumerate(sorted(running.site.stations, key=_number)):
+            simulator = simulated(station).simulator
+            assert simulator is not None
+            for evse in range(1, EVSES + 1):  # the OCPP fleet draws the same schedules
+                rng = random.Random(seed * 1000 + i * 16 + evse)
+                living.append(asyncio.create_task(state.live(
+                    dynamics, rng, functools.partial(simulator.plug_in, evse),
+                    functools.partial(simulator.depart, evse))))
+
+    async def freeze(cmd: dict[str, Any]) -> None:
+        for task in living:
+            task.cancel()
+        await asyncio.gather(*living, return_exceptions=True)
+        living.clear()
+        running.hierarchy.pause(True)
+
+    async def close() -> None:
+        await freeze({})
+
+    running.closing.append(close)
+    return {"offer": run_offer, "sessions": sessions, "animate": animate, "freeze": freeze}
+
+
+def _number(station: Any) -> int:
+    """A station's number in its site (``cs-site1-12``: 12), the order both fleets share."""
+    return int(station.address.rsplit("-", 1)[1])
 
 
 def main(argv: list[str] | None = None) -> int:

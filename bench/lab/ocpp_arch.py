@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import json
@@ -148,11 +149,12 @@ class OcppSystem:
         self.hierarchy.site(1).hosts.remove(running)
         await running.stop()
 
-    async def restart(self, *, fresh: bool = True) -> float:
+    async def restart(self, *, fresh: bool = True,
+                      serving: asyncio.Future[float] | None = None) -> float:
         """The OCPP CSMS again on the same port: ``fresh``, knowing nothing of the chargers
         (what it held was lost: each device model is learnt again with GetBaseReport before
-        the charger's next boot is accepted); else on the state it kept. Returns when
-        (monotonic) it took connections again."""
+        the charger's next boot is accepted); else on the state it kept. Returns (and sets
+        ``serving`` to) the monotonic moment it took connections again."""
         assert self.hierarchy is not None
         if fresh or not self._generation:
             self._generation += 1
@@ -163,11 +165,13 @@ class OcppSystem:
             1, self.entries, host=self.lab.cloud_address, port=self.port,
             state_dir=self.root / f"gateway-{self._generation}")
         self.port = gateway.port
-        serving = time.monotonic()
+        moment = time.monotonic()
+        if serving is not None:
+            serving.set_result(moment)
         for station in self.hierarchy.site(1).stations:
             if station.address in self.entries:
                 self._watch(station)
-        return serving
+        return moment
 
     async def relearned(self) -> bool:
         """Every charger connected again since the restart, booted and accepted (its device
@@ -421,17 +425,12 @@ async def run_fleet(spec: dict[str, Any]) -> int:
             track()
             await asyncio.sleep(TRACK_S)  # a poll of the chargers' own state
 
-    async def lives(charger: SimulatedCharger, number: int, rng: random.Random) -> None:
-        assert dynamics is not None
-        while True:
-            await asyncio.sleep(rng.expovariate(1 / dynamics.idle_mean_s))  # the EV's schedule
-            charger.plug(number)
-            await asyncio.sleep(rng.expovariate(1 / dynamics.session_mean_s))
-            track()
-            charger.unplug(number)
+    def leave(charger: SimulatedCharger, number: int) -> None:
+        track()  # its transaction, noted before it ends
+        charger.unplug(number)
 
     living: list[asyncio.Task[None]] = []
-    rngs = {(i, n): random.Random(spec["seed"] * 1000 + i * 16 + n)
+    rngs = {(i, n): random.Random(spec["seed"] * 1000 + i * 16 + n)  # as our stations' lives
             for i, c in enumerate(chargers) for n in c.evses}
     tasks.append(asyncio.create_task(tracking(), name="tracking"))
 
@@ -452,8 +451,9 @@ async def run_fleet(spec: dict[str, Any]) -> int:
         if dynamics is None:
             raise ValueError("these chargers were started without dynamics")
         if not living:
-            living.extend(asyncio.create_task(lives(c, n, rngs[i, n]))
-                          for i, c in enumerate(chargers) for n in c.evses)
+            living.extend(asyncio.create_task(state.live(
+                dynamics, rngs[i, n], functools.partial(c.plug, n), functools.partial(leave, c, n)))
+                for i, c in enumerate(chargers) for n in c.evses)
 
     handlers: dict[str, Handler] = {"status": status, "offer": run_offer, "sessions": sessions,
                                     "freeze": freeze, "animate": animate, "mark": mark}

@@ -64,11 +64,15 @@ class Oracle:
                 if not self._keys[key].seen
                 or self._keys[key].seen[-1][1] != self._keys[key].truth[-1][1]]
 
-    def staleness(self) -> Staleness:
+    def staleness(self, since: float = float("-inf")) -> Staleness:
+        """The delays of the true changes after ``since`` (what a first poll found is a
+        baseline, no change)."""
         delays: list[float] = []
         unresolved = 0
         for entry in self._keys.values():
             for index, (t, _) in enumerate(entry.truth):
+                if t <= since:
+                    continue
                 shown = self._first_showing(entry, index, t)
                 if shown is None:
                     unresolved += 1
@@ -79,8 +83,12 @@ class Oracle:
     @staticmethod
     def _first_showing(entry: _Key, index: int, after: float) -> float | None:
         """When the view first showed the ``index``-th true value, or any later one, at or
-        after ``after``."""
+        after ``after``: at ``after`` itself when the view already showed it then (the view
+        was read before the truth noticed its own change)."""
         later = {repr(value) for _, value in entry.truth[index:]}
+        before = [value for t, value in entry.seen if t <= after]
+        if before and repr(before[-1]) in later:
+            return after
         for t, value in entry.seen:
             if t >= after and repr(value) in later:
                 return t

@@ -11,7 +11,9 @@ says how the sessions come and go.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+import random
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +22,25 @@ ENDED = frozenset({"Finished", "Idle"})
 
 @dataclass(frozen=True)
 class Dynamics:
-    """How the stations' EVSEs live when a scenario wants them to: an EV arrives after an
-    idle EVSE waited ``idle_mean_s`` on average (wall-clock seconds; exponential), and
-    charges for ``session_mean_s`` on average (the OCPP chargers; our simulated stations
-    draw their EVs' stays themselves, in site time)."""
+    """How the stations' EVSEs live when a scenario wants them to (``live``): an EV arrives
+    after an idle EVSE waited ``idle_mean_s`` on average, and stays ``session_mean_s`` on
+    average (wall-clock seconds, exponential)."""
 
     idle_mean_s: float = 60.0
     session_mean_s: float = 120.0
+
+
+async def live(dynamics: Dynamics, rng: random.Random, arrive: Callable[[], None],
+               leave: Callable[[], None]) -> None:
+    """One EVSE's life until cancelled: idle for a while, an EV arrives, stays a while,
+    leaves (exponential, means from ``dynamics``). Both architectures' stations live by it,
+    each EVSE with the generator of the same seed, so they see the same EVs at the same
+    moments."""
+    while True:
+        await asyncio.sleep(rng.expovariate(1 / dynamics.idle_mean_s))  # the EV's schedule
+        arrive()
+        await asyncio.sleep(rng.expovariate(1 / dynamics.session_mean_s))
+        leave()
 
 
 def session_value(session_id: str | None, open_: bool) -> str:
@@ -79,4 +93,4 @@ def stations_sessions(stations: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-__all__ = ["ENDED", "Dynamics", "current", "session_value", "stations_sessions", "task_states", "tree_sessions", "view"]
+__all__ = ["ENDED", "Dynamics", "current", "live", "session_value", "stations_sessions", "task_states", "tree_sessions", "view"]

@@ -11,6 +11,7 @@ driver records are seconds from the moment its measured part began.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sys
@@ -25,7 +26,8 @@ from bench.lab.ocpp_arch import OcppSystem
 from bench.lab.oracle import Oracle
 from bench.lab.runner import Recorder, Repetition
 from bench.lab.state import Dynamics
-from bench.netlab import Lab, netns_available
+from bench.netlab import Lab, Site, netns_available
+from bench.netlab.router import UplinkCounters
 
 LAB_PREFIX = "lab"
 STRAGGLERS_S = 30.0  # how long a repetition waits for safety messages still on their way
@@ -41,7 +43,8 @@ class System(Protocol):
     async def freeze(self) -> None: ...
     async def animate(self) -> None: ...
     async def crash(self, *, broker: bool = False) -> None: ...
-    async def restart(self, *, fresh: bool = True) -> float: ...
+    async def restart(self, *, fresh: bool = True,
+                      serving: asyncio.Future[float] | None = None) -> float: ...
     async def recovered(self) -> tuple[int, int, int]: ...
     async def relearned(self) -> bool: ...
     async def relearn_counters(self) -> dict[str, int]: ...
@@ -110,15 +113,19 @@ CATCH_UP_LIMIT_S = 600.0  # after the last outage, how long the view may take to
 class Watch:
     """Feeds the oracle from polls of the truth and the view (``bench.lab.state``'s session
     keys): each value that changed since the last poll of its side is an oracle event and a
-    recorded one; ``sessions`` collects the session ids the truth showed."""
+    recorded one; ``sessions`` collects the session ids the truth showed; ``baseline`` is
+    the first poll of the truth (what it found then was no change: ``staleness(since=)``)."""
 
     def __init__(self, record: Recorder) -> None:
         self.oracle = Oracle()
         self.record = record
         self.sessions: set[str] = set()
+        self.baseline: float | None = None  # the first poll of the truth: what it found
         self._shown: dict[tuple[str, str], str] = {}
 
     def note(self, t: float, side: str, values: dict[str, str]) -> None:
+        if side == "truth" and self.baseline is None:
+            self.baseline = t
         for key, value in values.items():
             if self._shown.get((side, key)) != value:
                 self._shown[side, key] = value
@@ -139,12 +146,19 @@ def peak_rate(points: list[tuple[float, int]], window_s: float = 1.0) -> float:
     return round(best / window_s, 1)
 
 
-def uplink_bytes(lab: Lab) -> int:
-    """Bytes across every site's uplink so far, both ways."""
+async def counters(site: Site) -> UplinkCounters:
+    """A site's uplink counters, read off the event loop (``ip`` and ``nft`` take tens of
+    milliseconds; the cloud's actors, whose timings are measured, share the loop)."""
+    return await asyncio.to_thread(site.counters)
+
+
+async def uplink_bytes(lab: Lab) -> int:
+    """Bytes across every site's uplink so far, both ways (read off the event loop: the
+    cloud's actors, whose timings are measured, share it)."""
     total = 0
     for site in lab.sites.values():
-        counters = site.counters()
-        total += counters.up.bytes + counters.down.bytes
+        now = await counters(site)
+        total += now.up.bytes + now.down.bytes
     return total
 
 
@@ -155,4 +169,4 @@ def as_check(check: Callable[[], bool]) -> Callable[[], Any]:
 
 
 __all__ = ["CATCH_UP_LIMIT_S", "LAB_PREFIX", "POLL_S", "STRAGGLERS_S", "SYSTEMS", "LabUnavailable",
-           "System", "Watch", "as_check", "peak_rate", "say", "testbed", "uplink_bytes"]
+           "System", "Watch", "as_check", "counters", "peak_rate", "say", "testbed", "uplink_bytes"]

@@ -113,15 +113,16 @@ async def replay(steps: list[Step], base: LinkProfile, apply: Callable[[LinkProf
         step = at(steps, clock())
         if step != shown:
             shown = step
+            # tc and nft run off the event loop: what shares it is being timed
             if step.down_kbit <= 0 or step.up_kbit <= 0:
                 if not dead:
-                    cut(True)
+                    await asyncio.to_thread(cut, True)
                     dead = True
             else:
-                apply(dataclasses.replace(base, up_bps=int(step.up_kbit * 1000),
-                                          down_bps=int(step.down_kbit * 1000)))
+                await asyncio.to_thread(apply, dataclasses.replace(
+                    base, up_bps=int(step.up_kbit * 1000), down_bps=int(step.down_kbit * 1000)))
                 if dead:
-                    cut(False)
+                    await asyncio.to_thread(cut, False)
                     dead = False
         await asyncio.sleep(0.25)  # a step lasts a second or more
 

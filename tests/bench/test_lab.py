@@ -214,3 +214,15 @@ def test_range_based_reconciliation_finds_exactly_the_differences_in_about_three
     assert many.bytes > 100 * one.bytes  # each difference costs its range's items
     same = rbsr.reconcile(a, dict(a))
     assert same.differing == frozenset() and same.messages == 1  # one fingerprint agrees
+
+
+def test_a_view_read_before_the_truth_noticed_its_change_is_not_stale() -> None:
+    oracle = Oracle()
+    oracle.truth(0.0, "k", "a")  # the first poll: a baseline
+    oracle.seen(0.1, "k", "a")
+    oracle.seen(1.9, "k", "b")  # the view was read first
+    oracle.truth(2.0, "k", "b")
+    oracle.truth(3.0, "k", "c")
+    oracle.seen(3.4, "k", "c")
+    assert oracle.staleness(since=0.0).delays_s == pytest.approx([0.0, 0.4])
+    assert oracle.staleness().delays_s == pytest.approx([0.0, 0.1, 0.4])  # with the baseline

@@ -133,6 +133,7 @@ class StationSimulator:
         self._cache: dict[str, tuple[KeyPath, ValueType]] = {}
         self._evs: dict[int, ElectricVehicle] = {}
         self._requests: dict[int, ElectricVehicle | None] = {}
+        self._departures: set[int] = set()
         self._layout = read_layout(tree)
         self._grid = "grid_meter/iec61850:MMXU1" in tree
         w = TickChanges(tree, self._cache)
@@ -187,6 +188,10 @@ class StationSimulator:
         which that EVSE is Available."""
         self._requests[evse_id] = ev
 
+    def depart(self, evse_id: int) -> None:
+        """Have the EV at ``evse_id`` (if any) leave on the next tick, whatever its plan."""
+        self._departures.add(evse_id)
+
     # -- the tick -----------------------------------------------------------------------------
 
     def tick(self, now_us: int) -> list[Operation]:
@@ -205,7 +210,9 @@ class StationSimulator:
         self._repair_and_fail(w, dt_s, now_us)
         for e in self._layout:
             ev = self._evs.get(e.id)
-            if ev is not None and (now_us >= ev.departure_at or _faulted(w, e)):
+            leaving = e.id in self._departures
+            self._departures.discard(e.id)
+            if ev is not None and (now_us >= ev.departure_at or _faulted(w, e) or leaving):
                 self._end_session(w, e, now_us)
             elif ev is None and w.get(f"{e.p}session/state") in ACTIVE:
                 self._end_session(w, e, now_us)  # restarted: the EV was lost

@@ -9,7 +9,7 @@ from typing import Any
 from bench.lab.load import MESSAGE_BYTES, Plan
 from bench.lab.runner import Recorder, Repetition
 from bench.lab.stats import percentile
-from bench.lab.testbed import STRAGGLERS_S, as_check, testbed
+from bench.lab.testbed import STRAGGLERS_S, as_check, counters, testbed
 from bench.sites import poll
 
 
@@ -29,11 +29,11 @@ async def safety_latency(rep: Repetition, record: Recorder) -> dict[str, Any]:
                                                                MESSAGE_BYTES)))
                  for k in lab.sites}
         start_at = time.time() + 1.0
-        before = {k: site.counters() for k, site in lab.sites.items()}
+        before = {k: await counters(site) for k, site in lab.sites.items()}
         telemetry_before = await system.telemetry_seen()
         offered = await system.offer(plans, start_at)
         measured_s = time.time() - start_at
-        after = {k: site.counters() for k, site in lab.sites.items()}
+        after = {k: await counters(site) for k, site in lab.sites.items()}
         telemetry_after = await system.telemetry_seen()
         raised = {(k, station, seq): at for k, answer in offered.items()
                   for at, station, seq in answer["raised"]}

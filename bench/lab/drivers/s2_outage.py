@@ -13,10 +13,11 @@ from bench.lab.testbed import CATCH_UP_LIMIT_S, POLL_S, Watch, testbed
 
 async def uplink_outage(rep: Repetition, record: Recorder) -> dict[str, Any]:
     """The stations' EVs come and go (``idle_mean_s``, ``session_mean_s``) while site 1's
-    uplink is cut as the scenario's outages say; when the last outage ends the stations
-    stand still, and the run goes on until the cloud's view of every EVSE's session equals
-    the truth (or ``CATCH_UP_LIMIT_S``). The truth and the view are read every ``POLL_S``
-    and judged by the oracle (``bench.lab.state``, ``bench.lab.oracle``)."""
+    uplink is cut as the scenario's outages say; as the last outage ends the stations stand
+    still (then the uplink returns: the catch-up's clock and byte count start there), and the
+    run goes on until the cloud's view of every EVSE's session equals the truth (or
+    ``CATCH_UP_LIMIT_S``). The truth and the view are read every ``POLL_S`` and judged by the
+    oracle (``bench.lab.state``, ``bench.lab.oracle``)."""
     scenario = rep.scenario
     parameters = scenario.parameters
     dynamics = Dynamics(idle_mean_s=float(parameters.get("idle_mean_s", 60.0)),
@@ -35,28 +36,33 @@ async def uplink_outage(rep: Repetition, record: Recorder) -> dict[str, Any]:
         pending = list(outages)
         cut: float | None = None
         restored_at: float | None = None
+        restored_bytes = 0
         while True:
             t = time.monotonic() - began
             if cut is None and pending and t >= pending[0].at_s:
                 outage = pending[0]
-                site.outage("reject" if outage.kind == "reset" else outage.kind)
+                await asyncio.to_thread(site.outage,
+                                        "reject" if outage.kind == "reset" else outage.kind)
                 cut = t
                 record(t, "outage", "site1", "cut")
             elif cut is not None and t >= pending[0].at_s + pending[0].for_s:
-                site.restore()
+                last_cut = len(pending) == 1
+                if last_cut:  # the truth stands still from the moment the uplink returns
+                    await system.freeze()
+                await asyncio.to_thread(site.restore)
+                counters = await asyncio.to_thread(site.counters)
+                t = time.monotonic() - began
                 pending.pop(0)
                 cut = None
                 record(t, "outage", "site1", "restored")
-                if not pending:
-                    await system.freeze()
-                    restored_at = time.monotonic() - began
-            counters = site.counters()
+                if last_cut:
+                    restored_at, restored_bytes = t, counters.up.bytes + counters.down.bytes
+            counters = await asyncio.to_thread(site.counters)
             bytes_at.append((t, counters.up.bytes + counters.down.bytes))
             note(t, "truth", await system.truth())
             note(time.monotonic() - began, "seen", system.view())
-            if restored_at is not None and oracle.lost() == [] and \
-                    t >= min(scenario.duration_s, restored_at):
-                break  # caught up, and the scenario's time is over
+            if restored_at is not None and not oracle.lost():
+                break  # caught up: the truth stands still, nothing more will change
             if restored_at is not None and t - restored_at > CATCH_UP_LIMIT_S:
                 break
             await asyncio.sleep(POLL_S)  # the oracle's sampling
@@ -69,11 +75,10 @@ async def uplink_outage(rep: Repetition, record: Recorder) -> dict[str, Any]:
         record(t, "consistency", "sessions", round(fraction, 4))
 
     def bytes_until(moment: float | None) -> int | None:
+        """The uplink's bytes from the restore until the first poll at or after ``moment``."""
         if moment is None:
             return None
-        start = next(b for t, b in bytes_at if t >= restored_at)
-        upto = next((b for t, b in bytes_at if t >= moment), bytes_at[-1][1])
-        return upto - start
+        return next((b for t, b in bytes_at if t >= moment), bytes_at[-1][1]) - restored_bytes
 
     return {
         "outage_s": round(sum(o.for_s for o in outages), 1),

@@ -37,7 +37,7 @@ async def cloud_relearn(rep: Repetition, record: Recorder) -> dict[str, Any]:
             name = f"rtt{rtt:g}ms"
             profile = dataclasses.replace(scenario.link.profile(), delay_ms=rtt / 2)
             for site in lab.sites.values():
-                site.set_profile(profile)
+                await asyncio.to_thread(site.set_profile, profile)
             await system.animate()
             await asyncio.sleep(scenario.warmup_s)  # the stations live: a schedule
             counted = (await system.relearn_counters())["requests"]
@@ -45,18 +45,17 @@ async def cloud_relearn(rep: Repetition, record: Recorder) -> dict[str, Any]:
             await system.crash()
             await asyncio.sleep(down_s)  # the stations live on while it is down: a schedule
             await system.freeze()
-            before = uplink_bytes(lab)
-            restarted = time.monotonic()
-            await system.restart()
+            before = await uplink_bytes(lab)
+            restarted = await system.restart()  # from the moment it serves again
             await poll(f"everything re-learnt ({name})", system.relearned, 600, every=0.25)
             seconds = time.monotonic() - restarted
-            relearnt = uplink_bytes(lab) - before
+            relearnt = await uplink_bytes(lab) - before
             requests = (await system.relearn_counters())["requests"] - counted
             stations = scenario.sites.stations * len(lab.sites)
             record(time.monotonic() - began, "relearn", name, round(seconds, 3))
             figures[f"relearn_s_{name}"] = round(seconds, 2)
             figures[f"relearn_bytes_{name}"] = relearnt
-            figures[f"relearn_round_trips_per_station_{name}"] = round(requests / stations, 2)
+            figures[f"relearn_requests_per_station_{name}"] = round(requests / stations, 2)
     return figures
 
 

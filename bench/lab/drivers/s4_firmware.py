@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from bench.lab.runner import Recorder, Repetition
-from bench.lab.testbed import testbed
+from bench.lab.testbed import counters, testbed
 from bench.sites import poll
 
 
@@ -22,7 +22,7 @@ async def firmware_fanout(rep: Repetition, record: Recorder) -> dict[str, Any]:
     task = f"fw-{rep.number}"
     async with testbed(rep) as (lab, system):
         site = lab.sites[1]
-        before = site.counters()
+        before = await counters(site)
         began = time.monotonic()
         targets = await system.update_firmware(image, "2.0.0", task)
         done: dict[str, float] = {}
@@ -37,7 +37,7 @@ async def firmware_fanout(rep: Repetition, record: Recorder) -> dict[str, Any]:
 
         await poll("every station's firmware task ended", ended, 1800, every=0.25)
         seconds = time.monotonic() - began
-        after = site.counters()
+        after = await counters(site)
         states = system.task_states(task)
     down = after.down.bytes - before.down.bytes
     return {

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from bench.lab.runner import Recorder, Repetition
-from bench.lab.testbed import testbed
+from bench.lab.testbed import counters, testbed
 
 
 async def idle_connections(rep: Repetition, record: Recorder) -> dict[str, Any]:
@@ -19,18 +19,18 @@ async def idle_connections(rep: Repetition, record: Recorder) -> dict[str, Any]:
         await asyncio.sleep(scenario.warmup_s)  # the scenario's warm-up: a schedule
         connections = {k: len(site.uplink_tcp_connections()) for k, site in lab.sites.items()}
         began = time.monotonic()
-        before = {k: site.counters() for k, site in lab.sites.items()}
+        before = {k: await counters(site) for k, site in lab.sites.items()}
         window = scenario.duration_s - scenario.warmup_s
         step = min(10.0, window)
         while (elapsed := time.monotonic() - began) < window:
             await asyncio.sleep(min(step, window - elapsed))  # the measurement's sampling
             for k, site in lab.sites.items():
-                now = site.counters()
+                now = await counters(site)
                 record(time.monotonic() - began, "bytes", f"site{k}/up",
                        now.up.bytes - before[k].up.bytes)
                 record(time.monotonic() - began, "bytes", f"site{k}/down",
                        now.down.bytes - before[k].down.bytes)
-        after = {k: site.counters() for k, site in lab.sites.items()}
+        after = {k: await counters(site) for k, site in lab.sites.items()}
         measured_s = time.monotonic() - began
     sites, stations = len(lab.sites), scenario.sites.stations
     up = sum(after[k].up.bytes - before[k].up.bytes for k in lab.sites) / sites / measured_s

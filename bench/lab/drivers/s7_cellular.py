@@ -87,7 +87,7 @@ async def cellular_day(rep: Repetition, record: Recorder) -> dict[str, Any]:
             for task in (*followers, controller):
                 task.cancel()
             await asyncio.gather(*followers, controller, return_exceptions=True)
-    staleness = oracle.staleness()
+    staleness = oracle.staleness(since=watch.baseline if watch.baseline is not None else 0.0)
     measured = staleness.delays_s
     return {
         "stations": len(addresses),

@@ -378,3 +378,20 @@ def test_a_dc_station_runs_too() -> None:
     assert 40_000 < peak <= 150_000
     assert tree.get("grid_meter/iec61850:MMTR1/SupWh") > sim.energy_wh_delivered  # losses
     assert not math.isnan(tree.get("evse/1/power_module/temperature_c"))
+
+
+def test_an_ev_told_to_depart_leaves_at_the_next_tick_whatever_its_plan() -> None:
+    tree, sim = make()
+    clock = Clock(tree, sim)
+    sim.plug_in(1, ev(stay_s=10 * 3600))
+    clock.run(3)
+    assert clock.get("evse/1/session/state") in ("Authorising", "Charging")
+    sim.depart(2)  # no EV there: nothing happens
+    sim.depart(1)
+    clock.run(1)
+    assert clock.get("evse/1/session/state") == "Finished"
+    assert clock.get("evse/1/connector/1/cable_attached") is False
+    clock.run(3)  # a departure is a one-off: the next EV stays as it plans
+    sim.plug_in(1, ev(stay_s=3600))
+    clock.run(3)
+    assert clock.get("evse/1/session/state") == "Charging"
