@@ -287,7 +287,8 @@ class BrokerSystem:
         for site in self.sites.values():
             await site.ask("animate", dynamics=asdict(self.dynamics))
 
-    def safety_seen(self) -> list[tuple[float, int, int, int]]:
+    async def safety_seen(self) -> list[tuple[float, int, int, int]]:
+        """``(wall time, site, station, seq)`` of each safety message the sink took."""
         assert self.sink is not None
         return list(self.sink.received.safety)
 
@@ -297,15 +298,21 @@ class BrokerSystem:
         return dict(self.sink.received.telemetry)
 
     async def close(self) -> None:
+        """Everything stopped, each part even when one before it failed (the cloud's broker
+        must not outlive a repetition: the next one would find its port taken)."""
         for site in self.sites.values():
             with contextlib.suppress(Exception):
                 await site.stop()
-        if self.sink is not None:
-            await self.sink.stop()
-        if self._sink_endpoint is not None:
-            await self._sink_endpoint.stop(flush_timeout=0.5)
-        if self.hierarchy is not None:
-            await self.hierarchy.close()
+        try:
+            if self.sink is not None:
+                with contextlib.suppress(Exception):
+                    await self.sink.stop()
+            if self._sink_endpoint is not None:
+                with contextlib.suppress(Exception):
+                    await self._sink_endpoint.stop(flush_timeout=0.5)
+        finally:
+            if self.hierarchy is not None:
+                await self.hierarchy.close()
 
 
 # -- a site, in its namespace (the child process) -----------------------------------------------

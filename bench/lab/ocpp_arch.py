@@ -88,7 +88,6 @@ class OcppSystem:
         self.port = 0  # the gateway's, once it first started: it comes back on the same
         self._gateway: Running | None = None
         self._generation = 0
-        self._connections_at_restart = 0
 
     @classmethod
     async def start(cls, lab: Lab, root: Path, *, stations: int, seed: int,
@@ -158,9 +157,8 @@ class OcppSystem:
         assert self.hierarchy is not None
         if fresh or not self._generation:
             self._generation += 1
-        self._connections_at_restart = 0
         for fleet in self.fleets.values():
-            self._connections_at_restart += (await fleet.ask("mark"))["connections"]
+            await fleet.ask("mark")  # who reconnects counts from here
         self._gateway, gateway = await self.hierarchy.start_gateway(
             1, self.entries, host=self.lab.cloud_address, port=self.port,
             state_dir=self.root / f"gateway-{self._generation}")
@@ -176,14 +174,8 @@ class OcppSystem:
     async def relearned(self) -> bool:
         """Every charger connected again since the restart, booted and accepted (its device
         model learnt), and every running session as it holds it."""
-        connections = accepted = 0
-        for fleet in self.fleets.values():
-            status = await fleet.ask("status")
-            connections += status["connections"]
-            accepted += status["accepted"]
-        return (connections - self._connections_at_restart >= len(self.entries)
-                and accepted == len(self.entries)
-                and state.current(self.view()) == state.current(await self.truth()))
+        back, total, _ = await self.recovered()
+        return back == total and state.current(self.view()) == state.current(await self.truth())
 
     async def update_firmware(self, image: bytes, version: str, task: str) -> list[str]:
         """Every charger of site 1 told to install ``image``, held at the cloud CSMS: each
@@ -278,13 +270,20 @@ class OcppSystem:
         for fleet in self.fleets.values():
             await fleet.ask("animate")
 
-    def safety_seen(self) -> list[tuple[float, int, int, int]]:
+    async def safety_seen(self) -> list[tuple[float, int, int, int]]:
         """``(wall time, site, station, seq)``: each change of a charger's Problem is the next
-        safety message of that charger."""
-        seqs: dict[tuple[int, int], int] = {}
+        of its safety messages that was delivered (those whose call failed changed nothing:
+        the charger says which)."""
+        failed: set[tuple[int, int, int]] = set()
+        for k, fleet in self.fleets.items():
+            failed |= {(k, i, seq) for i, seq in (await fleet.ask("status"))["safety_failed"]}
+        delivered: dict[tuple[int, int], int] = {}
         seen = []
         for at, site, station, _ in self.safety:
-            seq = seqs[site, station] = seqs.get((site, station), 0) + 1
+            seq = delivered.get((site, station), 0) + 1
+            while (site, station, seq) in failed:
+                seq += 1
+            delivered[site, station] = seq
             seen.append((at, site, station, seq))
         return seen
 
@@ -314,6 +313,7 @@ class _Queued:
     order: int
     action: str = field(compare=False)
     payload: dict[str, Any] = field(compare=False)
+    tag: int | None = field(default=None, compare=False)  # a safety message's seq
 
 
 class PriorityCaller:
@@ -328,9 +328,11 @@ class PriorityCaller:
         self.queued = {SAFETY: 0, TELEMETRY: 0}
         self.answered = {SAFETY: 0, TELEMETRY: 0}
         self.failed = 0
+        self.failed_tags: list[int] = []  # safety messages that were not delivered
 
-    def put(self, priority: int, action: str, payload: dict[str, Any]) -> None:
-        heapq.heappush(self._heap, _Queued(priority, next(self._order), action, payload))
+    def put(self, priority: int, action: str, payload: dict[str, Any],
+            tag: int | None = None) -> None:
+        heapq.heappush(self._heap, _Queued(priority, next(self._order), action, payload, tag))
         self.queued[priority] += 1
         self._ready.set()
 
@@ -345,6 +347,8 @@ class PriorityCaller:
                 await self.charger.send(item.action, item.payload)
             except Exception as exc:  # not connected, or no answer in time: lost, as OCPP's
                 self.failed += 1
+                if item.tag is not None:
+                    self.failed_tags.append(item.tag)
                 log.debug("%s: %s not sent: %s", self.charger.identity, item.action, exc)
             else:
                 self.answered[item.priority] += 1
@@ -385,7 +389,8 @@ async def run_fleet(spec: dict[str, Any]) -> int:
                 "eventId": seq, "timestamp": now, "trigger": "Alerting",
                 "actualValue": "true" if seq % 2 else "false",
                 "eventNotificationType": "HardWiredMonitor",
-                "component": {"name": "ChargingStation"}, "variable": {"name": "Problem"}}]})
+                "component": {"name": "ChargingStation"}, "variable": {"name": "Problem"}}]},
+            tag=seq)
 
     marked = [0] * len(chargers)  # each charger's connections at the last mark
 
@@ -402,6 +407,8 @@ async def run_fleet(spec: dict[str, Any]) -> int:
                 "telemetry_answered": sum(p.answered[TELEMETRY] for p in callers),
                 "safety_answered": sum(p.answered[SAFETY] for p in callers),
                 "failed": sum(p.failed for p in callers),
+                "safety_failed": [[i, seq] for i, p in enumerate(callers)
+                                  for seq in p.failed_tags],
                 "connections": sum(c.connections for c in chargers),
                 "calls_sent": sum(sum(c.counts.values()) for c in chargers),
                 "calls_received": sum(c.calls_received for c in chargers)}
@@ -460,9 +467,10 @@ async def run_fleet(spec: dict[str, Any]) -> int:
     try:
         await serve(handlers)
     finally:
-        for task in [*tasks, *living]:
+        ending = [*tasks, *living]
+        for task in ending:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*ending, return_exceptions=True)
     return 0
 
 

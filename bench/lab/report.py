@@ -66,7 +66,7 @@ def render(path: Path | str) -> Path:
         f"- master seed {scenario.master_seed}; {scenario.repetitions} repetitions of "
         f"{scenario.duration_s:g} s (the first {scenario.warmup_s:g} s not measured)",
         f"- {scenario.sites.count} site(s) × {scenario.sites.stations} stations; uplink "
-        f"{_link(scenario)}",
+        f"{link_text(scenario)}",
         f"- run {manifest.get('started_at')} to {manifest.get('ended_at', '(not finished)')}",
         "", "Means over the repetitions, with bootstrap 95 % intervals.", "",
         "| figure | " + " | ".join(ARCHITECTURE_NAMES.get(a, a) for a in architectures)
@@ -77,7 +77,7 @@ def render(path: Path | str) -> Path:
     for name, by_arch in table.items():
         cells = [by_arch[a].text() if a in by_arch else "-" for a in architectures]
         if {"broker", "ocpp"} <= set(architectures):
-            cells.append(_ratio(by_arch.get("ocpp"), by_arch.get("broker")))
+            cells.append(ratio_text(by_arch.get("ocpp"), by_arch.get("broker")))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [""] + [f"![{name}](plots/{name}.png)" for name in plots] + [""]
     report = run.path / "report.md"
@@ -85,7 +85,7 @@ def render(path: Path | str) -> Path:
     return report
 
 
-def _link(scenario: Any) -> str:
+def link_text(scenario: Any) -> str:
     link = scenario.link
     parts = []
     if link.up_kbit:
@@ -106,7 +106,7 @@ def _link(scenario: Any) -> str:
     return "; ".join(parts) or "unimpaired"
 
 
-def _ratio(theirs: Estimate | None, ours: Estimate | None) -> str:
+def ratio_text(theirs: Estimate | None, ours: Estimate | None) -> str:
     if theirs is None or ours is None or not ours.mean or math.isnan(ours.mean):
         return "-"
     return f"{theirs.mean / ours.mean:.3g}"
@@ -184,4 +184,5 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["estimates", "figures_by_architecture", "render"]
+__all__ = ["ARCHITECTURE_NAMES", "estimates", "figures_by_architecture", "link_text", "ratio_text",
+           "render"]

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.lab.report import ARCHITECTURE_NAMES, _link, _ratio, estimates, render
+from bench.lab.report import ARCHITECTURE_NAMES, estimates, link_text, ratio_text, render
 from bench.lab.rundir import RunDirectory
 from bench.lab.scenario import KINDS
 
@@ -39,15 +39,18 @@ def publish(runs: list[Path], calibration: dict[str, Any] | None,
              "(docs/lab.md says what each figure means). *Ours* is this system (a broker "
              "hierarchy); *OCPP* the OCPP 2.0.1 baseline (point to point, through our "
              "gateway as its CSMS).", ""]
-    for run_path in sorted(runs, key=lambda p: RunDirectory(p).scenario.kind):
+    order = list(KINDS)
+    for run_path in sorted(runs, key=lambda p: (order.index(RunDirectory(p).scenario.kind),
+                                                RunDirectory(p).scenario.name)):
         source = RunDirectory(run_path)
         scenario = source.scenario
         target = folder / scenario.name
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        for name in KEPT:
-            shutil.copy2(source.path / name, target / name)
+        if target.resolve() != source.path.resolve():  # published already: rendered again
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            for name in KEPT:
+                shutil.copy2(source.path / name, target / name)
         render(target)
         run = RunDirectory(target)
         manifest = run.manifest
@@ -57,7 +60,7 @@ def publish(runs: list[Path], calibration: dict[str, Any] | None,
         lines += [f"## {scenario.name}: {KINDS[scenario.kind]}", "",
                   scenario.description, "",
                   f"{scenario.repetitions} repetitions; {scenario.sites.count} site(s) × "
-                  f"{scenario.sites.stations} stations; uplink {_link(scenario)}; commit "
+                  f"{scenario.sites.stations} stations; uplink {link_text(scenario)}; commit "
                   f"`{manifest.get('commit')}`, run {manifest.get('started_at')} to "
                   f"{manifest.get('ended_at')}.", "",
                   "| figure | " + " | ".join(ARCHITECTURE_NAMES.get(a, a) for a in architectures)
@@ -66,7 +69,7 @@ def publish(runs: list[Path], calibration: dict[str, Any] | None,
         for name, by_arch in table.items():
             cells = [by_arch[a].text() if a in by_arch else "-" for a in architectures]
             if both:
-                cells.append(_ratio(by_arch.get("ocpp"), by_arch.get("broker")))
+                cells.append(ratio_text(by_arch.get("ocpp"), by_arch.get("broker")))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
         for plot in sorted((target / "plots").glob("*.png")):

@@ -3,7 +3,7 @@
 A *driver* runs one repetition of one scenario kind on one architecture: it gets the
 scenario, the repetition's seeds (``bench.lab.seeds``: the same names for both
 architectures, so both face the same schedule of events) and a ``Recorder``, and returns the
-repetition's figures. ``DRIVERS`` maps ``(kind, architecture)`` to a driver; a scenario whose
+repetition's figures; the architectures take turns going first. ``DRIVERS`` maps ``(kind, architecture)`` to a driver; a scenario whose
 kind has no driver yet is refused before anything runs, saying so. Progress goes to ``say``
 (one line per repetition and architecture); the run directory is rendered into a report at
 the end (``bench.lab.report``)."""
@@ -78,7 +78,10 @@ async def run(scenario: Scenario, root: Path | str, *, argv: Sequence[str] = (),
     say(f"{scenario.name}: {scenario.repetitions} repetitions × "
         f"{', '.join(scenario.architectures)} into {directory.path}")
     for number in range(scenario.repetitions):
-        for architecture in scenario.architectures:
+        # alternate which goes first: what one run leaves the machine (a warm page cache,
+        # a busy disk) must not always fall on the same architecture
+        order = scenario.architectures if number % 2 == 0 else scenario.architectures[::-1]
+        for architecture in order:
             began = time.monotonic()
             recorder = Recorder(architecture, number)
             figures = await drivers[(scenario.kind, architecture)](

@@ -54,7 +54,7 @@ class System(Protocol):
     async def control(self, address: str, watts: float) -> None: ...
     async def offer(self, plans: dict[int, Plan], start_at: float
                     ) -> dict[int, dict[str, Any]]: ...
-    def safety_seen(self) -> list[tuple[float, int, int, int]]: ...
+    async def safety_seen(self) -> list[tuple[float, int, int, int]]: ...
     async def telemetry_seen(self) -> dict[int, int]: ...
     async def close(self) -> None: ...
 
@@ -162,11 +162,5 @@ async def uplink_bytes(lab: Lab) -> int:
     return total
 
 
-def as_check(check: Callable[[], bool]) -> Callable[[], Any]:
-    async def run() -> bool:
-        return check()
-    return run
-
-
 __all__ = ["CATCH_UP_LIMIT_S", "LAB_PREFIX", "POLL_S", "STRAGGLERS_S", "SYSTEMS", "LabUnavailable",
-           "System", "Watch", "as_check", "counters", "peak_rate", "say", "testbed", "uplink_bytes"]
+           "System", "Watch", "counters", "peak_rate", "say", "testbed", "uplink_bytes"]

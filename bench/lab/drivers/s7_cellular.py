@@ -58,22 +58,30 @@ async def cellular_day(rep: Repetition, record: Recorder) -> dict[str, Any]:
                                                        cutter(site), clock))
                      for site in lab.sites.values()]
 
-        async def controlling() -> None:
+        async def control(n: int, address: str) -> None:
             nonlocal failed
+            sent = time.monotonic()
+            try:
+                await system.control(address, 7400.0 if n % 2 else 11000.0)
+            except Exception as exc:  # no answer, or a refusal: a control that failed
+                failed += 1
+                record(clock(), "control_failed", address, type(exc).__name__)
+            else:
+                controls.append(time.monotonic() - sent)
+                record(clock(), "latency", "control", round(controls[-1], 6))
+
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def controlling() -> None:
+            """A control every ``every_s``, on the clock: the same moments and stations for
+            both architectures, however long each takes."""
             n = 0
             while True:
-                await asyncio.sleep(every_s)  # the operator's pace
                 n += 1
-                address = rng.choice(addresses)
-                sent = time.monotonic()
-                try:
-                    await system.control(address, 7400.0 if n % 2 else 11000.0)
-                except Exception as exc:  # no answer, or a refusal: a control that failed
-                    failed += 1
-                    record(clock(), "control_failed", address, type(exc).__name__)
-                else:
-                    controls.append(time.monotonic() - sent)
-                    record(clock(), "latency", "control", round(controls[-1], 6))
+                await asyncio.sleep(max(0.0, n * every_s - clock()))  # the operator's schedule
+                task = asyncio.create_task(control(n, rng.choice(addresses)))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
 
         controller = asyncio.create_task(controlling())
         try:
@@ -84,9 +92,14 @@ async def cellular_day(rep: Repetition, record: Recorder) -> dict[str, Any]:
                 note(clock(), "seen", system.view())
                 await asyncio.sleep(poll_s)  # the oracle's sampling
         finally:
-            for task in (*followers, controller):
+            unfinished = len(in_flight)  # still waiting for their answers at the end
+            tasks = [*followers, controller, *in_flight]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*followers, controller, return_exceptions=True)
+            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True),
+                                     strict=True):
+                if isinstance(outcome, Exception):  # a trace follower that died, say
+                    raise RuntimeError(f"{task.get_name()} failed") from outcome
     staleness = oracle.staleness(since=watch.baseline if watch.baseline is not None else 0.0)
     measured = staleness.delays_s
     return {
@@ -95,7 +108,8 @@ async def cellular_day(rep: Repetition, record: Recorder) -> dict[str, Any]:
         "staleness_p50_s": round(percentile(measured, 50), 3),
         "staleness_p99_s": round(percentile(measured, 99), 3),
         "staleness_unresolved": staleness.unresolved,
-        "controls": len(controls) + failed,
+        "controls": len(controls) + failed + unfinished,
+        "controls_unfinished": unfinished,
         "control_p50_ms": round(percentile(controls, 50) * 1000, 1),
         "control_p99_ms": round(percentile(controls, 99) * 1000, 1),
         "controls_failed": failed,
