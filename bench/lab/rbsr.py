@@ -11,10 +11,10 @@ trip is two messages.
 
 Sizes on the wire: a range bound is its key (8 bytes), a fingerprint 16 bytes (the XOR of the
 items' 16-byte hashes, with the count mixed in), an item 24 bytes (key and hash), a mode byte
-per range and a count byte per item list. The paper's evaluation reports about 3 round trips and 1.5 kB for a million
-items differing by one; this model takes 3 round trips and about 2 kB there (its bounds are
-whole keys where the paper shortens them to a distinguishing prefix; the last message, items
-only, counts as half a round trip), and its test checks
+per range and a count byte per item list. The paper's evaluation reports about 3 round trips
+and 1.5 kB for a million items differing by one; this model takes 3.5 round trips and about
+2 kB there (its bounds are whole keys where the paper shortens them to a distinguishing
+prefix, and its last message, items only, counts as half a round trip), and its test checks
 that before its figures stand beside ours.
 """
 

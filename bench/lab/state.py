@@ -2,11 +2,11 @@
 
 A key per EVSE (``<station>/evse<e>``) whose value is ``"<session id>|open"`` while its
 session runs, ``"<session id>|ended"`` once it ended, and ``""`` before any session. The
-truth is read from the station itself (the simulated station's own tree, the simulated
-charger's own EVSEs: ``charger_sessions``); the view from the copies a CSMS holds
-(``view``). Both trees use the station model's ``evse/<e>/session/{session_id,state}``, which
-our gateway fills from OCPP's TransactionEvents, so one reader serves both. ``Dynamics``
-says how the sessions come and go.
+truth is read from the station itself (the simulated station's own tree:
+``stations_sessions``; the simulated charger's own EVSEs, in ``bench.lab.ocpp_arch``); the
+view from the copies a CSMS holds (``view``). Both trees use the station model's ``evse/<e>/session/{session_id,state}``, which
+our gateway fills from OCPP's TransactionEvents, so one reader serves both. ``Dynamics`` and
+``live`` say how the sessions come and go, alike on both.
 """
 
 from __future__ import annotations
