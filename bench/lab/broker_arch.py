@@ -6,9 +6,10 @@
 
 The cloud's broker (a Prosody process the lab manages), the cloud CSMS (in the lab's process,
 or in one of its own with ``cloud_process``: S3 and S6 kill it) and a sink actor (what the
-cloud receives of a load: ``bench.lab.load``) are the cloud's side; each site is a process of its own in its
-namespace (``python -m bench.lab.broker_arch site SPEC``, on ``bench.sites``): its broker, its
-local CSMS with its one uplink to the cloud's broker, and its simulated stations. A site's
+cloud receives of a load: ``bench.lab.load``) are the cloud's side; each site is a process of
+its own in its namespace (``python -m bench.lab.broker_arch site SPEC``, on ``bench.sites``):
+its broker, its local CSMS with its one uplink to the cloud's broker, and its simulated
+stations. A site's
 load leaves through its local CSMS's real uplink endpoint, as everything it relays does:
 telemetry as bulk state updates, safety messages at critical priority.
 """
