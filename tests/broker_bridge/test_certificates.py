@@ -30,7 +30,9 @@ from object_model.access import Role
 from object_model.errors import ModelError
 from object_model.messages import JoinNetworkRequest
 
-NOW = time.time_ns() // 1000  # the CAs are made now, on the wall clock
+NOW = time.time_ns() // 1000  # when the CAs were made, on the wall clock (the fixture sets it:
+# a CA is valid from five minutes before it is made, and the suite may take longer than that
+# to come to this module after importing it)
 DAY = 86_400
 
 
@@ -41,19 +43,23 @@ class Pki:
     other_root: CertificateAuthority
 
     def station(self, address: str, key: Ed25519PrivateKey, *, lifetime_s: float = DAY,
-                now: int = NOW) -> list[bytes]:
+                now: int | None = None) -> list[bytes]:
         request = read_request(make_request(key, address,
                                             X25519PrivateKey.generate().public_key()))
-        return self.site.chain(self.site.issue_actor(request, "station", lifetime_s=lifetime_s,
-                                                     now_us=now), self.root.certificate)
+        return self.site.chain(self.site.issue_actor(
+            request, "station", lifetime_s=lifetime_s, now_us=NOW if now is None else now),
+            self.root.certificate)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    global NOW
     base: Path = tmp_path_factory.mktemp("pki")
     root = CertificateAuthority(base / "root", "operator root", path_length=1)
-    return Pki(root, site_authority(base / "site1", root, "local-site1", "cs-site1-"),
+    made = Pki(root, site_authority(base / "site1", root, "local-site1", "cs-site1-"),
                CertificateAuthority(base / "other", "someone else's root", path_length=1))
+    NOW = time.time_ns() // 1000
+    return made
 
 
 def reason(info: pytest.ExceptionInfo[ModelError]) -> str:
