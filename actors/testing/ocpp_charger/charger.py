@@ -178,12 +178,18 @@ class SimulatedCharger:
         target.demand_w = self.demand_w if demand_w is None else demand_w
         if not target.plugged:
             raise ValueError("an EV draws more than 0 W")
-        if not was and self.registration == "Accepted":
-            self.spawn(self._plugged_in(target), f"plug {evse}")
-        elif not was and self.autostart and target.transaction is None:
-            self.begin(target)  # offline, the transaction starts all the same
-            self._keep(self._event(target, "Started", "CablePluggedIn", "Transaction.Begin")
-                       | {"offline": True})
+        if was:
+            return
+        autostarted = self.autostart and target.transaction is None
+        if autostarted:
+            # the transaction starts as the EV plugs in, whatever the link does (TxStartPoint
+            # EVConnected): its Started is kept until it is delivered, after the status
+            self.begin(target)
+            started = self._event(target, "Started", "CablePluggedIn", "Transaction.Begin")
+            self._keep(started if self.registration == "Accepted" else
+                       started | {"offline": True})
+        if self.registration == "Accepted":
+            self.spawn(self._plugged_in(target, autostarted), f"plug {evse}")
 
     def unplug(self, evse: int) -> None:
         """The EV at ``evse`` leaves: its transaction ends (EVDisconnected)."""
@@ -587,17 +593,19 @@ class SimulatedCharger:
                                  {"evseId": evse.number, "chargingNeeds": needs})
         self.charging_needs[evse.number] = answer.status if answer is not None else "CALLERROR"
 
-    async def _plugged_in(self, evse: Evse) -> None:
+    async def _plugged_in(self, evse: Evse, autostarted: bool) -> None:
         await self.status_notification(evse)
-        if evse.transaction is not None:  # a remote start was waiting for this EV
+        if autostarted:
+            await self.deliver_queued()  # its Started
+            if evse.plugged:
+                await self.charging_needs_of(evse)
+            await self.observe()
+        elif evse.transaction is not None:  # a remote start was waiting for this EV
             evse.connect_deadline = None
             evse.power_w = self.power_w(evse, self.now())
             if evse.seq > 0:
                 await self.transaction_event(evse, "Updated", "CablePluggedIn", "Other")
                 await self.charging_needs_of(evse)
-        elif self.autostart:
-            self.begin(evse)
-            await self.started(evse, "CablePluggedIn")
 
     async def _unplugged(self, evse: Evse) -> None:
         await self.stop(evse, "EVCommunicationLost", "EVDisconnected")

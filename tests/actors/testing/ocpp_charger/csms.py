@@ -175,6 +175,11 @@ class Csms:
         if direction is not None:
             self.violations += schema_errors(message.action, direction, message.payload)
 
+    def close_all(self) -> None:
+        """Drop every charger's connection at once (the link dies)."""
+        for side in self.sides:
+            side._connection.transport.abort()
+
     async def call(self, payload: Any, **options: Any) -> Any:
         """Our call on the charger's latest connection: its result dataclass."""
         return await self.sides[-1].call(payload, **options)

@@ -336,3 +336,23 @@ async def test_transaction_events_of_an_offline_charger_are_kept_and_sent_in_ord
         started[0]["transactionInfo"]["transactionId"]
     assert not charger.offline_queue
     assert second.violations == []
+
+
+async def test_a_transaction_starts_as_the_ev_plugs_in_even_when_the_link_dies_that_moment(
+        clock: FakeClock) -> None:
+    async with Csms() as first:
+        charger = charger_of(first, clock, evses=1, plugged=0)
+        async with running(charger):
+            await first.wait_call("StatusNotification")
+            assert charger.registration == "Accepted"
+            first.close_all()  # the link dies...
+            charger.plug(1)  # ...as the EV plugs in, before the charger noticed
+            transaction = charger.evses[1].transaction
+            assert transaction is not None  # it started all the same
+            await until(lambda: not charger.connected, "the charger offline", 5)
+    async with Csms() as second:
+        charger.url = second.url
+        async with running(charger):
+            [started] = await second.wait_call("TransactionEvent", eventType="Started")
+    assert started["transactionInfo"]["transactionId"] == transaction
+    assert second.violations == []
